@@ -1,0 +1,36 @@
+namespace Ferry.Migration.Guest;
+
+/// <summary>
+/// The guest being built on the destination (the destination side of the guest contract).
+/// </summary>
+/// <remarks>
+/// <para><b>Call order</b>: created by <see cref="IMigrationTargetFactory.Create"/> once the handshake succeeded →
+/// pages are written into <see cref="Regions"/> by the engine's receive threads →
+/// <see cref="LoadState"/> (after <c>complete</c>, before <c>ready</c>) → <see cref="Start"/> (on <c>commit</c>) —
+/// or <see cref="IDisposable.Dispose"/> without <see cref="Start"/> on any failure, which discards everything.</para>
+/// <para><b>Threading</b>: the engine's page-channel threads write page contents directly into
+/// <see cref="Regions"/> memory concurrently (each page by one thread at a time); the other calls come from the
+/// engine's control thread.</para>
+/// </remarks>
+public interface IMigrationTarget : IDisposable
+{
+    /// <summary>Guest memory, as laid out by the source's handshake. Writable, zero-filled at creation.</summary>
+    IReadOnlyList<MemoryRegion> Regions { get; }
+
+    /// <summary>Load CPU and device state. Validates every section; throws <see cref="InvalidDataException"/> on bad input.</summary>
+    void LoadState(IReadOnlyList<StateSection> sections);
+
+    /// <summary>Run the guest. Called once, after <c>commit</c>.</summary>
+    void Start();
+}
+
+/// <summary>Creates a destination guest once the incoming handshake says what memory it needs.</summary>
+public interface IMigrationTargetFactory
+{
+    /// <summary>
+    /// Build an empty guest whose regions have exactly the given guest-physical bases and sizes.
+    /// <paramref name="regions"/> has already been validated (page aligned, non-overlapping, within the
+    /// receiver's configured limit). Throws if this host cannot provide it.
+    /// </summary>
+    IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions);
+}

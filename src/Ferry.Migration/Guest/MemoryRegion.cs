@@ -1,0 +1,23 @@
+namespace Ferry.Migration.Guest;
+
+/// <summary>
+/// One contiguous range of guest-physical memory and where it lives in this process.
+/// Pages are 4 KiB (<see cref="PageSize"/>); <see cref="Size"/> is a multiple of it.
+/// </summary>
+/// <param name="GuestPhysicalAddress">Guest-physical base, page aligned.</param>
+/// <param name="Size">Length in bytes, a multiple of <see cref="PageSize"/>.</param>
+/// <param name="HostAddress">Base of the host mapping (mmap'd, native; never moved by the GC).</param>
+public readonly record struct MemoryRegion(ulong GuestPhysicalAddress, ulong Size, nint HostAddress)
+{
+    /// <summary>Guest page size: the unit of the dirty log and of the stream.</summary>
+    public const int PageSize = 4096;
+
+    /// <summary>log2 of <see cref="PageSize"/>.</summary>
+    public const int PageShift = 12;
+
+    /// <summary>Number of pages in the region.</summary>
+    public ulong Pages => Size >> PageShift;
+
+    /// <summary>Host address of page <paramref name="page"/> (0-based within this region).</summary>
+    public nint PageAddress(ulong page) => HostAddress + (nint)(page << PageShift);
+}

@@ -1,0 +1,82 @@
+using System.Text.Json.Serialization;
+
+namespace Ferry.Migration;
+
+/// <summary>How a migration ended (or where it is).</summary>
+[JsonConverter(typeof(JsonStringEnumConverter<MigrationStatus>))]
+public enum MigrationStatus
+{
+    [JsonStringEnumMemberName("setup")] Setup,
+    [JsonStringEnumMemberName("active")] Active,
+    [JsonStringEnumMemberName("device")] Device,
+    [JsonStringEnumMemberName("completed")] Completed,
+    [JsonStringEnumMemberName("failed")] Failed,
+    [JsonStringEnumMemberName("cancelled")] Cancelled,
+}
+
+/// <summary>One pre-copy round (round 0 is the full first pass; the last is stop-and-copy).</summary>
+public sealed record RoundStatistics
+{
+    [JsonPropertyName("round")] public int Round { get; init; }
+    /// <summary>Pages sent this round (normal + zero).</summary>
+    [JsonPropertyName("pages")] public long Pages { get; init; }
+    [JsonPropertyName("bytes")] public long Bytes { get; init; }
+    [JsonPropertyName("ms")] public double Milliseconds { get; init; }
+    /// <summary>Pages the guest dirtied during this round, per second.</summary>
+    [JsonPropertyName("dirty_pages_per_s")] public double DirtyPagesPerSecond { get; init; }
+    [JsonPropertyName("bandwidth_bytes_per_s")] public double BandwidthBytesPerSecond { get; init; }
+    [JsonPropertyName("throttle_pct")] public int ThrottlePercent { get; init; }
+}
+
+/// <summary>Downtime split into its phases (STYLE.md 7).</summary>
+public sealed record DowntimeBreakdown
+{
+    [JsonPropertyName("pause")] public double Pause { get; init; }
+    [JsonPropertyName("final_pages")] public double FinalPages { get; init; }
+    [JsonPropertyName("device_state")] public double DeviceState { get; init; }
+    [JsonPropertyName("resume")] public double Resume { get; init; }
+}
+
+/// <summary>Whole-memory digests taken outside the downtime figure when verification was asked for.</summary>
+public sealed record VerifyResult
+{
+    [JsonPropertyName("source_digest")] public string SourceDigest { get; init; } = "";
+    [JsonPropertyName("dest_digest")] public string DestDigest { get; init; } = "";
+    [JsonPropertyName("match")] public bool Match { get; init; }
+}
+
+/// <summary>Page counts by encoding.</summary>
+public sealed record PageCounts
+{
+    [JsonPropertyName("normal")] public long Normal { get; init; }
+    [JsonPropertyName("zero")] public long Zero { get; init; }
+}
+
+/// <summary>The outcome of one migration, as QEMU's query-migrate; serialised as the <c>--json</c> output.</summary>
+public sealed record MigrationStatistics
+{
+    [JsonPropertyName("status")] public MigrationStatus Status { get; init; }
+    [JsonPropertyName("error")] public string? Error { get; init; }
+    [JsonPropertyName("mode")] public string Mode { get; init; } = "precopy";
+    [JsonPropertyName("memory_bytes")] public long MemoryBytes { get; init; }
+    [JsonPropertyName("total_ms")] public double TotalMs { get; init; }
+    [JsonPropertyName("setup_ms")] public double SetupMs { get; init; }
+    [JsonPropertyName("downtime_ms")] public double DowntimeMs { get; init; }
+    [JsonPropertyName("downtime_breakdown_ms")] public DowntimeBreakdown DowntimeBreakdownMs { get; init; } = new();
+    [JsonPropertyName("bytes_sent")] public long BytesSent { get; init; }
+    [JsonPropertyName("pages")] public PageCounts Pages { get; init; } = new();
+    [JsonPropertyName("rounds")] public IReadOnlyList<RoundStatistics> Rounds { get; init; } = [];
+    [JsonPropertyName("throttle_pct")] public int ThrottlePercent { get; init; }
+    [JsonPropertyName("verify")] public VerifyResult? Verify { get; init; }
+}
+
+/// <summary>A progress report while a migration runs (for progress bars and the API's status).</summary>
+public sealed record MigrationProgress(
+    MigrationStatus Status,
+    int Round,
+    long RemainingBytes,
+    long BytesSent,
+    double BandwidthBytesPerSecond,
+    double DirtyPagesPerSecond,
+    int ThrottlePercent,
+    TimeSpan Elapsed);

@@ -1,0 +1,47 @@
+namespace Ferry.Migration.Transport;
+
+/// <summary>A run of native memory to send, e.g. a span of guest pages or a pinned header.</summary>
+/// <param name="Address">Start of the bytes; must stay valid and pinned until the send returns.</param>
+/// <param name="Length">Number of bytes.</param>
+public readonly record struct IoSegment(nint Address, int Length);
+
+/// <summary>
+/// One ordered, reliable byte stream between source and destination (a TCP connection, an in-memory pipe, ...).
+/// </summary>
+/// <remarks>
+/// Blocking by design: each channel is driven by one dedicated engine thread (as QEMU's multifd threads), which keeps
+/// the hot path free of task allocations. At most one thread sends and at most one thread receives at a time;
+/// <see cref="Abort"/> may be called from any thread and makes pending and later calls on both directions throw
+/// <see cref="MigrationTransportException"/>.
+/// </remarks>
+public interface IMigrationChannel : IDisposable
+{
+    /// <summary>Name for logs and errors, e.g. <c>control</c> or <c>pages-1</c>.</summary>
+    string Name { get; }
+
+    /// <summary>Send every byte of <paramref name="data"/> (may be native memory).</summary>
+    void Send(ReadOnlySpan<byte> data);
+
+    /// <summary>
+    /// Send the segments back to back as one contiguous piece of the stream, with as few syscalls as the transport
+    /// allows (TCP: <c>writev</c>). This is how pages go straight from guest memory to the socket.
+    /// </summary>
+    void SendGather(ReadOnlySpan<IoSegment> segments);
+
+    /// <summary>
+    /// Fill <paramref name="buffer"/> completely (it may be native memory, e.g. a guest page).
+    /// Returns false if the peer closed the stream cleanly before the first byte; throws
+    /// <see cref="MigrationTransportException"/> if it closed part-way or the receive timeout elapsed.
+    /// </summary>
+    bool ReceiveExactly(Span<byte> buffer);
+
+    /// <summary>Fail every pending and future operation on this channel (any thread, idempotent).</summary>
+    void Abort();
+}
+
+/// <summary>A transport failure: connection lost, reset, timed out, or aborted.</summary>
+public sealed class MigrationTransportException : IOException
+{
+    public MigrationTransportException(string message) : base(message) { }
+    public MigrationTransportException(string message, Exception inner) : base(message, inner) { }
+}
