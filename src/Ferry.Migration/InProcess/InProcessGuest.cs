@@ -77,24 +77,23 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
 
     /// <summary>Reserve memory, fill it as <paramref name="options"/> say, and start the workload (running).</summary>
     public InProcessGuest(InProcessGuestOptions options)
-        : this(options, MapLayout(options.Layout()), WorkloadSnapshot.Initial(options), DeviceState.Create(options.Seed), fill: true)
+        : this(Validated(options), MapLayout(options.Layout()), WorkloadSnapshot.Initial(options), DeviceState.Create(options.Seed), fill: true)
     {
     }
 
     /// <summary>Resume a migrated workload on memory that already holds its pages (the destination's Start).</summary>
     internal InProcessGuest(InProcessGuestOptions options, GuestMemoryMapping[] mappings, WorkloadSnapshot state, byte[] device, bool fill)
     {
-        options.Validate();
         Options = options;
         _mappings = mappings;
-        _regions = RegionsOf(options, mappings);
-        _firstRegionPages = _regions[0].Pages;
         TotalPages = options.TotalPages;
         _state = state;
         _device = device;
         _dirty = new ulong[(TotalPages + 63) / 64];
         try
         {
+            _regions = RegionsOf(options, mappings);
+            _firstRegionPages = _regions[0].Pages;
             if (fill && options.Fill == MemoryFill.Random)
             {
                 ulong first = 0;
@@ -363,6 +362,14 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
         {
             m.Dispose();
         }
+    }
+
+    /// <summary>Validate before anything is mapped (arguments of the chained constructor run left to right).</summary>
+    private static InProcessGuestOptions Validated(InProcessGuestOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        options.Validate();
+        return options;
     }
 
     internal static GuestMemoryMapping[] MapLayout(IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> layout)
