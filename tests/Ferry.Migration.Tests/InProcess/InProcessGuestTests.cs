@@ -150,6 +150,21 @@ public class InProcessGuestTests
         Assert.True(throttled > 0, "a throttled guest still makes progress");
     }
 
+    [Fact]
+    public void HeavilyThrottledFullSpeedWritersKeepWriting()
+    {
+        using var guest = new InProcessGuest(new() { MemoryBytes = 4 * MiB, WriterThreads = 2, DirtyRatePagesPerSecond = InProcessGuestOptions.FullSpeed });
+        // Many slices at each setting: a pacing bug that wedges a writer (it once did, after a zero-length
+        // interval at full speed) shows up only after some slices.
+        foreach (int percent in new[] { 30, 60, 90, 99 })
+        {
+            guest.SetThrottle(percent);
+            Thread.Sleep(150);
+            long start = guest.PagesWritten;
+            Assert.True(WaitUntil(() => guest.PagesWritten > start + 1_000), $"writers stalled at {percent}% throttle");
+        }
+    }
+
     [Theory]
     [InlineData(2_000)]
     [InlineData(200_000)]

@@ -40,6 +40,18 @@ public unsafe class GuestMemoryMappingTests
     }
 
     [Fact]
+    public void PopulateFaultsTheWholeMappingInAndKeepsItZero()
+    {
+        using var mapping = GuestMemoryMapping.Create(32 << 20);
+        long before = ResidentBytes();
+        Assert.True(mapping.Populate(), "MADV_POPULATE_WRITE needs Linux 5.14");
+        long grown = ResidentBytes() - before;
+        // Other threads of the test run may free memory meanwhile, so allow a quarter of slack below 32 MiB.
+        Assert.True(grown > 24 << 20, $"resident set grew by only {grown >> 20} MiB");
+        Assert.True(Ferry.Migration.Memory.ZeroPage.IsZero(mapping.Address + (17 << 20)));
+    }
+
+    [Fact]
     public void LengthMustBeWholePages()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => GuestMemoryMapping.Create(0));
