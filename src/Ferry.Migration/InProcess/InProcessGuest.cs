@@ -306,7 +306,7 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     /// Verify every page against the workload state: tracked pages hold exactly the sequence number last written,
     /// every written page its own index and the data word for that sequence, never-written pages their initial
     /// header. Returns the first page that disagrees, or null. Needs a paused guest (or one without threads).
-    /// Reads only page headers and one word per page: ~10 ms per GiB.
+    /// Reads only page headers and one word per page: 135 ms for 4 GiB measured here.
     /// </summary>
     public SelfCheckFailure? SelfCheck()
     {
