@@ -105,7 +105,7 @@ void memory_init(u32 start_info_pa, char *cmdline, usize cap)
             n++;
         }
         cmdline[n] = 0;
-        if (src[n] && n + 1 >= cap)
+        if (n + 1 >= cap && src[n]) /* src[n] was range-checked by the loop in this case */
             fail("command line too long (1023 bytes at most)");
     }
 

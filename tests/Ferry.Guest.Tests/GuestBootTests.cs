@@ -52,6 +52,15 @@ public class GuestBootTests
     }
 
     [Fact]
+    public async Task PeriodicCheckRunsWithoutBeingAsked()
+    {
+        using var guest = QemuGuest.Boot("ws=2M rate=20000 heartbeat=0 stats=0 check=200ms");
+        await guest.WaitForLineAsync("^selfcheck ok pages=512 ");
+        var second = await guest.WaitForLineAsync(@"^selfcheck ok pages=512 dirtied=(?<n>\d+) ");
+        Assert.True(Number(second, "n") > 0, guest.Transcript);
+    }
+
+    [Fact]
     public async Task SelfcheckNamesTheFirstCorruptedPage()
     {
         // words=64: the dirtier never rewrites word 511, the one 'x' flips, so the damage stays until checked.

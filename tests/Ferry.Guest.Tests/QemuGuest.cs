@@ -20,10 +20,12 @@ internal sealed partial class QemuGuest : IDisposable
     private readonly Channel<string> _lines = Channel.CreateUnbounded<string>();
     private readonly StringBuilder _transcript = new();
     private readonly Task _reader;
+    private readonly Task<string> _stderr;
 
     private QemuGuest(Process qemu)
     {
         _qemu = qemu;
+        _stderr = qemu.StandardError.ReadToEndAsync(); // drained alongside stdout, so neither pipe can fill up
         _reader = Task.Run(ReadLinesAsync);
     }
 
@@ -67,7 +69,7 @@ internal sealed partial class QemuGuest : IDisposable
                 _transcript.AppendLine(line);
             _lines.Writer.TryWrite(line);
         }
-        var err = await _qemu.StandardError.ReadToEndAsync().ConfigureAwait(false);
+        var err = await _stderr.ConfigureAwait(false);
         if (err.Length > 0)
         {
             lock (_transcript)
