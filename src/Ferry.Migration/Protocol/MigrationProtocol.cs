@@ -243,7 +243,7 @@ public static class MigrationProtocol
             return HandshakeDecision.Refused($"Hello announces {hello.PageChannels} page channels but {connectedPageChannels} connected");
         var unsupported = hello.Capabilities & ~supported;
         if (unsupported != 0)
-            return HandshakeDecision.Refused($"capabilities not supported by this receiver: {unsupported} (0x{(ulong)unsupported:x})");
+            return HandshakeDecision.Refused($"capabilities not supported by this receiver: {Describe(unsupported)}");
         try
         {
             ValidateRegions(hello.Regions, maxMemoryBytes);
@@ -253,6 +253,19 @@ public static class MigrationProtocol
             return HandshakeDecision.Refused(e.Message);
         }
         return new HandshakeDecision(true, hello.Capabilities, null);
+    }
+
+    /// <summary>Capability bits by name ("Postcopy, bit 40"), unknown bits by number.</summary>
+    public static string Describe(ProtocolCapabilities capabilities)
+    {
+        var parts = new List<string>();
+        for (int bit = 0; bit < 64; bit++)
+        {
+            var flag = (ProtocolCapabilities)(1UL << bit);
+            if ((capabilities & flag) == 0) continue;
+            parts.Add(Enum.IsDefined(flag) ? flag.ToString() : $"bit {bit}");
+        }
+        return parts.Count == 0 ? "none" : string.Join(", ", parts);
     }
 }
 
