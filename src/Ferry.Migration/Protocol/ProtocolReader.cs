@@ -91,7 +91,8 @@ public sealed class ProtocolReader
             case RecordKind.Cancel: return new CancelMessage(Wire.ReadString(payload, header.Kind));
             case RecordKind.Error:
                 {
-                    if (payload.Length < 2) Wire.ExpectLength(header, 4);
+                    if (payload.Length < 4)
+                        throw new MigrationProtocolException($"Error record: payload of {payload.Length} bytes is too short for a code and a string");
                     var code = (ProtocolErrorCode)BinaryPrimitives.ReadUInt16LittleEndian(payload);
                     if (code == ProtocolErrorCode.None)
                         throw new MigrationProtocolException("Error record: code 0 is reserved");

@@ -177,6 +177,8 @@ public class TcpTransportTests
             var e = Assert.Throws<MigrationTransportException>(() => destination.Control.ReceiveExactly(new byte[1]));
             Assert.Contains("receive timeout", e.Message, StringComparison.Ordinal);
             Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
+            // The connecting side too (its socket went through ConnectAsync, which makes the fd non-blocking).
+            Assert.Contains("receive timeout", Assert.Throws<MigrationTransportException>(() => source.Pages[0].ReceiveExactly(new byte[1])).Message, StringComparison.Ordinal);
         }
     }
 
