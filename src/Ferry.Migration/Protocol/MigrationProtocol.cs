@@ -230,6 +230,10 @@ public static class MigrationProtocol
     /// and only capabilities in <paramref name="supported"/>. On success the Welcome carries
     /// <see cref="HandshakeDecision.Capabilities"/>; otherwise send Refuse with <see cref="HandshakeDecision.Reason"/>.
     /// </summary>
+    public static HandshakeDecision Evaluate(HelloMessage hello, ulong maxMemoryBytes, string? expectedToken, int connectedPageChannels)
+        => Evaluate(hello, maxMemoryBytes, System.Text.Encoding.UTF8.GetBytes(expectedToken ?? ""), connectedPageChannels);
+
+    /// <summary>As above, with the token as bytes (empty = no token required).</summary>
     public static HandshakeDecision Evaluate(
         HelloMessage hello,
         ulong maxMemoryBytes,

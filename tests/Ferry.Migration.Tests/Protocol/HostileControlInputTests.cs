@@ -192,6 +192,22 @@ public class HostileControlInputTests
     }
 
     [Fact]
+    public void ASourceRefusesAWelcomeInAVersionItDoesNotSpeak()
+    {
+        var bytes = Encode(new WelcomeMessage(1, ProtocolCapabilities.None));
+        bytes[8] = 2;
+        Assert.Contains("the destination chose protocol version 2; this source speaks 1..1", Rejects(bytes).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void EvaluateTakesTheConfiguredTokenAsAStringAndNullMeansNone()
+    {
+        Assert.True(MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(token: "ab"), 1UL << 30, "ab", 2).Accepted);
+        Assert.True(MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(token: "anything"), 1UL << 30, (string?)null, 2).Accepted);
+        Assert.False(MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(token: ""), 1UL << 30, "ab", 2).Accepted);
+    }
+
+    [Fact]
     public void EvaluateRefusesAWrongToken()
     {
         var d = MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(token: "zz"), 1UL << 30, "ab"u8, 2);
