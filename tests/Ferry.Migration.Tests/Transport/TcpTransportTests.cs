@@ -182,6 +182,29 @@ public class TcpTransportTests
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ASenderWhosePeerStopsReadingFailsAfterTheSendTimeout(bool fromSource)
+    {
+        var options = Quick with { SendTimeout = TimeSpan.FromMilliseconds(300), PageSocketBufferBytes = 64 << 10 };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var (source, destination) = Open(listener, 1, options);
+        using (source)
+        using (destination)
+        {
+            var sender = fromSource ? source.Pages[0] : destination.Pages[0];
+            var chunk = new byte[1 << 20];
+            var watch = Stopwatch.StartNew();
+            var e = Assert.Throws<MigrationTransportException>(() =>
+            {
+                for (int i = 0; i < 256; i++) sender.Send(chunk); // nobody reads: the socket buffers fill up
+            });
+            Assert.Contains("made no progress", e.Message, StringComparison.Ordinal);
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"{watch.Elapsed}");
+        }
+    }
+
     [Fact]
     public void AbortUnblocksAThreadBlockedInReceive()
     {
