@@ -1,0 +1,228 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+
+namespace Ferry.Migration.Transport;
+
+/// <summary>
+/// Destination side of the TCP transport: accepts connections, reads each one's <see cref="TransportPreamble"/> and
+/// groups them by connection id until a group has its control channel and every page channel.
+/// </summary>
+/// <remarks>
+/// Preambles are read as they arrive, never blocking the loop: a connection whose preamble is bad or incomplete after
+/// <see cref="TcpTransportOptions.GroupTimeout"/> is closed and ignored (a port scanner must not break or delay a
+/// migration). A group still incomplete
+/// <see cref="TcpTransportOptions.GroupTimeout"/> after its first connection is closed and <see cref="Accept"/>
+/// throws. Groups that complete while another is awaited are kept for the next <see cref="Accept"/>.
+/// </remarks>
+public sealed class TcpMigrationListener : IMigrationListener
+{
+    // How often a blocked Accept looks at its cancellation token and deadlines; 50 ms keeps cancellation
+    // prompt while costing nothing measurable (20 wakeups/s).
+    private const int PollMicroseconds = 50_000;
+
+    private readonly Socket _socket;
+    private readonly TcpTransportOptions _options;
+    // Incomplete groups by connection id.
+    private readonly Dictionary<Guid, Group> _pending = [];
+    // Complete groups not yet returned.
+    private readonly Queue<MigrationConnection> _ready = new();
+    private readonly Lock _lock = new();
+    // Accepted connections whose 32-byte preamble has not fully arrived.
+    private readonly List<Handshake> _handshaking = [];
+
+    private sealed class Handshake(Socket socket, long started)
+    {
+        public readonly Socket Socket = socket;
+        public readonly long Started = started;
+        public readonly byte[] Preamble = new byte[TransportPreamble.Size];
+        public int Fill;
+    }
+
+    private sealed class Group(int pageChannels, long started)
+    {
+        public readonly TcpMigrationChannel?[] Channels = new TcpMigrationChannel?[pageChannels + 1];
+        public readonly long Started = started;
+        public int Count;
+    }
+
+    public TcpMigrationListener(IPEndPoint local, TcpTransportOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(local);
+        _options = options ?? new TcpTransportOptions();
+        _socket = new Socket(local.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        try
+        {
+            _socket.SetSocketOption(SocketOptionLevel.Socket, SocketOptionName.ReuseAddress, true);
+            // Accepted sockets inherit the buffer size; setting it before listen() lets TCP window scaling use it.
+            _socket.ReceiveBufferSize = _options.PageSocketBufferBytes;
+            _socket.Bind(local);
+            _socket.Listen(64);
+        }
+        catch (SocketException e)
+        {
+            _socket.Dispose();
+            throw new MigrationTransportException($"cannot listen on {local}: {e.Message}", e);
+        }
+        LocalEndPoint = (IPEndPoint)_socket.LocalEndPoint!;
+    }
+
+    /// <summary>The bound address (with the real port when constructed with port 0).</summary>
+    public IPEndPoint LocalEndPoint { get; }
+
+    public MigrationConnection Accept(CancellationToken cancellationToken)
+    {
+        lock (_lock)
+        {
+            var readable = new List<Socket>();
+            while (true)
+            {
+                if (_ready.TryDequeue(out var done)) return done;
+                cancellationToken.ThrowIfCancellationRequested();
+                ExpireHandshakes();
+                ExpireGroups();
+                // Wait for a new connection or preamble bytes on any connection still introducing itself, so a slow
+                // or silent stray never delays a real source.
+                readable.Clear();
+                readable.Add(_socket);
+                foreach (var h in _handshaking) readable.Add(h.Socket);
+                try
+                {
+                    Socket.Select(readable, null, null, PollMicroseconds);
+                }
+                catch (ObjectDisposedException e)
+                {
+                    throw new MigrationTransportException("listener closed", e);
+                }
+                foreach (var s in readable)
+                {
+                    if (s == _socket) AcceptOne();
+                    else ContinueHandshake(_handshaking.Find(h => h.Socket == s)!);
+                }
+            }
+        }
+    }
+
+    private void AcceptOne()
+    {
+        try
+        {
+            var s = _socket.Accept();
+            s.NoDelay = true;
+            _handshaking.Add(new Handshake(s, Stopwatch.GetTimestamp()));
+        }
+        catch (SocketException)
+        {
+            // The connection went away between select and accept.
+        }
+    }
+
+    /// <summary>Read whatever preamble bytes arrived (readable: no blocking); admit the channel once all 32 are in.</summary>
+    private void ContinueHandshake(Handshake h)
+    {
+        int n = h.Socket.Receive(h.Preamble, h.Fill, TransportPreamble.Size - h.Fill, SocketFlags.None, out var error);
+        if (error != SocketError.Success || n == 0)
+        {
+            Reject(h, error == SocketError.Success ? "closed before its preamble" : error.ToString());
+            return;
+        }
+        h.Fill += n;
+        if (h.Fill < TransportPreamble.Size) return;
+        _handshaking.Remove(h);
+        TransportPreamble preamble;
+        try
+        {
+            preamble = TransportPreamble.Parse(h.Preamble);
+        }
+        catch (MigrationTransportException e)
+        {
+            Reject(h, e.Message);
+            return;
+        }
+        var channel = new TcpMigrationChannel(h.Socket, TransportPreamble.ChannelName(preamble.ChannelIndex), _options);
+        if (preamble.ChannelIndex > 0) h.Socket.SendBufferSize = _options.PageSocketBufferBytes;
+        Admit(preamble, channel);
+    }
+
+    private void Reject(Handshake h, string why)
+    {
+        Trace.TraceWarning($"migration listener: dropped a connection from {SafeRemote(h.Socket)}: {why}");
+        _handshaking.Remove(h);
+        h.Socket.Dispose();
+    }
+
+    private void ExpireHandshakes()
+    {
+        for (int i = _handshaking.Count - 1; i >= 0; i--)
+        {
+            var h = _handshaking[i];
+            if (Stopwatch.GetElapsedTime(h.Started) > _options.GroupTimeout)
+                Reject(h, $"no complete preamble within {_options.GroupTimeout.TotalSeconds:0.###} s");
+        }
+    }
+
+    private void Admit(TransportPreamble preamble, TcpMigrationChannel channel)
+    {
+        if (!_pending.TryGetValue(preamble.ConnectionId, out var group))
+        {
+            group = new Group(preamble.PageChannels, Stopwatch.GetTimestamp());
+            _pending.Add(preamble.ConnectionId, group);
+        }
+        if (group.Channels.Length != preamble.PageChannels + 1 || group.Channels[preamble.ChannelIndex] is not null)
+        {
+            // Conflicting or duplicate member: the group cannot be trusted any more.
+            channel.Dispose();
+            Drop(preamble.ConnectionId, group);
+            throw new MigrationTransportException($"connection {preamble.ConnectionId}: {channel.Name} arrived twice or with a different channel count");
+        }
+        group.Channels[preamble.ChannelIndex] = channel;
+        if (++group.Count == group.Channels.Length)
+        {
+            _pending.Remove(preamble.ConnectionId);
+            _ready.Enqueue(new MigrationConnection(group.Channels[0]!, group.Channels[1..].Select(c => (IMigrationChannel)c!).ToArray()));
+        }
+    }
+
+    private void ExpireGroups()
+    {
+        foreach (var (id, group) in _pending)
+        {
+            if (Stopwatch.GetElapsedTime(group.Started) <= _options.GroupTimeout) continue;
+            Drop(id, group);
+            throw new MigrationTransportException(
+                $"connection {id}: only {group.Count} of {group.Channels.Length} channels (control + {group.Channels.Length - 1} page) arrived within {_options.GroupTimeout.TotalSeconds:0.###} s; closed them");
+        }
+    }
+
+    private void Drop(Guid id, Group group)
+    {
+        _pending.Remove(id);
+        foreach (var c in group.Channels) c?.Dispose();
+    }
+
+    private static string SafeRemote(Socket s)
+    {
+        try
+        {
+            return s.RemoteEndPoint?.ToString() ?? "?";
+        }
+        catch (ObjectDisposedException)
+        {
+            return "?";
+        }
+    }
+
+    public void Dispose()
+    {
+        _socket.Dispose();
+        lock (_lock)
+        {
+            foreach (var h in _handshaking) h.Socket.Dispose();
+            _handshaking.Clear();
+            foreach (var g in _pending.Values)
+                foreach (var c in g.Channels) c?.Dispose();
+            _pending.Clear();
+            while (_ready.TryDequeue(out var c)) c.Dispose();
+        }
+    }
+}
