@@ -34,17 +34,22 @@ public struct kvm_irq_level
 }
 
 /// <summary>One in-kernel interrupt controller's state (KVM_GET/SET_IRQCHIP); chip_id picks which.</summary>
-[StructLayout(LayoutKind.Explicit)]
-public unsafe struct kvm_irqchip
+[StructLayout(LayoutKind.Sequential)]
+public struct kvm_irqchip
 {
     /// <summary>KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE or KVM_IRQCHIP_IOAPIC.</summary>
-    [FieldOffset(0)] public uint chip_id;
-    [FieldOffset(4)] public uint pad;
+    public uint chip_id;
+    public uint pad;
+    public Chip chip;
 
-    /// <summary>The whole 512-byte union, which is what a migration stream carries.</summary>
-    [FieldOffset(8)] public fixed byte dummy[512];
-    [FieldOffset(8)] public kvm_pic_state pic;
-    [FieldOffset(8)] public kvm_ioapic_state ioapic;
+    /// <summary>The chip's state; <c>dummy</c> is the whole 512-byte union, which is what a migration stream carries.</summary>
+    [StructLayout(LayoutKind.Explicit)]
+    public unsafe struct Chip
+    {
+        [FieldOffset(0)] public fixed byte dummy[512];
+        [FieldOffset(0)] public kvm_pic_state pic;
+        [FieldOffset(0)] public kvm_ioapic_state ioapic;
+    }
 }
 
 /// <summary>KVM_CREATE_PIT2's argument.</summary>
