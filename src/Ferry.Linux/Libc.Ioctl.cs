@@ -27,9 +27,6 @@ public static partial class Libc
     /// <summary>errno value: no such device (a device node whose driver is not bound).</summary>
     public const int ENODEV = 19;
 
-    /// <summary>errno value: invalid argument.</summary>
-    public const int EINVAL = 22;
-
     /// <summary>errno value: inappropriate ioctl for device.</summary>
     public const int ENOTTY = 25;
 
