@@ -33,6 +33,7 @@ public sealed unsafe class KvmVcpu : IDisposable
     /// false when the call was interrupted: EINTR (a signal arrived, including the .NET runtime's own, or
     /// kvm_run.immediate_exit was set; exit_reason is then KVM_EXIT_INTR) or EAGAIN (an AP still waiting for
     /// INIT/SIPI). On false the caller checks its own pause/stop request and calls again: never treat it as an error.
+    /// KVM never clears immediate_exit: the caller resets it to 0 before resuming, or every KVM_RUN returns at once.
     /// Other failures throw <see cref="LinuxException"/> naming KVM_RUN.
     /// </summary>
     public bool Run()
