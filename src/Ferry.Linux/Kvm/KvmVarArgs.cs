@@ -10,12 +10,11 @@ namespace Ferry.Linux.Kvm;
 internal static unsafe class KvmVarArgs
 {
     /// <summary>A native buffer of a header followed by <paramref name="count"/> elements, zeroed.</summary>
-    private static byte* Allocate<THeader, TElement>(int count, out nuint bytes)
+    private static byte* Allocate<THeader, TElement>(int count)
         where THeader : unmanaged
         where TElement : unmanaged
     {
-        bytes = (nuint)sizeof(THeader) + (nuint)count * (nuint)sizeof(TElement);
-        return (byte*)NativeMemory.AllocZeroed(bytes);
+        return (byte*)NativeMemory.AllocZeroed((nuint)sizeof(THeader) + (nuint)count * (nuint)sizeof(TElement));
     }
 
     /// <summary>KVM_GET_SUPPORTED_CPUID or KVM_GET_CPUID2: grow the table on E2BIG until KVM fits.</summary>
@@ -24,7 +23,7 @@ internal static unsafe class KvmVarArgs
         // 64 covers a typical guest table (about 50 leaves); E2BIG doubles it.
         for (int capacity = 64; ; capacity *= 2)
         {
-            byte* buffer = Allocate<kvm_cpuid2, kvm_cpuid_entry2>(capacity, out _);
+            byte* buffer = Allocate<kvm_cpuid2, kvm_cpuid_entry2>(capacity);
             try
             {
                 var header = (kvm_cpuid2*)buffer;
@@ -53,7 +52,7 @@ internal static unsafe class KvmVarArgs
     /// <summary>KVM_SET_CPUID2 with <paramref name="entries"/>.</summary>
     public static void SetCpuid(KvmFd fd, ReadOnlySpan<kvm_cpuid_entry2> entries)
     {
-        byte* buffer = Allocate<kvm_cpuid2, kvm_cpuid_entry2>(entries.Length, out _);
+        byte* buffer = Allocate<kvm_cpuid2, kvm_cpuid_entry2>(entries.Length);
         try
         {
             ((kvm_cpuid2*)buffer)->nent = (uint)entries.Length;
@@ -72,7 +71,7 @@ internal static unsafe class KvmVarArgs
         uint capacity = 0;
         while (true)
         {
-            byte* buffer = Allocate<kvm_msr_list, uint>((int)capacity, out _);
+            byte* buffer = Allocate<kvm_msr_list, uint>((int)capacity);
             try
             {
                 var header = (kvm_msr_list*)buffer;
@@ -103,7 +102,7 @@ internal static unsafe class KvmVarArgs
     /// <summary>KVM_GET_MSRS: indices in, data out. Returns how many entries KVM read (it stops at the first failure).</summary>
     public static int GetMsrs(KvmFd fd, Span<kvm_msr_entry> entries)
     {
-        byte* buffer = Allocate<kvm_msrs, kvm_msr_entry>(entries.Length, out _);
+        byte* buffer = Allocate<kvm_msrs, kvm_msr_entry>(entries.Length);
         try
         {
             ((kvm_msrs*)buffer)->nmsrs = (uint)entries.Length;
@@ -122,7 +121,7 @@ internal static unsafe class KvmVarArgs
     /// <summary>KVM_SET_MSRS. Returns how many entries KVM wrote (it stops at the first refusal).</summary>
     public static int SetMsrs(KvmFd fd, ReadOnlySpan<kvm_msr_entry> entries)
     {
-        byte* buffer = Allocate<kvm_msrs, kvm_msr_entry>(entries.Length, out _);
+        byte* buffer = Allocate<kvm_msrs, kvm_msr_entry>(entries.Length);
         try
         {
             ((kvm_msrs*)buffer)->nmsrs = (uint)entries.Length;
@@ -138,7 +137,7 @@ internal static unsafe class KvmVarArgs
     /// <summary>KVM_SET_GSI_ROUTING: replace the whole routing table with <paramref name="entries"/>.</summary>
     public static void SetGsiRouting(KvmFd fd, ReadOnlySpan<kvm_irq_routing_entry> entries)
     {
-        byte* buffer = Allocate<kvm_irq_routing, kvm_irq_routing_entry>(entries.Length, out _);
+        byte* buffer = Allocate<kvm_irq_routing, kvm_irq_routing_entry>(entries.Length);
         try
         {
             ((kvm_irq_routing*)buffer)->nr = (uint)entries.Length;
