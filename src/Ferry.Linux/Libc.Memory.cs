@@ -1,0 +1,55 @@
+using System.Runtime.InteropServices;
+
+namespace Ferry.Linux;
+
+// Memory mappings: mmap(2), munmap(2), madvise(2). Constants are x86-64/aarch64 Linux values (asm-generic/mman*.h).
+public static partial class Libc
+{
+    /// <summary>Pages may not be accessed.</summary>
+    public const int PROT_NONE = 0x0;
+
+    /// <summary>Pages may be read.</summary>
+    public const int PROT_READ = 0x1;
+
+    /// <summary>Pages may be written.</summary>
+    public const int PROT_WRITE = 0x2;
+
+    /// <summary>Share the mapping with other processes mapping the same object.</summary>
+    public const int MAP_SHARED = 0x01;
+
+    /// <summary>Copy-on-write mapping private to this process.</summary>
+    public const int MAP_PRIVATE = 0x02;
+
+    /// <summary>Not backed by a file; contents start zero-filled.</summary>
+    public const int MAP_ANONYMOUS = 0x20;
+
+    /// <summary>Do not reserve swap/commit for the mapping: only touched pages cost memory.</summary>
+    public const int MAP_NORESERVE = 0x4000;
+
+    /// <summary>Pre-fault the whole mapping at mmap time.</summary>
+    public const int MAP_POPULATE = 0x8000;
+
+    /// <summary>mmap's error return, <c>(void*)-1</c>.</summary>
+    public static readonly nint MAP_FAILED = -1;
+
+    /// <summary>Drop the pages: private anonymous memory reads back as zeros afterwards and its RAM is freed.</summary>
+    public const int MADV_DONTNEED = 4;
+
+    /// <summary>Ask for transparent huge pages in the range.</summary>
+    public const int MADV_HUGEPAGE = 14;
+
+    /// <summary>Never use transparent huge pages in the range.</summary>
+    public const int MADV_NOHUGEPAGE = 15;
+
+    /// <summary>mmap(2). Returns <see cref="MAP_FAILED"/> and sets errno on failure.</summary>
+    [LibraryImport(LibraryName, SetLastError = true)]
+    public static partial nint mmap(nint addr, nuint length, int prot, int flags, int fd, long offset);
+
+    /// <summary>munmap(2). Returns 0, or -1 and sets errno.</summary>
+    [LibraryImport(LibraryName, SetLastError = true)]
+    public static partial int munmap(nint addr, nuint length);
+
+    /// <summary>madvise(2). Returns 0, or -1 and sets errno.</summary>
+    [LibraryImport(LibraryName, SetLastError = true)]
+    public static partial int madvise(nint addr, nuint length, int advice);
+}

@@ -1,0 +1,574 @@
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Ferry.Linux;
+using Ferry.Migration.Guest;
+
+namespace Ferry.Migration.InProcess;
+
+/// <summary>Where and why <see cref="InProcessGuest.SelfCheck"/> found memory disagreeing with the workload.</summary>
+public sealed record SelfCheckFailure(ulong Page, string Reason)
+{
+    /// <inheritdoc/>
+    public override string ToString() => $"page {Page}: {Reason}";
+}
+
+/// <summary>
+/// A guest without KVM: writer threads dirty real anonymous memory at a set rate and pattern, so the engine can be
+/// tested and benchmarked against a workload whose every page can be verified afterwards (the idea of QEMU's
+/// migration test guest, tests/qtest/migration/framework.c, where every page must agree after migration).
+/// </summary>
+/// <remarks>
+/// <para><b>Writes.</b> Logical writer <c>w</c> of <c>L</c> owns working-set pages <c>p % L == w</c>. A write bumps
+/// the page's sequence number (also kept, for tracked pages, in the workload's expected array), writes the page
+/// (<see cref="PageFormat"/>), and only then sets the page's dirty bit with <see cref="Interlocked.Or(ref ulong, ulong)"/>:
+/// a harvest that clears the bit after that point also sees the new bytes, so no write is ever missed.</para>
+/// <para><b>Pacing.</b> Each writer earns credit at its share of <see cref="InProcessGuestOptions.DirtyRatePagesPerSecond"/>
+/// from a monotonic clock, writes what it has earned in ~1 ms batches and sleeps between them, so 1k pages/s costs
+/// almost no CPU and 1M pages/s is accurate; credit is capped at 20 ms so a writer descheduled on a busy host does not
+/// burst afterwards. At <see cref="InProcessGuestOptions.FullSpeed"/> it never sleeps.</para>
+/// <para><b>Throttle</b> (auto-converge): each writer sleeps p% of every 10 ms slice, as QEMU's cpu-throttle does
+/// to vCPUs, and earns no credit while asleep, so the write rate falls to (100 - p)%.</para>
+/// <para><b>Pause</b> parks every writer at a safe point between two page writes and returns once all are parked.</para>
+/// </remarks>
+public sealed class InProcessGuest : IMigrationSource, IDisposable
+{
+    /// <summary>Throttle time slice: 10 ms, as QEMU's cpu-throttle (CPU_THROTTLE_TIMESLICE_NS).</summary>
+    private static readonly long SliceTicks = Stopwatch.Frequency / 100;
+
+    /// <summary>Credit cap: 20 ms of writes (see remarks).</summary>
+    private const double MaxCreditSeconds = 0.020;
+
+    /// <summary>Most writes between two clock reads: bounds a full-speed batch to well under a millisecond.</summary>
+    private const int MaxBatch = 1024;
+
+    private readonly GuestMemoryMapping[] _mappings;
+    private readonly MemoryRegion[] _regions;
+
+    /// <summary>Pages in region 0 (the split point for a two-region guest).</summary>
+    private readonly ulong _firstRegionPages;
+
+    private readonly WorkloadSnapshot _state;
+    private readonly byte[] _device;
+
+    /// <summary>The dirty log: one bit per page, set by writers (Interlocked.Or), taken by harvest (Interlocked.Exchange).</summary>
+    private readonly ulong[] _dirty;
+
+    private readonly Thread[] _threads;
+
+    /// <summary>Guards run-state changes; writers wait on it while parked or sleeping.</summary>
+    private readonly object _gate = new();
+
+    /// <summary>Writers must park at their next safe point (set by Pause and Dispose).</summary>
+    private volatile bool _pauseRequested;
+
+    /// <summary>Writers must exit.</summary>
+    private volatile bool _stopping;
+
+    /// <summary>Writers currently parked; guarded by <see cref="_gate"/>.</summary>
+    private int _parked;
+
+    private bool _running;
+    private volatile int _throttlePercent;
+    private volatile bool _logging;
+
+    /// <summary>Set by StartDirtyLog: the next harvest reports every page (contract: all dirty until first harvest).</summary>
+    private volatile bool _reportAllOnHarvest;
+    private bool _disposed;
+
+    /// <summary>Reserve memory, fill it as <paramref name="options"/> say, and start the workload (running).</summary>
+    public InProcessGuest(InProcessGuestOptions options)
+        : this(options, MapLayout(options.Layout()), WorkloadSnapshot.Initial(options), DeviceState.Create(options.Seed), fill: true)
+    {
+    }
+
+    /// <summary>Resume a migrated workload on memory that already holds its pages (the destination's Start).</summary>
+    internal InProcessGuest(InProcessGuestOptions options, GuestMemoryMapping[] mappings, WorkloadSnapshot state, byte[] device, bool fill)
+    {
+        options.Validate();
+        Options = options;
+        _mappings = mappings;
+        _regions = RegionsOf(options, mappings);
+        _firstRegionPages = _regions[0].Pages;
+        TotalPages = options.TotalPages;
+        _state = state;
+        _device = device;
+        _dirty = new ulong[(TotalPages + 63) / 64];
+        try
+        {
+            if (fill && options.Fill == MemoryFill.Random)
+            {
+                ulong first = 0;
+                for (int r = 0; r < _regions.Length; r++)
+                {
+                    PageFormat.FillRandom(_regions[r].HostAddress, _regions[r].Size, first, options.Seed ^ (ulong)(r + 1));
+                    first += _regions[r].Pages;
+                }
+            }
+        }
+        catch
+        {
+            foreach (var m in mappings)
+            {
+                m.Dispose();
+            }
+
+            throw;
+        }
+
+        _running = true;
+        _threads = new Thread[options.WriterThreads];
+        for (int i = 0; i < _threads.Length; i++)
+        {
+            _threads[i] = new Thread(WriterLoop) { IsBackground = true, Name = $"guest-writer-{i}" };
+            _threads[i].Start(i);
+        }
+    }
+
+    /// <summary>The options this guest runs with (for a migrated guest: the source's).</summary>
+    public InProcessGuestOptions Options { get; }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<MemoryRegion> Regions => _regions;
+
+    /// <inheritdoc/>
+    public ulong TotalPages { get; }
+
+    /// <inheritdoc/>
+    public bool IsRunning
+    {
+        get
+        {
+            lock (_gate)
+            {
+                return _running;
+            }
+        }
+    }
+
+    /// <summary>Pages written since the workload first started (carried across migrations).</summary>
+    public long PagesWritten
+    {
+        get
+        {
+            long n = 0;
+            foreach (var w in _state.Writers)
+            {
+                n += Volatile.Read(ref w.Written);
+            }
+
+            return n;
+        }
+    }
+
+    /// <summary>Current throttle, percent of each 10 ms slice the writers sleep.</summary>
+    public int ThrottlePercent => _throttlePercent;
+
+    /// <summary>Working-set pages whose exact write count <see cref="SelfCheck"/> verifies.</summary>
+    public ulong TrackedPages => (ulong)_state.Expected.Length;
+
+    /// <inheritdoc/>
+    public void StartDirtyLog()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        _reportAllOnHarvest = true;
+        _logging = true;
+    }
+
+    /// <inheritdoc/>
+    public void HarvestDirtyLog(Span<ulong> bitmap)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (bitmap.Length < _dirty.Length)
+        {
+            throw new ArgumentException($"bitmap of {bitmap.Length} words, {_dirty.Length} needed", nameof(bitmap));
+        }
+
+        bool all = _reportAllOnHarvest;
+        _reportAllOnHarvest = false;
+        for (int i = 0; i < _dirty.Length; i++)
+        {
+            // Reading first skips the locked exchange for clean words (most of them in a big, mostly idle guest).
+            if (Volatile.Read(ref _dirty[i]) != 0)
+            {
+                bitmap[i] |= Interlocked.Exchange(ref _dirty[i], 0);
+            }
+        }
+
+        if (all)
+        {
+            bitmap[.._dirty.Length].Fill(ulong.MaxValue);
+            int tail = (int)(TotalPages & 63);
+            if (tail != 0)
+            {
+                bitmap[_dirty.Length - 1] &= ulong.MaxValue >> (64 - tail);
+            }
+        }
+    }
+
+    /// <inheritdoc/>
+    public void StopDirtyLog() => _logging = false;
+
+    /// <summary>True between <see cref="StartDirtyLog"/> and <see cref="StopDirtyLog"/>.</summary>
+    public bool IsDirtyLogging => _logging;
+
+    /// <inheritdoc/>
+    public void SetThrottle(int percent)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(percent);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(percent, 99);
+        lock (_gate)
+        {
+            _throttlePercent = percent;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Pause()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_gate)
+        {
+            if (!_running)
+            {
+                return;
+            }
+
+            _pauseRequested = true;
+            Monitor.PulseAll(_gate);
+            while (_parked < _threads.Length)
+            {
+                Monitor.Wait(_gate);
+            }
+
+            _running = false;
+        }
+    }
+
+    /// <inheritdoc/>
+    public void Resume()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        lock (_gate)
+        {
+            _pauseRequested = false;
+            _running = true;
+            Monitor.PulseAll(_gate);
+        }
+    }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<StateSection> SaveState()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (IsRunning)
+        {
+            throw new InvalidOperationException("SaveState needs a paused guest");
+        }
+
+        return
+        [
+            new StateSection(WorkloadSnapshot.SectionName, WorkloadSnapshot.SectionVersion, _state.Serialize()),
+            new StateSection(DeviceState.SectionName, DeviceState.SectionVersion, _device.ToArray()),
+        ];
+    }
+
+    /// <summary>
+    /// Deterministic mode (<see cref="InProcessGuestOptions.WriterThreads"/> = 0): perform <paramref name="writes"/>
+    /// page writes on the calling thread, exactly as a writer thread would, from the seeded generator.
+    /// Refused while paused: a paused guest does not write.
+    /// </summary>
+    public void Step(long writes)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        ArgumentOutOfRangeException.ThrowIfNegative(writes);
+        if (_threads.Length != 0)
+        {
+            throw new InvalidOperationException("Step is for guests without writer threads (WriterThreads = 0)");
+        }
+
+        if (!IsRunning)
+        {
+            throw new InvalidOperationException("the guest is paused");
+        }
+
+        var writer = _state.Writers[0];
+        for (long i = 0; i < writes; i++)
+        {
+            WriteOne(writer, 0, 1);
+        }
+    }
+
+    /// <summary>
+    /// Verify every page against the workload state: tracked pages hold exactly the sequence number last written,
+    /// every written page its own index and the data word for that sequence, never-written pages their initial
+    /// header. Returns the first page that disagrees, or null. Needs a paused guest (or one without threads).
+    /// Reads only page headers and one word per page: ~10 ms per GiB.
+    /// </summary>
+    public SelfCheckFailure? SelfCheck()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_threads.Length != 0 && IsRunning)
+        {
+            throw new InvalidOperationException("SelfCheck needs a paused guest");
+        }
+
+        return CheckPages(_regions, _state, Options);
+    }
+
+    /// <summary>Shared by the guest and by a loaded-but-not-started target.</summary>
+    internal static SelfCheckFailure? CheckPages(MemoryRegion[] regions, WorkloadSnapshot state, InProcessGuestOptions options)
+    {
+        ulong workingSet = options.WorkingSetPages;
+        ulong index = 0;
+        foreach (var region in regions)
+        {
+            for (ulong p = 0; p < region.Pages; p++, index++)
+            {
+                ulong? expected = index < (ulong)state.Expected.Length ? state.Expected[index]
+                    : index >= workingSet ? 0 : null;
+                string? why = PageFormat.Check(region.PageAddress(p), index, expected, options.Fill);
+                if (why is not null)
+                {
+                    return new SelfCheckFailure(index, why);
+                }
+            }
+        }
+
+        return null;
+    }
+
+    /// <summary>Stop the writers, then unmap memory. The engine must no longer touch <see cref="Regions"/>.</summary>
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+
+            _disposed = true;
+            _stopping = true;
+            _pauseRequested = true;
+            Monitor.PulseAll(_gate);
+        }
+
+        foreach (var t in _threads)
+        {
+            t.Join();
+        }
+
+        foreach (var m in _mappings)
+        {
+            m.Dispose();
+        }
+    }
+
+    internal static GuestMemoryMapping[] MapLayout(IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> layout)
+    {
+        var mappings = new GuestMemoryMapping[layout.Count];
+        try
+        {
+            for (int i = 0; i < mappings.Length; i++)
+            {
+                mappings[i] = GuestMemoryMapping.Create(layout[i].Size);
+            }
+        }
+        catch
+        {
+            foreach (var m in mappings)
+            {
+                m?.Dispose();
+            }
+
+            throw;
+        }
+
+        return mappings;
+    }
+
+    private static MemoryRegion[] RegionsOf(InProcessGuestOptions options, GuestMemoryMapping[] mappings)
+    {
+        var layout = options.Layout();
+        if (layout.Count != mappings.Length)
+        {
+            throw new ArgumentException($"{mappings.Length} mappings for a {layout.Count}-region layout");
+        }
+
+        var regions = new MemoryRegion[layout.Count];
+        for (int i = 0; i < regions.Length; i++)
+        {
+            if (mappings[i].Length != layout[i].Size)
+            {
+                throw new ArgumentException($"mapping {i} is {mappings[i].Length} bytes, layout says {layout[i].Size}");
+            }
+
+            regions[i] = new MemoryRegion(layout[i].GuestPhysicalAddress, layout[i].Size, mappings[i].Address);
+        }
+
+        return regions;
+    }
+
+    private void WriterLoop(object? arg)
+    {
+        int index = (int)arg!;
+        var writer = _state.Writers[index];
+        int writers = _threads.Length;
+        long rate = Options.DirtyRatePagesPerSecond;
+        double perSecond = rate == InProcessGuestOptions.FullSpeed ? double.PositiveInfinity : (double)rate / writers;
+        double perTick = perSecond / Stopwatch.Frequency;
+        double maxCredit = Math.Max(1.0, perSecond * MaxCreditSeconds);
+        double credit = 0;
+        long last = Stopwatch.GetTimestamp();
+        long sliceStart = last;
+
+        while (true)
+        {
+            if (_pauseRequested)
+            {
+                if (!Park())
+                {
+                    return;
+                }
+
+                last = sliceStart = Stopwatch.GetTimestamp();
+                credit = 0;
+                continue;
+            }
+
+            if (rate == 0)
+            {
+                Sleep(Timeout.Infinite);
+                continue;
+            }
+
+            long now = Stopwatch.GetTimestamp();
+            int throttle = _throttlePercent;
+            if (throttle > 0)
+            {
+                long runTicks = SliceTicks * (100 - throttle) / 100;
+                if (now - sliceStart >= runTicks)
+                {
+                    // Earn credit only up to the end of the run phase, then sleep the rest of the slice.
+                    credit = Math.Min(credit + (Math.Max(0, sliceStart + runTicks - last) * perTick), maxCredit);
+                    long sleepTicks = SliceTicks - (now - sliceStart);
+                    if (sleepTicks > 0)
+                    {
+                        Sleep((int)Math.Ceiling(sleepTicks * 1000.0 / Stopwatch.Frequency));
+                    }
+
+                    last = sliceStart = Stopwatch.GetTimestamp();
+                    continue;
+                }
+            }
+            else
+            {
+                sliceStart = now;
+            }
+
+            credit = Math.Min(credit + ((now - last) * perTick), maxCredit);
+            last = now;
+            if (credit < 1)
+            {
+                Sleep(1);
+                continue;
+            }
+
+            int batch = (int)Math.Min(credit, MaxBatch);
+            int done = 0;
+            while (done < batch && !_pauseRequested)
+            {
+                WriteOne(writer, index, writers);
+                done++;
+            }
+
+            credit -= done;
+            if (credit < 1)
+            {
+                Sleep(1);
+            }
+        }
+    }
+
+    /// <summary>Park at a safe point until resumed; false if the guest is being disposed.</summary>
+    private bool Park()
+    {
+        lock (_gate)
+        {
+            _parked++;
+            Monitor.PulseAll(_gate);
+            while (_pauseRequested && !_stopping)
+            {
+                Monitor.Wait(_gate);
+            }
+
+            _parked--;
+            return !_stopping;
+        }
+    }
+
+    /// <summary>Sleep, but wake at once for pause, throttle change or dispose.</summary>
+    private void Sleep(int milliseconds)
+    {
+        lock (_gate)
+        {
+            if (!_pauseRequested)
+            {
+                Monitor.Wait(_gate, milliseconds);
+            }
+        }
+    }
+
+    /// <summary>One page write by logical writer <paramref name="w"/> of <paramref name="count"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void WriteOne(WriterState writer, int w, int count)
+    {
+        ulong page = ChoosePage(writer, (ulong)w, (ulong)count);
+        nint address = PageAddress(page);
+        ulong seq;
+        var expected = _state.Expected;
+        if (page < (ulong)expected.Length)
+        {
+            seq = ++expected[page];
+        }
+        else
+        {
+            seq = PageFormat.ReadSeq(address) + 1;
+        }
+
+        PageFormat.Write(address, page, seq);
+        Interlocked.Or(ref _dirty[page >> 6], 1UL << (int)(page & 63));
+        Volatile.Write(ref writer.Written, writer.Written + 1);
+    }
+
+    /// <summary>Global page index of writer <paramref name="w"/>'s next write, per the pattern.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private ulong ChoosePage(WriterState writer, ulong w, ulong count)
+    {
+        ulong workingSet = Options.WorkingSetPages;
+        ulong own = (workingSet - w + count - 1) / count; // pages p < workingSet with p % count == w (>= 1: validated)
+        ulong k;
+        switch (Options.Pattern)
+        {
+            case DirtyPattern.Sequential:
+                k = writer.Cursor % own;
+                writer.Cursor = k + 1;
+                break;
+            case DirtyPattern.Hotset:
+                ulong hot = Math.Clamp((ulong)(own * Options.HotsetFraction), 1, own);
+                bool toHot = hot == own || writer.NextDouble() < Options.HotsetWriteShare;
+                k = toHot ? writer.NextBelow(hot) : hot + writer.NextBelow(own - hot);
+                break;
+            default:
+                k = writer.NextBelow(own);
+                break;
+        }
+
+        return (k * count) + w;
+    }
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private nint PageAddress(ulong page) =>
+        page < _firstRegionPages ? _regions[0].PageAddress(page) : _regions[1].PageAddress(page - _firstRegionPages);
+}

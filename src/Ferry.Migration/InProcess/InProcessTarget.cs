@@ -1,0 +1,172 @@
+using Ferry.Linux;
+using Ferry.Migration.Guest;
+
+namespace Ferry.Migration.InProcess;
+
+/// <summary>
+/// The destination side of the in-process guest: zero-filled memory with the source's layout, filled by the engine,
+/// then <see cref="LoadState"/> and <see cref="Start"/>, after which <see cref="Guest"/> runs the same workload on
+/// the migrated memory (the guest "keeps running").
+/// </summary>
+public sealed class InProcessTarget : IMigrationTarget
+{
+    private readonly GuestMemoryMapping[] _mappings;
+    private readonly MemoryRegion[] _regions;
+    private WorkloadSnapshot? _workload;
+    private byte[]? _device;
+    private bool _disposed;
+
+    internal InProcessTarget(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> layout)
+    {
+        VmId = vmId;
+        _mappings = InProcessGuest.MapLayout(layout);
+        _regions = new MemoryRegion[layout.Count];
+        for (int i = 0; i < _regions.Length; i++)
+        {
+            _regions[i] = new MemoryRegion(layout[i].GuestPhysicalAddress, layout[i].Size, _mappings[i].Address);
+        }
+    }
+
+    /// <summary>The VM identity from the handshake.</summary>
+    public Guid VmId { get; }
+
+    /// <inheritdoc/>
+    public IReadOnlyList<MemoryRegion> Regions => _regions;
+
+    /// <summary>True once <see cref="LoadState"/> has accepted the sections.</summary>
+    public bool IsLoaded => _workload is not null;
+
+    /// <summary>The running guest after <see cref="Start"/>; it owns the memory from then on.</summary>
+    public InProcessGuest? Guest { get; private set; }
+
+    /// <inheritdoc/>
+    /// <remarks>
+    /// Needs exactly one "workload" (version 1) and one "device" (version 1) section; anything else, a bad size or
+    /// checksum, or a workload whose memory layout differs from <see cref="Regions"/> is an
+    /// <see cref="InvalidDataException"/>, and nothing is kept from a rejected call.
+    /// </remarks>
+    public void LoadState(IReadOnlyList<StateSection> sections)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Guest is not null)
+        {
+            throw new InvalidOperationException("the guest is already running");
+        }
+
+        WorkloadSnapshot? workload = null;
+        byte[]? device = null;
+        foreach (var section in sections)
+        {
+            switch (section.Name)
+            {
+                case WorkloadSnapshot.SectionName when workload is null:
+                    RequireVersion(section, WorkloadSnapshot.SectionVersion);
+                    workload = WorkloadSnapshot.Parse(section.Data.Span);
+                    break;
+                case DeviceState.SectionName when device is null:
+                    RequireVersion(section, DeviceState.SectionVersion);
+                    device = DeviceState.Validate(section.Data.Span);
+                    break;
+                case WorkloadSnapshot.SectionName or DeviceState.SectionName:
+                    throw new InvalidDataException($"section \"{section.Name}\" appears twice");
+                default:
+                    throw new InvalidDataException($"unknown section \"{section.Name}\"");
+            }
+        }
+
+        if (workload is null || device is null)
+        {
+            throw new InvalidDataException($"missing section \"{(workload is null ? WorkloadSnapshot.SectionName : DeviceState.SectionName)}\"");
+        }
+
+        var layout = workload.Options.Layout();
+        bool same = layout.Count == _regions.Length;
+        for (int i = 0; same && i < layout.Count; i++)
+        {
+            same = layout[i].GuestPhysicalAddress == _regions[i].GuestPhysicalAddress && layout[i].Size == _regions[i].Size;
+        }
+
+        if (!same)
+        {
+            throw new InvalidDataException("workload section describes a different memory layout from the one received");
+        }
+
+        _workload = workload;
+        _device = device;
+    }
+
+    /// <summary>
+    /// Check memory against the loaded workload state, before or after <see cref="Start"/> (then the guest must be
+    /// paused). Returns the first bad page, or null.
+    /// </summary>
+    public SelfCheckFailure? SelfCheck()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Guest is not null)
+        {
+            return Guest.SelfCheck();
+        }
+
+        var workload = _workload ?? throw new InvalidOperationException("LoadState first");
+        return InProcessGuest.CheckPages(_regions, workload, workload.Options);
+    }
+
+    /// <inheritdoc/>
+    public void Start()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (Guest is not null)
+        {
+            throw new InvalidOperationException("already started");
+        }
+
+        var workload = _workload ?? throw new InvalidOperationException("LoadState first");
+        Guest = new InProcessGuest(workload.Options, _mappings, workload, _device!, fill: false);
+    }
+
+    /// <inheritdoc/>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        if (Guest is not null)
+        {
+            Guest.Dispose();
+            return;
+        }
+
+        foreach (var m in _mappings)
+        {
+            m.Dispose();
+        }
+    }
+
+    private static void RequireVersion(StateSection section, uint version)
+    {
+        if (section.Version != version)
+        {
+            throw new InvalidDataException($"section \"{section.Name}\" version {section.Version}, only {version} is understood");
+        }
+    }
+}
+
+/// <summary>Creates <see cref="InProcessTarget"/>s for incoming migrations.</summary>
+public sealed class InProcessTargetFactory : IMigrationTargetFactory
+{
+    private InProcessTarget? _last;
+
+    /// <summary>The most recently created target (tests inspect it after a migration), or null.</summary>
+    public InProcessTarget? LastCreated => Volatile.Read(ref _last);
+
+    /// <inheritdoc/>
+    public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
+    {
+        var target = new InProcessTarget(vmId, regions);
+        Volatile.Write(ref _last, target);
+        return target;
+    }
+}
