@@ -168,7 +168,7 @@ public sealed class OutgoingMigration
         var layout = new (ulong, ulong)[regions.Count];
         for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
         var caps = _options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None;
-        var token = _options is { } ? TokenBytes : ReadOnlyMemory<byte>.Empty;
+        var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
         _control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
             (ushort)_options.PageChannels, caps, layout, token));
         var welcome = reader.Expect<WelcomeMessage>();
@@ -199,8 +199,8 @@ public sealed class OutgoingMigration
     /// <summary>VM identity sent in Hello (a guest contract without identity gets a fresh one per migration).</summary>
     public Guid VmId { get; init; } = Guid.NewGuid();
 
-    /// <summary>Authorisation token presented in Hello (UTF-8, at most 256 bytes).</summary>
-    public ReadOnlyMemory<byte> TokenBytes { get; init; }
+    /// <summary>Authorisation token presented in Hello (sent as UTF-8, at most 256 bytes), or null for none.</summary>
+    public string? Token { get; init; }
 
     // ---- pre-copy rounds and stop-and-copy ---------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ public sealed class OutgoingMigration
             Volatile.Write(ref _round, round);
             long roundStart = _time.GetTimestamp();
             meter.Restart();
-            var (pages, bytes) = SendPass(bitmap, PageBatchFlags.None, 0, done);
+            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done);
             double roundMs = Ms(roundStart);
             meter.AddSample(bytes);
 
@@ -271,11 +271,11 @@ public sealed class OutgoingMigration
     }
 
     /// <summary>One pass over <paramref name="bitmap"/> on every sender; returns (pages, wire bytes) of the pass.</summary>
-    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, PageBatchFlags flags, ulong flush, CountdownEvent done)
+    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
         done.Reset(_senders.Length);
-        foreach (var s in _senders) s.Start(bitmap, flags, flush, done);
+        foreach (var s in _senders) s.Start(bitmap, checksumData, flush, done);
         done.Wait(_abort.Token);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
         return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
@@ -303,7 +303,7 @@ public sealed class OutgoingMigration
         }
 
         long finalStart = _time.GetTimestamp();
-        var (pages, bytes) = SendPass(bitmap, PageBatchFlags.DataChecksummed, SwitchoverFlushSequence, done);
+        var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
         stats.FinalPagesMs = Ms(finalStart);
         stats.Rounds.Add(new RoundStatistics
         {
@@ -315,7 +315,6 @@ public sealed class OutgoingMigration
 
         long stateStart = _time.GetTimestamp();
         var sections = _guest.SaveState();
-        lock (_gate) { }
         foreach (var section in sections) _control!.WriteStateSection(section);
         _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
 

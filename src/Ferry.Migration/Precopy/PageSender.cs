@@ -41,7 +41,7 @@ internal sealed class PageSender
 
     // The pass: what to send and how. Written by the migration thread before _go is released.
     private DirtyBitmap? _bitmap;
-    private PageBatchFlags _flags;
+    private bool _checksumData;
     private ulong _flushSequence;
     private CountdownEvent? _done;
     private bool _stop;
@@ -86,11 +86,14 @@ internal sealed class PageSender
 
     public void StartThread() => _thread.Start();
 
-    /// <summary>Send every set page of <paramref name="bitmap"/> in this channel's shard; then a Flush if asked.</summary>
-    public void Start(DirtyBitmap bitmap, PageBatchFlags flags, ulong flushSequence, CountdownEvent done)
+    /// <summary>
+    /// Send every set page of <paramref name="bitmap"/> in this channel's shard (data checksummed only while the guest
+    /// is paused), then Flush(<paramref name="flushSequence"/>) unless it is 0.
+    /// </summary>
+    public void Start(DirtyBitmap bitmap, bool checksumData, ulong flushSequence, CountdownEvent done)
     {
         _bitmap = bitmap;
-        _flags = flags;
+        _checksumData = checksumData;
         _flushSequence = flushSequence;
         _done = done;
         _go.Release();
@@ -122,8 +125,7 @@ internal sealed class PageSender
                 SendPass();
                 if (_flushSequence != 0)
                 {
-                    _writer.WriteFlush(_flushSequence);
-                    Interlocked.Add(ref _bytesSent, MigrationProtocol.HeaderSize + 8);
+                    Interlocked.Add(ref _bytesSent, _writer.WriteFlush(_flushSequence));
                 }
             }
             catch (Exception e)
@@ -203,7 +205,7 @@ internal sealed class PageSender
             if (run.Encoding == PageEncoding.Normal) normal += run.Count;
             else zero += run.Count;
         }
-        long bytes = _writer.Write((ushort)_batchRegion, _regions[_batchRegion], runs, _flags);
+        long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _checksumData);
         Interlocked.Add(ref _bytesSent, bytes);
         NormalPages += normal;
         ZeroPages += zero;
