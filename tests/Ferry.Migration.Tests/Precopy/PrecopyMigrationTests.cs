@@ -6,6 +6,7 @@ using static Ferry.Migration.Tests.Precopy.MigrationHarness;
 
 namespace Ferry.Migration.Tests.Precopy;
 
+[Collection(MigrationCollection.Name)]
 public class PrecopyMigrationTests
 {
     private static void AssertCompletedAndIntact(MigrationOutcome outcome)
@@ -24,7 +25,7 @@ public class PrecopyMigrationTests
     public void IdleGuestMigratesInOneRoundPlusStopAndCopyWithMatchingDigests()
     {
         using var guest = NewGuest(16, fill: MemoryFill.Random, writers: 1);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -45,7 +46,7 @@ public class PrecopyMigrationTests
     {
         // A fresh zero-filled guest that never wrote: every page is zero.
         using var guest = NewGuest(16, fill: MemoryFill.Zero);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -59,7 +60,7 @@ public class PrecopyMigrationTests
     public void BusyHotsetGuestMigratesOverInMemoryChannelsWithMatchingDigests()
     {
         using var guest = NewGuest(32, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { DowntimeLimit = TimeSpan.FromMilliseconds(300) });
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -67,7 +68,6 @@ public class PrecopyMigrationTests
         Assert.All(outcome.Stats.Rounds, r => Assert.True(r.Milliseconds >= 0));
     }
 
-#if HAVE_TCP
     [Fact]
     public void BusyHotsetGuestMigratesOverTcpLoopbackWithMatchingDigests()
     {
@@ -80,12 +80,11 @@ public class PrecopyMigrationTests
         Assert.Equal(2, guest.Regions.Count);
     }
 
-#endif
     [Fact]
     public void NonConvergingGuestWithStrategyCancelFailsAtTheTimeoutAndKeepsRunning()
     {
         using var guest = NewGuest(8, pagesPerSecond: 100_000, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var factory = new RecordingTargetFactory(new InProcessTargetFactory());
         var options = NonConverging() with { TimeoutStrategy = TimeoutStrategy.Cancel };
         var outcome = Migrate(guest, transport.Connector, transport.Listener, options, factory);
@@ -98,7 +97,7 @@ public class PrecopyMigrationTests
     public void NonConvergingGuestWithStrategyForceCompletesAnyway()
     {
         using var guest = NewGuest(8, pagesPerSecond: 100_000, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, NonConverging() with { TimeoutStrategy = TimeoutStrategy.Force });
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -110,7 +109,7 @@ public class PrecopyMigrationTests
     {
         // 40k pages/s against 100 MB/s (24k pages/s): each round dirties most of the 2048 pages it sends.
         using var guest = NewGuest(8, pagesPerSecond: 40_000, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var options = NonConverging() with
         {
             AutoConverge = true,
