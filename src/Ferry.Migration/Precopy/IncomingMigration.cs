@@ -278,6 +278,9 @@ public sealed class IncomingMigration
     /// </summary>
     private void FailFromReceiver(string reason, Exception e)
     {
+        // A page channel that broke because the source gave up (Cancel, Error) has the reason right behind it on
+        // the control channel: give the control thread 250 ms to record it first.
+        if (e is MigrationTransportException) _abort.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250));
         if (!Fail(reason, e)) return;
         if (TellSource(reason, e) && _connection is { } c)
             _backstop = _time.CreateTimer(static ch => ((IMigrationChannel)ch!).Abort(), c.Control, TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan);
@@ -418,7 +421,8 @@ public sealed class IncomingMigration
                             Flushed.Set();
                             return;
                         default:
-                            _owner.Fail($"{_channel.Name}: source closed the channel before its Flush", null);
+                            string why = $"{_channel.Name}: source closed the channel before its Flush";
+                            _owner.FailFromReceiver(why, new MigrationTransportException(why));
                             return;
                     }
                 }

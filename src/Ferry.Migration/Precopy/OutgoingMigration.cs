@@ -63,6 +63,9 @@ public sealed class OutgoingMigration
     private MigrationConnection? _connection;
     private ProtocolWriter? _control;
     private PageSender[] _senders = [];
+    // Counts senders still in the current pass. Never disposed: a sender may signal it after the migration thread
+    // gave up waiting (failure), and it holds no OS handle unless a wait needed one.
+    private readonly CountdownEvent _passDone = new(1);
     // The page channels as the senders use them (rate limited): aborting these also wakes a sender waiting for bandwidth.
     private IMigrationChannel[] _pageChannels = [];
     private Thread? _reader;
@@ -225,7 +228,7 @@ public sealed class OutgoingMigration
         var bitmap = new DirtyBitmap(_guest.TotalPages);
         var meter = new BandwidthMeter(_time);
         var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
-        using var done = new CountdownEvent(_senders.Length);
+        var done = _passDone;
         long precopyStart = _time.GetTimestamp();
 
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
@@ -548,6 +551,8 @@ public sealed class OutgoingMigration
             _guest.StopDirtyLog();
         }
         _controlAbortTimer?.Dispose();
+        // Senders must be out of guest memory before Run returns (the caller may unmap it next); they exit at once
+        // on the abort, the timeout only guards against a transport that ignores Abort.
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
         _reader?.Join(TimeSpan.FromSeconds(5));
