@@ -117,7 +117,7 @@ public sealed class OutgoingMigration
         bool dirtyLogOn = false;
         try
         {
-            Setup(stats);
+            Setup();
             _guest.StartDirtyLog();
             dirtyLogOn = true;
             stats.SetupMs = Ms(_startTimestamp);
@@ -127,7 +127,7 @@ public sealed class OutgoingMigration
         {
             // Engine-thread failures (channel errors, protocol errors, timeouts, bugs) land here; others were recorded
             // by Fail and surface as an OperationCanceledException from a wait.
-            if (e is not OperationCanceledException)
+            if (e is not OperationCanceledException || Volatile.Read(ref _failure) is null)
             {
                 Fail(MigrationStatus.Failed, Describe(e), notify: e is not (MigrationTransportException or MigrationPeerException),
                     e is MigrationProtocolException ? ProtocolErrorCode.Protocol : ProtocolErrorCode.Internal);
@@ -150,6 +150,12 @@ public sealed class OutgoingMigration
         }
     }
 
+    /// <summary>Why pre-copy ended in a switch-over (converged, or forced by the timeout or round limit); set before stop-and-copy.</summary>
+    public SwitchOverReason SwitchOverReason { get; private set; }
+
+    /// <summary>The policy's sentence with the figures behind <see cref="SwitchOverReason"/>.</summary>
+    public string? SwitchOverExplanation { get; private set; }
+
     /// <summary>The latest progress snapshot.</summary>
     public MigrationProgress Progress => new(
         _status, Volatile.Read(ref _round), Interlocked.Read(ref _remainingBytes), BytesSentNow(),
@@ -160,7 +166,7 @@ public sealed class OutgoingMigration
 
     // ---- setup -------------------------------------------------------------------------------------------------
 
-    private void Setup(StatsBuilder stats)
+    private void Setup()
     {
         var regions = _guest.Regions;
         _connection = _connector.Connect(_options.PageChannels, _abort.Token);
@@ -212,7 +218,6 @@ public sealed class OutgoingMigration
         foreach (var s in senders) s.StartThread();
         _status = MigrationStatus.Active;
         Report();
-        _ = stats;
     }
 
     /// <summary>VM identity sent in Hello (a guest contract without identity gets a fresh one per migration).</summary>
@@ -270,7 +275,8 @@ public sealed class OutgoingMigration
             }
             if (decision.Action == ConvergenceAction.SwitchOver)
             {
-                stats.SwitchReason = decision.SwitchOver;
+                SwitchOverReason = decision.SwitchOver;
+                SwitchOverExplanation = decision.Reason;
                 break;
             }
             if (autoConverge is not null)
@@ -624,7 +630,6 @@ public sealed class OutgoingMigration
         public double Downtime;
         public double SourceDigestMs;
         public double DestDigestMs;
-        public SwitchOverReason SwitchReason;
         public VerifyResult? Verify;
         public string? PostCommitProblem;
     }

@@ -126,6 +126,86 @@ public class PrecopyMigrationTests
         Assert.Contains(outcome.Stats.Rounds, r => r.ThrottlePercent > 0);
     }
 
+    [Fact]
+    public void MaxBandwidthChangedDuringTheRunTakesEffectAtOnce()
+    {
+        // 16 MiB at 2 MB/s would take 8 s; lifting the cap once 1 MiB is out must finish the run in well under that.
+        using var guest = NewGuest(16);
+        using var transport = new InMemoryTransport();
+        long sentWhenLifted = 0;
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 2_000_000 }, duringRun: m =>
+        {
+            SpinWait.SpinUntil(() => m.Progress.BytesSent > 1 << 20, TimeSpan.FromSeconds(5));
+            Assert.Equal(2_000_000, m.MaxBandwidth);
+            sentWhenLifted = m.Progress.BytesSent;
+            m.MaxBandwidth = 0;
+        });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        // The cap held while set: at 2 MB/s plus the limiter's 64 KiB burst, ~1 MiB takes ~0.5 s.
+        Assert.InRange(sentWhenLifted, 1 << 20, 4 << 20);
+        Assert.True(outcome.Elapsed < TimeSpan.FromSeconds(4), $"took {outcome.Elapsed.TotalSeconds:F1} s");
+    }
+
+    [Fact]
+    public void ProgressIsReportedPerRoundAndEndsWithTheFinalStatus()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var reports = new List<MigrationProgress>();
+        var progress = new SynchronousProgress(p => { lock (reports) reports.Add(p); });
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory());
+        var dest = new Thread(() => new IncomingMigration(transport.Listener, factory, new IncomingOptions { PeerTimeout = TestPeerTimeout }).Run());
+        dest.Start();
+        var migration = new OutgoingMigration(guest, transport.Connector, Options() with { DowntimeLimit = TimeSpan.FromMilliseconds(300) });
+        var stats = migration.Run(progress, TestContext.Current.CancellationToken);
+        Assert.True(dest.Join(TimeSpan.FromSeconds(10)));
+        factory.Created.Single().Dispose();
+        Assert.Equal(MigrationStatus.Completed, stats.Status);
+        lock (reports)
+        {
+            Assert.Contains(reports, r => r.Status == MigrationStatus.Active);
+            Assert.Contains(reports, r => r.Status == MigrationStatus.Device);
+            Assert.Equal(MigrationStatus.Completed, reports[^1].Status);
+            Assert.Equal(stats.BytesSent, reports[^1].BytesSent);
+            // One report per pre-copy round at least (the last pre-copy round index is Rounds.Count - 2).
+            Assert.Contains(reports, r => r.Round == stats.Rounds.Count - 2);
+            for (int i = 1; i < reports.Count; i++)
+                Assert.True(reports[i].BytesSent >= reports[i - 1].BytesSent, "bytes sent went backwards");
+        }
+        Assert.Equal(MigrationStatus.Completed, migration.Progress.Status);
+    }
+
+    [Fact]
+    public void StatisticsAddUp()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { DowntimeLimit = TimeSpan.FromMilliseconds(300) });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        var s = outcome.Stats;
+        Assert.Equal(s.Pages.Normal + s.Pages.Zero, s.Rounds.Sum(r => r.Pages));
+        // bytes_sent = every round's batches; the switchover Flush records count in the final round.
+        Assert.Equal(s.Rounds.Sum(r => r.Bytes), s.BytesSent);
+        Assert.True(s.BytesSent > s.Pages.Normal * 4096);
+        var b = s.DowntimeBreakdownMs;
+        double parts = b.Pause + b.FinalPages + b.DeviceState + b.Resume;
+        // The parts cover pause..Resumed but for the final harvest and small gaps between them.
+        Assert.InRange(parts, s.DowntimeMs * 0.8, s.DowntimeMs + 0.001);
+        Assert.True(s.SetupMs > 0 && s.SetupMs < s.TotalMs);
+        Assert.Equal(Enumerable.Range(0, s.Rounds.Count), s.Rounds.Select(r => r.Round));
+        var json = System.Text.Json.JsonSerializer.Serialize(s);
+        Assert.Contains("\"status\":\"completed\"", json, StringComparison.Ordinal);
+        Assert.Contains("\"downtime_breakdown_ms\"", json, StringComparison.Ordinal);
+    }
+
+    /// <summary>IProgress that reports on the caller's thread (Progress&lt;T&gt; would post to the thread pool, out of order).</summary>
+    private sealed class SynchronousProgress(Action<MigrationProgress> report) : IProgress<MigrationProgress>
+    {
+        public void Report(MigrationProgress value) => report(value);
+    }
+
     /// <summary>
     /// Dirtying far faster than a 20 MB/s link (4 900 pages/s) with a 5 ms limit (3 ms of pages = 15 pages after the
     /// 2 ms state estimate): cannot converge without throttling as long as the writers manage 5k pages/s.
