@@ -29,11 +29,11 @@ namespace Ferry.Migration.Precopy;
 public sealed class OutgoingMigration
 {
     /// <summary>
-    /// Estimated time to save, send and load device state plus the Ready/Commit round trips, used by the policy before
-    /// stop-and-copy has measured it: the in-process guest's state (~3 KiB) takes well under 1 ms, a KVM vCPU's ~11 KB
-    /// per vCPU about 0.1 ms; 2 ms keeps a margin for the two round trips on a LAN (~0.2 ms each).
+    /// Default <see cref="StateTimeEstimate"/>: the in-process guest's device state (~3 KiB) and a KVM vCPU's (~11 KB)
+    /// each take well under 1 ms to save, send and load; 2 ms keeps a margin for the Ready and Commit round trips on
+    /// a LAN (~0.2 ms each).
     /// </summary>
-    internal static readonly TimeSpan StateTimeEstimate = TimeSpan.FromMilliseconds(2);
+    public static readonly TimeSpan DefaultStateTimeEstimate = TimeSpan.FromMilliseconds(2);
 
     /// <summary>Sequence number of the switchover Flush (one switchover per migration in v1).</summary>
     private const ulong SwitchoverFlushSequence = 1;
@@ -222,6 +222,13 @@ public sealed class OutgoingMigration
 
     /// <summary>VM identity sent in Hello (a guest contract without identity gets a fresh one per migration).</summary>
     public Guid VmId { get; init; } = Guid.NewGuid();
+
+    /// <summary>
+    /// Time the convergence policy adds for saving, sending and loading device state (the guest is paused for it,
+    /// so it is part of the downtime). A VMM that measured its state (e.g. the previous migration's device_state
+    /// figure) should pass that; the default suits small state.
+    /// </summary>
+    public TimeSpan StateTimeEstimate { get; init; } = DefaultStateTimeEstimate;
 
     /// <summary>Authorisation token presented in Hello (sent as UTF-8, at most 256 bytes), or null for none.</summary>
     public string? Token { get; init; }
