@@ -92,7 +92,7 @@ public sealed class IncomingMigration
 
             // AwaitHello: nothing is allocated for the guest before the handshake is fully validated.
             var hello = ReadHello(reader);
-            var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, TokenBytes(_options.Token), _connection.Pages.Count);
+            var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, _connection.Pages.Count);
             if (!decision.Accepted) Refuse(decision.Reason!);
 
             target = _factory.Create(hello.VmId, hello.Regions);
@@ -361,8 +361,6 @@ public sealed class IncomingMigration
     private void Heard() => Volatile.Write(ref _lastHeard, _time.GetTimestamp());
 
     private uint Micros(long since) => (uint)Math.Min(uint.MaxValue, _time.GetElapsedTime(since).Ticks / 10);
-
-    private static byte[] TokenBytes(string? token) => token is null ? [] : System.Text.Encoding.UTF8.GetBytes(token);
 
     /// <summary>The handshake was refused (Refuse already sent).</summary>
     private sealed class RefusedException(string message) : MigrationException(message);
