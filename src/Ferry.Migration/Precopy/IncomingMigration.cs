@@ -1,4 +1,6 @@
 using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
+using Ferry.Migration.Protocol;
 using Ferry.Migration.Transport;
 
 namespace Ferry.Migration.Precopy;
@@ -21,13 +23,371 @@ public sealed record IncomingOptions
 /// and start the guest on <c>commit</c>. On any failure before <c>commit</c> the half-built guest is disposed and
 /// <see cref="Run"/> throws <see cref="MigrationException"/> with the reason.
 /// </summary>
+/// <remarks>
+/// <para><b>Threads</b>: the caller's thread reads the control channel and drives the state machine of
+/// <see cref="MigrationProtocol"/> (AwaitHello → Receiving → Draining → AwaitCommit → Done); one receive thread per
+/// page channel reads batches straight into the target's memory until that channel's Flush; a timer sends keepalives
+/// and fails the migration when the source has been silent on every channel for <see cref="IncomingOptions.PeerTimeout"/>.</para>
+/// <para>The guest is started only on Commit, and Commit is the only record after which the source never resumes:
+/// at most one copy ever runs.</para>
+/// </remarks>
 public sealed class IncomingMigration
 {
+    private readonly IMigrationListener _listener;
+    private readonly IMigrationTargetFactory _factory;
+    private readonly IncomingOptions _options;
+    private readonly TimeProvider _time;
+    // Cancelled on the first failure: wakes every wait.
+    private readonly CancellationTokenSource _abort = new();
+    private readonly Lock _gate = new();
+
+    private int _started;
+    private string? _failure;
+    private MigrationConnection? _connection;
+    private ProtocolWriter? _control;
+    private volatile bool _keepalivesOn;
+    private volatile bool _done;
+    // Timestamp of the last record from the source on any channel.
+    private long _lastHeard;
+
     public IncomingMigration(IMigrationListener listener, IMigrationTargetFactory factory, IncomingOptions options, TimeProvider? time = null)
     {
-        throw new NotImplementedException();
+        ArgumentNullException.ThrowIfNull(listener);
+        ArgumentNullException.ThrowIfNull(factory);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.PeerTimeout, TimeSpan.Zero);
+        _listener = listener;
+        _factory = factory;
+        _options = options;
+        _time = time ?? TimeProvider.System;
     }
 
+    /// <summary>Pages received with data (all rounds); valid after <see cref="Run"/>.</summary>
+    public long NormalPages { get; private set; }
+
+    /// <summary>Pages received as zero runs (all rounds); valid after <see cref="Run"/>.</summary>
+    public long ZeroPages { get; private set; }
+
     /// <summary>Receive one migration; returns the started guest after <c>commit</c>.</summary>
-    public IMigrationTarget Run(CancellationToken cancellationToken = default) => throw new NotImplementedException();
+    public IMigrationTarget Run(CancellationToken cancellationToken = default)
+    {
+        if (Interlocked.Exchange(ref _started, 1) != 0)
+            throw new InvalidOperationException("an IncomingMigration runs once; create a new one to receive again");
+        _connection = _listener.Accept(cancellationToken);
+        using var registration = cancellationToken.Register(static s => ((IncomingMigration)s!).Fail("cancelled on the destination", null), this);
+        IMigrationTarget? target = null;
+        Receiver[] receivers = [];
+        ITimer? keepalive = null;
+        bool started = false;
+        try
+        {
+            _control = new ProtocolWriter(_connection.Control);
+            var reader = new ProtocolReader(_connection.Control);
+            Heard();
+            var tick = _options.PeerTimeout / 3;
+            keepalive = _time.CreateTimer(static s => ((IncomingMigration)s!).OnKeepaliveTick(), this, tick, tick);
+
+            // AwaitHello: nothing is allocated for the guest before the handshake is fully validated.
+            var hello = ReadHello(reader);
+            var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, TokenBytes(_options.Token), _connection.Pages.Count);
+            if (!decision.Accepted) Refuse(decision.Reason!);
+
+            target = _factory.Create(hello.VmId, hello.Regions);
+            CheckLayout(target.Regions, hello.Regions);
+            _control.WriteWelcome(decision.Capabilities);
+            _keepalivesOn = true;
+
+            // Receiving: page channels on their own threads, control here.
+            receivers = new Receiver[_connection.Pages.Count];
+            for (int i = 0; i < receivers.Length; i++)
+            {
+                receivers[i] = new Receiver(this, _connection.Pages[i], target.Regions);
+                receivers[i].Start();
+            }
+            var sections = new List<StateSection>();
+            CompleteMessage complete;
+            while (true)
+            {
+                var m = Next(reader, "Complete");
+                if (m is StateSectionMessage s) sections.Add(s.Section);
+                else if (m is CompleteMessage c) { complete = c; break; }
+                else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
+            }
+
+            // Draining: every page channel must have delivered everything up to the switchover Flush.
+            foreach (var r in receivers)
+            {
+                r.Flushed.Wait(_abort.Token);
+                if (r.FlushSequence != complete.FlushSequence)
+                    throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
+            }
+            foreach (var r in receivers)
+            {
+                NormalPages += r.NormalPages;
+                ZeroPages += r.ZeroPages;
+            }
+
+            long loadStart = _time.GetTimestamp();
+            try
+            {
+                target.LoadState(sections);
+            }
+            catch (InvalidDataException e)
+            {
+                throw new MigrationException($"device state rejected: {e.Message}", e);
+            }
+            uint loadUs = Micros(loadStart);
+            UInt128? digest = null;
+            uint digestUs = 0;
+            if ((complete.Flags & CompleteFlags.VerifyRequested) != 0)
+            {
+                if ((decision.Capabilities & ProtocolCapabilities.Verify) == 0)
+                    throw new MigrationProtocolException("Complete asks for verification, which the handshake did not negotiate");
+                long d0 = _time.GetTimestamp();
+                digest = MemoryDigest.Compute(target.Regions);
+                digestUs = Micros(d0);
+            }
+            _control.WriteReady(digestUs, loadUs, digest);
+
+            // AwaitCommit, bounded: a source that keeps the link alive but never decides must not hold us forever.
+            using (var commitDeadline = _time.CreateTimer(static s => ((IncomingMigration)s!).Fail(
+                       $"no Commit within {((IncomingMigration)s!)._options.PeerTimeout.TotalSeconds:F1} s of Ready", null), this, _options.PeerTimeout, Timeout.InfiniteTimeSpan))
+            {
+                var m = Next(reader, "Commit");
+                if (m is not CommitMessage) throw ProtocolReader.Unexpected(m, "Commit");
+            }
+            // Commit was read: the source is committed and will never resume, so the guest must start here even if
+            // the deadline or a cancel raced with its arrival (refusing now would lose the VM on both sides).
+            lock (_gate) _done = true;
+
+            long startAt = _time.GetTimestamp();
+            target.Start();
+            started = true;
+            try
+            {
+                _control.WriteResumed(Micros(startAt));
+            }
+            catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+            {
+                // The guest runs here now; the source is committed and needs no answer to stay stopped.
+            }
+            return target;
+        }
+        catch (Exception e) when (!started)
+        {
+            string reason = FailureReason(e);
+            Fail(reason, e);
+            TellSource(reason, e);
+            _connection.Abort();
+            foreach (var r in receivers) r.Join();
+            target?.Dispose();
+            if (e is MigrationException && e.Message == reason) throw;
+            throw new MigrationException(reason, e);
+        }
+        finally
+        {
+            _done = true;
+            keepalive?.Dispose();
+            foreach (var r in receivers) r.Join();
+            _connection.Dispose();
+        }
+    }
+
+    private HelloMessage ReadHello(ProtocolReader reader)
+    {
+        try
+        {
+            var m = reader.Read() ?? throw new MigrationTransportException("source closed the control channel before Hello");
+            Heard();
+            if (m is HelloMessage hello) return hello;
+            throw new MigrationProtocolException($"first record was {m.Kind}, expected Hello");
+        }
+        catch (MigrationProtocolException e)
+        {
+            // Wrong magic, unsupported version, malformed layout: say why before any memory moves.
+            Refuse(e.Message);
+            throw; // not reached
+        }
+    }
+
+    private void Refuse(string reason)
+    {
+        try
+        {
+            _control!.WriteRefuse(reason);
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // The source is gone; it needs no reason.
+        }
+        throw new RefusedException($"handshake refused: {reason}");
+    }
+
+    /// <summary>The next control record that is not a Keepalive (null = clean close is an error here).</summary>
+    private ControlMessage Next(ProtocolReader reader, string expected)
+    {
+        while (true)
+        {
+            var m = reader.Read() ?? throw new MigrationTransportException($"source closed the control channel while {expected} was expected");
+            Heard();
+            if (m is KeepaliveMessage) continue;
+            if (m is CancelMessage or ErrorMessage) throw ProtocolReader.Unexpected(m, expected);
+            return m;
+        }
+    }
+
+    private static void CheckLayout(IReadOnlyList<MemoryRegion> actual, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> asked)
+    {
+        if (actual.Count != asked.Count)
+            throw new MigrationException($"target factory built {actual.Count} regions, the source has {asked.Count}");
+        for (int i = 0; i < actual.Count; i++)
+        {
+            if (actual[i].GuestPhysicalAddress != asked[i].GuestPhysicalAddress || actual[i].Size != asked[i].Size)
+                throw new MigrationException($"target factory built region {i} as 0x{actual[i].GuestPhysicalAddress:x}+0x{actual[i].Size:x}, the source has 0x{asked[i].GuestPhysicalAddress:x}+0x{asked[i].Size:x}");
+        }
+    }
+
+    /// <summary>Record the first failure (any thread), abort every channel so all threads wake.</summary>
+    private void Fail(string reason, Exception? e)
+    {
+        lock (_gate)
+        {
+            if (_done || _failure is not null) return;
+            _failure = reason;
+        }
+        _abort.Cancel();
+        // Page channels at once (a receive thread may be blocked in a read); control too unless the caller's thread
+        // is the one failing (it tells the source why, then aborts).
+        if (_connection is { } c)
+        {
+            foreach (var p in c.Pages) p.Abort();
+            if (e is null) c.Control.Abort();
+        }
+    }
+
+    private string FailureReason(Exception e)
+    {
+        lock (_gate)
+        {
+            if (_failure is not null) return _failure;
+        }
+        return e is MigrationException or IOException ? e.Message : $"{e.GetType().Name}: {e.Message}";
+    }
+
+    /// <summary>Best-effort Error to the source so it resumes at once rather than on its own timeout.</summary>
+    private void TellSource(string reason, Exception e)
+    {
+        if (_control is null || e is RefusedException || e is MigrationPeerException || e is MigrationTransportException) return;
+        var code = e switch
+        {
+            MigrationProtocolException => ProtocolErrorCode.Protocol,
+            MigrationException { InnerException: InvalidDataException } => ProtocolErrorCode.StateLoadFailed,
+            _ => ProtocolErrorCode.Internal,
+        };
+        // Bounded: the control channel is aborted after 1 s if the source stopped reading.
+        using var guard = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), _connection!.Control, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
+        try
+        {
+            _control.WriteError(code, reason);
+        }
+        catch (Exception ex) when (ex is MigrationTransportException or ObjectDisposedException)
+        {
+            // The source learns from the closed connection instead.
+        }
+    }
+
+    private void OnKeepaliveTick()
+    {
+        if (_done) return;
+        var silent = _time.GetElapsedTime(Volatile.Read(ref _lastHeard));
+        if (silent > _options.PeerTimeout)
+        {
+            Fail($"source silent for {silent.TotalSeconds:F1} s (peer timeout {_options.PeerTimeout.TotalSeconds:F1} s)", null);
+            return;
+        }
+        if (!_keepalivesOn) return;
+        try
+        {
+            _control?.WriteKeepalive((ulong)_time.GetTimestamp());
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // The control thread sees the same broken channel.
+        }
+    }
+
+    private void Heard() => Volatile.Write(ref _lastHeard, _time.GetTimestamp());
+
+    private uint Micros(long since) => (uint)Math.Min(uint.MaxValue, _time.GetElapsedTime(since).Ticks / 10);
+
+    private static byte[] TokenBytes(string? token) => token is null ? [] : System.Text.Encoding.UTF8.GetBytes(token);
+
+    /// <summary>The handshake was refused (Refuse already sent).</summary>
+    private sealed class RefusedException(string message) : MigrationException(message);
+
+    /// <summary>One page channel's receive thread: batches straight into guest memory until the channel's Flush.</summary>
+    private sealed class Receiver
+    {
+        private readonly IncomingMigration _owner;
+        private readonly IMigrationChannel _channel;
+        private readonly PageBatchReader _reader;
+        private readonly Thread _thread;
+
+        public Receiver(IncomingMigration owner, IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions)
+        {
+            _owner = owner;
+            _channel = channel;
+            _reader = new PageBatchReader(channel, regions);
+            _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
+        }
+
+        public string Name => _channel.Name;
+
+        /// <summary>Set when this channel's Flush arrived.</summary>
+        public ManualResetEventSlim Flushed { get; } = new();
+
+        public ulong FlushSequence { get; private set; }
+        public long NormalPages { get; private set; }
+        public long ZeroPages { get; private set; }
+
+        public void Start() => _thread.Start();
+
+        public void Join()
+        {
+            if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(5));
+        }
+
+        private void Loop()
+        {
+            try
+            {
+                while (true)
+                {
+                    var record = _reader.ReadNext();
+                    _owner.Heard();
+                    switch (record.Kind)
+                    {
+                        case PageRecordKind.PageBatch:
+                            NormalPages += record.NormalPages;
+                            ZeroPages += record.ZeroPages;
+                            break;
+                        case PageRecordKind.Keepalive:
+                            break;
+                        case PageRecordKind.Flush:
+                            // v1 has one switchover: the Flush is this channel's last record.
+                            FlushSequence = record.Value;
+                            Flushed.Set();
+                            return;
+                        default:
+                            _owner.Fail($"{_channel.Name}: source closed the channel before its Flush", null);
+                            return;
+                    }
+                }
+            }
+            catch (Exception e)
+            {
+                _owner.Fail($"{_channel.Name}: {(e is MigrationException or IOException ? e.Message : e.ToString())}", null);
+            }
+        }
+    }
 }

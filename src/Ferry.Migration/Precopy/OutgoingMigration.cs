@@ -1,4 +1,8 @@
+using System.Diagnostics;
 using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
+using Ferry.Migration.Policy;
+using Ferry.Migration.Protocol;
 using Ferry.Migration.Transport;
 
 namespace Ferry.Migration.Precopy;
@@ -12,24 +16,577 @@ namespace Ferry.Migration.Precopy;
 /// migration failure: the outcome is in the returned statistics, and on any failure before <c>commit</c> the guest is
 /// running again when it returns. <see cref="Cancel"/>, <see cref="MaxBandwidth"/> and <see cref="Progress"/> may be
 /// used from any thread.
+/// <para><b>Threads</b>: the caller's (migration) thread drives the phases and is the only one that calls the guest;
+/// one sender thread per page channel (<see cref="PageSender"/>); one reader thread on the control channel (the return
+/// path: Ready, Resumed, Error, Cancel, keepalives); a timer that sends keepalives and watches for a silent peer.
+/// Any of them may fail the migration through <see cref="Fail"/>, which records the first reason and aborts the
+/// channels so every blocked thread wakes; only the migration thread then restores the guest.</para>
+/// <para><b>Commit rule</b>: <c>_committed</c> is set under <c>_gate</c> together with the check that nothing failed,
+/// so a failure or cancel either happens-before commit (source resumes, Commit never sent) or has no effect.</para>
 /// </remarks>
 public sealed class OutgoingMigration
 {
+    /// <summary>
+    /// Estimated time to save, send and load device state plus the Ready/Commit round trips, used by the policy before
+    /// stop-and-copy has measured it: the in-process guest's state (~3 KiB) takes well under 1 ms, a KVM vCPU's ~11 KB
+    /// per vCPU about 0.1 ms; 2 ms keeps a margin for the two round trips on a LAN (~0.2 ms each).
+    /// </summary>
+    internal static readonly TimeSpan StateTimeEstimate = TimeSpan.FromMilliseconds(2);
+
+    /// <summary>Sequence number of the switchover Flush (one switchover per migration in v1).</summary>
+    private const ulong SwitchoverFlushSequence = 1;
+
+    private readonly IMigrationSource _guest;
+    private readonly IMigrationConnector _connector;
+    private readonly MigrationOptions _options;
+    private readonly TimeProvider _time;
+    private readonly BandwidthLimiter _limiter;
+    // Guards the commit decision against failure and cancel.
+    private readonly Lock _gate = new();
+    // Cancelled on the first failure: wakes every wait of every engine thread.
+    private readonly CancellationTokenSource _abort = new();
+    // Set by the reader thread on Ready / Resumed.
+    private readonly ManualResetEventSlim _readyArrived = new();
+    private readonly ManualResetEventSlim _resumedArrived = new();
+
+    private int _started;
+    private bool _committed;
+    private bool _finished;
+    private string? _failure;
+    private MigrationStatus _failureStatus;
+    // Whether the peer should be told (Cancel or Error record) before the control channel is closed.
+    private bool _notifyPeer;
+    private ProtocolErrorCode _notifyCode;
+
+    private MigrationConnection? _connection;
+    private ProtocolWriter? _control;
+    private PageSender[] _senders = [];
+    private Thread? _reader;
+    private ITimer? _keepalive;
+    private ITimer? _controlAbortTimer;
+    private volatile bool _keepalivesOn;
+    // Timestamp of the last record from the destination (watchdog).
+    private long _lastHeard;
+    private ReadyMessage? _ready;
+    private ResumedMessage? _resumed;
+    private long _resumedAt;
+
+    // Progress figures, updated by the migration thread at each round end.
+    private long _startTimestamp;
+    private volatile MigrationStatus _status = MigrationStatus.Setup;
+    private int _round;
+    private long _remainingBytes;
+    private double _bandwidth;
+    private double _dirtyRate;
+    private int _throttle;
+    private IProgress<MigrationProgress>? _progressSink;
+
     public OutgoingMigration(IMigrationSource guest, IMigrationConnector connector, MigrationOptions options, TimeProvider? time = null)
     {
-        throw new NotImplementedException();
+        ArgumentNullException.ThrowIfNull(guest);
+        ArgumentNullException.ThrowIfNull(connector);
+        ArgumentNullException.ThrowIfNull(options);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.PageChannels, 1);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.PageChannels, MigrationProtocol.MaxPageChannels);
+        ArgumentOutOfRangeException.ThrowIfLessThan(options.MaxRounds, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.PeerTimeout, TimeSpan.Zero);
+        _guest = guest;
+        _connector = connector;
+        _options = options;
+        _time = time ?? TimeProvider.System;
+        _limiter = new BandwidthLimiter(options.MaxBandwidth, _time);
     }
 
     /// <summary>Run the migration to its end.</summary>
     public MigrationStatistics Run(IProgress<MigrationProgress>? progress = null, CancellationToken cancellationToken = default)
-        => throw new NotImplementedException();
+    {
+        if (Interlocked.Exchange(ref _started, 1) != 0)
+            throw new InvalidOperationException("an OutgoingMigration runs once; create a new one to migrate again");
+        _progressSink = progress;
+        _startTimestamp = _time.GetTimestamp();
+        using var registration = cancellationToken.Register(static s => ((OutgoingMigration)s!).Cancel("cancelled by the caller's token"), this);
+        var stats = new StatsBuilder();
+        bool paused = false;
+        bool dirtyLogOn = false;
+        try
+        {
+            Setup(stats);
+            _guest.StartDirtyLog();
+            dirtyLogOn = true;
+            stats.SetupMs = Ms(_startTimestamp);
+            Precopy(stats, ref paused);
+        }
+        catch (Exception e)
+        {
+            // Engine-thread failures (channel errors, protocol errors, timeouts, bugs) land here; others were recorded
+            // by Fail and surface as an OperationCanceledException from a wait.
+            if (e is not OperationCanceledException) Fail(MigrationStatus.Failed, Describe(e), notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+        }
+        return Finish(stats, paused, dirtyLogOn);
+    }
 
     /// <summary>Cancel: idempotent; no effect once <c>commit</c> was sent.</summary>
-    public void Cancel() => throw new NotImplementedException();
+    public void Cancel() => Cancel("cancelled by the operator");
 
     /// <summary>Bandwidth cap for page channels (bytes/s, 0 = unlimited); takes effect at once.</summary>
-    public long MaxBandwidth { get => throw new NotImplementedException(); set => throw new NotImplementedException(); }
+    public long MaxBandwidth
+    {
+        get => _limiter.BytesPerSecond;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            _limiter.BytesPerSecond = value;
+        }
+    }
 
     /// <summary>The latest progress snapshot.</summary>
-    public MigrationProgress Progress => throw new NotImplementedException();
+    public MigrationProgress Progress => new(
+        _status, Volatile.Read(ref _round), Interlocked.Read(ref _remainingBytes), BytesSentNow(),
+        Volatile.Read(ref _bandwidth), Volatile.Read(ref _dirtyRate), Volatile.Read(ref _throttle),
+        _startTimestamp == 0 ? TimeSpan.Zero : _time.GetElapsedTime(_startTimestamp));
+
+    private void Cancel(string reason) => Fail(MigrationStatus.Cancelled, reason, notify: true, ProtocolErrorCode.None);
+
+    // ---- setup -------------------------------------------------------------------------------------------------
+
+    private void Setup(StatsBuilder stats)
+    {
+        var regions = _guest.Regions;
+        _connection = _connector.Connect(_options.PageChannels, _abort.Token);
+        // A cancel that raced with Connect found no connection to abort: honour it now.
+        _abort.Token.ThrowIfCancellationRequested();
+        if (_connection.Pages.Count != _options.PageChannels)
+            throw new MigrationException($"connector opened {_connection.Pages.Count} page channels, {_options.PageChannels} asked");
+        _control = new ProtocolWriter(_connection.Control);
+        var reader = new ProtocolReader(_connection.Control);
+
+        // The watchdog runs from here: a destination that accepts and then says nothing is detected in PeerTimeout.
+        Volatile.Write(ref _lastHeard, _time.GetTimestamp());
+        var tick = _options.PeerTimeout / 3;
+        _keepalive = _time.CreateTimer(static s => ((OutgoingMigration)s!).OnKeepaliveTick(), this, tick, tick);
+
+        var layout = new (ulong, ulong)[regions.Count];
+        for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
+        var caps = _options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None;
+        var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
+        _control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
+            (ushort)_options.PageChannels, caps, layout, token));
+        var welcome = reader.Expect<WelcomeMessage>();
+        Volatile.Write(ref _lastHeard, _time.GetTimestamp());
+        if (welcome.Version != MigrationProtocol.CurrentVersion)
+            throw new MigrationProtocolException($"destination answered version {welcome.Version}; this source speaks {MigrationProtocol.CurrentVersion}");
+        if ((welcome.Capabilities & ~caps) != 0)
+            throw new MigrationProtocolException($"destination accepted capabilities that were not offered: {welcome.Capabilities}");
+        if (_options.Verify && (welcome.Capabilities & ProtocolCapabilities.Verify) == 0)
+            throw new MigrationException("destination does not support verification, which was asked for");
+        _keepalivesOn = true;
+
+        _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
+        _reader.Start();
+
+        _senders = new PageSender[_options.PageChannels];
+        for (int i = 0; i < _senders.Length; i++)
+        {
+            var channel = new RateLimitedChannel(_connection.Pages[i], _limiter);
+            _senders[i] = new PageSender(i, _senders.Length, channel, regions, OnSenderFailure, _abort.Token);
+            _senders[i].StartThread();
+        }
+        _status = MigrationStatus.Active;
+        Report();
+        _ = stats;
+    }
+
+    /// <summary>VM identity sent in Hello (a guest contract without identity gets a fresh one per migration).</summary>
+    public Guid VmId { get; init; } = Guid.NewGuid();
+
+    /// <summary>Authorisation token presented in Hello (sent as UTF-8, at most 256 bytes), or null for none.</summary>
+    public string? Token { get; init; }
+
+    // ---- pre-copy rounds and stop-and-copy ---------------------------------------------------------------------
+
+    private void Precopy(StatsBuilder stats, ref bool paused)
+    {
+        var bitmap = new DirtyBitmap(_guest.TotalPages);
+        var meter = new BandwidthMeter(_time);
+        var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
+        using var done = new CountdownEvent(_senders.Length);
+        long precopyStart = _time.GetTimestamp();
+
+        // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
+        _guest.HarvestDirtyLog(bitmap.Words);
+        bitmap.SetAll();
+
+        for (int round = 0; ; round++)
+        {
+            Volatile.Write(ref _round, round);
+            long roundStart = _time.GetTimestamp();
+            meter.Restart();
+            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done);
+            double roundMs = Ms(roundStart);
+            meter.AddSample(bytes);
+
+            bitmap.ClearAll();
+            _guest.HarvestDirtyLog(bitmap.Words);
+            long dirtyPages = (long)bitmap.Count();
+            long dirtyBytes = dirtyPages * MemoryRegion.PageSize;
+            double dirtyRate = roundMs > 0 ? dirtyPages / (roundMs / 1000) : 0;
+            double roundBandwidth = roundMs > 0 ? bytes / (roundMs / 1000) : 0;
+            stats.Rounds.Add(new RoundStatistics
+            {
+                Round = round, Pages = pages, Bytes = bytes, Milliseconds = roundMs,
+                DirtyPagesPerSecond = dirtyRate, BandwidthBytesPerSecond = roundBandwidth, ThrottlePercent = _throttle,
+            });
+            Interlocked.Exchange(ref _remainingBytes, dirtyBytes);
+            Volatile.Write(ref _bandwidth, meter.BytesPerSecond);
+            Volatile.Write(ref _dirtyRate, dirtyRate);
+
+            var decision = ConvergencePolicy.Decide(new ConvergenceInput(
+                dirtyBytes, meter.BytesPerSecond, StateTimeEstimate, _options.DowntimeLimit, round,
+                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy));
+            Report();
+            if (decision.Action == ConvergenceAction.Abort)
+            {
+                Fail(MigrationStatus.Failed, decision.Reason!, notify: true, ProtocolErrorCode.None);
+                _abort.Token.ThrowIfCancellationRequested();
+            }
+            if (decision.Action == ConvergenceAction.SwitchOver)
+            {
+                stats.SwitchReason = decision.SwitchOver;
+                break;
+            }
+            if (autoConverge is not null)
+            {
+                // Transferred = the page bytes sent this round; dirtied = what must be re-sent because of this round.
+                int throttle = autoConverge.OnRoundEnd(dirtyBytes, bytes);
+                if (throttle != _throttle)
+                {
+                    _guest.SetThrottle(throttle);
+                    Volatile.Write(ref _throttle, throttle);
+                }
+            }
+            _abort.Token.ThrowIfCancellationRequested();
+        }
+
+        StopAndCopy(stats, bitmap, done, ref paused);
+    }
+
+    /// <summary>One pass over <paramref name="bitmap"/> on every sender; returns (pages, wire bytes) of the pass.</summary>
+    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done)
+    {
+        long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
+        done.Reset(_senders.Length);
+        foreach (var s in _senders) s.Start(bitmap, checksumData, flush, done);
+        done.Wait(_abort.Token);
+        _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
+        return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
+    }
+
+    private void StopAndCopy(StatsBuilder stats, DirtyBitmap bitmap, CountdownEvent done, ref bool paused)
+    {
+        _status = MigrationStatus.Device;
+        Report();
+        long pauseStart = _time.GetTimestamp();
+        _guest.Pause();
+        paused = true;
+        stats.PauseMs = Ms(pauseStart);
+
+        // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since.
+        _guest.HarvestDirtyLog(bitmap.Words);
+
+        UInt128 sourceDigest = default;
+        if (_options.Verify)
+        {
+            // Excluded from the downtime figure: a real deployment would not verify, and 1 GiB takes ~100 ms.
+            long d0 = _time.GetTimestamp();
+            sourceDigest = MemoryDigest.Compute(_guest.Regions);
+            stats.SourceDigestMs = Ms(d0);
+        }
+
+        long finalStart = _time.GetTimestamp();
+        var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
+        stats.FinalPagesMs = Ms(finalStart);
+        stats.Rounds.Add(new RoundStatistics
+        {
+            Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = stats.FinalPagesMs,
+            BandwidthBytesPerSecond = stats.FinalPagesMs > 0 ? bytes / (stats.FinalPagesMs / 1000) : 0,
+            ThrottlePercent = _throttle,
+        });
+        Interlocked.Exchange(ref _remainingBytes, 0);
+
+        long stateStart = _time.GetTimestamp();
+        var sections = _guest.SaveState();
+        foreach (var section in sections) _control!.WriteStateSection(section);
+        _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
+
+        // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
+        // keepalives but never answers must not hold the guest paused forever.
+        if (!_readyArrived.Wait(_options.PeerTimeout, _abort.Token))
+            Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
+        _abort.Token.ThrowIfCancellationRequested();
+        var ready = _ready!;
+        stats.DeviceStateMs = Ms(stateStart) - ready.DigestMicroseconds / 1000.0;
+        stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
+
+        if (_options.Verify)
+        {
+            stats.Verify = new VerifyResult
+            {
+                SourceDigest = MemoryDigest.ToHex(sourceDigest),
+                DestDigest = ready.Digest is { } d ? MemoryDigest.ToHex(d) : "",
+                Match = ready.Digest == sourceDigest,
+            };
+            if (!stats.Verify.Match)
+            {
+                Fail(MigrationStatus.Failed, $"memory digests differ: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}",
+                    notify: true, ProtocolErrorCode.VerifyFailed);
+                _abort.Token.ThrowIfCancellationRequested();
+            }
+        }
+
+        // The point of no return. From here the source never runs the guest again.
+        lock (_gate)
+        {
+            if (_failure is not null) _abort.Token.ThrowIfCancellationRequested();
+            _committed = true;
+        }
+        long commitAt = _time.GetTimestamp();
+        try
+        {
+            _control.WriteCommit();
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // Committed but unsent: the destination will fail and discard; neither side runs the VM. Reported below.
+            stats.PostCommitProblem = $"Commit could not be sent ({e.Message}); the guest is stopped on both sides";
+            return;
+        }
+        if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
+        {
+            stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
+            stats.Downtime = _time.GetElapsedTime(pauseStart, Volatile.Read(ref _resumedAt)).TotalMilliseconds
+                - stats.SourceDigestMs - stats.DestDigestMs;
+        }
+        else
+        {
+            // Still committed: the destination owns the VM. Downtime is unknown beyond our side's figure.
+            stats.ResumeMs = Ms(commitAt);
+            stats.Downtime = Ms(pauseStart) - stats.SourceDigestMs - stats.DestDigestMs;
+            stats.PostCommitProblem = $"no Resumed from the destination within {_options.PeerTimeout.TotalSeconds:F1} s of Commit";
+        }
+    }
+
+    // ---- the return path and liveness --------------------------------------------------------------------------
+
+    private void ReadReturnPath(ProtocolReader reader)
+    {
+        try
+        {
+            while (true)
+            {
+                var message = reader.Read();
+                Volatile.Write(ref _lastHeard, _time.GetTimestamp());
+                switch (message)
+                {
+                    case null:
+                        OnControlLost("destination closed the control channel");
+                        return;
+                    case KeepaliveMessage:
+                        break;
+                    case ReadyMessage r:
+                        _ready = r;
+                        _readyArrived.Set();
+                        break;
+                    case ResumedMessage m:
+                        Volatile.Write(ref _resumedAt, _time.GetTimestamp());
+                        _resumed = m;
+                        _resumedArrived.Set();
+                        return;
+                    case ErrorMessage e:
+                        Fail(MigrationStatus.Failed, $"destination reported {e.Code}: {e.Message}", notify: false, ProtocolErrorCode.None);
+                        return;
+                    case CancelMessage c:
+                        Fail(MigrationStatus.Cancelled, $"destination cancelled: {c.Reason}", notify: false, ProtocolErrorCode.None);
+                        return;
+                    case PageRequestMessage:
+                        Fail(MigrationStatus.Failed, "destination sent PageRequest, which pre-copy does not serve", notify: true, ProtocolErrorCode.Unsupported);
+                        return;
+                    default:
+                        Fail(MigrationStatus.Failed, $"destination sent {message.Kind} on the return path", notify: true, ProtocolErrorCode.Protocol);
+                        return;
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            OnControlLost(Describe(e));
+        }
+    }
+
+    private void OnControlLost(string reason)
+    {
+        // After commit a closing destination is normal (it may close right after Resumed); just stop waiting.
+        _resumedArrived.Set();
+        Fail(MigrationStatus.Failed, $"control channel: {reason}", notify: false, ProtocolErrorCode.None);
+    }
+
+    private void OnKeepaliveTick()
+    {
+        if (Volatile.Read(ref _finished)) return;
+        var silent = _time.GetElapsedTime(Volatile.Read(ref _lastHeard));
+        if (silent > _options.PeerTimeout)
+        {
+            Fail(MigrationStatus.Failed, $"destination silent for {silent.TotalSeconds:F1} s (peer timeout {_options.PeerTimeout.TotalSeconds:F1} s)",
+                notify: false, ProtocolErrorCode.None);
+            return;
+        }
+        if (!_keepalivesOn) return;
+        try
+        {
+            _control?.WriteKeepalive((ulong)_time.GetTimestamp());
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // The reader or a sender sees the same broken channel and records the reason.
+        }
+    }
+
+    private void OnSenderFailure(Exception e, PageSender sender) =>
+        Fail(MigrationStatus.Failed, $"{sender.Name}: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+
+    /// <summary>
+    /// Record the first failure (any thread) and wake every engine thread. Page channels are aborted at once (a
+    /// sender may be blocked on a full pipe to a hung peer). The control channel is left to the migration thread to
+    /// tell the destination why (Cancel/Error) when <paramref name="notify"/>, with a 1 s grace after which it is
+    /// aborted anyway in case the migration thread itself is blocked on it. No effect after commit.
+    /// </summary>
+    private void Fail(MigrationStatus status, string reason, bool notify, ProtocolErrorCode code)
+    {
+        lock (_gate)
+        {
+            if (_committed || _finished || _failure is not null) return;
+            _failure = reason;
+            _failureStatus = status;
+            _notifyPeer = notify;
+            _notifyCode = code;
+        }
+        _abort.Cancel();
+        var connection = _connection;
+        if (connection is null) return;
+        foreach (var p in connection.Pages) p.Abort();
+        if (!notify) connection.Control.Abort();
+        else _controlAbortTimer = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), connection.Control, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
+    }
+
+    // ---- the end -----------------------------------------------------------------------------------------------
+
+    private MigrationStatistics Finish(StatsBuilder stats, bool paused, bool dirtyLogOn)
+    {
+        string? failure;
+        lock (_gate)
+        {
+            _finished = true;
+            failure = _failure;
+        }
+        _keepalive?.Dispose();
+        var connection = _connection;
+        if (failure is not null)
+        {
+            if (connection is not null && _notifyPeer && _control is not null)
+            {
+                try
+                {
+                    if (_notifyCode == ProtocolErrorCode.None) _control.WriteCancel(failure);
+                    else _control.WriteError(_notifyCode, failure);
+                }
+                catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException or MigrationException)
+                {
+                    // Best effort: the destination also fails on the closed connection.
+                }
+            }
+            connection?.Abort();
+            // Restore the guest exactly as it was: unthrottled, not logging, running.
+            _guest.SetThrottle(0);
+            if (dirtyLogOn) _guest.StopDirtyLog();
+            if (paused) _guest.Resume();
+        }
+        else
+        {
+            _guest.StopDirtyLog();
+        }
+        _controlAbortTimer?.Dispose();
+        foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
+        connection?.Abort();
+        _reader?.Join(TimeSpan.FromSeconds(5));
+        connection?.Dispose();
+
+        _status = failure is null ? MigrationStatus.Completed : _failureStatus;
+        long normal = 0, zero = 0;
+        foreach (var s in _senders)
+        {
+            normal += s.NormalPages;
+            zero += s.ZeroPages;
+        }
+        var result = new MigrationStatistics
+        {
+            Status = _status,
+            Error = failure ?? stats.PostCommitProblem,
+            MemoryBytes = (long)(_guest.TotalPages * MemoryRegion.PageSize),
+            TotalMs = Ms(_startTimestamp),
+            SetupMs = stats.SetupMs,
+            DowntimeMs = failure is null ? Math.Max(0, stats.Downtime) : 0,
+            DowntimeBreakdownMs = failure is null
+                ? new DowntimeBreakdown { Pause = stats.PauseMs, FinalPages = stats.FinalPagesMs, DeviceState = stats.DeviceStateMs, Resume = stats.ResumeMs }
+                : new DowntimeBreakdown(),
+            BytesSent = BytesSentNow(),
+            Pages = new PageCounts { Normal = normal, Zero = zero },
+            Rounds = stats.Rounds,
+            ThrottlePercent = _throttle,
+            Verify = stats.Verify,
+        };
+        Report();
+        return result;
+    }
+
+    // ---- helpers -----------------------------------------------------------------------------------------------
+
+    private long BytesSentNow()
+    {
+        long n = 0;
+        foreach (var s in _senders) n += s.BytesSent;
+        return n;
+    }
+
+    private long PagesSentNow()
+    {
+        long n = 0;
+        foreach (var s in _senders) n += s.NormalPages + s.ZeroPages;
+        return n;
+    }
+
+    private void Report() => _progressSink?.Report(Progress);
+
+    private double Ms(long since) => _time.GetElapsedTime(since).TotalMilliseconds;
+
+    private static string Describe(Exception e) => e switch
+    {
+        MigrationException or IOException => e.Message,
+        _ => $"{e.GetType().Name}: {e.Message}",
+    };
+
+    /// <summary>Figures gathered along the way, turned into <see cref="MigrationStatistics"/> at the end.</summary>
+    private sealed class StatsBuilder
+    {
+        public List<RoundStatistics> Rounds { get; } = [];
+        public double SetupMs;
+        public double PauseMs;
+        public double FinalPagesMs;
+        public double DeviceStateMs;
+        public double ResumeMs;
+        public double Downtime;
+        public double SourceDigestMs;
+        public double DestDigestMs;
+        public SwitchOverReason SwitchReason;
+        public VerifyResult? Verify;
+        public string? PostCommitProblem;
+    }
 }

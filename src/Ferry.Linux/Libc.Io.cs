@@ -1,0 +1,124 @@
+using System.Runtime.InteropServices;
+
+namespace Ferry.Linux;
+
+// Kernel struct names kept exactly (STYLE.md 8).
+#pragma warning disable CS8981
+
+/// <summary>One element of a <c>writev</c> vector (struct iovec, &lt;sys/uio.h&gt;).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct iovec
+{
+    /// <summary>Start of the bytes.</summary>
+    public nint iov_base;
+
+    /// <summary>Number of bytes.</summary>
+    public nuint iov_len;
+}
+
+/// <summary>One element of a <c>poll</c> set (struct pollfd, &lt;poll.h&gt;).</summary>
+[StructLayout(LayoutKind.Sequential)]
+public struct pollfd
+{
+    public int fd;
+    public short events;
+    public short revents;
+}
+
+#pragma warning restore CS8981
+
+public static partial class Libc
+{
+    /// <summary>Most iovecs one writev accepts (IOV_MAX on Linux).</summary>
+    public const int IOV_MAX = 1024;
+
+    /// <summary>poll event: writing will not block.</summary>
+    public const short POLLOUT = 0x004;
+
+    /// <summary>poll event: error condition.</summary>
+    public const short POLLERR = 0x008;
+
+    /// <summary>poll event: peer hung up.</summary>
+    public const short POLLHUP = 0x010;
+
+    /// <summary>errno value: broken pipe (peer closed).</summary>
+    public const int EPIPE = 32;
+
+    /// <summary>errno value: connection reset by peer.</summary>
+    public const int ECONNRESET = 104;
+
+    [LibraryImport(LibraryName, EntryPoint = "writev", SetLastError = true)]
+    public static unsafe partial nint writev(int fd, iovec* iov, int iovcnt);
+
+    [LibraryImport(LibraryName, EntryPoint = "poll", SetLastError = true)]
+    public static unsafe partial int poll(pollfd* fds, nuint nfds, int timeout);
+
+    /// <summary>
+    /// Write every byte described by <paramref name="iov"/> to <paramref name="fd"/>: chunks of at most
+    /// <see cref="IOV_MAX"/> vectors, resumes after partial writes (advancing <paramref name="iov"/> in place, so the
+    /// caller's vector is consumed), retries on EINTR, and on EAGAIN (a non-blocking fd) waits with <c>poll</c> for at
+    /// most <paramref name="timeoutMilliseconds"/> (-1 = forever) without progress. Returns false on that timeout.
+    /// Throws <see cref="LinuxException"/> for any other error (EPIPE, ECONNRESET, ...).
+    /// </summary>
+    /// <remarks>On sockets use MSG_NOSIGNAL semantics: .NET ignores SIGPIPE process-wide, so EPIPE arrives as an errno.</remarks>
+    public static unsafe bool WriteVectorFully(int fd, Span<iovec> iov, int timeoutMilliseconds)
+    {
+        int first = 0;
+        fixed (iovec* v = iov)
+        {
+            while (first < iov.Length)
+            {
+                if (v[first].iov_len == 0)
+                {
+                    first++;
+                    continue;
+                }
+                int count = Math.Min(iov.Length - first, IOV_MAX);
+                nint n = writev(fd, v + first, count);
+                if (n < 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == EINTR) continue;
+                    if (errno == EAGAIN)
+                    {
+                        if (!WaitWritable(fd, timeoutMilliseconds)) return false;
+                        continue;
+                    }
+                    throw new LinuxException("writev", errno);
+                }
+                // Consume n bytes from the front of the vector.
+                nuint left = (nuint)n;
+                while (left > 0)
+                {
+                    if (left >= v[first].iov_len)
+                    {
+                        left -= v[first].iov_len;
+                        v[first].iov_len = 0;
+                        first++;
+                    }
+                    else
+                    {
+                        v[first].iov_base += (nint)left;
+                        v[first].iov_len -= left;
+                        left = 0;
+                    }
+                }
+            }
+        }
+        return true;
+    }
+
+    /// <summary>Wait until <paramref name="fd"/> is writable (or in error, which the next write reports).</summary>
+    private static unsafe bool WaitWritable(int fd, int timeoutMilliseconds)
+    {
+        var p = new pollfd { fd = fd, events = POLLOUT };
+        while (true)
+        {
+            int r = poll(&p, 1, timeoutMilliseconds);
+            if (r > 0) return true;
+            if (r == 0) return false;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR) throw new LinuxException("poll", errno);
+        }
+    }
+}

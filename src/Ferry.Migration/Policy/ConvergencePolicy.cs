@@ -1,0 +1,125 @@
+namespace Ferry.Migration.Policy;
+
+/// <summary>What the source does after a pre-copy round.</summary>
+public enum ConvergenceAction
+{
+    /// <summary>Run another round: the rest does not fit the downtime limit yet and no limit was hit.</summary>
+    ContinueRound = 1,
+
+    /// <summary>Pause the guest and stop-and-copy (see <see cref="SwitchOverReason"/>).</summary>
+    SwitchOver = 2,
+
+    /// <summary>Give up: the source keeps running, the migration fails with <see cref="ConvergenceDecision.Reason"/>.</summary>
+    Abort = 3,
+}
+
+/// <summary>Why the policy chose <see cref="ConvergenceAction.SwitchOver"/>.</summary>
+public enum SwitchOverReason
+{
+    /// <summary>Not a switch-over.</summary>
+    None = 0,
+
+    /// <summary>The estimated downtime fits the limit.</summary>
+    Converged = 1,
+
+    /// <summary>The pre-copy timeout elapsed and the strategy is <see cref="TimeoutStrategy.Force"/>.</summary>
+    ForcedByTimeout = 2,
+
+    /// <summary>The round limit was reached and the strategy is <see cref="TimeoutStrategy.Force"/>.</summary>
+    ForcedByMaxRounds = 3,
+}
+
+/// <summary>
+/// Everything the convergence decision depends on, measured by the engine after a round (STYLE.md 6: the decision is
+/// a pure function of this, with time already turned into durations by the caller's <see cref="TimeProvider"/>).
+/// </summary>
+/// <param name="RemainingBytes">Bytes still dirty (to be sent in stop-and-copy if we switched now).</param>
+/// <param name="BandwidthBytesPerSecond">Smoothed page-channel throughput measured so far; 0 = not measured yet.</param>
+/// <param name="StateSaveTime">Measured (or estimated) time to save, send and load the device state.</param>
+/// <param name="DowntimeLimit">Largest acceptable downtime.</param>
+/// <param name="Round">The round just finished (0 = the first full pass).</param>
+/// <param name="Elapsed">Time since the pre-copy phase started.</param>
+/// <param name="MaxRounds">Most rounds before <paramref name="Strategy"/> applies.</param>
+/// <param name="Timeout">Longest pre-copy phase before <paramref name="Strategy"/> applies.</param>
+/// <param name="Strategy">What to do at a limit without convergence.</param>
+public readonly record struct ConvergenceInput(
+    long RemainingBytes,
+    double BandwidthBytesPerSecond,
+    TimeSpan StateSaveTime,
+    TimeSpan DowntimeLimit,
+    int Round,
+    TimeSpan Elapsed,
+    int MaxRounds,
+    TimeSpan Timeout,
+    TimeoutStrategy Strategy);
+
+/// <summary>The policy's answer, with the estimate it was based on (for logs and statistics).</summary>
+/// <param name="Action">What to do.</param>
+/// <param name="SwitchOver">Why, when <paramref name="Action"/> is <see cref="ConvergenceAction.SwitchOver"/>.</param>
+/// <param name="ExpectedDowntime">remaining / bandwidth + state time; <see cref="TimeSpan.MaxValue"/> if bandwidth is unknown.</param>
+/// <param name="Reason">A human sentence with the figures (always set for <see cref="ConvergenceAction.Abort"/>).</param>
+public readonly record struct ConvergenceDecision(
+    ConvergenceAction Action,
+    SwitchOverReason SwitchOver,
+    TimeSpan ExpectedDowntime,
+    string? Reason);
+
+/// <summary>
+/// Decides after each pre-copy round whether to go on, switch over, or give up. Like Cloud Hypervisor's
+/// <c>is_precopy_converged</c> and QEMU's <c>migration_iteration_run</c>: switch when the pages still dirty can be
+/// sent within the downtime limit at the measured bandwidth, with the device-state time included in the estimate
+/// (DESIGN.md: "with the device-state time included"), because the guest is paused for both.
+/// </summary>
+public static class ConvergencePolicy
+{
+    /// <summary>Decide from <paramref name="input"/> alone (no clock, no state).</summary>
+    public static ConvergenceDecision Decide(in ConvergenceInput input)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(input.RemainingBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(input.Round);
+
+        var expected = ExpectedDowntime(input.RemainingBytes, input.BandwidthBytesPerSecond, input.StateSaveTime);
+
+        // Nothing left to send: the downtime is the state alone, and no further round can make it smaller. This also
+        // covers an idle guest before bandwidth is known (a 0-byte round measures no bandwidth).
+        if (input.RemainingBytes == 0 || expected <= input.DowntimeLimit)
+        {
+            return new(ConvergenceAction.SwitchOver, SwitchOverReason.Converged, expected,
+                $"converged: {Describe(input, expected)} fits the {Ms(input.DowntimeLimit)} limit");
+        }
+
+        // Timeout is checked before the round limit: when both are hit, the elapsed time is the harder limit a user set.
+        bool timedOut = input.Elapsed >= input.Timeout;
+        bool roundsOut = input.Round + 1 >= input.MaxRounds;
+        if (!timedOut && !roundsOut)
+            return new(ConvergenceAction.ContinueRound, SwitchOverReason.None, expected, null);
+
+        string limit = timedOut
+            ? $"pre-copy timeout {Ms(input.Timeout)} elapsed after {input.Round + 1} rounds"
+            : $"round limit {input.MaxRounds} reached after {Ms(input.Elapsed)}";
+        string why = $"{limit} without converging: {Describe(input, expected)} exceeds the {Ms(input.DowntimeLimit)} limit";
+        return input.Strategy == TimeoutStrategy.Force
+            ? new(ConvergenceAction.SwitchOver, timedOut ? SwitchOverReason.ForcedByTimeout : SwitchOverReason.ForcedByMaxRounds, expected, why)
+            : new(ConvergenceAction.Abort, SwitchOverReason.None, expected, why);
+    }
+
+    /// <summary>
+    /// remaining / bandwidth + state time. An unmeasured (0) bandwidth with bytes remaining gives
+    /// <see cref="TimeSpan.MaxValue"/>: never switch on a guess.
+    /// </summary>
+    public static TimeSpan ExpectedDowntime(long remainingBytes, double bandwidthBytesPerSecond, TimeSpan stateSaveTime)
+    {
+        if (remainingBytes == 0) return stateSaveTime;
+        if (bandwidthBytesPerSecond <= 0 || double.IsNaN(bandwidthBytesPerSecond)) return TimeSpan.MaxValue;
+        double seconds = remainingBytes / bandwidthBytesPerSecond + stateSaveTime.TotalSeconds;
+        // TimeSpan overflows above ~29 000 years; anything that large is simply "never".
+        return seconds >= TimeSpan.MaxValue.TotalSeconds / 2 ? TimeSpan.MaxValue : TimeSpan.FromSeconds(seconds);
+    }
+
+    private static string Describe(in ConvergenceInput input, TimeSpan expected) =>
+        expected == TimeSpan.MaxValue
+            ? $"{input.RemainingBytes} bytes remaining at an unmeasured bandwidth"
+            : $"{input.RemainingBytes} bytes remaining at {input.BandwidthBytesPerSecond / 1e6:F1} MB/s plus {Ms(input.StateSaveTime)} of state = {Ms(expected)}";
+
+    private static string Ms(TimeSpan t) => $"{t.TotalMilliseconds:F1} ms";
+}

@@ -1,0 +1,215 @@
+using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
+using Ferry.Migration.Protocol;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Migration.Precopy;
+
+/// <summary>
+/// One page channel's sender thread on the source (as QEMU's multifd send threads). Each pass, it walks its share of
+/// the pages to send, classifies each page (zero or not) and sends batches straight from guest memory.
+/// </summary>
+/// <remarks>
+/// <para><b>Sharding</b>: page p of region r belongs to channel ((p &gt;&gt; 9) + r) % N, i.e. 2 MiB chunks dealt
+/// round-robin, the region index offsetting the deal so that small regions do not all land on channel 0. A page is
+/// therefore always sent on the same channel, every version of it travels in order within one stream, and the
+/// destination needs no cross-channel ordering. 2 MiB (512 pages) is the batch's run-table size and a huge page, so
+/// a run never needs splitting at a chunk edge within a batch, and a hot 2 MiB area does not pin one channel for long.</para>
+/// <para><b>Threading</b>: the migration thread calls <see cref="Start"/> for a pass and waits on the shared countdown;
+/// the sender only reads the bitmap (the migration thread does not touch it until every sender signalled).</para>
+/// <para><b>Allocation</b>: none per page or per batch; the run table is allocated once.</para>
+/// </remarks>
+internal sealed class PageSender
+{
+    /// <summary>Pages per shard chunk: 2 MiB.</summary>
+    public const int ChunkShift = 9;
+
+    private readonly int _index;
+    private readonly int _channelCount;
+    private readonly IMigrationChannel _channel;
+    private readonly PageBatchWriter _writer;
+    private readonly IReadOnlyList<MemoryRegion> _regions;
+    // First bitmap bit of each region (pages of earlier regions).
+    private readonly ulong[] _regionFirstBit;
+    // Run table of the batch being built, reused for every batch.
+    private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
+    private readonly Action<Exception, PageSender> _onFailure;
+    private readonly CancellationToken _abort;
+    private readonly Thread _thread;
+    // Signalled by the migration thread when a pass is ready.
+    private readonly SemaphoreSlim _go = new(0, 1);
+
+    // The pass: what to send and how. Written by the migration thread before _go is released.
+    private DirtyBitmap? _bitmap;
+    private bool _checksumData;
+    private ulong _flushSequence;
+    private CountdownEvent? _done;
+    private bool _stop;
+
+    // Runs accumulated for the current batch.
+    private int _runCount;
+    private int _normalInBatch;
+    private int _batchRegion = -1;
+
+    public PageSender(int index, int channelCount, IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions,
+        Action<Exception, PageSender> onFailure, CancellationToken abort)
+    {
+        _index = index;
+        _channelCount = channelCount;
+        _channel = channel;
+        _writer = new PageBatchWriter(channel);
+        _regions = regions;
+        _regionFirstBit = new ulong[regions.Count];
+        ulong bit = 0;
+        for (int r = 0; r < regions.Count; r++)
+        {
+            _regionFirstBit[r] = bit;
+            bit += regions[r].Pages;
+        }
+        _onFailure = onFailure;
+        _abort = abort;
+        _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-send-{index}" };
+    }
+
+    /// <summary>Channel name, for errors.</summary>
+    public string Name => _channel.Name;
+
+    /// <summary>Pages sent as data, over all passes. Written by the sender thread; read after a pass ends.</summary>
+    public long NormalPages { get; private set; }
+
+    /// <summary>Pages sent as zero runs, over all passes.</summary>
+    public long ZeroPages { get; private set; }
+
+    /// <summary>Wire bytes of every batch and flush sent, over all passes (read live for progress).</summary>
+    public long BytesSent => Interlocked.Read(ref _bytesSent);
+    private long _bytesSent;
+
+    public void StartThread() => _thread.Start();
+
+    /// <summary>
+    /// Send every set page of <paramref name="bitmap"/> in this channel's shard (data checksummed only while the guest
+    /// is paused), then Flush(<paramref name="flushSequence"/>) unless it is 0.
+    /// </summary>
+    public void Start(DirtyBitmap bitmap, bool checksumData, ulong flushSequence, CountdownEvent done)
+    {
+        _bitmap = bitmap;
+        _checksumData = checksumData;
+        _flushSequence = flushSequence;
+        _done = done;
+        _go.Release();
+    }
+
+    /// <summary>End the thread after the current pass (or at once if idle) and wait for it.</summary>
+    public void Stop(TimeSpan timeout)
+    {
+        _stop = true;
+        if (_go.CurrentCount == 0) _go.Release();
+        _thread.Join(timeout);
+    }
+
+    private void Loop()
+    {
+        while (true)
+        {
+            try
+            {
+                _go.Wait(_abort);
+            }
+            catch (OperationCanceledException)
+            {
+                return;
+            }
+            if (_stop) return;
+            try
+            {
+                SendPass();
+                if (_flushSequence != 0)
+                {
+                    Interlocked.Add(ref _bytesSent, _writer.WriteFlush(_flushSequence));
+                }
+            }
+            catch (Exception e)
+            {
+                _onFailure(e, this);
+            }
+            finally
+            {
+                _done!.Signal();
+            }
+        }
+    }
+
+    private void SendPass()
+    {
+        var bitmap = _bitmap!;
+        _runCount = 0;
+        _normalInBatch = 0;
+        _batchRegion = -1;
+        for (int r = 0; r < _regions.Count; r++)
+        {
+            ulong pages = _regions[r].Pages;
+            ulong chunks = (pages + (1UL << ChunkShift) - 1) >> ChunkShift;
+            // First chunk c with (c + r) % N == index.
+            ulong c = (ulong)(((_index - r) % _channelCount + _channelCount) % _channelCount);
+            for (; c < chunks; c += (ulong)_channelCount)
+            {
+                if (_abort.IsCancellationRequested) return;
+                ulong first = c << ChunkShift;
+                ulong end = Math.Min(first + (1UL << ChunkShift), pages);
+                ulong bitBase = _regionFirstBit[r];
+                foreach (var run in bitmap.Runs(bitBase + first, bitBase + end))
+                    AddPages(r, run.Start - bitBase, run.Length);
+            }
+            FlushBatch();
+        }
+    }
+
+    /// <summary>Classify pages [first, first + count) of region r and append them to the batch.</summary>
+    private void AddPages(int r, ulong first, ulong count)
+    {
+        if (_batchRegion != r)
+        {
+            FlushBatch();
+            _batchRegion = r;
+        }
+        var region = _regions[r];
+        for (ulong p = first; p < first + count; p++)
+        {
+            var encoding = ZeroPage.IsZero(region.PageAddress(p)) ? PageEncoding.Zero : PageEncoding.Normal;
+            if (encoding == PageEncoding.Normal && _normalInBatch == MigrationProtocol.MaxNormalPagesPerBatch)
+                FlushBatch();
+            // Extend the last run when this page continues it with the same encoding.
+            if (_runCount > 0)
+            {
+                ref var last = ref _runs[_runCount - 1];
+                if (last.Encoding == encoding && last.FirstPage + last.Count == p)
+                {
+                    last = last with { Count = last.Count + 1 };
+                    if (encoding == PageEncoding.Normal) _normalInBatch++;
+                    continue;
+                }
+                if (_runCount == _runs.Length) FlushBatch();
+            }
+            _runs[_runCount++] = new PageRun(p, 1, encoding);
+            if (encoding == PageEncoding.Normal) _normalInBatch++;
+        }
+    }
+
+    private void FlushBatch()
+    {
+        if (_runCount == 0) return;
+        var runs = _runs.AsSpan(0, _runCount);
+        long normal = 0, zero = 0;
+        foreach (ref readonly var run in runs)
+        {
+            if (run.Encoding == PageEncoding.Normal) normal += run.Count;
+            else zero += run.Count;
+        }
+        long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _checksumData);
+        Interlocked.Add(ref _bytesSent, bytes);
+        NormalPages += normal;
+        ZeroPages += zero;
+        _runCount = 0;
+        _normalInBatch = 0;
+    }
+}

@@ -1,0 +1,383 @@
+using System.Security.Cryptography;
+
+namespace Ferry.Migration.Protocol;
+
+/// <summary>
+/// Ferry migration stream protocol, version 1. This file is the specification; the codecs beside it implement it.
+/// </summary>
+/// <remarks>
+/// <para><b>Channels.</b> One migration is one control channel plus N page channels (1..16), each an ordered reliable
+/// byte stream (TCP connection). The transport's own preamble groups them (see Transport/TcpMigrationListener); the
+/// protocol starts after it. Control is bidirectional (the destination's return path); page channels carry records
+/// from source to destination only. A given guest page is always sent on the same page channel (the engine shards
+/// by page index), so the destination never needs to order pages across channels.</para>
+///
+/// <para><b>A migration</b> (time flows down):</para>
+/// <code>
+///   source                                             destination
+///     | ctl  Hello{magic,version,uuid,layout,caps,token} ->|  validate everything; nothing is allocated before this
+///     | ctl  &lt;- Welcome{version,caps} | Refuse{reason}  |  Refuse: both close, source keeps running
+///     | pgN  PageBatch* (round 0: all memory)            ->|  written straight into guest memory
+///     | pgN  PageBatch* (round k: pages dirtied)         ->|
+///     | ctl  Keepalive (both ways, every PeerTimeout/3)   |
+///     |  ... pause guest ...                              |
+///     | pgN  PageBatch* [DataChecksummed] , Flush{seq}   ->|  per page channel: "all before this was sent"
+///     | ctl  StateSection*  , Complete{seq,flags}        ->|  wait for Flush{seq} on every page channel,
+///     |                                                   |  then load state (and digest memory if Verify)
+///     | ctl  &lt;- Ready{digest-us,load-us,digest?}        |  -- or Error/Cancel: source resumes its guest
+///     | ctl  Commit                                      ->|  POINT OF NO RETURN: source never runs the VM again
+///     | ctl  &lt;- Resumed{resume-us}                      |  guest runs on the destination
+/// </code>
+/// <para>Before Commit either side may send Cancel or Error and close; the source then resumes its guest. After
+/// Commit the source never resumes, even if Resumed never arrives: at most one copy of the VM ever runs.</para>
+///
+/// <para><b>Receiver (destination) state machine</b>, control channel:</para>
+/// <code>
+///   AwaitHello --Hello ok--> Welcome sent: Receiving --Complete--> Draining (wait for Flush{seq} on all page channels)
+///   AwaitHello --bad/unsupported--> Refuse sent, closed
+///   Receiving: StateSection* accumulated (at most 4 MiB each), Keepalive ignored, PageRequest answered with Error (v1)
+///   Draining --state loaded--> Ready sent: AwaitCommit --Commit--> start guest, Resumed sent: Done
+///   any state --Cancel/Error/EOF/timeout/bad record--> Failed: guest discarded (never started)
+/// </code>
+/// Page channels: PageBatch* / Keepalive* then Flush{seq}; anything else (or any record after the final Flush that
+/// is not a PageBatch of a following phase) is a protocol error.
+///
+/// <para><b>Versions.</b> A receiver accepts the current version and the previous one (Cloud Hypervisor's rule).
+/// v1 is the first, so only 1 is accepted today. The version is the first thing after the magic in Hello and is
+/// checked before any other field (a later version may lay Hello out differently), i.e. before any memory moves.
+/// Welcome states the version both sides will speak.</para>
+///
+/// <para><b>Framing.</b> Every record is an 8-byte header then its payload; all integers are little-endian:</para>
+/// <code>
+///   0  u8  kind          RecordKind; 0 (Invalid) and unknown kinds are refused
+///   1  u8  flags         per-kind flag bits; bits a kind does not define must be 0
+///   2  u16 reserved      must be 0
+///   4  u32 length        payload bytes; checked against the kind's own maximum BEFORE anything is read or allocated
+/// </code>
+/// <para>A reader holds a fixed scratch buffer (<see cref="ControlScratchBytes"/>) for control payloads; the only
+/// allocation driven by the peer is a state section's data, made exactly after its bound (4 MiB) was checked.
+/// Page data is never buffered: it is received straight into guest memory.</para>
+///
+/// <para><b>Payloads</b> (packed, no padding unless noted):</para>
+/// <code>
+///   Hello        magic "FERRYMIG" 8 | version u16 | vm uuid 16 (RFC 4122 byte order) | page size u32 (=4096)
+///                | page channels u16 (1..16) | capabilities u64 | region count u16 (1..64)
+///                | regions {gpa u64, size u64}* | token length u16 (&lt;=256) | token bytes
+///   Welcome      version u16 | accepted capabilities u64
+///   Refuse       reason: string
+///   PageBatch    region u16 | run count u16 (1..512) | reserved u32 (0)
+///                | runs {first page u64, count u32 (>0), encoding u8, reserved u8[3] (0)}*
+///                | data of the Normal runs, in run order, 4096 bytes per page (&lt;= 256 pages)
+///                | checksum u64   flags: bit0 DataChecksummed
+///   StateSection name length u8 (1..64) | name (printable ASCII) | version u32 | data length u32 (&lt;= 4 MiB)
+///                | data | checksum u64 (XxHash3 of every payload byte before it)
+///   Flush        sequence u64
+///   Complete     flush sequence u64                       flags: bit0 VerifyRequested
+///   Ready        digest-us u32 | load-us u32 | [digest 16]   flags: bit0 DigestPresent (digest present iff set)
+///   Commit       (empty)
+///   Resumed      resume-us u32
+///   Cancel       reason: string
+///   Error        code u16 | message: string
+///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver)
+///   PageRequest  region u16 | first page u64 | count u32 (1..512)  (post-copy; v1 parses it and answers Error)
+///   string       length u16 (&lt;= 1024) | UTF-8 bytes (strictly valid)
+/// </code>
+///
+/// <para><b>PageBatch checksum.</b> XxHash3-64 (seed 0) over the record header, the batch header and the runs, and
+/// also over the data when DataChecksummed is set. Data is only checksummed when flagged because during pre-copy the
+/// guest keeps writing the very pages being sent straight from its memory: a page changed between hashing and
+/// sending would fail a sound transfer, and it is re-sent anyway because the dirty log saw the write. The engine sets
+/// DataChecksummed in stop-and-copy, when the guest is paused. TCP's own checksum still covers the bytes in flight.
+/// A receiver writes data into guest memory before the trailer is checked; a bad trailer fails the migration and the
+/// half-built guest is discarded, so nothing unverified ever runs.</para>
+///
+/// <para><b>Limits and why.</b> 64 regions: a PC layout has 2-3 (below/above the PCI hole) and memory hotplug slots
+/// stay well under 64 (QEMU's default max memslots is 32+). 16 page channels: beyond the core count there is nothing
+/// to gain (QEMU multifd allows 255 but recommends a few). 512 runs and 256 Normal pages per batch: 1 MiB of data
+/// per writev is past the point where syscall cost stops mattering (measured ~2 GB/s per channel at 256 KiB+), and
+/// keeps the run table to 8 KiB so the decoder's scratch is fixed. A 256-byte token fits any bearer token or HMAC.
+/// 1024-byte strings fit any error message worth reading. 4 MiB state sections: one vCPU is ~11 KB, the largest
+/// device state (a VGA framebuffer) is a few MiB; Firecracker caps a whole snapshot's state at 10 MB.</para>
+/// </remarks>
+public static class MigrationProtocol
+{
+    /// <summary>The version this build speaks.</summary>
+    public const ushort CurrentVersion = 1;
+
+    /// <summary>Oldest version this build accepts (current and previous; v1 is the first).</summary>
+    public const ushort OldestSupportedVersion = 1;
+
+    /// <summary>Hello's first 8 bytes, "FERRYMIG".</summary>
+    public static ReadOnlySpan<byte> Magic => "FERRYMIG"u8;
+
+    /// <summary>Record header size in bytes.</summary>
+    public const int HeaderSize = 8;
+
+    /// <summary>The only page size v1 carries.</summary>
+    public const int PageSize = 4096;
+
+    /// <summary>Most page channels one migration may open.</summary>
+    public const int MaxPageChannels = 16;
+
+    /// <summary>Most memory regions in a Hello.</summary>
+    public const int MaxRegions = 64;
+
+    /// <summary>Longest authorisation token.</summary>
+    public const int MaxTokenLength = 256;
+
+    /// <summary>Longest string (reason, error message) in bytes of UTF-8.</summary>
+    public const int MaxStringLength = 1024;
+
+    /// <summary>Most runs in one page batch.</summary>
+    public const int MaxRunsPerBatch = 512;
+
+    /// <summary>Most Normal (data-carrying) pages in one page batch: 1 MiB of data.</summary>
+    public const int MaxNormalPagesPerBatch = 256;
+
+    /// <summary>Most pages one PageRequest may ask for.</summary>
+    public const int MaxRequestPages = 512;
+
+    /// <summary>Longest state section name (see <see cref="Guest.StateSection.MaxNameLength"/>).</summary>
+    public const int MaxSectionNameLength = Guest.StateSection.MaxNameLength;
+
+    /// <summary>Largest state section data (see <see cref="Guest.StateSection.MaxDataLength"/>).</summary>
+    public const int MaxSectionDataLength = Guest.StateSection.MaxDataLength;
+
+    /// <summary>Size of the fixed buffer a reader uses for every control payload (state section data excepted).</summary>
+    public const int ControlScratchBytes = 64 << 10;
+
+    /// <summary>PageBatch header before the runs: region u16, run count u16, reserved u32.</summary>
+    public const int BatchHeaderSize = 8;
+
+    /// <summary>One run descriptor: first page u64, count u32, encoding u8, reserved u8[3].</summary>
+    public const int RunSize = 16;
+
+    /// <summary>Checksum trailer of a PageBatch or StateSection.</summary>
+    public const int TrailerSize = 8;
+
+    /// <summary>Hello bytes before the regions (magic .. region count).</summary>
+    internal const int HelloFixedSize = 8 + 2 + 16 + 4 + 2 + 8 + 2;
+
+    /// <summary>Capabilities a v1 receiver can honour.</summary>
+    public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify;
+
+    /// <summary>Largest payload of <paramref name="kind"/>, or -1 if the kind is not defined.</summary>
+    /// <remarks>Hello's bound is 4 KiB though a v1 Hello is at most 1,324 bytes, so that a later version's larger
+    /// Hello still reaches the version check and is refused with a clear message, not a length error.</remarks>
+    public static long MaxPayloadLength(RecordKind kind) => kind switch
+    {
+        RecordKind.Hello => 4096,
+        RecordKind.Welcome => 2 + 8,
+        RecordKind.Refuse => 2 + MaxStringLength,
+        RecordKind.PageBatch => BatchHeaderSize + (MaxRunsPerBatch * RunSize) + (MaxNormalPagesPerBatch * PageSize) + TrailerSize,
+        RecordKind.StateSection => 1 + MaxSectionNameLength + 4 + 4 + (long)MaxSectionDataLength + TrailerSize,
+        RecordKind.Flush => 8,
+        RecordKind.Complete => 8,
+        RecordKind.Ready => 4 + 4 + 16,
+        RecordKind.Commit => 0,
+        RecordKind.Resumed => 4,
+        RecordKind.Cancel => 2 + MaxStringLength,
+        RecordKind.Error => 2 + 2 + MaxStringLength,
+        RecordKind.Keepalive => 8,
+        RecordKind.PageRequest => 2 + 8 + 4,
+        _ => -1,
+    };
+
+    /// <summary>Flag bits <paramref name="kind"/> defines in the record header; any other bit is an error.</summary>
+    public static byte DefinedFlags(RecordKind kind) => kind switch
+    {
+        RecordKind.PageBatch => (byte)PageBatchFlags.DataChecksummed,
+        RecordKind.Complete => (byte)CompleteFlags.VerifyRequested,
+        RecordKind.Ready => (byte)ReadyFlags.DigestPresent,
+        _ => 0,
+    };
+
+    /// <summary>
+    /// Check a region layout from a Hello: 1..64 regions, each page aligned and non-empty, sorted by address,
+    /// non-overlapping, no address overflow, and a total of at most <paramref name="maxTotalBytes"/>.
+    /// Throws <see cref="MigrationProtocolException"/> naming the first offending region.
+    /// </summary>
+    public static ulong ValidateRegions(IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions, ulong maxTotalBytes)
+    {
+        ArgumentNullException.ThrowIfNull(regions);
+        if (regions.Count is 0 or > MaxRegions)
+            throw new MigrationProtocolException($"Hello: {regions.Count} memory regions; 1..{MaxRegions} allowed");
+        ulong total = 0;
+        ulong previousEnd = 0;
+        for (int i = 0; i < regions.Count; i++)
+        {
+            var (gpa, size) = regions[i];
+            if (size == 0)
+                throw new MigrationProtocolException($"Hello: region {i} is empty");
+            if ((gpa | size) % PageSize != 0)
+                throw new MigrationProtocolException($"Hello: region {i} (gpa 0x{gpa:x}, size 0x{size:x}) is not {PageSize}-byte aligned");
+            if (gpa + size < gpa)
+                throw new MigrationProtocolException($"Hello: region {i} (gpa 0x{gpa:x}, size 0x{size:x}) wraps the address space");
+            if (i > 0 && gpa < previousEnd)
+                throw new MigrationProtocolException($"Hello: region {i} at 0x{gpa:x} overlaps or precedes region {i - 1} ending at 0x{previousEnd:x} (regions must be sorted and disjoint)");
+            previousEnd = gpa + size;
+            total += size; // cannot overflow: disjoint sorted ranges inside 2^64 sum to at most 2^64 - 1
+            if (total > maxTotalBytes)
+                throw new MigrationProtocolException($"Hello: guest memory exceeds this receiver's limit of {maxTotalBytes} bytes (at region {i})");
+        }
+        return total;
+    }
+
+    /// <summary>
+    /// The destination's verdict on a decoded Hello: layout within <paramref name="maxMemoryBytes"/>, token equal to
+    /// <paramref name="expectedToken"/> (constant-time; empty = no token required), page channel count as connected,
+    /// and only capabilities in <paramref name="supported"/>. On success the Welcome carries
+    /// <see cref="HandshakeDecision.Capabilities"/>; otherwise send Refuse with <see cref="HandshakeDecision.Reason"/>.
+    /// </summary>
+    public static HandshakeDecision Evaluate(
+        HelloMessage hello,
+        ulong maxMemoryBytes,
+        ReadOnlySpan<byte> expectedToken,
+        int connectedPageChannels,
+        ProtocolCapabilities supported = SupportedCapabilities)
+    {
+        ArgumentNullException.ThrowIfNull(hello);
+        if (!expectedToken.IsEmpty && !CryptographicOperations.FixedTimeEquals(hello.Token.Span, expectedToken))
+            return HandshakeDecision.Refused("authorisation token rejected");
+        if (hello.PageChannels != connectedPageChannels)
+            return HandshakeDecision.Refused($"Hello announces {hello.PageChannels} page channels but {connectedPageChannels} connected");
+        var unsupported = hello.Capabilities & ~supported;
+        if (unsupported != 0)
+            return HandshakeDecision.Refused($"capabilities not supported by this receiver: {unsupported} (0x{(ulong)unsupported:x})");
+        try
+        {
+            ValidateRegions(hello.Regions, maxMemoryBytes);
+        }
+        catch (MigrationProtocolException e)
+        {
+            return HandshakeDecision.Refused(e.Message);
+        }
+        return new HandshakeDecision(true, hello.Capabilities, null);
+    }
+}
+
+/// <summary>The outcome of <see cref="MigrationProtocol.Evaluate"/>.</summary>
+/// <param name="Accepted">True to answer Welcome.</param>
+/// <param name="Capabilities">Capabilities both sides will use (Welcome's field).</param>
+/// <param name="Reason">Why it was refused (Refuse's reason), or null.</param>
+public readonly record struct HandshakeDecision(bool Accepted, ProtocolCapabilities Capabilities, string? Reason)
+{
+    internal static HandshakeDecision Refused(string reason) => new(false, ProtocolCapabilities.None, reason);
+}
+
+/// <summary>Record kinds. Numbers are the wire values and never change; 0 is reserved so zeroed bytes are invalid.</summary>
+public enum RecordKind : byte
+{
+    /// <summary>Never valid on the wire.</summary>
+    Invalid = 0,
+    /// <summary>Source → destination, control, first record: identity, layout, capabilities, token.</summary>
+    Hello = 1,
+    /// <summary>Destination → source: handshake accepted.</summary>
+    Welcome = 2,
+    /// <summary>Destination → source: handshake refused, with the reason.</summary>
+    Refuse = 3,
+    /// <summary>Source → destination, page channels: a run table and page data for one region.</summary>
+    PageBatch = 4,
+    /// <summary>Source → destination, control: one named, versioned piece of device/CPU state.</summary>
+    StateSection = 5,
+    /// <summary>Source → destination, page channel: everything before this on this channel was sent.</summary>
+    Flush = 6,
+    /// <summary>Source → destination, control: all pages and state sent (switchover phase 1).</summary>
+    Complete = 7,
+    /// <summary>Destination → source: everything loaded, ready to run (phase 2).</summary>
+    Ready = 8,
+    /// <summary>Source → destination: the destination owns the VM now; the source never resumes.</summary>
+    Commit = 9,
+    /// <summary>Destination → source: the guest runs on the destination.</summary>
+    Resumed = 10,
+    /// <summary>Either way: the migration is cancelled, with a reason.</summary>
+    Cancel = 11,
+    /// <summary>Either way: the migration failed, with a code and a message.</summary>
+    Error = 12,
+    /// <summary>Either way: I am alive (lets a hung peer be detected in bounded time).</summary>
+    Keepalive = 13,
+    /// <summary>Destination → source: send these pages now (post-copy; parsed in v1, answered with Error).</summary>
+    PageRequest = 14,
+}
+
+/// <summary>Hello capability bits. A v1 receiver refuses any bit it cannot honour.</summary>
+[Flags]
+public enum ProtocolCapabilities : ulong
+{
+    None = 0,
+    /// <summary>Digest all memory on both sides after the copy (XxHash128), reported in Ready.</summary>
+    Verify = 1UL << 0,
+    /// <summary>Reserved: post-copy (destination runs first, faults pages in).</summary>
+    Postcopy = 1UL << 1,
+    /// <summary>Reserved: a separate channel for faulted pages so they never queue behind bulk pages.</summary>
+    UrgentChannel = 1UL << 2,
+    /// <summary>Reserved: zstd-compressed pages.</summary>
+    CompressionZstd = 1UL << 3,
+    /// <summary>Reserved: LZ4-compressed pages.</summary>
+    CompressionLz4 = 1UL << 4,
+    /// <summary>Reserved: pages as XOR deltas against the last sent copy (QEMU XBZRLE).</summary>
+    Delta = 1UL << 5,
+}
+
+/// <summary>How a run's pages travel.</summary>
+public enum PageEncoding : byte
+{
+    /// <summary>Never valid.</summary>
+    Invalid = 0,
+    /// <summary>4096 bytes per page follow in the data section.</summary>
+    Normal = 1,
+    /// <summary>The pages are all zero; no data.</summary>
+    Zero = 2,
+    /// <summary>Reserved (Delta capability); refused in v1.</summary>
+    Delta = 3,
+    /// <summary>Reserved (compression capabilities); refused in v1.</summary>
+    Compressed = 4,
+}
+
+/// <summary>PageBatch header flags.</summary>
+[Flags]
+public enum PageBatchFlags : byte
+{
+    None = 0,
+    /// <summary>The trailer also covers the page data (set in stop-and-copy, when the guest is paused).</summary>
+    DataChecksummed = 1,
+}
+
+/// <summary>Complete header flags.</summary>
+[Flags]
+public enum CompleteFlags : byte
+{
+    None = 0,
+    /// <summary>The source wants the destination's memory digest in Ready.</summary>
+    VerifyRequested = 1,
+}
+
+/// <summary>Ready header flags.</summary>
+[Flags]
+public enum ReadyFlags : byte
+{
+    None = 0,
+    /// <summary>Ready carries a 16-byte XxHash128 digest of all guest memory.</summary>
+    DigestPresent = 1,
+}
+
+/// <summary>Error record codes. 0 is reserved.</summary>
+public enum ProtocolErrorCode : ushort
+{
+    /// <summary>Never sent.</summary>
+    None = 0,
+    /// <summary>A bug or unexpected condition on the sender.</summary>
+    Internal = 1,
+    /// <summary>The peer's stream was malformed or out of order.</summary>
+    Protocol = 2,
+    /// <summary>A valid request this side cannot serve (e.g. PageRequest in v1).</summary>
+    Unsupported = 3,
+    /// <summary>Out of memory, disk or another resource.</summary>
+    ResourceExhausted = 4,
+    /// <summary>The destination could not load the guest state.</summary>
+    StateLoadFailed = 5,
+    /// <summary>The peer went quiet for longer than the timeout.</summary>
+    Timeout = 6,
+    /// <summary>The memory digests differ after verification.</summary>
+    VerifyFailed = 7,
+}

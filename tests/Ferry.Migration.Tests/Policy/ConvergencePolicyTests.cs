@@ -1,0 +1,155 @@
+using Ferry.Migration.Policy;
+using Microsoft.Extensions.Time.Testing;
+
+namespace Ferry.Migration.Tests.Policy;
+
+public class ConvergencePolicyTests
+{
+    private static ConvergenceInput Input(long remaining, double bandwidth, int round = 1, double elapsedMs = 1000,
+        TimeoutStrategy strategy = TimeoutStrategy.Cancel, double stateMs = 5) =>
+        new(remaining, bandwidth, TimeSpan.FromMilliseconds(stateMs), TimeSpan.FromMilliseconds(50), round,
+            TimeSpan.FromMilliseconds(elapsedMs), MaxRounds: 30, Timeout: TimeSpan.FromSeconds(60), strategy);
+
+    [Fact]
+    public void SwitchesOverWhenRemainingBytesPlusStateFitTheLimit()
+    {
+        // 4 MiB at 100 MB/s = 41.9 ms, + 5 ms of state = 46.9 ms <= 50 ms.
+        var d = ConvergencePolicy.Decide(Input(4 << 20, 100e6));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+        Assert.InRange(d.ExpectedDowntime.TotalMilliseconds, 46.9, 47.0);
+    }
+
+    [Fact]
+    public void StateTimeIsIncludedSoPagesThatFitAloneDoNotSwitch()
+    {
+        // 4 MiB at 100 MB/s = 41.9 ms fits 50 ms alone, but + 10 ms of device state it does not.
+        var d = ConvergencePolicy.Decide(Input(4 << 20, 100e6, stateMs: 10));
+        Assert.Equal(ConvergenceAction.ContinueRound, d.Action);
+        Assert.Equal(SwitchOverReason.None, d.SwitchOver);
+    }
+
+    [Fact]
+    public void ContinuesWhileBandwidthIsUnmeasuredAndBytesRemain()
+    {
+        var d = ConvergencePolicy.Decide(Input(4096, 0));
+        Assert.Equal(ConvergenceAction.ContinueRound, d.Action);
+        Assert.Equal(TimeSpan.MaxValue, d.ExpectedDowntime);
+    }
+
+    [Fact]
+    public void SwitchesOverWithNothingRemainingEvenWithoutBandwidth()
+    {
+        var d = ConvergencePolicy.Decide(Input(0, 0, round: 0));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+        Assert.Equal(TimeSpan.FromMilliseconds(5), d.ExpectedDowntime);
+    }
+
+    [Fact]
+    public void AbortsAtTheTimeoutWithStrategyCancelAndSaysWhy()
+    {
+        var d = ConvergencePolicy.Decide(Input(1L << 30, 100e6, round: 4, elapsedMs: 60_000));
+        Assert.Equal(ConvergenceAction.Abort, d.Action);
+        Assert.Contains("timeout", d.Reason, StringComparison.Ordinal);
+        Assert.Contains("1073741824 bytes", d.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ForcesSwitchOverAtTheTimeoutWithStrategyForce()
+    {
+        var d = ConvergencePolicy.Decide(Input(1L << 30, 100e6, round: 4, elapsedMs: 60_001, strategy: TimeoutStrategy.Force));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        Assert.Equal(SwitchOverReason.ForcedByTimeout, d.SwitchOver);
+        Assert.NotNull(d.Reason);
+    }
+
+    [Fact]
+    public void ForcesSwitchOverAtTheRoundLimitWithStrategyForce()
+    {
+        // Round 29 is the 30th round: MaxRounds = 30 is reached.
+        var d = ConvergencePolicy.Decide(Input(1L << 30, 100e6, round: 29, strategy: TimeoutStrategy.Force));
+        Assert.Equal(SwitchOverReason.ForcedByMaxRounds, d.SwitchOver);
+        var before = ConvergencePolicy.Decide(Input(1L << 30, 100e6, round: 28, strategy: TimeoutStrategy.Force));
+        Assert.Equal(ConvergenceAction.ContinueRound, before.Action);
+    }
+
+    [Fact]
+    public void AbortsAtTheRoundLimitWithStrategyCancel()
+    {
+        var d = ConvergencePolicy.Decide(Input(1L << 30, 100e6, round: 29));
+        Assert.Equal(ConvergenceAction.Abort, d.Action);
+        Assert.Contains("round limit 30", d.Reason, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ConvergingAtTheLimitIsAConvergedSwitchNotAForcedOne()
+    {
+        var d = ConvergencePolicy.Decide(Input(4096, 100e6, round: 29, elapsedMs: 90_000, strategy: TimeoutStrategy.Force));
+        Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+    }
+
+    [Fact]
+    public void DecisionFollowsTheFakeClockAcrossRounds()
+    {
+        // Drive the inputs as the engine does: elapsed from a TimeProvider, bandwidth from the meter.
+        var clock = new FakeTimeProvider();
+        var meter = new BandwidthMeter(clock);
+        long start = clock.GetTimestamp();
+        var options = new MigrationOptions { Timeout = TimeSpan.FromSeconds(2), TimeoutStrategy = TimeoutStrategy.Cancel };
+        var decisions = new List<ConvergenceAction>();
+        for (int round = 0; round < 10; round++)
+        {
+            clock.Advance(TimeSpan.FromMilliseconds(500));
+            meter.AddSample(50_000_000); // 100 MB/s
+            var d = ConvergencePolicy.Decide(new ConvergenceInput(64L << 20, meter.BytesPerSecond, TimeSpan.FromMilliseconds(1),
+                options.DowntimeLimit, round, clock.GetElapsedTime(start), options.MaxRounds, options.Timeout, options.TimeoutStrategy));
+            decisions.Add(d.Action);
+            if (d.Action != ConvergenceAction.ContinueRound) break;
+        }
+        // 64 MiB at 100 MB/s never fits 50 ms; the 2 s timeout is reached at the end of the 4th round (4 x 500 ms).
+        Assert.Equal([ConvergenceAction.ContinueRound, ConvergenceAction.ContinueRound, ConvergenceAction.ContinueRound, ConvergenceAction.Abort], decisions);
+    }
+}
+
+public class BandwidthMeterTests
+{
+    [Fact]
+    public void FirstSampleIsTheRateAndLaterSamplesAreSmoothedByHalf()
+    {
+        var clock = new FakeTimeProvider();
+        var meter = new BandwidthMeter(clock);
+        clock.Advance(TimeSpan.FromMilliseconds(100));
+        meter.AddSample(10_000_000); // 100 MB/s
+        Assert.Equal(100e6, meter.BytesPerSecond, 1e-3);
+        clock.Advance(TimeSpan.FromMilliseconds(100));
+        meter.AddSample(5_000_000); // 50 MB/s
+        Assert.Equal(75e6, meter.BytesPerSecond, 1e-3);
+        Assert.Equal(50e6, meter.LastSampleBytesPerSecond, 1e-3);
+    }
+
+    [Fact]
+    public void ShortSpansAccumulateIntoTheNextSample()
+    {
+        var clock = new FakeTimeProvider();
+        var meter = new BandwidthMeter(clock);
+        clock.Advance(TimeSpan.FromMilliseconds(1));
+        meter.AddSample(1000);
+        Assert.Equal(0, meter.BytesPerSecond);
+        clock.Advance(TimeSpan.FromMilliseconds(9));
+        meter.AddSample(9000);
+        Assert.Equal(1e6, meter.BytesPerSecond, 1e-3); // 10 000 bytes over 10 ms
+    }
+
+    [Fact]
+    public void IdleTimeWithNoBytesDoesNotDiluteTheRate()
+    {
+        var clock = new FakeTimeProvider();
+        var meter = new BandwidthMeter(clock);
+        clock.Advance(TimeSpan.FromSeconds(5));
+        meter.AddSample(0);
+        clock.Advance(TimeSpan.FromMilliseconds(10));
+        meter.AddSample(1_000_000);
+        Assert.Equal(100e6, meter.BytesPerSecond, 1e-3);
+    }
+}

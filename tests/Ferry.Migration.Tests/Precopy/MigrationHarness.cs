@@ -1,0 +1,149 @@
+using Ferry.Migration.Guest;
+using Ferry.Migration.InProcess;
+using Ferry.Migration.Precopy;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Migration.Tests.Precopy;
+
+/// <summary>Records what the engine did to each destination guest: was it started, was it disposed.</summary>
+internal sealed class RecordingTargetFactory(IMigrationTargetFactory inner) : IMigrationTargetFactory
+{
+    private readonly List<RecordingTarget> _created = [];
+
+    public IReadOnlyList<RecordingTarget> Created
+    {
+        get { lock (_created) return [.. _created]; }
+    }
+
+    /// <summary>When set, LoadState of every target created throws this (a destination that rejects the state).</summary>
+    public bool RejectState { get; init; }
+
+    public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
+    {
+        var t = new RecordingTarget(inner.Create(vmId, regions), RejectState);
+        lock (_created) _created.Add(t);
+        return t;
+    }
+}
+
+internal sealed class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget
+{
+    private int _started;
+    private int _disposed;
+
+    public IMigrationTarget Inner => inner;
+    public bool Started => Volatile.Read(ref _started) != 0;
+    public bool Disposed => Volatile.Read(ref _disposed) != 0;
+    public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
+
+    public void LoadState(IReadOnlyList<StateSection> sections)
+    {
+        if (rejectState) throw new InvalidDataException("test: state rejected by the destination");
+        inner.LoadState(sections);
+    }
+
+    public void Start()
+    {
+        Interlocked.Exchange(ref _started, 1);
+        inner.Start();
+    }
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) == 0) inner.Dispose();
+    }
+}
+
+/// <summary>The outcome of one migration run by <see cref="MigrationHarness.Migrate"/>.</summary>
+internal sealed record MigrationOutcome(MigrationStatistics Stats, RecordingTarget? Target, Exception? DestinationError, TimeSpan Elapsed);
+
+internal static class MigrationHarness
+{
+    /// <summary>Short peer timeout for tests: a hung peer must be found in well under the test budget.</summary>
+    public static readonly TimeSpan TestPeerTimeout = TimeSpan.FromSeconds(1.5);
+
+    public static InProcessGuest NewGuest(ulong mib, long pagesPerSecond = 0, DirtyPattern pattern = DirtyPattern.Uniform,
+        MemoryFill fill = MemoryFill.Random, int writers = 1, bool split = false) =>
+        new(new InProcessGuestOptions
+        {
+            MemoryBytes = mib << 20,
+            WriterThreads = writers,
+            DirtyRatePagesPerSecond = pagesPerSecond,
+            Pattern = pattern,
+            Fill = fill,
+            SplitRegions = split,
+        });
+
+    public static MigrationOptions Options(bool verify = true) => new()
+    {
+        Verify = verify,
+        PageChannels = 2,
+        PeerTimeout = TestPeerTimeout,
+        Timeout = TimeSpan.FromSeconds(10),
+    };
+
+    /// <summary>
+    /// Run a destination on its own thread and the source on this one; return both outcomes. The destination's
+    /// target is returned (not disposed) when it completed; the caller disposes it.
+    /// </summary>
+    public static MigrationOutcome Migrate(IMigrationSource guest, IMigrationConnector connector, IMigrationListener listener,
+        MigrationOptions options, RecordingTargetFactory? factory = null, IncomingOptions? incoming = null,
+        Action<OutgoingMigration>? duringRun = null, string? token = null)
+    {
+        factory ??= new RecordingTargetFactory(new InProcessTargetFactory());
+        incoming ??= new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 };
+        Exception? destError = null;
+        IMigrationTarget? destTarget = null;
+        var dest = new Thread(() =>
+        {
+            try
+            {
+                destTarget = new IncomingMigration(listener, factory, incoming).Run();
+            }
+            catch (Exception e)
+            {
+                destError = e;
+            }
+        }) { IsBackground = true, Name = "test-destination" };
+        dest.Start();
+        var source = new OutgoingMigration(guest, connector, options) { Token = token };
+        var watcher = duringRun is null ? null : new Thread(() => duringRun(source)) { IsBackground = true };
+        watcher?.Start();
+        var started = DateTime.UtcNow;
+        var stats = source.Run();
+        var elapsed = DateTime.UtcNow - started;
+        Assert.True(dest.Join(TimeSpan.FromSeconds(10)), "destination thread did not end within 10 s of the source");
+        watcher?.Join(TimeSpan.FromSeconds(10));
+        return new MigrationOutcome(stats, destTarget as RecordingTarget, destError, elapsed);
+    }
+
+    /// <summary>
+    /// The promises of DESIGN.md for any failure before commit: source running and unchanged by the migration,
+    /// status failed/cancelled with a reason, every destination guest discarded and never started.
+    /// </summary>
+    public static void AssertFailedBeforeCommit(MigrationOutcome outcome, InProcessGuest guest, RecordingTargetFactory factory,
+        MigrationStatus expected = MigrationStatus.Failed)
+    {
+        Assert.Equal(expected, outcome.Stats.Status);
+        Assert.False(string.IsNullOrWhiteSpace(outcome.Stats.Error));
+        Assert.True(guest.IsRunning, "source guest must be running again");
+        Assert.False(guest.IsDirtyLogging, "dirty logging must be stopped");
+        Assert.Equal(0, guest.ThrottlePercent);
+        Assert.NotNull(outcome.DestinationError);
+        Assert.Null(outcome.Target);
+        foreach (var t in factory.Created)
+        {
+            Assert.False(t.Started, "a destination guest was started although the source resumed");
+            Assert.True(t.Disposed, "a failed destination guest must be discarded");
+        }
+    }
+
+    /// <summary>The workload keeps writing: PagesWritten grows over a short wait.</summary>
+    public static void AssertWorkloadContinues(InProcessGuest guest)
+    {
+        long before = guest.PagesWritten;
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(2);
+        while (guest.PagesWritten == before && DateTime.UtcNow < deadline) Thread.Sleep(5);
+        Assert.True(guest.PagesWritten > before, "the source workload did not continue after the failed migration");
+    }
+}
