@@ -66,7 +66,7 @@ public sealed class ProgressView : IProgress<MigrationProgress>
         }
     }
 
-    /// <summary>"round 3  remaining 12.5 MiB  rate 1.1 GiB/s  dirty 20,000 pages/s  throttle 0%  (1.2 s)".</summary>
+    /// <summary>"round 3       left   12.5 MiB   1.1 GiB/s  dirty 20,000 pages/s  throttle  0%  1.2 s": fits 80 columns.</summary>
     public static string Describe(MigrationProgress p)
     {
         ArgumentNullException.ThrowIfNull(p);
@@ -77,8 +77,8 @@ public sealed class ProgressView : IProgress<MigrationProgress>
             _ => StatisticsView.Name(p.Status),
         };
         return string.Create(CultureInfo.InvariantCulture,
-            $"{phase,-13} remaining {Units.FormatBytes(p.RemainingBytes),10}  rate {Units.FormatRate(p.BandwidthBytesPerSecond),12}  " +
-            $"dirty {p.DirtyPagesPerSecond,9:N0} pages/s  throttle {p.ThrottlePercent,2}%  ({p.Elapsed.TotalSeconds:0.0} s)");
+            $"{phase,-13} left {Units.FormatBytes(p.RemainingBytes),10} {Units.FormatRate(p.BandwidthBytesPerSecond),11}  " +
+            $"dirty {p.DirtyPagesPerSecond,7:N0} pages/s  throttle {p.ThrottlePercent,2}%  {p.Elapsed.TotalSeconds:0.0} s");
     }
 
     /// <summary>
