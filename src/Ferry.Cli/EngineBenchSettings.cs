@@ -1,4 +1,5 @@
 using Ferry.Migration;
+using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
 
 namespace Ferry.Cli;
@@ -49,7 +50,25 @@ public sealed record EngineBenchSettings
     {
         var errors = new List<string>();
         if (WorkingSetBytes is { } workingSet && workingSet > MemoryBytes)
+        {
             errors.Add($"--working-set: {Units.FormatBytes(workingSet)} is larger than --memory ({Units.FormatBytes(MemoryBytes)})");
+            return errors;
+        }
+        var pages = (WorkingSetBytes ?? MemoryBytes) / MemoryRegion.PageSize;
+        if ((ulong)Writers > pages)
+        {
+            errors.Add($"--writers: {Writers} writers need at least {Writers} pages to write, but the working set has {pages}");
+            return errors;
+        }
+        try
+        {
+            // The guest's own rules, so the CLI can never build a guest the guest would refuse mid-run.
+            ToGuestOptions().Validate();
+        }
+        catch (ArgumentException e)
+        {
+            errors.Add($"guest: {e.Message}");
+        }
         return errors;
     }
 

@@ -65,9 +65,9 @@ public static class FerryCommand
         var demoMemory = PageSizeOption("--memory", "SIZE", "Guest memory, e.g. 256M, 1G", "1G");
         demo.Options.Add(demoMemory);
         demo.Options.Add(demoJson);
-        demo.SetAction(parse => Demo.Run(
+        demo.SetAction(parse => RunValidated(
             Demo.Settings with { MemoryBytes = Get(parse, demoMemory, Demo.Settings.MemoryBytes), Json = parse.GetValue(demoJson) },
-            console, cancellationToken));
+            console, settings => Demo.Run(settings, console, cancellationToken)));
         root.Subcommands.Add(demo);
 
         var bench = new Command("bench", "Benchmarks.");
@@ -77,16 +77,18 @@ public static class FerryCommand
             "Exit code 0 completed, 1 failed or cancelled, 2 bad command line, 3 completed but --verify found a mismatch.");
         engineOptions = new EngineCommandOptions(engine);
         var opts = engineOptions;
-        engine.SetAction(parse =>
-        {
-            var settings = opts.Read(parse);
-            var errors = settings.Validate();
-            foreach (var error in errors) console.Error.WriteLine($"ferry: {error}");
-            return errors.Count > 0 ? ExitUsage : EngineBench.Run(settings, console, cancellationToken);
-        });
+        engine.SetAction(parse => RunValidated(opts.Read(parse), console, settings => EngineBench.Run(settings, console, cancellationToken)));
         bench.Subcommands.Add(engine);
         root.Subcommands.Add(bench);
         return root;
+    }
+
+    /// <summary>Checks between options (after each option's own parse): exit 2 with one line per problem, or run.</summary>
+    private static int RunValidated(EngineBenchSettings settings, CliConsole console, Func<EngineBenchSettings, int> run)
+    {
+        var errors = settings.Validate();
+        foreach (var error in errors) console.Error.WriteLine($"ferry: {error}");
+        return errors.Count > 0 ? ExitUsage : run(settings);
     }
 
     /// <summary>The options of <c>ferry bench engine</c>, kept so a parse result can be read into settings.</summary>

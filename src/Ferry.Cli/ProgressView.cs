@@ -97,7 +97,9 @@ public sealed class ProgressView : IProgress<MigrationProgress>
             .Start(ctx =>
             {
                 // 100 ms: fast enough to watch a round go by (a 1 GiB round takes ~1 s), slow enough to cost nothing.
-                while (!task.Wait(100))
+                // The wait handle, not task.Wait: a failed task must surface below as its own exception, not here
+                // as an AggregateException.
+                while (!((IAsyncResult)task).AsyncWaitHandle.WaitOne(100))
                 {
                     if (_latest is { } p) ctx.UpdateTarget(new Text(Describe(p)));
                     ctx.Refresh();

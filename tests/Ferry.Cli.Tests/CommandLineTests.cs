@@ -101,6 +101,16 @@ public class CommandLineTests
     }
 
     [Fact]
+    public void MoreWritersThanPagesIsAUsageErrorNotACrash()
+    {
+        var (code, stdout, stderr) = RunCaptured("bench", "engine", "--memory", "8K", "--writers", "3");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("", stdout);
+        Assert.StartsWith("ferry: --writers: 3 writers", stderr, StringComparison.Ordinal);
+        Assert.DoesNotContain("Exception", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void AnUnknownFlagIsAUsageErrorThatNamesIt()
     {
         var (code, _, stderr) = RunCaptured("bench", "engine", "--memroy", "1G");
