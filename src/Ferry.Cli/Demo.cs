@@ -76,7 +76,12 @@ public static class Demo
         }
     }
 
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        WriteIndented = true,
+        // Terminal and file output, never embedded in HTML: print "caller's", not "caller\u0027s".
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
 
     /// <summary>
     /// Watch the started destination: do its writers keep writing? Then pause it (the self-check needs still

@@ -9,7 +9,12 @@ namespace Ferry.Cli;
 /// <summary>Renders <see cref="MigrationStatistics"/> as the <c>--json</c> document or as tables.</summary>
 public static class StatisticsView
 {
-    private static readonly JsonSerializerOptions JsonOptions = new() { WriteIndented = true };
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        WriteIndented = true,
+        // Terminal and file output, never embedded in HTML: print "caller's", not "caller\u0027s".
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
 
     /// <summary>The JSON document: exactly <see cref="MigrationStatistics"/>'s fields (QEMU query-migrate style names).</summary>
     public static string ToJson(MigrationStatistics statistics) => JsonSerializer.Serialize(statistics, JsonOptions);
