@@ -49,6 +49,8 @@ public sealed class IncomingMigration
     private volatile bool _done;
     // Timestamp of the last record from the source on any channel.
     private long _lastHeard;
+    // Aborts the control channel if the source does not close after a receiver's Error (see FailFromReceiver).
+    private ITimer? _backstop;
 
     public IncomingMigration(IMigrationListener listener, IMigrationTargetFactory factory, IncomingOptions options, TimeProvider? time = null)
     {
@@ -78,11 +80,12 @@ public sealed class IncomingMigration
         IMigrationTarget? target = null;
         Receiver[] receivers = [];
         ITimer? keepalive = null;
+        ProtocolReader? reader = null;
         bool started = false;
         try
         {
             _control = new ProtocolWriter(_connection.Control);
-            var reader = new ProtocolReader(_connection.Control);
+            reader = new ProtocolReader(_connection.Control);
             Heard();
             var tick = _options.PeerTimeout / 3;
             keepalive = _time.CreateTimer(static s => ((IncomingMigration)s!).OnKeepaliveTick(), this, tick, tick);
@@ -176,8 +179,8 @@ public sealed class IncomingMigration
         catch (Exception e) when (!started)
         {
             string reason = FailureReason(e);
-            Fail(reason, e);
-            TellSource(reason, e);
+            // After a Refuse or an Error, wait for the source to read it and close before tearing down.
+            if (Fail(reason, e) && (e is RefusedException || TellSource(reason, e)) && reader is not null) AwaitSourceClose(reader);
             _connection.Abort();
             foreach (var r in receivers) r.Join();
             target?.Dispose();
@@ -188,6 +191,7 @@ public sealed class IncomingMigration
         {
             _done = true;
             keepalive?.Dispose();
+            _backstop?.Dispose();
             foreach (var r in receivers) r.Join();
             _connection.Dispose();
         }
@@ -247,21 +251,57 @@ public sealed class IncomingMigration
         }
     }
 
-    /// <summary>Record the first failure (any thread), abort every channel so all threads wake.</summary>
-    private void Fail(string reason, Exception? e)
+    /// <summary>
+    /// Record the first failure (any thread) and wake the threads: page channels are aborted at once (a receive thread
+    /// may be blocked in a read); the control channel too when there is nothing to tell the source
+    /// (<paramref name="e"/> null: silence, deadline, cancel). Returns true for the first failure.
+    /// </summary>
+    private bool Fail(string reason, Exception? e)
     {
         lock (_gate)
         {
-            if (_done || _failure is not null) return;
+            if (_done || _failure is not null) return false;
             _failure = reason;
         }
         _abort.Cancel();
-        // Page channels at once (a receive thread may be blocked in a read); control too unless the caller's thread
-        // is the one failing (it tells the source why, then aborts).
         if (_connection is { } c)
         {
             foreach (var p in c.Pages) p.Abort();
             if (e is null) c.Control.Abort();
+        }
+        return true;
+    }
+
+    /// <summary>
+    /// A page receive thread failed (bad batch, lost channel): tell the source why on the control channel (it then
+    /// closes, which wakes the control thread here), with a 2 s backstop abort in case it does not.
+    /// </summary>
+    private void FailFromReceiver(string reason, Exception e)
+    {
+        // A page channel that broke because the source gave up (Cancel, Error) has the reason right behind it on
+        // the control channel: give the control thread 250 ms to record it first.
+        if (e is MigrationTransportException) _abort.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250));
+        if (!Fail(reason, e)) return;
+        if (TellSource(reason, e) && _connection is { } c)
+            _backstop = _time.CreateTimer(static ch => ((IMigrationChannel)ch!).Abort(), c.Control, TimeSpan.FromSeconds(2), Timeout.InfiniteTimeSpan);
+        else
+            _connection?.Control.Abort();
+    }
+
+    /// <summary>
+    /// After an Error was sent: read (and drop) control records until the source closes, at most 1 s, so the Error is
+    /// read before our side goes away (an abort may discard unread bytes, as the in-memory pipe does).
+    /// </summary>
+    private void AwaitSourceClose(ProtocolReader reader)
+    {
+        using var deadline = _time.CreateTimer(static ch => ((IMigrationChannel)ch!).Abort(), _connection!.Control, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
+        try
+        {
+            while (reader.Read() is not null) { }
+        }
+        catch (Exception e) when (e is MigrationException or IOException or ObjectDisposedException)
+        {
+            // Closed, reset or aborted: either way the source is done with us.
         }
     }
 
@@ -274,10 +314,10 @@ public sealed class IncomingMigration
         return e is MigrationException or IOException ? e.Message : $"{e.GetType().Name}: {e.Message}";
     }
 
-    /// <summary>Best-effort Error to the source so it resumes at once rather than on its own timeout.</summary>
-    private void TellSource(string reason, Exception e)
+    /// <summary>Best-effort Error to the source so it resumes at once rather than on its own timeout; true if sent.</summary>
+    private bool TellSource(string reason, Exception e)
     {
-        if (_control is null || e is RefusedException || e is MigrationPeerException || e is MigrationTransportException) return;
+        if (_control is null || e is RefusedException || e is MigrationPeerException || e is MigrationTransportException || e is OperationCanceledException) return false;
         var code = e switch
         {
             MigrationProtocolException => ProtocolErrorCode.Protocol,
@@ -289,10 +329,12 @@ public sealed class IncomingMigration
         try
         {
             _control.WriteError(code, reason);
+            return true;
         }
         catch (Exception ex) when (ex is MigrationTransportException or ObjectDisposedException)
         {
             // The source learns from the closed connection instead.
+            return false;
         }
     }
 
@@ -379,14 +421,15 @@ public sealed class IncomingMigration
                             Flushed.Set();
                             return;
                         default:
-                            _owner.Fail($"{_channel.Name}: source closed the channel before its Flush", null);
+                            string why = $"{_channel.Name}: source closed the channel before its Flush";
+                            _owner.FailFromReceiver(why, new MigrationTransportException(why));
                             return;
                     }
                 }
             }
             catch (Exception e)
             {
-                _owner.Fail($"{_channel.Name}: {(e is MigrationException or IOException ? e.Message : e.ToString())}", null);
+                _owner.FailFromReceiver(e is MigrationException or IOException ? e.Message : $"{_channel.Name}: {e}", e);
             }
         }
     }

@@ -22,16 +22,18 @@ namespace Ferry.Migration.Precopy;
 /// Any of them may fail the migration through <see cref="Fail"/>, which records the first reason and aborts the
 /// channels so every blocked thread wakes; only the migration thread then restores the guest.</para>
 /// <para><b>Commit rule</b>: <c>_committed</c> is set under <c>_gate</c> together with the check that nothing failed,
-/// so a failure or cancel either happens-before commit (source resumes, Commit never sent) or has no effect.</para>
+/// so a failure or cancel either happens-before commit (source resumes, Commit never sent) or has no effect. The
+/// one way back is a Commit whose send throws: its bytes never reached the transport whole, so the destination
+/// cannot start, and the source resumes. A Commit send that returned is final even if Resumed never comes.</para>
 /// </remarks>
 public sealed class OutgoingMigration
 {
     /// <summary>
-    /// Estimated time to save, send and load device state plus the Ready/Commit round trips, used by the policy before
-    /// stop-and-copy has measured it: the in-process guest's state (~3 KiB) takes well under 1 ms, a KVM vCPU's ~11 KB
-    /// per vCPU about 0.1 ms; 2 ms keeps a margin for the two round trips on a LAN (~0.2 ms each).
+    /// Default <see cref="StateTimeEstimate"/>: the in-process guest's device state (~3 KiB) and a KVM vCPU's (~11 KB)
+    /// each take well under 1 ms to save, send and load; 2 ms keeps a margin for the Ready and Commit round trips on
+    /// a LAN (~0.2 ms each).
     /// </summary>
-    internal static readonly TimeSpan StateTimeEstimate = TimeSpan.FromMilliseconds(2);
+    public static readonly TimeSpan DefaultStateTimeEstimate = TimeSpan.FromMilliseconds(2);
 
     /// <summary>Sequence number of the switchover Flush (one switchover per migration in v1).</summary>
     private const ulong SwitchoverFlushSequence = 1;
@@ -61,6 +63,11 @@ public sealed class OutgoingMigration
     private MigrationConnection? _connection;
     private ProtocolWriter? _control;
     private PageSender[] _senders = [];
+    // Counts senders still in the current pass. Never disposed: a sender may signal it after the migration thread
+    // gave up waiting (failure), and it holds no OS handle unless a wait needed one.
+    private readonly CountdownEvent _passDone = new(1);
+    // The page channels as the senders use them (rate limited): aborting these also wakes a sender waiting for bandwidth.
+    private IMigrationChannel[] _pageChannels = [];
     private Thread? _reader;
     private ITimer? _keepalive;
     private ITimer? _controlAbortTimer;
@@ -110,7 +117,7 @@ public sealed class OutgoingMigration
         bool dirtyLogOn = false;
         try
         {
-            Setup(stats);
+            Setup();
             _guest.StartDirtyLog();
             dirtyLogOn = true;
             stats.SetupMs = Ms(_startTimestamp);
@@ -120,7 +127,11 @@ public sealed class OutgoingMigration
         {
             // Engine-thread failures (channel errors, protocol errors, timeouts, bugs) land here; others were recorded
             // by Fail and surface as an OperationCanceledException from a wait.
-            if (e is not OperationCanceledException) Fail(MigrationStatus.Failed, Describe(e), notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+            if (e is not OperationCanceledException || Volatile.Read(ref _failure) is null)
+            {
+                Fail(MigrationStatus.Failed, Describe(e), notify: e is not (MigrationTransportException or MigrationPeerException),
+                    e is MigrationProtocolException ? ProtocolErrorCode.Protocol : ProtocolErrorCode.Internal);
+            }
         }
         return Finish(stats, paused, dirtyLogOn);
     }
@@ -139,6 +150,12 @@ public sealed class OutgoingMigration
         }
     }
 
+    /// <summary>Why pre-copy ended in a switch-over (converged, or forced by the timeout or round limit); set before stop-and-copy.</summary>
+    public SwitchOverReason SwitchOverReason { get; private set; }
+
+    /// <summary>The policy's sentence with the figures behind <see cref="SwitchOverReason"/>.</summary>
+    public string? SwitchOverExplanation { get; private set; }
+
     /// <summary>The latest progress snapshot.</summary>
     public MigrationProgress Progress => new(
         _status, Volatile.Read(ref _round), Interlocked.Read(ref _remainingBytes), BytesSentNow(),
@@ -149,7 +166,7 @@ public sealed class OutgoingMigration
 
     // ---- setup -------------------------------------------------------------------------------------------------
 
-    private void Setup(StatsBuilder stats)
+    private void Setup()
     {
         var regions = _guest.Regions;
         _connection = _connector.Connect(_options.PageChannels, _abort.Token);
@@ -184,20 +201,34 @@ public sealed class OutgoingMigration
         _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
         _reader.Start();
 
-        _senders = new PageSender[_options.PageChannels];
-        for (int i = 0; i < _senders.Length; i++)
+        var senders = new PageSender[_options.PageChannels];
+        var channels = new IMigrationChannel[senders.Length];
+        for (int i = 0; i < senders.Length; i++)
         {
-            var channel = new RateLimitedChannel(_connection.Pages[i], _limiter);
-            _senders[i] = new PageSender(i, _senders.Length, channel, regions, OnSenderFailure, _abort.Token);
-            _senders[i].StartThread();
+            channels[i] = new RateLimitedChannel(_connection.Pages[i], _limiter);
+            senders[i] = new PageSender(i, senders.Length, channels[i], regions, OnSenderFailure, _abort.Token);
         }
+        lock (_gate)
+        {
+            _pageChannels = channels;
+            _senders = senders;
+        }
+        // A failure recorded before the channels were published did not abort them.
+        _abort.Token.ThrowIfCancellationRequested();
+        foreach (var s in senders) s.StartThread();
         _status = MigrationStatus.Active;
         Report();
-        _ = stats;
     }
 
     /// <summary>VM identity sent in Hello (a guest contract without identity gets a fresh one per migration).</summary>
     public Guid VmId { get; init; } = Guid.NewGuid();
+
+    /// <summary>
+    /// Time the convergence policy adds for saving, sending and loading device state (the guest is paused for it,
+    /// so it is part of the downtime). A VMM that measured its state (e.g. the previous migration's device_state
+    /// figure) should pass that; the default suits small state.
+    /// </summary>
+    public TimeSpan StateTimeEstimate { get; init; } = DefaultStateTimeEstimate;
 
     /// <summary>Authorisation token presented in Hello (sent as UTF-8, at most 256 bytes), or null for none.</summary>
     public string? Token { get; init; }
@@ -209,7 +240,7 @@ public sealed class OutgoingMigration
         var bitmap = new DirtyBitmap(_guest.TotalPages);
         var meter = new BandwidthMeter(_time);
         var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
-        using var done = new CountdownEvent(_senders.Length);
+        var done = _passDone;
         long precopyStart = _time.GetTimestamp();
 
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
@@ -251,7 +282,8 @@ public sealed class OutgoingMigration
             }
             if (decision.Action == ConvergenceAction.SwitchOver)
             {
-                stats.SwitchReason = decision.SwitchOver;
+                SwitchOverReason = decision.SwitchOver;
+                SwitchOverExplanation = decision.Reason;
                 break;
             }
             if (autoConverge is not null)
@@ -356,9 +388,12 @@ public sealed class OutgoingMigration
         }
         catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
         {
-            // Committed but unsent: the destination will fail and discard; neither side runs the VM. Reported below.
-            stats.PostCommitProblem = $"Commit could not be sent ({e.Message}); the guest is stopped on both sides";
-            return;
+            // The send failed, so the 8-byte record was not handed whole to the transport: the destination cannot have
+            // read a Commit and will never start the guest. Resuming here is therefore safe, and better than losing
+            // the VM on both sides. (A send that returned is a sent Commit: from then on we never resume.)
+            lock (_gate) _committed = false;
+            Fail(MigrationStatus.Failed, $"Commit could not be sent: {e.Message}", notify: false, ProtocolErrorCode.None);
+            _abort.Token.ThrowIfCancellationRequested();
         }
         if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
         {
@@ -450,8 +485,17 @@ public sealed class OutgoingMigration
         }
     }
 
-    private void OnSenderFailure(Exception e, PageSender sender) =>
+    private void OnSenderFailure(Exception e, PageSender sender)
+    {
+        if (e is MigrationTransportException)
+        {
+            // A page channel broke. If the destination failed on purpose, its Error (with the real reason: a bad
+            // batch, a rejected state) is on the control channel right behind the break; give the return path
+            // 250 ms to deliver it before settling for "channel lost".
+            _abort.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250));
+        }
         Fail(MigrationStatus.Failed, $"{sender.Name}: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+    }
 
     /// <summary>
     /// Record the first failure (any thread) and wake every engine thread. Page channels are aborted at once (a
@@ -473,6 +517,9 @@ public sealed class OutgoingMigration
         var connection = _connection;
         if (connection is null) return;
         foreach (var p in connection.Pages) p.Abort();
+        IMigrationChannel[] limited;
+        lock (_gate) limited = _pageChannels;
+        foreach (var p in limited) p.Abort();
         if (!notify) connection.Control.Abort();
         else _controlAbortTimer = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), connection.Control, TimeSpan.FromSeconds(1), Timeout.InfiniteTimeSpan);
     }
@@ -491,12 +538,19 @@ public sealed class OutgoingMigration
         var connection = _connection;
         if (failure is not null)
         {
+            // Restore the guest first (every millisecond paused is downtime): unthrottled, not logging, running.
+            _guest.SetThrottle(0);
+            if (dirtyLogOn) _guest.StopDirtyLog();
+            if (paused) _guest.Resume();
             if (connection is not null && _notifyPeer && _control is not null)
             {
                 try
                 {
                     if (_notifyCode == ProtocolErrorCode.None) _control.WriteCancel(failure);
                     else _control.WriteError(_notifyCode, failure);
+                    // Let the destination read it and close (the reader then sees the end) before we abort, which
+                    // may discard unread bytes; bounded by the 1 s abort timer armed in Fail.
+                    _reader?.Join(TimeSpan.FromSeconds(1));
                 }
                 catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException or MigrationException)
                 {
@@ -504,16 +558,14 @@ public sealed class OutgoingMigration
                 }
             }
             connection?.Abort();
-            // Restore the guest exactly as it was: unthrottled, not logging, running.
-            _guest.SetThrottle(0);
-            if (dirtyLogOn) _guest.StopDirtyLog();
-            if (paused) _guest.Resume();
         }
         else
         {
             _guest.StopDirtyLog();
         }
         _controlAbortTimer?.Dispose();
+        // Senders must be out of guest memory before Run returns (the caller may unmap it next); they exit at once
+        // on the abort, the timeout only guards against a transport that ignores Abort.
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
         _reader?.Join(TimeSpan.FromSeconds(5));
@@ -585,7 +637,6 @@ public sealed class OutgoingMigration
         public double Downtime;
         public double SourceDigestMs;
         public double DestDigestMs;
-        public SwitchOverReason SwitchReason;
         public VerifyResult? Verify;
         public string? PostCommitProblem;
     }

@@ -182,7 +182,7 @@ internal sealed class PageSender
             if (_runCount > 0)
             {
                 ref var last = ref _runs[_runCount - 1];
-                if (last.Encoding == encoding && last.FirstPage + last.Count == p)
+                if (last.Encoding == encoding && last.FirstPage + last.Count == p && last.Count < uint.MaxValue)
                 {
                     last = last with { Count = last.Count + 1 };
                     if (encoding == PageEncoding.Normal) _normalInBatch++;

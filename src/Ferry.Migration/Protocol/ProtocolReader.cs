@@ -85,13 +85,19 @@ public sealed class ProtocolReader
         {
             case RecordKind.Hello: return DecodeHello(payload);
             case RecordKind.Welcome:
-                Wire.ExpectLength(header, 10);
-                return new WelcomeMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), (ProtocolCapabilities)BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]));
+                {
+                    Wire.ExpectLength(header, 10);
+                    ushort version = BinaryPrimitives.ReadUInt16LittleEndian(payload);
+                    if (version is < MigrationProtocol.OldestSupportedVersion or > MigrationProtocol.CurrentVersion)
+                        throw new MigrationProtocolException($"Welcome record: the destination chose protocol version {version}; this source speaks {MigrationProtocol.OldestSupportedVersion}..{MigrationProtocol.CurrentVersion}");
+                    return new WelcomeMessage(version, (ProtocolCapabilities)BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]));
+                }
             case RecordKind.Refuse: return new RefuseMessage(Wire.ReadString(payload, header.Kind));
             case RecordKind.Cancel: return new CancelMessage(Wire.ReadString(payload, header.Kind));
             case RecordKind.Error:
                 {
-                    if (payload.Length < 2) Wire.ExpectLength(header, 4);
+                    if (payload.Length < 4)
+                        throw new MigrationProtocolException($"Error record: payload of {payload.Length} bytes is too short for a code and a string");
                     var code = (ProtocolErrorCode)BinaryPrimitives.ReadUInt16LittleEndian(payload);
                     if (code == ProtocolErrorCode.None)
                         throw new MigrationProtocolException("Error record: code 0 is reserved");

@@ -30,6 +30,9 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         _sendTimeoutMs = TcpTransportOptions.ToMilliseconds(options.SendTimeout);
         _receiveTimeout = options.ReceiveTimeout;
         _socket.ReceiveTimeout = TcpTransportOptions.ToMilliseconds(options.ReceiveTimeout) is var r && r < 0 ? 0 : r;
+        // SO_SNDTIMEO bounds a writev blocked on a blocking fd (accepted sockets); poll() bounds it on a non-blocking
+        // one (sockets .NET connected asynchronously). Either way a peer that stops reading is detected.
+        _socket.SendTimeout = _sendTimeoutMs < 0 ? 0 : _sendTimeoutMs;
     }
 
     public string Name { get; }

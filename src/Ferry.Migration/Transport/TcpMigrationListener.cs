@@ -9,14 +9,15 @@ namespace Ferry.Migration.Transport;
 /// groups them by connection id until a group has its control channel and every page channel.
 /// </summary>
 /// <remarks>
-/// A connection whose preamble is bad or does not arrive within <see cref="TcpTransportOptions.GroupTimeout"/> is
-/// closed and ignored (a port scanner must not break a migration). A group still incomplete
+/// Preambles are read as they arrive, never blocking the loop: a connection whose preamble is bad or incomplete after
+/// <see cref="TcpTransportOptions.GroupTimeout"/> is closed and ignored (a port scanner must not break or delay a
+/// migration). A group still incomplete
 /// <see cref="TcpTransportOptions.GroupTimeout"/> after its first connection is closed and <see cref="Accept"/>
 /// throws. Groups that complete while another is awaited are kept for the next <see cref="Accept"/>.
 /// </remarks>
 public sealed class TcpMigrationListener : IMigrationListener
 {
-    // How often a blocked Accept looks at its cancellation token and group deadlines; 50 ms keeps cancellation
+    // How often a blocked Accept looks at its cancellation token and deadlines; 50 ms keeps cancellation
     // prompt while costing nothing measurable (20 wakeups/s).
     private const int PollMicroseconds = 50_000;
 
@@ -27,6 +28,16 @@ public sealed class TcpMigrationListener : IMigrationListener
     // Complete groups not yet returned.
     private readonly Queue<MigrationConnection> _ready = new();
     private readonly Lock _lock = new();
+    // Accepted connections whose 32-byte preamble has not fully arrived.
+    private readonly List<Handshake> _handshaking = [];
+
+    private sealed class Handshake(Socket socket, long started)
+    {
+        public readonly Socket Socket = socket;
+        public readonly long Started = started;
+        public readonly byte[] Preamble = new byte[TransportPreamble.Size];
+        public int Fill;
+    }
 
     private sealed class Group(int pageChannels, long started)
     {
@@ -63,57 +74,95 @@ public sealed class TcpMigrationListener : IMigrationListener
     {
         lock (_lock)
         {
+            var readable = new List<Socket>();
             while (true)
             {
                 if (_ready.TryDequeue(out var done)) return done;
                 cancellationToken.ThrowIfCancellationRequested();
+                ExpireHandshakes();
                 ExpireGroups();
-                bool readable;
+                // Wait for a new connection or preamble bytes on any connection still introducing itself, so a slow
+                // or silent stray never delays a real source.
+                readable.Clear();
+                readable.Add(_socket);
+                foreach (var h in _handshaking) readable.Add(h.Socket);
                 try
                 {
-                    readable = _socket.Poll(PollMicroseconds, SelectMode.SelectRead);
+                    Socket.Select(readable, null, null, PollMicroseconds);
                 }
                 catch (ObjectDisposedException e)
                 {
                     throw new MigrationTransportException("listener closed", e);
                 }
-                if (!readable) continue;
-                Socket s;
-                try
+                foreach (var s in readable)
                 {
-                    s = _socket.Accept();
+                    if (s == _socket) AcceptOne();
+                    else ContinueHandshake(_handshaking.Find(h => h.Socket == s)!);
                 }
-                catch (SocketException)
-                {
-                    continue; // the connection went away between poll and accept
-                }
-                Admit(s);
             }
         }
     }
 
-    private void Admit(Socket s)
+    private void AcceptOne()
     {
-        TransportPreamble preamble;
-        TcpMigrationChannel channel;
         try
         {
+            var s = _socket.Accept();
             s.NoDelay = true;
-            var bounded = _options with { ReceiveTimeout = _options.GroupTimeout };
-            var probe = new TcpMigrationChannel(s, "incoming", bounded);
-            Span<byte> b = stackalloc byte[TransportPreamble.Size];
-            if (!probe.ReceiveExactly(b)) throw new MigrationTransportException("closed before its preamble");
-            preamble = TransportPreamble.Parse(b);
-            channel = new TcpMigrationChannel(s, TransportPreamble.ChannelName(preamble.ChannelIndex), _options);
-            if (preamble.ChannelIndex > 0) s.SendBufferSize = _options.PageSocketBufferBytes;
+            _handshaking.Add(new Handshake(s, Stopwatch.GetTimestamp()));
         }
-        catch (Exception e) when (e is MigrationTransportException or SocketException)
+        catch (SocketException)
         {
-            Trace.TraceWarning($"migration listener: dropped a connection from {SafeRemote(s)}: {e.Message}");
-            s.Dispose();
+            // The connection went away between select and accept.
+        }
+    }
+
+    /// <summary>Read whatever preamble bytes arrived (readable: no blocking); admit the channel once all 32 are in.</summary>
+    private void ContinueHandshake(Handshake h)
+    {
+        int n = h.Socket.Receive(h.Preamble, h.Fill, TransportPreamble.Size - h.Fill, SocketFlags.None, out var error);
+        if (error != SocketError.Success || n == 0)
+        {
+            Reject(h, error == SocketError.Success ? "closed before its preamble" : error.ToString());
             return;
         }
+        h.Fill += n;
+        if (h.Fill < TransportPreamble.Size) return;
+        _handshaking.Remove(h);
+        TransportPreamble preamble;
+        try
+        {
+            preamble = TransportPreamble.Parse(h.Preamble);
+        }
+        catch (MigrationTransportException e)
+        {
+            Reject(h, e.Message);
+            return;
+        }
+        var channel = new TcpMigrationChannel(h.Socket, TransportPreamble.ChannelName(preamble.ChannelIndex), _options);
+        if (preamble.ChannelIndex > 0) h.Socket.SendBufferSize = _options.PageSocketBufferBytes;
+        Admit(preamble, channel);
+    }
 
+    private void Reject(Handshake h, string why)
+    {
+        Trace.TraceWarning($"migration listener: dropped a connection from {SafeRemote(h.Socket)}: {why}");
+        _handshaking.Remove(h);
+        h.Socket.Dispose();
+    }
+
+    private void ExpireHandshakes()
+    {
+        for (int i = _handshaking.Count - 1; i >= 0; i--)
+        {
+            var h = _handshaking[i];
+            if (Stopwatch.GetElapsedTime(h.Started) > _options.GroupTimeout)
+                Reject(h, $"no complete preamble within {_options.GroupTimeout.TotalSeconds:0.###} s");
+        }
+    }
+
+    private void Admit(TransportPreamble preamble, TcpMigrationChannel channel)
+    {
         if (!_pending.TryGetValue(preamble.ConnectionId, out var group))
         {
             group = new Group(preamble.PageChannels, Stopwatch.GetTimestamp());
@@ -168,6 +217,8 @@ public sealed class TcpMigrationListener : IMigrationListener
         _socket.Dispose();
         lock (_lock)
         {
+            foreach (var h in _handshaking) h.Socket.Dispose();
+            _handshaking.Clear();
             foreach (var g in _pending.Values)
                 foreach (var c in g.Channels) c?.Dispose();
             _pending.Clear();

@@ -6,6 +6,7 @@ using static Ferry.Migration.Tests.Precopy.MigrationHarness;
 
 namespace Ferry.Migration.Tests.Precopy;
 
+[Collection(MigrationCollection.Name)]
 public class PrecopyMigrationTests
 {
     private static void AssertCompletedAndIntact(MigrationOutcome outcome)
@@ -24,7 +25,7 @@ public class PrecopyMigrationTests
     public void IdleGuestMigratesInOneRoundPlusStopAndCopyWithMatchingDigests()
     {
         using var guest = NewGuest(16, fill: MemoryFill.Random, writers: 1);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -45,7 +46,7 @@ public class PrecopyMigrationTests
     {
         // A fresh zero-filled guest that never wrote: every page is zero.
         using var guest = NewGuest(16, fill: MemoryFill.Zero);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -59,7 +60,7 @@ public class PrecopyMigrationTests
     public void BusyHotsetGuestMigratesOverInMemoryChannelsWithMatchingDigests()
     {
         using var guest = NewGuest(32, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { DowntimeLimit = TimeSpan.FromMilliseconds(300) });
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -67,7 +68,6 @@ public class PrecopyMigrationTests
         Assert.All(outcome.Stats.Rounds, r => Assert.True(r.Milliseconds >= 0));
     }
 
-#if HAVE_TCP
     [Fact]
     public void BusyHotsetGuestMigratesOverTcpLoopbackWithMatchingDigests()
     {
@@ -80,12 +80,11 @@ public class PrecopyMigrationTests
         Assert.Equal(2, guest.Regions.Count);
     }
 
-#endif
     [Fact]
     public void NonConvergingGuestWithStrategyCancelFailsAtTheTimeoutAndKeepsRunning()
     {
         using var guest = NewGuest(8, pagesPerSecond: 100_000, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var factory = new RecordingTargetFactory(new InProcessTargetFactory());
         var options = NonConverging() with { TimeoutStrategy = TimeoutStrategy.Cancel };
         var outcome = Migrate(guest, transport.Connector, transport.Listener, options, factory);
@@ -98,7 +97,7 @@ public class PrecopyMigrationTests
     public void NonConvergingGuestWithStrategyForceCompletesAnyway()
     {
         using var guest = NewGuest(8, pagesPerSecond: 100_000, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var outcome = Migrate(guest, transport.Connector, transport.Listener, NonConverging() with { TimeoutStrategy = TimeoutStrategy.Force });
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
@@ -110,7 +109,7 @@ public class PrecopyMigrationTests
     {
         // 40k pages/s against 100 MB/s (24k pages/s): each round dirties most of the 2048 pages it sends.
         using var guest = NewGuest(8, pagesPerSecond: 40_000, writers: 2);
-        var transport = new InMemoryTransport();
+        using var transport = new InMemoryTransport();
         var options = NonConverging() with
         {
             AutoConverge = true,
@@ -125,6 +124,86 @@ public class PrecopyMigrationTests
         AssertCompletedAndIntact(outcome);
         Assert.True(outcome.Stats.ThrottlePercent >= 20, $"throttle {outcome.Stats.ThrottlePercent}");
         Assert.Contains(outcome.Stats.Rounds, r => r.ThrottlePercent > 0);
+    }
+
+    [Fact]
+    public void MaxBandwidthChangedDuringTheRunTakesEffectAtOnce()
+    {
+        // 16 MiB at 2 MB/s would take 8 s; lifting the cap once 1 MiB is out must finish the run in well under that.
+        using var guest = NewGuest(16);
+        using var transport = new InMemoryTransport();
+        long sentWhenLifted = 0;
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 2_000_000 }, duringRun: m =>
+        {
+            SpinWait.SpinUntil(() => m.Progress.BytesSent > 1 << 20, TimeSpan.FromSeconds(5));
+            Assert.Equal(2_000_000, m.MaxBandwidth);
+            sentWhenLifted = m.Progress.BytesSent;
+            m.MaxBandwidth = 0;
+        });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        // The cap held while set: at 2 MB/s plus the limiter's 64 KiB burst, ~1 MiB takes ~0.5 s.
+        Assert.InRange(sentWhenLifted, 1 << 20, 4 << 20);
+        Assert.True(outcome.Elapsed < TimeSpan.FromSeconds(4), $"took {outcome.Elapsed.TotalSeconds:F1} s");
+    }
+
+    [Fact]
+    public void ProgressIsReportedPerRoundAndEndsWithTheFinalStatus()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var reports = new List<MigrationProgress>();
+        var progress = new SynchronousProgress(p => { lock (reports) reports.Add(p); });
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory());
+        var dest = new Thread(() => new IncomingMigration(transport.Listener, factory, new IncomingOptions { PeerTimeout = TestPeerTimeout }).Run());
+        dest.Start();
+        var migration = new OutgoingMigration(guest, transport.Connector, Options() with { DowntimeLimit = TimeSpan.FromMilliseconds(300) });
+        var stats = migration.Run(progress, TestContext.Current.CancellationToken);
+        Assert.True(dest.Join(TimeSpan.FromSeconds(10)));
+        factory.Created.Single().Dispose();
+        Assert.Equal(MigrationStatus.Completed, stats.Status);
+        lock (reports)
+        {
+            Assert.Contains(reports, r => r.Status == MigrationStatus.Active);
+            Assert.Contains(reports, r => r.Status == MigrationStatus.Device);
+            Assert.Equal(MigrationStatus.Completed, reports[^1].Status);
+            Assert.Equal(stats.BytesSent, reports[^1].BytesSent);
+            // One report per pre-copy round at least (the last pre-copy round index is Rounds.Count - 2).
+            Assert.Contains(reports, r => r.Round == stats.Rounds.Count - 2);
+            for (int i = 1; i < reports.Count; i++)
+                Assert.True(reports[i].BytesSent >= reports[i - 1].BytesSent, "bytes sent went backwards");
+        }
+        Assert.Equal(MigrationStatus.Completed, migration.Progress.Status);
+    }
+
+    [Fact]
+    public void StatisticsAddUp()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { DowntimeLimit = TimeSpan.FromMilliseconds(300) });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        var s = outcome.Stats;
+        Assert.Equal(s.Pages.Normal + s.Pages.Zero, s.Rounds.Sum(r => r.Pages));
+        // bytes_sent = every round's batches; the switchover Flush records count in the final round.
+        Assert.Equal(s.Rounds.Sum(r => r.Bytes), s.BytesSent);
+        Assert.True(s.BytesSent > s.Pages.Normal * 4096);
+        var b = s.DowntimeBreakdownMs;
+        double parts = b.Pause + b.FinalPages + b.DeviceState + b.Resume;
+        // The parts cover pause..Resumed but for the final harvest and small gaps between them.
+        Assert.InRange(parts, s.DowntimeMs * 0.8, s.DowntimeMs + 0.001);
+        Assert.True(s.SetupMs > 0 && s.SetupMs < s.TotalMs);
+        Assert.Equal(Enumerable.Range(0, s.Rounds.Count), s.Rounds.Select(r => r.Round));
+        var json = System.Text.Json.JsonSerializer.Serialize(s);
+        Assert.Contains("\"status\":\"completed\"", json, StringComparison.Ordinal);
+        Assert.Contains("\"downtime_breakdown_ms\"", json, StringComparison.Ordinal);
+    }
+
+    /// <summary>IProgress that reports on the caller's thread (Progress&lt;T&gt; would post to the thread pool, out of order).</summary>
+    private sealed class SynchronousProgress(Action<MigrationProgress> report) : IProgress<MigrationProgress>
+    {
+        public void Report(MigrationProgress value) => report(value);
     }
 
     /// <summary>

@@ -1,0 +1,307 @@
+using System.Buffers.Binary;
+using System.IO.Hashing;
+using Ferry.Migration.Protocol;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Migration.Tests.Protocol;
+
+public class PageBatchTests
+{
+    private static readonly PageRun[] MixedRuns =
+    [
+        new(0, 2, PageEncoding.Normal),
+        new(2, 3, PageEncoding.Normal),   // adjacent to the first: one iovec
+        new(5, 4, PageEncoding.Zero),
+        new(9, 1, PageEncoding.Normal),
+    ];
+
+    private static byte[] WriteBatch(NativeGuestMemory memory, int region, PageRun[] runs, bool checksumData, out ByteStreamChannel wire)
+    {
+        wire = new ByteStreamChannel(name: "pages-0");
+        new PageBatchWriter(wire).WriteBatch(region, memory.Regions[region], runs, checksumData);
+        return wire.Output;
+    }
+
+    [Fact]
+    public void ABatchEncodesHeaderRunsDataAndAChecksumOverHeaderAndRuns()
+    {
+        using var memory = new NativeGuestMemory((0, 4));
+        memory.Page(0, 1).Fill(0x5A);
+        var bytes = WriteBatch(memory, 0, [new(1, 1, PageEncoding.Normal), new(2, 2, PageEncoding.Zero)], checksumData: false, out _);
+        string table = Convert.ToHexString(bytes, 0, 8 + 8 + 32);
+        Assert.Equal(
+            "04000000" + "30100000" +                        // PageBatch, no flags, payload 8+32+4096+8 = 0x1030
+            "0000" + "0200" + "00000000" +                   // region 0, 2 runs, reserved
+            "0100000000000000" + "01000000" + "01" + "000000" + // page 1, 1 page, Normal
+            "0200000000000000" + "02000000" + "02" + "000000",  // pages 2..3, Zero
+            table);
+        Assert.All(bytes.AsSpan(48, 4096).ToArray(), b => Assert.Equal(0x5A, b));
+        ulong expected = XxHash3.HashToUInt64(bytes.AsSpan(0, 48));
+        Assert.Equal(expected, BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(48 + 4096)));
+        Assert.Equal(48 + 4096 + 8, bytes.Length);
+    }
+
+    [Fact]
+    public void DataChecksummedCoversThePageDataToo()
+    {
+        using var memory = new NativeGuestMemory((0, 4));
+        memory.FillPattern(3);
+        var bytes = WriteBatch(memory, 0, [new(0, 2, PageEncoding.Normal)], checksumData: true, out _);
+        Assert.Equal((byte)PageBatchFlags.DataChecksummed, bytes[1]);
+        ulong expected = XxHash3.HashToUInt64(bytes.AsSpan(0, bytes.Length - 8));
+        Assert.Equal(expected, BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(bytes.Length - 8)));
+    }
+
+    [Fact]
+    public void OneGatherSendCarriesTheBatchWithAdjacentPagesCoalesced()
+    {
+        using var memory = new NativeGuestMemory((0, 16));
+        WriteBatch(memory, 0, MixedRuns, checksumData: false, out var wire);
+        Assert.Equal(1, wire.GatherCalls);
+        Assert.Equal(0, wire.SendCalls);
+        Assert.Equal(4, wire.LastSegmentCount); // table, pages 0-4, page 9, trailer
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void BatchesLandInGuestMemoryAndZeroRunsClearStalePages(bool checksumData)
+    {
+        using var source = new NativeGuestMemory((0, 16), (0x100000, 8));
+        using var destination = new NativeGuestMemory((0, 16), (0x100000, 8));
+        source.FillPattern(1);
+        source.Region(0).Slice(5 * 4096, 4 * 4096).Clear(); // the Zero run really is zero at the source
+        destination.FillPattern(99); // stale content the Zero run must clear
+        var wire = new ByteStreamChannel(name: "pages-0");
+        var writer = new PageBatchWriter(wire);
+        writer.WriteBatch(0, source.Regions[0], MixedRuns, checksumData);
+        writer.WriteBatch(1, source.Regions[1], [new(0, 8, PageEncoding.Normal)], checksumData);
+        writer.WriteFlush(42);
+
+        var reader = new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), destination.Regions);
+        var first = reader.ReadNext();
+        Assert.Equal(new PageRecord(PageRecordKind.PageBatch, 0, 6, 4, 0, 8 + 8 + (4 * 16) + (6 * 4096) + 8), first);
+        Assert.Equal(MixedRuns, reader.LastRuns.ToArray());
+        Assert.Equal(PageRecordKind.PageBatch, reader.ReadNext().Kind);
+        Assert.Equal(new PageRecord(PageRecordKind.Flush, 0, 0, 0, 42, 16), reader.ReadNext());
+        Assert.Equal(PageRecordKind.EndOfStream, reader.ReadNext().Kind);
+
+        Assert.True(source.Region(0)[..(10 * 4096)].SequenceEqual(destination.Region(0)[..(10 * 4096)]));
+        Assert.True(source.Region(1).SequenceEqual(destination.Region(1)));
+        Assert.False(source.Region(0)[(10 * 4096)..].SequenceEqual(destination.Region(0)[(10 * 4096)..])); // untouched pages stay
+    }
+
+    [Fact]
+    public void WritingAndReadingBatchesAllocatesNothing()
+    {
+        using var source = new NativeGuestMemory((0, 16));
+        using var destination = new NativeGuestMemory((0, 16));
+        var sink = new ByteStreamChannel();
+        var writer = new PageBatchWriter(sink);
+        writer.WriteBatch(0, source.Regions[0], MixedRuns, true); // warm up
+        var input = new ByteStreamChannel(sink.Output);
+        var reader = new PageBatchReader(input, destination.Regions);
+        reader.ReadNext();
+        input.Rewind();
+        var runs = MixedRuns;
+        var region = source.Regions[0];
+        var nullChannel = new NullChannel();
+        var quietWriter = new PageBatchWriter(nullChannel);
+        quietWriter.WriteBatch(0, region, runs, true);
+
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        for (int i = 0; i < 100; i++)
+        {
+            quietWriter.WriteBatch(0, region, runs, i % 2 == 0);
+            input.Rewind();
+            reader.ReadNext();
+        }
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+    }
+
+    private sealed class NullChannel : IMigrationChannel
+    {
+        public string Name => "null";
+        public void Send(ReadOnlySpan<byte> data) { }
+        public void SendGather(ReadOnlySpan<IoSegment> segments) { }
+        public bool ReceiveExactly(Span<byte> buffer) => false;
+        public void Abort() { }
+        public void Dispose() { }
+    }
+
+    // ---- hostile batches -------------------------------------------------------------------------------------
+
+    /// <summary>A batch built by hand with a correct trailer, so only the defect under test is wrong.</summary>
+    private static byte[] HandBatch(ushort region, (ulong First, uint Count, byte Encoding)[] runs, int dataPages, byte flags = 0, uint? runCountField = null, uint reserved = 0)
+    {
+        int payload = 8 + (runs.Length * 16) + (dataPages * 4096) + 8;
+        var b = new byte[8 + payload];
+        new RecordHeader(RecordKind.PageBatch, flags, (uint)payload).Write(b);
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(8), region);
+        BinaryPrimitives.WriteUInt16LittleEndian(b.AsSpan(10), (ushort)(runCountField ?? (uint)runs.Length));
+        BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(12), reserved);
+        for (int i = 0; i < runs.Length; i++)
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(16 + (i * 16)), runs[i].First);
+            BinaryPrimitives.WriteUInt32LittleEndian(b.AsSpan(24 + (i * 16)), runs[i].Count);
+            b[28 + (i * 16)] = runs[i].Encoding;
+        }
+        int table = 16 + (runs.Length * 16);
+        ulong sum = XxHash3.HashToUInt64(b.AsSpan(0, table));
+        BinaryPrimitives.WriteUInt64LittleEndian(b.AsSpan(b.Length - 8), sum);
+        return b;
+    }
+
+    private static MigrationProtocolException Rejects(byte[] batch, int regionPages = 16)
+    {
+        using var memory = new NativeGuestMemory((0, regionPages));
+        var reader = new PageBatchReader(new ByteStreamChannel(batch, "pages-0"), memory.Regions);
+        return Assert.Throws<MigrationProtocolException>(() => reader.ReadNext());
+    }
+
+    [Fact]
+    public void AHandBuiltBatchIsAcceptedSoTheDefectTestsBelowAreMeaningful()
+    {
+        using var memory = new NativeGuestMemory((0, 16));
+        var reader = new PageBatchReader(new ByteStreamChannel(HandBatch(0, [(3, 2, 1), (8, 8, 2)], 2)), memory.Regions);
+        Assert.Equal(2, reader.ReadNext().NormalPages);
+    }
+
+    [Fact]
+    public void ARunPastTheEndOfTheRegionIsRefused() =>
+        Assert.Contains("run 0 (pages 15+2) lies outside the region's 16 pages", Rejects(HandBatch(0, [(15, 2, 1)], 2)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void ARunWhoseEndOverflows64BitsIsRefused() =>
+        Assert.Contains("lies outside", Rejects(HandBatch(0, [(ulong.MaxValue - 1, 4, 2)], 0)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void AnEmptyRunIsRefused() =>
+        Assert.Contains("run 0 is empty", Rejects(HandBatch(0, [(0, 0, 2)], 0)).Message, StringComparison.Ordinal);
+
+    [Theory]
+    [InlineData(3, "Delta encoding, reserved and refused in protocol v1")]
+    [InlineData(4, "Compressed encoding, reserved and refused in protocol v1")]
+    [InlineData(0, "unknown encoding 0")]
+    [InlineData(9, "unknown encoding 9")]
+    public void ReservedAndUnknownEncodingsAreRefused(byte encoding, string message) =>
+        Assert.Contains(message, Rejects(HandBatch(0, [(0, 1, encoding)], 0)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void MoreThan256NormalPagesInABatchAreRefused() =>
+        Assert.Contains("more than 256 Normal pages", Rejects(HandBatch(0, [(0, 200, 1), (200, 57, 1)], 0), regionPages: 512).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void MoreThan512RunsAreRefusedBeforeTheTableIsRead() =>
+        Assert.Contains("513 runs; 1..512 allowed", Rejects(HandBatch(0, [(0, 1, 2)], 0, runCountField: 513)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void ARegionIndexBeyondTheLayoutIsRefused() =>
+        Assert.Contains("region 1 does not exist (1 regions)", Rejects(HandBatch(1, [(0, 1, 2)], 0)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void ANonZeroReservedBatchFieldIsRefused() =>
+        Assert.Contains("reserved batch field", Rejects(HandBatch(0, [(0, 1, 2)], 0, reserved: 1)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void APayloadLengthThatDisagreesWithTheRunsIsRefused() =>
+        Assert.Contains("payload is 4128 bytes but 1 runs with 0 Normal pages need 32", Rejects(HandBatch(0, [(0, 1, 2)], 1)).Message, StringComparison.Ordinal);
+
+    [Fact]
+    public void ACorruptedRunTableFailsTheChecksum()
+    {
+        var b = HandBatch(0, [(3, 2, 2)], 0);
+        b[16] = 4; // first page 3 -> 4, still in range
+        Assert.Contains("checksum mismatch", Rejects(b).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void CorruptedDataFailsTheChecksumOnlyWhenDataIsChecksummed()
+    {
+        using var source = new NativeGuestMemory((0, 4));
+        source.FillPattern(5);
+        foreach (bool checksummed in new[] { true, false })
+        {
+            var bytes = WriteBatch(source, 0, [new(0, 2, PageEncoding.Normal)], checksummed, out _);
+            bytes[48 + 100] ^= 0x01; // a byte of page data
+            using var destination = new NativeGuestMemory((0, 4));
+            var reader = new PageBatchReader(new ByteStreamChannel(bytes), destination.Regions);
+            if (checksummed)
+                Assert.Contains("checksum mismatch (region 0, 1 runs, data included)", Assert.Throws<MigrationProtocolException>(() => reader.ReadNext()).Message, StringComparison.Ordinal);
+            else
+                Assert.Equal(PageRecordKind.PageBatch, reader.ReadNext().Kind); // pre-copy: the dirty log resends it
+        }
+    }
+
+    [Fact]
+    public void ControlRecordsOnAPageChannelAreRefused()
+    {
+        var wire = new ByteStreamChannel();
+        new ProtocolWriter(wire).WriteCommit();
+        Assert.Contains("page channels carry only PageBatch, Flush and Keepalive", Rejects(wire.Output).Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void APageBatchClaiming4GiBFailsFastWithoutAllocating()
+    {
+        var b = new byte[64];
+        new RecordHeader(RecordKind.PageBatch, 0, uint.MaxValue).Write(b);
+        using var memory = new NativeGuestMemory((0, 4));
+        var reader = new PageBatchReader(new ByteStreamChannel(b), memory.Regions);
+        long before = GC.GetAllocatedBytesForCurrentThread();
+        Assert.Contains("claims 4294967295 payload bytes; the limit is 1056784", Assert.Throws<MigrationProtocolException>(() => reader.ReadNext()).Message, StringComparison.Ordinal);
+        Assert.True(GC.GetAllocatedBytesForCurrentThread() - before < 100_000);
+    }
+
+    [Fact]
+    public void ABatchTruncatedAtAnyByteIsAnError()
+    {
+        using var source = new NativeGuestMemory((0, 4));
+        source.FillPattern(2);
+        var bytes = WriteBatch(source, 0, [new(0, 1, PageEncoding.Normal), new(1, 2, PageEncoding.Zero)], true, out _);
+        using var destination = new NativeGuestMemory((0, 4));
+        for (int cut = 1; cut < bytes.Length; cut++)
+        {
+            var reader = new PageBatchReader(new ByteStreamChannel(bytes[..cut]), destination.Regions);
+            var e = Record.Exception(() => reader.ReadNext());
+            Assert.True(e is MigrationProtocolException or MigrationTransportException, $"cut at {cut}: {e?.GetType().Name ?? "none"}");
+        }
+    }
+
+    [Fact]
+    public void RandomMutationsOfAPageStreamFailOnlyWithProtocolOrTransportErrors()
+    {
+        using var source = new NativeGuestMemory((0, 32), (0x100000, 8));
+        source.FillPattern(4);
+        var wire = new ByteStreamChannel();
+        var writer = new PageBatchWriter(wire);
+        writer.WriteBatch(0, source.Regions[0], MixedRuns, true);
+        writer.WriteKeepalive(7);
+        writer.WriteBatch(1, source.Regions[1], [new(0, 3, PageEncoding.Zero), new(4, 4, PageEncoding.Normal)], false);
+        writer.WriteFlush(1);
+        var valid = wire.Output;
+        using var destination = new NativeGuestMemory((0, 32), (0x100000, 8));
+        var random = new Random(777);
+        var input = new ByteStreamChannel();
+        var reader = new PageBatchReader(input, destination.Regions);
+        for (int iteration = 0; iteration < 1500; iteration++)
+        {
+            var bytes = (byte[])valid.Clone();
+            for (int m = 1 + random.Next(3); m > 0; m--)
+            {
+                // Bias towards the headers and run tables, where the interesting checks are.
+                int at = random.Next(2) == 0 ? random.Next(Math.Min(bytes.Length, 96)) : random.Next(bytes.Length);
+                bytes[at] ^= (byte)(1 << random.Next(8));
+            }
+            input.Input = bytes;
+            input.Rewind();
+            try
+            {
+                while (reader.ReadNext().Kind != PageRecordKind.EndOfStream) { }
+            }
+            catch (Exception e) when (e is MigrationProtocolException or MigrationTransportException)
+            {
+            }
+        }
+    }
+}

@@ -1,0 +1,296 @@
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.InteropServices;
+using System.Text;
+using Ferry.Migration.Transport;
+
+// Channels are blocking by design (one thread per channel), so these tests drive them from plain threads and
+// wait on them with bounded timeouts; async test methods would add nothing but noise.
+#pragma warning disable xUnit1031, xUnit1051
+
+namespace Ferry.Migration.Tests.Transport;
+
+public class TcpTransportTests
+{
+    private static readonly TcpTransportOptions Quick = new()
+    {
+        ReceiveTimeout = TimeSpan.FromSeconds(5),
+        SendTimeout = TimeSpan.FromSeconds(5),
+        GroupTimeout = TimeSpan.FromSeconds(5),
+        ConnectTimeout = TimeSpan.FromSeconds(5),
+    };
+
+    private static (MigrationConnection Source, MigrationConnection Destination) Open(TcpMigrationListener listener, int pages, TcpTransportOptions? options = null)
+    {
+        var connect = Task.Run(() => new TcpMigrationConnector(listener.LocalEndPoint, options ?? Quick).Connect(pages, CancellationToken.None));
+        var destination = listener.Accept(new CancellationTokenSource(TimeSpan.FromSeconds(10)).Token);
+        return (connect.GetAwaiter().GetResult(), destination);
+    }
+
+    private static byte[] Receive(IMigrationChannel c, int n)
+    {
+        var b = new byte[n];
+        Assert.True(c.ReceiveExactly(b));
+        return b;
+    }
+
+    [Theory]
+    [InlineData(1)]
+    [InlineData(2)]
+    [InlineData(4)]
+    public void ControlAndEveryPageChannelCarryBytesBothWays(int pages)
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        Assert.NotEqual(0, listener.LocalEndPoint.Port);
+        var (source, destination) = Open(listener, pages);
+        using (source)
+        using (destination)
+        {
+            Assert.Equal(pages, destination.Pages.Count);
+            Assert.Equal("control", destination.Control.Name);
+            Assert.Equal(Enumerable.Range(0, pages).Select(k => $"pages-{k}"), destination.Pages.Select(p => p.Name));
+            var all = new[] { (source.Control, destination.Control) }.Concat(source.Pages.Zip(destination.Pages)).ToArray();
+            foreach (var (s, d) in all)
+            {
+                s.Send(Encoding.ASCII.GetBytes("to " + s.Name));
+                d.Send(Encoding.ASCII.GetBytes("from " + d.Name));
+            }
+            foreach (var (s, d) in all)
+            {
+                Assert.Equal("to " + s.Name, Encoding.ASCII.GetString(Receive(d, 3 + s.Name.Length)));
+                Assert.Equal("from " + d.Name, Encoding.ASCII.GetString(Receive(s, 5 + d.Name.Length)));
+            }
+            Assert.Equal(3 + "pages-0".Length, ((IByteCounter)source.Pages[0]).BytesSent - 32); // 32-byte preamble counted too
+        }
+    }
+
+    [Fact]
+    public unsafe void AGatherSendOfNativeMemoryArrivesIntact()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        using (destination)
+        {
+            const int Size = (1 << 20) + 4096 + 13;
+            byte* native = (byte*)NativeMemory.Alloc(Size);
+            try
+            {
+                var span = new Span<byte>(native, Size);
+                new Random(1).NextBytes(span);
+                IoSegment[] segments = [new((nint)native, 13), new((nint)native + 13, 1 << 20), new((nint)native + 13 + (1 << 20), 4096)];
+                var received = new byte[Size];
+                var reader = Task.Run(() => destination.Pages[0].ReceiveExactly(received));
+                source.Pages[0].SendGather(segments);
+                Assert.True(reader.GetAwaiter().GetResult());
+                Assert.True(span.SequenceEqual(received));
+            }
+            finally
+            {
+                NativeMemory.Free(native);
+            }
+        }
+    }
+
+    [Fact]
+    public unsafe void AGatherOfMoreSegmentsThanIovMaxIsSentInChunksInOrder()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        using (destination)
+        {
+            var data = new byte[3000 * 7];
+            for (int i = 0; i < data.Length; i++) data[i] = (byte)(i % 251);
+            fixed (byte* p = data)
+            {
+                nint start = (nint)p;
+                var segments = Enumerable.Range(0, 3000).Select(i => new IoSegment(start + (i * 7), 7)).ToArray();
+                var received = new byte[data.Length];
+                var reader = Task.Run(() => destination.Pages[0].ReceiveExactly(received));
+                source.Pages[0].SendGather(segments);
+                Assert.True(reader.GetAwaiter().GetResult());
+                Assert.Equal(data, received);
+            }
+        }
+    }
+
+    [Fact]
+    public void ConnectionRefusedIsATransportErrorNamingTheChannel()
+    {
+        int port;
+        using (var probe = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp))
+        {
+            probe.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+            port = ((IPEndPoint)probe.LocalEndPoint!).Port;
+        }
+        var e = Assert.Throws<MigrationTransportException>(() =>
+            new TcpMigrationConnector(new IPEndPoint(IPAddress.Loopback, port), Quick).Connect(2, CancellationToken.None));
+        Assert.Equal($"control: cannot connect to 127.0.0.1:{port}: connection refused (is the destination listening?)", e.Message);
+    }
+
+    [Fact]
+    public void APeerClosingMidRecordIsAnErrorAndAtABoundaryACleanEnd()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (destination)
+        {
+            source.Control.Send(new byte[5]);
+            source.Pages[0].Send(new byte[8]);
+            source.Dispose();
+            var e = Assert.Throws<MigrationTransportException>(() => destination.Control.ReceiveExactly(new byte[10]));
+            Assert.Equal("control: the peer closed the connection after 5 of 10 bytes", e.Message);
+            Assert.True(destination.Pages[0].ReceiveExactly(new byte[8]));
+            Assert.False(destination.Pages[0].ReceiveExactly(new byte[8]));
+        }
+    }
+
+    [Fact]
+    public void ASendToAPeerThatWentAwayFailsWithATransportError()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        {
+            destination.Dispose();
+            var chunk = new byte[1 << 20];
+            var e = Assert.Throws<MigrationTransportException>(() =>
+            {
+                for (int i = 0; i < 64; i++) source.Pages[0].Send(chunk); // the reset arrives within a few sends
+            });
+            Assert.StartsWith("pages-0: send failed:", e.Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Fact]
+    public void AHungPeerIsDetectedByTheReceiveTimeout()
+    {
+        var options = Quick with { ReceiveTimeout = TimeSpan.FromMilliseconds(200) };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var (source, destination) = Open(listener, 1, options);
+        using (source)
+        using (destination)
+        {
+            var watch = Stopwatch.StartNew();
+            var e = Assert.Throws<MigrationTransportException>(() => destination.Control.ReceiveExactly(new byte[1]));
+            Assert.Contains("receive timeout", e.Message, StringComparison.Ordinal);
+            Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
+            // The connecting side too (its socket went through ConnectAsync, which makes the fd non-blocking).
+            Assert.Contains("receive timeout", Assert.Throws<MigrationTransportException>(() => source.Pages[0].ReceiveExactly(new byte[1])).Message, StringComparison.Ordinal);
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void ASenderWhosePeerStopsReadingFailsAfterTheSendTimeout(bool fromSource)
+    {
+        var options = Quick with { SendTimeout = TimeSpan.FromMilliseconds(300), PageSocketBufferBytes = 64 << 10 };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var (source, destination) = Open(listener, 1, options);
+        using (source)
+        using (destination)
+        {
+            var sender = fromSource ? source.Pages[0] : destination.Pages[0];
+            var chunk = new byte[1 << 20];
+            var watch = Stopwatch.StartNew();
+            var e = Assert.Throws<MigrationTransportException>(() =>
+            {
+                for (int i = 0; i < 256; i++) sender.Send(chunk); // nobody reads: the socket buffers fill up
+            });
+            Assert.Contains("made no progress", e.Message, StringComparison.Ordinal);
+            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(5), $"{watch.Elapsed}");
+        }
+    }
+
+    [Fact]
+    public void AbortUnblocksAThreadBlockedInReceive()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        using (destination)
+        {
+            var blocked = Task.Run(() => destination.Pages[0].ReceiveExactly(new byte[1]));
+            Thread.Sleep(50);
+            destination.Abort();
+            var e = Assert.Throws<MigrationTransportException>(() => blocked.GetAwaiter().GetResult());
+            Assert.Equal("pages-0: channel aborted", e.Message);
+        }
+    }
+
+    [Fact]
+    public void TheListenerGroupsTwoConcurrentSourcesCorrectly()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        using var start = new Barrier(2);
+        var sources = Enumerable.Range(0, 2).Select(id => Task.Run(() =>
+        {
+            start.SignalAndWait();
+            var c = new TcpMigrationConnector(listener.LocalEndPoint, Quick).Connect(3, CancellationToken.None);
+            foreach (var ch in c.Pages.Prepend(c.Control)) ch.Send([(byte)id]);
+            return c;
+        })).ToArray();
+        var accepted = new[] { listener.Accept(CancellationToken.None), listener.Accept(CancellationToken.None) };
+        var ids = new List<byte>();
+        foreach (var d in accepted)
+        {
+            byte id = Receive(d.Control, 1)[0];
+            foreach (var p in d.Pages) Assert.Equal(id, Receive(p, 1)[0]); // every channel of a group is from one source
+            ids.Add(id);
+        }
+        Assert.Equal(new byte[] { 0, 1 }, ids.Order().ToArray());
+        foreach (var s in sources) s.Result.Dispose();
+        foreach (var d in accepted) d.Dispose();
+    }
+
+    [Fact]
+    public void AnIncompleteGroupTimesOutWithAClearErrorAndIsClosed()
+    {
+        var options = Quick with { GroupTimeout = TimeSpan.FromMilliseconds(300) };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        using var raw = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        raw.Connect(listener.LocalEndPoint);
+        var preamble = new byte[32];
+        new TransportPreamble(Guid.NewGuid(), 0, 2).Write(preamble); // control of a 2-page-channel group, alone
+        raw.Send(preamble);
+        var e = Assert.Throws<MigrationTransportException>(() => listener.Accept(CancellationToken.None));
+        Assert.Contains("only 1 of 3 channels (control + 2 page) arrived within 0.3 s; closed them", e.Message, StringComparison.Ordinal);
+        raw.ReceiveTimeout = 2000;
+        Assert.Equal(0, raw.Receive(new byte[1])); // the listener closed our connection
+    }
+
+    [Fact]
+    public void StrayConnectionsNeitherDelayNorBreakARealSourceAndAreClosed()
+    {
+        var options = Quick with { GroupTimeout = TimeSpan.FromMilliseconds(800) };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        using var silent = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        silent.Connect(listener.LocalEndPoint);
+        silent.Send(Encoding.ASCII.GetBytes("GET / HTTP/1.1\r\n\r\n")); // 20 bytes: never a whole preamble
+        using var garbage = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        garbage.Connect(listener.LocalEndPoint);
+        garbage.Send(new byte[32]); // a whole preamble with the wrong magic
+        var watch = Stopwatch.StartNew();
+        var (source, destination) = Open(listener, 2, options);
+        Assert.True(watch.Elapsed < options.GroupTimeout, $"a stray delayed the real source by {watch.Elapsed}");
+        source.Dispose();
+        destination.Dispose();
+        garbage.ReceiveTimeout = 2000;
+        Assert.Equal(0, garbage.Receive(new byte[1])); // closed at once
+        using (var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(1500)))
+            Assert.ThrowsAny<OperationCanceledException>(() => listener.Accept(cts.Token)); // meanwhile the silent one expires
+        silent.ReceiveTimeout = 2000;
+        Assert.Equal(0, silent.Receive(new byte[1]));
+    }
+
+    [Fact]
+    public void AcceptHonoursCancellation()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(100));
+        Assert.ThrowsAny<OperationCanceledException>(() => listener.Accept(cts.Token));
+    }
+}
