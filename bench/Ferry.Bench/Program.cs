@@ -1,1 +1,17 @@
-return 0;
+using BenchmarkDotNet.Running;
+using Ferry.Bench;
+
+// dotnet run -c Release --project bench/Ferry.Bench -- micro [BenchmarkDotNet args]   (e.g. --filter '*ZeroPage*')
+// dotnet run -c Release --project bench/Ferry.Bench -- engine [--memory 1G] [--repetitions 5] [--json FILE]
+switch (args.FirstOrDefault())
+{
+    case "micro":
+        // Every [Benchmark] class in this assembly (Memory*, Wire*, ...): BenchmarkDotNet's switcher picks by --filter.
+        BenchmarkSwitcher.FromAssembly(typeof(EngineBenchmark).Assembly).Run(args[1..]);
+        return 0;
+    case "engine":
+        return EngineBenchmark.Run(args[1..], Console.Out, Console.Error);
+    default:
+        Console.Error.WriteLine("usage: Ferry.Bench micro [BenchmarkDotNet args] | engine [--memory SIZE] [--repetitions N] [--rates 5k,50k,200k] [--json FILE]");
+        return 2;
+}

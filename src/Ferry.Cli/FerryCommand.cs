@@ -1,0 +1,217 @@
+using System.CommandLine;
+using System.CommandLine.Parsing;
+using Ferry.Migration;
+using Ferry.Migration.InProcess;
+
+namespace Ferry.Cli;
+
+/// <summary>
+/// The <c>ferry</c> command line: <c>ferry demo</c> and <c>ferry bench engine</c>.
+/// </summary>
+/// <remarks>
+/// Exit codes: 0 the migration completed (and, when asked, verified); 1 it failed or was cancelled; 2 the command line
+/// was wrong (one line on stderr naming the flag and the value, no stack trace); 3 it completed but the destination's
+/// memory or workload did not check out.
+/// </remarks>
+public static class FerryCommand
+{
+    public const int ExitCompleted = 0;
+    public const int ExitMigrationFailed = 1;
+    public const int ExitUsage = 2;
+    public const int ExitVerifyFailed = 3;
+
+    /// <summary>Parse and run one command line; returns the exit code.</summary>
+    public static int Run(IReadOnlyList<string> args, CliConsole console, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(console);
+        var root = Build(console, cancellationToken, out _);
+        var parse = root.Parse(args);
+        // --help clears parse errors (so "ferry bench engine --memory x --help" still shows help).
+        if (parse.Errors.Count > 0 && parse.Action is not { ClearsParseErrors: true })
+        {
+            foreach (var error in parse.Errors) console.Error.WriteLine($"ferry: {error.Message}");
+            return ExitUsage;
+        }
+        return parse.Invoke(new InvocationConfiguration { Output = console.Out, Error = console.Error });
+    }
+
+    /// <summary>
+    /// Parse the options of <c>ferry bench engine</c> (everything after those two words) without running anything:
+    /// the settings, or the error lines <see cref="Run"/> would print.
+    /// </summary>
+    public static (EngineBenchSettings? Settings, IReadOnlyList<string> Errors) ParseBenchEngine(params string[] options)
+    {
+        var root = Build(CliConsole.Captured(TextWriter.Null, TextWriter.Null), CancellationToken.None, out var engineOptions);
+        var parse = root.Parse(["bench", "engine", .. options]);
+        if (parse.Errors.Count > 0) return (null, parse.Errors.Select(e => $"ferry: {e.Message}").ToArray());
+        var settings = engineOptions.Read(parse);
+        var errors = settings.Validate();
+        return errors.Count > 0 ? (null, errors.Select(e => $"ferry: {e}").ToArray()) : (settings, []);
+    }
+
+    private static RootCommand Build(CliConsole console, CancellationToken cancellationToken, out EngineCommandOptions engineOptions)
+    {
+        var root = new RootCommand("Ferry: live migration of running virtual machines.");
+        root.SetAction(_ =>
+        {
+            console.Error.WriteLine("ferry: choose a command: 'ferry demo' or 'ferry bench engine' (see 'ferry --help')");
+            return ExitUsage;
+        });
+
+        var demo = new Command("demo",
+            "Live-migrate an in-process guest (1 GiB, random contents, writers dirtying a hot set at 20,000 pages/s) " +
+            "over loopback TCP, verify its memory, and show that its workload kept running on the destination.");
+        var demoJson = new Option<bool>("--json") { Description = "Print the result as JSON on stdout, nothing else." };
+        var demoMemory = PageSizeOption("--memory", "SIZE", "Guest memory, e.g. 256M, 1G", "1G");
+        demo.Options.Add(demoMemory);
+        demo.Options.Add(demoJson);
+        demo.SetAction(parse => RunValidated(
+            Demo.Settings with { MemoryBytes = Get(parse, demoMemory, Demo.Settings.MemoryBytes), Json = parse.GetValue(demoJson) },
+            console, settings => Demo.Run(settings, console, cancellationToken)));
+        root.Subcommands.Add(demo);
+
+        var bench = new Command("bench", "Benchmarks.");
+        var engine = new Command("engine",
+            "Migrate an in-process guest between a source and a destination in this process over loopback TCP " +
+            "(real sockets on 127.0.0.1: a control connection and one per page channel) and print the engine's statistics. " +
+            "Exit code 0 completed, 1 failed or cancelled, 2 bad command line, 3 completed but --verify found a mismatch.");
+        engineOptions = new EngineCommandOptions(engine);
+        var opts = engineOptions;
+        engine.SetAction(parse => RunValidated(opts.Read(parse), console, settings => EngineBench.Run(settings, console, cancellationToken)));
+        bench.Subcommands.Add(engine);
+        root.Subcommands.Add(bench);
+        return root;
+    }
+
+    /// <summary>Checks between options (after each option's own parse): exit 2 with one line per problem, or run.</summary>
+    private static int RunValidated(EngineBenchSettings settings, CliConsole console, Func<EngineBenchSettings, int> run)
+    {
+        var errors = settings.Validate();
+        foreach (var error in errors) console.Error.WriteLine($"ferry: {error}");
+        return errors.Count > 0 ? ExitUsage : run(settings);
+    }
+
+    /// <summary>The options of <c>ferry bench engine</c>, kept so a parse result can be read into settings.</summary>
+    private sealed class EngineCommandOptions
+    {
+        private static readonly EngineBenchSettings D = new();
+
+        private readonly Option<ulong> _memory = PageSizeOption("--memory", "SIZE", "Guest memory, e.g. 64M, 1G, 2GiB", "1G");
+        private readonly Option<MemoryFill> _fill = ChoiceOption<MemoryFill>("--fill", "Initial memory contents; random is incompressible", D.Fill);
+        private readonly Option<long> _dirtyRate = CountOption("--dirty-rate", "PAGES/S", "Pages the guest dirties per second, in total; 0 = idle, 20k = 20,000", D.DirtyRatePagesPerSecond, 0, 10_000_000);
+        private readonly Option<DirtyPattern> _pattern = ChoiceOption<DirtyPattern>("--pattern", "Which pages get dirtied; hotset = 90% of writes to 10% of the pages", D.Pattern);
+        private readonly Option<ulong> _workingSet = PageSizeOption("--working-set", "SIZE", "Memory the writers touch, from the start", "all of it");
+        private readonly Option<long> _writers = CountOption("--writers", "N", "Writer threads (the guest's vCPUs)", D.Writers, 1, 64);
+        private readonly Option<TimeSpan> _downtimeLimit = DurationOption("--downtime-limit", "Largest acceptable downtime", "50ms");
+        private readonly Option<long> _maxBandwidth = BandwidthOption("--max-bandwidth", "Page bandwidth cap in bytes/s, e.g. 500M (MiB/s); 0 = unlimited", "0");
+        // 16: the protocol's page channel limit.
+        private readonly Option<long> _channels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", D.Channels, 1, 16);
+        private readonly Option<long> _maxRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", D.MaxRounds, 1, 100_000);
+        private readonly Option<TimeSpan> _timeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
+        private readonly Option<TimeoutStrategy> _timeoutStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", "At the round or time limit: cancel (the source keeps running) or force (switch over anyway)", D.TimeoutStrategy);
+        private readonly Option<bool> _noAutoConverge = new("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
+        private readonly Option<bool> _verify = new("--verify") { Description = "Digest all memory at pause and after load; exit 3 unless they match" };
+        private readonly Option<bool> _json = new("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
+
+        public EngineCommandOptions(Command command)
+        {
+            foreach (var option in new Option[]
+                     {
+                         _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _downtimeLimit, _maxBandwidth,
+                         _channels, _maxRounds, _timeout, _timeoutStrategy, _noAutoConverge, _verify, _json,
+                     })
+                command.Options.Add(option);
+        }
+
+        public EngineBenchSettings Read(ParseResult parse) => new()
+        {
+            MemoryBytes = Get(parse, _memory, D.MemoryBytes),
+            Fill = Get(parse, _fill, D.Fill),
+            DirtyRatePagesPerSecond = Get(parse, _dirtyRate, D.DirtyRatePagesPerSecond),
+            Pattern = Get(parse, _pattern, D.Pattern),
+            WorkingSetBytes = parse.GetResult(_workingSet) is null ? null : parse.GetValue(_workingSet),
+            Writers = (int)Get(parse, _writers, D.Writers),
+            DowntimeLimit = Get(parse, _downtimeLimit, D.DowntimeLimit),
+            MaxBandwidth = Get(parse, _maxBandwidth, D.MaxBandwidth),
+            Channels = (int)Get(parse, _channels, D.Channels),
+            MaxRounds = (int)Get(parse, _maxRounds, D.MaxRounds),
+            Timeout = Get(parse, _timeout, D.Timeout),
+            TimeoutStrategy = Get(parse, _timeoutStrategy, D.TimeoutStrategy),
+            AutoConverge = !parse.GetValue(_noAutoConverge),
+            Verify = parse.GetValue(_verify),
+            Json = parse.GetValue(_json),
+        };
+    }
+
+    /// <summary>
+    /// The option's value, or <paramref name="defaultValue"/> when it was not given. Defaults live in the settings
+    /// record (and so in the engine's options), not in the parser: help then shows "1G", not "1073741824".
+    /// </summary>
+    private static T Get<T>(ParseResult parse, Option<T> option, T defaultValue) =>
+        parse.GetResult(option) is null ? defaultValue : parse.GetValue(option)!;
+
+    private delegate bool TryParse<T>(string? text, out T value, out string reason);
+
+    /// <summary>An option whose single value is parsed by <paramref name="tryParse"/>; a bad value is one error line naming the flag.</summary>
+    private static Option<T> ParsedOption<T>(string name, string helpName, string description, TryParse<T> tryParse)
+    {
+        return new Option<T>(name)
+        {
+            Description = description,
+            HelpName = helpName,
+            CustomParser = result =>
+            {
+                var text = result.Tokens.Count > 0 ? result.Tokens[0].Value : "";
+                if (tryParse(text, out var value, out var reason)) return value;
+                result.AddError($"{name}: '{text}' {reason}");
+                return default!;
+            },
+        };
+    }
+
+    /// <summary>A size that must be a non-zero whole number of 4 KiB pages (guest memory, working set).</summary>
+    private static Option<ulong> PageSizeOption(string name, string helpName, string description, string defaultText) =>
+        ParsedOption(name, helpName, $"{description} [default: {defaultText}]", (string? text, out ulong value, out string reason) =>
+        {
+            if (!Units.TryParseSize(text, out value, out reason)) return false;
+            if (value != 0 && value % Migration.Guest.MemoryRegion.PageSize == 0) return true;
+            reason = "must be a non-zero multiple of the 4 KiB page size";
+            return false;
+        });
+
+    /// <summary>A duration greater than zero: "50ms", "2s", "1m".</summary>
+    private static Option<TimeSpan> DurationOption(string name, string description, string defaultText) =>
+        ParsedOption(name, "DURATION", $"{description}, e.g. 50ms, 2s, 1m [default: {defaultText}]", (string? text, out TimeSpan value, out string reason) =>
+        {
+            if (!Units.TryParseDuration(text, out value, out reason)) return false;
+            if (value > TimeSpan.Zero) return true;
+            reason = "must be greater than zero";
+            return false;
+        });
+
+    private static Option<long> BandwidthOption(string name, string description, string defaultText) =>
+        ParsedOption<long>(name, "BYTES/S", $"{description} [default: {defaultText}]", Units.TryParseBandwidth);
+
+    private static Option<long> CountOption(string name, string helpName, string description, long defaultValue, long min, long max) =>
+        ParsedOption(name, helpName, $"{description} [default: {defaultValue}]", (string? text, out long value, out string reason) =>
+        {
+            if (!Units.TryParseCount(text, out value, out reason)) return false;
+            if (value >= min && value <= max) return true;
+            reason = $"is out of range ({min} to {max})";
+            return false;
+        });
+
+    /// <summary>An enum option spelled in lower case ("hotset", "force"); a bad value lists the choices.</summary>
+    private static Option<T> ChoiceOption<T>(string name, string description, T defaultValue) where T : struct, Enum
+    {
+        var choices = Enum.GetNames<T>().Select(n => n.ToLowerInvariant()).ToArray();
+        return ParsedOption(name, string.Join('|', choices), $"{description} [default: {defaultValue.ToString().ToLowerInvariant()}]",
+            (string? text, out T value, out string reason) =>
+            {
+                reason = $"is not one of: {string.Join(", ", choices)}";
+                value = default;
+                return text is not null && choices.Contains(text, StringComparer.OrdinalIgnoreCase)
+                    && Enum.TryParse(text, ignoreCase: true, out value);
+            });
+    }
+}

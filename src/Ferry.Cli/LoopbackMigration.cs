@@ -1,0 +1,108 @@
+using System.Net;
+using Ferry.Migration;
+using Ferry.Migration.Guest;
+using Ferry.Migration.InProcess;
+using Ferry.Migration.Precopy;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Cli;
+
+/// <summary>
+/// One migration inside this process: a source <see cref="InProcessGuest"/> and a destination
+/// (<see cref="IncomingMigration"/> building an <see cref="InProcessTarget"/>) joined by real TCP sockets on 127.0.0.1.
+/// Everything but the second host is real: the stream, the sockets, the guest's writers, the switchover.
+/// </summary>
+public static class LoopbackMigration
+{
+    /// <summary>Create the guest from <paramref name="settings"/> and migrate it.</summary>
+    public static LoopbackResult Run(EngineBenchSettings settings, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        var source = new InProcessGuest(settings.ToGuestOptions());
+        try
+        {
+            return Run(source, settings.ToMigrationOptions(), progress, cancellationToken);
+        }
+        catch
+        {
+            source.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Migrate <paramref name="source"/> to a destination in this process. The result owns the source and, when the
+    /// migration completed, the started destination; dispose it.
+    /// </summary>
+    public static LoopbackResult Run(InProcessGuest source, MigrationOptions options, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(source);
+        ArgumentNullException.ThrowIfNull(options);
+        ulong memory = 0;
+        foreach (var r in source.Regions) memory += r.Size;
+
+        // Port 0: the kernel picks a free port, so parallel runs (tests, CI) never collide.
+        var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0));
+        using var stopDestination = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        var incoming = new IncomingMigration(listener, new InProcessTargetFactory(),
+            new IncomingOptions { MaxMemoryBytes = memory, PeerTimeout = options.PeerTimeout });
+        IMigrationTarget? destination = null;
+        Exception? destinationError = null;
+        var destinationThread = new Thread(() =>
+        {
+            try
+            {
+                destination = incoming.Run(stopDestination.Token);
+            }
+            catch (Exception e)
+            {
+                destinationError = e;
+            }
+        })
+        { Name = "ferry-destination", IsBackground = true };
+        destinationThread.Start();
+
+        MigrationStatistics statistics;
+        try
+        {
+            var outgoing = new OutgoingMigration(source, new TcpMigrationConnector(listener.LocalEndPoint), options);
+            using (cancellationToken.Register(outgoing.Cancel))
+                statistics = outgoing.Run(progress, cancellationToken);
+        }
+        finally
+        {
+            // A completed migration's destination has answered Resumed or is about to; a failed one may still sit in
+            // Accept (the source never connected) or wait for a peer that is gone: stop it either way.
+            if (!destinationThread.Join(options.PeerTimeout))
+                stopDestination.Cancel();
+            listener.Dispose();
+            destinationThread.Join();
+        }
+        if (statistics.Status != MigrationStatus.Completed && destination is not null)
+        {
+            // Cannot happen if the engine keeps its promise (a destination only starts on commit, and commit means
+            // completed); never leave two copies running if it does.
+            destination.Dispose();
+            destination = null;
+        }
+        return new LoopbackResult(statistics, source, destination, destinationError);
+    }
+}
+
+/// <summary>The outcome of a <see cref="LoopbackMigration"/>: statistics, both guests, and the destination's error if any.</summary>
+/// <param name="Statistics">The source engine's statistics.</param>
+/// <param name="Source">The source guest: running again if the migration failed, paused for good if it completed.</param>
+/// <param name="Destination">The started destination guest when the migration completed; otherwise null.</param>
+/// <param name="DestinationError">Why the destination gave up, when it did.</param>
+public sealed record LoopbackResult(
+    MigrationStatistics Statistics,
+    InProcessGuest Source,
+    IMigrationTarget? Destination,
+    Exception? DestinationError) : IDisposable
+{
+    public void Dispose()
+    {
+        Destination?.Dispose();
+        Source.Dispose();
+    }
+}

@@ -1,0 +1,109 @@
+using System.Globalization;
+using System.Text.Json;
+using Ferry.Migration;
+using Spectre.Console;
+using Spectre.Console.Rendering;
+
+namespace Ferry.Cli;
+
+/// <summary>Renders <see cref="MigrationStatistics"/> as the <c>--json</c> document or as tables.</summary>
+public static class StatisticsView
+{
+    private static readonly JsonSerializerOptions JsonOptions = new()
+    {
+        WriteIndented = true,
+        // Terminal and file output, never embedded in HTML: print "caller's", not "caller\u0027s".
+        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
+    };
+
+    /// <summary>The JSON document: exactly <see cref="MigrationStatistics"/>'s fields (QEMU query-migrate style names).</summary>
+    public static string ToJson(MigrationStatistics statistics) => JsonSerializer.Serialize(statistics, JsonOptions);
+
+    /// <summary>A Spectre console writing to <paramref name="writer"/>; colours only on a terminal.</summary>
+    public static IAnsiConsole CreateConsole(TextWriter writer, bool isTerminal)
+    {
+        var console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = isTerminal ? AnsiSupport.Detect : AnsiSupport.No,
+            ColorSystem = isTerminal ? ColorSystemSupport.Detect : ColorSystemSupport.NoColors,
+            Interactive = isTerminal ? InteractionSupport.Detect : InteractionSupport.No,
+            Out = new AnsiConsoleOutput(writer),
+        });
+        // Redirected output has no width; 100 columns keeps the round table on one line per round.
+        if (!isTerminal) console.Profile.Width = 100;
+        return console;
+    }
+
+    /// <summary>Summary table, then one row per round.</summary>
+    public static void Write(IAnsiConsole console, MigrationStatistics s)
+    {
+        console.Write(Summary(s));
+        if (s.Rounds.Count > 0) console.Write(Rounds(s));
+    }
+
+    /// <summary>Status, times, downtime and its parts, bytes, pages, throttle, verification.</summary>
+    public static Table Summary(MigrationStatistics s)
+    {
+        var table = new Table().Border(TableBorder.Rounded).HideHeaders()
+            .AddColumn("what").AddColumn("value");
+        var statusColour = s.Status == MigrationStatus.Completed ? "green" : "red";
+        table.AddRow(new Text("status"), new Markup($"[{statusColour}]{Name(s.Status)}[/]"));
+        if (!string.IsNullOrEmpty(s.Error)) table.AddRow(new Text("error"), new Text(s.Error));
+        table.AddRow("mode", s.Mode);
+        table.AddRow("memory", Units.FormatBytes(s.MemoryBytes));
+        table.AddRow("total time", Units.FormatMs(s.TotalMs));
+        table.AddRow("setup", Units.FormatMs(s.SetupMs));
+        var d = s.DowntimeBreakdownMs;
+        table.AddRow(new Text("downtime"), new Markup(
+            $"[bold]{Markup.Escape(Units.FormatMs(s.DowntimeMs))}[/]  " + Markup.Escape(
+                $"(pause {Units.FormatMs(d.Pause)}, final pages {Units.FormatMs(d.FinalPages)}, " +
+                $"device state {Units.FormatMs(d.DeviceState)}, resume {Units.FormatMs(d.Resume)})")));
+        table.AddRow("bytes sent", $"{Units.FormatBytes(s.BytesSent)} ({s.BytesSent.ToString("N0", CultureInfo.InvariantCulture)} B)");
+        table.AddRow("pages", string.Create(CultureInfo.InvariantCulture, $"{s.Pages.Normal:N0} normal, {s.Pages.Zero:N0} zero"));
+        if (s.TotalMs > 0)
+            table.AddRow("average rate", Units.FormatRate(s.BytesSent / (s.TotalMs / 1000)));
+        table.AddRow("rounds", s.Rounds.Count.ToString(CultureInfo.InvariantCulture));
+        table.AddRow("throttle", $"{s.ThrottlePercent}%");
+        if (s.Verify is { } v)
+        {
+            IRenderable verdict = v.Match
+                ? new Markup($"[green]match[/] {Markup.Escape(v.SourceDigest)}")
+                : new Markup($"[red]MISMATCH[/] source {Markup.Escape(v.SourceDigest)}, destination {Markup.Escape(v.DestDigest)}");
+            table.AddRow(new Text("verify"), verdict);
+        }
+        return table;
+    }
+
+    /// <summary>Per round: pages, bytes, time, bandwidth, the guest's dirty rate during it, throttle.</summary>
+    public static Table Rounds(MigrationStatistics s)
+    {
+        var table = new Table().Border(TableBorder.Rounded)
+            .AddColumn(new TableColumn("round").RightAligned())
+            .AddColumn(new TableColumn("pages").RightAligned())
+            .AddColumn(new TableColumn("sent").RightAligned())
+            .AddColumn(new TableColumn("time").RightAligned())
+            .AddColumn(new TableColumn("bandwidth").RightAligned())
+            .AddColumn(new TableColumn("dirty pages/s").RightAligned())
+            .AddColumn(new TableColumn("throttle").RightAligned());
+        for (var i = 0; i < s.Rounds.Count; i++)
+        {
+            var r = s.Rounds[i];
+            // The last round of a completed migration is the stop-and-copy (STW = stop the world).
+            var label = i == s.Rounds.Count - 1 && s.Status == MigrationStatus.Completed
+                ? $"{r.Round} (stop)"
+                : r.Round.ToString(CultureInfo.InvariantCulture);
+            table.AddRow(
+                label,
+                r.Pages.ToString("N0", CultureInfo.InvariantCulture),
+                Units.FormatBytes(r.Bytes),
+                Units.FormatMs(r.Milliseconds),
+                Units.FormatRate(r.BandwidthBytesPerSecond),
+                r.DirtyPagesPerSecond.ToString("N0", CultureInfo.InvariantCulture),
+                $"{r.ThrottlePercent}%");
+        }
+        return table;
+    }
+
+    /// <summary>The status as the JSON spells it ("completed", ...).</summary>
+    public static string Name(MigrationStatus status) => JsonSerializer.Serialize(status).Trim('"');
+}

@@ -1,0 +1,112 @@
+using System.Diagnostics;
+using System.Text.Json;
+using static Ferry.Cli.Tests.CommandLineTests;
+
+namespace Ferry.Cli.Tests;
+
+/// <summary>The whole command: a real source and destination in this process over loopback TCP.</summary>
+public class EndToEndTests
+{
+    [Fact]
+    public void BenchEngineMigratesABusyGuestAndPrintsOnlyTheStatisticsJson()
+    {
+        var (code, stdout, stderr) = RunCaptured(
+            "bench", "engine", "--memory", "64M", "--dirty-rate", "5000", "--pattern", "hotset", "--verify", "--json");
+
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        // --json: stdout is one JSON document and nothing else; no progress anywhere.
+        Assert.Equal("", stderr);
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        Assert.Equal("completed", root.GetProperty("status").GetString());
+        Assert.Equal(64L << 20, root.GetProperty("memory_bytes").GetInt64());
+        var verify = root.GetProperty("verify");
+        Assert.True(verify.GetProperty("match").GetBoolean());
+        Assert.Equal(verify.GetProperty("source_digest").GetString(), verify.GetProperty("dest_digest").GetString());
+        foreach (var field in new[] { "total_ms", "setup_ms", "downtime_ms", "bytes_sent", "throttle_pct" })
+            Assert.True(root.GetProperty(field).GetDouble() >= 0, field);
+        var breakdown = root.GetProperty("downtime_breakdown_ms");
+        foreach (var part in new[] { "pause", "final_pages", "device_state", "resume" })
+            Assert.True(breakdown.TryGetProperty(part, out _), part);
+        // Every page travelled at least once, as data or as a zero run.
+        var pages = root.GetProperty("pages");
+        Assert.True(pages.GetProperty("normal").GetInt64() + pages.GetProperty("zero").GetInt64() >= 16_384);
+        var rounds = root.GetProperty("rounds");
+        Assert.True(rounds.GetArrayLength() >= 2, "round 0 and the stop-and-copy round at least");
+        Assert.Equal(16_384, rounds[0].GetProperty("pages").GetInt64());
+        Assert.True(root.GetProperty("bytes_sent").GetInt64() > 0);
+    }
+
+    [Fact]
+    public void WithoutJsonTheTableGoesToStdoutAndOneProgressLinePerRoundToStderr()
+    {
+        var (code, stdout, stderr) = RunCaptured("bench", "engine", "--memory", "16M", "--dirty-rate", "2000", "--pattern", "hotset");
+
+        Assert.True(code == 0, $"exit {code}; stderr: {stderr}");
+        Assert.Contains("completed", stdout, StringComparison.Ordinal);
+        Assert.Contains("downtime", stdout, StringComparison.Ordinal);
+        Assert.Contains("(stop)", stdout, StringComparison.Ordinal);
+        var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Contains(lines, l => l.StartsWith("round 0", StringComparison.Ordinal));
+        Assert.Contains(lines, l => l.StartsWith("stop-and-copy", StringComparison.Ordinal));
+        // One line per round, not one per progress report.
+        Assert.Equal(lines.Length, lines.Distinct().Count());
+        Assert.True(lines.Length < 40, $"{lines.Length} progress lines");
+    }
+
+    [Fact]
+    public void AMigrationThatCannotConvergeExitsNonZeroAndSaysWhy()
+    {
+        // Every page of a 16 MiB guest rewritten ~5 times a second, 1 ms allowed, no throttling, two rounds:
+        // the cancel strategy must give up, and the command must say so in its status and its exit code.
+        var (code, stdout, stderr) = RunCaptured(
+            "bench", "engine", "--memory", "16M", "--dirty-rate", "20k", "--pattern", "uniform", "--downtime-limit", "1ms",
+            "--max-rounds", "2", "--no-auto-converge", "--timeout-strategy", "cancel", "--json");
+
+        Assert.True(code == FerryCommand.ExitMigrationFailed, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using var doc = JsonDocument.Parse(stdout);
+        var status = doc.RootElement.GetProperty("status").GetString();
+        Assert.True(status is "failed" or "cancelled", status);
+        Assert.False(string.IsNullOrEmpty(doc.RootElement.GetProperty("error").GetString()));
+    }
+
+    [Fact]
+    public void DemoShowsTheGuestArrivedIntactAndKeptRunning()
+    {
+        var (code, stdout, stderr) = RunCaptured("demo", "--memory", "16M", "--json");
+
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using var doc = JsonDocument.Parse(stdout);
+        Assert.Equal("completed", doc.RootElement.GetProperty("migration").GetProperty("status").GetString());
+        Assert.True(doc.RootElement.GetProperty("migration").GetProperty("verify").GetProperty("match").GetBoolean());
+        var arrival = doc.RootElement.GetProperty("after_arrival");
+        Assert.True(arrival.GetProperty("self_check_ok").GetBoolean());
+        Assert.Equal(4096, arrival.GetProperty("pages_checked").GetInt64());
+        Assert.True(arrival.GetProperty("writers_running").GetBoolean());
+        Assert.True(arrival.GetProperty("pages_written_after_arrival").GetInt64() > 0);
+    }
+
+    [Fact]
+    public async Task TheBuiltBinaryRejectsABadFlagWithExitCode2AndNoStackTrace()
+    {
+        var ferry = Path.Combine(AppContext.BaseDirectory, "ferry.dll");
+        Assert.True(File.Exists(ferry), ferry);
+        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (var a in new[] { ferry, "bench", "engine", "--memory", "1Q" }) start.ArgumentList.Add(a);
+        using var process = Process.Start(start)!;
+        var ct = TestContext.Current.CancellationToken;
+        var stdout = process.StandardOutput.ReadToEndAsync(ct);
+        var stderr = await process.StandardError.ReadToEndAsync(ct);
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(30));
+        await process.WaitForExitAsync(timeout.Token);
+
+        Assert.Equal(2, process.ExitCode);
+        Assert.Equal("", await stdout);
+        Assert.Equal("ferry: --memory: '1Q' is not a size (use e.g. 4096, 64K, 512M, 1G or 2GiB)", stderr.TrimEnd());
+    }
+}
