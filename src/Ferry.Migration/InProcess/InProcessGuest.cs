@@ -209,6 +209,10 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     }
 
     /// <inheritdoc/>
+    /// <inheritdoc />
+    /// <remarks>Conservative for now: every page may hold data (the pagemap-based answer replaces this).</remarks>
+    public void GetPopulatedPages(Span<ulong> bitmap) => bitmap.Fill(ulong.MaxValue);
+
     public void StopDirtyLog() => _logging = false;
 
     /// <summary>True between <see cref="StartDirtyLog"/> and <see cref="StopDirtyLog"/>.</summary>
