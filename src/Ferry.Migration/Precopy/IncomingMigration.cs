@@ -70,6 +70,9 @@ public sealed class IncomingMigration
     /// <summary>Pages received as zero runs (all rounds); valid after <see cref="Run"/>.</summary>
     public long ZeroPages { get; private set; }
 
+    /// <summary>Which destination pages hold received data (how Zero runs were applied); set once the handshake succeeded.</summary>
+    public ReceivedPageMap? ReceivedPages { get; private set; }
+
     /// <summary>Receive one migration; returns the started guest after <c>commit</c>.</summary>
     public IMigrationTarget Run(CancellationToken cancellationToken = default)
     {
@@ -102,9 +105,11 @@ public sealed class IncomingMigration
 
             // Receiving: page channels on their own threads, control here.
             receivers = new Receiver[_connection.Pages.Count];
+            var received = new ReceivedPageMap(target.Regions);
+            ReceivedPages = received;
             for (int i = 0; i < receivers.Length; i++)
             {
-                receivers[i] = new Receiver(this, _connection.Pages[i], target.Regions);
+                receivers[i] = new Receiver(this, _connection.Pages[i], target.Regions, received);
                 receivers[i].Start();
             }
             var sections = new List<StateSection>();
@@ -373,11 +378,11 @@ public sealed class IncomingMigration
         private readonly PageBatchReader _reader;
         private readonly Thread _thread;
 
-        public Receiver(IncomingMigration owner, IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions)
+        public Receiver(IncomingMigration owner, IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received)
         {
             _owner = owner;
             _channel = channel;
-            _reader = new PageBatchReader(channel, regions);
+            _reader = new PageBatchReader(channel, regions, received);
             _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
         }
 
