@@ -72,8 +72,10 @@ public class ReceivedPageMapTests
         for (ulong p = 0; p < Pages; p++) Assert.False(map.HoldsData(0, p), $"page {p} still marked as holding data");
     }
 
-    [Fact]
-    public void DataReceivedAfterADropLandsAgain()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void DataReceivedAfterADropLandsAgain(bool populateFreshRuns)
     {
         using var source = new NativeGuestMemory((0, Pages));
         source.FillPattern(3);
@@ -81,7 +83,10 @@ public class ReceivedPageMapTests
         var region = new MemoryRegion(0, Pages * 4096, mapping.Address);
         var map = new ReceivedPageMap([region]);
         var reader = new PageBatchReader(Stream(source,
-            [new(0, 200, PageEncoding.Normal)], [new(0, 200, PageEncoding.Zero)], [new(0, 200, PageEncoding.Normal)]), [region], map);
+            [new(0, 200, PageEncoding.Normal)], [new(0, 200, PageEncoding.Zero)], [new(0, 200, PageEncoding.Normal)]), [region], map)
+        {
+            PopulateFreshRuns = populateFreshRuns,
+        };
         for (int i = 0; i < 3; i++) reader.ReadNext();
         Assert.Equal(200, map.PagesDropped);
         Assert.True(source.Region(0)[..(200 * 4096)].SequenceEqual(Bytes(region)[..(200 * 4096)]));
