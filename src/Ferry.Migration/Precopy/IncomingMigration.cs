@@ -129,13 +129,16 @@ public sealed class IncomingMigration
                 else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
             }
 
-            // Draining: every page channel must have delivered everything up to the switchover Flush.
+            // Draining: every page channel must have delivered everything up to the switchover Flush. Timed, and
+            // reported in Ready: pages still in socket buffers here are final-page time, not device-state time.
+            long drainStart = _time.GetTimestamp();
             foreach (var r in receivers)
             {
                 r.Flushed.Wait(_abort.Token);
                 if (r.FlushSequence != complete.FlushSequence)
                     throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
             }
+            uint drainUs = Micros(drainStart);
             foreach (var r in receivers)
             {
                 NormalPages += r.NormalPages;
@@ -162,7 +165,7 @@ public sealed class IncomingMigration
                 digest = MemoryDigest.Compute(target.Regions);
                 digestUs = Micros(d0);
             }
-            _control.WriteReady(digestUs, loadUs, digest);
+            _control.WriteReady(digestUs, loadUs, digest, drainUs);
 
             // AwaitCommit, bounded: a source that keeps the link alive but never decides must not hold us forever.
             using (var commitDeadline = _time.CreateTimer(static s => ((IncomingMigration)s!).Fail(

@@ -77,6 +77,7 @@ public sealed class OutgoingMigration
     private ReadyMessage? _ready;
     private ResumedMessage? _resumed;
     private long _resumedAt;
+    private long _readyAt;
 
     // Progress figures, updated by the migration thread at each round end.
     private long _startTimestamp;
@@ -152,6 +153,9 @@ public sealed class OutgoingMigration
 
     /// <summary>Why pre-copy ended in a switch-over (converged, or forced by the timeout or round limit); set before stop-and-copy.</summary>
     public SwitchOverReason SwitchOverReason { get; private set; }
+
+    /// <summary>Where the switchover's downtime went, finer than the statistics' breakdown; null until Ready arrived.</summary>
+    public SwitchoverTimings? Switchover { get; private set; }
 
     /// <summary>The policy's sentence with the figures behind <see cref="SwitchOverReason"/>.</summary>
     public string? SwitchOverExplanation { get; private set; }
@@ -352,8 +356,17 @@ public sealed class OutgoingMigration
 
         long stateStart = _time.GetTimestamp();
         var sections = _guest.SaveState();
-        foreach (var section in sections) _control!.WriteStateSection(section);
+        double saveMs = Ms(stateStart);
+        long sendStart = _time.GetTimestamp();
+        long stateBytes = 0;
+        foreach (var section in sections)
+        {
+            _control!.WriteStateSection(section);
+            stateBytes += section.Data.Length;
+        }
         _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
+        long completeSent = _time.GetTimestamp();
+        double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
 
         // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
         // keepalives but never answers must not hold the guest paused forever.
@@ -361,8 +374,19 @@ public sealed class OutgoingMigration
             Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
         _abort.Token.ThrowIfCancellationRequested();
         var ready = _ready!;
-        stats.DeviceStateMs = Ms(stateStart) - ready.DigestMicroseconds / 1000.0;
+        double readyWaitMs = _time.GetElapsedTime(completeSent, Volatile.Read(ref _readyAt)).TotalMilliseconds;
+        double drainMs = ready.DrainMicroseconds / 1000.0;
         stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
+        // Pages the destination was still draining after Complete were final-page time, not device-state time.
+        stats.FinalPagesMs += drainMs;
+        stats.DeviceStateMs = _time.GetElapsedTime(stateStart, Volatile.Read(ref _readyAt)).TotalMilliseconds - stats.DestDigestMs - drainMs;
+        var timings = new SwitchoverTimings
+        {
+            Pause = stats.PauseMs, FinalPagesSend = stats.FinalPagesMs - drainMs, DestDrain = drainMs, Save = saveMs,
+            SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
+            DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
+        };
+        Switchover = timings;
 
         if (_options.Verify)
         {
@@ -403,6 +427,7 @@ public sealed class OutgoingMigration
         if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
         {
             stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
+            Switchover = timings with { CommitToResumed = stats.ResumeMs };
             stats.Downtime = _time.GetElapsedTime(pauseStart, Volatile.Read(ref _resumedAt)).TotalMilliseconds
                 - stats.SourceDigestMs - stats.DestDigestMs;
         }
@@ -433,6 +458,7 @@ public sealed class OutgoingMigration
                     case KeepaliveMessage:
                         break;
                     case ReadyMessage r:
+                        Volatile.Write(ref _readyAt, _time.GetTimestamp());
                         _ready = r;
                         _readyArrived.Set();
                         break;

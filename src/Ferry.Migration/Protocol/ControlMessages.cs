@@ -65,8 +65,11 @@ public sealed record CompleteMessage(ulong FlushSequence, CompleteFlags Flags) :
     public override RecordKind Kind => RecordKind.Complete;
 }
 
-/// <summary>Destination: loaded and ready; times in microseconds; <paramref name="Digest"/> when verify was requested.</summary>
-public sealed record ReadyMessage(uint DigestMicroseconds, uint LoadMicroseconds, UInt128? Digest) : ControlMessage
+/// <summary>
+/// Destination: loaded and ready; times in microseconds; <paramref name="Digest"/> when verify was requested;
+/// <paramref name="DrainMicroseconds"/> from Complete read until the last page channel's Flush arrived (final pages still in flight).
+/// </summary>
+public sealed record ReadyMessage(uint DigestMicroseconds, uint LoadMicroseconds, UInt128? Digest, uint DrainMicroseconds = 0) : ControlMessage
 {
     public override RecordKind Kind => RecordKind.Ready;
 }
