@@ -247,14 +247,16 @@ public sealed class OutgoingMigration
         var done = _passDone;
         long precopyStart = _time.GetTimestamp();
 
-        // Round 0 reads only what the guest populated (asked once, after StartDirtyLog, so a page first written
-        // later is in the log): the rest is sent as Zero unread. An idle 4 GiB guest would otherwise be faulted in
-        // whole by the zero check, ~12 s on this host (ROUND2.md: 3.0 s per GiB of read faults).
-        var populated = new DirtyBitmap(_guest.TotalPages);
-        _guest.GetPopulatedPages(populated.Words);
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
         _guest.HarvestDirtyLog(bitmap.Words);
         bitmap.SetAll();
+        // Round 0 reads only what the guest populated: the rest is sent as Zero unread. An idle 4 GiB guest would
+        // otherwise be faulted in whole by the zero check, ~12 s on this host (ROUND2.md: 3.0 s per GiB of read
+        // faults). Asked AFTER the drain: a page first written after this call is in the log for round 1, while one
+        // written before it is populated by now. Asked before the drain, a page written in between would be drained
+        // from the log and sent as Zero unread, i.e. lost (a 1 GiB hotset run failed verification that way).
+        var populated = new DirtyBitmap(_guest.TotalPages);
+        _guest.GetPopulatedPages(populated.Words);
 
         for (int round = 0; ; round++)
         {

@@ -45,6 +45,27 @@ public class PopulatedPagesTests
             Assert.True(source.Bytes(r).SequenceEqual(dest.Bytes(r)), $"region {r} differs");
     }
 
+    [Fact]
+    public void APageFirstWrittenRightAfterThePopulatedQueryArrivesThroughTheDirtyLog()
+    {
+        // Page 900 is untouched when the engine asks which pages are populated, and written the moment after: only
+        // the dirty log can bring it across, so the engine must not drain the log after asking.
+        (int Region, ulong First, ulong Count) late = (0, 900, 1);
+        using var source = new SparseSource(Layout, DataPages, ZeroPopulated) { WriteAfterPopulatedQuery = late };
+        var factory = new RecordingTargetFactory(new SparseTargetFactory([.. DataPages, late]));
+        using var transport = new Ferry.Migration.Transport.InMemoryTransport();
+        var outcome = Migrate(source, transport.Connector, transport.Listener, Options(verify: false), factory);
+        using var target = outcome.Target;
+
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"{outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.Equal(1, outcome.Stats.Rounds[1].Pages); // round 1 re-sent exactly the late page
+        var dest = (SparseTarget)target!.Inner;
+        source.Unprotect();
+        dest.Unprotect();
+        Assert.NotEqual(0, source.Bytes(0)[900 * 4096]);
+        Assert.True(source.Bytes(0).SequenceEqual(dest.Bytes(0)), "region 0 differs");
+    }
+
     private static void Protect(MemoryRegion region, ulong first, ulong count, int prot)
     {
         if (count == 0) return;
@@ -103,8 +124,20 @@ public class PopulatedPagesTests
         public ulong TotalPages { get; }
         public bool IsRunning { get; private set; } = true;
 
+        /// <summary>A page the "guest" writes right after answering <see cref="GetPopulatedPages"/>, logged as dirty.</summary>
+        public (int Region, ulong First, ulong Count)? WriteAfterPopulatedQuery { get; init; }
+
+        // Dirty log: pages written since the last harvest.
+        private readonly List<ulong> _dirtyBits = [];
+
         public void StartDirtyLog() { }
-        public void HarvestDirtyLog(Span<ulong> bitmap) { } // nothing is ever written during the migration
+
+        public void HarvestDirtyLog(Span<ulong> bitmap)
+        {
+            foreach (ulong bit in _dirtyBits) bitmap[(int)(bit >> 6)] |= 1UL << (int)(bit & 63);
+            _dirtyBits.Clear();
+        }
+
         public void StopDirtyLog() { }
         public void SetThrottle(int percent) { }
         public void Pause() => IsRunning = false;
@@ -115,6 +148,13 @@ public class PopulatedPagesTests
         {
             PopulatedCalls++;
             for (int i = 0; i < _populated.Length; i++) bitmap[i] |= _populated[i];
+            if (WriteAfterPopulatedQuery is var (r, first, count))
+            {
+                Protect(_regions[r], first, count, Libc.PROT_READ | Libc.PROT_WRITE);
+                BytesOf(_regions[r]).Slice((int)(first << MemoryRegion.PageShift), (int)(count << MemoryRegion.PageShift)).Fill(0x77);
+                MarkPopulated(r, first, count);
+                for (ulong p = 0; p < count; p++) _dirtyBits.Add(_firstBit[r] + first + p);
+            }
         }
 
         public Span<byte> Bytes(int r) => BytesOf(_regions[r]);
