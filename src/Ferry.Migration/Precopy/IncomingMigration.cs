@@ -119,6 +119,7 @@ public sealed class IncomingMigration
                 receivers[i] = new Receiver(this, _connection.Pages[i], target.Regions, received);
                 receivers[i].Start();
             }
+            SwitchoverWarmup.Destination(target);
             var sections = new List<StateSection>();
             CompleteMessage complete;
             while (true)

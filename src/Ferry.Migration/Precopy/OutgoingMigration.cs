@@ -220,6 +220,7 @@ public sealed class OutgoingMigration
         // A failure recorded before the channels were published did not abort them.
         _abort.Token.ThrowIfCancellationRequested();
         foreach (var s in senders) s.StartThread();
+        SwitchoverWarmup.Source(_guest);
         _status = MigrationStatus.Active;
         Report();
     }
@@ -333,8 +334,11 @@ public sealed class OutgoingMigration
         paused = true;
         stats.PauseMs = Ms(pauseStart);
 
-        // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since.
+        // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since. Counted as
+        // final-page time (as QEMU counts its last bitmap sync in the downtime).
+        long harvestStart = _time.GetTimestamp();
         _guest.HarvestDirtyLog(bitmap.Words);
+        double harvestMs = Ms(harvestStart);
 
         UInt128 sourceDigest = default;
         if (_options.Verify)
@@ -347,11 +351,12 @@ public sealed class OutgoingMigration
 
         long finalStart = _time.GetTimestamp();
         var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
-        stats.FinalPagesMs = Ms(finalStart);
+        double finalSendMs = Ms(finalStart);
+        stats.FinalPagesMs = harvestMs + finalSendMs;
         stats.Rounds.Add(new RoundStatistics
         {
-            Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = stats.FinalPagesMs,
-            BandwidthBytesPerSecond = stats.FinalPagesMs > 0 ? bytes / (stats.FinalPagesMs / 1000) : 0,
+            Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = finalSendMs,
+            BandwidthBytesPerSecond = finalSendMs > 0 ? bytes / (finalSendMs / 1000) : 0,
             ThrottlePercent = _throttle,
         });
         Interlocked.Exchange(ref _remainingBytes, 0);
@@ -384,7 +389,7 @@ public sealed class OutgoingMigration
         stats.DeviceStateMs = _time.GetElapsedTime(stateStart, Volatile.Read(ref _readyAt)).TotalMilliseconds - stats.DestDigestMs - drainMs;
         var timings = new SwitchoverTimings
         {
-            Pause = stats.PauseMs, FinalPagesSend = stats.FinalPagesMs - drainMs, DestDrain = drainMs, Save = saveMs,
+            Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, DestDrain = drainMs, Save = saveMs,
             SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
             DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
         };

@@ -5,7 +5,7 @@ namespace Ferry.Migration.Precopy;
 /// figures are measured on the source's clock, <c>Dest*</c> ones on the destination's and reported in Ready.
 /// </summary>
 /// <remarks>
-/// Pause → final pages (<see cref="FinalPagesSend"/> until the last byte is handed to the transport, then
+/// Pause → final pages (<see cref="FinalHarvest"/>, <see cref="FinalPagesSend"/> until the last byte is handed to the transport, then
 /// <see cref="DestDrain"/> until the destination has read every page channel's Flush) → <see cref="Save"/> →
 /// <see cref="SendState"/> (sections and Complete) → <see cref="ReadyWait"/> (Complete written until Ready read,
 /// which holds the destination's drain, load and digest plus <see cref="ReadyOther"/>: network, scheduling, Ready
@@ -16,6 +16,9 @@ public sealed record SwitchoverTimings
 {
     /// <summary>Guest pause.</summary>
     public double Pause { get; init; }
+
+    /// <summary>The last dirty-log harvest, after the pause.</summary>
+    public double FinalHarvest { get; init; }
 
     /// <summary>Final pass on the source: every sender wrote its last page and its Flush.</summary>
     public double FinalPagesSend { get; init; }
