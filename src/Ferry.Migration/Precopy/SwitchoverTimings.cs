@@ -47,6 +47,12 @@ public sealed record SwitchoverTimings
     /// <summary>Commit written until Resumed read.</summary>
     public double CommitToResumed { get; init; }
 
+    /// <summary>
+    /// Everything but pause and final pages: what a VMM should pass as <see cref="OutgoingMigration.StateTimeEstimate"/>
+    /// next time (save, send, the destination's load and the Ready round trip, Commit to Resumed; no digest).
+    /// </summary>
+    public double StateTime => Save + SendState + Math.Max(0, ReadyWait - DestDrain - DestDigest) + CommitToResumed;
+
     /// <summary>Bytes of device state (all sections' data).</summary>
     public long StateBytes { get; init; }
 }
