@@ -250,7 +250,11 @@ public sealed class IncomingMigration
         {
             var m = reader.Read() ?? throw new MigrationTransportException($"source closed the control channel while {expected} was expected");
             Heard();
-            if (m is KeepaliveMessage) continue;
+            if (m is KeepaliveMessage k)
+            {
+                Echo(k.Timestamp);
+                continue;
+            }
             if (m is CancelMessage or ErrorMessage) throw ProtocolReader.Unexpected(m, expected);
             return m;
         }
@@ -351,6 +355,19 @@ public sealed class IncomingMigration
         {
             // The source learns from the closed connection instead.
             return false;
+        }
+    }
+
+    /// <summary>Echo a source Keepalive at once: the source measures the control round trip from it.</summary>
+    private void Echo(ulong stamp)
+    {
+        try
+        {
+            _control?.WriteKeepalive(stamp);
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // The control thread sees the same broken channel on its next read.
         }
     }
 

@@ -19,7 +19,8 @@ namespace Ferry.Migration.Protocol;
 ///     | ctl  &lt;- Welcome{version,caps} | Refuse{reason}  |  Refuse: both close, source keeps running
 ///     | pgN  PageBatch* (round 0: all memory)            ->|  written straight into guest memory
 ///     | pgN  PageBatch* (round k: pages dirtied)         ->|
-///     | ctl  Keepalive (both ways, every PeerTimeout/3)   |
+///     | ctl  Keepalive (both ways, every PeerTimeout/3;   |
+///     |      the destination echoes each source one)      |
 ///     |  ... pause guest ...                              |
 ///     | pgN  PageBatch* [DataChecksummed] , Flush{seq}   ->|  per page channel: "all before this was sent"
 ///     | ctl  StateSection*  , Complete{seq,flags}        ->|  wait for Flush{seq} on every page channel,
@@ -79,7 +80,8 @@ namespace Ferry.Migration.Protocol;
 ///   Resumed      resume-us u32
 ///   Cancel       reason: string
 ///   Error        code u16 | message: string
-///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver)
+///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver; the destination echoes a source
+///                Keepalive's value back at once, from which the source measures the control round trip)
 ///   PageRequest  region u16 | first page u64 | count u32 (1..512)  (post-copy; v1 parses it and answers Error)
 ///   string       length u16 (&lt;= 1024) | UTF-8 bytes (strictly valid)
 /// </code>
