@@ -384,8 +384,8 @@ public sealed class OutgoingMigration
 
         long stateStart = _time.GetTimestamp();
         var sections = _guest.SaveState();
-        double saveMs = Ms(stateStart);
         long sendStart = _time.GetTimestamp();
+        double saveMs = _time.GetElapsedTime(stateStart, sendStart).TotalMilliseconds;
         long stateBytes = 0;
         foreach (var section in sections)
         {

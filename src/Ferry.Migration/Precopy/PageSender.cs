@@ -17,6 +17,8 @@ namespace Ferry.Migration.Precopy;
 /// a run never needs splitting at a chunk edge within a batch, and a hot 2 MiB area does not pin one channel for long.</para>
 /// <para><b>Threading</b>: the migration thread calls <see cref="Start"/> for a pass and waits on the shared countdown;
 /// the sender only reads the bitmap (the migration thread does not touch it until every sender signalled).</para>
+/// <para><b>First pass</b>: given the guest's populated-page map, pages it never populated go out as Zero runs
+/// without being read (reading them would fault them in: ~3 s per GiB here); populated ones get the SIMD zero check.</para>
 /// <para><b>Allocation</b>: none per page or per batch; the run table is allocated once.</para>
 /// </remarks>
 internal sealed class PageSender
