@@ -148,10 +148,18 @@ public sealed class GuestMemoryMapping : SafeHandle
     /// 3x faster than touching page by page (0.24 vs 0.08 GB/s, loaded 2-core box). Returns false on kernels
     /// older than 5.14, where touching does the same job more slowly.
     /// </summary>
-    public bool Populate()
+    public bool Populate() => Populate(0, Length);
+
+    /// <summary>As <see cref="Populate()"/>, for the page-aligned part [<paramref name="offset"/>, +<paramref name="length"/>) only.</summary>
+    public bool Populate(ulong offset, ulong length)
     {
+        if ((offset & 4095) != 0 || (length & 4095) != 0 || offset > Length || length > Length - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} not page aligned inside {Length}");
+        }
+
         ObjectDisposedException.ThrowIf(IsClosed, this);
-        if (Libc.madvise(handle, (nuint)Length, Libc.MADV_POPULATE_WRITE) == 0)
+        if (Libc.madvise(handle + (nint)offset, (nuint)length, Libc.MADV_POPULATE_WRITE) == 0)
         {
             return true;
         }

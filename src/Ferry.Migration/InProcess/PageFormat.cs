@@ -1,4 +1,5 @@
 using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using System.Runtime.Intrinsics;
 using Ferry.Migration.Guest;
 
@@ -22,8 +23,11 @@ internal static class PageFormat
         q[0] = seq;
     }
 
-    /// <summary>Sequence number stored in the page.</summary>
-    public static unsafe ulong ReadSeq(nint page) => *(ulong*)page;
+    /// <summary>
+    /// A native page of zeros that is never written: what an unpopulated page of private anonymous guest memory
+    /// reads as, so the self-check can check such a page without faulting it in (~3 s per GiB on this host).
+    /// </summary>
+    public static readonly nint ZeroPage = AllocateZeroPage();
 
     /// <summary>
     /// Null if the page agrees with having been written <paramref name="expectedSeq"/> times (null: any number of
@@ -80,6 +84,14 @@ internal static class PageFormat
             q[0] = 0;
             q[1] = firstIndex + page;
         }
+    }
+
+    private static unsafe nint AllocateZeroPage()
+    {
+        // SAFETY: a fresh, exclusively owned, page-aligned 4 KiB allocation, cleared once and never freed (one per process).
+        void* page = NativeMemory.AlignedAlloc(MemoryRegion.PageSize, MemoryRegion.PageSize);
+        new Span<byte>(page, MemoryRegion.PageSize).Clear();
+        return (nint)page;
     }
 
     /// <summary>Word 2..511, varying with the sequence number.</summary>
