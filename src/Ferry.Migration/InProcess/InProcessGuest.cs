@@ -112,8 +112,7 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
                 ulong first = 0;
                 for (int r = 0; r < _regions.Length; r++)
                 {
-                    // Fill only the pages before the counters: the counters must start at zero and stay untouched
-                    // (unpopulated) until the first write, like any page the guest has not used yet.
+                    // Fill only the pages before the counters, which get their own initial contents below.
                     ulong pages = Math.Min(_regions[r].Pages, _firstCounterPage - Math.Min(first, _firstCounterPage));
                     if (pages != 0)
                     {
@@ -123,6 +122,8 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
 
                     first += _regions[r].Pages;
                 }
+
+                InitializeRandomCounters(mappings[^1], _regions[^1], options);
             }
         }
         catch
@@ -376,7 +377,7 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
                     break; // the counters are checked through the pages they describe and by the sum below
                 }
 
-                ulong expected = index < workingSet ? counters[index] : 0;
+                ulong expected = index < workingSet ? counters[index] ^ PageFormat.CounterKey(index, options.Seed, options.Fill) : 0;
                 counted += expected;
                 bool present = (populated[index >> 6] & (1UL << (int)(index & 63))) != 0;
                 string? why = PageFormat.Check(present ? region.PageAddress(p) : PageFormat.ZeroPage, index, expected, options.Fill);
@@ -406,6 +407,19 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
         {
             pagemap.OrPopulated(region.HostAddress, region.Size, bitmap, first);
             first += region.Pages;
+        }
+    }
+
+    /// <summary>Give every counter slot of a Random guest its key: counter 0, but incompressible bytes in memory.</summary>
+    private static unsafe void InitializeRandomCounters(GuestMemoryMapping last, MemoryRegion region, InProcessGuestOptions options)
+    {
+        ulong offset = (options.FirstCounterPage - (options.TotalPages - region.Pages)) << MemoryRegion.PageShift;
+        last.Populate(offset, options.CounterPages << MemoryRegion.PageShift);
+        // SAFETY: the counter pages are the last CounterPages pages of this live mapping (CounterPageAddress).
+        uint* counters = (uint*)(region.HostAddress + (nint)offset);
+        for (ulong i = 0; i < options.CounterPages * InProcessGuestOptions.CountersPerPage; i++)
+        {
+            counters[i] = PageFormat.CounterKey(i, options.Seed, options.Fill);
         }
     }
 
@@ -630,9 +644,10 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
         // SAFETY: page < WorkingSetPages, so its counter is inside the counter pages of the live last mapping.
         // Only this writer ever writes this counter (it owns the page), so a plain read-increment-store is exact.
         uint* counter = (uint*)_counters + page;
-        uint seq = *counter + 1;
+        uint key = PageFormat.CounterKey(page, Options.Seed, Options.Fill);
+        uint seq = (*counter ^ key) + 1;
         PageFormat.Write(address, page, seq);
-        *counter = seq;
+        *counter = seq ^ key;
         Interlocked.Or(ref _dirty[page >> 6], 1UL << (int)(page & 63));
 
         // The counter's page: skip the locked Or when its bit is already set (most writes: one counter page covers

@@ -94,6 +94,16 @@ internal static class PageFormat
         return (nint)page;
     }
 
+    /// <summary>
+    /// What page <paramref name="index"/>'s counter is XOR-ed with in memory. Zero for a <see cref="MemoryFill.Zero"/>
+    /// guest, so its counter pages stay untouched zero pages until written. For a <see cref="MemoryFill.Random"/>
+    /// guest a seed-derived value, so the counter pages too hold incompressible bytes from the start, as that fill
+    /// promises of every page (a zero counter page would travel as a zero page and skew a benchmark's byte counts).
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static uint CounterKey(ulong index, ulong seed, MemoryFill fill) =>
+        fill == MemoryFill.Zero ? 0 : (uint)(Mix(seed, index) >> 32);
+
     /// <summary>Word 2..511, varying with the sequence number.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static int Slot(ulong seq) => 2 + (int)((seq * 0x9E3779B97F4A7C15UL >> 32) % 510);

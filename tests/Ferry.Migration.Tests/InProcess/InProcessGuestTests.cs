@@ -359,6 +359,20 @@ public class InProcessGuestTests
     }
 
     [Fact]
+    public void EveryPageOfARandomGuestHoldsDataTheCounterPagesIncluded()
+    {
+        using var guest = new InProcessGuest(new() { MemoryBytes = 3000 * 4096, WriterThreads = 0, Fill = MemoryFill.Random, SplitRegions = true, Seed = 12 });
+        for (ulong p = 0; p < guest.TotalPages; p++)
+        {
+            Assert.False(ZeroPage.IsZero(PageAddress(guest.Regions, p)), $"page {p} is zero");
+        }
+
+        guest.Step(5000);
+        guest.Pause();
+        Assert.Null(guest.SelfCheck());
+    }
+
+    [Fact]
     public void ACounterThatDisagreesWithItsPageIsCaughtAtThatPage()
     {
         using var guest = new InProcessGuest(new() { MemoryBytes = 200 * 4096, WriterThreads = 0, Pattern = DirtyPattern.Sequential });
