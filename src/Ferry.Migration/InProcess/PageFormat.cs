@@ -61,8 +61,9 @@ internal static class PageFormat
 
     /// <summary>
     /// Fill <paramref name="length"/> bytes with incompressible xorshift output, four independent 64-bit lanes per
-    /// Vector256 (about 4x the single-lane speed: the fill of a 16 GiB guest is page-fault bound, not RNG bound),
-    /// then stamp each page's header as never-written (seq 0, own index).
+    /// Vector256 (about 4x the single-lane speed), then stamp each page's header as never-written (seq 0, own index).
+    /// A 1 GiB Random guest measured 0.18 s to create with huge pages against 0.81 s with 4 KiB pages (memory the
+    /// kernel already had; memory fresh to this VM host adds ~2.7 s/GiB of host faults that nothing here avoids).
     /// </summary>
     public static unsafe void FillRandom(nint start, ulong length, ulong firstIndex, ulong seed)
     {
