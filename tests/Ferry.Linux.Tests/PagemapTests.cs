@@ -86,15 +86,17 @@ public sealed unsafe class PagemapTests
         Assert.All(bitmap[..8], w => Assert.Equal(0UL, w));
         Assert.All(bitmap[16..], w => Assert.Equal(0UL, w));
         Assert.NotEqual(0UL, bitmap[8] & (1UL << 7));
-        if (SmapsField(mapping.Address, "AnonHugePages") >= 2048)
+        // Either the kernel gave the window a huge page, and all its 512 small pages are present (populated is a
+        // superset of written), or no 2 MiB page was free at fault time and exactly the touched 4 KiB page is.
+        Assert.True(count is 1 or 512, $"{count} pages populated");
+        if (count == 512)
         {
-            // The kernel gave the window a huge page: all 512 small pages are present (populated is a superset).
-            Assert.Equal(512UL, count);
             Assert.All(bitmap[8..16], w => Assert.Equal(ulong.MaxValue, w));
         }
-        else
+
+        // smaps is per mapping (possibly merged with a neighbour), so it can confirm only one way: none there, none here.
+        if (SmapsField(mapping.Address, "AnonHugePages") == 0)
         {
-            // No free 2 MiB page at fault time: a 4 KiB page, exactly the one touched.
             Assert.Equal(1UL, count);
         }
     }
@@ -112,7 +114,7 @@ public sealed unsafe class PagemapTests
 
         Assert.True(count is 1 or 512, $"{count} pages populated");
         Assert.NotEqual(0UL, bitmap[12345 / 64] & (1UL << (12345 % 64)));
-        // 1 Mi entries, 8 MiB of pread: measured ~15 ms here; 2 s only catches a per-page syscall or fault.
+        // 1 Mi entries, 8 MiB of pread: measured 1.4-8 ms here; 2 s only catches a per-page syscall or fault.
         Assert.True(sw.ElapsedMilliseconds < 2000, $"{sw.ElapsedMilliseconds} ms");
     }
 
