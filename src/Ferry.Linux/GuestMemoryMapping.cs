@@ -4,7 +4,8 @@ namespace Ferry.Linux;
 
 /// <summary>
 /// Owns one anonymous private read/write mapping made with <c>MAP_NORESERVE</c>, so a 16 GiB guest is only an
-/// address-space reservation until its pages are touched (untouched pages cost no RAM and read as zeros).
+/// address-space reservation until its pages are touched (untouched pages cost no RAM and read as zeros, which
+/// <see cref="Pagemap"/> can tell without touching them). Transparent huge pages by default (<see cref="Create"/>).
 /// The handle is the mapping's base address; releasing it calls <c>munmap</c>.
 /// </summary>
 /// <remarks>
@@ -29,20 +30,50 @@ public sealed class GuestMemoryMapping : SafeHandle
     public override bool IsInvalid => handle == 0 || handle == Libc.MAP_FAILED;
 
     /// <summary>
-    /// Reserve <paramref name="length"/> bytes (a positive multiple of the 4 KiB page) of zero-filled memory.
-    /// Throws <see cref="LinuxException"/> naming <c>mmap</c> if the kernel refuses.
+    /// THP size on x86-64 (and arm64 with 4 KiB pages): mappings are aligned to it so every whole 2 MiB of guest
+    /// memory can be one huge page; an unaligned base would leave the first and last partial 2 MiB on 4 KiB pages
+    /// and, worse, shift every later 2 MiB window so none is aligned.
     /// </summary>
-    public static GuestMemoryMapping Create(ulong length)
+    public const ulong HugePageSize = 2UL << 20;
+
+    /// <summary>
+    /// True if the kernel accepted <c>MADV_HUGEPAGE</c> for this mapping (see <see cref="Create"/>). Whether huge
+    /// pages are really used still depends on the host: /sys/kernel/mm/transparent_hugepage/enabled must be "madvise"
+    /// or "always", and a 2 MiB page must be free when first touched (else the kernel silently uses 4 KiB pages).
+    /// </summary>
+    public bool HugePagesAdvised { get; private set; }
+
+    /// <summary>
+    /// Reserve <paramref name="length"/> bytes (a positive multiple of the 4 KiB page) of zero-filled memory.
+    /// With <paramref name="transparentHugePages"/> (the default) the mapping is 2 MiB aligned and advised
+    /// <c>MADV_HUGEPAGE</c>, as QEMU does for guest RAM. Measured on this host (a PVM guest: shadow page tables make
+    /// every fault and TLB miss dear), per GiB: write-filling memory the kernel already had 0.12 s with huge pages
+    /// against 3.4 s with 4 KiB pages; re-writing it once populated 0.06 s against 0.6 s (TLB reach). The very first
+    /// use of memory fresh to the host VM costs ~2.7 s either way (1.7 s vs 3.0 s in a C probe).
+    /// The price: touching one byte of an untouched 2 MiB window costs 2 MiB of RAM, so a sparse writer over a big
+    /// guest uses far more memory; pass false for that. A kernel without THP just leaves <see cref="HugePagesAdvised"/>
+    /// false. Throws <see cref="LinuxException"/> naming <c>mmap</c> if the kernel refuses the reservation.
+    /// </summary>
+    public static GuestMemoryMapping Create(ulong length, bool transparentHugePages = true)
     {
         if (length == 0 || (length & 4095) != 0)
         {
             throw new ArgumentOutOfRangeException(nameof(length), length, "must be a positive multiple of 4096");
         }
 
+        bool align = transparentHugePages && length >= HugePageSize;
+        // Over-reserve by one huge page less 4 KiB, then give back the unaligned head and the tail (QEMU's
+        // qemu_ram_mmap does the same). A length so large that the sum wraps is refused here rather than by mmap.
+        ulong reserve = align ? length + HugePageSize - 4096 : length;
+        if (reserve < length)
+        {
+            throw new ArgumentOutOfRangeException(nameof(length), length, "too large");
+        }
+
         var mapping = new GuestMemoryMapping();
         nint address = Libc.mmap(
             0,
-            (nuint)length,
+            (nuint)reserve,
             Libc.PROT_READ | Libc.PROT_WRITE,
             Libc.MAP_PRIVATE | Libc.MAP_ANONYMOUS | Libc.MAP_NORESERVE,
             -1,
@@ -52,8 +83,46 @@ public sealed class GuestMemoryMapping : SafeHandle
             throw Libc.LastError("mmap");
         }
 
+        if (align)
+        {
+            nint aligned = (nint)(((ulong)address + HugePageSize - 1) & ~(HugePageSize - 1));
+            ulong head = (ulong)(aligned - address);
+            ulong tail = reserve - head - length;
+            // munmap of a part of a fresh private mapping cannot fail short of a kernel bug; a failure only leaks
+            // address space, never memory (nothing is touched), so it is not worth failing the guest for.
+            if (head != 0)
+            {
+                _ = Libc.munmap(address, (nuint)head);
+            }
+
+            if (tail != 0)
+            {
+                _ = Libc.munmap(aligned + (nint)length, (nuint)tail);
+            }
+
+            address = aligned;
+        }
+
         mapping.SetHandle(address);
         mapping.Length = length;
+        if (transparentHugePages)
+        {
+            if (Libc.madvise(address, (nuint)length, Libc.MADV_HUGEPAGE) == 0)
+            {
+                mapping.HugePagesAdvised = true;
+            }
+            else
+            {
+                // EINVAL: a kernel built without CONFIG_TRANSPARENT_HUGEPAGE. Anything else is unexpected.
+                var error = Libc.LastError("madvise");
+                if (error.Errno != Libc.EINVAL)
+                {
+                    mapping.Dispose();
+                    throw error;
+                }
+            }
+        }
+
         return mapping;
     }
 
@@ -81,10 +150,18 @@ public sealed class GuestMemoryMapping : SafeHandle
     /// 3x faster than touching page by page (0.24 vs 0.08 GB/s, loaded 2-core box). Returns false on kernels
     /// older than 5.14, where touching does the same job more slowly.
     /// </summary>
-    public bool Populate()
+    public bool Populate() => Populate(0, Length);
+
+    /// <summary>As <see cref="Populate()"/>, for the page-aligned part [<paramref name="offset"/>, +<paramref name="length"/>) only.</summary>
+    public bool Populate(ulong offset, ulong length)
     {
+        if ((offset & 4095) != 0 || (length & 4095) != 0 || offset > Length || length > Length - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} not page aligned inside {Length}");
+        }
+
         ObjectDisposedException.ThrowIf(IsClosed, this);
-        if (Libc.madvise(handle, (nuint)Length, Libc.MADV_POPULATE_WRITE) == 0)
+        if (Libc.madvise(handle + (nint)offset, (nuint)length, Libc.MADV_POPULATE_WRITE) == 0)
         {
             return true;
         }

@@ -57,11 +57,13 @@ public class EndToEndTests
     [Fact]
     public void AMigrationThatCannotConvergeExitsNonZeroAndSaysWhy()
     {
-        // Every page of a 16 MiB guest rewritten ~5 times a second, 1 ms allowed, no throttling, two rounds:
-        // the cancel strategy must give up, and the command must say so in its status and its exit code.
+        // Every page of a 4 MiB guest rewritten ~20 times a second over a link capped at 4 MiB/s: whatever the
+        // machine's speed, the rest can never fit in 1 ms, so after two rounds the cancel strategy must give up, and
+        // the command must say so in its status and its exit code. (Without the cap, a fast enough round could
+        // converge: it flaked once when huge pages made rounds quicker.)
         var (code, stdout, stderr) = RunCaptured(
-            "bench", "engine", "--memory", "16M", "--dirty-rate", "20k", "--pattern", "uniform", "--downtime-limit", "1ms",
-            "--max-rounds", "2", "--no-auto-converge", "--timeout-strategy", "cancel", "--json");
+            "bench", "engine", "--memory", "4M", "--dirty-rate", "20k", "--pattern", "uniform", "--downtime-limit", "1ms",
+            "--max-bandwidth", "4M", "--max-rounds", "2", "--no-auto-converge", "--timeout-strategy", "cancel", "--json");
 
         Assert.True(code == FerryCommand.ExitMigrationFailed, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
         using var doc = JsonDocument.Parse(stdout);

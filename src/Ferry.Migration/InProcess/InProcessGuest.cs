@@ -19,9 +19,11 @@ public sealed record SelfCheckFailure(ulong Page, string Reason)
 /// </summary>
 /// <remarks>
 /// <para><b>Writes.</b> Logical writer <c>w</c> of <c>L</c> owns working-set pages <c>p % L == w</c>. A write bumps
-/// the page's sequence number (also kept, for tracked pages, in the workload's expected array), writes the page
-/// (<see cref="PageFormat"/>), and only then sets the page's dirty bit with <see cref="Interlocked.Or(ref ulong, ulong)"/>:
-/// a harvest that clears the bit after that point also sees the new bytes, so no write is ever missed.</para>
+/// the page's sequence number, writes the page (<see cref="PageFormat"/>), stores the new number in the page's u32
+/// counter in the counter pages at the end of guest memory (<see cref="InProcessGuestOptions.CounterPages"/>: the
+/// workload's expectations are guest state, so they live in guest memory and migrate as pages), and only then sets
+/// the dirty bits of both pages with <see cref="Interlocked.Or(ref ulong, ulong)"/>: a harvest that clears a bit after
+/// that point also sees the new bytes, so no write is ever missed.</para>
 /// <para><b>Pacing.</b> Each writer earns credit at its share of <see cref="InProcessGuestOptions.DirtyRatePagesPerSecond"/>
 /// from a monotonic clock, writes what it has earned in ~1 ms batches and sleeps between them, so 1k pages/s costs
 /// almost no CPU and 1M pages/s is accurate; credit is capped at 50 ms so a writer descheduled on a busy host does not
@@ -49,6 +51,12 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
 
     /// <summary>Pages in region 0 (the split point for a two-region guest).</summary>
     private readonly ulong _firstRegionPages;
+
+    /// <summary>Host address of the first counter page; the counters are contiguous (all in the last region).</summary>
+    private readonly nint _counters;
+
+    /// <summary>Global index of the first counter page.</summary>
+    private readonly ulong _firstCounterPage;
 
     private readonly WorkloadSnapshot _state;
     private readonly byte[] _device;
@@ -80,7 +88,7 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
 
     /// <summary>Reserve memory, fill it as <paramref name="options"/> say, and start the workload (running).</summary>
     public InProcessGuest(InProcessGuestOptions options)
-        : this(Validated(options), MapLayout(options.Layout()), WorkloadSnapshot.Initial(options), DeviceState.Create(options.Seed), fill: true)
+        : this(Validated(options), MapLayout(options.Layout(), options.TransparentHugePages), WorkloadSnapshot.Initial(options), DeviceState.Create(options.Seed), fill: true)
     {
     }
 
@@ -97,15 +105,25 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
         {
             _regions = RegionsOf(options, mappings);
             _firstRegionPages = _regions[0].Pages;
+            _firstCounterPage = options.FirstCounterPage;
+            _counters = CounterPageAddress(_regions, options);
             if (fill && options.Fill == MemoryFill.Random)
             {
                 ulong first = 0;
                 for (int r = 0; r < _regions.Length; r++)
                 {
-                    mappings[r].Populate();
-                    PageFormat.FillRandom(_regions[r].HostAddress, _regions[r].Size, first, options.Seed ^ (ulong)(r + 1));
+                    // Fill only the pages before the counters, which get their own initial contents below.
+                    ulong pages = Math.Min(_regions[r].Pages, _firstCounterPage - Math.Min(first, _firstCounterPage));
+                    if (pages != 0)
+                    {
+                        mappings[r].Populate(0, pages << MemoryRegion.PageShift);
+                        PageFormat.FillRandom(_regions[r].HostAddress, pages << MemoryRegion.PageShift, first, options.Seed ^ (ulong)(r + 1));
+                    }
+
                     first += _regions[r].Pages;
                 }
+
+                InitializeRandomCounters(mappings[^1], _regions[^1], options);
             }
         }
         catch
@@ -166,8 +184,8 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     /// <summary>Current throttle, percent of each 10 ms slice the writers sleep.</summary>
     public int ThrottlePercent => _throttlePercent;
 
-    /// <summary>Working-set pages whose exact write count <see cref="SelfCheck"/> verifies.</summary>
-    public ulong TrackedPages => (ulong)_state.Expected.Length;
+    /// <summary>Working-set pages whose exact write count <see cref="SelfCheck"/> verifies: all of them.</summary>
+    public ulong TrackedPages => Options.WorkingSetPages;
 
     /// <inheritdoc/>
     public void StartDirtyLog()
@@ -209,10 +227,23 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     }
 
     /// <inheritdoc/>
-    /// <inheritdoc />
-    /// <remarks>Conservative for now: every page may hold data (the pagemap-based answer replaces this).</remarks>
-    public void GetPopulatedPages(Span<ulong> bitmap) => bitmap.Fill(ulong.MaxValue);
+    /// <remarks>
+    /// From the kernel's page table (<see cref="Pagemap"/>): guest memory is private anonymous, so a page with nothing
+    /// behind it reads as zero. 1 Mi pages (4 GiB, idle) take a few ms. With huge pages a write populates its whole
+    /// 2 MiB window, so the answer is a superset of the pages written, by up to 511 pages per window.
+    /// </remarks>
+    public void GetPopulatedPages(Span<ulong> bitmap)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (bitmap.Length < _dirty.Length)
+        {
+            throw new ArgumentException($"bitmap of {bitmap.Length} words, {_dirty.Length} needed", nameof(bitmap));
+        }
 
+        OrPopulated(_regions, bitmap);
+    }
+
+    /// <inheritdoc/>
     public void StopDirtyLog() => _logging = false;
 
     /// <summary>True between <see cref="StartDirtyLog"/> and <see cref="StopDirtyLog"/>.</summary>
@@ -307,10 +338,12 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     }
 
     /// <summary>
-    /// Verify every page against the workload state: tracked pages hold exactly the sequence number last written,
-    /// every written page its own index and the data word for that sequence, never-written pages their initial
-    /// header. Returns the first page that disagrees, or null. Needs a paused guest (or one without threads).
-    /// Reads only page headers and one word per page: 135 ms for 4 GiB measured here.
+    /// Verify every page against the workload: each working-set page holds exactly the sequence number its counter
+    /// (in the counter pages) says, its own index and the data word for that sequence; pages outside the working set
+    /// are never written; and the counters add up to the writes the writers made (so a counter page lost or stale as a
+    /// whole is caught too). Returns the first page that disagrees (the first counter page for a bad sum), or null.
+    /// Needs a paused guest (or one without threads). Reads only page headers and one word per page, and skips pages
+    /// the kernel has never populated (checked as the zero page they read as, without faulting them in).
     /// </summary>
     public SelfCheckFailure? SelfCheck()
     {
@@ -324,17 +357,30 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     }
 
     /// <summary>Shared by the guest and by a loaded-but-not-started target.</summary>
-    internal static SelfCheckFailure? CheckPages(MemoryRegion[] regions, WorkloadSnapshot state, InProcessGuestOptions options)
+    internal static unsafe SelfCheckFailure? CheckPages(MemoryRegion[] regions, WorkloadSnapshot state, InProcessGuestOptions options)
     {
         ulong workingSet = options.WorkingSetPages;
+        ulong firstCounter = options.FirstCounterPage;
+        // SAFETY: the counter pages are inside the last region's live mapping (CounterPageAddress checks the layout).
+        uint* counters = (uint*)CounterPageAddress(regions, options);
+        var populated = new ulong[(options.TotalPages + 63) / 64];
+        OrPopulated(regions, populated);
+
         ulong index = 0;
+        ulong counted = 0;
         foreach (var region in regions)
         {
             for (ulong p = 0; p < region.Pages; p++, index++)
             {
-                ulong? expected = index < (ulong)state.Expected.Length ? state.Expected[index]
-                    : index >= workingSet ? 0 : null;
-                string? why = PageFormat.Check(region.PageAddress(p), index, expected, options.Fill);
+                if (index >= firstCounter)
+                {
+                    break; // the counters are checked through the pages they describe and by the sum below
+                }
+
+                ulong expected = index < workingSet ? counters[index] ^ PageFormat.CounterKey(index, options.Seed, options.Fill) : 0;
+                counted += expected;
+                bool present = (populated[index >> 6] & (1UL << (int)(index & 63))) != 0;
+                string? why = PageFormat.Check(present ? region.PageAddress(p) : PageFormat.ZeroPage, index, expected, options.Fill);
                 if (why is not null)
                 {
                     return new SelfCheckFailure(index, why);
@@ -342,7 +388,54 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
             }
         }
 
-        return null;
+        long written = 0;
+        foreach (var w in state.Writers)
+        {
+            written += Volatile.Read(ref w.Written);
+        }
+
+        return counted == (ulong)written ? null
+            : new SelfCheckFailure(firstCounter, $"the page counters add up to {counted} writes but the writers made {written}");
+    }
+
+    /// <summary>OR the populated pages of private anonymous <paramref name="regions"/> into <paramref name="bitmap"/>.</summary>
+    private static void OrPopulated(MemoryRegion[] regions, Span<ulong> bitmap)
+    {
+        using var pagemap = Pagemap.OpenSelf();
+        ulong first = 0;
+        foreach (var region in regions)
+        {
+            pagemap.OrPopulated(region.HostAddress, region.Size, bitmap, first);
+            first += region.Pages;
+        }
+    }
+
+    /// <summary>Give every counter slot of a Random guest its key: counter 0, but incompressible bytes in memory.</summary>
+    private static unsafe void InitializeRandomCounters(GuestMemoryMapping last, MemoryRegion region, InProcessGuestOptions options)
+    {
+        ulong offset = (options.FirstCounterPage - (options.TotalPages - region.Pages)) << MemoryRegion.PageShift;
+        last.Populate(offset, options.CounterPages << MemoryRegion.PageShift);
+        // SAFETY: the counter pages are the last CounterPages pages of this live mapping (CounterPageAddress).
+        uint* counters = (uint*)(region.HostAddress + (nint)offset);
+        for (ulong i = 0; i < options.CounterPages * InProcessGuestOptions.CountersPerPage; i++)
+        {
+            counters[i] = PageFormat.CounterKey(i, options.Seed, options.Fill);
+        }
+    }
+
+    /// <summary>Host address of the first counter page, which with all the others lies in the last region.</summary>
+    private static nint CounterPageAddress(MemoryRegion[] regions, InProcessGuestOptions options)
+    {
+        var last = regions[^1];
+        ulong lastStart = options.TotalPages - last.Pages;
+        // Holds for every valid layout (the counters are at most ~1/1024 of memory, the last region at least half of
+        // it); checked because a wrong answer would put the counters outside the mapping.
+        if (options.FirstCounterPage < lastStart)
+        {
+            throw new InvalidOperationException($"counter pages from {options.FirstCounterPage} do not fit in the last region (from {lastStart})");
+        }
+
+        return last.PageAddress(options.FirstCounterPage - lastStart);
     }
 
     /// <summary>Stop the writers, then unmap memory. The engine must no longer touch <see cref="Regions"/>.</summary>
@@ -380,14 +473,14 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
         return options;
     }
 
-    internal static GuestMemoryMapping[] MapLayout(IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> layout)
+    internal static GuestMemoryMapping[] MapLayout(IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> layout, bool transparentHugePages)
     {
         var mappings = new GuestMemoryMapping[layout.Count];
         try
         {
             for (int i = 0; i < mappings.Length; i++)
             {
-                mappings[i] = GuestMemoryMapping.Create(layout[i].Size);
+                mappings[i] = GuestMemoryMapping.Create(layout[i].Size, transparentHugePages);
             }
         }
         catch
@@ -544,23 +637,31 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
 
     /// <summary>One page write by logical writer <paramref name="w"/> of <paramref name="count"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private void WriteOne(WriterState writer, int w, int count)
+    private unsafe void WriteOne(WriterState writer, int w, int count)
     {
         ulong page = ChoosePage(writer, (ulong)w, (ulong)count);
         nint address = PageAddress(page);
-        ulong seq;
-        var expected = _state.Expected;
-        if (page < (ulong)expected.Length)
+        // SAFETY: page < WorkingSetPages, so its counter is inside the counter pages of the live last mapping.
+        // Only this writer ever writes this counter (it owns the page), so a plain read-increment-store is exact.
+        uint* counter = (uint*)_counters + page;
+        uint key = PageFormat.CounterKey(page, Options.Seed, Options.Fill);
+        uint seq = (*counter ^ key) + 1;
+        PageFormat.Write(address, page, seq);
+        *counter = seq ^ key;
+        Interlocked.Or(ref _dirty[page >> 6], 1UL << (int)(page & 63));
+
+        // The counter's page: skip the locked Or when its bit is already set (most writes: one counter page covers
+        // 1024 pages), which keeps writers from fighting over one cache line. Safe because the Or above is a full
+        // fence: the counter store is visible before this read, so a harvest that clears the bit after we read it
+        // set also sees the new counter.
+        ulong counterPage = _firstCounterPage + (page / InProcessGuestOptions.CountersPerPage);
+        ulong bit = 1UL << (int)(counterPage & 63);
+        ref ulong word = ref _dirty[counterPage >> 6];
+        if ((Volatile.Read(ref word) & bit) == 0)
         {
-            seq = ++expected[page];
-        }
-        else
-        {
-            seq = PageFormat.ReadSeq(address) + 1;
+            Interlocked.Or(ref word, bit);
         }
 
-        PageFormat.Write(address, page, seq);
-        Interlocked.Or(ref _dirty[page >> 6], 1UL << (int)(page & 63));
         Volatile.Write(ref writer.Written, writer.Written + 1);
     }
 

@@ -57,7 +57,11 @@ public sealed record InProcessGuestOptions
     /// <summary>Which pages are written.</summary>
     public DirtyPattern Pattern { get; init; } = DirtyPattern.Uniform;
 
-    /// <summary>Only the first this-many bytes of memory are ever written; null = all memory.</summary>
+    /// <summary>
+    /// Only the first this-many bytes of memory are ever written; null = all memory. The workload's own counter pages
+    /// (<see cref="CounterPages"/>, at the end of memory) are never part of it: a working set reaching into them ends
+    /// where they begin, so <see cref="WorkingSetPages"/> is at most <see cref="TotalPages"/> less about 1/1025.
+    /// </summary>
     public ulong? WorkingSetBytes { get; init; }
 
     /// <summary><see cref="DirtyPattern.Hotset"/>: share of the working set that is hot (default 0.1).</summary>
@@ -78,11 +82,35 @@ public sealed record InProcessGuestOptions
     /// </summary>
     public bool SplitRegions { get; init; }
 
+    /// <summary>
+    /// Map guest memory with transparent huge pages (default true; <see cref="Ferry.Linux.GuestMemoryMapping.Create"/>).
+    /// A host-side choice, not guest state: it is not migrated, and the destination decides its own.
+    /// </summary>
+    public bool TransparentHugePages { get; init; } = true;
+
+    /// <summary>Sequence counters per counter page: one u32 per working-set page.</summary>
+    public const ulong CountersPerPage = MemoryRegion.PageSize / sizeof(uint);
+
     /// <summary>Total pages.</summary>
     public ulong TotalPages => MemoryBytes >> MemoryRegion.PageShift;
 
-    /// <summary>Pages the workload writes: the first this-many pages, counted across regions in order.</summary>
-    public ulong WorkingSetPages => (WorkingSetBytes ?? MemoryBytes) >> MemoryRegion.PageShift;
+    /// <summary>
+    /// Pages the workload writes: the first this-many pages, counted across regions in order. At most
+    /// <c>TotalPages - ceil(TotalPages / 1025)</c>, which always leaves room for the counter pages.
+    /// </summary>
+    public ulong WorkingSetPages =>
+        Math.Min((WorkingSetBytes ?? MemoryBytes) >> MemoryRegion.PageShift, TotalPages - ((TotalPages + CountersPerPage) / (CountersPerPage + 1)));
+
+    /// <summary>
+    /// Pages at the very end of memory holding the workload's expected sequence number of every working-set page
+    /// (u32 per page, page <c>p</c>'s at byte <c>4p</c> of the first counter page). Like a real guest's own state they
+    /// live in guest memory, are dirtied by the writes that change them and migrate as pages, so the saved device
+    /// state stays a few hundred bytes whatever the guest's size. 1 page per 4 MiB of working set.
+    /// </summary>
+    public ulong CounterPages => (WorkingSetPages + CountersPerPage - 1) / CountersPerPage;
+
+    /// <summary>Global index of the first counter page: <see cref="TotalPages"/> - <see cref="CounterPages"/>.</summary>
+    public ulong FirstCounterPage => TotalPages - CounterPages;
 
     /// <summary>The guest-physical layout: one region at 0, or two around the hole.</summary>
     public IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> Layout()
@@ -110,9 +138,9 @@ public sealed record InProcessGuestOptions
             throw new ArgumentException($"MemoryBytes {MemoryBytes} beyond the 64 TiB supported");
         }
 
-        if (SplitRegions && TotalPages < 2)
+        if (TotalPages < 2)
         {
-            throw new ArgumentException("SplitRegions needs at least two pages");
+            throw new ArgumentException("MemoryBytes must be at least two pages (one to write, one for the workload's counters)");
         }
 
         if (WriterThreads is < 0 or > MaxWriterThreads)
@@ -138,7 +166,7 @@ public sealed record InProcessGuestOptions
 
         if (WorkingSetPages < (ulong)Math.Max(WriterThreads, 1))
         {
-            throw new ArgumentException($"working set of {WorkingSetPages} pages is smaller than {WriterThreads} writers");
+            throw new ArgumentException($"working set of {WorkingSetPages} pages (after the counter pages) is smaller than {WriterThreads} writers");
         }
 
         if (!(HotsetFraction > 0 && HotsetFraction <= 1) || !(HotsetWriteShare >= 0 && HotsetWriteShare <= 1))

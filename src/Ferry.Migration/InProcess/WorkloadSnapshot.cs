@@ -1,38 +1,32 @@
 using System.Buffers.Binary;
 using System.IO.Hashing;
-using System.Runtime.InteropServices;
 using Ferry.Migration.Guest;
 
 namespace Ferry.Migration.InProcess;
 
 /// <summary>
-/// The workload's state as saved at pause and loaded on the destination: options, every writer's RNG state, and the
-/// expected sequence number of each tracked page (what <see cref="InProcessGuest.SelfCheck"/> compares memory with).
+/// The workload's state as saved at pause and loaded on the destination: options and every writer's RNG state,
+/// cursor and count. The expected sequence number of each page is not here: it lives in guest memory
+/// (<see cref="InProcessGuestOptions.CounterPages"/>) and migrates as pages, as a real guest's own state would.
 /// </summary>
 /// <remarks>
-/// <para>Section "workload", version 1, little endian:
+/// <para>Section "workload", version 2, little endian:
 /// <code>
 ///   0 u32 magic "FWKL"      4 u32 flags (bit 0: split regions)   8 u64 memory bytes
 ///  16 i32 writer threads   20 i32 pattern                      24 i64 dirty rate (pages/s)
 ///  32 u64 working-set bytes 40 f64 hotset fraction              48 f64 hotset write share
 ///  56 i32 fill             60 i32 logical writers L            64 u64 seed
-///  72 u64 tracked pages N   80 L x { u64 s0..s3, u64 cursor, i64 written }   then N x u32 expected sequence
+///  72 u64 working-set pages W (cross-checks the options)         80 L x { u64 s0..s3, u64 cursor, i64 written }
 ///  last u32 CRC-32 of everything before it
-/// </code></para>
-/// <para>Tracked pages are capped at <see cref="MaxTrackedPages"/> so the section stays under the 4 MiB
-/// <see cref="StateSection.MaxDataLength"/>: 3.75 Mi entries x 4 bytes leaves 256 KiB for the header and 256 writers
-/// (12 KiB). That is a 3.75 GiB working set; pages beyond it (bigger benchmark guests) are still checked for their
-/// index and data word, just not for their exact write count. A real guest keeps such state in its own memory; here
-/// it rides in device state, which adds ~4 ms of downtime per 4 MiB at 1 GB/s, so benchmarks of big guests should
-/// know it is there.</para>
+/// </code>
+/// 132 bytes for one writer, 12.4 KiB for the 256-writer maximum, whatever the guest's size. Version 1 carried a
+/// u32 per tracked page (up to 3.75 MiB, ~4 ms of downtime per 4 MiB at 1 GB/s) and capped tracking at a 3.75 GiB
+/// working set; version 1 sections are refused (the counters they carry have no place in version 2 memory).</para>
 /// </remarks>
 internal sealed class WorkloadSnapshot
 {
     public const string SectionName = "workload";
-    public const uint SectionVersion = 1;
-
-    /// <summary>Cap on pages whose write count is tracked; see remarks.</summary>
-    public const ulong MaxTrackedPages = 960 * 1024;
+    public const uint SectionVersion = 2;
 
     private const uint Magic = 0x4C4B5746; // "FWKL"
     private const int HeaderSize = 80;
@@ -41,13 +35,8 @@ internal sealed class WorkloadSnapshot
 
     public required WriterState[] Writers { get; init; }
 
-    /// <summary>Expected sequence number of working-set pages 0 .. Length - 1.</summary>
-    public required uint[] Expected { get; init; }
-
     /// <summary>Logical writers: one per thread, or one for a thread-less (stepped) guest.</summary>
     public static int LogicalWriters(InProcessGuestOptions options) => Math.Max(options.WriterThreads, 1);
-
-    public static ulong TrackedPages(InProcessGuestOptions options) => Math.Min(options.WorkingSetPages, MaxTrackedPages);
 
     /// <summary>Fresh state for a guest that has not written anything yet.</summary>
     public static WorkloadSnapshot Initial(InProcessGuestOptions options)
@@ -58,13 +47,13 @@ internal sealed class WorkloadSnapshot
             writers[i] = WriterState.Seeded(options.Seed, i);
         }
 
-        return new WorkloadSnapshot { Options = options, Writers = writers, Expected = new uint[TrackedPages(options)] };
+        return new WorkloadSnapshot { Options = options, Writers = writers };
     }
 
     public byte[] Serialize()
     {
         var o = Options;
-        int size = HeaderSize + (Writers.Length * WriterState.SerializedSize) + (Expected.Length * 4) + 4;
+        int size = HeaderSize + (Writers.Length * WriterState.SerializedSize) + 4;
         var data = new byte[size];
         var s = data.AsSpan();
         BinaryPrimitives.WriteUInt32LittleEndian(s, Magic);
@@ -79,7 +68,7 @@ internal sealed class WorkloadSnapshot
         BinaryPrimitives.WriteInt32LittleEndian(s[56..], (int)o.Fill);
         BinaryPrimitives.WriteInt32LittleEndian(s[60..], Writers.Length);
         BinaryPrimitives.WriteUInt64LittleEndian(s[64..], o.Seed);
-        BinaryPrimitives.WriteUInt64LittleEndian(s[72..], (ulong)Expected.Length);
+        BinaryPrimitives.WriteUInt64LittleEndian(s[72..], o.WorkingSetPages);
         int at = HeaderSize;
         foreach (var w in Writers)
         {
@@ -92,20 +81,6 @@ internal sealed class WorkloadSnapshot
             at += WriterState.SerializedSize;
         }
 
-        var expected = s.Slice(at, Expected.Length * 4);
-        if (BitConverter.IsLittleEndian)
-        {
-            MemoryMarshal.AsBytes(Expected.AsSpan()).CopyTo(expected);
-        }
-        else
-        {
-            for (int i = 0; i < Expected.Length; i++)
-            {
-                BinaryPrimitives.WriteUInt32LittleEndian(expected[(i * 4)..], Expected[i]);
-            }
-        }
-
-        at += expected.Length;
         BinaryPrimitives.WriteUInt32LittleEndian(s[at..], Crc32.HashToUInt32(s[..at]));
         return data;
     }
@@ -158,14 +133,14 @@ internal sealed class WorkloadSnapshot
         }
 
         int writers = BinaryPrimitives.ReadInt32LittleEndian(s[60..]);
-        ulong tracked = BinaryPrimitives.ReadUInt64LittleEndian(s[72..]);
-        if (writers != LogicalWriters(options) || tracked != TrackedPages(options))
+        ulong workingSet = BinaryPrimitives.ReadUInt64LittleEndian(s[72..]);
+        if (writers != LogicalWriters(options) || workingSet != options.WorkingSetPages)
         {
-            throw new InvalidDataException($"workload section has {writers} writers and {tracked} tracked pages, options imply {LogicalWriters(options)} and {TrackedPages(options)}");
+            throw new InvalidDataException($"workload section has {writers} writers and {workingSet} working-set pages, options imply {LogicalWriters(options)} and {options.WorkingSetPages}");
         }
 
-        // Both counts are bounded above (256 writers, MaxTrackedPages), so this cannot overflow.
-        long want = HeaderSize + ((long)writers * WriterState.SerializedSize) + ((long)tracked * 4) + 4;
+        // writers is bounded by MaxWriterThreads (validated options), so this cannot overflow.
+        long want = HeaderSize + ((long)writers * WriterState.SerializedSize) + 4;
         if (s.Length != want)
         {
             throw new InvalidDataException($"workload section is {s.Length} bytes, its header implies {want}");
@@ -192,13 +167,6 @@ internal sealed class WorkloadSnapshot
             at += WriterState.SerializedSize;
         }
 
-        var expected = new uint[tracked];
-        var raw = s.Slice(at, (int)tracked * 4);
-        for (int i = 0; i < expected.Length; i++)
-        {
-            expected[i] = BinaryPrimitives.ReadUInt32LittleEndian(raw[(i * 4)..]);
-        }
-
-        return new WorkloadSnapshot { Options = options, Writers = states, Expected = expected };
+        return new WorkloadSnapshot { Options = options, Writers = states };
     }
 }

@@ -193,12 +193,13 @@ public class InProcessGuestTests
             MemoryBytes = pages * 4096, WriterThreads = 0, Pattern = DirtyPattern.Hotset, HotsetFraction = 0.1, HotsetWriteShare = 0.9, Seed = 9,
         });
         guest.Step(40_000);
+        ulong workingSet = guest.Options.WorkingSetPages; // 3996: the last 4 pages hold the counters
         ulong hot = 0, all = 0;
-        for (ulong p = 0; p < pages; p++)
+        for (ulong p = 0; p < workingSet; p++)
         {
             ulong seq = Seq(guest.Regions, p);
             all += seq;
-            hot += p < pages / 10 ? seq : 0;
+            hot += p < workingSet / 10 ? seq : 0;
         }
 
         Assert.Equal(40_000UL, all);
@@ -210,7 +211,8 @@ public class InProcessGuestTests
     {
         using var guest = new InProcessGuest(new() { MemoryBytes = 2000 * 4096, WorkingSetBytes = 500 * 4096, WriterThreads = 0, SplitRegions = true });
         guest.Step(50_000);
-        for (ulong p = 0; p < 2000; p++)
+        Assert.Equal(1999UL, guest.Options.FirstCounterPage); // 500 counters fit one page, the last
+        for (ulong p = 0; p < guest.Options.FirstCounterPage; p++)
         {
             ulong seq = Seq(guest.Regions, p);
             if (p < 500)
@@ -228,10 +230,11 @@ public class InProcessGuestTests
     public void SequentialWritesWalkThePagesInOrderAndWrap()
     {
         using var guest = new InProcessGuest(new() { MemoryBytes = 100 * 4096, WriterThreads = 0, Pattern = DirtyPattern.Sequential });
+        Assert.Equal(99UL, guest.Options.WorkingSetPages); // page 99 holds the counters
         guest.Step(150);
-        for (ulong p = 0; p < 100; p++)
+        for (ulong p = 0; p < 99; p++)
         {
-            Assert.Equal(p < 50 ? 2UL : 1UL, Seq(guest.Regions, p));
+            Assert.Equal(p < 51 ? 2UL : 1UL, Seq(guest.Regions, p));
         }
     }
 
@@ -246,7 +249,7 @@ public class InProcessGuestTests
         guest.Pause();
         Assert.Null(guest.SelfCheck());
         ulong total = 0;
-        for (ulong p = 0; p < guest.TotalPages; p++)
+        for (ulong p = 0; p < guest.Options.WorkingSetPages; p++)
         {
             total += Seq(guest.Regions, p);
         }
@@ -279,12 +282,111 @@ public class InProcessGuestTests
     public void SixteenGiBGuestIsReservedWithoutTouchingItsMemory()
     {
         long before = GuestMemoryMappingTests.ResidentBytes();
-        using var guest = new InProcessGuest(new() { MemoryBytes = 16UL << 30, WriterThreads = 0, SplitRegions = true });
+        // 4 KiB pages: with huge pages each of 1000 scattered writes would populate its 2 MiB window (2 GB).
+        using var guest = new InProcessGuest(new() { MemoryBytes = 16UL << 30, WriterThreads = 0, SplitRegions = true, TransparentHugePages = false });
         guest.Step(1000);
         long grown = GuestMemoryMappingTests.ResidentBytes() - before;
         Assert.Equal(4UL << 20, guest.TotalPages);
-        // 1000 touched pages (4 MB), 3.75 MiB of expected-sequence array, 512 KiB of dirty log, runner noise.
+        // 1000 touched pages and at most 1000 counter pages (8 MB), 512 KiB of dirty log, runner noise.
         Assert.True(grown < 80L << 20, $"resident set grew by {grown >> 20} MiB");
+    }
+
+    [Fact]
+    public void AFreshIdleGuestHasNoPopulatedPagesAndWritesPopulateExactlyTheWrittenPagesAndTheirCounters()
+    {
+        using var guest = new InProcessGuest(new()
+        {
+            MemoryBytes = 3000 * 4096, WriterThreads = 0, SplitRegions = true, TransparentHugePages = false, Seed = 4,
+        });
+        var populated = new DirtyBitmap(guest.TotalPages);
+        guest.GetPopulatedPages(populated.Words);
+        Assert.Equal(0UL, populated.Count());
+
+        guest.Step(200);
+        populated.ClearAll();
+        guest.GetPopulatedPages(populated.Words);
+        for (ulong p = 0; p < guest.TotalPages; p++)
+        {
+            // Written pages carry a non-zero sequence; the counter pages (the last 3) are written with every write.
+            bool written = p >= guest.Options.FirstCounterPage || Seq(guest.Regions, p) != 0;
+            Assert.True(written == populated.Test(p), $"page {p}: written {written}, populated {populated.Test(p)}");
+        }
+    }
+
+    [Fact]
+    public void WithHugePagesThePopulatedPagesAreASupersetOfTheWrittenOnes()
+    {
+        using var guest = new InProcessGuest(new() { MemoryBytes = 8 * MiB, WriterThreads = 0, Seed = 6 });
+        guest.Step(50);
+        var populated = new DirtyBitmap(guest.TotalPages);
+        guest.GetPopulatedPages(populated.Words);
+        for (ulong p = 0; p < guest.Options.WorkingSetPages; p++)
+        {
+            Assert.True(Seq(guest.Regions, p) == 0 || populated.Test(p), $"written page {p} not reported populated");
+        }
+
+        Assert.True(populated.Test(guest.Options.FirstCounterPage));
+    }
+
+    [Fact]
+    public void TheSavedWorkloadStateIsTheSameFewBytesWhateverTheGuestSize()
+    {
+        int SizeFor(ulong bytes)
+        {
+            using var guest = new InProcessGuest(new() { MemoryBytes = bytes, WriterThreads = 0 });
+            guest.Step(10);
+            guest.Pause();
+            return guest.SaveState().Single(s => s.Name == "workload").Data.Length;
+        }
+
+        int small = SizeFor(MiB);
+        // 16 GiB: version 1 of the section carried 3.75 MiB of counters for it; now they are guest pages.
+        Assert.Equal(small, SizeFor(16UL << 30));
+        Assert.Equal(80 + 48 + 4, small);
+    }
+
+    [Fact]
+    public void SelfCheckOfABigIdleGuestDoesNotFaultItsMemoryIn()
+    {
+        using var guest = new InProcessGuest(new() { MemoryBytes = 4UL << 30, WriterThreads = 0, TransparentHugePages = false });
+        guest.Step(100);
+        guest.Pause();
+        long before = GuestMemoryMappingTests.ResidentBytes();
+        Assert.Null(guest.SelfCheck());
+        long grown = GuestMemoryMappingTests.ResidentBytes() - before;
+        // Reading every header would fault in 4 GiB (~12 s here); the counters are 4 MiB, the populated bitmap 128 KiB.
+        Assert.True(grown < 64L << 20, $"resident set grew by {grown >> 20} MiB");
+    }
+
+    [Fact]
+    public void EveryPageOfARandomGuestHoldsDataTheCounterPagesIncluded()
+    {
+        using var guest = new InProcessGuest(new() { MemoryBytes = 3000 * 4096, WriterThreads = 0, Fill = MemoryFill.Random, SplitRegions = true, Seed = 12 });
+        for (ulong p = 0; p < guest.TotalPages; p++)
+        {
+            Assert.False(ZeroPage.IsZero(PageAddress(guest.Regions, p)), $"page {p} is zero");
+        }
+
+        guest.Step(5000);
+        guest.Pause();
+        Assert.Null(guest.SelfCheck());
+    }
+
+    [Fact]
+    public void ACounterThatDisagreesWithItsPageIsCaughtAtThatPage()
+    {
+        using var guest = new InProcessGuest(new() { MemoryBytes = 200 * 4096, WriterThreads = 0, Pattern = DirtyPattern.Sequential });
+        guest.Step(30);
+        guest.Pause();
+        unsafe
+        {
+            uint* counters = (uint*)PageAddress(guest.Regions, guest.Options.FirstCounterPage);
+            Assert.Equal(1u, counters[7]);
+            counters[7] = 2; // as if the page's last write had not arrived
+            Assert.Equal(7UL, guest.SelfCheck()?.Page);
+            counters[7] = 1;
+            Assert.Null(guest.SelfCheck());
+        }
     }
 
     [Fact]
@@ -294,6 +396,8 @@ public class InProcessGuestTests
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, WorkingSetBytes = 2 * MiB }));
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, HotsetFraction = 0 }));
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, DirtyRatePagesPerSecond = -1 }));
+        Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = 4096, WriterThreads = 0 })); // no room for the counters
+        Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = 3 * 4096, WriterThreads = 3 })); // 2 pages to write
     }
 
     private static double MeasureRate(InProcessGuest guest, int milliseconds)

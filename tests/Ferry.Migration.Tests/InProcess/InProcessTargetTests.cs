@@ -112,12 +112,34 @@ public class InProcessTargetTests
         using var target = new InProcessTargetFactory().Create(Guid.NewGuid(), Layout(source));
         Assert.True(target.Regions.All(r => Enumerable.Range(0, (int)r.Pages).All(p => ZeroPage.IsZero(r.PageAddress((ulong)p)))));
         target.LoadState(source.SaveState());
-        Assert.Equal(0UL, ((InProcessTarget)target).SelfCheck()?.Page); // nothing copied: page 0 is missing its writes
+        // Nothing copied: memory is consistent with nothing written (counters and pages all zero), but the writers
+        // made 10 writes, so the counter sum names the counter pages.
+        var failure = ((InProcessTarget)target).SelfCheck();
+        Assert.Equal(source.Options.FirstCounterPage, failure?.Page);
+        Assert.Contains("add up to 0 writes but the writers made 10", failure!.Reason);
+    }
+
+    [Fact]
+    public void DataPagesCopiedWithoutTheirCounterPagesAreCaughtAtTheFirstWrittenPage()
+    {
+        using var source = new InProcessGuest(new() { MemoryBytes = 64 * 4096, WriterThreads = 0, Pattern = DirtyPattern.Sequential });
+        source.Step(10);
+        source.Pause();
+        using var target = (InProcessTarget)new InProcessTargetFactory().Create(Guid.NewGuid(), Layout(source));
+        Copy(source.Regions, target.Regions);
+        target.LoadState(source.SaveState());
+        Assert.Null(target.SelfCheck());
+        unsafe
+        {
+            new Span<byte>((void*)PageAddress(target.Regions, source.Options.FirstCounterPage), 4096).Clear();
+        }
+
+        Assert.Equal(0UL, target.SelfCheck()?.Page);
     }
 
     public static TheoryData<string> BadSectionCases() =>
     [
-        "missing device", "missing workload", "unknown section", "duplicate workload", "workload version 2", "device version 0",
+        "missing device", "missing workload", "unknown section", "duplicate workload", "workload version 1", "workload version 3", "device version 0",
         "workload truncated", "workload byte flipped", "workload extended", "device short", "device byte flipped",
         "different layout", "empty",
     ];
@@ -139,7 +161,8 @@ public class InProcessTargetTests
             "missing workload" => [device],
             "unknown section" => [workload, device, new StateSection("vcpu0", 1, new byte[16])],
             "duplicate workload" => [workload, device, workload],
-            "workload version 2" => [workload with { Version = 2 }, device],
+            "workload version 1" => [workload with { Version = 1 }, device],
+            "workload version 3" => [workload with { Version = 3 }, device],
             "device version 0" => [workload, device with { Version = 0 }],
             "workload truncated" => [workload with { Data = workload.Data[..^8] }, device],
             "workload byte flipped" => [workload with { Data = Flip(workload.Data, 100) }, device],

@@ -8,7 +8,7 @@ public unsafe class GuestMemoryMappingTests
     public void SixteenGiBReservationCostsAlmostNoResidentMemory()
     {
         long before = ResidentBytes();
-        using var mapping = GuestMemoryMapping.Create(16UL << 30);
+        using var mapping = GuestMemoryMapping.Create(16UL << 30, transparentHugePages: false);
         // Touch 256 pages spread over the whole range: each costs one 4 KiB page, not its neighbourhood.
         for (ulong i = 0; i < 256; i++)
         {
@@ -52,6 +52,50 @@ public unsafe class GuestMemoryMappingTests
     }
 
     [Fact]
+    public void HugePagesAreAdvisedByDefaultOnATwoMiBAlignedMappingAndBackTouchedMemory()
+    {
+        using var mapping = GuestMemoryMapping.Create(8UL << 20);
+        Assert.True(mapping.HugePagesAdvised);
+        Assert.Equal(0, mapping.Address % (nint)GuestMemoryMapping.HugePageSize);
+        Assert.Contains(" hg", Smaps(mapping.Address, "VmFlags"), StringComparison.Ordinal); // the kernel's mark for MADV_HUGEPAGE
+
+        ((byte*)mapping.Address)[(3 << 20) + 5] = 1;
+        const string thp = "/sys/kernel/mm/transparent_hugepage/enabled";
+        if (File.Exists(thp) && !File.ReadAllText(thp).Contains("[never]", StringComparison.Ordinal))
+        {
+            // THP on (here: "madvise"): the fault took a whole 2 MiB page, unless none was free; allow that fallback
+            // only when the kernel says so in its counters.
+            // At least 2048: the kernel may have merged this mapping with a neighbouring one that has huge pages too.
+            long huge = long.Parse(Smaps(mapping.Address, "AnonHugePages").Split(' ')[0]);
+            Assert.True(huge >= 2048 || ThpFallbacks() > 0, $"AnonHugePages {huge} kB after touching one 2 MiB window");
+        }
+    }
+
+    [Fact]
+    public void HugePagesCanBeTurnedOff()
+    {
+        using var mapping = GuestMemoryMapping.Create(4UL << 20, transparentHugePages: false);
+        Assert.False(mapping.HugePagesAdvised);
+        Assert.DoesNotContain(" hg", Smaps(mapping.Address, "VmFlags"), StringComparison.Ordinal);
+        ((byte*)mapping.Address)[5] = 1;
+        // Any mapping merged with this one has the same flags (no "hg"), so no huge page can be in the entry.
+        Assert.Equal("0 kB", Smaps(mapping.Address, "AnonHugePages"));
+    }
+
+    [Fact]
+    public void PopulatingPartOfAMappingFaultsInOnlyThatPart()
+    {
+        using var mapping = GuestMemoryMapping.Create(64 * 4096, transparentHugePages: false);
+        Assert.True(mapping.Populate(8 * 4096, 4 * 4096));
+        // The page table, not smaps' Rss: the kernel may merge this mapping with a neighbour into one smaps entry.
+        using var pagemap = Pagemap.OpenSelf();
+        var bitmap = new ulong[1];
+        Assert.Equal(4UL, pagemap.OrPopulated(mapping.Address, mapping.Length, bitmap, 0));
+        Assert.Equal(0xFUL << 8, bitmap[0]);
+        Assert.Throws<ArgumentOutOfRangeException>(() => mapping.Populate(60 * 4096, 8 * 4096));
+    }
+
+    [Fact]
     public void LengthMustBeWholePages()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => GuestMemoryMapping.Create(0));
@@ -66,6 +110,32 @@ public unsafe class GuestMemoryMappingTests
         Assert.Equal("mmap", e.Call);
         Assert.Equal(12, e.Errno);
     }
+
+    /// <summary>The value of <paramref name="field"/> in the /proc/self/smaps entry that contains <paramref name="address"/>.</summary>
+    internal static string Smaps(nint address, string field)
+    {
+        bool inside = false;
+        foreach (string line in File.ReadLines("/proc/self/smaps"))
+        {
+            string[] head = line.Split(' ', 2)[0].Split('-');
+            if (head.Length == 2 && ulong.TryParse(head[0], System.Globalization.NumberStyles.HexNumber, null, out ulong start)
+                && ulong.TryParse(head[1], System.Globalization.NumberStyles.HexNumber, null, out ulong end))
+            {
+                inside = (ulong)address >= start && (ulong)address < end;
+            }
+            else if (inside && line.StartsWith(field + ":", StringComparison.Ordinal))
+            {
+                return line[(field.Length + 1)..].Trim();
+            }
+        }
+
+        throw new InvalidOperationException($"no {field} for 0x{address:x} in /proc/self/smaps");
+    }
+
+    /// <summary>thp_fault_fallback from /proc/vmstat: huge-page faults that had to use 4 KiB pages.</summary>
+    private static long ThpFallbacks() =>
+        File.ReadLines("/proc/vmstat").Where(l => l.StartsWith("thp_fault_fallback ", StringComparison.Ordinal))
+            .Select(l => long.Parse(l.Split(' ')[1])).FirstOrDefault();
 
     internal static long ResidentBytes()
     {
