@@ -163,7 +163,7 @@ public sealed class IncomingMigration
                 if ((decision.Capabilities & ProtocolCapabilities.Verify) == 0)
                     throw new MigrationProtocolException("Complete asks for verification, which the handshake did not negotiate");
                 long d0 = _time.GetTimestamp();
-                digest = MemoryDigest.Compute(target.Regions);
+                digest = VerifyDigest.Compute(target.Regions);
                 digestUs = Micros(d0);
             }
             _control.WriteReady(digestUs, loadUs, digest, drainUs);

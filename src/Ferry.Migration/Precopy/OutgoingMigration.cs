@@ -366,7 +366,7 @@ public sealed class OutgoingMigration
         {
             // Excluded from the downtime figure: a real deployment would not verify, and 1 GiB takes ~100 ms.
             long d0 = _time.GetTimestamp();
-            sourceDigest = MemoryDigest.Compute(_guest.Regions);
+            sourceDigest = VerifyDigest.Compute(_guest.Regions);
             stats.SourceDigestMs = Ms(d0);
         }
 
