@@ -130,16 +130,19 @@ public sealed class IncomingMigration
                 else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
             }
 
-            // Draining: every page channel must have delivered everything up to the switchover Flush. Timed, and
-            // reported in Ready: pages still in socket buffers here are final-page time, not device-state time.
-            long drainStart = _time.GetTimestamp();
+            // Draining: every page channel must have delivered everything up to the switchover Flush. When the last
+            // Flush arrived relative to Complete is reported in Ready, so the source can count the time until the
+            // destination had every final page as final-page time, not device-state time.
+            long completeRead = _time.GetTimestamp();
             foreach (var r in receivers)
             {
                 r.Flushed.Wait(_abort.Token);
                 if (r.FlushSequence != complete.FlushSequence)
                     throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
             }
-            uint drainUs = Micros(drainStart);
+            long lastFlush = long.MinValue;
+            foreach (var r in receivers) lastFlush = Math.Max(lastFlush, r.FlushedAt);
+            int flushLagUs = SignedMicros(completeRead, lastFlush);
             foreach (var r in receivers)
             {
                 NormalPages += r.NormalPages;
@@ -166,7 +169,7 @@ public sealed class IncomingMigration
                 digest = VerifyDigest.Compute(target.Regions);
                 digestUs = Micros(d0);
             }
-            _control.WriteReady(digestUs, loadUs, digest, drainUs);
+            _control.WriteReady(digestUs, loadUs, digest, flushLagUs);
 
             // AwaitCommit, bounded: a source that keeps the link alive but never decides must not hold us forever.
             using (var commitDeadline = _time.CreateTimer(static s => ((IncomingMigration)s!).Fail(
@@ -393,6 +396,12 @@ public sealed class IncomingMigration
 
     private void Heard() => Volatile.Write(ref _lastHeard, _time.GetTimestamp());
 
+    private int SignedMicros(long from, long to)
+    {
+        var span = to >= from ? _time.GetElapsedTime(from, to) : -_time.GetElapsedTime(to, from);
+        return (int)Math.Clamp(span.Ticks / 10, int.MinValue, int.MaxValue);
+    }
+
     private uint Micros(long since) => (uint)Math.Min(uint.MaxValue, _time.GetElapsedTime(since).Ticks / 10);
 
     /// <summary>The handshake was refused (Refuse already sent).</summary>
@@ -420,6 +429,9 @@ public sealed class IncomingMigration
         public ManualResetEventSlim Flushed { get; } = new();
 
         public ulong FlushSequence { get; private set; }
+
+        /// <summary>Timestamp at which the Flush arrived (read after <see cref="Flushed"/>).</summary>
+        public long FlushedAt { get; private set; }
         public long NormalPages { get; private set; }
         public long ZeroPages { get; private set; }
 
@@ -449,6 +461,7 @@ public sealed class IncomingMigration
                         case PageRecordKind.Flush:
                             // v1 has one switchover: the Flush is this channel's last record.
                             FlushSequence = record.Value;
+                            FlushedAt = _owner._time.GetTimestamp();
                             Flushed.Set();
                             return;
                         default:

@@ -373,7 +373,6 @@ public sealed class OutgoingMigration
         long finalStart = _time.GetTimestamp();
         var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
         double finalSendMs = Ms(finalStart);
-        stats.FinalPagesMs = harvestMs + finalSendMs;
         stats.Rounds.Add(new RoundStatistics
         {
             Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = finalSendMs,
@@ -403,14 +402,22 @@ public sealed class OutgoingMigration
         _abort.Token.ThrowIfCancellationRequested();
         var ready = _ready!;
         double readyWaitMs = _time.GetElapsedTime(completeSent, Volatile.Read(ref _readyAt)).TotalMilliseconds;
-        double drainMs = ready.DrainMicroseconds / 1000.0;
         stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
-        // Pages the destination was still draining after Complete were final-page time, not device-state time.
-        stats.FinalPagesMs += drainMs;
-        stats.DeviceStateMs = _time.GetElapsedTime(stateStart, Volatile.Read(ref _readyAt)).TotalMilliseconds - stats.DestDigestMs - drainMs;
+        // Final pages count until the destination had them all, not until our sends returned (they may sit in socket
+        // buffers, and a destination faulting in fresh memory drains them slowly). On our clock the last Flush landed
+        // at: Complete sent + one way (half the measured round trip) + the destination's Flush lag behind Complete
+        // (negative when the pages were first). Bounded by what we know for sure: not before our sends returned, not
+        // after Ready minus the destination's load and digest.
+        double untilReady = _time.GetElapsedTime(finalStart, Volatile.Read(ref _readyAt)).TotalMilliseconds;
+        double oneWayMs = TimeSpan.FromTicks(Volatile.Read(ref _controlRoundTripTicks)).TotalMilliseconds / 2;
+        double landedMs = _time.GetElapsedTime(finalStart, completeSent).TotalMilliseconds + oneWayMs + (ready.FlushLagMicroseconds / 1000.0);
+        landedMs = Math.Clamp(landedMs, finalSendMs, Math.Max(finalSendMs, untilReady - stats.DestDigestMs - (ready.LoadMicroseconds / 1000.0)));
+        stats.FinalPagesMs = harvestMs + landedMs;
+        stats.DeviceStateMs = untilReady - landedMs - stats.DestDigestMs;
         var timings = new SwitchoverTimings
         {
-            Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, DestDrain = drainMs, Save = saveMs,
+            Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, FinalPagesLanded = landedMs,
+            DestFlushLag = ready.FlushLagMicroseconds / 1000.0, Save = saveMs,
             SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
             DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
         };

@@ -25,7 +25,7 @@ namespace Ferry.Migration.Protocol;
 ///     | pgN  PageBatch* [DataChecksummed] , Flush{seq}   ->|  per page channel: "all before this was sent"
 ///     | ctl  StateSection*  , Complete{seq,flags}        ->|  wait for Flush{seq} on every page channel,
 ///     |                                                   |  then load state (and digest memory if Verify)
-///     | ctl  &lt;- Ready{digest-us,load-us,drain-us,digest?}|  -- or Error/Cancel: source resumes its guest
+///     | ctl  &lt;- Ready{digest-us,load-us,lag-us,digest?}  |  -- or Error/Cancel: source resumes its guest
 ///     | ctl  Commit                                      ->|  POINT OF NO RETURN: source never runs the VM again
 ///     | ctl  &lt;- Resumed{resume-us}                      |  guest runs on the destination
 /// </code>
@@ -74,8 +74,8 @@ namespace Ferry.Migration.Protocol;
 ///                | data | checksum u64 (XxHash3 of every payload byte before it)
 ///   Flush        sequence u64
 ///   Complete     flush sequence u64                       flags: bit0 VerifyRequested
-///   Ready        digest-us u32 | load-us u32 | drain-us u32 | [digest 16]   flags: bit0 DigestPresent (digest iff set)
-///                (drain-us: from Complete read until the last page channel's Flush, i.e. final pages still in flight)
+///   Ready        digest-us u32 | load-us u32 | flush-lag-us i32 | [digest 16]   flags: bit0 DigestPresent (digest iff set)
+///                (flush-lag-us: last page channel's Flush arrival minus Complete's, destination clock; < 0 = pages were first)
 ///   Commit       (empty)
 ///   Resumed      resume-us u32
 ///   Cancel       reason: string

@@ -114,7 +114,7 @@ public sealed class ProtocolReader
                         BinaryPrimitives.ReadUInt32LittleEndian(payload),
                         BinaryPrimitives.ReadUInt32LittleEndian(payload[4..]),
                         digest ? BinaryPrimitives.ReadUInt128LittleEndian(payload[12..]) : null,
-                        BinaryPrimitives.ReadUInt32LittleEndian(payload[8..]));
+                        BinaryPrimitives.ReadInt32LittleEndian(payload[8..]));
                 }
             case RecordKind.Commit:
                 Wire.ExpectLength(header, 0);
