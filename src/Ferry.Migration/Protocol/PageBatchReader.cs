@@ -130,6 +130,8 @@ public sealed class PageBatchReader
                     // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
                     pages = new Span<byte>((void*)address, (int)run.Count << MemoryRegion.PageShift);
                 }
+                // DataChecksummed is set only while the source is paused: the final pass, sparse and inside the downtime.
+                if (checksumData) _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
                 if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
                     Populate(address, pages.Length);
                 Wire.ReceiveBody(_channel, pages, h.Kind);
