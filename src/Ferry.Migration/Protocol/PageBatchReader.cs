@@ -130,8 +130,10 @@ public sealed class PageBatchReader
                     // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
                     pages = new Span<byte>((void*)address, (int)run.Count << MemoryRegion.PageShift);
                 }
-                // DataChecksummed is set only while the source is paused: the final pass, sparse and inside the downtime.
-                if (checksumData) _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
+                // Sparse data into a fresh 2 MiB window costs less in 4 KiB faults (see ReceivedPageMap): the final pass
+                // (DataChecksummed is set only while the source is paused) and short runs of any round.
+                if (checksumData || run.Count < ReceivedPageMap.SparseRunPages)
+                    _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
                 if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
                     Populate(address, pages.Length);
                 Wire.ReceiveBody(_channel, pages, h.Kind);

@@ -57,6 +57,12 @@ public sealed class ReceivedPageMap
         return false;
     }
 
+    /// <summary>
+    /// Normal runs shorter than this (pages) count as sparse: a huge page costs as much to fault in as ~300 4 KiB
+    /// pages here (3.7 ms against 12 µs), and a run of fewer than 64 pages rarely starts a window that fills up.
+    /// </summary>
+    public const int SparseRunPages = 64;
+
     /// <summary>Windows switched to 4 KiB faults by <see cref="PreferSmallPagesInFreshWindows"/>.</summary>
     public long WindowsSplit => Interlocked.Read(ref _windowsSplit);
     private long _windowsSplit;
@@ -66,8 +72,8 @@ public sealed class ReceivedPageMap
     /// that holds no data yet is advised <c>MADV_NOHUGEPAGE</c>, so the few pages arriving there fault in 4 KiB at a
     /// time instead of as a whole huge page. Here a huge-page first touch costs ~3.7 ms (1.9 s per GiB) against
     /// ~12 µs for a 4 KiB page (3.1 s per GiB, ROUND2.md), and a final pass typically brings 1-3 pages into each
-    /// fresh window: 1 GiB hotset runs spent 80-330 ms of downtime landing final pages that way. Pre-copy rounds
-    /// keep huge pages (dense data, 1.7x cheaper per byte). Failures are ignored: the hint only changes fault size.
+    /// fresh window: 1 GiB hotset runs spent 80-330 ms of downtime landing final pages that way. Dense data keeps
+    /// huge pages (1.7x cheaper per byte). Failures are ignored: the hint only changes fault size.
     /// </summary>
     public void PreferSmallPagesInFreshWindows(int region, in MemoryRegion memory, ulong first, ulong count)
     {
