@@ -92,4 +92,31 @@ public class ReceivedPageMapTests
         Assert.True(source.Region(0)[..(200 * 4096)].SequenceEqual(Bytes(region)[..(200 * 4096)]));
         Assert.True(map.HoldsData(0, 199));
     }
+
+    [Theory]
+    [InlineData(true, 1)]     // final pass (source paused): a dense run too gets small pages in a fresh window
+    [InlineData(false, 1)]    // a pre-copy round's short run
+    [InlineData(false, 256)]  // a pre-copy round's dense run keeps the huge page
+    public void SparseDataIntoAFreshWindowFaultsInOnlyItsOwnPages(bool checksumData, int runPages)
+    {
+        const int WindowPages = 512;
+        using var mapping = GuestMemoryMapping.Create(2 * WindowPages * 4096);
+        if (!mapping.HugePagesAdvised) Assert.Skip("this kernel has no transparent huge pages");
+        var region = new MemoryRegion(0, 2 * WindowPages * 4096, mapping.Address);
+        using var source = new NativeGuestMemory((0, 2 * WindowPages));
+        source.FillPattern(4);
+        var map = new ReceivedPageMap([region]);
+        var wire = new ByteStreamChannel(name: "pages-0");
+        new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(WindowPages + 100, (uint)runPages, PageEncoding.Normal)], checksumData);
+        new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), [region], map).ReadNext();
+
+        var populated = new Ferry.Migration.Memory.DirtyBitmap(region.Pages);
+        using (var pagemap = Pagemap.OpenSelf()) pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
+        bool small = checksumData || runPages < ReceivedPageMap.SparseRunPages;
+        Assert.Equal(small ? 1 : 0, map.WindowsSplit);
+        // With small pages only the received pages exist; otherwise the write brought in the whole 2 MiB window.
+        Assert.Equal(small ? (ulong)runPages : WindowPages, populated.Count(WindowPages, 2 * WindowPages));
+        Assert.Equal(0UL, populated.Count(0, WindowPages));
+        Assert.True(source.Region(0).Slice((WindowPages + 100) * 4096, runPages * 4096).SequenceEqual(Bytes(region).Slice((WindowPages + 100) * 4096, runPages * 4096)));
+    }
 }
