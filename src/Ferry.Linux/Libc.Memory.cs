@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Ferry.Linux;
 
-// Memory mappings: mmap(2), munmap(2), madvise(2). Constants are x86-64/aarch64 Linux values (asm-generic/mman*.h).
+// Memory mappings: mmap(2), munmap(2), mprotect(2), madvise(2). Constants are x86-64/aarch64 Linux values (asm-generic/mman*.h).
 public static partial class Libc
 {
     /// <summary>Pages may not be accessed.</summary>
@@ -54,6 +54,10 @@ public static partial class Libc
     /// <summary>munmap(2). Returns 0, or -1 and sets errno.</summary>
     [LibraryImport(LibraryName, SetLastError = true)]
     public static partial int munmap(nint addr, nuint length);
+
+    /// <summary>mprotect(2): change the access of a page-aligned range. Returns 0, or -1 and sets errno.</summary>
+    [LibraryImport(LibraryName, SetLastError = true)]
+    public static partial int mprotect(nint addr, nuint length, int prot);
 
     /// <summary>madvise(2). Returns 0, or -1 and sets errno.</summary>
     [LibraryImport(LibraryName, SetLastError = true)]

@@ -6,7 +6,8 @@ namespace Ferry.Migration.Guest;
 /// </summary>
 /// <remarks>
 /// <para><b>Call order</b> (one migration):
-/// <see cref="StartDirtyLog"/> → <see cref="GetPopulatedPages"/> → (<see cref="HarvestDirtyLog"/> per round, with <see cref="SetThrottle"/> at any time) →
+/// <see cref="StartDirtyLog"/> → <see cref="HarvestDirtyLog"/> (drained: round 0 sends everything) → <see cref="GetPopulatedPages"/> →
+/// (<see cref="HarvestDirtyLog"/> per round, with <see cref="SetThrottle"/> at any time) →
 /// <see cref="Pause"/> → <see cref="HarvestDirtyLog"/> (final) → <see cref="SaveState"/> →
 /// either <see cref="StopDirtyLog"/> and the source is never resumed (after <c>commit</c>),
 /// or <see cref="SetThrottle"/>(0) + <see cref="StopDirtyLog"/> + <see cref="Resume"/> (any failure before <c>commit</c>).
@@ -48,7 +49,8 @@ public interface IMigrationSource
     /// touched — so the first pass sends it as a zero page without touching it. Reading untouched memory faults it in:
     /// measured here at ~3 s per GiB (a VM host whose kernel backs even read faults with private pages), which would
     /// make an idle 4 GiB guest take 12 s to migrate. A guest that cannot tell sets every bit.
-    /// Called once, after <see cref="StartDirtyLog"/> (so a page first written after the call is caught by the log).
+    /// Called once, after <see cref="StartDirtyLog"/> and the first (draining) <see cref="HarvestDirtyLog"/>, so a page
+    /// first written after the call is caught by the log.
     /// </summary>
     void GetPopulatedPages(Span<ulong> bitmap);
 

@@ -14,7 +14,11 @@ namespace Ferry.Migration.Guest;
 /// </remarks>
 public interface IMigrationTarget : IDisposable
 {
-    /// <summary>Guest memory, as laid out by the source's handshake. Writable, zero-filled at creation.</summary>
+    /// <summary>
+    /// Guest memory, as laid out by the source's handshake. Writable, zero-filled at creation, and private anonymous
+    /// memory: the engine never writes a page that only ever receives zeros, and zeroes a page that held data with
+    /// <c>MADV_DONTNEED</c> when the run is long (shared or file-backed memory would read back its old contents).
+    /// </summary>
     IReadOnlyList<MemoryRegion> Regions { get; }
 
     /// <summary>Load CPU and device state. Validates every section; throws <see cref="InvalidDataException"/> on bad input.</summary>

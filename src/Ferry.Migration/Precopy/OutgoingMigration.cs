@@ -29,11 +29,12 @@ namespace Ferry.Migration.Precopy;
 public sealed class OutgoingMigration
 {
     /// <summary>
-    /// Default <see cref="StateTimeEstimate"/>: the in-process guest's device state (~3 KiB) and a KVM vCPU's (~11 KB)
-    /// each take well under 1 ms to save, send and load; 2 ms keeps a margin for the Ready and Commit round trips on
-    /// a LAN (~0.2 ms each).
+    /// The guest's share of the switchover when no <see cref="StateTimeEstimate"/> is given: SaveState, LoadState and
+    /// Start. Measured with the in-process guest after the warm-up (1 GiB hotset bench, load average ~4.6 on 2 cores):
+    /// save 1.5-2.2 ms, load 1.6-1.9 ms, start 2.3-2.5 ms, i.e. ~6 ms. Sending its state (2.2 KiB here, ~11 KB per
+    /// KVM vCPU) takes well under 0.1 ms at the bandwidths pre-copy needs, so it is not modelled separately.
     /// </summary>
-    public static readonly TimeSpan DefaultStateTimeEstimate = TimeSpan.FromMilliseconds(2);
+    public static readonly TimeSpan DefaultGuestSwitchoverCost = TimeSpan.FromMilliseconds(6);
 
     /// <summary>Sequence number of the switchover Flush (one switchover per migration in v1).</summary>
     private const ulong SwitchoverFlushSequence = 1;
@@ -77,6 +78,12 @@ public sealed class OutgoingMigration
     private ReadyMessage? _ready;
     private ResumedMessage? _resumed;
     private long _resumedAt;
+    private long _readyAt;
+    // Shortest control round trip measured (ticks): the handshake, then echoed Keepalives. Written by the migration
+    // thread once, then by the reader thread only.
+    private long _controlRoundTripTicks;
+    // Stamp of the latest Keepalive we sent (high bit set), to recognise its echo.
+    private ulong _lastKeepaliveStamp;
 
     // Progress figures, updated by the migration thread at each round end.
     private long _startTimestamp;
@@ -153,6 +160,9 @@ public sealed class OutgoingMigration
     /// <summary>Why pre-copy ended in a switch-over (converged, or forced by the timeout or round limit); set before stop-and-copy.</summary>
     public SwitchOverReason SwitchOverReason { get; private set; }
 
+    /// <summary>Where the switchover's downtime went, finer than the statistics' breakdown; null until Ready arrived.</summary>
+    public SwitchoverTimings? Switchover { get; private set; }
+
     /// <summary>The policy's sentence with the figures behind <see cref="SwitchOverReason"/>.</summary>
     public string? SwitchOverExplanation { get; private set; }
 
@@ -186,9 +196,11 @@ public sealed class OutgoingMigration
         for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
         var caps = _options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None;
         var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
+        long helloSent = _time.GetTimestamp();
         _control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
             (ushort)_options.PageChannels, caps, layout, token));
         var welcome = reader.Expect<WelcomeMessage>();
+        _controlRoundTripTicks = _time.GetElapsedTime(helloSent).Ticks;
         Volatile.Write(ref _lastHeard, _time.GetTimestamp());
         if (welcome.Version != MigrationProtocol.CurrentVersion)
             throw new MigrationProtocolException($"destination answered version {welcome.Version}; this source speaks {MigrationProtocol.CurrentVersion}");
@@ -216,6 +228,9 @@ public sealed class OutgoingMigration
         // A failure recorded before the channels were published did not abort them.
         _abort.Token.ThrowIfCancellationRequested();
         foreach (var s in senders) s.StartThread();
+        SwitchoverWarmup.Source(_guest);
+        // Probe the control round trip now that both sides run warm code: the destination echoes this at once.
+        SendKeepalive();
         _status = MigrationStatus.Active;
         Report();
     }
@@ -224,11 +239,22 @@ public sealed class OutgoingMigration
     public Guid VmId { get; init; } = Guid.NewGuid();
 
     /// <summary>
-    /// Time the convergence policy adds for saving, sending and loading device state (the guest is paused for it,
-    /// so it is part of the downtime). A VMM that measured its state (e.g. the previous migration's device_state
-    /// figure) should pass that; the default suits small state.
+    /// Time the convergence policy adds for saving, sending and loading device state and the switchover's round trips
+    /// (the guest is paused for all of it, so it is part of the downtime). A VMM that measured its switchover (e.g.
+    /// the previous migration's <see cref="SwitchoverTimings.StateTime"/>) should pass that. Null (the default): derived
+    /// from measurement, see <see cref="EffectiveStateTimeEstimate"/>.
     /// </summary>
-    public TimeSpan StateTimeEstimate { get; init; } = DefaultStateTimeEstimate;
+    public TimeSpan? StateTimeEstimate { get; init; }
+
+    /// <summary>
+    /// The state time the convergence policy uses: <see cref="StateTimeEstimate"/> when given, else two control
+    /// round trips (Complete→Ready and Commit→Resumed are one each) plus <see cref="DefaultGuestSwitchoverCost"/>.
+    /// The round trip is the shortest measured: first Hello to Welcome, which errs high (it includes building the
+    /// destination guest and first-call JIT: 12-20 ms here against ~0.5 ms for the wire), then each Keepalive the
+    /// destination echoes (one is sent right after setup). Known once the handshake is done.
+    /// </summary>
+    public TimeSpan EffectiveStateTimeEstimate =>
+        StateTimeEstimate ?? (2 * TimeSpan.FromTicks(Volatile.Read(ref _controlRoundTripTicks))) + DefaultGuestSwitchoverCost;
 
     /// <summary>Authorisation token presented in Hello (sent as UTF-8, at most 256 bytes), or null for none.</summary>
     public string? Token { get; init; }
@@ -246,13 +272,20 @@ public sealed class OutgoingMigration
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
         _guest.HarvestDirtyLog(bitmap.Words);
         bitmap.SetAll();
+        // Round 0 reads only what the guest populated: the rest is sent as Zero unread. An idle 4 GiB guest would
+        // otherwise be faulted in whole by the zero check, ~12 s on this host (ROUND2.md: 3.0 s per GiB of read
+        // faults). Asked AFTER the drain: a page first written after this call is in the log for round 1, while one
+        // written before it is populated by now. Asked before the drain, a page written in between would be drained
+        // from the log and sent as Zero unread, i.e. lost (a 1 GiB hotset run failed verification that way).
+        var populated = new DirtyBitmap(_guest.TotalPages);
+        _guest.GetPopulatedPages(populated.Words);
 
         for (int round = 0; ; round++)
         {
             Volatile.Write(ref _round, round);
             long roundStart = _time.GetTimestamp();
             meter.Restart();
-            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done);
+            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done, round == 0 ? populated : null);
             double roundMs = Ms(roundStart);
             meter.AddSample(bytes);
 
@@ -272,7 +305,7 @@ public sealed class OutgoingMigration
             Volatile.Write(ref _dirtyRate, dirtyRate);
 
             var decision = ConvergencePolicy.Decide(new ConvergenceInput(
-                dirtyBytes, meter.BytesPerSecond, StateTimeEstimate, _options.DowntimeLimit, round,
+                dirtyBytes, meter.BytesPerSecond, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
                 _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy));
             Report();
             if (decision.Action == ConvergenceAction.Abort)
@@ -303,11 +336,11 @@ public sealed class OutgoingMigration
     }
 
     /// <summary>One pass over <paramref name="bitmap"/> on every sender; returns (pages, wire bytes) of the pass.</summary>
-    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done)
+    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done, DirtyBitmap? populated = null)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
         done.Reset(_senders.Length);
-        foreach (var s in _senders) s.Start(bitmap, checksumData, flush, done);
+        foreach (var s in _senders) s.Start(bitmap, checksumData, flush, done, populated);
         done.Wait(_abort.Token);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
         return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
@@ -322,33 +355,45 @@ public sealed class OutgoingMigration
         paused = true;
         stats.PauseMs = Ms(pauseStart);
 
-        // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since.
+        // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since. Counted as
+        // final-page time (as QEMU counts its last bitmap sync in the downtime).
+        long harvestStart = _time.GetTimestamp();
         _guest.HarvestDirtyLog(bitmap.Words);
+        double harvestMs = Ms(harvestStart);
 
         UInt128 sourceDigest = default;
         if (_options.Verify)
         {
             // Excluded from the downtime figure: a real deployment would not verify, and 1 GiB takes ~100 ms.
             long d0 = _time.GetTimestamp();
-            sourceDigest = MemoryDigest.Compute(_guest.Regions);
+            sourceDigest = VerifyDigest.Compute(_guest.Regions);
             stats.SourceDigestMs = Ms(d0);
         }
 
         long finalStart = _time.GetTimestamp();
         var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
-        stats.FinalPagesMs = Ms(finalStart);
+        double finalSendMs = Ms(finalStart);
         stats.Rounds.Add(new RoundStatistics
         {
-            Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = stats.FinalPagesMs,
-            BandwidthBytesPerSecond = stats.FinalPagesMs > 0 ? bytes / (stats.FinalPagesMs / 1000) : 0,
+            Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = finalSendMs,
+            BandwidthBytesPerSecond = finalSendMs > 0 ? bytes / (finalSendMs / 1000) : 0,
             ThrottlePercent = _throttle,
         });
         Interlocked.Exchange(ref _remainingBytes, 0);
 
         long stateStart = _time.GetTimestamp();
         var sections = _guest.SaveState();
-        foreach (var section in sections) _control!.WriteStateSection(section);
+        long sendStart = _time.GetTimestamp();
+        double saveMs = _time.GetElapsedTime(stateStart, sendStart).TotalMilliseconds;
+        long stateBytes = 0;
+        foreach (var section in sections)
+        {
+            _control!.WriteStateSection(section);
+            stateBytes += section.Data.Length;
+        }
         _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
+        long completeSent = _time.GetTimestamp();
+        double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
 
         // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
         // keepalives but never answers must not hold the guest paused forever.
@@ -356,8 +401,27 @@ public sealed class OutgoingMigration
             Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
         _abort.Token.ThrowIfCancellationRequested();
         var ready = _ready!;
-        stats.DeviceStateMs = Ms(stateStart) - ready.DigestMicroseconds / 1000.0;
+        double readyWaitMs = _time.GetElapsedTime(completeSent, Volatile.Read(ref _readyAt)).TotalMilliseconds;
         stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
+        // Final pages count until the destination had them all, not until our sends returned (they may sit in socket
+        // buffers, and a destination faulting in fresh memory drains them slowly). On our clock the last Flush landed
+        // at: Complete sent + one way (half the measured round trip) + the destination's Flush lag behind Complete
+        // (negative when the pages were first). Bounded by what we know for sure: not before our sends returned, not
+        // after Ready minus the destination's load and digest.
+        double untilReady = _time.GetElapsedTime(finalStart, Volatile.Read(ref _readyAt)).TotalMilliseconds;
+        double oneWayMs = TimeSpan.FromTicks(Volatile.Read(ref _controlRoundTripTicks)).TotalMilliseconds / 2;
+        double landedMs = _time.GetElapsedTime(finalStart, completeSent).TotalMilliseconds + oneWayMs + (ready.FlushLagMicroseconds / 1000.0);
+        landedMs = Math.Clamp(landedMs, finalSendMs, Math.Max(finalSendMs, untilReady - stats.DestDigestMs - (ready.LoadMicroseconds / 1000.0)));
+        stats.FinalPagesMs = harvestMs + landedMs;
+        stats.DeviceStateMs = untilReady - landedMs - stats.DestDigestMs;
+        var timings = new SwitchoverTimings
+        {
+            Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, FinalPagesLanded = landedMs,
+            DestFlushLag = ready.FlushLagMicroseconds / 1000.0, Save = saveMs,
+            SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
+            DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
+        };
+        Switchover = timings;
 
         if (_options.Verify)
         {
@@ -398,6 +462,7 @@ public sealed class OutgoingMigration
         if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
         {
             stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
+            Switchover = timings with { CommitToResumed = stats.ResumeMs };
             stats.Downtime = _time.GetElapsedTime(pauseStart, Volatile.Read(ref _resumedAt)).TotalMilliseconds
                 - stats.SourceDigestMs - stats.DestDigestMs;
         }
@@ -425,9 +490,11 @@ public sealed class OutgoingMigration
                     case null:
                         OnControlLost("destination closed the control channel");
                         return;
-                    case KeepaliveMessage:
+                    case KeepaliveMessage k:
+                        OnKeepaliveEcho(k.Timestamp);
                         break;
                     case ReadyMessage r:
+                        Volatile.Write(ref _readyAt, _time.GetTimestamp());
                         _ready = r;
                         _readyArrived.Set();
                         break;
@@ -475,14 +542,31 @@ public sealed class OutgoingMigration
             return;
         }
         if (!_keepalivesOn) return;
+        SendKeepalive();
+    }
+
+    /// <summary>Send a Keepalive stamped with our clock; its echo (same stamp) measures the control round trip.</summary>
+    private void SendKeepalive()
+    {
+        // Stamps are kept non-zero so that 0 never matches (a fake clock may start at 0).
+        ulong stamp = (ulong)_time.GetTimestamp() | 1UL << 63;
+        Volatile.Write(ref _lastKeepaliveStamp, stamp);
         try
         {
-            _control?.WriteKeepalive((ulong)_time.GetTimestamp());
+            _control?.WriteKeepalive(stamp);
         }
         catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
         {
             // The reader or a sender sees the same broken channel and records the reason.
         }
+    }
+
+    /// <summary>A destination Keepalive: the echo of our latest one gives a round-trip sample; others are its own.</summary>
+    private void OnKeepaliveEcho(ulong stamp)
+    {
+        if (stamp != Volatile.Read(ref _lastKeepaliveStamp)) return;
+        long rtt = _time.GetElapsedTime((long)(stamp & ~(1UL << 63))).Ticks;
+        if (rtt >= 0 && rtt < Volatile.Read(ref _controlRoundTripTicks)) Volatile.Write(ref _controlRoundTripTicks, rtt);
     }
 
     private void OnSenderFailure(Exception e, PageSender sender)

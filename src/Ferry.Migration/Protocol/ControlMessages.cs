@@ -65,8 +65,12 @@ public sealed record CompleteMessage(ulong FlushSequence, CompleteFlags Flags) :
     public override RecordKind Kind => RecordKind.Complete;
 }
 
-/// <summary>Destination: loaded and ready; times in microseconds; <paramref name="Digest"/> when verify was requested.</summary>
-public sealed record ReadyMessage(uint DigestMicroseconds, uint LoadMicroseconds, UInt128? Digest) : ControlMessage
+/// <summary>
+/// Destination: loaded and ready; times in microseconds; <paramref name="Digest"/> when verify was requested;
+/// <paramref name="FlushLagMicroseconds"/> from Complete read until the last page channel's Flush arrived: positive when
+/// final pages were still in flight after Complete, negative when they had all landed before it.
+/// </summary>
+public sealed record ReadyMessage(uint DigestMicroseconds, uint LoadMicroseconds, UInt128? Digest, int FlushLagMicroseconds = 0) : ControlMessage
 {
     public override RecordKind Kind => RecordKind.Ready;
 }

@@ -19,12 +19,13 @@ namespace Ferry.Migration.Protocol;
 ///     | ctl  &lt;- Welcome{version,caps} | Refuse{reason}  |  Refuse: both close, source keeps running
 ///     | pgN  PageBatch* (round 0: all memory)            ->|  written straight into guest memory
 ///     | pgN  PageBatch* (round k: pages dirtied)         ->|
-///     | ctl  Keepalive (both ways, every PeerTimeout/3)   |
+///     | ctl  Keepalive (both ways, every PeerTimeout/3;   |
+///     |      the destination echoes each source one)      |
 ///     |  ... pause guest ...                              |
 ///     | pgN  PageBatch* [DataChecksummed] , Flush{seq}   ->|  per page channel: "all before this was sent"
 ///     | ctl  StateSection*  , Complete{seq,flags}        ->|  wait for Flush{seq} on every page channel,
 ///     |                                                   |  then load state (and digest memory if Verify)
-///     | ctl  &lt;- Ready{digest-us,load-us,digest?}        |  -- or Error/Cancel: source resumes its guest
+///     | ctl  &lt;- Ready{digest-us,load-us,lag-us,digest?}  |  -- or Error/Cancel: source resumes its guest
 ///     | ctl  Commit                                      ->|  POINT OF NO RETURN: source never runs the VM again
 ///     | ctl  &lt;- Resumed{resume-us}                      |  guest runs on the destination
 /// </code>
@@ -73,12 +74,14 @@ namespace Ferry.Migration.Protocol;
 ///                | data | checksum u64 (XxHash3 of every payload byte before it)
 ///   Flush        sequence u64
 ///   Complete     flush sequence u64                       flags: bit0 VerifyRequested
-///   Ready        digest-us u32 | load-us u32 | [digest 16]   flags: bit0 DigestPresent (digest present iff set)
+///   Ready        digest-us u32 | load-us u32 | flush-lag-us i32 | [digest 16]   flags: bit0 DigestPresent (digest iff set)
+///                (flush-lag-us: last page channel's Flush arrival minus Complete's, destination clock; < 0 = pages were first)
 ///   Commit       (empty)
 ///   Resumed      resume-us u32
 ///   Cancel       reason: string
 ///   Error        code u16 | message: string
-///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver)
+///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver; the destination echoes a source
+///                Keepalive's value back at once, from which the source measures the control round trip)
 ///   PageRequest  region u16 | first page u64 | count u32 (1..512)  (post-copy; v1 parses it and answers Error)
 ///   string       length u16 (&lt;= 1024) | UTF-8 bytes (strictly valid)
 /// </code>
@@ -174,7 +177,7 @@ public static class MigrationProtocol
         RecordKind.StateSection => 1 + MaxSectionNameLength + 4 + 4 + (long)MaxSectionDataLength + TrailerSize,
         RecordKind.Flush => 8,
         RecordKind.Complete => 8,
-        RecordKind.Ready => 4 + 4 + 16,
+        RecordKind.Ready => 4 + 4 + 4 + 16,
         RecordKind.Commit => 0,
         RecordKind.Resumed => 4,
         RecordKind.Cancel => 2 + MaxStringLength,

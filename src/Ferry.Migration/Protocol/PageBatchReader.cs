@@ -1,5 +1,7 @@
 using System.Buffers.Binary;
 using System.IO.Hashing;
+using System.Runtime.InteropServices;
+using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Transport;
 
@@ -8,7 +10,8 @@ namespace Ferry.Migration.Protocol;
 /// <summary>
 /// Reads one page channel on the destination, receiving page data straight into guest memory: the header and run
 /// table are parsed and validated into a reusable descriptor array, then each Normal run is received with
-/// <see cref="IMigrationChannel.ReceiveExactly"/> into the guest pages it names, each Zero run is zeroed, and finally
+/// <see cref="IMigrationChannel.ReceiveExactly"/> into the guest pages it names, each Zero run is zeroed (only where a
+/// page holds received data, with a <see cref="ReceivedPageMap"/>), and finally
 /// the trailer is checked (over the data too, hashed incrementally from guest memory, when DataChecksummed is set).
 /// One reader per channel, used by one thread; it allocates nothing after construction.
 /// </summary>
@@ -26,16 +29,42 @@ public sealed class PageBatchReader
     private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
     private int _runCount;
     private readonly XxHash3 _hash = new();
+    // Which pages hold received data (shared by every channel of one guest), or null: memory content unknown.
+    private readonly ReceivedPageMap? _received;
 
+    /// <summary>
+    /// A reader over memory of unknown content: every Zero run is written with zeros. The engine uses the overload
+    /// with a <see cref="ReceivedPageMap"/>, which leaves pages that never received data untouched.
+    /// </summary>
     /// <param name="channel">The page channel.</param>
     /// <param name="regions">The destination guest's memory (validated layout from the handshake).</param>
     public PageBatchReader(IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions)
+        : this(channel, regions, null)
+    {
+    }
+
+    /// <param name="channel">The page channel.</param>
+    /// <param name="regions">The destination guest's memory (validated layout from the handshake), zero-filled when
+    /// the first reader was made and written since only by readers sharing <paramref name="received"/>.</param>
+    /// <param name="received">The map shared by every page channel of this guest; null for memory of unknown content.</param>
+    public PageBatchReader(IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap? received)
     {
         ArgumentNullException.ThrowIfNull(channel);
         ArgumentNullException.ThrowIfNull(regions);
         _channel = channel;
         _regions = regions;
+        _received = received;
     }
+
+    /// <summary>
+    /// Whether a Normal run into pages that never received data is faulted in with one
+    /// <c>madvise(MADV_POPULATE_WRITE)</c> before the data is received into it, instead of page by page inside the
+    /// receive copy (needs a <see cref="ReceivedPageMap"/>; turns itself off on kernels before 5.14). Measured here
+    /// receiving 1 GiB of random pages over loopback TCP (2 channels, load average 5-6): with 4 KiB pages it halves
+    /// the time (4.8-5.5 s without, 2.2-2.7 s with); with transparent huge pages it doubles it (0.78-0.82 s without,
+    /// 1.8-3.0 s with), since one fault already maps 2 MiB. Hence off by default: use it for 4 KiB-page targets.
+    /// </summary>
+    public bool PopulateFreshRuns { get; set; }
 
     /// <summary>The runs of the last batch read.</summary>
     public ReadOnlySpan<PageRun> LastRuns => _runs.AsSpan(0, _runCount);
@@ -101,12 +130,27 @@ public sealed class PageBatchReader
                     // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
                     pages = new Span<byte>((void*)address, (int)run.Count << MemoryRegion.PageShift);
                 }
+                // Sparse data into a fresh 2 MiB window costs less in 4 KiB faults (see ReceivedPageMap): the final pass
+                // (DataChecksummed is set only while the source is paused) and short runs of any round.
+                if (checksumData || run.Count < ReceivedPageMap.SparseRunPages)
+                    _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
+                if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
+                    Populate(address, pages.Length);
                 Wire.ReceiveBody(_channel, pages, h.Kind);
                 if (checksumData) _hash.Append(pages);
+                _received?.MarkHeld(regionIndex, run.FirstPage, run.Count);
+            }
+            else if (_received is not null)
+            {
+                _received.Zero(regionIndex, region, run.FirstPage, run.Count);
             }
             else
             {
-                ZeroPages(address, run.Count);
+                unsafe
+                {
+                    // SAFETY: every page of a validated run lies inside the region's host mapping.
+                    System.Runtime.InteropServices.NativeMemory.Clear((void*)address, (nuint)run.Count << MemoryRegion.PageShift);
+                }
             }
         }
         var trailer = _table.AsSpan(H + BH + tableBytes, T);
@@ -116,22 +160,11 @@ public sealed class PageBatchReader
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
     }
 
-    /// <summary>
-    /// Make pages zero, writing only those that are not: a fresh destination page reads as the kernel's shared zero
-    /// page, so checking first keeps a mostly-zero guest from being faulted in 4 KiB at a time (1 GiB of zero runs
-    /// would otherwise cost 1 GiB of RSS on arrival).
-    /// </summary>
-    private static void ZeroPages(nint address, uint count)
+    private void Populate(nint address, int length)
     {
-        for (uint p = 0; p < count; p++, address += MemoryRegion.PageSize)
-        {
-            Span<byte> page;
-            unsafe
-            {
-                // SAFETY: every page of a validated run lies inside the region's host mapping.
-                page = new Span<byte>((void*)address, MemoryRegion.PageSize);
-            }
-            if (page.ContainsAnyExcept((byte)0)) page.Clear();
-        }
+        if (Libc.madvise(address, (nuint)length, Libc.MADV_POPULATE_WRITE) == 0) return;
+        // EINVAL: a kernel without MADV_POPULATE_WRITE; stop asking. Any other error (ENOMEM, EFAULT) is left to the
+        // receive itself, which faults the pages in the ordinary way or fails with the real reason.
+        if (Marshal.GetLastPInvokeError() == Libc.EINVAL) PopulateFreshRuns = false;
     }
 }

@@ -109,11 +109,12 @@ public sealed class ProtocolReader
             case RecordKind.Ready:
                 {
                     bool digest = (header.Flags & (byte)ReadyFlags.DigestPresent) != 0;
-                    Wire.ExpectLength(header, digest ? 24 : 8);
+                    Wire.ExpectLength(header, digest ? 28 : 12);
                     return new ReadyMessage(
                         BinaryPrimitives.ReadUInt32LittleEndian(payload),
                         BinaryPrimitives.ReadUInt32LittleEndian(payload[4..]),
-                        digest ? BinaryPrimitives.ReadUInt128LittleEndian(payload[8..]) : null);
+                        digest ? BinaryPrimitives.ReadUInt128LittleEndian(payload[12..]) : null,
+                        BinaryPrimitives.ReadInt32LittleEndian(payload[8..]));
                 }
             case RecordKind.Commit:
                 Wire.ExpectLength(header, 0);

@@ -32,7 +32,7 @@ public sealed class ProtocolWriter
     public void WriteWelcome(ProtocolCapabilities capabilities, ushort version = MigrationProtocol.CurrentVersion) => Write(new WelcomeMessage(version, capabilities));
     public void WriteRefuse(string reason) => Write(new RefuseMessage(reason));
     public void WriteComplete(ulong flushSequence, CompleteFlags flags) => Write(new CompleteMessage(flushSequence, flags));
-    public void WriteReady(uint digestMicroseconds, uint loadMicroseconds, UInt128? digest) => Write(new ReadyMessage(digestMicroseconds, loadMicroseconds, digest));
+    public void WriteReady(uint digestMicroseconds, uint loadMicroseconds, UInt128? digest, int flushLagMicroseconds = 0) => Write(new ReadyMessage(digestMicroseconds, loadMicroseconds, digest, flushLagMicroseconds));
     public void WriteCommit() => Write(CommitMessage.Instance);
     public void WriteResumed(uint resumeMicroseconds) => Write(new ResumedMessage(resumeMicroseconds));
     public void WriteCancel(string reason) => Write(new CancelMessage(reason));
@@ -129,12 +129,13 @@ public sealed class ProtocolWriter
             case ReadyMessage r:
                 BinaryPrimitives.WriteUInt32LittleEndian(p, r.DigestMicroseconds);
                 BinaryPrimitives.WriteUInt32LittleEndian(p[4..], r.LoadMicroseconds);
-                length = 8;
+                BinaryPrimitives.WriteInt32LittleEndian(p[8..], r.FlushLagMicroseconds);
+                length = 12;
                 if (r.Digest is { } d)
                 {
-                    BinaryPrimitives.WriteUInt128LittleEndian(p[8..], d);
+                    BinaryPrimitives.WriteUInt128LittleEndian(p[12..], d);
                     flags = (byte)ReadyFlags.DigestPresent;
-                    length = 24;
+                    length = 28;
                 }
                 break;
             case CommitMessage:

@@ -88,7 +88,7 @@ internal static class MigrationHarness
     /// </summary>
     public static MigrationOutcome Migrate(IMigrationSource guest, IMigrationConnector connector, IMigrationListener listener,
         MigrationOptions options, RecordingTargetFactory? factory = null, IncomingOptions? incoming = null,
-        Action<OutgoingMigration>? duringRun = null, string? token = null)
+        Action<OutgoingMigration>? duringRun = null, string? token = null, TimeSpan? stateTimeEstimate = null)
     {
         factory ??= new RecordingTargetFactory(new InProcessTargetFactory());
         incoming ??= new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 };
@@ -106,7 +106,7 @@ internal static class MigrationHarness
             }
         }) { IsBackground = true, Name = "test-destination" };
         dest.Start();
-        var source = new OutgoingMigration(guest, connector, options) { Token = token };
+        var source = new OutgoingMigration(guest, connector, options) { Token = token, StateTimeEstimate = stateTimeEstimate };
         var watcher = duringRun is null ? null : new Thread(() => duringRun(source)) { IsBackground = true };
         watcher?.Start();
         var started = DateTime.UtcNow;

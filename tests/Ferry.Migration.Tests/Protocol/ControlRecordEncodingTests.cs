@@ -50,8 +50,8 @@ public class ControlRecordEncodingTests
     [InlineData("welcome", "02 00 0000 0A000000 0100 0100000000000000")]
     [InlineData("refuse", "03 00 0000 04000000 0200 6E6F")]
     [InlineData("complete", "07 01 0000 08000000 0500000000000000")]
-    [InlineData("ready", "08 01 0000 18000000 E8030000 02000000 1817161514131211 0807060504030201")]
-    [InlineData("ready-nodigest", "08 00 0000 08000000 E8030000 02000000")]
+    [InlineData("ready", "08 01 0000 1C000000 E8030000 02000000 03000000 1817161514131211 0807060504030201")]
+    [InlineData("ready-nodigest", "08 00 0000 0C000000 E8030000 02000000 00000000")]
     [InlineData("commit", "09 00 0000 00000000")]
     [InlineData("resumed", "0A 00 0000 04000000 34120000")]
     [InlineData("cancel", "0B 00 0000 03000000 0100 78")]
@@ -68,7 +68,7 @@ public class ControlRecordEncodingTests
         "welcome" => new WelcomeMessage(1, ProtocolCapabilities.Verify),
         "refuse" => new RefuseMessage("no"),
         "complete" => new CompleteMessage(5, CompleteFlags.VerifyRequested),
-        "ready" => new ReadyMessage(1000, 2, (new UInt128(0x0102030405060708, 0x1112131415161718))),
+        "ready" => new ReadyMessage(1000, 2, (new UInt128(0x0102030405060708, 0x1112131415161718)), 3),
         "ready-nodigest" => new ReadyMessage(1000, 2, null),
         "commit" => CommitMessage.Instance,
         "resumed" => new ResumedMessage(0x1234),
