@@ -34,7 +34,8 @@ public static class LoopbackMigration
     /// Migrate <paramref name="source"/> to a destination in this process. The result owns the source and, when the
     /// migration completed, the started destination; dispose it.
     /// </summary>
-    public static LoopbackResult Run(InProcessGuest source, MigrationOptions options, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken)
+    public static LoopbackResult Run(InProcessGuest source, MigrationOptions options, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken,
+        InProcessTargetFactory? targetFactory = null)
     {
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(options);
@@ -44,7 +45,7 @@ public static class LoopbackMigration
         // Port 0: the kernel picks a free port, so parallel runs (tests, CI) never collide.
         var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0));
         using var stopDestination = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-        var incoming = new IncomingMigration(listener, new InProcessTargetFactory(),
+        var incoming = new IncomingMigration(listener, targetFactory ?? new InProcessTargetFactory(),
             new IncomingOptions { MaxMemoryBytes = memory, PeerTimeout = options.PeerTimeout });
         IMigrationTarget? destination = null;
         Exception? destinationError = null;

@@ -27,6 +27,26 @@ public sealed class InProcessTarget : IMigrationTarget
         }
     }
 
+    /// <summary>Fault every page of memory in (zero-filled, writable); see <see cref="InProcessTargetFactory.Preallocate"/>.</summary>
+    internal void Preallocate()
+    {
+        foreach (var m in _mappings)
+        {
+            if (!m.Populate())
+            {
+                // Kernels before 5.14 lack MADV_POPULATE_WRITE: touch one byte per page instead.
+                for (ulong off = 0; off < m.Length; off += MemoryRegion.PageSize)
+                {
+                    unsafe
+                    {
+                        // SAFETY: off < m.Length, inside the mapping this target owns; the page reads as zero.
+                        *(byte*)(m.Address + (nint)off) = 0;
+                    }
+                }
+            }
+        }
+    }
+
     /// <summary>The VM identity from the handshake.</summary>
     public Guid VmId { get; }
 
@@ -165,6 +185,13 @@ public sealed class InProcessTargetFactory : IMigrationTargetFactory
     /// </summary>
     public bool TransparentHugePages { get; init; } = true;
 
+    /// <summary>
+    /// Fault all destination memory in when the target is created, before any page arrives (QEMU's -mem-prealloc).
+    /// Costs the memory up front; it takes page faults out of the transfer, which on this VM host otherwise cost
+    /// ~0.1 s/GiB for memory the kernel already had and ~2.7 s/GiB for memory new to the host.
+    /// </summary>
+    public bool Preallocate { get; init; }
+
     /// <summary>The most recently created target (tests inspect it after a migration), or null.</summary>
     public InProcessTarget? LastCreated => Volatile.Read(ref _last);
 
@@ -172,6 +199,7 @@ public sealed class InProcessTargetFactory : IMigrationTargetFactory
     public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
     {
         var target = new InProcessTarget(vmId, regions, TransparentHugePages);
+        if (Preallocate) target.Preallocate();
         Volatile.Write(ref _last, target);
         return target;
     }
