@@ -109,6 +109,7 @@ public static class FerryCommand
         private readonly Option<long> _maxRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", D.MaxRounds, 1, 100_000);
         private readonly Option<TimeSpan> _timeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
         private readonly Option<TimeoutStrategy> _timeoutStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", "At the round or time limit: cancel (the source keeps running) or force (switch over anyway)", D.TimeoutStrategy);
+        private readonly Option<TimeSpan> _warmup = DurationOption("--warmup", "How long the guest dirties memory before the migration starts", "1s");
         private readonly Option<bool> _noAutoConverge = new("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
         private readonly Option<bool> _verify = new("--verify") { Description = "Digest all memory at pause and after load; exit 3 unless they match" };
         private readonly Option<bool> _json = new("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
@@ -118,7 +119,7 @@ public static class FerryCommand
             foreach (var option in new Option[]
                      {
                          _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _downtimeLimit, _maxBandwidth,
-                         _channels, _maxRounds, _timeout, _timeoutStrategy, _noAutoConverge, _verify, _json,
+                         _channels, _maxRounds, _timeout, _timeoutStrategy, _warmup, _noAutoConverge, _verify, _json,
                      })
                 command.Options.Add(option);
         }
@@ -137,6 +138,7 @@ public static class FerryCommand
             MaxRounds = (int)Get(parse, _maxRounds, D.MaxRounds),
             Timeout = Get(parse, _timeout, D.Timeout),
             TimeoutStrategy = Get(parse, _timeoutStrategy, D.TimeoutStrategy),
+            Warmup = Get(parse, _warmup, D.Warmup),
             AutoConverge = !parse.GetValue(_noAutoConverge),
             Verify = parse.GetValue(_verify),
             Json = parse.GetValue(_json),

@@ -21,6 +21,12 @@ public static class LoopbackMigration
         var source = new InProcessGuest(settings.ToGuestOptions());
         try
         {
+            if (settings.DirtyRatePagesPerSecond > 0 && settings.Warmup > TimeSpan.Zero)
+            {
+                // Let the workload run as a guest that has been up for a while would, cancellable like the migration.
+                cancellationToken.WaitHandle.WaitOne(settings.Warmup);
+                cancellationToken.ThrowIfCancellationRequested();
+            }
             return Run(source, settings.ToMigrationOptions(), progress, cancellationToken);
         }
         catch
