@@ -91,8 +91,10 @@ public sealed class TcpMigrationConnector : IMigrationConnector
     }
 
     /// <summary>
-    /// Connect with a non-blocking <c>connect</c> and <c>poll</c>, then leave the socket blocking, as accepted sockets
-    /// are. <see cref="Socket.ConnectAsync(EndPoint, CancellationToken)"/> would register the socket with .NET's epoll
+    /// Connect with a non-blocking <c>connect</c> and <c>poll</c>, without .NET's socket engine. (The fd stays
+    /// O_NONBLOCK, as after ConnectAsync: .NET never clears it; <see cref="Socket.Blocking"/> = true only restores
+    /// waiting in synchronous calls, and <see cref="TcpMigrationChannel"/>'s writev polls on EAGAIN itself.)
+    /// <see cref="Socket.ConnectAsync(EndPoint, CancellationToken)"/> would register the socket with .NET's epoll
     /// engine for good: every later EPOLLOUT edge of a page channel (each time its full send buffer drains) then wakes
     /// the engine's epoll thread, which hands the event, with no operation waiting for it, to a thread-pool worker that
     /// spins in sched_yield before sleeping. Measured with perf on this 2-core host, 1 GiB over 2 page channels: ~4,500
