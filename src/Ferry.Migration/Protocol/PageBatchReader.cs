@@ -102,12 +102,16 @@ public sealed class PageBatchReader
         const int T = MigrationProtocol.TrailerSize;
         if (h.PayloadLength < BH + MigrationProtocol.RunSize + T)
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload of {h.PayloadLength} bytes is too short");
-        Wire.ReceiveBody(_channel, _table.AsSpan(H, BH), h.Kind);
+        // The batch header and the first run in one receive: every batch has at least one run and the payload was
+        // just checked to hold one, so this never reads past the record. A batch of one run (all of a random guest's
+        // 1 MiB batches) then costs 4 receives instead of 5.
+        Wire.ReceiveBody(_channel, _table.AsSpan(H, BH + MigrationProtocol.RunSize), h.Kind);
         var (regionIndex, runCount) = PageBatchCodec.ParseBatchHeader(_table.AsSpan(H), _regions.Count);
         int tableBytes = runCount * MigrationProtocol.RunSize;
         if (h.PayloadLength < (uint)(BH + tableBytes + T))
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload of {h.PayloadLength} bytes cannot hold {runCount} runs");
-        Wire.ReceiveBody(_channel, _table.AsSpan(H + BH, tableBytes), h.Kind);
+        if (runCount > 1)
+            Wire.ReceiveBody(_channel, _table.AsSpan(H + BH + MigrationProtocol.RunSize, tableBytes - MigrationProtocol.RunSize), h.Kind);
         var region = _regions[regionIndex];
         var (normal, zero) = PageBatchCodec.ParseRuns(_table.AsSpan(H + BH, tableBytes), region.Pages, _runs.AsSpan(0, runCount));
         _runCount = runCount;

@@ -31,7 +31,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         _receiveTimeout = options.ReceiveTimeout;
         _socket.ReceiveTimeout = TcpTransportOptions.ToMilliseconds(options.ReceiveTimeout) is var r && r < 0 ? 0 : r;
         // SO_SNDTIMEO bounds a writev blocked on a blocking fd (accepted sockets); poll() bounds it on a non-blocking
-        // one (sockets .NET connected asynchronously). Either way a peer that stops reading is detected.
+        // one (sockets from TcpMigrationConnector, whose non-blocking connect leaves the fd O_NONBLOCK). Either way a peer that stops reading is detected.
         _socket.SendTimeout = _sendTimeoutMs < 0 ? 0 : _sendTimeoutMs;
     }
 

@@ -130,6 +130,71 @@ public class TcpTransportTests
         Assert.Equal($"control: cannot connect to 127.0.0.1:{port}: connection refused (is the destination listening?)", e.Message);
     }
 
+    /// <summary>
+    /// A listener whose accept queue is full: Linux drops further SYNs, so a connect to it stays pending (the kernel
+    /// would retry the SYN for a minute or more). Filled with connections nobody accepts.
+    /// </summary>
+    private static (Socket Listener, Socket[] Fillers) SilentListener()
+    {
+        var listener = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp);
+        listener.Bind(new IPEndPoint(IPAddress.Loopback, 0));
+        listener.Listen(0);
+        var fillers = new Socket[2];
+        for (int i = 0; i < fillers.Length; i++)
+        {
+            fillers[i] = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { Blocking = false };
+            try
+            {
+                fillers[i].Connect(listener.LocalEndPoint!);
+            }
+            catch (SocketException e) when (e.SocketErrorCode is SocketError.WouldBlock or SocketError.InProgress)
+            {
+            }
+        }
+        Thread.Sleep(50); // let the fillers' handshakes reach the queue
+        return (listener, fillers);
+    }
+
+    [Fact]
+    public void AConnectThatGetsNoAnswerEndsAtTheConnectTimeoutWithAClearError()
+    {
+        var (listener, fillers) = SilentListener();
+        try
+        {
+            var port = ((IPEndPoint)listener.LocalEndPoint!).Port;
+            var options = Quick with { ConnectTimeout = TimeSpan.FromMilliseconds(300) };
+            var clock = Stopwatch.StartNew();
+            var e = Assert.Throws<MigrationTransportException>(() =>
+                new TcpMigrationConnector(new IPEndPoint(IPAddress.Loopback, port), options).Connect(1, CancellationToken.None));
+            Assert.Equal($"control: no answer from 127.0.0.1:{port} within 0.3 s (connect timeout)", e.Message);
+            Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(250), TimeSpan.FromSeconds(5));
+        }
+        finally
+        {
+            foreach (var f in fillers) f.Dispose();
+            listener.Dispose();
+        }
+    }
+
+    [Fact]
+    public void APendingConnectHonoursTheCallersCancellation()
+    {
+        var (listener, fillers) = SilentListener();
+        try
+        {
+            using var cancel = new CancellationTokenSource(TimeSpan.FromMilliseconds(200));
+            var clock = Stopwatch.StartNew();
+            Assert.ThrowsAny<OperationCanceledException>(() =>
+                new TcpMigrationConnector(listener.LocalEndPoint!, Quick).Connect(1, cancel.Token));
+            Assert.InRange(clock.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(4));
+        }
+        finally
+        {
+            foreach (var f in fillers) f.Dispose();
+            listener.Dispose();
+        }
+    }
+
     [Fact]
     public void APeerClosingMidRecordIsAnErrorAndAtABoundaryACleanEnd()
     {
