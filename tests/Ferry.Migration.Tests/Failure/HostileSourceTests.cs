@@ -43,10 +43,12 @@ public class HostileSourceTests
             _thread.Start();
         }
 
+        public bool Join() => _thread.Join(TimeSpan.FromSeconds(10));
+
         /// <summary>Wait for the end and check the discard promise: failed with a reason, one guest, disposed, never started.</summary>
         public MigrationException AssertFailedAndDiscarded()
         {
-            Assert.True(_thread.Join(TimeSpan.FromSeconds(10)), "the destination did not give up within 10 s");
+            Assert.True(Join(), "the destination did not give up within 10 s");
             Target?.Dispose();
             Assert.Null(Target);
             var e = Assert.IsType<MigrationException>(Error, exactMatch: false);
@@ -99,6 +101,23 @@ public class HostileSourceTests
         }) { IsBackground = true, Name = "test-keepalive" };
         t.Start();
         return t;
+    }
+
+    [Fact]
+    public void AHelloInAVersionThisReceiverDoesNotSpeakIsRefusedBeforeAnyGuestIsBuilt()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        using var c = transport.Connector.Connect(1, CancellationToken.None);
+        new ProtocolWriter(c.Control).WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion + 1, Guid.NewGuid(),
+            MigrationProtocol.PageSize, 1, ProtocolCapabilities.None, Layout, ReadOnlyMemory<byte>.Empty));
+        var refused = Assert.IsType<MigrationPeerException>(Record.Exception(() => new ProtocolReader(c.Control).Expect<WelcomeMessage>()));
+        Assert.Equal(RecordKind.Refuse, refused.Kind);
+        Assert.Contains($"protocol version {MigrationProtocol.CurrentVersion + 1} is not supported", refused.Message);
+        c.Dispose();
+        Assert.True(destination.Join(), "the destination did not end after refusing");
+        Assert.Contains("handshake refused", Assert.IsType<MigrationException>(destination.Error, exactMatch: false).Message);
+        Assert.Empty(destination.Factory.Created);
     }
 
     [Theory]
