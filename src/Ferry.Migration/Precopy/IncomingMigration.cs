@@ -230,8 +230,11 @@ public sealed class IncomingMigration
             // After a Refuse or an Error, wait for the source to read it and close before tearing down.
             if (Fail(reason, e) && (e is RefusedException || TellSource(reason, e)) && reader is not null) AwaitSourceClose(reader);
             _connection.Abort();
-            foreach (var r in receivers) r.Join();
-            target?.Dispose();
+            bool receiversOut = true;
+            foreach (var r in receivers) receiversOut &= r.Join();
+            // A receive thread still inside guest memory would fault on an unmapped page and take the process down:
+            // leak the mapping instead (only a transport that ignores Abort can get here).
+            if (receiversOut) target?.Dispose();
             if (e is MigrationException && e.Message == reason) throw;
             throw new MigrationException(reason, e);
         }
@@ -466,10 +469,8 @@ public sealed class IncomingMigration
 
         public void Start() => _thread.Start();
 
-        public void Join()
-        {
-            if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(5));
-        }
+        /// <summary>Wait up to 5 s for the thread to end; false if it is still running.</summary>
+        public bool Join() => !_thread.IsAlive || _thread.Join(TimeSpan.FromSeconds(5));
 
         private void Loop()
         {
