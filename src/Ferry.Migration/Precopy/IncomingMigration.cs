@@ -242,8 +242,9 @@ public sealed class IncomingMigration
         {
             _done = true;
             keepalive?.Dispose();
-            _backstop?.Dispose();
             foreach (var r in receivers) r.Join();
+            // After the joins: a failing receive thread arms the backstop, so disposing it earlier could miss one.
+            _backstop?.Dispose();
             _connection.Dispose();
         }
     }
