@@ -647,12 +647,13 @@ public sealed class OutgoingMigration
         {
             _guest.StopDirtyLog();
         }
-        _controlAbortTimer?.Dispose();
         // Senders must be out of guest memory before Run returns (the caller may unmap it next); they exit at once
         // on the abort, the timeout only guards against a transport that ignores Abort.
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
         _reader?.Join(TimeSpan.FromSeconds(5));
+        // After the threads that may call Fail (which arms this timer) have ended.
+        _controlAbortTimer?.Dispose();
         connection?.Dispose();
 
         _status = failure is null ? MigrationStatus.Completed : _failureStatus;
