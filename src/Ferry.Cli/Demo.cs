@@ -38,22 +38,12 @@ public static class Demo
         ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(console);
         if (!HostMemory.CheckFits(settings.MemoryBytes, settings.Fill, console.Error)) return FerryCommand.ExitUsage;
-        var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
         if (!settings.Json)
             console.Error.WriteLine($"ferry demo: migrating a {Units.FormatBytes(settings.MemoryBytes)} guest " +
                                     $"({settings.Fill.ToString().ToLowerInvariant()} contents, {settings.Pattern.ToString().ToLowerInvariant()} writes at " +
                                     $"{settings.DirtyRatePagesPerSecond:N0} pages/s) over 127.0.0.1");
-        LoopbackResult result;
-        try
-        {
-            result = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
-                () => LoopbackMigration.Run(settings, progress, cancellationToken));
-        }
-        catch (Exception e) when (e is LinuxException or MigrationException or IOException)
-        {
-            console.Error.WriteLine($"ferry: {e.Message}");
-            return FerryCommand.ExitMigrationFailed;
-        }
+        var result = LoopbackMigration.RunLive(settings, console, cancellationToken);
+        if (result is null) return FerryCommand.ExitMigrationFailed;
 
         using (result)
         {

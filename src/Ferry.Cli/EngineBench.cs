@@ -12,19 +12,8 @@ public static class EngineBench
         ArgumentNullException.ThrowIfNull(console);
         if (!HostMemory.CheckFits(settings.MemoryBytes, settings.Fill, console.Error)) return FerryCommand.ExitUsage;
 
-        var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
-        LoopbackResult result;
-        try
-        {
-            result = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
-                () => LoopbackMigration.Run(settings, progress, cancellationToken));
-        }
-        catch (Exception e) when (e is LinuxException or MigrationException or IOException)
-        {
-            // Setting up the guest or the listener failed (mmap, bind): nothing migrated, nothing to report but why.
-            console.Error.WriteLine($"ferry: {e.Message}");
-            return FerryCommand.ExitMigrationFailed;
-        }
+        var result = LoopbackMigration.RunLive(settings, console, cancellationToken);
+        if (result is null) return FerryCommand.ExitMigrationFailed;
         using (result)
         {
             var s = result.Statistics;

@@ -1,4 +1,5 @@
 using System.Net;
+using Ferry.Linux;
 using Ferry.Migration;
 using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
@@ -33,6 +34,28 @@ public static class LoopbackMigration
         {
             source.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Run(EngineBenchSettings, IProgress{MigrationProgress}?, CancellationToken)"/> with live progress on
+    /// standard error, as the commands show it. Null when setting up failed (mmap, bind): nothing migrated, the reason
+    /// is printed and there is nothing else to report.
+    /// </summary>
+    public static LoopbackResult? RunLive(EngineBenchSettings settings, CliConsole console, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(settings);
+        ArgumentNullException.ThrowIfNull(console);
+        var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
+        try
+        {
+            return progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
+                () => Run(settings, progress, cancellationToken));
+        }
+        catch (Exception e) when (e is LinuxException or MigrationException or IOException)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return null;
         }
     }
 

@@ -184,9 +184,6 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     /// <summary>Current throttle, percent of each 10 ms slice the writers sleep.</summary>
     public int ThrottlePercent => _throttlePercent;
 
-    /// <summary>Working-set pages whose exact write count <see cref="SelfCheck"/> verifies: all of them.</summary>
-    public ulong TrackedPages => Options.WorkingSetPages;
-
     /// <inheritdoc/>
     public void StartDirtyLog()
     {

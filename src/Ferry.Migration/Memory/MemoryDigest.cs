@@ -17,28 +17,39 @@ namespace Ferry.Migration.Memory;
 public static class MemoryDigest
 {
     /// <summary>Bytes hashed per span: spans are int-length, and 1 GiB keeps well inside that.</summary>
-    private const int Chunk = 1 << 30;
+    private const ulong Chunk = 1UL << 30;
 
     /// <summary>Digest of <paramref name="regions"/> in the given order. Memory must not change meanwhile.</summary>
-    public static unsafe UInt128 Compute(IReadOnlyList<MemoryRegion> regions)
+    public static UInt128 Compute(IReadOnlyList<MemoryRegion> regions)
     {
+        ArgumentNullException.ThrowIfNull(regions);
         var hash = new XxHash128();
-        Span<byte> header = stackalloc byte[16];
-        for (int i = 0; i < regions.Count; i++)
+        foreach (var region in regions)
         {
-            MemoryRegion region = regions[i];
-            BinaryPrimitives.WriteUInt64LittleEndian(header, region.GuestPhysicalAddress);
-            BinaryPrimitives.WriteUInt64LittleEndian(header[8..], region.Size);
-            hash.Append(header);
-            for (ulong offset = 0; offset < region.Size; offset += Chunk)
-            {
-                int length = (int)Math.Min(Chunk, region.Size - offset);
-                // SAFETY: region memory is an mmap'd range of region.Size bytes that outlives this call.
-                hash.Append(new ReadOnlySpan<byte>((byte*)(region.HostAddress + (nint)offset), length));
-            }
+            AppendLayout(hash, region);
+            AppendMemory(hash, region.HostAddress, region.Size);
         }
-
         return hash.GetCurrentHashAsUInt128();
+    }
+
+    /// <summary>A region's guest-physical base and size, hashed before its bytes.</summary>
+    internal static void AppendLayout(XxHash128 hash, in MemoryRegion region)
+    {
+        Span<byte> header = stackalloc byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(header, region.GuestPhysicalAddress);
+        BinaryPrimitives.WriteUInt64LittleEndian(header[8..], region.Size);
+        hash.Append(header);
+    }
+
+    /// <summary>Hash <paramref name="bytes"/> of host memory at <paramref name="address"/>, in int-length spans.</summary>
+    internal static unsafe void AppendMemory(XxHash128 hash, nint address, ulong bytes)
+    {
+        for (ulong offset = 0; offset < bytes; offset += Chunk)
+        {
+            int n = (int)Math.Min(Chunk, bytes - offset);
+            // SAFETY: callers pass a range inside a region's host mapping, which outlives the call.
+            hash.Append(new ReadOnlySpan<byte>((void*)(address + (nint)offset), n));
+        }
     }
 
     /// <summary>The digest as 32 lowercase hex digits (most significant first), for logs and JSON.</summary>

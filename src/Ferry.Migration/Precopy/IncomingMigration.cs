@@ -14,6 +14,19 @@ public sealed record IncomingOptions
     /// <summary>Token the source must present, or null for none.</summary>
     public string? Token { get; init; }
 
+    /// <summary>
+    /// Largest total of state section data (plus names) accepted before Complete. Each section is bounded at 4 MiB
+    /// by the protocol, but their number is not: without this a source could grow the destination's heap without
+    /// end. 16 MiB: Firecracker caps a whole snapshot's state at 10 MB, and 200 KVM vCPUs at ~11 KB each take 2.2 MB.
+    /// </summary>
+    public long MaxStateBytes { get; init; } = 16L << 20;
+
+    /// <summary>
+    /// Most state sections accepted before Complete: bounds the per-section objects that empty sections would
+    /// otherwise pile up for free. 4096 is a section or more per vCPU for any VM a KVM host runs, plus its devices.
+    /// </summary>
+    public int MaxStateSections { get; init; } = 4096;
+
     /// <summary>How long without any byte from the source before it counts as hung.</summary>
     public TimeSpan PeerTimeout { get; init; } = TimeSpan.FromSeconds(10);
 
@@ -65,6 +78,8 @@ public sealed class IncomingMigration
         ArgumentNullException.ThrowIfNull(factory);
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.PeerTimeout, TimeSpan.Zero);
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MaxStateBytes);
+        ArgumentOutOfRangeException.ThrowIfNegative(options.MaxStateSections);
         _listener = listener;
         _factory = factory;
         _options = options;
@@ -121,11 +136,18 @@ public sealed class IncomingMigration
             }
             SwitchoverWarmup.Destination(target);
             var sections = new List<StateSection>();
+            long stateBytes = 0;
             CompleteMessage complete;
             while (true)
             {
                 var m = Next(reader, "Complete");
-                if (m is StateSectionMessage s) sections.Add(s.Section);
+                if (m is StateSectionMessage s)
+                {
+                    stateBytes += s.Section.Name.Length + s.Section.Data.Length;
+                    if (sections.Count == _options.MaxStateSections || stateBytes > _options.MaxStateBytes)
+                        throw new MigrationProtocolException($"state sections exceed this receiver's limit of {_options.MaxStateSections} sections and {_options.MaxStateBytes} bytes (at '{s.Section.Name}')");
+                    sections.Add(s.Section);
+                }
                 else if (m is CompleteMessage c) { complete = c; break; }
                 else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
             }
@@ -134,11 +156,18 @@ public sealed class IncomingMigration
             // Flush arrived relative to Complete is reported in Ready, so the source can count the time until the
             // destination had every final page as final-page time, not device-state time.
             long completeRead = _time.GetTimestamp();
-            foreach (var r in receivers)
+            // Bounded: the source sends Complete only after every Flush was handed to its page channels, so what is
+            // left is what sits in socket buffers (a few MiB). A source that keeps the page channels alive with
+            // Keepalives but never flushes must not hold the destination forever.
+            using (var drainDeadline = _time.CreateTimer(static s => ((IncomingMigration)s!).Fail(
+                       $"page channels did not deliver their Flush within {((IncomingMigration)s!)._options.PeerTimeout.TotalSeconds:F1} s of Complete", null), this, _options.PeerTimeout, Timeout.InfiniteTimeSpan))
             {
-                r.Flushed.Wait(_abort.Token);
-                if (r.FlushSequence != complete.FlushSequence)
-                    throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
+                foreach (var r in receivers)
+                {
+                    r.Flushed.Wait(_abort.Token);
+                    if (r.FlushSequence != complete.FlushSequence)
+                        throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
+                }
             }
             long lastFlush = long.MinValue;
             foreach (var r in receivers) lastFlush = Math.Max(lastFlush, r.FlushedAt);
@@ -201,8 +230,11 @@ public sealed class IncomingMigration
             // After a Refuse or an Error, wait for the source to read it and close before tearing down.
             if (Fail(reason, e) && (e is RefusedException || TellSource(reason, e)) && reader is not null) AwaitSourceClose(reader);
             _connection.Abort();
-            foreach (var r in receivers) r.Join();
-            target?.Dispose();
+            bool receiversOut = true;
+            foreach (var r in receivers) receiversOut &= r.Join();
+            // A receive thread still inside guest memory would fault on an unmapped page and take the process down:
+            // leak the mapping instead (only a transport that ignores Abort can get here).
+            if (receiversOut) target?.Dispose();
             if (e is MigrationException && e.Message == reason) throw;
             throw new MigrationException(reason, e);
         }
@@ -210,8 +242,9 @@ public sealed class IncomingMigration
         {
             _done = true;
             keepalive?.Dispose();
-            _backstop?.Dispose();
             foreach (var r in receivers) r.Join();
+            // After the joins: a failing receive thread arms the backstop, so disposing it earlier could miss one.
+            _backstop?.Dispose();
             _connection.Dispose();
         }
     }
@@ -437,10 +470,8 @@ public sealed class IncomingMigration
 
         public void Start() => _thread.Start();
 
-        public void Join()
-        {
-            if (_thread.IsAlive) _thread.Join(TimeSpan.FromSeconds(5));
-        }
+        /// <summary>Wait up to 5 s for the thread to end; false if it is still running.</summary>
+        public bool Join() => !_thread.IsAlive || _thread.Join(TimeSpan.FromSeconds(5));
 
         private void Loop()
         {

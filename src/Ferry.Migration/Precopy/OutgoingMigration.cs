@@ -51,6 +51,8 @@ public sealed class OutgoingMigration
     // Set by the reader thread on Ready / Resumed.
     private readonly ManualResetEventSlim _readyArrived = new();
     private readonly ManualResetEventSlim _resumedArrived = new();
+    // Set just before Complete is written: a Ready before it cannot answer this migration's Complete.
+    private volatile bool _completeSending;
 
     private int _started;
     private bool _committed;
@@ -225,9 +227,11 @@ public sealed class OutgoingMigration
             _pageChannels = channels;
             _senders = senders;
         }
+        // Started before the check below: Finish stops (joins) every published sender, and joining a thread never
+        // started throws. They idle until a pass is given, so starting them on a failed migration costs nothing.
+        foreach (var s in senders) s.StartThread();
         // A failure recorded before the channels were published did not abort them.
         _abort.Token.ThrowIfCancellationRequested();
-        foreach (var s in senders) s.StartThread();
         SwitchoverWarmup.Source(_guest);
         // Probe the control round trip now that both sides run warm code: the destination echoes this at once.
         SendKeepalive();
@@ -391,6 +395,7 @@ public sealed class OutgoingMigration
             _control!.WriteStateSection(section);
             stateBytes += section.Data.Length;
         }
+        _completeSending = true;
         _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
         long completeSent = _time.GetTimestamp();
         double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
@@ -493,6 +498,12 @@ public sealed class OutgoingMigration
                     case KeepaliveMessage k:
                         OnKeepaliveEcho(k.Timestamp);
                         break;
+                    // Violations told to the destination (notify) keep this loop reading until it closes: Finish waits
+                    // for that end before aborting, which could otherwise discard the unread Error.
+                    case ReadyMessage when !_completeSending || _readyArrived.IsSet:
+                        // Acting on it would commit to a destination that has not loaded this guest's state.
+                        Fail(MigrationStatus.Failed, "destination sent Ready before Complete, or twice", notify: true, ProtocolErrorCode.Protocol);
+                        break;
                     case ReadyMessage r:
                         Volatile.Write(ref _readyAt, _time.GetTimestamp());
                         _ready = r;
@@ -511,10 +522,10 @@ public sealed class OutgoingMigration
                         return;
                     case PageRequestMessage:
                         Fail(MigrationStatus.Failed, "destination sent PageRequest, which pre-copy does not serve", notify: true, ProtocolErrorCode.Unsupported);
-                        return;
+                        break;
                     default:
                         Fail(MigrationStatus.Failed, $"destination sent {message.Kind} on the return path", notify: true, ProtocolErrorCode.Protocol);
-                        return;
+                        break;
                 }
             }
         }
@@ -647,12 +658,13 @@ public sealed class OutgoingMigration
         {
             _guest.StopDirtyLog();
         }
-        _controlAbortTimer?.Dispose();
         // Senders must be out of guest memory before Run returns (the caller may unmap it next); they exit at once
         // on the abort, the timeout only guards against a transport that ignores Abort.
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
         _reader?.Join(TimeSpan.FromSeconds(5));
+        // After the threads that may call Fail (which arms this timer) have ended.
+        _controlAbortTimer?.Dispose();
         connection?.Dispose();
 
         _status = failure is null ? MigrationStatus.Completed : _failureStatus;

@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using System.IO.Hashing;
 using Ferry.Linux;
 using Ferry.Migration.Guest;
@@ -18,9 +17,6 @@ internal static class VerifyDigest
     /// <summary>Zeros hashed in place of unpopulated pages (64 KiB: large enough that a long run costs few calls).</summary>
     private static readonly byte[] Zeros = new byte[64 << 10];
 
-    /// <summary>Bytes hashed per span of populated memory (spans are int-length).</summary>
-    private const ulong Chunk = 1UL << 30;
-
     /// <summary>Digest of <paramref name="regions"/> (private anonymous memory), equal to <see cref="MemoryDigest.Compute"/>.</summary>
     public static UInt128 Compute(IReadOnlyList<MemoryRegion> regions)
     {
@@ -36,19 +32,16 @@ internal static class VerifyDigest
         using (pagemap)
         {
             var hash = new XxHash128();
-            Span<byte> header = stackalloc byte[16];
             foreach (var region in regions)
             {
-                BinaryPrimitives.WriteUInt64LittleEndian(header, region.GuestPhysicalAddress);
-                BinaryPrimitives.WriteUInt64LittleEndian(header[8..], region.Size);
-                hash.Append(header);
+                MemoryDigest.AppendLayout(hash, region);
                 var populated = new DirtyBitmap(region.Pages);
                 pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
                 ulong next = 0;
                 foreach (var run in populated.Runs(0, region.Pages))
                 {
                     AppendZeros(hash, (run.Start - next) << MemoryRegion.PageShift);
-                    AppendMemory(hash, region.PageAddress(run.Start), run.Length << MemoryRegion.PageShift);
+                    MemoryDigest.AppendMemory(hash, region.PageAddress(run.Start), run.Length << MemoryRegion.PageShift);
                     next = run.End;
                 }
                 AppendZeros(hash, (region.Pages - next) << MemoryRegion.PageShift);
@@ -64,16 +57,6 @@ internal static class VerifyDigest
             int n = (int)Math.Min(bytes, (ulong)Zeros.Length);
             hash.Append(Zeros.AsSpan(0, n));
             bytes -= (ulong)n;
-        }
-    }
-
-    private static unsafe void AppendMemory(XxHash128 hash, nint address, ulong bytes)
-    {
-        for (ulong offset = 0; offset < bytes; offset += Chunk)
-        {
-            int n = (int)Math.Min(Chunk, bytes - offset);
-            // SAFETY: the range lies inside a region's host mapping, which outlives the call.
-            hash.Append(new ReadOnlySpan<byte>((void*)(address + (nint)offset), n));
         }
     }
 }

@@ -36,8 +36,10 @@ namespace Ferry.Migration.Protocol;
 /// <code>
 ///   AwaitHello --Hello ok--> Welcome sent: Receiving --Complete--> Draining (wait for Flush{seq} on all page channels)
 ///   AwaitHello --bad/unsupported--> Refuse sent, closed
-///   Receiving: StateSection* accumulated (at most 4 MiB each), Keepalive ignored, PageRequest answered with Error (v1)
-///   Draining --state loaded--> Ready sent: AwaitCommit --Commit--> start guest, Resumed sent: Done
+///   Receiving: StateSection* accumulated (at most 4 MiB each, and a receiver's total bound), Keepalive echoed,
+///              any other record (PageRequest included, in v1) answered with Error
+///   Draining (at most PeerTimeout) --state loaded--> Ready sent: AwaitCommit (at most PeerTimeout) --Commit--> start
+///              guest, Resumed sent: Done
 ///   any state --Cancel/Error/EOF/timeout/bad record--> Failed: guest discarded (never started)
 /// </code>
 /// Page channels: PageBatch* / Keepalive* then Flush{seq}; anything else (or any record after the final Flush that

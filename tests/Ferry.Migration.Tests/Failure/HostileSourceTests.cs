@@ -1,0 +1,190 @@
+using System.Diagnostics;
+using Ferry.Migration.Guest;
+using Ferry.Migration.InProcess;
+using Ferry.Migration.Precopy;
+using Ferry.Migration.Protocol;
+using Ferry.Migration.Tests.Precopy;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Migration.Tests.Failure;
+
+/// <summary>
+/// The destination against a scripted source that speaks valid records in a hostile order or amount: each must end
+/// in a bounded time with the half-built guest discarded, never started.
+/// </summary>
+[Collection(MigrationCollection.Name)]
+public class HostileSourceTests
+{
+    private static readonly TimeSpan PeerTimeout = TimeSpan.FromSeconds(1);
+    private static readonly (ulong, ulong)[] Layout = [(0, 1 << 20)];
+
+    /// <summary>The destination engine on its own thread, its outcome kept for the test.</summary>
+    private sealed class Destination
+    {
+        private readonly Thread _thread;
+        public readonly RecordingTargetFactory Factory = new(new InProcessTargetFactory());
+        public readonly Stopwatch Clock = Stopwatch.StartNew();
+        public Exception? Error;
+        public IMigrationTarget? Target;
+
+        public Destination(IMigrationListener listener, IncomingOptions options)
+        {
+            _thread = new Thread(() =>
+            {
+                try
+                {
+                    Target = new IncomingMigration(listener, Factory, options).Run();
+                }
+                catch (Exception e)
+                {
+                    Error = e;
+                }
+            }) { IsBackground = true, Name = "test-destination" };
+            _thread.Start();
+        }
+
+        public bool Join() => _thread.Join(TimeSpan.FromSeconds(10));
+
+        /// <summary>Wait for the end and check the discard promise: failed with a reason, one guest, disposed, never started.</summary>
+        public MigrationException AssertFailedAndDiscarded()
+        {
+            Assert.True(Join(), "the destination did not give up within 10 s");
+            Target?.Dispose();
+            Assert.Null(Target);
+            var e = Assert.IsType<MigrationException>(Error, exactMatch: false);
+            var created = Assert.Single(Factory.Created);
+            Assert.False(created.Started, "the destination started a guest the source never committed");
+            Assert.True(created.Disposed, "the half-built guest must be discarded");
+            return e;
+        }
+    }
+
+    private static IncomingOptions Options(long maxStateBytes = 16L << 20, int maxStateSections = 4096) => new()
+    {
+        PeerTimeout = PeerTimeout,
+        MaxMemoryBytes = 1UL << 30,
+        MaxStateBytes = maxStateBytes,
+        MaxStateSections = maxStateSections,
+    };
+
+    /// <summary>Connect one page channel and complete the handshake for a 1 MiB guest.</summary>
+    private static (MigrationConnection Connection, ProtocolWriter Writer, ProtocolReader Reader) Handshake(InMemoryTransport transport, IReadOnlyList<(ulong, ulong)>? layout = null)
+    {
+        var c = transport.Connector.Connect(1, CancellationToken.None);
+        var writer = new ProtocolWriter(c.Control);
+        var reader = new ProtocolReader(c.Control);
+        writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
+            ProtocolCapabilities.None, layout ?? Layout, ReadOnlyMemory<byte>.Empty));
+        reader.Expect<WelcomeMessage>();
+        return (c, writer, reader);
+    }
+
+    /// <summary>Keepalives on the control and the page channel every 100 ms, so only a deadline can end the wait.</summary>
+    private static Thread KeepAlive(MigrationConnection c, CancellationToken stop)
+    {
+        var t = new Thread(() =>
+        {
+            var control = new ProtocolWriter(c.Control);
+            var page = new PageBatchWriter(c.Pages[0]);
+            try
+            {
+                while (!stop.WaitHandle.WaitOne(100))
+                {
+                    control.WriteKeepalive(1);
+                    page.WriteKeepalive(1);
+                }
+            }
+            catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+            {
+                // The destination gave up and closed: what the test waits for.
+            }
+        }) { IsBackground = true, Name = "test-keepalive" };
+        t.Start();
+        return t;
+    }
+
+    [Fact]
+    public void AHelloInAVersionThisReceiverDoesNotSpeakIsRefusedBeforeAnyGuestIsBuilt()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        using var c = transport.Connector.Connect(1, CancellationToken.None);
+        new ProtocolWriter(c.Control).WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion + 1, Guid.NewGuid(),
+            MigrationProtocol.PageSize, 1, ProtocolCapabilities.None, Layout, ReadOnlyMemory<byte>.Empty));
+        var refused = Assert.IsType<MigrationPeerException>(Record.Exception(() => new ProtocolReader(c.Control).Expect<WelcomeMessage>()));
+        Assert.Equal(RecordKind.Refuse, refused.Kind);
+        Assert.Contains($"protocol version {MigrationProtocol.CurrentVersion + 1} is not supported", refused.Message);
+        c.Dispose();
+        Assert.True(destination.Join(), "the destination did not end after refusing");
+        Assert.Contains("handshake refused", Assert.IsType<MigrationException>(destination.Error, exactMatch: false).Message);
+        Assert.Empty(destination.Factory.Created);
+    }
+
+    [Theory]
+    [InlineData(300 << 10, 4, 1 << 20, 4096)] // the fourth 300 KiB section passes 1 MiB
+    [InlineData(0, 9, 16 << 20, 8)] // empty sections cost no bytes but still count
+    public void StateSectionsBeyondTheReceiversTotalFailTheMigrationAndTheSourceIsToldWhy(int sectionBytes, int sections, long maxBytes, int maxSections)
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options(maxBytes, maxSections));
+        var (c, writer, reader) = Handshake(transport);
+        using (c)
+        {
+            for (int i = 0; i < sections; i++) writer.WriteStateSection(new StateSection($"s{i}", 1, new byte[sectionBytes]));
+            var error = Assert.IsType<MigrationPeerException>(Record.Exception(() => reader.Expect<CommitMessage>()));
+            Assert.Equal(ProtocolErrorCode.Protocol, error.Code);
+            Assert.Contains("state sections exceed", error.Message);
+        }
+        var e = destination.AssertFailedAndDiscarded();
+        Assert.Contains($"at 's{sections - 1}'", e.Message);
+    }
+
+    [Fact]
+    public void ADestinationWhosePageChannelNeverFlushesAfterCompleteGivesUpWithinThePeerTimeout()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer, _) = Handshake(transport);
+        using var stop = new CancellationTokenSource();
+        using (c)
+        {
+            writer.WriteComplete(1, CompleteFlags.None);
+            // Alive on every channel, but the Flush never comes.
+            var keepalive = KeepAlive(c, stop.Token);
+            var e = destination.AssertFailedAndDiscarded();
+            stop.Cancel();
+            keepalive.Join();
+            Assert.Contains("did not deliver their Flush", e.Message);
+            Assert.InRange(destination.Clock.Elapsed, PeerTimeout, PeerTimeout * 6);
+        }
+    }
+
+    [Fact]
+    public void ADestinationThatNeverGetsCommitAfterReadyDiscardsTheGuestWithinThePeerTimeout()
+    {
+        // Real state for the 1 MiB layout, so the destination loads it and answers Ready.
+        using var guest = MigrationHarness.NewGuest(1, fill: MemoryFill.Zero);
+        guest.Pause();
+        var state = guest.SaveState();
+        var layout = guest.Regions.Select(r => (r.GuestPhysicalAddress, r.Size)).ToArray();
+
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer, reader) = Handshake(transport, layout);
+        using var stop = new CancellationTokenSource();
+        using (c)
+        {
+            new PageBatchWriter(c.Pages[0]).WriteFlush(1);
+            foreach (var s in state) writer.WriteStateSection(s);
+            writer.WriteComplete(1, CompleteFlags.None);
+            reader.Expect<ReadyMessage>();
+            // Alive, never deciding: the Commit deadline, not the silence watchdog, must end it.
+            var keepalive = KeepAlive(c, stop.Token);
+            var e = destination.AssertFailedAndDiscarded();
+            stop.Cancel();
+            keepalive.Join();
+            Assert.Contains("no Commit within", e.Message);
+        }
+        guest.Resume();
+    }
+}
