@@ -357,11 +357,13 @@ public sealed class OutgoingMigration
         long pauseStart = _time.GetTimestamp();
         _guest.Pause();
         paused = true;
-        stats.PauseMs = Ms(pauseStart);
+        // The breakdown's parts are measured between consecutive timestamps, so they add up to the downtime exactly:
+        // pause | final harvest + final pages until landed | device state until we commit | commit to Resumed.
+        long harvestStart = _time.GetTimestamp();
+        stats.PauseMs = _time.GetElapsedTime(pauseStart, harvestStart).TotalMilliseconds;
 
         // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since. Counted as
         // final-page time (as QEMU counts its last bitmap sync in the downtime).
-        long harvestStart = _time.GetTimestamp();
         _guest.HarvestDirtyLog(bitmap.Words);
         double harvestMs = Ms(harvestStart);
 
@@ -375,6 +377,8 @@ public sealed class OutgoingMigration
         }
 
         long finalStart = _time.GetTimestamp();
+        // Harvest through to the final pass, less the digest (excluded from downtime).
+        harvestMs = _time.GetElapsedTime(harvestStart, finalStart).TotalMilliseconds - stats.SourceDigestMs;
         var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
         double finalSendMs = Ms(finalStart);
         stats.Rounds.Add(new RoundStatistics
@@ -418,7 +422,7 @@ public sealed class OutgoingMigration
         double landedMs = _time.GetElapsedTime(finalStart, completeSent).TotalMilliseconds + oneWayMs + (ready.FlushLagMicroseconds / 1000.0);
         landedMs = Math.Clamp(landedMs, finalSendMs, Math.Max(finalSendMs, untilReady - stats.DestDigestMs - (ready.LoadMicroseconds / 1000.0)));
         stats.FinalPagesMs = harvestMs + landedMs;
-        stats.DeviceStateMs = untilReady - landedMs - stats.DestDigestMs;
+        // Device state runs until we commit (set below), so our own wake-up after Ready is counted too.
         var timings = new SwitchoverTimings
         {
             Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, FinalPagesLanded = landedMs,
@@ -451,6 +455,9 @@ public sealed class OutgoingMigration
             _committed = true;
         }
         long commitAt = _time.GetTimestamp();
+        stats.DeviceStateMs = _time.GetElapsedTime(finalStart, commitAt).TotalMilliseconds - landedMs - stats.DestDigestMs;
+        timings = timings with { ReadyToCommit = _time.GetElapsedTime(Volatile.Read(ref _readyAt), commitAt).TotalMilliseconds };
+        Switchover = timings;
         try
         {
             _control.WriteCommit();

@@ -50,14 +50,17 @@ public sealed record SwitchoverTimings
     /// <summary>What <see cref="ReadyWait"/> holds beyond drain, load and digest: network, scheduling, Ready's encoding.</summary>
     public double ReadyOther => Math.Max(0, ReadyWait - Math.Max(0, DestFlushLag) - DestLoad - DestDigest);
 
+    /// <summary>Ready read (by the return-path thread) until we commit: our wake-up and the digest comparison.</summary>
+    public double ReadyToCommit { get; init; }
+
     /// <summary>Commit written until Resumed read.</summary>
     public double CommitToResumed { get; init; }
 
     /// <summary>
     /// Everything but pause and final pages: what a VMM should pass as <see cref="OutgoingMigration.StateTimeEstimate"/>
-    /// next time (save, send, the destination's load and the Ready round trip, Commit to Resumed; no digest).
+    /// next time (save, send, the destination's load and the Ready round trip, our commit, Commit to Resumed; no digest).
     /// </summary>
-    public double StateTime => FinalPagesSend + Save + SendState + ReadyWait - FinalPagesLanded - DestDigest + CommitToResumed;
+    public double StateTime => FinalPagesSend + Save + SendState + ReadyWait + ReadyToCommit - FinalPagesLanded - DestDigest + CommitToResumed;
 
     /// <summary>Bytes of device state (all sections' data).</summary>
     public long StateBytes { get; init; }

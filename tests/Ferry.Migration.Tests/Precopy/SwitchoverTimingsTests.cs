@@ -31,7 +31,7 @@ public class SwitchoverTimingsTests
         // Final pages count until they landed at the destination, and not before our own sends returned.
         Near(b.FinalPages, t.FinalHarvest + t.FinalPagesLanded);
         Assert.True(t.FinalPagesLanded >= t.FinalPagesSend, $"landed {t.FinalPagesLanded} ms before the sends returned ({t.FinalPagesSend} ms)");
-        Near(b.DeviceState, t.FinalPagesSend + t.Save + t.SendState + t.ReadyWait - t.FinalPagesLanded - t.DestDigest);
+        Near(b.DeviceState, t.FinalPagesSend + t.Save + t.SendState + t.ReadyWait + t.ReadyToCommit - t.FinalPagesLanded - t.DestDigest);
         Near(b.Resume, t.CommitToResumed);
         Assert.True(t.DestDigest > 0, "verify was on: the destination digest time must be reported");
         Assert.True(t.DestLoad > 0 && t.DestLoad <= t.ReadyWait, $"load {t.DestLoad} ms within the Ready wait {t.ReadyWait} ms");
