@@ -380,7 +380,8 @@ public sealed class OutgoingMigration
         // Harvest through to the final pass, less the digest (excluded from downtime).
         harvestMs = _time.GetElapsedTime(harvestStart, finalStart).TotalMilliseconds - stats.SourceDigestMs;
         var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
-        double finalSendMs = Ms(finalStart);
+        long finalSent = _time.GetTimestamp();
+        double finalSendMs = _time.GetElapsedTime(finalStart, finalSent).TotalMilliseconds;
         stats.Rounds.Add(new RoundStatistics
         {
             Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = finalSendMs,
@@ -389,7 +390,7 @@ public sealed class OutgoingMigration
         });
         Interlocked.Exchange(ref _remainingBytes, 0);
 
-        long stateStart = _time.GetTimestamp();
+        long stateStart = finalSent; // contiguous with the final pass, so the timings add up exactly
         var sections = _guest.SaveState();
         long sendStart = _time.GetTimestamp();
         double saveMs = _time.GetElapsedTime(stateStart, sendStart).TotalMilliseconds;
