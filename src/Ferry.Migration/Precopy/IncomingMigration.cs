@@ -131,7 +131,7 @@ public sealed class IncomingMigration
             ReceivedPages = received;
             for (int i = 0; i < receivers.Length; i++)
             {
-                receivers[i] = new Receiver(this, _connection.Pages[i], target.Regions, received);
+                receivers[i] = new Receiver(this, _connection.Pages[i], (i, _connection.Pages.Count), target.Regions, received);
                 receivers[i].Start();
             }
             SwitchoverWarmup.Destination(target);
@@ -448,11 +448,11 @@ public sealed class IncomingMigration
         private readonly PageBatchReader _reader;
         private readonly Thread _thread;
 
-        public Receiver(IncomingMigration owner, IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received)
+        public Receiver(IncomingMigration owner, IMigrationChannel channel, (int Index, int Count) shard, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received)
         {
             _owner = owner;
             _channel = channel;
-            _reader = new PageBatchReader(channel, regions, received) { PopulateFreshRuns = owner._options.PopulateFreshRuns };
+            _reader = new PageBatchReader(channel, regions, received) { PopulateFreshRuns = owner._options.PopulateFreshRuns, Shard = shard };
             _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
         }
 

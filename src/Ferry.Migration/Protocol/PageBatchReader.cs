@@ -66,6 +66,14 @@ public sealed class PageBatchReader
     /// </summary>
     public bool PopulateFreshRuns { get; set; }
 
+    /// <summary>
+    /// When set, every run must lie within one 2 MiB chunk that this channel owns: page p of region r belongs to
+    /// channel ((p &gt;&gt; 9) + r) % Count (MigrationProtocol.cs). The destination relies on that rule for per-page
+    /// ordering (a page's versions all travel on one stream); a source breaking it could have two receive threads
+    /// write one page at once, so it is a protocol error, not trusted.
+    /// </summary>
+    public (int Index, int Count)? Shard { get; init; }
+
     /// <summary>The runs of the last batch read.</summary>
     public ReadOnlySpan<PageRun> LastRuns => _runs.AsSpan(0, _runCount);
 
@@ -95,6 +103,20 @@ public sealed class PageBatchReader
         }
     }
 
+    private void CheckShard((int Index, int Count) shard, int regionIndex, int runCount)
+    {
+        const int chunkShift = 9; // 2 MiB chunks, as the sender deals them
+        for (int i = 0; i < runCount; i++)
+        {
+            var run = _runs[i];
+            ulong chunk = run.FirstPage >> chunkShift;
+            bool oneChunk = shard.Count == 1 || ((run.FirstPage + run.Count - 1) >> chunkShift) == chunk;
+            if (!oneChunk || (int)((chunk + (ulong)regionIndex) % (ulong)shard.Count) != shard.Index)
+                throw new MigrationProtocolException(
+                    $"PageBatch on {_channel.Name}: pages {run.FirstPage}..{run.FirstPage + run.Count - 1} of region {regionIndex} belong to another page channel");
+        }
+    }
+
     private PageRecord ReadBatch(RecordHeader h)
     {
         const int H = MigrationProtocol.HeaderSize;
@@ -115,6 +137,7 @@ public sealed class PageBatchReader
         var region = _regions[regionIndex];
         var (normal, zero) = PageBatchCodec.ParseRuns(_table.AsSpan(H + BH, tableBytes), region.Pages, _runs.AsSpan(0, runCount));
         _runCount = runCount;
+        if (Shard is { } shard) CheckShard(shard, regionIndex, runCount);
         long expected = BH + tableBytes + ((long)normal << MemoryRegion.PageShift) + T;
         if (h.PayloadLength != expected)
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");

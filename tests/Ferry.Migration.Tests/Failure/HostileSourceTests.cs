@@ -121,6 +121,33 @@ public class HostileSourceTests
     }
 
     [Theory]
+    [InlineData(1, 0UL, 1U)]     // page 0 is in chunk 0: channel 0's
+    [InlineData(0, 511UL, 2U)]   // pages 511..512 straddle chunks 0 and 1
+    public void APageSentOnAChannelThatDoesNotOwnItFailsTheMigration(int channel, ulong firstPage, uint count)
+    {
+        // 4 MiB = two 2 MiB chunks, dealt to channels 0 and 1. A source breaking the rule could have two receive
+        // threads write one page at once, and a page's versions could arrive out of order.
+        (ulong, ulong)[] layout = [(0, 4 << 20)];
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var c = transport.Connector.Connect(2, CancellationToken.None);
+        using (c)
+        {
+            new ProtocolWriter(c.Control).WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(),
+                MigrationProtocol.PageSize, 2, ProtocolCapabilities.None, layout, ReadOnlyMemory<byte>.Empty));
+            var reader = new ProtocolReader(c.Control);
+            reader.Expect<WelcomeMessage>();
+            // Zero runs carry no data, so the region's host address is never read.
+            var region = new MemoryRegion(0, 4 << 20, 0);
+            new PageBatchWriter(c.Pages[channel]).WriteBatch(0, region, [new PageRun(firstPage, count, PageEncoding.Zero)], checksumData: false);
+            var error = Assert.IsType<MigrationPeerException>(Record.Exception(() => reader.Expect<CommitMessage>()));
+            Assert.Equal(ProtocolErrorCode.Protocol, error.Code);
+            Assert.Contains("belong to another page channel", error.Message);
+        }
+        Assert.Contains("belong to another page channel", destination.AssertFailedAndDiscarded().Message);
+    }
+
+    [Theory]
     [InlineData(300 << 10, 4, 1 << 20, 4096)] // the fourth 300 KiB section passes 1 MiB
     [InlineData(0, 9, 16 << 20, 8)] // empty sections cost no bytes but still count
     public void StateSectionsBeyondTheReceiversTotalFailTheMigrationAndTheSourceIsToldWhy(int sectionBytes, int sections, long maxBytes, int maxSections)
