@@ -88,8 +88,11 @@ namespace Ferry.Migration.Protocol;
 ///   string       length u16 (&lt;= 1024) | UTF-8 bytes (strictly valid)
 /// </code>
 ///
-/// <para><b>PageBatch checksum.</b> XxHash3-64 (seed 0) over the record header, the batch header and the runs, and
-/// also over the data when DataChecksummed is set. Data is only checksummed when flagged because during pre-copy the
+/// <para><b>PageBatch checksum.</b> h = XxHash3-64 (seed 0) of the record header, the batch header and the runs;
+/// when DataChecksummed is set, then for each Normal run in order h = XxHash3-64 of that run's data with seed h
+/// (the u64 reinterpreted as a signed seed). One-shot hashes chained by seed, not one streaming hash: .NET's streaming
+/// XxHash3 measured 1.06 GB/s on 4 KiB appends against 22-40 GB/s one-shot, ~10 µs per page of downtime in the final
+/// pass. Data is only checksummed when flagged because during pre-copy the
 /// guest keeps writing the very pages being sent straight from its memory: a page changed between hashing and
 /// sending would fail a sound transfer, and it is re-sent anyway because the dirty log saw the write. The engine sets
 /// DataChecksummed in stop-and-copy, when the guest is paused. TCP's own checksum still covers the bytes in flight.

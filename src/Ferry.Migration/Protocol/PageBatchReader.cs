@@ -28,7 +28,6 @@ public sealed class PageBatchReader
     // Decoded runs of the last batch.
     private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
     private int _runCount;
-    private readonly XxHash3 _hash = new();
     // Which pages hold received data (shared by every channel of one guest), or null: memory content unknown.
     private readonly ReceivedPageMap? _received;
 
@@ -143,8 +142,8 @@ public sealed class PageBatchReader
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");
 
         bool checksumData = (h.Flags & (byte)PageBatchFlags.DataChecksummed) != 0;
-        _hash.Reset();
-        _hash.Append(_table.AsSpan(0, H + BH + tableBytes));
+        // Chained one-shot hashes, run by run: see PageBatchWriter and MigrationProtocol.cs.
+        ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
         for (int i = 0; i < runCount; i++)
         {
             var run = _runs[i];
@@ -164,7 +163,7 @@ public sealed class PageBatchReader
                 if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
                     Populate(address, pages.Length);
                 Wire.ReceiveBody(_channel, pages, h.Kind);
-                if (checksumData) _hash.Append(pages);
+                if (checksumData) hash = XxHash3.HashToUInt64(pages, (long)hash);
                 _received?.MarkHeld(regionIndex, run.FirstPage, run.Count);
             }
             else if (_received is not null)
@@ -182,7 +181,7 @@ public sealed class PageBatchReader
         }
         var trailer = _table.AsSpan(H + BH + tableBytes, T);
         Wire.ReceiveBody(_channel, trailer, h.Kind);
-        if (_hash.GetCurrentHashAsUInt64() != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
+        if (hash != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
     }

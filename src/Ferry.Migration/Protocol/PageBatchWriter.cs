@@ -25,7 +25,6 @@ public sealed class PageBatchWriter
     // Header/table segment, at most one segment per Normal run (each holds >= 1 page), trailer.
     private readonly IoSegment[] _segments = new IoSegment[2 + MigrationProtocol.MaxNormalPagesPerBatch];
     // Reused trailer hash.
-    private readonly XxHash3 _hash = new();
 
     public PageBatchWriter(IMigrationChannel channel)
     {
@@ -82,20 +81,22 @@ public sealed class PageBatchWriter
         var flags = checksumData ? PageBatchFlags.DataChecksummed : PageBatchFlags.None;
         new RecordHeader(RecordKind.PageBatch, (byte)flags, payload).Write(_buffer);
 
-        _hash.Reset();
-        _hash.Append(_buffer.AsSpan(0, table));
+        // One-shot hashes chained by seed, run by run (MigrationProtocol.cs): the streaming XxHash3.Append measured
+        // 1.06 GB/s on 4 KiB appends against 22-40 GB/s one-shot, which made the final pass cost ~10 µs per page.
+        ulong hash = XxHash3.HashToUInt64(_buffer.AsSpan(0, table));
         if (checksumData)
         {
-            for (int s = 1; s < segmentCount; s++)
+            foreach (var r in runs)
             {
+                if (r.Encoding != PageEncoding.Normal) continue;
                 unsafe
                 {
-                    // SAFETY: the segment lies inside the region's host mapping (checked above), which outlives the call.
-                    _hash.Append(new ReadOnlySpan<byte>((void*)_segments[s].Address, _segments[s].Length));
+                    // SAFETY: the run lies inside the region's host mapping (checked above), which outlives the call.
+                    hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)region.PageAddress(r.FirstPage), (int)r.Count << MemoryRegion.PageShift), (long)hash);
                 }
             }
         }
-        BinaryPrimitives.WriteUInt64LittleEndian(_buffer.AsSpan(TableCapacity), _hash.GetCurrentHashAsUInt64());
+        BinaryPrimitives.WriteUInt64LittleEndian(_buffer.AsSpan(TableCapacity), hash);
 
         _segments[0] = new IoSegment(_bufferAddress, table);
         _segments[segmentCount++] = new IoSegment(_bufferAddress + TableCapacity, MigrationProtocol.TrailerSize);

@@ -46,10 +46,18 @@ public class PageBatchTests
     {
         using var memory = new NativeGuestMemory((0, 4));
         memory.FillPattern(3);
-        var bytes = WriteBatch(memory, 0, [new(0, 2, PageEncoding.Normal)], checksumData: true, out _);
+        // Two Normal runs (pages 0-1 and 3) around a Zero run: the data hash is chained run by run, seeded with the
+        // hash so far (MigrationProtocol.cs), starting from the hash of header, batch header and runs.
+        var bytes = WriteBatch(memory, 0, [new(0, 2, PageEncoding.Normal), new(2, 1, PageEncoding.Zero), new(3, 1, PageEncoding.Normal)],
+            checksumData: true, out _);
         Assert.Equal((byte)PageBatchFlags.DataChecksummed, bytes[1]);
-        ulong expected = XxHash3.HashToUInt64(bytes.AsSpan(0, bytes.Length - 8));
+        int table = bytes.Length - 8 - 3 * 4096;
+        ulong expected = XxHash3.HashToUInt64(bytes.AsSpan(0, table));
+        expected = XxHash3.HashToUInt64(bytes.AsSpan(table, 2 * 4096), (long)expected);
+        expected = XxHash3.HashToUInt64(bytes.AsSpan(table + 2 * 4096, 4096), (long)expected);
         Assert.Equal(expected, BinaryPrimitives.ReadUInt64LittleEndian(bytes.AsSpan(bytes.Length - 8)));
+        // And it differs from the metadata-only checksum: the data is really covered.
+        Assert.NotEqual(XxHash3.HashToUInt64(bytes.AsSpan(0, table)), expected);
     }
 
     [Fact]
