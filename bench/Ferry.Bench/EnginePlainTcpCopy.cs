@@ -12,9 +12,9 @@ namespace Ferry.Bench;
 /// <c>send</c> calls of 1 MiB, received with plain <c>recv</c> calls, no framing, no checksums, no dirty log.
 /// </summary>
 /// <remarks>
-/// The receiver writes into a fresh anonymous mapping of the guest's size, as a migration destination must (every
-/// first touch of a page costs a page fault there too); <see cref="Measure"/> can also receive into one reused 1 MiB
-/// buffer, the cheapest possible receiver, to show what those faults cost. Socket buffers are the page channels'
+/// The receiver writes into an anonymous mapping of the guest's size, faulted in before the clock starts as the
+/// engine's preallocated destination is (page faults on this VM host cost 0.1-2.7 s/GiB and swamped the comparison);
+/// <see cref="Measure"/> can also receive into one reused 1 MiB buffer, the cheapest possible receiver. Socket buffers are the page channels'
 /// (<see cref="TcpTransportOptions.PageSocketBufferBytes"/>) so the yardstick and the engine get the same TCP windows.
 /// </remarks>
 internal static class EnginePlainTcpCopy
@@ -23,7 +23,7 @@ internal static class EnginePlainTcpCopy
     private const int ChunkBytes = 1 << 20;
 
     /// <summary>Copy every byte of <paramref name="regions"/> over <paramref name="sockets"/> connections; returns bytes/s.</summary>
-    public static double Measure(IReadOnlyList<MemoryRegion> regions, int sockets, bool receiveIntoFreshMemory)
+    public static double Measure(IReadOnlyList<MemoryRegion> regions, int sockets, bool receiveIntoMapping)
     {
         // Each socket carries a contiguous share of memory: the simplest plain copy.
         var totalBytes = regions.Aggregate(0UL, (sum, r) => sum + r.Size);
@@ -44,7 +44,7 @@ internal static class EnginePlainTcpCopy
             servers[i].ReceiveBufferSize = bufferBytes;
         }
 
-        using var destination = receiveIntoFreshMemory ? GuestMemoryMapping.Create(totalBytes) : null;
+        using var destination = receiveIntoMapping ? GuestMemoryMapping.Create(totalBytes) : null;
         // Faulted in before the clock starts, as the engine's destination is (Preallocate): page faults on this VM host
         // cost 0.1 to 2.7 s/GiB depending on whether the host still holds the memory, which swamped the comparison.
         destination?.Populate();
@@ -65,7 +65,7 @@ internal static class EnginePlainTcpCopy
             }) { Name = $"plain-send-{i}" });
             threads.Add(new Thread(() =>
             {
-                var scratch = receiveIntoFreshMemory ? null : GC.AllocateUninitializedArray<byte>(ChunkBytes, pinned: true);
+                var scratch = receiveIntoMapping ? null : GC.AllocateUninitializedArray<byte>(ChunkBytes, pinned: true);
                 start.Wait();
                 foreach (var (_, length, offset) in share)
                 {

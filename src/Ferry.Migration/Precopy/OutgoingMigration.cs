@@ -227,8 +227,7 @@ public sealed class OutgoingMigration
             _pageChannels = channels;
             _senders = senders;
         }
-        // Started before the check below: Finish stops (joins) every published sender, and joining a thread never
-        // started throws. They idle until a pass is given, so starting them on a failed migration costs nothing.
+        // They idle until a pass is given, so starting them before the failure check below costs nothing.
         foreach (var s in senders) s.StartThread();
         // A failure recorded before the channels were published did not abort them.
         _abort.Token.ThrowIfCancellationRequested();

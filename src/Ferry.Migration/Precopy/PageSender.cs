@@ -114,6 +114,9 @@ internal sealed class PageSender
     {
         _stop = true;
         if (_go.CurrentCount == 0) _go.Release();
+        // A sender created but never started (a migration that failed during setup) has nothing to wait for; Join
+        // on an unstarted thread throws.
+        if ((_thread.ThreadState & ThreadState.Unstarted) != 0) return;
         _thread.Join(timeout);
     }
 
