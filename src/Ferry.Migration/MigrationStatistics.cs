@@ -68,6 +68,9 @@ public sealed record MigrationStatistics
     [JsonPropertyName("rounds")] public IReadOnlyList<RoundStatistics> Rounds { get; init; } = [];
     [JsonPropertyName("throttle_pct")] public int ThrottlePercent { get; init; }
     [JsonPropertyName("verify")] public VerifyResult? Verify { get; init; }
+
+    /// <summary>Where the downtime went, finer than <see cref="DowntimeBreakdownMs"/>; null unless the switchover reached Ready.</summary>
+    [JsonPropertyName("switchover_ms")] public Precopy.SwitchoverTimings? Switchover { get; init; }
 }
 
 /// <summary>A progress report while a migration runs (for progress bars and the API's status).</summary>

@@ -28,6 +28,12 @@ public class EndToEndTests
         var breakdown = root.GetProperty("downtime_breakdown_ms");
         foreach (var part in new[] { "pause", "final_pages", "device_state", "resume" })
             Assert.True(breakdown.TryGetProperty(part, out _), part);
+        // The finer switchover figures agree with the breakdown they refine.
+        var switchover = root.GetProperty("switchover_ms");
+        Assert.Equal(breakdown.GetProperty("pause").GetDouble(), switchover.GetProperty("pause").GetDouble(), 6);
+        Assert.Equal(breakdown.GetProperty("resume").GetDouble(), switchover.GetProperty("commit_to_resumed").GetDouble(), 6);
+        Assert.True(switchover.GetProperty("final_pages_landed").GetDouble() >= switchover.GetProperty("final_pages_send").GetDouble());
+        Assert.True(switchover.GetProperty("state_bytes").GetInt64() > 0);
         // Every page travelled at least once, as data or as a zero run.
         var pages = root.GetProperty("pages");
         Assert.True(pages.GetProperty("normal").GetInt64() + pages.GetProperty("zero").GetInt64() >= 16_384);

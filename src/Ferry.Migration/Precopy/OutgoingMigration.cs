@@ -697,6 +697,7 @@ public sealed class OutgoingMigration
             Rounds = stats.Rounds,
             ThrottlePercent = _throttle,
             Verify = stats.Verify,
+            Switchover = failure is null ? Switchover : null,
         };
         Report();
         return result;

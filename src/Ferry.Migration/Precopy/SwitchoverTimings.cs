@@ -1,3 +1,5 @@
+using System.Text.Json.Serialization;
+
 namespace Ferry.Migration.Precopy;
 
 /// <summary>
@@ -15,53 +17,53 @@ namespace Ferry.Migration.Precopy;
 public sealed record SwitchoverTimings
 {
     /// <summary>Guest pause.</summary>
-    public double Pause { get; init; }
+    [JsonPropertyName("pause")] public double Pause { get; init; }
 
     /// <summary>The last dirty-log harvest, after the pause.</summary>
-    public double FinalHarvest { get; init; }
+    [JsonPropertyName("final_harvest")] public double FinalHarvest { get; init; }
 
     /// <summary>Final pass on the source: every sender wrote its last page and its Flush.</summary>
-    public double FinalPagesSend { get; init; }
+    [JsonPropertyName("final_pages_send")] public double FinalPagesSend { get; init; }
 
     /// <summary>
     /// From the final pass's start until the destination had every page channel's Flush, on the source's clock:
     /// Complete sent + half the measured control round trip + <see cref="DestFlushLag"/>, kept within what is known.
     /// </summary>
-    public double FinalPagesLanded { get; init; }
+    [JsonPropertyName("final_pages_landed")] public double FinalPagesLanded { get; init; }
 
     /// <summary>Destination: last Flush arrival minus Complete's (negative: the pages were there first).</summary>
-    public double DestFlushLag { get; init; }
+    [JsonPropertyName("dest_flush_lag")] public double DestFlushLag { get; init; }
 
     /// <summary>Guest SaveState.</summary>
-    public double Save { get; init; }
+    [JsonPropertyName("save")] public double Save { get; init; }
 
     /// <summary>Writing every state section and Complete on the control channel.</summary>
-    public double SendState { get; init; }
+    [JsonPropertyName("send_state")] public double SendState { get; init; }
 
     /// <summary>Complete written until Ready read.</summary>
-    public double ReadyWait { get; init; }
+    [JsonPropertyName("ready_wait")] public double ReadyWait { get; init; }
 
     /// <summary>Destination: LoadState.</summary>
-    public double DestLoad { get; init; }
+    [JsonPropertyName("dest_load")] public double DestLoad { get; init; }
 
     /// <summary>Destination: memory digest (verify only; excluded from the downtime).</summary>
-    public double DestDigest { get; init; }
+    [JsonPropertyName("dest_digest")] public double DestDigest { get; init; }
 
     /// <summary>What <see cref="ReadyWait"/> holds beyond drain, load and digest: network, scheduling, Ready's encoding.</summary>
-    public double ReadyOther => Math.Max(0, ReadyWait - Math.Max(0, DestFlushLag) - DestLoad - DestDigest);
+    [JsonPropertyName("ready_other")] public double ReadyOther => Math.Max(0, ReadyWait - Math.Max(0, DestFlushLag) - DestLoad - DestDigest);
 
     /// <summary>Ready read (by the return-path thread) until we commit: our wake-up and the digest comparison.</summary>
-    public double ReadyToCommit { get; init; }
+    [JsonPropertyName("ready_to_commit")] public double ReadyToCommit { get; init; }
 
     /// <summary>Commit written until Resumed read.</summary>
-    public double CommitToResumed { get; init; }
+    [JsonPropertyName("commit_to_resumed")] public double CommitToResumed { get; init; }
 
     /// <summary>
     /// Everything but pause and final pages: what a VMM should pass as <see cref="OutgoingMigration.StateTimeEstimate"/>
     /// next time (save, send, the destination's load and the Ready round trip, our commit, Commit to Resumed; no digest).
     /// </summary>
-    public double StateTime => FinalPagesSend + Save + SendState + ReadyWait + ReadyToCommit - FinalPagesLanded - DestDigest + CommitToResumed;
+    [JsonPropertyName("state_time")] public double StateTime => FinalPagesSend + Save + SendState + ReadyWait + ReadyToCommit - FinalPagesLanded - DestDigest + CommitToResumed;
 
     /// <summary>Bytes of device state (all sections' data).</summary>
-    public long StateBytes { get; init; }
+    [JsonPropertyName("state_bytes")] public long StateBytes { get; init; }
 }
