@@ -44,6 +44,12 @@ public static partial class Libc
     /// <summary>Fault in the range writable now (Linux 5.14+), far cheaper than one page fault per first touch.</summary>
     public const int MADV_POPULATE_WRITE = 23;
 
+    /// <summary>
+    /// Collapse the range's 4 KiB pages into transparent huge pages now, synchronously, keeping their contents
+    /// (Linux 6.1+; EINVAL before). Safe while other threads use the memory: as khugepaged does, but on request.
+    /// </summary>
+    public const int MADV_COLLAPSE = 25;
+
     /// <summary>errno value: invalid argument (e.g. an madvise advice this kernel does not know).</summary>
     public const int EINVAL = 22;
 

@@ -36,6 +36,13 @@ public sealed record IncomingOptions
     /// on transparent huge pages, as measured here. Off by default, since guest memory should use huge pages.
     /// </summary>
     public bool PopulateFreshRuns { get; init; }
+
+    /// <summary>
+    /// During pre-copy, fault in in the background every 2 MiB chunk of guest memory in which at least this many of
+    /// the 512 pages hold received data, so the stop-and-copy pass lands in mapped memory (see
+    /// <see cref="ChunkPrefaulter"/>); 0 turns it off. Default 64 (an eighth of the chunk).
+    /// </summary>
+    public int PrefaultChunkThreshold { get; init; } = ChunkPrefaulter.DefaultMinHeldPages;
 }
 
 /// <summary>
@@ -69,6 +76,10 @@ public sealed class IncomingMigration
     private volatile bool _done;
     // Timestamp of the last record from the source on any channel.
     private long _lastHeard;
+    // Whether page-channel Keepalives are echoed on the control channel (capability LandedSync).
+    private volatile bool _landedSync;
+    // Faults in used chunks during pre-copy; receivers stop it when the final pass begins.
+    private ChunkPrefaulter? _prefaulter;
     // Aborts the control channel if the source does not close after a receiver's Error (see FailFromReceiver).
     private ITimer? _backstop;
 
@@ -80,6 +91,8 @@ public sealed class IncomingMigration
         ArgumentOutOfRangeException.ThrowIfLessThanOrEqual(options.PeerTimeout, TimeSpan.Zero);
         ArgumentOutOfRangeException.ThrowIfNegative(options.MaxStateBytes);
         ArgumentOutOfRangeException.ThrowIfNegative(options.MaxStateSections);
+        ArgumentOutOfRangeException.ThrowIfNegative(options.PrefaultChunkThreshold);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(options.PrefaultChunkThreshold, ChunkPrefaulter.ChunkPages);
         _listener = listener;
         _factory = factory;
         _options = options;
@@ -91,6 +104,9 @@ public sealed class IncomingMigration
 
     /// <summary>Pages received as zero runs (all rounds); valid after <see cref="Run"/>.</summary>
     public long ZeroPages { get; private set; }
+
+    /// <summary>Chunks of guest memory faulted in ahead of the final pass (<see cref="IncomingOptions.PrefaultChunkThreshold"/>); valid after <see cref="Run"/>.</summary>
+    public int ChunksPrefaulted { get; private set; }
 
     /// <summary>Which destination pages hold received data (how Zero runs were applied); set once the handshake succeeded.</summary>
     public ReceivedPageMap? ReceivedPages { get; private set; }
@@ -104,6 +120,7 @@ public sealed class IncomingMigration
         using var registration = cancellationToken.Register(static s => ((IncomingMigration)s!).Fail("cancelled on the destination", null), this);
         IMigrationTarget? target = null;
         Receiver[] receivers = [];
+        ChunkPrefaulter? prefaulter = null;
         ITimer? keepalive = null;
         ProtocolReader? reader = null;
         bool started = false;
@@ -122,6 +139,7 @@ public sealed class IncomingMigration
 
             target = _factory.Create(hello.VmId, hello.Regions);
             CheckLayout(target.Regions, hello.Regions);
+            _landedSync = (decision.Capabilities & ProtocolCapabilities.LandedSync) != 0;
             _control.WriteWelcome(decision.Capabilities);
             _keepalivesOn = true;
 
@@ -129,11 +147,17 @@ public sealed class IncomingMigration
             receivers = new Receiver[_connection.Pages.Count];
             var received = new ReceivedPageMap(target.Regions);
             ReceivedPages = received;
+            if (_options.PrefaultChunkThreshold > 0)
+            {
+                prefaulter = new ChunkPrefaulter(target.Regions, received, _options.PrefaultChunkThreshold);
+                _prefaulter = prefaulter;
+            }
             for (int i = 0; i < receivers.Length; i++)
             {
                 receivers[i] = new Receiver(this, _connection.Pages[i], (i, _connection.Pages.Count), target.Regions, received);
                 receivers[i].Start();
             }
+            prefaulter?.Start();
             SwitchoverWarmup.Destination(target);
             var sections = new List<StateSection>();
             long stateBytes = 0;
@@ -148,7 +172,11 @@ public sealed class IncomingMigration
                         throw new MigrationProtocolException($"state sections exceed this receiver's limit of {_options.MaxStateSections} sections and {_options.MaxStateBytes} bytes (at '{s.Section.Name}')");
                     sections.Add(s.Section);
                 }
-                else if (m is CompleteMessage c) { complete = c; break; }
+                else if (m is CompleteMessage c)
+                {
+                    complete = c;
+                    break;
+                }
                 else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
             }
 
@@ -156,6 +184,9 @@ public sealed class IncomingMigration
             // Flush arrived relative to Complete is reported in Ready, so the source can count the time until the
             // destination had every final page as final-page time, not device-state time.
             long completeRead = _time.GetTimestamp();
+            // The source is paused: nothing may compete with the final pages from here (a receiver usually said so
+            // already, on the first batch of the final pass).
+            prefaulter?.RequestStop();
             // Bounded: the source sends Complete only after every Flush was handed to its page channels, so what is
             // left is what sits in socket buffers (a few MiB). A source that keeps the page channels alive with
             // Keepalives but never flushes must not hold the destination forever.
@@ -168,6 +199,11 @@ public sealed class IncomingMigration
                     if (r.FlushSequence != complete.FlushSequence)
                         throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
                 }
+            }
+            if (prefaulter is not null)
+            {
+                prefaulter.Dispose();
+                ChunksPrefaulted = prefaulter.ChunksPrefaulted;
             }
             long lastFlush = long.MinValue;
             foreach (var r in receivers) lastFlush = Math.Max(lastFlush, r.FlushedAt);
@@ -232,6 +268,7 @@ public sealed class IncomingMigration
             _connection.Abort();
             bool receiversOut = true;
             foreach (var r in receivers) receiversOut &= r.Join();
+            prefaulter?.Dispose(); // out of guest memory before it is unmapped
             // A receive thread still inside guest memory would fault on an unmapped page and take the process down:
             // leak the mapping instead (only a transport that ignores Abort can get here).
             if (receiversOut) target?.Dispose();
@@ -243,6 +280,7 @@ public sealed class IncomingMigration
             _done = true;
             keepalive?.Dispose();
             foreach (var r in receivers) r.Join();
+            prefaulter?.Dispose();
             // After the joins: a failing receive thread arms the backstop, so disposing it earlier could miss one.
             _backstop?.Dispose();
             _connection.Dispose();
@@ -394,7 +432,11 @@ public sealed class IncomingMigration
         }
     }
 
-    /// <summary>Echo a source Keepalive at once: the source measures the control round trip from it.</summary>
+    /// <summary>
+    /// Echo a source Keepalive at once (the source measures the control round trip from those of the control channel,
+    /// and learns from those of a page channel that it has landed everything before them). Any thread: the control
+    /// writer serialises records.
+    /// </summary>
     private void Echo(ulong stamp)
     {
         try
@@ -484,10 +526,13 @@ public sealed class IncomingMigration
                     switch (record.Kind)
                     {
                         case PageRecordKind.PageBatch:
+                            if (_reader.LastBatchDataChecksummed) _owner._prefaulter?.RequestStop();
                             NormalPages += record.NormalPages;
                             ZeroPages += record.ZeroPages;
                             break;
                         case PageRecordKind.Keepalive:
+                            // Landed sync: every record before this one was applied; tell the source.
+                            if (_owner._landedSync) _owner.Echo(record.Value);
                             break;
                         case PageRecordKind.Flush:
                             // v1 has one switchover: the Flush is this channel's last record.

@@ -86,6 +86,15 @@ public sealed class OutgoingMigration
     private long _controlRoundTripTicks;
     // Stamp of the latest Keepalive we sent (high bit set), to recognise its echo.
     private ulong _lastKeepaliveStamp;
+    // Landed sync (MigrationProtocol.cs): negotiated; the round whose markers are awaited, and which channels echoed.
+    private bool _landedSync;
+    private readonly Lock _syncLock = new();
+    private long _syncRound = -1;
+    private long _syncEchoed;
+    // Never disposed, like _passDone: the return-path thread may signal it after the migration thread stopped waiting.
+    private readonly CountdownEvent _landed = new(1);
+    private const ulong MarkerTag = 1UL << 62;
+    private const ulong MarkerTagMask = 3UL << 62;
 
     // Progress figures, updated by the migration thread at each round end.
     private long _startTimestamp;
@@ -196,7 +205,7 @@ public sealed class OutgoingMigration
 
         var layout = new (ulong, ulong)[regions.Count];
         for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
-        var caps = _options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None;
+        var caps = ProtocolCapabilities.LandedSync | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None);
         var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
         long helloSent = _time.GetTimestamp();
         _control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
@@ -210,6 +219,7 @@ public sealed class OutgoingMigration
             throw new MigrationProtocolException($"destination accepted capabilities that were not offered: {welcome.Capabilities}");
         if (_options.Verify && (welcome.Capabilities & ProtocolCapabilities.Verify) == 0)
             throw new MigrationException("destination does not support verification, which was asked for");
+        _landedSync = (welcome.Capabilities & ProtocolCapabilities.LandedSync) != 0;
         _keepalivesOn = true;
 
         _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
@@ -288,7 +298,7 @@ public sealed class OutgoingMigration
             Volatile.Write(ref _round, round);
             long roundStart = _time.GetTimestamp();
             meter.Restart();
-            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done, round == 0 ? populated : null);
+            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done, round == 0 ? populated : null, round);
             double roundMs = Ms(roundStart);
             meter.AddSample(bytes);
 
@@ -338,15 +348,56 @@ public sealed class OutgoingMigration
         StopAndCopy(stats, bitmap, done, ref paused);
     }
 
-    /// <summary>One pass over <paramref name="bitmap"/> on every sender; returns (pages, wire bytes) of the pass.</summary>
-    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done, DirtyBitmap? populated = null)
+    /// <summary>
+    /// One pass over <paramref name="bitmap"/> on every sender; returns (pages, wire bytes) of the pass. With
+    /// <paramref name="round"/> given and landed sync negotiated, it returns only once the destination confirmed it
+    /// landed everything sent (MigrationProtocol.cs, "Landed sync").
+    /// </summary>
+    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
+        bool sync = _landedSync && round >= 0;
+        if (sync)
+        {
+            // Armed before any marker of this round can be echoed; under the lock so that a late echo of an earlier
+            // round cannot count against this one.
+            lock (_syncLock)
+            {
+                _landed.Reset(_senders.Length);
+                _syncEchoed = 0;
+                _syncRound = round;
+            }
+        }
         done.Reset(_senders.Length);
-        foreach (var s in _senders) s.Start(bitmap, checksumData, flush, done, populated);
+        for (int i = 0; i < _senders.Length; i++)
+            _senders[i].Start(bitmap, checksumData, flush, done, populated, sync ? Marker(round, i) : 0);
         done.Wait(_abort.Token);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
+        if (sync && !_landed.Wait(_options.PeerTimeout, _abort.Token))
+        {
+            Fail(MigrationStatus.Failed, $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s",
+                notify: true, ProtocolErrorCode.Timeout);
+            _abort.Token.ThrowIfCancellationRequested();
+        }
         return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
+    }
+
+    /// <summary>The landed-sync marker of <paramref name="round"/> on channel <paramref name="channel"/>.</summary>
+    private static ulong Marker(int round, int channel) => MarkerTag | ((ulong)(uint)round << 8) | (uint)channel;
+
+    /// <summary>A destination Keepalive with the marker tag: count it if it is an awaited round's, once per channel.</summary>
+    private void OnMarkerEcho(ulong value)
+    {
+        ulong round = (value >> 8) & ((1UL << 40) - 1);
+        int channel = (int)(value & 0xFF);
+        lock (_syncLock)
+        {
+            if ((long)round != _syncRound || channel >= _senders.Length) return;
+            long bit = 1L << channel;
+            if ((_syncEchoed & bit) != 0) return;
+            _syncEchoed |= bit;
+            _landed.Signal();
+        }
     }
 
     private void StopAndCopy(StatsBuilder stats, DirtyBitmap bitmap, CountdownEvent done, ref bool paused)
@@ -502,6 +553,9 @@ public sealed class OutgoingMigration
                     case null:
                         OnControlLost("destination closed the control channel");
                         return;
+                    case KeepaliveMessage k when (k.Timestamp & MarkerTagMask) == MarkerTag:
+                        OnMarkerEcho(k.Timestamp);
+                        break;
                     case KeepaliveMessage k:
                         OnKeepaliveEcho(k.Timestamp);
                         break;

@@ -47,6 +47,7 @@ internal sealed class PageSender
     private DirtyBitmap? _populated;
     private bool _checksumData;
     private ulong _flushSequence;
+    private ulong _marker;
     private CountdownEvent? _done;
     private bool _stop;
 
@@ -96,11 +97,13 @@ internal sealed class PageSender
 
     /// <summary>
     /// Send every set page of <paramref name="bitmap"/> in this channel's shard (data checksummed only while the guest
-    /// is paused), then Flush(<paramref name="flushSequence"/>) unless it is 0. A page clear in
-    /// <paramref name="populated"/> (same bit layout) is sent as Zero without being read; null reads every page.
+    /// is paused), then Flush(<paramref name="flushSequence"/>) unless it is 0, then Keepalive(<paramref name="marker"/>)
+    /// unless it is 0 (the landed-sync marker, MigrationProtocol.cs). A page clear in <paramref name="populated"/>
+    /// (same bit layout) is sent as Zero without being read; null reads every page.
     /// </summary>
-    public void Start(DirtyBitmap bitmap, bool checksumData, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated = null)
+    public void Start(DirtyBitmap bitmap, bool checksumData, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated = null, ulong marker = 0)
     {
+        _marker = marker;
         _bitmap = bitmap;
         _populated = populated;
         _checksumData = checksumData;
@@ -139,6 +142,10 @@ internal sealed class PageSender
                 if (_flushSequence != 0)
                 {
                     Interlocked.Add(ref _bytesSent, _writer.WriteFlush(_flushSequence));
+                }
+                if (_marker != 0 && !_abort.IsCancellationRequested)
+                {
+                    Interlocked.Add(ref _bytesSent, _writer.WriteKeepalive(_marker));
                 }
             }
             catch (Exception e)

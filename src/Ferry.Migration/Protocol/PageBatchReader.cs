@@ -73,6 +73,12 @@ public sealed class PageBatchReader
     /// </summary>
     public (int Index, int Count)? Shard { get; init; }
 
+    /// <summary>
+    /// Whether the last batch read had DataChecksummed set, which a source sets only in the stop-and-copy pass: the
+    /// guest is paused from here on, so background work on this side should get out of the way.
+    /// </summary>
+    public bool LastBatchDataChecksummed { get; private set; }
+
     /// <summary>The runs of the last batch read.</summary>
     public ReadOnlySpan<PageRun> LastRuns => _runs.AsSpan(0, _runCount);
 
@@ -142,6 +148,7 @@ public sealed class PageBatchReader
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");
 
         bool checksumData = (h.Flags & (byte)PageBatchFlags.DataChecksummed) != 0;
+        LastBatchDataChecksummed = checksumData;
         // Chained one-shot hashes, run by run: see PageBatchWriter and MigrationProtocol.cs.
         ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
         for (int i = 0; i < runCount; i++)

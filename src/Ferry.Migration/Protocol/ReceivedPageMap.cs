@@ -31,6 +31,8 @@ public sealed class ReceivedPageMap
 
     // Per region: bit p set = page p holds data received on some channel.
     private readonly DirtyBitmap[] _held;
+    // Per region: bit c set = 2 MiB chunk c (pages c*512 ..) was advised MADV_NOHUGEPAGE here.
+    private readonly DirtyBitmap[] _split;
     private long _pagesCleared;
     private long _pagesDropped;
 
@@ -38,7 +40,12 @@ public sealed class ReceivedPageMap
     {
         ArgumentNullException.ThrowIfNull(regions);
         _held = new DirtyBitmap[regions.Count];
-        for (int r = 0; r < _held.Length; r++) _held[r] = new DirtyBitmap(regions[r].Pages);
+        _split = new DirtyBitmap[regions.Count];
+        for (int r = 0; r < _held.Length; r++)
+        {
+            _held[r] = new DirtyBitmap(regions[r].Pages);
+            _split[r] = new DirtyBitmap((regions[r].Pages + ChunkPages - 1) / ChunkPages);
+        }
     }
 
     /// <summary>Pages zeroed by writing, over all Zero runs (for tests and statistics).</summary>
@@ -49,6 +56,12 @@ public sealed class ReceivedPageMap
 
     /// <summary>Whether page <paramref name="page"/> of region <paramref name="region"/> holds received data.</summary>
     public bool HoldsData(int region, ulong page) => _held[region].Test(page);
+
+    /// <summary>
+    /// How many pages of [first, first + count) hold received data: a snapshot, which may miss changes the page
+    /// channels make while it counts (good enough for a hint, not for deciding what a page contains).
+    /// </summary>
+    public ulong HeldCount(int region, ulong first, ulong count) => _held[region].Count(first, first + count);
 
     /// <summary>Whether any page of [first, first + count) holds received data.</summary>
     public bool AnyHeld(int region, ulong first, ulong count)
@@ -62,6 +75,16 @@ public sealed class ReceivedPageMap
     /// pages here (3.7 ms against 12 µs), and a run of fewer than 64 pages rarely starts a window that fills up.
     /// </summary>
     public const int SparseRunPages = 64;
+
+    /// <summary>Pages per chunk of <see cref="WasSplit"/>: 2 MiB, the x86-64 huge page.</summary>
+    public const int ChunkPages = 512;
+
+    /// <summary>
+    /// Whether <see cref="PreferSmallPagesInFreshWindows"/> switched 2 MiB chunk <paramref name="chunk"/> (pages
+    /// chunk × 512 ..) of region <paramref name="region"/> to 4 KiB pages; meaningful when the region's host address
+    /// is 2 MiB aligned (as transparent-huge-page guest memory is), where chunks and windows coincide.
+    /// </summary>
+    public bool WasSplit(int region, ulong chunk) => _split[region].Test(chunk);
 
     /// <summary>Windows switched to 4 KiB faults by <see cref="PreferSmallPagesInFreshWindows"/>.</summary>
     public long WindowsSplit => Interlocked.Read(ref _windowsSplit);
@@ -87,7 +110,10 @@ public sealed class ReceivedPageMap
             ulong hi = Math.Min(memory.Pages, (ulong)((long)(w + Window - memory.HostAddress)) >> MemoryRegion.PageShift);
             if (AnyHeld(region, lo, hi - lo)) continue;
             if (Libc.madvise(memory.PageAddress(lo), (nuint)((hi - lo) << MemoryRegion.PageShift), Libc.MADV_NOHUGEPAGE) == 0)
+            {
                 Interlocked.Increment(ref _windowsSplit);
+                Apply(_split[region].Words, lo / ChunkPages, (lo / ChunkPages) + 1, set: true);
+            }
         }
     }
 

@@ -1,0 +1,139 @@
+using Ferry.Migration.Guest;
+using Ferry.Migration.InProcess;
+using Ferry.Migration.Precopy;
+using Ferry.Migration.Protocol;
+using Ferry.Migration.Tests.Protocol;
+using Ferry.Migration.Transport;
+using static Ferry.Migration.Tests.Precopy.MigrationHarness;
+
+namespace Ferry.Migration.Tests.Precopy;
+
+/// <summary>
+/// Landed sync (MigrationProtocol.cs): a pre-copy round ends when the destination confirms it landed every page of
+/// it, not when the source's sends returned.
+/// </summary>
+[Collection(MigrationCollection.Name)]
+public class LandedSyncTests
+{
+    private static readonly (ulong, ulong)[] Layout = [(0, 1 << 20)];
+
+    [Fact]
+    public void TheDestinationEchoesAPageChannelKeepaliveOnlyAfterThePagesBeforeItLanded()
+    {
+        using var transport = new InMemoryTransport();
+        var factory = new InProcessTargetFactory();
+        var incoming = new IncomingMigration(transport.Listener, factory,
+            new IncomingOptions { PeerTimeout = TestPeerTimeout, MaxMemoryBytes = 1UL << 30 });
+        Exception? destinationError = null;
+        var destination = new Thread(() =>
+        {
+            try
+            {
+                incoming.Run().Dispose();
+            }
+            catch (MigrationException e)
+            {
+                destinationError = e;
+            }
+        }) { IsBackground = true, Name = "test-destination" };
+        destination.Start();
+
+        using var c = transport.Connector.Connect(1, CancellationToken.None);
+        var control = new ProtocolWriter(c.Control);
+        var reader = new ProtocolReader(c.Control);
+        control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
+            ProtocolCapabilities.LandedSync, Layout, ReadOnlyMemory<byte>.Empty));
+        Assert.Equal(ProtocolCapabilities.LandedSync, reader.Expect<WelcomeMessage>().Capabilities);
+
+        // 64 pages of data, then the marker, on the page channel.
+        using var source = new NativeGuestMemory((0, 256));
+        source.FillPattern(21);
+        var pages = new PageBatchWriter(c.Pages[0]);
+        pages.WriteBatch(0, source.Regions[0], [new PageRun(0, 64, PageEncoding.Normal)], checksumData: false);
+        const ulong marker = (1UL << 62) | (7UL << 8);
+        pages.WriteKeepalive(marker);
+
+        // The echo comes on the control channel (skipping the destination's own keepalives), and by then every page
+        // before the marker is in the destination's memory.
+        KeepaliveMessage echo;
+        do echo = reader.Expect<KeepaliveMessage>();
+        while (echo.Timestamp != marker);
+        var target = factory.LastCreated!;
+        unsafe
+        {
+            var landed = new ReadOnlySpan<byte>((void*)target.Regions[0].HostAddress, 64 * MemoryRegion.PageSize);
+            Assert.True(landed.SequenceEqual(source.Region(0)[..(64 * MemoryRegion.PageSize)]));
+        }
+
+        control.WriteCancel("test done");
+        Assert.True(destination.Join(TimeSpan.FromSeconds(10)));
+        Assert.Contains("test done", destinationError?.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ADestinationThatNeverConfirmsARoundFailsTheMigrationAndTheSourceKeepsRunning()
+    {
+        using var guest = NewGuest(4, pagesPerSecond: 2_000);
+        using var transport = new InMemoryTransport();
+        var markers = new List<ulong>();
+        var destination = new Thread(() =>
+        {
+            using var c = transport.Listener.Accept(CancellationToken.None);
+            var reader = new ProtocolReader(c.Control);
+            var writer = new ProtocolWriter(c.Control);
+            reader.Expect<HelloMessage>();
+            writer.WriteWelcome(ProtocolCapabilities.LandedSync);
+            // Drain the page channels, noting the markers but never echoing them; echo control keepalives, so the
+            // source sees a live peer and only its wait for the round can end the migration.
+            var drains = new List<Thread>();
+            foreach (var page in c.Pages)
+            {
+                var drain = new Thread(() =>
+                {
+                    try
+                    {
+                        var header = new byte[MigrationProtocol.HeaderSize];
+                        while (page.ReceiveExactly(header))
+                        {
+                            var h = RecordHeader.Parse(header);
+                            var body = new byte[h.PayloadLength];
+                            page.ReceiveExactly(body);
+                            if (h.Kind == RecordKind.Keepalive)
+                                lock (markers) markers.Add(BitConverter.ToUInt64(body));
+                        }
+                    }
+                    catch (Exception e) when (e is MigrationException or IOException)
+                    {
+                        // The source aborted the channel.
+                    }
+                }) { IsBackground = true };
+                drain.Start();
+                drains.Add(drain);
+            }
+            try
+            {
+                while (reader.Read() is { } m)
+                {
+                    if (m is KeepaliveMessage k) writer.WriteKeepalive(k.Timestamp);
+                }
+            }
+            catch (Exception e) when (e is MigrationException or IOException)
+            {
+                // The source aborted the channel after telling us.
+            }
+            foreach (var d in drains) d.Join();
+        }) { IsBackground = true, Name = "test-mute-destination" };
+        destination.Start();
+
+        var stats = new OutgoingMigration(guest, transport.Connector, Options(verify: false)).Run(cancellationToken: TestContext.Current.CancellationToken);
+
+        Assert.True(destination.Join(TimeSpan.FromSeconds(10)));
+        Assert.Equal(MigrationStatus.Failed, stats.Status);
+        Assert.Contains("did not confirm landing round 0", stats.Error, StringComparison.Ordinal);
+        // One marker per page channel, for round 0: bit 62 set, bit 63 clear, the round in bits 8.., the channel below.
+        lock (markers) Assert.Equal([(1UL << 62) | 0, (1UL << 62) | 1], markers.Order());
+        Assert.True(guest.IsRunning, "the source guest must keep running");
+        Assert.False(guest.IsDirtyLogging);
+        AssertWorkloadContinues(guest);
+    }
+}
