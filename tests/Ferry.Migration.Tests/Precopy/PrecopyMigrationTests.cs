@@ -69,6 +69,22 @@ public class PrecopyMigrationTests
     }
 
     [Fact]
+    public void RoundZerosBulkBandwidthNeverDecidesTheSwitchOverOfABusyGuest()
+    {
+        // A limit any estimate fits: switching right after round 0 would be allowed by the figures, but round 0
+        // streams memory in order and says little about sending scattered dirty pages, so a dirty round must come
+        // first and give the estimate its bandwidth.
+        using var guest = NewGuest(16, pagesPerSecond: 5_000, pattern: DirtyPattern.Hotset, writers: 1);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { DowntimeLimit = TimeSpan.FromSeconds(5) });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        var rounds = outcome.Stats.Rounds;
+        Assert.True(rounds.Count >= 3, $"{rounds.Count} rounds: switched over on round 0's figures");
+        Assert.True(rounds[1].Pages > 0, "round 1 resent the pages dirtied during round 0");
+    }
+
+    [Fact]
     public void BusyHotsetGuestMigratesOverTcpLoopbackWithMatchingDigests()
     {
         using var guest = NewGuest(32, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2, split: true);
