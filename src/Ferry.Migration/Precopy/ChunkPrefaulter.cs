@@ -52,6 +52,10 @@ public sealed class ChunkPrefaulter : IDisposable
     // EAGAIN from MADV_COLLAPSE (a page of the chunk was busy: being written, or on its way to an LRU list) is
     // transient: the chunk is tried again on the next scans, then faulted in 4 KiB pages like others.
     private const byte MaxCollapseTries = 4;
+    // Per region and chunk: its held count at the previous scan. A chunk is taken only once that count held still
+    // for a scan: one whose count moves is being streamed by a receiver right now (round 0 of a populated guest),
+    // which faults its pages in as it goes; populating ahead of it would only compete for the CPU and the page tables.
+    private readonly ushort[][] _lastHeld;
 #pragma warning disable CA2213 // see Dispose
     private readonly ManualResetEventSlim _stop = new();
 #pragma warning restore CA2213
@@ -77,7 +81,13 @@ public sealed class ChunkPrefaulter : IDisposable
         MinHeldPages = minHeldPages;
         _scanInterval = scanInterval ?? TimeSpan.FromMilliseconds(5);
         _state = new byte[regions.Count][];
-        for (int r = 0; r < regions.Count; r++) _state[r] = new byte[(int)((regions[r].Pages + ChunkPages - 1) / ChunkPages)];
+        _lastHeld = new ushort[regions.Count][];
+        for (int r = 0; r < regions.Count; r++)
+        {
+            int chunks = (int)((regions[r].Pages + ChunkPages - 1) / ChunkPages);
+            _state[r] = new byte[chunks];
+            _lastHeld[r] = new ushort[chunks];
+        }
     }
 
     /// <summary>Held pages that make a chunk worth faulting in.</summary>
@@ -126,8 +136,8 @@ public sealed class ChunkPrefaulter : IDisposable
     }
 
     /// <summary>
-    /// One scan: fault in every chunk not done yet that holds at least <see cref="MinHeldPages"/> pages of data,
-    /// unless a stop was requested. Returns the chunks faulted in. The thread calls this in a loop; tests call it
+    /// One scan: map every chunk not done yet that holds at least <see cref="MinHeldPages"/> pages of data, and held
+    /// as many at the previous scan, unless a stop was requested. Returns the chunks faulted in. The thread calls this in a loop; tests call it
     /// directly.
     /// </summary>
     public int ScanOnce()
@@ -143,7 +153,10 @@ public sealed class ChunkPrefaulter : IDisposable
                 if (_stop.IsSet || !Supported) return chunks;
                 ulong first = (ulong)c * ChunkPages;
                 ulong count = Math.Min(ChunkPages, region.Pages - first);
-                if (_received.HeldCount(r, first, count) < (ulong)Math.Min(MinHeldPages, (int)count)) continue;
+                ushort held = (ushort)_received.HeldCount(r, first, count);
+                ushort last = _lastHeld[r][c];
+                _lastHeld[r][c] = held;
+                if (held < Math.Min(MinHeldPages, (int)count) || held != last) continue;
                 var outcome = Map(r, region, first, count, collapse: state[c] < MaxCollapseTries);
                 if (outcome == Outcome.Stopped) return chunks; // stopped inside, or unsupported
                 if (outcome == Outcome.Busy)

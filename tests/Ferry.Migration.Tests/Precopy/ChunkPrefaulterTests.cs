@@ -69,6 +69,9 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
         Land((2 * C) + 7, ChunkPrefaulter.DefaultMinHeldPages - 1); // chunk 2: one page short
         using var prefaulter = new ChunkPrefaulter([_region], _map);
         Assert.Equal((ulong)ChunkPrefaulter.DefaultMinHeldPages, Present(C, C));
+        // First sight of the data: a chunk still being streamed in is left to its receiver.
+        Assert.Equal(0, prefaulter.ScanOnce());
+        Assert.Equal((ulong)ChunkPrefaulter.DefaultMinHeldPages, Present(C, C));
 
         Assert.Equal(1, prefaulter.ScanOnce());
 
@@ -89,7 +92,10 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
         using var prefaulter = new ChunkPrefaulter([_region], _map, minHeldPages: 10);
         Land(5, 9);
         Assert.Equal(0, prefaulter.ScanOnce());
+        Assert.Equal(0, prefaulter.ScanOnce());
         Land(300, 1);
+        Assert.Equal(0, prefaulter.ScanOnce()); // at the threshold, but its count just moved
+        Assert.Equal(9UL + 1, Present(0, ChunkPrefaulter.ChunkPages));
 
         Assert.Equal(1, prefaulter.ScanOnce());
 
