@@ -733,6 +733,11 @@ public sealed class OutgoingMigration
         _reader?.Join(TimeSpan.FromSeconds(5));
         // After the threads that may call Fail (which arms this timer) have ended.
         _controlAbortTimer?.Dispose();
+        // The rate-limited wrappers own a cancellation source each (and dispose the page channel they wrap, as the
+        // connection does next: both are idempotent).
+        IMigrationChannel[] limited;
+        lock (_gate) limited = _pageChannels;
+        foreach (var p in limited) p.Dispose();
         connection?.Dispose();
 
         _status = failure is null ? MigrationStatus.Completed : _failureStatus;
