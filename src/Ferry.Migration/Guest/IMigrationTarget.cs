@@ -21,6 +21,15 @@ public interface IMigrationTarget : IDisposable
     /// </summary>
     IReadOnlyList<MemoryRegion> Regions { get; }
 
+    /// <summary>
+    /// Whether <see cref="Regions"/> memory is advised transparent huge pages (<c>MADV_HUGEPAGE</c>), as guest memory
+    /// should be. Only then does the engine change that advice: 2 MiB windows that receive a few pages while the
+    /// guest is paused are switched to 4 KiB pages (a huge-page fault there costs milliseconds of downtime), and
+    /// windows the guest turns out to use are collapsed back into huge pages during pre-copy. When false (the
+    /// default) the engine never touches the memory's huge-page advice.
+    /// </summary>
+    bool TransparentHugePages => false;
+
     /// <summary>Load CPU and device state. Validates every section; throws <see cref="InvalidDataException"/> on bad input.</summary>
     void LoadState(IReadOnlyList<StateSection> sections);
 

@@ -53,6 +53,9 @@ public sealed class InProcessTarget : IMigrationTarget
     /// <inheritdoc/>
     public IReadOnlyList<MemoryRegion> Regions => _regions;
 
+    /// <inheritdoc/>
+    public bool TransparentHugePages => Array.TrueForAll(_mappings, m => m.HugePagesAdvised);
+
     /// <summary>True once <see cref="LoadState"/> has accepted the sections.</summary>
     public bool IsLoaded => _workload is not null;
 

@@ -145,7 +145,7 @@ public sealed class IncomingMigration
 
             // Receiving: page channels on their own threads, control here.
             receivers = new Receiver[_connection.Pages.Count];
-            var received = new ReceivedPageMap(target.Regions);
+            var received = new ReceivedPageMap(target.Regions, target.TransparentHugePages);
             ReceivedPages = received;
             if (_options.PrefaultChunkThreshold > 0)
             {

@@ -36,9 +36,14 @@ public sealed class ReceivedPageMap
     private long _pagesCleared;
     private long _pagesDropped;
 
-    public ReceivedPageMap(IReadOnlyList<MemoryRegion> regions)
+    /// <param name="regions">The destination guest's memory.</param>
+    /// <param name="hugePagesAdvised">Whether that memory is advised transparent huge pages
+    /// (<see cref="IMigrationTarget.TransparentHugePages"/>); only then are windows switched to 4 KiB pages by
+    /// <see cref="PreferSmallPagesInFreshWindows"/>, and so only then can they be collapsed back.</param>
+    public ReceivedPageMap(IReadOnlyList<MemoryRegion> regions, bool hugePagesAdvised = false)
     {
         ArgumentNullException.ThrowIfNull(regions);
+        HugePagesAdvised = hugePagesAdvised;
         _held = new DirtyBitmap[regions.Count];
         _split = new DirtyBitmap[regions.Count];
         for (int r = 0; r < _held.Length; r++)
@@ -76,6 +81,9 @@ public sealed class ReceivedPageMap
     /// </summary>
     public const int SparseRunPages = 64;
 
+    /// <summary>Whether the memory is advised transparent huge pages (see the constructor).</summary>
+    public bool HugePagesAdvised { get; }
+
     /// <summary>Pages per chunk of <see cref="WasSplit"/>: 2 MiB, the x86-64 huge page.</summary>
     public const int ChunkPages = 512;
 
@@ -100,6 +108,8 @@ public sealed class ReceivedPageMap
     /// </summary>
     public void PreferSmallPagesInFreshWindows(int region, in MemoryRegion memory, ulong first, ulong count)
     {
+        // Memory not advised huge pages faults in 4 KiB pages anyway, and its owner's choice is not ours to change.
+        if (!HugePagesAdvised) return;
         const nint Window = 2 << 20;
         nint start = memory.PageAddress(first) & ~(Window - 1);
         nint end = memory.PageAddress(first + count - 1) + MemoryRegion.PageSize;

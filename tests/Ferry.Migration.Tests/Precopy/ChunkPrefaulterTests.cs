@@ -29,7 +29,7 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
         _mapping?.Dispose();
         _mapping = GuestMemoryMapping.Create(Pages * 4096, transparentHugePages);
         _region = new MemoryRegion(0, Pages * 4096, _mapping.Address);
-        _map = new ReceivedPageMap([_region]);
+        _map = new ReceivedPageMap([_region], _mapping.HugePagesAdvised);
     }
 
     public void Dispose() => _mapping.Dispose();
@@ -108,6 +108,7 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
     public void AChunkSplitToSmallPagesIsCollapsedBackWithItsContentsKept()
     {
         Map(transparentHugePages: true);
+        if (!_mapping.HugePagesAdvised) Assert.Skip("this kernel has no transparent huge pages");
         // Sparse first data: the receiver switched the window to 4 KiB pages.
         Land(0, 1, split: true);
         Land(1, ChunkPrefaulter.DefaultMinHeldPages + 40);
@@ -124,6 +125,26 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
         // Before Linux 6.1 there is no MADV_COLLAPSE: the chunk is then faulted in 4 KiB at a time instead.
         if (prefaulter.CollapseSupported) Assert.Equal(1, prefaulter.ChunksCollapsed);
         else Assert.Equal(0, prefaulter.ChunksCollapsed);
+    }
+
+    [Fact]
+    public void MemoryNotAdvisedHugePagesNeverHasItsAdviceChanged()
+    {
+        // Default here: no huge-page advice. A sparse run in the final pass would split a window of THP memory; here
+        // it must not, so nothing is ever collapsed either: the chunk is just faulted in.
+        Land(0, 1, split: true);
+        Assert.False(_map.WasSplit(0, 0));
+        Assert.Equal(0, _map.WindowsSplit);
+        Land(1, ChunkPrefaulter.DefaultMinHeldPages);
+        using var prefaulter = new ChunkPrefaulter([_region], _map);
+
+        prefaulter.ScanOnce();
+        prefaulter.ScanOnce();
+
+        Assert.Equal(1, prefaulter.ChunksPrefaulted);
+        Assert.Equal(0, prefaulter.ChunksCollapsed);
+        Assert.Equal((ulong)ChunkPrefaulter.ChunkPages, Present(0, ChunkPrefaulter.ChunkPages));
+        AssertContents(0, ChunkPrefaulter.ChunkPages, 0, ChunkPrefaulter.DefaultMinHeldPages + 1);
     }
 
     [Fact]

@@ -105,7 +105,7 @@ public class ReceivedPageMapTests
         var region = new MemoryRegion(0, 2 * WindowPages * 4096, mapping.Address);
         using var source = new NativeGuestMemory((0, 2 * WindowPages));
         source.FillPattern(4);
-        var map = new ReceivedPageMap([region]);
+        var map = new ReceivedPageMap([region], hugePagesAdvised: true);
         var wire = new ByteStreamChannel(name: "pages-0");
         new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(WindowPages + 100, (uint)runPages, PageEncoding.Normal)], checksumData);
         new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), [region], map).ReadNext();
