@@ -14,6 +14,12 @@ namespace Ferry.Migration.Transport;
 /// migration). A group still incomplete
 /// <see cref="TcpTransportOptions.GroupTimeout"/> after its first connection is closed and <see cref="Accept"/>
 /// throws. Groups that complete while another is awaited are kept for the next <see cref="Accept"/>.
+/// <para>
+/// Everything a peer can make it hold is bounded (<see cref="TcpTransportOptions.MaxHandshakingConnections"/>,
+/// <see cref="TcpTransportOptions.MaxPendingGroups"/>, <see cref="TcpTransportOptions.MaxReadyGroups"/>; with the
+/// defaults 64 + 4 × 17 + 4 × 17 sockets): beyond a limit the newcomer is closed and traced, never something already
+/// in progress, and Accept does not fail because of it.
+/// </para>
 /// </remarks>
 public sealed class TcpMigrationListener : IMigrationListener
 {
@@ -94,27 +100,46 @@ public sealed class TcpMigrationListener : IMigrationListener
                 {
                     throw new MigrationTransportException("listener closed", e);
                 }
+                // Handshakes first: a slot freed by a stray that closed or finished counts before a newcomer is judged.
+                bool incoming = false;
                 foreach (var s in readable)
                 {
-                    if (s == _socket) AcceptOne();
+                    if (s == _socket) incoming = true;
                     else ContinueHandshake(_handshaking.Find(h => h.Socket == s)!);
                 }
+                if (incoming) AcceptOne();
             }
         }
     }
 
     private void AcceptOne()
     {
+        Socket s;
         try
         {
-            var s = _socket.Accept();
-            s.NoDelay = true;
-            _handshaking.Add(new Handshake(s, Stopwatch.GetTimestamp()));
+            s = _socket.Accept();
         }
         catch (SocketException)
         {
             // The connection went away between select and accept.
+            return;
         }
+        if (_handshaking.Count >= _options.MaxHandshakingConnections)
+        {
+            // Close the newcomer, not an older one: evicting would let a flood push out a real source's channel.
+            Reject(s, $"too many connections still introducing themselves ({_options.MaxHandshakingConnections})");
+            return;
+        }
+        try
+        {
+            s.NoDelay = true;
+        }
+        catch (SocketException e)
+        {
+            Reject(s, e.SocketErrorCode.ToString()); // reset already
+            return;
+        }
+        _handshaking.Add(new Handshake(s, Stopwatch.GetTimestamp()));
     }
 
     /// <summary>Read whatever preamble bytes arrived (readable: no blocking); admit the channel once all 32 are in.</summary>
@@ -139,6 +164,11 @@ public sealed class TcpMigrationListener : IMigrationListener
             Reject(h, e.Message);
             return;
         }
+        if (_pending.Count >= _options.MaxPendingGroups && !_pending.ContainsKey(preamble.ConnectionId))
+        {
+            Reject(h, $"too many migrations still gathering their channels ({_options.MaxPendingGroups})");
+            return;
+        }
         var channel = new TcpMigrationChannel(h.Socket, TransportPreamble.ChannelName(preamble.ChannelIndex), _options);
         if (preamble.ChannelIndex > 0) h.Socket.SendBufferSize = _options.PageSocketBufferBytes;
         Admit(preamble, channel);
@@ -146,9 +176,14 @@ public sealed class TcpMigrationListener : IMigrationListener
 
     private void Reject(Handshake h, string why)
     {
-        Trace.TraceWarning($"migration listener: dropped a connection from {SafeRemote(h.Socket)}: {why}");
         _handshaking.Remove(h);
-        h.Socket.Dispose();
+        Reject(h.Socket, why);
+    }
+
+    private static void Reject(Socket s, string why)
+    {
+        Trace.TraceWarning($"migration listener: dropped a connection from {SafeRemote(s)}: {why}");
+        s.Dispose();
     }
 
     private void ExpireHandshakes()
@@ -178,6 +213,12 @@ public sealed class TcpMigrationListener : IMigrationListener
         group.Channels[preamble.ChannelIndex] = channel;
         if (++group.Count == group.Channels.Length)
         {
+            if (_ready.Count >= _options.MaxReadyGroups)
+            {
+                Drop(preamble.ConnectionId, group);
+                Trace.TraceWarning($"migration listener: dropped connection {preamble.ConnectionId} (control + {preamble.PageChannels} page channels): too many complete migrations not yet accepted ({_options.MaxReadyGroups})");
+                return;
+            }
             _pending.Remove(preamble.ConnectionId);
             _ready.Enqueue(new MigrationConnection(group.Channels[0]!, group.Channels[1..].Select(c => (IMigrationChannel)c!).ToArray()));
         }
@@ -206,7 +247,7 @@ public sealed class TcpMigrationListener : IMigrationListener
         {
             return s.RemoteEndPoint?.ToString() ?? "?";
         }
-        catch (ObjectDisposedException)
+        catch (Exception e) when (e is ObjectDisposedException or SocketException)
         {
             return "?";
         }
