@@ -324,9 +324,19 @@ public sealed class OutgoingMigration
             Volatile.Write(ref _bandwidth, round > 0 ? meter.BytesPerSecond : roundBandwidth);
             Volatile.Write(ref _dirtyRate, dirtyRate);
 
-            var decision = ConvergencePolicy.Decide(new ConvergenceInput(
+            var input = new ConvergenceInput(
                 dirtyBytes, meter.BytesPerSecond, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
-                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy));
+                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy);
+            var decision = ConvergencePolicy.Decide(input);
+            // Round 0's figure is kept out of the estimate only while another round may follow. When a limit ends
+            // pre-copy before any dirty round was measured (MaxRounds 1, or a large guest's round 0 outlasting the
+            // timeout), this round's bandwidth is the only measurement there is: deciding on "unmeasured" would
+            // cancel (or force blind) a migration whose rest fits the limit.
+            if (input.BandwidthBytesPerSecond == 0 && roundBandwidth > 0
+                && decision.Action != ConvergenceAction.ContinueRound && decision.SwitchOver != SwitchOverReason.Converged)
+            {
+                decision = ConvergencePolicy.Decide(input with { BandwidthBytesPerSecond = roundBandwidth });
+            }
             Report();
             if (decision.Action == ConvergenceAction.Abort)
             {

@@ -152,6 +152,9 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
     {
         Land(0, ChunkPrefaulter.ChunkPages / 2);
         var prefaulter = new ChunkPrefaulter([_region], _map);
+        // A first scan only notes the chunk's count (a chunk is taken once its count held still), so without it the
+        // scan below would map nothing whether or not the stop was honoured.
+        Assert.Equal(0, prefaulter.ScanOnce());
         prefaulter.RequestStop();
 
         Assert.Equal(0, prefaulter.ScanOnce());

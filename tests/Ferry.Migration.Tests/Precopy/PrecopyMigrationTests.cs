@@ -85,6 +85,21 @@ public class PrecopyMigrationTests
     }
 
     [Fact]
+    public void ARoundLimitHitOnRoundZeroDecidesOnRoundZerosBandwidthRatherThanBlind()
+    {
+        // Round 0 is the last round allowed (as when a large guest's first pass outlasts the pre-copy timeout): with
+        // no dirty round measured, round 0's bandwidth is the only figure there is, and the rest fits the limit on it.
+        // Deciding on an "unmeasured" bandwidth instead would cancel a migration that fits.
+        using var guest = NewGuest(16, pagesPerSecond: 5_000, pattern: DirtyPattern.Hotset, writers: 1);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener,
+            Options() with { MaxRounds = 1, TimeoutStrategy = TimeoutStrategy.Cancel, DowntimeLimit = TimeSpan.FromSeconds(5) });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        Assert.Equal(2, outcome.Stats.Rounds.Count);
+    }
+
+    [Fact]
     public void BusyHotsetGuestMigratesOverTcpLoopbackWithMatchingDigests()
     {
         using var guest = NewGuest(32, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2, split: true);
