@@ -1,7 +1,8 @@
 namespace Ferry.Migration.Policy;
 
 /// <summary>
-/// Smoothed page-channel throughput for the convergence policy. Each sample is one round's bytes over its wall time;
+/// Smoothed page-channel throughput for the convergence policy. Each sample is one round's bytes over that round's
+/// own duration (not the time between calls: the dirty-log harvest and the decision between rounds are not link time);
 /// the estimate is an exponentially weighted mean so one slow round (a GC pause, a burst of competing traffic) does
 /// not make the policy give up on a link that is usually fast, while a link that really slowed down is followed
 /// within two or three rounds.
@@ -20,19 +21,9 @@ public sealed class BandwidthMeter
     /// <summary>Shortest span that counts as a sample (shorter ones are accumulated into the next).</summary>
     public static readonly TimeSpan MinSample = TimeSpan.FromMilliseconds(5);
 
-    private readonly TimeProvider _time;
-
-    /// <summary>Timestamp at which the pending sample started.</summary>
-    private long _start;
-
-    /// <summary>Bytes accumulated into the pending sample.</summary>
+    // Bytes and link time accumulated into the pending sample.
     private long _pendingBytes;
-
-    public BandwidthMeter(TimeProvider time)
-    {
-        _time = time;
-        _start = time.GetTimestamp();
-    }
+    private TimeSpan _pendingTime;
 
     /// <summary>Smoothed bytes per second; 0 until the first sample.</summary>
     public double BytesPerSecond { get; private set; }
@@ -40,30 +31,23 @@ public sealed class BandwidthMeter
     /// <summary>Bytes per second of the latest complete sample; 0 until the first.</summary>
     public double LastSampleBytesPerSecond { get; private set; }
 
-    /// <summary>Start timing a sample now (e.g. at the start of round 0), discarding anything pending.</summary>
-    public void Restart()
-    {
-        _start = _time.GetTimestamp();
-        _pendingBytes = 0;
-    }
-
-    /// <summary>Account <paramref name="bytes"/> sent since the last call and close the sample if long enough.</summary>
-    public void AddSample(long bytes)
+    /// <summary>
+    /// Account <paramref name="bytes"/> sent over <paramref name="elapsed"/> of link time (one round's own duration),
+    /// closing the sample once the accumulated time reaches <see cref="MinSample"/>. A round that sent nothing is
+    /// ignored: idle time is not link time.
+    /// </summary>
+    public void AddSample(long bytes, TimeSpan elapsed)
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
+        ArgumentOutOfRangeException.ThrowIfLessThan(elapsed, TimeSpan.Zero);
+        if (bytes == 0) return;
         _pendingBytes += bytes;
-        if (_pendingBytes == 0)
-        {
-            // Nothing sent (an idle round): idle time is not link time.
-            _start = _time.GetTimestamp();
-            return;
-        }
-        var elapsed = _time.GetElapsedTime(_start);
-        if (elapsed < MinSample) return;
-        double rate = _pendingBytes / elapsed.TotalSeconds;
+        _pendingTime += elapsed;
+        if (_pendingTime < MinSample) return;
+        double rate = _pendingBytes / _pendingTime.TotalSeconds;
         LastSampleBytesPerSecond = rate;
         BytesPerSecond = BytesPerSecond == 0 ? rate : NewSampleWeight * rate + (1 - NewSampleWeight) * BytesPerSecond;
-        _start = _time.GetTimestamp();
         _pendingBytes = 0;
+        _pendingTime = TimeSpan.Zero;
     }
 }

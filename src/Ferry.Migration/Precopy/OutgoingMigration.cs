@@ -277,7 +277,7 @@ public sealed class OutgoingMigration
     private void Precopy(StatsBuilder stats, ref bool paused)
     {
         var bitmap = new DirtyBitmap(_guest.TotalPages);
-        var meter = new BandwidthMeter(_time);
+        var meter = new BandwidthMeter();
         var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
         var done = _passDone;
         long precopyStart = _time.GetTimestamp();
@@ -297,9 +297,6 @@ public sealed class OutgoingMigration
         {
             Volatile.Write(ref _round, round);
             long roundStart = _time.GetTimestamp();
-            // From round 1 on the meter runs without restarts, so a round too short to measure (< 5 ms) is folded
-            // into the next instead of being lost.
-            if (round == 1) meter.Restart();
             var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done, round == 0 ? populated : null, round);
             double roundMs = Ms(roundStart);
             // Round 0 streams memory in order, in 1 MiB runs; every later round, like the final pass, sends scattered
@@ -307,7 +304,8 @@ public sealed class OutgoingMigration
             // 1 GiB random benchmark at 50k pages/s: round 0 landed 3 GB/s, yet the 16k-page final pass it predicted
             // at ~28 ms took ~45. So only dirty rounds feed the estimate, and with none measured yet the policy
             // goes on (or switches only if nothing is dirty): one dirty round is cheap next to a missed limit.
-            if (round > 0) meter.AddSample(bytes);
+            // Each round's own duration (a round too short to measure, < 5 ms, is folded into the next).
+            if (round > 0) meter.AddSample(bytes, TimeSpan.FromMilliseconds(roundMs));
 
             bitmap.ClearAll();
             _guest.HarvestDirtyLog(bitmap.Words);
@@ -470,7 +468,6 @@ public sealed class OutgoingMigration
         _completeSending = true;
         _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
         long completeSent = _time.GetTimestamp();
-        double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
 
         // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
         // keepalives but never answers must not hold the guest paused forever.
@@ -478,6 +475,14 @@ public sealed class OutgoingMigration
             Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
         _abort.Token.ThrowIfCancellationRequested();
         var ready = _ready!;
+        // The return-path thread stamps Ready the moment it reads it, which on a fast peer can come before this
+        // thread, back from the write, stamped Complete as sent. Ready answers a Complete the destination read and
+        // then spent its load and digest time on, so Complete was sent that long before Ready at the latest (and not
+        // before its own send began).
+        long readyAt = Volatile.Read(ref _readyAt);
+        long destWork = (long)((ready.LoadMicroseconds + (double)ready.DigestMicroseconds) / 1e6 * _time.TimestampFrequency);
+        completeSent = Math.Max(sendStart, Math.Min(completeSent, readyAt - destWork));
+        double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
         double readyWaitMs = _time.GetElapsedTime(completeSent, Volatile.Read(ref _readyAt)).TotalMilliseconds;
         stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
         // Final pages count until the destination had them all, not until our sends returned (they may sit in socket

@@ -94,14 +94,14 @@ public class ConvergencePolicyTests
     {
         // Drive the inputs as the engine does: elapsed from a TimeProvider, bandwidth from the meter.
         var clock = new FakeTimeProvider();
-        var meter = new BandwidthMeter(clock);
+        var meter = new BandwidthMeter();
         long start = clock.GetTimestamp();
         var options = new MigrationOptions { Timeout = TimeSpan.FromSeconds(2), TimeoutStrategy = TimeoutStrategy.Cancel };
         var decisions = new List<ConvergenceAction>();
         for (int round = 0; round < 10; round++)
         {
             clock.Advance(TimeSpan.FromMilliseconds(500));
-            meter.AddSample(50_000_000); // 100 MB/s
+            meter.AddSample(50_000_000, TimeSpan.FromMilliseconds(500)); // 100 MB/s
             var d = ConvergencePolicy.Decide(new ConvergenceInput(64L << 20, meter.BytesPerSecond, TimeSpan.FromMilliseconds(1),
                 options.DowntimeLimit, round, clock.GetElapsedTime(start), options.MaxRounds, options.Timeout, options.TimeoutStrategy));
             decisions.Add(d.Action);
@@ -117,13 +117,10 @@ public class BandwidthMeterTests
     [Fact]
     public void FirstSampleIsTheRateAndLaterSamplesAreSmoothedByHalf()
     {
-        var clock = new FakeTimeProvider();
-        var meter = new BandwidthMeter(clock);
-        clock.Advance(TimeSpan.FromMilliseconds(100));
-        meter.AddSample(10_000_000); // 100 MB/s
+        var meter = new BandwidthMeter();
+        meter.AddSample(10_000_000, TimeSpan.FromMilliseconds(100)); // 100 MB/s
         Assert.Equal(100e6, meter.BytesPerSecond, 1e-3);
-        clock.Advance(TimeSpan.FromMilliseconds(100));
-        meter.AddSample(5_000_000); // 50 MB/s
+        meter.AddSample(5_000_000, TimeSpan.FromMilliseconds(100)); // 50 MB/s
         Assert.Equal(75e6, meter.BytesPerSecond, 1e-3);
         Assert.Equal(50e6, meter.LastSampleBytesPerSecond, 1e-3);
     }
@@ -131,25 +128,27 @@ public class BandwidthMeterTests
     [Fact]
     public void ShortSpansAccumulateIntoTheNextSample()
     {
-        var clock = new FakeTimeProvider();
-        var meter = new BandwidthMeter(clock);
-        clock.Advance(TimeSpan.FromMilliseconds(1));
-        meter.AddSample(1000);
+        var meter = new BandwidthMeter();
+        meter.AddSample(1000, TimeSpan.FromMilliseconds(1));
         Assert.Equal(0, meter.BytesPerSecond);
-        clock.Advance(TimeSpan.FromMilliseconds(9));
-        meter.AddSample(9000);
+        meter.AddSample(9000, TimeSpan.FromMilliseconds(9));
         Assert.Equal(1e6, meter.BytesPerSecond, 1e-3); // 10 000 bytes over 10 ms
     }
 
     [Fact]
-    public void IdleTimeWithNoBytesDoesNotDiluteTheRate()
+    public void IdleRoundsDoNotDiluteTheRate()
     {
-        var clock = new FakeTimeProvider();
-        var meter = new BandwidthMeter(clock);
-        clock.Advance(TimeSpan.FromSeconds(5));
-        meter.AddSample(0);
-        clock.Advance(TimeSpan.FromMilliseconds(10));
-        meter.AddSample(1_000_000);
+        var meter = new BandwidthMeter();
+        meter.AddSample(0, TimeSpan.FromSeconds(5));
+        meter.AddSample(1_000_000, TimeSpan.FromMilliseconds(10));
         Assert.Equal(100e6, meter.BytesPerSecond, 1e-3);
+    }
+
+    [Fact]
+    public void NegativeInputIsRefused()
+    {
+        var meter = new BandwidthMeter();
+        Assert.Throws<ArgumentOutOfRangeException>(() => meter.AddSample(-1, TimeSpan.FromMilliseconds(10)));
+        Assert.Throws<ArgumentOutOfRangeException>(() => meter.AddSample(1, TimeSpan.FromMilliseconds(-10)));
     }
 }
