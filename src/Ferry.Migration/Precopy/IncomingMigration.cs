@@ -200,11 +200,9 @@ public sealed class IncomingMigration
                         throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
                 }
             }
-            if (prefaulter is not null)
-            {
-                prefaulter.Dispose();
-                ChunksPrefaulted = prefaulter.ChunksPrefaulted;
-            }
+            // The prefaulter is not joined here: a collapse it began before the stop may still run, and its end is not
+            // worth waiting for inside the downtime (the memory stays mapped either way: on success the guest owns
+            // it). It is joined before this method returns or unmaps anything.
             long lastFlush = long.MinValue;
             foreach (var r in receivers) lastFlush = Math.Max(lastFlush, r.FlushedAt);
             int flushLagUs = SignedMicros(completeRead, lastFlush);
@@ -280,7 +278,11 @@ public sealed class IncomingMigration
             _done = true;
             keepalive?.Dispose();
             foreach (var r in receivers) r.Join();
-            prefaulter?.Dispose();
+            if (prefaulter is not null)
+            {
+                prefaulter.Dispose();
+                ChunksPrefaulted = prefaulter.ChunksPrefaulted;
+            }
             // After the joins: a failing receive thread arms the backstop, so disposing it earlier could miss one.
             _backstop?.Dispose();
             _connection.Dispose();
