@@ -181,6 +181,9 @@ public static class MigrationProtocol
     /// <summary>Hello bytes before the regions (magic .. region count).</summary>
     internal const int HelloFixedSize = 8 + 2 + 16 + 4 + 2 + 8 + 2;
 
+    /// <summary>The required half of the capability bits (32-63): unknown ones make a receiver refuse.</summary>
+    public const ProtocolCapabilities RequiredCapabilities = (ProtocolCapabilities)0xFFFF_FFFF_0000_0000UL;
+
     /// <summary>Capabilities a v1 receiver can honour.</summary>
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync;
 
@@ -249,7 +252,8 @@ public static class MigrationProtocol
     /// <summary>
     /// The destination's verdict on a decoded Hello: layout within <paramref name="maxMemoryBytes"/>, token equal to
     /// <paramref name="expectedToken"/> (constant-time; empty = no token required), page channel count as connected,
-    /// and only capabilities in <paramref name="supported"/>. On success the Welcome carries
+    /// and no required capability outside <paramref name="supported"/> (optional ones outside it are just not accepted).
+/// On success the Welcome carries
     /// <see cref="HandshakeDecision.Capabilities"/>; otherwise send Refuse with <see cref="HandshakeDecision.Reason"/>.
     /// </summary>
     public static HandshakeDecision Evaluate(HelloMessage hello, ulong maxMemoryBytes, string? expectedToken, int connectedPageChannels)
@@ -268,7 +272,7 @@ public static class MigrationProtocol
             return HandshakeDecision.Refused("authorisation token rejected");
         if (hello.PageChannels != connectedPageChannels)
             return HandshakeDecision.Refused($"Hello announces {hello.PageChannels} page channels but {connectedPageChannels} connected");
-        var unsupported = hello.Capabilities & ~supported;
+        var unsupported = hello.Capabilities & ~supported & RequiredCapabilities;
         if (unsupported != 0)
             return HandshakeDecision.Refused($"capabilities not supported by this receiver: {Describe(unsupported)}");
         try
@@ -279,7 +283,7 @@ public static class MigrationProtocol
         {
             return HandshakeDecision.Refused(e.Message);
         }
-        return new HandshakeDecision(true, hello.Capabilities, null);
+        return new HandshakeDecision(true, hello.Capabilities & supported, null);
     }
 
     /// <summary>Capability bits by name ("Postcopy, bit 40"), unknown bits by number.</summary>
@@ -340,28 +344,34 @@ public enum RecordKind : byte
     PageRequest = 14,
 }
 
-/// <summary>Hello capability bits. A v1 receiver refuses any bit it cannot honour.</summary>
+/// <summary>
+/// Hello capability bits, in two halves. Bits 0-31 are <b>optional</b>: a receiver accepts the ones it honours and
+/// leaves the others out of Welcome, and the source goes on without them (or gives up itself, as for Verify when the
+/// user asked for it). Bits 32-63 are <b>required</b>: they change the stream itself, so a receiver refuses the
+/// handshake if one is set that it does not honour. So a source may offer a new optional feature to an older
+/// receiver (the way LandedSync came to v1), while a feature the receiver must understand is never silently dropped.
+/// </summary>
 [Flags]
 public enum ProtocolCapabilities : ulong
 {
     None = 0,
-    /// <summary>Digest all memory on both sides after the copy (XxHash128), reported in Ready.</summary>
+    /// <summary>Optional: digest all memory on both sides after the copy (XxHash128), reported in Ready.</summary>
     Verify = 1UL << 0,
-    /// <summary>Reserved: post-copy (destination runs first, faults pages in).</summary>
-    Postcopy = 1UL << 1,
-    /// <summary>Reserved: a separate channel for faulted pages so they never queue behind bulk pages.</summary>
-    UrgentChannel = 1UL << 2,
-    /// <summary>Reserved: zstd-compressed pages.</summary>
-    CompressionZstd = 1UL << 3,
-    /// <summary>Reserved: LZ4-compressed pages.</summary>
-    CompressionLz4 = 1UL << 4,
-    /// <summary>Reserved: pages as XOR deltas against the last sent copy (QEMU XBZRLE).</summary>
-    Delta = 1UL << 5,
     /// <summary>
-    /// The destination echoes every Keepalive it reads on a page channel on the control channel, once each record
-    /// before it on that channel has landed in guest memory: the source's round marker (see "Landed sync").
+    /// Optional: the destination echoes every Keepalive it reads on a page channel on the control channel, once each
+    /// record before it on that channel has landed in guest memory: the source's round marker (see "Landed sync").
     /// </summary>
-    LandedSync = 1UL << 6,
+    LandedSync = 1UL << 1,
+    /// <summary>Required, reserved: post-copy (destination runs first, faults pages in).</summary>
+    Postcopy = 1UL << 32,
+    /// <summary>Required, reserved: a separate channel for faulted pages so they never queue behind bulk pages.</summary>
+    UrgentChannel = 1UL << 33,
+    /// <summary>Required, reserved: zstd-compressed pages.</summary>
+    CompressionZstd = 1UL << 34,
+    /// <summary>Required, reserved: LZ4-compressed pages.</summary>
+    CompressionLz4 = 1UL << 35,
+    /// <summary>Required, reserved: pages as XOR deltas against the last sent copy (QEMU XBZRLE).</summary>
+    Delta = 1UL << 36,
 }
 
 /// <summary>How a run's pages travel.</summary>

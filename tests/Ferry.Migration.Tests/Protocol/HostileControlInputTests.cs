@@ -223,6 +223,14 @@ public class HostileControlInputTests
     }
 
     [Fact]
+    public void EvaluateLeavesUnknownOptionalCapabilitiesOutOfWelcomeInsteadOfRefusing()
+    {
+        // Bits 0-31 are optional: a newer source offering a feature this receiver lacks still migrates without it.
+        var d = MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(ProtocolCapabilities.Verify | (ProtocolCapabilities)(1UL << 20)), 1UL << 30, "ab"u8, 2);
+        Assert.Equal(new HandshakeDecision(true, ProtocolCapabilities.Verify, null), d);
+    }
+
+    [Fact]
     public void EvaluateRefusesAChannelCountThatDiffersFromTheConnection()
     {
         var d = MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(channels: 3), 1UL << 30, "ab"u8, 2);
