@@ -21,7 +21,7 @@ public enum ProgressMode
 /// Receives <see cref="MigrationProgress"/> from the engine's migration thread and shows it.
 /// </summary>
 /// <remarks>
-/// <see cref="Report"/> runs on the engine's thread, so it only stores the snapshot (and, in <see cref="ProgressMode.Lines"/>,
+/// <see cref="Report"/> runs on the engine's threads, so it only stores the snapshot (and, in <see cref="ProgressMode.Lines"/>,
 /// writes a line when the round changes: a few per migration). The live display redraws from the caller's thread in
 /// <see cref="RunLive"/>, never from the engine's.
 /// </remarks>
@@ -32,9 +32,8 @@ public sealed class ProgressView : IProgress<MigrationProgress>
     private readonly Lock _gate = new();
     // Latest snapshot from the engine; read by the live display's refresh loop.
     private volatile MigrationProgress? _latest;
-    // Round and status of the last line written in Lines mode, to write one line per round.
-    private int _lastRound = -1;
-    private MigrationStatus _lastStatus = MigrationStatus.Setup;
+    // Lines mode: the latest report of the phase (round and status) not yet written.
+    private MigrationProgress? _pending;
 
     public ProgressView(ProgressMode mode, TextWriter error)
     {
@@ -56,13 +55,28 @@ public sealed class ProgressView : IProgress<MigrationProgress>
         if (_mode != ProgressMode.Lines) return;
         lock (_gate)
         {
-            // The first report of a new round describes the round before it finished; one line per round and one at
-            // stop-and-copy is what a log reader wants, not every refresh.
-            if (value.Round == _lastRound && value.Status == _lastStatus) return;
-            _lastRound = value.Round;
-            _lastStatus = value.Status;
-            _error.WriteLine(Describe(value));
+            // One line per round, with the figures the round ended on: the engine reports every 250 ms while a pass
+            // runs and once at its end, so a phase's line is written when the next phase's first report arrives (or
+            // at Flush), from the last report it had. A log reader wants that, not every refresh.
+            if (_pending is { } last && (last.Round != value.Round || last.Status != value.Status))
+            {
+                _error.WriteLine(Describe(last));
+                _error.Flush();
+            }
+            _pending = value;
+        }
+    }
+
+    /// <summary>In <see cref="ProgressMode.Lines"/>, write the last phase's line (the migration ended).</summary>
+    public void Flush()
+    {
+        if (_mode != ProgressMode.Lines) return;
+        lock (_gate)
+        {
+            if (_pending is null) return;
+            _error.WriteLine(Describe(_pending));
             _error.Flush();
+            _pending = null;
         }
     }
 
@@ -89,7 +103,17 @@ public sealed class ProgressView : IProgress<MigrationProgress>
     {
         ArgumentNullException.ThrowIfNull(errorConsole);
         ArgumentNullException.ThrowIfNull(work);
-        if (_mode != ProgressMode.Live) return work();
+        if (_mode != ProgressMode.Live)
+        {
+            try
+            {
+                return work();
+            }
+            finally
+            {
+                Flush();
+            }
+        }
 
         var task = Task.Factory.StartNew(work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
         errorConsole.Live(new Text("connecting..."))

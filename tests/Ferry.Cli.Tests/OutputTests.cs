@@ -78,13 +78,19 @@ public class OutputTests
         var view = new ProgressView(ProgressMode.Lines, writer);
         for (var round = 0; round < 3; round++)
             for (var tick = 0; tick < 5; tick++)
-                view.Report(new MigrationProgress(MigrationStatus.Active, round, (3 - round) << 20, tick << 20, 1e9, 20_000, 0, TimeSpan.FromSeconds(round)));
+                view.Report(new MigrationProgress(MigrationStatus.Active, round, (3 - round) << 20, tick << 20, 1e9, 20_000, 0, TimeSpan.FromSeconds(round + (tick / 10.0))));
         view.Report(new MigrationProgress(MigrationStatus.Device, 3, 4096, 1 << 30, 1e9, 0, 20, TimeSpan.FromSeconds(3)));
         view.Report(new MigrationProgress(MigrationStatus.Device, 3, 0, 1 << 30, 1e9, 0, 20, TimeSpan.FromSeconds(3)));
+        Assert.Equal(3, writer.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries).Length);
+        view.Flush();
 
         var lines = writer.ToString().Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Equal(4, lines.Length);
+        // Each round's line carries the figures it ended on (its last report), not its first.
         Assert.StartsWith("round 0", lines[0], StringComparison.Ordinal);
+        Assert.Contains("left      3 MiB", lines[0], StringComparison.Ordinal);
+        Assert.EndsWith("0.4 s", lines[0], StringComparison.Ordinal);
+        Assert.Contains("left        0 B", lines[3], StringComparison.Ordinal);
         Assert.StartsWith("round 2", lines[2], StringComparison.Ordinal);
         Assert.StartsWith("stop-and-copy", lines[3], StringComparison.Ordinal);
         Assert.Contains("throttle 20%", lines[3], StringComparison.Ordinal);

@@ -73,6 +73,14 @@ public sealed class OutgoingMigration
     private IMigrationChannel[] _pageChannels = [];
     private Thread? _reader;
     private ITimer? _keepalive;
+    // Reports progress every ProgressInterval while a pass runs, when the caller asked for progress.
+    private ITimer? _progressTimer;
+    // The pass in flight (pre-copy round or final pass): pages it sends, and the counters when it began; for live
+    // remaining and rate figures between the rounds' own reports. _passPages is 0 between passes.
+    private long _passPages;
+    private long _passStartPages;
+    private long _passStartBytes;
+    private long _passStartTimestamp;
     private ITimer? _controlAbortTimer;
     private volatile bool _keepalivesOn;
     // Timestamp of the last record from the destination (watchdog).
@@ -177,11 +185,34 @@ public sealed class OutgoingMigration
     /// <summary>The policy's sentence with the figures behind <see cref="SwitchOverReason"/>.</summary>
     public string? SwitchOverExplanation { get; private set; }
 
-    /// <summary>The latest progress snapshot.</summary>
-    public MigrationProgress Progress => new(
-        _status, Volatile.Read(ref _round), Interlocked.Read(ref _remainingBytes), BytesSentNow(),
-        Volatile.Read(ref _bandwidth), Volatile.Read(ref _dirtyRate), Volatile.Read(ref _throttle),
-        _startTimestamp == 0 ? TimeSpan.Zero : _time.GetElapsedTime(_startTimestamp));
+    /// <summary>How often progress is reported while a pass runs (besides once at each round's end).</summary>
+    public static readonly TimeSpan ProgressInterval = TimeSpan.FromMilliseconds(250);
+
+    /// <summary>
+    /// The latest progress snapshot. While a pass runs, remaining is what the pass has still to send (a page being
+    /// 4 KiB of data at most) and the rate is the pass's own so far, until the round's measured figures replace them
+    /// at its end.
+    /// </summary>
+    public MigrationProgress Progress
+    {
+        get
+        {
+            long remaining = Interlocked.Read(ref _remainingBytes);
+            double bandwidth = Volatile.Read(ref _bandwidth);
+            long sent = BytesSentNow();
+            long passPages = Interlocked.Read(ref _passPages);
+            if (passPages > 0)
+            {
+                long done = PagesSentNow() - Interlocked.Read(ref _passStartPages);
+                remaining = Math.Max(0, passPages - done) * MemoryRegion.PageSize;
+                var elapsed = _time.GetElapsedTime(Interlocked.Read(ref _passStartTimestamp));
+                if (elapsed >= TimeSpan.FromMilliseconds(50))
+                    bandwidth = (sent - Interlocked.Read(ref _passStartBytes)) / elapsed.TotalSeconds;
+            }
+            return new(_status, Volatile.Read(ref _round), remaining, sent, bandwidth, Volatile.Read(ref _dirtyRate),
+                Volatile.Read(ref _throttle), _startTimestamp == 0 ? TimeSpan.Zero : _time.GetElapsedTime(_startTimestamp));
+        }
+    }
 
     private void Cancel(string reason) => Fail(MigrationStatus.Cancelled, reason, notify: true, ProtocolErrorCode.None);
 
@@ -245,6 +276,14 @@ public sealed class OutgoingMigration
         // Probe the control round trip now that both sides run warm code: the destination echoes this at once.
         SendKeepalive();
         _status = MigrationStatus.Active;
+        Report();
+        if (_progressSink is not null)
+            _progressTimer = _time.CreateTimer(static s => ((OutgoingMigration)s!).OnProgressTick(), this, ProgressInterval, ProgressInterval);
+    }
+
+    private void OnProgressTick()
+    {
+        if (Volatile.Read(ref _finished) || Interlocked.Read(ref _passPages) == 0) return;
         Report();
     }
 
@@ -371,6 +410,10 @@ public sealed class OutgoingMigration
     private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
+        Interlocked.Exchange(ref _passStartPages, pagesBefore);
+        Interlocked.Exchange(ref _passStartBytes, bytesBefore);
+        Interlocked.Exchange(ref _passStartTimestamp, _time.GetTimestamp());
+        Interlocked.Exchange(ref _passPages, (long)bitmap.Count());
         bool sync = _landedSync && round >= 0;
         if (sync)
         {
@@ -394,6 +437,7 @@ public sealed class OutgoingMigration
                 notify: true, ProtocolErrorCode.Timeout);
             _abort.Token.ThrowIfCancellationRequested();
         }
+        Interlocked.Exchange(ref _passPages, 0);
         return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
     }
 
@@ -713,6 +757,8 @@ public sealed class OutgoingMigration
             failure = _failure;
         }
         _keepalive?.Dispose();
+        _progressTimer?.Dispose();
+        Interlocked.Exchange(ref _passPages, 0);
         var connection = _connection;
         if (failure is not null)
         {

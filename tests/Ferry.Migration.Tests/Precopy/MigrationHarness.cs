@@ -88,7 +88,8 @@ internal static class MigrationHarness
     /// </summary>
     public static MigrationOutcome Migrate(IMigrationSource guest, IMigrationConnector connector, IMigrationListener listener,
         MigrationOptions options, RecordingTargetFactory? factory = null, IncomingOptions? incoming = null,
-        Action<OutgoingMigration>? duringRun = null, string? token = null, TimeSpan? stateTimeEstimate = null)
+        Action<OutgoingMigration>? duringRun = null, string? token = null, TimeSpan? stateTimeEstimate = null,
+        IProgress<MigrationProgress>? progress = null)
     {
         factory ??= new RecordingTargetFactory(new InProcessTargetFactory());
         incoming ??= new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 };
@@ -110,7 +111,7 @@ internal static class MigrationHarness
         var watcher = duringRun is null ? null : new Thread(() => duringRun(source)) { IsBackground = true };
         watcher?.Start();
         var started = DateTime.UtcNow;
-        var stats = source.Run();
+        var stats = source.Run(progress);
         var elapsed = DateTime.UtcNow - started;
         Assert.True(dest.Join(TimeSpan.FromSeconds(10)), "destination thread did not end within 10 s of the source");
         watcher?.Join(TimeSpan.FromSeconds(10));

@@ -100,6 +100,42 @@ public class PrecopyMigrationTests
     }
 
     [Fact]
+    public void ProgressIsReportedWhileALongRoundRunsNotOnlyAtItsEnd()
+    {
+        // 8 MiB of random data through a 6 MiB/s cap: round 0 lasts over a second, several progress intervals.
+        using var guest = NewGuest(8, fill: MemoryFill.Random);
+        using var transport = new InMemoryTransport();
+        var reports = new Reports();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 6 << 20 },
+            progress: reports);
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+
+        var during = reports.Snapshot().Where(p => p.Status == MigrationStatus.Active && p.Round == 0 && p.BytesSent > 0).ToList();
+        Assert.True(during.Count >= 3, $"{during.Count} reports during round 0");
+        // What is left falls as the round goes, from most of the guest towards nothing, at a measured rate.
+        Assert.True(during[0].RemainingBytes > (4L << 20), $"first report: {during[0].RemainingBytes} bytes left");
+        for (int i = 1; i < during.Count; i++) Assert.True(during[i].RemainingBytes <= during[i - 1].RemainingBytes);
+        Assert.True(during[^1].RemainingBytes < during[0].RemainingBytes);
+        Assert.All(during.Skip(1), p => Assert.InRange(p.BandwidthBytesPerSecond, 1 << 20, 64 << 20));
+    }
+
+    private sealed class Reports : IProgress<MigrationProgress>
+    {
+        private readonly List<MigrationProgress> _all = [];
+
+        public void Report(MigrationProgress value)
+        {
+            lock (_all) _all.Add(value);
+        }
+
+        public List<MigrationProgress> Snapshot()
+        {
+            lock (_all) return [.. _all];
+        }
+    }
+
+    [Fact]
     public void BusyHotsetGuestMigratesOverTcpLoopbackWithMatchingDigests()
     {
         using var guest = NewGuest(32, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2, split: true);
