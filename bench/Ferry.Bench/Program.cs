@@ -2,7 +2,7 @@ using BenchmarkDotNet.Running;
 using Ferry.Bench;
 
 // dotnet run -c Release --project bench/Ferry.Bench -- micro [BenchmarkDotNet args]   (e.g. --filter '*ZeroPage*')
-// dotnet run -c Release --project bench/Ferry.Bench -- engine [--memory 1G] [--repetitions 5] [--json FILE]
+// dotnet run -c Release --project bench/Ferry.Bench -- engine [--memory SIZE (throughput 4G, downtime 1G)] [--repetitions 5] [--json FILE]
 switch (args.FirstOrDefault())
 {
     case "micro":
