@@ -32,6 +32,12 @@ public sealed class BandwidthMeter
     public double LastSampleBytesPerSecond { get; private set; }
 
     /// <summary>
+    /// Bytes per second of the rounds accumulated towards the next sample, too short yet to close it; 0 when none.
+    /// Rounds that short carry their fixed cost (the landed-sync round trip) over few bytes, so this errs low.
+    /// </summary>
+    public double PendingBytesPerSecond => _pendingTime > TimeSpan.Zero ? _pendingBytes / _pendingTime.TotalSeconds : 0;
+
+    /// <summary>
     /// Account <paramref name="bytes"/> sent over <paramref name="elapsed"/> of link time (one round's own duration),
     /// closing the sample once the accumulated time reaches <see cref="MinSample"/>. A round that sent nothing is
     /// ignored: idle time is not link time.

@@ -320,6 +320,7 @@ public sealed class OutgoingMigration
         var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
         var done = _passDone;
         long precopyStart = _time.GetTimestamp();
+        double bulkBandwidth = 0; // round 0's
 
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
         _guest.HarvestDirtyLog(bitmap.Words);
@@ -357,12 +358,21 @@ public sealed class OutgoingMigration
                 Round = round, Pages = pages, Bytes = bytes, Milliseconds = roundMs,
                 DirtyPagesPerSecond = dirtyRate, BandwidthBytesPerSecond = roundBandwidth, ThrottlePercent = _throttle,
             });
+            if (round == 0) bulkBandwidth = roundBandwidth;
+            // Dirty rounds too short to close a sample (a guest that rewrites only a few pages, its clock and timers,
+            // sends them in well under 5 ms) still measured the link, from little and low: with no sample closed yet
+            // their rate decides, capped at round 0's so that sends a socket buffer absorbed cannot claim more than
+            // the bulk stream did. Deciding on "unmeasured" instead ran round after round, a harvest each, until the
+            // round limit forced the decision.
+            double bandwidth = meter.BytesPerSecond > 0 || round == 0
+                ? meter.BytesPerSecond
+                : Math.Min(meter.PendingBytesPerSecond, bulkBandwidth);
             Interlocked.Exchange(ref _remainingBytes, dirtyBytes);
-            Volatile.Write(ref _bandwidth, round > 0 ? meter.BytesPerSecond : roundBandwidth);
+            Volatile.Write(ref _bandwidth, round > 0 ? bandwidth : roundBandwidth);
             Volatile.Write(ref _dirtyRate, dirtyRate);
 
             var input = new ConvergenceInput(
-                dirtyBytes, meter.BytesPerSecond, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
+                dirtyBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
                 _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy);
             var decision = ConvergencePolicy.Decide(input);
             // Round 0's figure is kept out of the estimate only while another round may follow. When a limit ends

@@ -136,6 +136,20 @@ public class BandwidthMeterTests
     }
 
     [Fact]
+    public void RoundsTooShortForASampleStillShowTheirRateAsPending()
+    {
+        var meter = new BandwidthMeter();
+        Assert.Equal(0, meter.PendingBytesPerSecond);
+        meter.AddSample(1000, TimeSpan.FromMilliseconds(1));
+        meter.AddSample(1000, TimeSpan.FromMilliseconds(1));
+        Assert.Equal(0, meter.BytesPerSecond);
+        Assert.Equal(1e6, meter.PendingBytesPerSecond, 1e-3);
+        meter.AddSample(8000, TimeSpan.FromMilliseconds(3));
+        Assert.Equal(2e6, meter.BytesPerSecond, 1e-3);
+        Assert.Equal(0, meter.PendingBytesPerSecond);
+    }
+
+    [Fact]
     public void IdleRoundsDoNotDiluteTheRate()
     {
         var meter = new BandwidthMeter();

@@ -1,4 +1,5 @@
 using System.Net;
+using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
 using Ferry.Migration.Precopy;
 using Ferry.Migration.Transport;
@@ -97,6 +98,46 @@ public class PrecopyMigrationTests
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
         Assert.Equal(2, outcome.Stats.Rounds.Count);
+    }
+
+    [Fact]
+    public void AGuestThatAlwaysRewritesAFewPagesConvergesOnItsFirstDirtyRound()
+    {
+        // A real guest rewrites a few pages all the time (its clock, timers, per-CPU counters), so every round after
+        // round 0 sends a handful of pages in well under the meter's 5 ms sample. Such rounds still measure the link
+        // (from little, and low): deciding as though nothing were measured ran round after round, a dirty-log harvest
+        // each, until MaxRounds forced the decision.
+        using var inner = NewGuest(16, writers: 0);
+        var guest = new AlwaysDirtySource(inner, pages: 8);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        var rounds = outcome.Stats.Rounds;
+        Assert.True(rounds.Count <= 4, $"{rounds.Count} rounds: " + string.Join(", ", rounds.Select(r => $"{r.Pages} pages in {r.Milliseconds:F2} ms")));
+        Assert.Equal(8, rounds[^1].Pages);
+    }
+
+    /// <summary>An idle guest whose dirty log always holds its first <c>pages</c> pages (rewritten with the same bytes).</summary>
+    private sealed class AlwaysDirtySource(InProcessGuest inner, int pages) : IMigrationSource
+    {
+        public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
+        public ulong TotalPages => inner.TotalPages;
+        public bool IsRunning => inner.IsRunning;
+        public void StartDirtyLog() => inner.StartDirtyLog();
+
+        public void HarvestDirtyLog(Span<ulong> bitmap)
+        {
+            inner.HarvestDirtyLog(bitmap);
+            bitmap[0] |= (1UL << pages) - 1;
+        }
+
+        public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
+        public void StopDirtyLog() => inner.StopDirtyLog();
+        public void SetThrottle(int percent) => inner.SetThrottle(percent);
+        public void Pause() => inner.Pause();
+        public void Resume() => inner.Resume();
+        public IReadOnlyList<StateSection> SaveState() => inner.SaveState();
     }
 
     [Fact]
