@@ -75,12 +75,9 @@ public sealed class OutgoingMigration
     private ITimer? _keepalive;
     // Reports progress every ProgressInterval while a pass runs, when the caller asked for progress.
     private ITimer? _progressTimer;
-    // The pass in flight (pre-copy round or final pass): pages it sends, and the counters when it began; for live
-    // remaining and rate figures between the rounds' own reports. _passPages is 0 between passes.
-    private long _passPages;
-    private long _passStartPages;
-    private long _passStartBytes;
-    private long _passStartTimestamp;
+    // The pass in flight (pre-copy round or final pass), for live remaining and rate figures between the rounds' own
+    // reports; null between passes. Published whole, so a reader never mixes one pass's figures with another's.
+    private volatile PassProgress? _pass;
     private ITimer? _controlAbortTimer;
     private volatile bool _keepalivesOn;
     // Timestamp of the last record from the destination (watchdog).
@@ -197,17 +194,18 @@ public sealed class OutgoingMigration
     {
         get
         {
+            // The pass before the counters: they only grow, so they are read at or past the figures it started from.
+            var pass = _pass;
             long remaining = Interlocked.Read(ref _remainingBytes);
             double bandwidth = Volatile.Read(ref _bandwidth);
             long sent = BytesSentNow();
-            long passPages = Interlocked.Read(ref _passPages);
-            if (passPages > 0)
+            if (pass is not null)
             {
-                long done = PagesSentNow() - Interlocked.Read(ref _passStartPages);
-                remaining = Math.Max(0, passPages - done) * MemoryRegion.PageSize;
-                var elapsed = _time.GetElapsedTime(Interlocked.Read(ref _passStartTimestamp));
+                long done = PagesSentNow() - pass.StartPages;
+                remaining = Math.Max(0, pass.Pages - done) * MemoryRegion.PageSize;
+                var elapsed = _time.GetElapsedTime(pass.StartTimestamp);
                 if (elapsed >= TimeSpan.FromMilliseconds(50))
-                    bandwidth = (sent - Interlocked.Read(ref _passStartBytes)) / elapsed.TotalSeconds;
+                    bandwidth = (sent - pass.StartBytes) / elapsed.TotalSeconds;
             }
             return new(_status, Volatile.Read(ref _round), remaining, sent, bandwidth, Volatile.Read(ref _dirtyRate),
                 Volatile.Read(ref _throttle), _startTimestamp == 0 ? TimeSpan.Zero : _time.GetElapsedTime(_startTimestamp));
@@ -283,7 +281,7 @@ public sealed class OutgoingMigration
 
     private void OnProgressTick()
     {
-        if (Volatile.Read(ref _finished) || Interlocked.Read(ref _passPages) == 0) return;
+        if (Volatile.Read(ref _finished) || _pass is null) return;
         Report();
     }
 
@@ -420,10 +418,7 @@ public sealed class OutgoingMigration
     private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
-        Interlocked.Exchange(ref _passStartPages, pagesBefore);
-        Interlocked.Exchange(ref _passStartBytes, bytesBefore);
-        Interlocked.Exchange(ref _passStartTimestamp, _time.GetTimestamp());
-        Interlocked.Exchange(ref _passPages, (long)bitmap.Count());
+        _pass = new PassProgress((long)bitmap.Count(), pagesBefore, bytesBefore, _time.GetTimestamp());
         bool sync = _landedSync && round >= 0;
         if (sync)
         {
@@ -447,7 +442,7 @@ public sealed class OutgoingMigration
                 notify: true, ProtocolErrorCode.Timeout);
             _abort.Token.ThrowIfCancellationRequested();
         }
-        Interlocked.Exchange(ref _passPages, 0);
+        _pass = null;
         return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
     }
 
@@ -768,7 +763,7 @@ public sealed class OutgoingMigration
         }
         _keepalive?.Dispose();
         _progressTimer?.Dispose();
-        Interlocked.Exchange(ref _passPages, 0);
+        _pass = null;
         var connection = _connection;
         if (failure is not null)
         {
@@ -857,6 +852,9 @@ public sealed class OutgoingMigration
     }
 
     private void Report() => _progressSink?.Report(Progress);
+
+    /// <summary>A pass in flight: the pages it sends, and the send counters and time when it began.</summary>
+    private sealed record PassProgress(long Pages, long StartPages, long StartBytes, long StartTimestamp);
 
     private double Ms(long since) => _time.GetElapsedTime(since).TotalMilliseconds;
 

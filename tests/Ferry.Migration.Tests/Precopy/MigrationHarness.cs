@@ -89,7 +89,7 @@ internal static class MigrationHarness
     public static MigrationOutcome Migrate(IMigrationSource guest, IMigrationConnector connector, IMigrationListener listener,
         MigrationOptions options, RecordingTargetFactory? factory = null, IncomingOptions? incoming = null,
         Action<OutgoingMigration>? duringRun = null, string? token = null, TimeSpan? stateTimeEstimate = null,
-        IProgress<MigrationProgress>? progress = null)
+        IProgress<MigrationProgress>? progress = null, TimeProvider? time = null)
     {
         factory ??= new RecordingTargetFactory(new InProcessTargetFactory());
         incoming ??= new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 };
@@ -107,7 +107,7 @@ internal static class MigrationHarness
             }
         }) { IsBackground = true, Name = "test-destination" };
         dest.Start();
-        var source = new OutgoingMigration(guest, connector, options) { Token = token, StateTimeEstimate = stateTimeEstimate };
+        var source = new OutgoingMigration(guest, connector, options, time) { Token = token, StateTimeEstimate = stateTimeEstimate };
         var watcher = duringRun is null ? null : new Thread(() => duringRun(source)) { IsBackground = true };
         watcher?.Start();
         var started = DateTime.UtcNow;

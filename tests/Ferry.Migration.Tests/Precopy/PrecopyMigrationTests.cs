@@ -161,6 +161,60 @@ public class PrecopyMigrationTests
         Assert.All(during.Skip(1), p => Assert.InRange(p.BandwidthBytesPerSecond, 1 << 20, 64 << 20));
     }
 
+    [Fact]
+    public void ProgressReadAcrossTheStartOfTheNextPassShowsNoNegativeRate()
+    {
+        // Progress may be read from any thread. This read is held at its clock reading, mid round 0, until round 1
+        // has begun: its figures must still be one pass's, not round 0's bytes against round 1's starting count.
+        using var guest = NewGuest(8, fill: MemoryFill.Random);
+        using var transport = new InMemoryTransport();
+        var time = new PausingTime();
+        MigrationProgress? read = null;
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 6 << 20 },
+            time: time, duringRun: source =>
+            {
+                while (source.Progress is var p && !(p.Status == MigrationStatus.Active && p.BytesSent > 0 && p.Elapsed > TimeSpan.FromMilliseconds(300)))
+                    Thread.Sleep(5);
+                var release = new Thread(() =>
+                {
+                    while (source.Progress is { Round: < 1, Status: MigrationStatus.Active }) Thread.Sleep(1);
+                    Thread.Sleep(50); // round 1's pass has begun
+                    time.Release();
+                });
+                time.PauseNextReadOn(Environment.CurrentManagedThreadId);
+                release.Start();
+                read = source.Progress;
+                release.Join();
+            });
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+
+        Assert.NotNull(read);
+        Assert.True(read.BandwidthBytesPerSecond >= 0, $"rate {read.BandwidthBytesPerSecond} B/s");
+        Assert.InRange(read.RemainingBytes, 0, 8L << 20);
+    }
+
+    /// <summary>The system clock, except that one reading on a chosen thread waits for <see cref="Release"/>.</summary>
+    private sealed class PausingTime : TimeProvider
+    {
+        private readonly ManualResetEventSlim _released = new();
+        private int _thread = -1;
+
+        public void PauseNextReadOn(int thread) => Volatile.Write(ref _thread, thread);
+
+        public void Release() => _released.Set();
+
+        public override long GetTimestamp()
+        {
+            if (Environment.CurrentManagedThreadId == Volatile.Read(ref _thread))
+            {
+                Volatile.Write(ref _thread, -1);
+                _released.Wait(TimeSpan.FromSeconds(10));
+            }
+            return base.GetTimestamp();
+        }
+    }
+
     private sealed class Reports : IProgress<MigrationProgress>
     {
         private readonly List<MigrationProgress> _all = [];
