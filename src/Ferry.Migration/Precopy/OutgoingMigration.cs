@@ -75,6 +75,10 @@ public sealed class OutgoingMigration
     private ITimer? _keepalive;
     // Reports progress every ProgressInterval while a pass runs, when the caller asked for progress.
     private ITimer? _progressTimer;
+    // Serialises reports: the migration thread's and the progress timer's reach the sink one at a time, in the order
+    // their figures were taken, and none after the final one (a timer's Dispose does not wait for a running callback).
+    private readonly Lock _reportGate = new();
+    private bool _reportsClosed;
     // The pass in flight (pre-copy round or final pass), for live remaining and rate figures between the rounds' own
     // reports; null between passes. Published whole, so a reader never mixes one pass's figures with another's.
     private volatile PassProgress? _pass;
@@ -281,8 +285,20 @@ public sealed class OutgoingMigration
 
     private void OnProgressTick()
     {
-        if (Volatile.Read(ref _finished) || _pass is null) return;
-        Report();
+        // A tick that finds a report under way is dropped, not queued: a slow sink (stderr a full pipe) must not pile
+        // up pool threads here, which would starve the keepalive timer.
+        if (!_reportGate.TryEnter()) return;
+        try
+        {
+            // Checked under the gate: a pass that ended (its own report follows) or a migration that finished is
+            // not reported from here.
+            if (_reportsClosed || _pass is null) return;
+            _progressSink?.Report(Progress);
+        }
+        finally
+        {
+            _reportGate.Exit();
+        }
     }
 
     /// <summary>VM identity sent in Hello (a guest contract without identity gets a fresh one per migration).</summary>
@@ -831,7 +847,7 @@ public sealed class OutgoingMigration
             Verify = stats.Verify,
             Switchover = failure is null ? Switchover : null,
         };
-        Report();
+        Report(final: true);
         return result;
     }
 
@@ -851,7 +867,16 @@ public sealed class OutgoingMigration
         return n;
     }
 
-    private void Report() => _progressSink?.Report(Progress);
+    private void Report(bool final = false)
+    {
+        if (_progressSink is null) return;
+        lock (_reportGate)
+        {
+            if (_reportsClosed) return;
+            _reportsClosed = final;
+            _progressSink.Report(Progress);
+        }
+    }
 
     /// <summary>A pass in flight: the pages it sends, and the send counters and time when it began.</summary>
     private sealed record PassProgress(long Pages, long StartPages, long StartBytes, long StartTimestamp);

@@ -162,6 +162,28 @@ public class PrecopyMigrationTests
     }
 
     [Fact]
+    public void ProgressReportsReachTheSinkOneAtATimeAndNoneAfterTheFinalOne()
+    {
+        // The timer reports from its own thread. Its first report is held in the sink until another comes in (or
+        // 2.5 s): the engine must not call the sink meanwhile, or a sink that serialises its reports (ProgressView
+        // does) files a stale snapshot after a newer one, the last of a round or the final one included.
+        using var guest = NewGuest(8, fill: MemoryFill.Random);
+        using var transport = new InMemoryTransport();
+        var sink = new HoldingSink(Environment.CurrentManagedThreadId, TimeSpan.FromSeconds(2.5));
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 6 << 20 },
+            progress: sink);
+        sink.RunReturned();
+        Thread.Sleep(OutgoingMigration.ProgressInterval * 2);
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+
+        Assert.True(sink.HeldOne, "no report came from the timer");
+        Assert.Equal(1, sink.MaxInFlight);
+        Assert.Equal(0, sink.AfterReturn);
+        Assert.Equal(MigrationStatus.Completed, sink.Delivered[^1].Status);
+    }
+
+    [Fact]
     public void ProgressReadAcrossTheStartOfTheNextPassShowsNoNegativeRate()
     {
         // Progress may be read from any thread. This read is held at its clock reading, mid round 0, until round 1
@@ -192,6 +214,43 @@ public class PrecopyMigrationTests
         Assert.NotNull(read);
         Assert.True(read.BandwidthBytesPerSecond >= 0, $"rate {read.BandwidthBytesPerSecond} B/s");
         Assert.InRange(read.RemainingBytes, 0, 8L << 20);
+    }
+
+    /// <summary>Holds the first report from a thread other than the migration's until another report begins.</summary>
+    private sealed class HoldingSink(int runThread, TimeSpan hold) : IProgress<MigrationProgress>
+    {
+        private readonly ManualResetEventSlim _another = new();
+        private readonly List<MigrationProgress> _delivered = [];
+        private int _inFlight;
+        private int _maxInFlight;
+        private int _held;
+        private int _afterReturn;
+        private volatile bool _returned;
+
+        public bool HeldOne => Volatile.Read(ref _held) != 0;
+        public int MaxInFlight => Volatile.Read(ref _maxInFlight);
+        public int AfterReturn => Volatile.Read(ref _afterReturn);
+
+        public List<MigrationProgress> Delivered
+        {
+            get { lock (_delivered) return [.. _delivered]; }
+        }
+
+        public void RunReturned() => _returned = true;
+
+        public void Report(MigrationProgress value)
+        {
+            int n = Interlocked.Increment(ref _inFlight);
+            for (int m = Volatile.Read(ref _maxInFlight); n > m; m = Volatile.Read(ref _maxInFlight))
+                Interlocked.CompareExchange(ref _maxInFlight, n, m);
+            if (_returned) Interlocked.Increment(ref _afterReturn);
+            if (Environment.CurrentManagedThreadId != runThread && Interlocked.Exchange(ref _held, 1) == 0)
+                _another.Wait(hold);
+            else if (HeldOne)
+                _another.Set();
+            lock (_delivered) _delivered.Add(value);
+            Interlocked.Decrement(ref _inFlight);
+        }
     }
 
     /// <summary>The system clock, except that one reading on a chosen thread waits for <see cref="Release"/>.</summary>
