@@ -295,6 +295,12 @@ public sealed class OutgoingMigration
             if (_reportsClosed || _pass is null) return;
             _progressSink?.Report(Progress);
         }
+        catch (Exception e)
+        {
+            // As when a report from the migration thread throws (a progress view writing to a closed pipe): the
+            // migration fails and the guest runs on. Left to the timer thread, it would end the process.
+            Fail(MigrationStatus.Failed, $"progress report failed: {Describe(e)}", notify: true, ProtocolErrorCode.Internal);
+        }
         finally
         {
             _reportGate.Exit();

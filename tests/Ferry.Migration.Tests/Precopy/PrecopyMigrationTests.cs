@@ -216,6 +216,30 @@ public class PrecopyMigrationTests
         Assert.InRange(read.RemainingBytes, 0, 8L << 20);
     }
 
+    [Fact]
+    public void AProgressSinkThatThrowsOnTheTimerFailsTheMigrationNotTheProcess()
+    {
+        // A progress view writing to a closed pipe throws. From the migration thread that fails the migration (the
+        // guest runs on); from the timer's thread it must do the same, not go unhandled and end the process.
+        using var guest = NewGuest(8, fill: MemoryFill.Random);
+        using var transport = new InMemoryTransport();
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory());
+        int runThread = Environment.CurrentManagedThreadId;
+        var sink = new CallbackSink(p =>
+        {
+            if (Environment.CurrentManagedThreadId != runThread) throw new IOException("Broken pipe");
+        });
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 6 << 20 },
+            factory, progress: sink);
+        AssertFailedBeforeCommit(outcome, guest, factory);
+        Assert.Contains("progress report failed: Broken pipe", outcome.Stats.Error, StringComparison.Ordinal);
+    }
+
+    private sealed class CallbackSink(Action<MigrationProgress> report) : IProgress<MigrationProgress>
+    {
+        public void Report(MigrationProgress value) => report(value);
+    }
+
     /// <summary>Holds the first report from a thread other than the migration's until another report begins.</summary>
     private sealed class HoldingSink(int runThread, TimeSpan hold) : IProgress<MigrationProgress>
     {
