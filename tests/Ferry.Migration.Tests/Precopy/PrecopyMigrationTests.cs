@@ -165,11 +165,11 @@ public class PrecopyMigrationTests
     public void ProgressReportsReachTheSinkOneAtATimeAndNoneAfterTheFinalOne()
     {
         // The timer reports from its own thread. Its first report is held in the sink until another comes in (or
-        // 2.5 s): the engine must not call the sink meanwhile, or a sink that serialises its reports (ProgressView
+        // 1 s, four ticks): the engine must not call the sink meanwhile, or a sink that serialises its reports (ProgressView
         // does) files a stale snapshot after a newer one, the last of a round or the final one included.
         using var guest = NewGuest(8, fill: MemoryFill.Random);
         using var transport = new InMemoryTransport();
-        var sink = new HoldingSink(Environment.CurrentManagedThreadId, TimeSpan.FromSeconds(2.5));
+        var sink = new HoldingSink(Environment.CurrentManagedThreadId, TimeSpan.FromSeconds(1));
         var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { MaxBandwidth = 6 << 20 },
             progress: sink);
         sink.RunReturned();
