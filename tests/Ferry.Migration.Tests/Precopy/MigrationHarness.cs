@@ -1,6 +1,7 @@
 using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
 using Ferry.Migration.Precopy;
+using Ferry.Migration.Protocol;
 using Ferry.Migration.Transport;
 
 namespace Ferry.Migration.Tests.Precopy;
@@ -35,6 +36,9 @@ internal sealed class RecordingTarget(IMigrationTarget inner, bool rejectState) 
     public bool Started => Volatile.Read(ref _started) != 0;
     public bool Disposed => Volatile.Read(ref _disposed) != 0;
     public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
+    // Forwarded explicitly: the interface's default (false) would turn the destination's huge-page handling off in
+    // every migration these tests run, leaving the split and collapse paths untested end to end.
+    public bool TransparentHugePages => inner.TransparentHugePages;
 
     public void LoadState(IReadOnlyList<StateSection> sections)
     {
@@ -55,7 +59,11 @@ internal sealed class RecordingTarget(IMigrationTarget inner, bool rejectState) 
 }
 
 /// <summary>The outcome of one migration run by <see cref="MigrationHarness.Migrate"/>.</summary>
-internal sealed record MigrationOutcome(MigrationStatistics Stats, RecordingTarget? Target, Exception? DestinationError, TimeSpan Elapsed);
+internal sealed record MigrationOutcome(MigrationStatistics Stats, RecordingTarget? Target, Exception? DestinationError, TimeSpan Elapsed)
+{
+    /// <summary>The destination engine's page map (whether it handled the memory as huge pages, what it split).</summary>
+    public ReceivedPageMap? ReceivedPages { get; init; }
+}
 
 internal static class MigrationHarness
 {
@@ -95,11 +103,12 @@ internal static class MigrationHarness
         incoming ??= new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 };
         Exception? destError = null;
         IMigrationTarget? destTarget = null;
+        var incomingMigration = new IncomingMigration(listener, factory, incoming);
         var dest = new Thread(() =>
         {
             try
             {
-                destTarget = new IncomingMigration(listener, factory, incoming).Run();
+                destTarget = incomingMigration.Run();
             }
             catch (Exception e)
             {
@@ -115,7 +124,7 @@ internal static class MigrationHarness
         var elapsed = DateTime.UtcNow - started;
         Assert.True(dest.Join(TimeSpan.FromSeconds(10)), "destination thread did not end within 10 s of the source");
         watcher?.Join(TimeSpan.FromSeconds(10));
-        return new MigrationOutcome(stats, destTarget as RecordingTarget, destError, elapsed);
+        return new MigrationOutcome(stats, destTarget as RecordingTarget, destError, elapsed) { ReceivedPages = incomingMigration.ReceivedPages };
     }
 
     /// <summary>

@@ -314,6 +314,21 @@ public class PrecopyMigrationTests
     }
 
     [Fact]
+    public void TheDestinationHandlesHugePageGuestMemoryAsSuchInTheseMigrations()
+    {
+        // The in-process target's memory is advised huge pages, and these tests wrap it (RecordingTarget): the
+        // wrapper must pass that on, or every migration here runs without the final pass's window splitting and the
+        // prefaulter's collapsing, and their data paths go untested end to end.
+        using var guest = NewGuest(16, pagesPerSecond: 5_000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        if (!outcome.Target!.Inner.TransparentHugePages) Assert.Skip("this kernel has no transparent huge pages");
+        Assert.True(outcome.ReceivedPages!.HugePagesAdvised);
+    }
+
+    [Fact]
     public void BusyHotsetGuestMigratesOverTcpLoopbackWithMatchingDigests()
     {
         using var guest = NewGuest(32, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2, split: true);
