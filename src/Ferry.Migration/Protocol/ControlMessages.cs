@@ -14,7 +14,8 @@ public abstract record ControlMessage
 /// <param name="VmId">The VM's identity.</param>
 /// <param name="PageSize">Guest page size; 4096 in v1.</param>
 /// <param name="PageChannels">Number of page channels the source opened (1..16).</param>
-/// <param name="Capabilities">What the source wants to use; the receiver refuses bits it cannot honour.</param>
+/// <param name="Capabilities">What the source wants to use; the receiver leaves optional bits it cannot honour out of
+/// Welcome and refuses required ones (<see cref="ProtocolCapabilities"/>).</param>
 /// <param name="Regions">Guest memory layout, sorted and disjoint (structure checked on decode; total against the
 /// receiver's limit with <see cref="MigrationProtocol.Evaluate"/>).</param>
 /// <param name="Token">Authorisation token, at most 256 bytes.</param>

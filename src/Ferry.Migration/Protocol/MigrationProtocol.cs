@@ -253,8 +253,8 @@ public static class MigrationProtocol
     /// The destination's verdict on a decoded Hello: layout within <paramref name="maxMemoryBytes"/>, token equal to
     /// <paramref name="expectedToken"/> (constant-time; empty = no token required), page channel count as connected,
     /// and no required capability outside <paramref name="supported"/> (optional ones outside it are just not accepted).
-/// On success the Welcome carries
-    /// <see cref="HandshakeDecision.Capabilities"/>; otherwise send Refuse with <see cref="HandshakeDecision.Reason"/>.
+    /// On success the Welcome carries <see cref="HandshakeDecision.Capabilities"/>; otherwise send Refuse with
+    /// <see cref="HandshakeDecision.Reason"/>.
     /// </summary>
     public static HandshakeDecision Evaluate(HelloMessage hello, ulong maxMemoryBytes, string? expectedToken, int connectedPageChannels)
         => Evaluate(hello, maxMemoryBytes, System.Text.Encoding.UTF8.GetBytes(expectedToken ?? ""), connectedPageChannels);
