@@ -137,8 +137,8 @@ public sealed class ChunkPrefaulter : IDisposable
 
     /// <summary>
     /// One scan: map every chunk not done yet that holds at least <see cref="MinHeldPages"/> pages of data, and held
-    /// as many at the previous scan, unless a stop was requested. Returns the chunks faulted in. The thread calls this in a loop; tests call it
-    /// directly.
+    /// as many at the previous scan, unless a stop was requested. Returns the chunks mapped. The thread calls this in
+    /// a loop; tests call it directly.
     /// </summary>
     public int ScanOnce()
     {
@@ -200,7 +200,7 @@ public sealed class ChunkPrefaulter : IDisposable
         {
             // A chunk the readers switched to 4 KiB pages when its first data was sparse. Faulting its holes in 4 KiB
             // at a time would help little here: receiving into 4 KiB-mapped memory costs 25-40 µs per page on this
-            // host against 4-6 µs into a huge page (a loopback socket pair, tools in docs/DESIGN.md). So make it one
+            // host against 4-6 µs into a huge page (tools/fault-cost: a socket pair, one page in eight). So make it one
             // huge page again, contents kept: 0.3-6 ms per chunk here, by how much of it was populated.
             const nuint Chunk = ChunkPages << MemoryRegion.PageShift;
             if (Libc.madvise(address, Chunk, Libc.MADV_HUGEPAGE) == 0 && Libc.madvise(address, Chunk, Libc.MADV_COLLAPSE) == 0)

@@ -38,9 +38,11 @@ public sealed record IncomingOptions
     public bool PopulateFreshRuns { get; init; }
 
     /// <summary>
-    /// During pre-copy, fault in in the background every 2 MiB chunk of guest memory in which at least this many of
-    /// the 512 pages hold received data, so the stop-and-copy pass lands in mapped memory (see
-    /// <see cref="ChunkPrefaulter"/>); 0 turns it off. Default 64 (an eighth of the chunk).
+    /// During pre-copy, map in the background every 2 MiB chunk of guest memory in which at least this many of the
+    /// 512 pages hold received data (collapsing chunks split to 4 KiB pages back into huge pages), so the
+    /// stop-and-copy pass lands in mapped memory (see <see cref="ChunkPrefaulter"/>); 0 turns it off. Default 64 (an
+    /// eighth of the chunk). Costs memory the guest was using on the source: up to 8x the data in chunks at the
+    /// threshold.
     /// </summary>
     public int PrefaultChunkThreshold { get; init; } = ChunkPrefaulter.DefaultMinHeldPages;
 }
