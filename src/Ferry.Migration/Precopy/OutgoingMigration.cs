@@ -277,6 +277,8 @@ public sealed class OutgoingMigration
         SwitchoverWarmup.Source(_guest);
         // Probe the control round trip now that both sides run warm code: the destination echoes this at once.
         SendKeepalive();
+        // Before round 0 all of memory is still to go (the pass's own figures take over once it starts).
+        Interlocked.Exchange(ref _remainingBytes, (long)(_guest.TotalPages * MemoryRegion.PageSize));
         _status = MigrationStatus.Active;
         Report();
         if (_progressSink is not null)
