@@ -36,7 +36,7 @@ namespace Ferry.Migration.Precopy;
 public sealed class ChunkPrefaulter : IDisposable
 {
     /// <summary>Pages per chunk: 2 MiB, the huge page size and the page channels' unit of sharding.</summary>
-    public const int ChunkPages = 512;
+    public const int ChunkPages = ReceivedPageMap.ChunkPages;
 
     /// <summary>Default threshold: an eighth of the chunk (256 KiB of data).</summary>
     public const int DefaultMinHeldPages = 64;

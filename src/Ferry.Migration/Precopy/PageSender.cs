@@ -23,8 +23,8 @@ namespace Ferry.Migration.Precopy;
 /// </remarks>
 internal sealed class PageSender
 {
-    /// <summary>Pages per shard chunk: 2 MiB.</summary>
-    public const int ChunkShift = 9;
+    /// <summary>log2 of the pages per shard chunk (2 MiB): the protocol's rule.</summary>
+    public const int ChunkShift = MigrationProtocol.ChunkShift;
 
     private readonly int _index;
     private readonly int _channelCount;

@@ -139,6 +139,13 @@ public static class MigrationProtocol
     /// <summary>The only page size v1 carries.</summary>
     public const int PageSize = 4096;
 
+    /// <summary>
+    /// log2 of the pages per shard chunk (2 MiB, the x86-64 huge page): page p of region r always travels on page
+    /// channel ((p &gt;&gt; ChunkShift) + r) % N, which the receiver enforces. The destination's per-chunk memory
+    /// handling (ReceivedPageMap, ChunkPrefaulter) uses the same chunks.
+    /// </summary>
+    public const int ChunkShift = 9;
+
     /// <summary>Most page channels one migration may open.</summary>
     public const int MaxPageChannels = 16;
 

@@ -110,7 +110,7 @@ public sealed class PageBatchReader
 
     private void CheckShard((int Index, int Count) shard, int regionIndex, int runCount)
     {
-        const int chunkShift = 9; // 2 MiB chunks, as the sender deals them
+        const int chunkShift = MigrationProtocol.ChunkShift; // 2 MiB chunks, as the sender deals them
         for (int i = 0; i < runCount; i++)
         {
             var run = _runs[i];

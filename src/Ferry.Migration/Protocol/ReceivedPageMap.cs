@@ -85,7 +85,7 @@ public sealed class ReceivedPageMap
     public bool HugePagesAdvised { get; }
 
     /// <summary>Pages per chunk of <see cref="WasSplit"/>: 2 MiB, the x86-64 huge page.</summary>
-    public const int ChunkPages = 512;
+    public const int ChunkPages = 1 << MigrationProtocol.ChunkShift;
 
     /// <summary>
     /// Whether <see cref="PreferSmallPagesInFreshWindows"/> switched 2 MiB chunk <paramref name="chunk"/> (pages

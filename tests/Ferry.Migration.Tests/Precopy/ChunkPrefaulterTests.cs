@@ -183,6 +183,30 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
         AssertContents(3 * ChunkPrefaulter.ChunkPages, ChunkPrefaulter.ChunkPages, 3 * ChunkPrefaulter.ChunkPages, ChunkPrefaulter.ChunkPages / 4);
     }
 
+    [Fact]
+    public void AKernelRefusalEndsThePrefaultingQuietly()
+    {
+        // Data landed, then the memory became inaccessible: MADV_POPULATE_WRITE fails (EFAULT or ENOMEM, as for a
+        // host short of memory). The prefaulter is an optimisation: it stops trying, says why, and throws nothing.
+        Land(0, ChunkPrefaulter.ChunkPages / 2);
+        Assert.Equal(0, Libc.mprotect(_region.HostAddress, (nuint)_region.Size, Libc.PROT_NONE));
+        try
+        {
+            using var prefaulter = new ChunkPrefaulter([_region], _map);
+            prefaulter.ScanOnce();
+            prefaulter.ScanOnce();
+
+            Assert.False(prefaulter.Supported);
+            Assert.NotEqual(0, prefaulter.LastError);
+            Assert.Equal(0, prefaulter.ChunksPrefaulted);
+            Assert.Equal(0, prefaulter.ScanOnce()); // and does not try again
+        }
+        finally
+        {
+            Assert.Equal(0, Libc.mprotect(_region.HostAddress, (nuint)_region.Size, Libc.PROT_READ | Libc.PROT_WRITE));
+        }
+    }
+
     [Theory]
     [InlineData(0)]
     [InlineData(ChunkPrefaulter.ChunkPages + 1)]
