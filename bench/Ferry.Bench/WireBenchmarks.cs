@@ -75,7 +75,7 @@ public unsafe class WireBenchmarks
                 for (ulong first = 0; first < Pages; first += 256)
                 {
                     runs[0] = new PageRun(first, 256, PageEncoding.Normal);
-                    w.WriteBatch(0, region, runs, checksum);
+                    w.WriteBatch(0, region, runs, checksum ? PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed : PageBatchFlags.None);
                 }
             });
             var receive = new Thread(() =>

@@ -38,6 +38,7 @@ public sealed record EngineBenchSettings
     public TimeoutStrategy TimeoutStrategy { get; init; } = EngineDefaults.TimeoutStrategy;
     public bool AutoConverge { get; init; } = EngineDefaults.AutoConverge;
     public bool Verify { get; init; }
+    public bool ChecksumFinalPass { get; init; }
 
     /// <summary>Print the statistics as JSON on stdout and nothing else.</summary>
     public bool Json { get; init; }
@@ -103,5 +104,6 @@ public sealed record EngineBenchSettings
         TimeoutStrategy = TimeoutStrategy,
         AutoConverge = AutoConverge,
         Verify = Verify,
+        ChecksumFinalPass = ChecksumFinalPass,
     };
 }

@@ -112,6 +112,7 @@ public static class FerryCommand
         private readonly Option<TimeSpan> _warmup = DurationOption("--warmup", "How long the guest dirties memory before the migration starts", "1s");
         private readonly Option<bool> _noAutoConverge = new("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
         private readonly Option<bool> _verify = new("--verify") { Description = "Digest all memory at pause and after load; exit 3 unless they match" };
+        private readonly Option<bool> _checksumFinalPass = new("--checksum-final-pass") { Description = "Checksum the page data of the stop-and-copy pass too (costs downtime)" };
         private readonly Option<bool> _json = new("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
 
         public EngineCommandOptions(Command command)
@@ -119,7 +120,7 @@ public static class FerryCommand
             foreach (var option in new Option[]
                      {
                          _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _downtimeLimit, _maxBandwidth,
-                         _channels, _maxRounds, _timeout, _timeoutStrategy, _warmup, _noAutoConverge, _verify, _json,
+                         _channels, _maxRounds, _timeout, _timeoutStrategy, _warmup, _noAutoConverge, _verify, _checksumFinalPass, _json,
                      })
                 command.Options.Add(option);
         }
@@ -141,6 +142,7 @@ public static class FerryCommand
             Warmup = Get(parse, _warmup, D.Warmup),
             AutoConverge = !parse.GetValue(_noAutoConverge),
             Verify = parse.GetValue(_verify),
+            ChecksumFinalPass = parse.GetValue(_checksumFinalPass),
             Json = parse.GetValue(_json),
         };
     }

@@ -47,6 +47,15 @@ public sealed record MigrationOptions
     public bool Verify { get; init; }
 
     /// <summary>
+    /// Checksum the page data of the stop-and-copy pass too (DataChecksummed), not only the batches' headers and runs.
+    /// Off by default, as QEMU, Cloud Hypervisor and Firecracker do not checksum pages either: it covers only the pages
+    /// dirtied last (earlier rounds cannot be checksummed while the guest writes them), TCP covers the bytes in flight,
+    /// and it costs ~0.7 µs per page inside the downtime (2-core host, 200k pages/s hotset: downtime median 36.9 ms
+    /// with it, 28.0 ms without). <see cref="Verify"/> is the end-to-end check.
+    /// </summary>
+    public bool ChecksumFinalPass { get; init; }
+
+    /// <summary>
     /// How long without any byte from the peer before it counts as hung (keepalives are sent at a third of this).
     /// </summary>
     public TimeSpan PeerTimeout { get; init; } = TimeSpan.FromSeconds(10);

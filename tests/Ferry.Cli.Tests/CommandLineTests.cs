@@ -12,7 +12,7 @@ public class CommandLineTests
             "--memory", "512M", "--fill", "random", "--dirty-rate", "20k", "--pattern", "hotset",
             "--working-set", "64M", "--writers", "3", "--downtime-limit", "30ms", "--max-bandwidth", "500M",
             "--channels", "4", "--max-rounds", "7", "--timeout", "2s", "--timeout-strategy", "force",
-            "--no-auto-converge", "--verify", "--json");
+            "--no-auto-converge", "--verify", "--checksum-final-pass", "--json");
 
         Assert.Empty(errors);
         Assert.NotNull(settings);
@@ -36,6 +36,7 @@ public class CommandLineTests
         Assert.Equal(4, options.PageChannels);
         Assert.Equal(500L << 20, options.MaxBandwidth);
         Assert.True(options.Verify);
+        Assert.True(options.ChecksumFinalPass);
         var guest = settings.ToGuestOptions();
         Assert.Equal(512UL << 20, guest.MemoryBytes);
         Assert.Equal(3, guest.WriterThreads);
@@ -57,6 +58,7 @@ public class CommandLineTests
         Assert.Equal(engine.TimeoutStrategy, options.TimeoutStrategy);
         Assert.Equal(engine.AutoConverge, options.AutoConverge);
         Assert.Equal(engine.MaxBandwidth, options.MaxBandwidth);
+        Assert.Equal(engine.ChecksumFinalPass, options.ChecksumFinalPass);
         Assert.Equal(1UL << 30, settings.MemoryBytes);
         Assert.Null(settings.WorkingSetBytes);
         Assert.False(settings.Json);

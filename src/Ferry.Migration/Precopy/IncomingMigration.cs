@@ -530,7 +530,7 @@ public sealed class IncomingMigration
                     switch (record.Kind)
                     {
                         case PageRecordKind.PageBatch:
-                            if (_reader.LastBatchDataChecksummed) _owner._prefaulter?.RequestStop();
+                            if (_reader.LastBatchFinalPass) _owner._prefaulter?.RequestStop();
                             NormalPages += record.NormalPages;
                             ZeroPages += record.ZeroPages;
                             break;

@@ -359,7 +359,7 @@ public sealed class OutgoingMigration
         {
             Volatile.Write(ref _round, round);
             long roundStart = _time.GetTimestamp();
-            var (pages, bytes) = SendPass(bitmap, checksumData: false, 0, done, round == 0 ? populated : null, round);
+            var (pages, bytes) = SendPass(bitmap, PageBatchFlags.None, 0, done, round == 0 ? populated : null, round);
             double roundMs = Ms(roundStart);
             // Round 0 streams memory in order, in 1 MiB runs; every later round, like the final pass, sends scattered
             // dirty pages, which cost more per byte (more runs, more faults on the destination). Measured on the
@@ -439,7 +439,7 @@ public sealed class OutgoingMigration
     /// <paramref name="round"/> given and landed sync negotiated, it returns only once the destination confirmed it
     /// landed everything sent (MigrationProtocol.cs, "Landed sync").
     /// </summary>
-    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, bool checksumData, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1)
+    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, PageBatchFlags flags, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
         _pass = new PassProgress((long)bitmap.Count(), pagesBefore, bytesBefore, _time.GetTimestamp());
@@ -457,7 +457,7 @@ public sealed class OutgoingMigration
         }
         done.Reset(_senders.Length);
         for (int i = 0; i < _senders.Length; i++)
-            _senders[i].Start(bitmap, checksumData, flush, done, populated, sync ? Marker(round, i) : 0);
+            _senders[i].Start(bitmap, flags, flush, done, populated, sync ? Marker(round, i) : 0);
         done.Wait(_abort.Token);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
         if (sync && !_landed.Wait(_options.PeerTimeout, _abort.Token))
@@ -517,7 +517,8 @@ public sealed class OutgoingMigration
         long finalStart = _time.GetTimestamp();
         // Harvest through to the final pass, less the digest (excluded from downtime).
         harvestMs = _time.GetElapsedTime(harvestStart, finalStart).TotalMilliseconds - stats.SourceDigestMs;
-        var (pages, bytes) = SendPass(bitmap, checksumData: true, SwitchoverFlushSequence, done);
+        var finalFlags = PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None);
+        var (pages, bytes) = SendPass(bitmap, finalFlags, SwitchoverFlushSequence, done);
         long finalSent = _time.GetTimestamp();
         double finalSendMs = _time.GetElapsedTime(finalStart, finalSent).TotalMilliseconds;
         stats.Rounds.Add(new RoundStatistics

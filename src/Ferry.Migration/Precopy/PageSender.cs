@@ -45,7 +45,7 @@ internal sealed class PageSender
     private DirtyBitmap? _bitmap;
     // Pages that may hold data (the guest's populated map), for the first pass only; null = read every page.
     private DirtyBitmap? _populated;
-    private bool _checksumData;
+    private PageBatchFlags _flags;
     private ulong _flushSequence;
     private ulong _marker;
     private CountdownEvent? _done;
@@ -101,12 +101,12 @@ internal sealed class PageSender
     /// unless it is 0 (the landed-sync marker, MigrationProtocol.cs). A page clear in <paramref name="populated"/>
     /// (same bit layout) is sent as Zero without being read; null reads every page.
     /// </summary>
-    public void Start(DirtyBitmap bitmap, bool checksumData, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated = null, ulong marker = 0)
+    public void Start(DirtyBitmap bitmap, PageBatchFlags flags, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated = null, ulong marker = 0)
     {
         _marker = marker;
         _bitmap = bitmap;
         _populated = populated;
-        _checksumData = checksumData;
+        _flags = flags;
         _flushSequence = flushSequence;
         _done = done;
         _go.Release();
@@ -278,7 +278,7 @@ internal sealed class PageSender
             if (run.Encoding == PageEncoding.Normal) normal += run.Count;
             else zero += run.Count;
         }
-        long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _checksumData);
+        long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _flags);
         Interlocked.Add(ref _bytesSent, bytes);
         NormalPages += normal;
         ZeroPages += zero;

@@ -64,7 +64,8 @@ internal static class SwitchoverWarmup
     }
 
     /// <summary>
-    /// The final pass hashes page data on both sides (DataChecksummed), code no pre-copy round runs. Run once, it
+    /// The final pass can hash page data on both sides (DataChecksummed: a source may ask for it, MigrationOptions.
+    /// ChecksumFinalPass), code no pre-copy round runs. Run once, it
     /// stays tier-0 JIT code, and the final pass then cost ~20 µs per page instead of ~2.5 (measured with
     /// DOTNET_TC_QuickJit=0 as the control). So encode and decode such batches more than the 30 calls after which
     /// the runtime re-compiles a method optimised in the background; this runs at setup, long before the pause.
@@ -89,7 +90,7 @@ internal static class SwitchoverWarmup
         PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
         for (int i = 0; i < Batches; i++)
         {
-            writer.WriteBatch(0, region, runs, checksumData: true);
+            writer.WriteBatch(0, region, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
             reader.ReadNext();
         }
     }

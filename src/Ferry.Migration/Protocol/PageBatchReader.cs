@@ -74,10 +74,10 @@ public sealed class PageBatchReader
     public (int Index, int Count)? Shard { get; init; }
 
     /// <summary>
-    /// Whether the last batch read had DataChecksummed set, which a source sets only in the stop-and-copy pass: the
-    /// guest is paused from here on, so background work on this side should get out of the way.
+    /// Whether the last batch read had FinalPass set, which a source sets in the stop-and-copy pass: the guest is
+    /// paused from here on, so background work on this side should get out of the way.
     /// </summary>
-    public bool LastBatchDataChecksummed { get; private set; }
+    public bool LastBatchFinalPass { get; private set; }
 
     /// <summary>The runs of the last batch read.</summary>
     public ReadOnlySpan<PageRun> LastRuns => _runs.AsSpan(0, _runCount);
@@ -148,7 +148,10 @@ public sealed class PageBatchReader
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");
 
         bool checksumData = (h.Flags & (byte)PageBatchFlags.DataChecksummed) != 0;
-        LastBatchDataChecksummed = checksumData;
+        bool finalPass = (h.Flags & (byte)PageBatchFlags.FinalPass) != 0;
+        if (checksumData && !finalPass)
+            throw new MigrationProtocolException($"PageBatch on {_channel.Name}: DataChecksummed without FinalPass (page data can only be checksummed while the guest is paused)");
+        LastBatchFinalPass = finalPass;
         // Chained one-shot hashes, run by run: see PageBatchWriter and MigrationProtocol.cs.
         ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
         for (int i = 0; i < runCount; i++)
@@ -164,8 +167,8 @@ public sealed class PageBatchReader
                     pages = new Span<byte>((void*)address, (int)run.Count << MemoryRegion.PageShift);
                 }
                 // Sparse data into a fresh 2 MiB window costs less in 4 KiB faults (see ReceivedPageMap): the final pass
-                // (DataChecksummed is set only while the source is paused) and short runs of any round.
-                if (checksumData || run.Count < ReceivedPageMap.SparseRunPages)
+                // and short runs of any round.
+                if (finalPass || run.Count < ReceivedPageMap.SparseRunPages)
                     _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
                 if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
                     Populate(address, pages.Length);

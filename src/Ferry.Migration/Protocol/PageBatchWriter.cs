@@ -42,13 +42,17 @@ public sealed class PageBatchWriter
 
     /// <summary>
     /// Send one batch of <paramref name="runs"/> (1..512 runs, at most 256 Normal pages, all inside
-    /// <paramref name="region"/>) from the region's host memory. <paramref name="checksumData"/> sets
-    /// DataChecksummed: only when the guest is paused (see the protocol). Returns the bytes put on the wire.
-    /// Runs outside these limits throw <see cref="ArgumentException"/> (an engine bug, not a peer's).
+    /// <paramref name="region"/>) from the region's host memory, with header <paramref name="flags"/>: FinalPass
+    /// once the guest is paused, DataChecksummed only with it (see the protocol). Returns the bytes put on the wire.
+    /// Runs or flags outside these limits throw <see cref="ArgumentException"/> (an engine bug, not a peer's).
     /// </summary>
-    public long WriteBatch(int regionIndex, in MemoryRegion region, ReadOnlySpan<PageRun> runs, bool checksumData)
+    public long WriteBatch(int regionIndex, in MemoryRegion region, ReadOnlySpan<PageRun> runs, PageBatchFlags flags)
     {
         if ((uint)regionIndex > ushort.MaxValue) throw new ArgumentOutOfRangeException(nameof(regionIndex));
+        if (((byte)flags & ~MigrationProtocol.DefinedFlags(RecordKind.PageBatch)) != 0 ||
+            (flags & (PageBatchFlags.DataChecksummed | PageBatchFlags.FinalPass)) == PageBatchFlags.DataChecksummed)
+            throw new ArgumentException($"PageBatch flags {flags}: undefined, or DataChecksummed without FinalPass", nameof(flags));
+        bool checksumData = (flags & PageBatchFlags.DataChecksummed) != 0;
         if (runs.Length is 0 or > MigrationProtocol.MaxRunsPerBatch)
             throw new ArgumentException($"a batch holds 1..{MigrationProtocol.MaxRunsPerBatch} runs, not {runs.Length}", nameof(runs));
 
@@ -78,7 +82,6 @@ public sealed class PageBatchWriter
         int table = MigrationProtocol.HeaderSize + PageBatchCodec.WriteTable(_buffer.AsSpan(MigrationProtocol.HeaderSize), (ushort)regionIndex, runs);
         long dataBytes = (long)normalPages << MemoryRegion.PageShift;
         uint payload = (uint)(table - MigrationProtocol.HeaderSize + dataBytes + MigrationProtocol.TrailerSize);
-        var flags = checksumData ? PageBatchFlags.DataChecksummed : PageBatchFlags.None;
         new RecordHeader(RecordKind.PageBatch, (byte)flags, payload).Write(_buffer);
 
         // One-shot hashes chained by seed, run by run (MigrationProtocol.cs): the streaming XxHash3.Append measured

@@ -141,7 +141,7 @@ public class HostileSourceTests
             var region = new MemoryRegion(0, 4 << 20, 0);
             try
             {
-                new PageBatchWriter(c.Pages[channel]).WriteBatch(0, region, [new PageRun(firstPage, count, PageEncoding.Zero)], checksumData: false);
+                new PageBatchWriter(c.Pages[channel]).WriteBatch(0, region, [new PageRun(firstPage, count, PageEncoding.Zero)], PageBatchFlags.None);
             }
             catch (MigrationTransportException)
             {

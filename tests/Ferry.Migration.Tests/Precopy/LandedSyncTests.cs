@@ -49,7 +49,7 @@ public class LandedSyncTests
         using var source = new NativeGuestMemory((0, 256));
         source.FillPattern(21);
         var pages = new PageBatchWriter(c.Pages[0]);
-        pages.WriteBatch(0, source.Regions[0], [new PageRun(0, 64, PageEncoding.Normal)], checksumData: false);
+        pages.WriteBatch(0, source.Regions[0], [new PageRun(0, 64, PageEncoding.Normal)], PageBatchFlags.None);
         const ulong marker = (1UL << 62) | (7UL << 8);
         pages.WriteKeepalive(marker);
 

@@ -119,7 +119,7 @@ public class PrecopyMigrationTests
     }
 
     /// <summary>An idle guest whose dirty log always holds its first <c>pages</c> pages (rewritten with the same bytes).</summary>
-    private sealed class AlwaysDirtySource(InProcessGuest inner, int pages) : IMigrationSource
+    internal sealed class AlwaysDirtySource(InProcessGuest inner, int pages) : IMigrationSource
     {
         public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
         public ulong TotalPages => inner.TotalPages;

@@ -15,10 +15,14 @@ public class PageBatchTests
         new(9, 1, PageEncoding.Normal),
     ];
 
+    /// <summary>A stop-and-copy batch with its data checksummed, or a pre-copy one.</summary>
+    internal static PageBatchFlags Flags(bool checksumData) =>
+        checksumData ? PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed : PageBatchFlags.None;
+
     private static byte[] WriteBatch(NativeGuestMemory memory, int region, PageRun[] runs, bool checksumData, out ByteStreamChannel wire)
     {
         wire = new ByteStreamChannel(name: "pages-0");
-        new PageBatchWriter(wire).WriteBatch(region, memory.Regions[region], runs, checksumData);
+        new PageBatchWriter(wire).WriteBatch(region, memory.Regions[region], runs, Flags(checksumData));
         return wire.Output;
     }
 
@@ -50,7 +54,7 @@ public class PageBatchTests
         // hash so far (MigrationProtocol.cs), starting from the hash of header, batch header and runs.
         var bytes = WriteBatch(memory, 0, [new(0, 2, PageEncoding.Normal), new(2, 1, PageEncoding.Zero), new(3, 1, PageEncoding.Normal)],
             checksumData: true, out _);
-        Assert.Equal((byte)PageBatchFlags.DataChecksummed, bytes[1]);
+        Assert.Equal((byte)(PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed), bytes[1]);
         int table = bytes.Length - 8 - 3 * 4096;
         ulong expected = XxHash3.HashToUInt64(bytes.AsSpan(0, table));
         expected = XxHash3.HashToUInt64(bytes.AsSpan(table, 2 * 4096), (long)expected);
@@ -82,8 +86,8 @@ public class PageBatchTests
         destination.FillPattern(99); // stale content the Zero run must clear
         var wire = new ByteStreamChannel(name: "pages-0");
         var writer = new PageBatchWriter(wire);
-        writer.WriteBatch(0, source.Regions[0], MixedRuns, checksumData);
-        writer.WriteBatch(1, source.Regions[1], [new(0, 8, PageEncoding.Normal)], checksumData);
+        writer.WriteBatch(0, source.Regions[0], MixedRuns, Flags(checksumData));
+        writer.WriteBatch(1, source.Regions[1], [new(0, 8, PageEncoding.Normal)], Flags(checksumData));
         writer.WriteFlush(42);
 
         var reader = new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), destination.Regions);
@@ -106,7 +110,7 @@ public class PageBatchTests
         using var destination = new NativeGuestMemory((0, 16));
         var sink = new ByteStreamChannel();
         var writer = new PageBatchWriter(sink);
-        writer.WriteBatch(0, source.Regions[0], MixedRuns, true); // warm up
+        writer.WriteBatch(0, source.Regions[0], MixedRuns, Flags(true)); // warm up
         var input = new ByteStreamChannel(sink.Output);
         var reader = new PageBatchReader(input, destination.Regions);
         reader.ReadNext();
@@ -115,12 +119,12 @@ public class PageBatchTests
         var region = source.Regions[0];
         var nullChannel = new NullChannel();
         var quietWriter = new PageBatchWriter(nullChannel);
-        quietWriter.WriteBatch(0, region, runs, true);
+        quietWriter.WriteBatch(0, region, runs, Flags(true));
 
         long before = GC.GetAllocatedBytesForCurrentThread();
         for (int i = 0; i < 100; i++)
         {
-            quietWriter.WriteBatch(0, region, runs, i % 2 == 0);
+            quietWriter.WriteBatch(0, region, runs, Flags(i % 2 == 0));
             input.Rewind();
             reader.ReadNext();
         }
@@ -242,6 +246,49 @@ public class PageBatchTests
     }
 
     [Fact]
+    public void DataChecksummedWithoutFinalPassIsRefusedByBothEnds()
+    {
+        // Page data can only be checksummed soundly while the guest is paused: the writer will not send it, and a
+        // receiver refuses it from a peer rather than fail a later, sound batch on a page the guest changed.
+        using var source = new NativeGuestMemory((0, 4));
+        source.FillPattern(6);
+        var writer = new PageBatchWriter(new ByteStreamChannel());
+        PageRun[] runs = [new(0, 2, PageEncoding.Normal)];
+        Assert.Throws<ArgumentException>(() => writer.WriteBatch(0, source.Regions[0], runs, PageBatchFlags.DataChecksummed));
+        Assert.Throws<ArgumentException>(() => writer.WriteBatch(0, source.Regions[0], runs, (PageBatchFlags)4));
+
+        var bytes = WriteBatch(source, 0, runs, checksumData: true, out _);
+        // The flags are in the hashed header, so the trailer is recomputed, as a source breaking the rule would send it.
+        bytes[1] = (byte)PageBatchFlags.DataChecksummed;
+        int table = bytes.Length - 8 - 2 * 4096;
+        ulong hash = XxHash3.HashToUInt64(bytes.AsSpan(0, table));
+        hash = XxHash3.HashToUInt64(bytes.AsSpan(table, 2 * 4096), (long)hash);
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(bytes.Length - 8), hash);
+        using var destination = new NativeGuestMemory((0, 4));
+        var reader = new PageBatchReader(new ByteStreamChannel(bytes), destination.Regions);
+        Assert.Contains("DataChecksummed without FinalPass", Assert.Throws<MigrationProtocolException>(() => reader.ReadNext()).Message, StringComparison.Ordinal);
+        Assert.False(reader.LastBatchFinalPass);
+    }
+
+    [Fact]
+    public void AFinalPassBatchIsReportedAsSuchWithOrWithoutItsDataChecksummed()
+    {
+        using var source = new NativeGuestMemory((0, 4));
+        source.FillPattern(8);
+        using var destination = new NativeGuestMemory((0, 4));
+        foreach (var flags in new[] { PageBatchFlags.None, PageBatchFlags.FinalPass, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed })
+        {
+            var wire = new ByteStreamChannel();
+            new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(1, 2, PageEncoding.Normal)], flags);
+            Assert.Equal((byte)flags, wire.Output[1]);
+            var reader = new PageBatchReader(new ByteStreamChannel(wire.Output), destination.Regions);
+            Assert.Equal(PageRecordKind.PageBatch, reader.ReadNext().Kind);
+            Assert.Equal(flags != PageBatchFlags.None, reader.LastBatchFinalPass);
+        }
+        Assert.True(source.Region(0).Slice(4096, 2 * 4096).SequenceEqual(destination.Region(0).Slice(4096, 2 * 4096)));
+    }
+
+    [Fact]
     public void ControlRecordsOnAPageChannelAreRefused()
     {
         var wire = new ByteStreamChannel();
@@ -283,9 +330,9 @@ public class PageBatchTests
         source.FillPattern(4);
         var wire = new ByteStreamChannel();
         var writer = new PageBatchWriter(wire);
-        writer.WriteBatch(0, source.Regions[0], MixedRuns, true);
+        writer.WriteBatch(0, source.Regions[0], MixedRuns, Flags(true));
         writer.WriteKeepalive(7);
-        writer.WriteBatch(1, source.Regions[1], [new(0, 3, PageEncoding.Zero), new(4, 4, PageEncoding.Normal)], false);
+        writer.WriteBatch(1, source.Regions[1], [new(0, 3, PageEncoding.Zero), new(4, 4, PageEncoding.Normal)], PageBatchFlags.None);
         writer.WriteFlush(1);
         var valid = wire.Output;
         using var destination = new NativeGuestMemory((0, 32), (0x100000, 8));

@@ -16,7 +16,7 @@ public class ReceivedPageMapTests
     {
         var wire = new ByteStreamChannel(name: "pages-0");
         var writer = new PageBatchWriter(wire);
-        foreach (var batch in runs) writer.WriteBatch(0, source.Regions[0], batch, checksumData: true);
+        foreach (var batch in runs) writer.WriteBatch(0, source.Regions[0], batch, PageBatchTests.Flags(true));
         return new ByteStreamChannel(wire.Output, "pages-0");
     }
 
@@ -107,7 +107,7 @@ public class ReceivedPageMapTests
         source.FillPattern(4);
         var map = new ReceivedPageMap([region], hugePagesAdvised: true);
         var wire = new ByteStreamChannel(name: "pages-0");
-        new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(WindowPages + 100, (uint)runPages, PageEncoding.Normal)], checksumData);
+        new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(WindowPages + 100, (uint)runPages, PageEncoding.Normal)], PageBatchTests.Flags(checksumData));
         new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), [region], map).ReadNext();
 
         var populated = new Ferry.Migration.Memory.DirtyBitmap(region.Pages);

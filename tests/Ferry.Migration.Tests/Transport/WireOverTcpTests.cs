@@ -42,7 +42,7 @@ public class WireOverTcpTests
                         PageRun[] runs = region == 0 && first == 0
                             ? [new(0, 100, PageEncoding.Normal), new(100, 50, PageEncoding.Zero), new(150, 106, PageEncoding.Normal)]
                             : [new(first, count, PageEncoding.Normal)];
-                        w.WriteBatch(region, r, runs, checksumData: true);
+                        w.WriteBatch(region, r, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
                     }
                 }
                 w.WriteFlush(1);
