@@ -58,6 +58,11 @@ public static class StatisticsView
             $"[bold]{Markup.Escape(Units.FormatMs(s.DowntimeMs))}[/]  " + Markup.Escape(
                 $"(pause {Units.FormatMs(d.Pause)}, final pages {Units.FormatMs(d.FinalPages)}, " +
                 $"device state {Units.FormatMs(d.DeviceState)}, resume {Units.FormatMs(d.Resume)})")));
+        if (s.SwitchoverReason is { } why)
+        {
+            var expected = s.ExpectedDowntimeMs is { } e ? $", expected {Units.FormatMs(e)} downtime" : "";
+            table.AddRow("switchover", why.Replace('_', ' ') + expected);
+        }
         table.AddRow("bytes sent", $"{Units.FormatBytes(s.BytesSent)} ({s.BytesSent.ToString("N0", CultureInfo.InvariantCulture)} B)");
         table.AddRow("pages", string.Create(CultureInfo.InvariantCulture, $"{s.Pages.Normal:N0} normal, {s.Pages.Zero:N0} zero"));
         if (s.TotalMs > 0)

@@ -63,6 +63,18 @@ public sealed record MigrationStatistics
     [JsonPropertyName("setup_ms")] public double SetupMs { get; init; }
     [JsonPropertyName("downtime_ms")] public double DowntimeMs { get; init; }
     [JsonPropertyName("downtime_breakdown_ms")] public DowntimeBreakdown DowntimeBreakdownMs { get; init; } = new();
+
+    /// <summary>
+    /// Why pre-copy ended: <c>converged</c> (the estimate fitted the limit), <c>forced_by_timeout</c> or
+    /// <c>forced_by_max_rounds</c> (a limit, with the force strategy); null when it never switched over.
+    /// </summary>
+    [JsonPropertyName("switchover_reason")] public string? SwitchoverReason { get; init; }
+
+    /// <summary>
+    /// The downtime the convergence policy expected when it switched over (remaining / measured bandwidth + state
+    /// time), to hold against <see cref="DowntimeMs"/> (QEMU's expected-downtime); null when nothing was measured.
+    /// </summary>
+    [JsonPropertyName("expected_downtime_ms")] public double? ExpectedDowntimeMs { get; init; }
     [JsonPropertyName("bytes_sent")] public long BytesSent { get; init; }
     [JsonPropertyName("pages")] public PageCounts Pages { get; init; } = new();
     [JsonPropertyName("rounds")] public IReadOnlyList<RoundStatistics> Rounds { get; init; } = [];

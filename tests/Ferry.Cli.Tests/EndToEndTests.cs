@@ -34,6 +34,8 @@ public class EndToEndTests
         Assert.Equal(breakdown.GetProperty("resume").GetDouble(), switchover.GetProperty("commit_to_resumed").GetDouble(), 6);
         Assert.True(switchover.GetProperty("final_pages_landed").GetDouble() >= switchover.GetProperty("final_pages_send").GetDouble());
         Assert.True(switchover.GetProperty("state_bytes").GetInt64() > 0);
+        Assert.Equal("converged", root.GetProperty("switchover_reason").GetString());
+        Assert.True(root.GetProperty("expected_downtime_ms").GetDouble() > 0);
         // Every page travelled at least once, as data or as a zero run.
         var pages = root.GetProperty("pages");
         Assert.True(pages.GetProperty("normal").GetInt64() + pages.GetProperty("zero").GetInt64() >= 16_384);
@@ -51,6 +53,7 @@ public class EndToEndTests
         Assert.True(code == 0, $"exit {code}; stderr: {stderr}");
         Assert.Contains("completed", stdout, StringComparison.Ordinal);
         Assert.Contains("downtime", stdout, StringComparison.Ordinal);
+        Assert.Matches(@"switchover\s*│ converged, expected [\d.]+ ms downtime", stdout);
         Assert.Contains("(stop)", stdout, StringComparison.Ordinal);
         var lines = stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
         Assert.Contains(lines, l => l.StartsWith("round 0", StringComparison.Ordinal));

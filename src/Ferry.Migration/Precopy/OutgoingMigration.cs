@@ -416,6 +416,7 @@ public sealed class OutgoingMigration
             {
                 SwitchOverReason = decision.SwitchOver;
                 SwitchOverExplanation = decision.Reason;
+                if (decision.ExpectedDowntime != TimeSpan.MaxValue) stats.ExpectedDowntimeMs = decision.ExpectedDowntime.TotalMilliseconds;
                 break;
             }
             if (autoConverge is not null)
@@ -855,6 +856,14 @@ public sealed class OutgoingMigration
             ThrottlePercent = _throttle,
             Verify = stats.Verify,
             Switchover = failure is null ? Switchover : null,
+            SwitchoverReason = SwitchOverReason switch
+            {
+                Policy.SwitchOverReason.Converged => "converged",
+                Policy.SwitchOverReason.ForcedByTimeout => "forced_by_timeout",
+                Policy.SwitchOverReason.ForcedByMaxRounds => "forced_by_max_rounds",
+                _ => null,
+            },
+            ExpectedDowntimeMs = stats.ExpectedDowntimeMs,
         };
         Report(final: true);
         return result;
@@ -912,5 +921,6 @@ public sealed class OutgoingMigration
         public double DestDigestMs;
         public VerifyResult? Verify;
         public string? PostCommitProblem;
+        public double? ExpectedDowntimeMs;
     }
 }

@@ -40,6 +40,10 @@ public class PrecopyMigrationTests
         Assert.False(guest.IsRunning, "the source must stay paused after commit");
         Assert.True(s.DowntimeMs > 0);
         Assert.True(s.DowntimeMs < s.TotalMs);
+        // Nothing dirty: the policy expected the state time alone, and said it converged.
+        Assert.Equal("converged", s.SwitchoverReason);
+        Assert.NotNull(s.ExpectedDowntimeMs);
+        Assert.InRange(s.ExpectedDowntimeMs.Value, 0.001, Options().DowntimeLimit.TotalMilliseconds);
     }
 
     [Fact]
@@ -350,6 +354,8 @@ public class PrecopyMigrationTests
         var outcome = Migrate(guest, transport.Connector, transport.Listener, options, factory);
         AssertFailedBeforeCommit(outcome, guest, factory);
         Assert.Contains("timeout", outcome.Stats.Error, StringComparison.Ordinal);
+        Assert.Null(outcome.Stats.SwitchoverReason);
+        Assert.Null(outcome.Stats.ExpectedDowntimeMs);
         AssertWorkloadContinues(guest);
     }
 
@@ -358,10 +364,15 @@ public class PrecopyMigrationTests
     {
         using var guest = NewGuest(8, pagesPerSecond: 100_000, writers: 2);
         using var transport = new InMemoryTransport();
-        var outcome = Migrate(guest, transport.Connector, transport.Listener, NonConverging() with { TimeoutStrategy = TimeoutStrategy.Force });
+        var options = NonConverging() with { TimeoutStrategy = TimeoutStrategy.Force };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, options);
         using var _ = outcome.Target;
         AssertCompletedAndIntact(outcome);
         Assert.Equal(0, outcome.Stats.ThrottlePercent);
+        // Forced, and the statistics say so, with the estimate it was forced past.
+        Assert.Equal("forced_by_timeout", outcome.Stats.SwitchoverReason);
+        Assert.True(outcome.Stats.ExpectedDowntimeMs > options.DowntimeLimit.TotalMilliseconds,
+            $"expected {outcome.Stats.ExpectedDowntimeMs} ms: a forced switchover is one that did not fit the limit");
     }
 
     [Fact]
