@@ -96,8 +96,8 @@ internal sealed class PageSender
     public void StartThread() => _thread.Start();
 
     /// <summary>
-    /// Send every set page of <paramref name="bitmap"/> in this channel's shard (data checksummed only while the guest
-    /// is paused), then Flush(<paramref name="flushSequence"/>) unless it is 0, then Keepalive(<paramref name="marker"/>)
+    /// Send every set page of <paramref name="bitmap"/> in this channel's shard with header <paramref name="flags"/>
+    /// (FinalPass once the guest is paused; DataChecksummed only with it, when asked), then Flush(<paramref name="flushSequence"/>) unless it is 0, then Keepalive(<paramref name="marker"/>)
     /// unless it is 0 (the landed-sync marker, MigrationProtocol.cs). A page clear in <paramref name="populated"/>
     /// (same bit layout) is sent as Zero without being read; null reads every page.
     /// </summary>

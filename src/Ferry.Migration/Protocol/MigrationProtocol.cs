@@ -42,11 +42,13 @@ namespace Ferry.Migration.Protocol;
 ///              guest, Resumed sent: Done
 ///   any state --Cancel/Error/EOF/timeout/bad record--> Failed: guest discarded (never started)
 /// </code>
-/// Page channels: PageBatch* / Keepalive* then Flush{seq}; anything else (or any record after the final Flush that
-/// is not a PageBatch of a following phase) is a protocol error.
+/// Page channels: PageBatch* / Keepalive* (pre-copy), then PageBatch*{FinalPass} (stop-and-copy; once one batch is
+/// marked, every later one must be), then Flush{seq}; anything else (or any record after the final Flush that is not
+/// a PageBatch of a following phase) is a protocol error.
 ///
 /// <para><b>Versions.</b> A receiver accepts the current version and the previous one (Cloud Hypervisor's rule).
-/// v1 is the first, so only 1 is accepted today. The version is the first thing after the magic in Hello and is
+/// v1 is the first, so only 1 is accepted today. v1 is not released yet, and its wire format still changes without a
+/// version bump (the FinalPass flag, the split of the capability bits); the first release freezes it. The version is the first thing after the magic in Hello and is
 /// checked before any other field (a later version may lay Hello out differently), i.e. before any memory moves.
 /// Welcome states the version both sides will speak.</para>
 ///

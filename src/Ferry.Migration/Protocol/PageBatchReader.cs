@@ -75,7 +75,8 @@ public sealed class PageBatchReader
 
     /// <summary>
     /// Whether the last batch read had FinalPass set, which a source sets in the stop-and-copy pass: the guest is
-    /// paused from here on, so background work on this side should get out of the way.
+    /// paused from here on, so background work on this side should get out of the way. Once set it stays set: an
+    /// unmarked batch after a marked one is refused.
     /// </summary>
     public bool LastBatchFinalPass { get; private set; }
 
@@ -151,6 +152,8 @@ public sealed class PageBatchReader
         bool finalPass = (h.Flags & (byte)PageBatchFlags.FinalPass) != 0;
         if (checksumData && !finalPass)
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: DataChecksummed without FinalPass (page data can only be checksummed while the guest is paused)");
+        if (LastBatchFinalPass && !finalPass)
+            throw new MigrationProtocolException($"PageBatch on {_channel.Name}: a pre-copy batch after the final pass began (the source said its guest was paused)");
         LastBatchFinalPass = finalPass;
         // Chained one-shot hashes, run by run: see PageBatchWriter and MigrationProtocol.cs.
         ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));

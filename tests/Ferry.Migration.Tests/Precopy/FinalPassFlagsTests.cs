@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using Ferry.Migration.Protocol;
 using Ferry.Migration.Transport;
@@ -28,23 +29,25 @@ public class FinalPassFlagsTests
         Assert.True(outcome.Stats.Verify is { Match: true }, "the destination's memory differs from the source's");
 
         var final = checksumFinalPass ? PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed : PageBatchFlags.FinalPass;
-        int finalBatches = 0;
-        foreach (var (channel, flags) in connector.Batches)
+        long finalPages = 0, precopyPages = 0;
+        foreach (var (channel, batches) in connector.Batches)
         {
             // Per channel: pre-copy batches, then the final pass's, never one back after a final one.
-            int firstFinal = flags.FindIndex(f => f != PageBatchFlags.None);
-            if (firstFinal < 0) continue;
-            Assert.All(flags[firstFinal..], f => Assert.Equal(final, f));
-            Assert.True(firstFinal > 0, $"{channel}: its first batch (round 0) was already marked final");
-            finalBatches += flags.Count - firstFinal;
+            int firstFinal = batches.FindIndex(b => b.Flags != PageBatchFlags.None);
+            if (firstFinal < 0) firstFinal = batches.Count;
+            Assert.All(batches[firstFinal..], b => Assert.Equal(final, b.Flags));
+            precopyPages += batches[..firstFinal].Sum(b => b.Pages);
+            finalPages += batches[firstFinal..].Sum(b => b.Pages);
         }
-        Assert.True(finalBatches > 0, "no batch was marked final");
+        // Exactly the stop-and-copy pass's pages travelled marked, every pre-copy round's unmarked.
         Assert.Equal(48, outcome.Stats.Rounds[^1].Pages);
+        Assert.Equal(48, finalPages);
+        Assert.Equal(outcome.Stats.Rounds.SkipLast(1).Sum(r => r.Pages), precopyPages);
     }
 
     private sealed class FlagRecordingConnector(IMigrationConnector inner) : IMigrationConnector
     {
-        public ConcurrentDictionary<string, List<PageBatchFlags>> Batches { get; } = new();
+        public ConcurrentDictionary<string, List<(PageBatchFlags Flags, long Pages)>> Batches { get; } = new();
 
         public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken)
         {
@@ -53,17 +56,28 @@ public class FinalPassFlagsTests
         }
     }
 
-    /// <summary>Reads the record header at the start of each gathered send: a page batch's flags are its byte 1.</summary>
-    private sealed class FlagRecordingChannel(IMigrationChannel inner, List<PageBatchFlags> flags) : IMigrationChannel
+    /// <summary>
+    /// Reads the start of each gathered send, the writer's header buffer: a page batch's flags are its byte 1, and its
+    /// run table (the batch header's run count, then 16-byte runs with their page count at +8) follows the headers.
+    /// </summary>
+    private sealed class FlagRecordingChannel(IMigrationChannel inner, List<(PageBatchFlags Flags, long Pages)> batches) : IMigrationChannel
     {
         public string Name => inner.Name;
         public void Send(ReadOnlySpan<byte> data) => inner.Send(data);
 
         public unsafe void SendGather(ReadOnlySpan<IoSegment> segments)
         {
-            // SAFETY: the writer's first segment is its header buffer, at least a record header long.
-            var header = new ReadOnlySpan<byte>((void*)segments[0].Address, MigrationProtocol.HeaderSize);
-            if (header[0] == (byte)RecordKind.PageBatch) flags.Add((PageBatchFlags)header[1]);
+            // SAFETY: the writer's first segment is its header buffer: record header, batch header and runs.
+            var table = new ReadOnlySpan<byte>((void*)segments[0].Address, segments[0].Length);
+            if (table[0] == (byte)RecordKind.PageBatch)
+            {
+                const int Runs = MigrationProtocol.HeaderSize + 8;
+                int runCount = BinaryPrimitives.ReadUInt16LittleEndian(table[(MigrationProtocol.HeaderSize + 2)..]);
+                long pages = 0;
+                for (int i = 0; i < runCount; i++)
+                    pages += BinaryPrimitives.ReadUInt32LittleEndian(table[(Runs + (i * MigrationProtocol.RunSize) + 8)..]);
+                batches.Add(((PageBatchFlags)table[1], pages));
+            }
             inner.SendGather(segments);
         }
 

@@ -40,10 +40,10 @@ public class PrecopyMigrationTests
         Assert.False(guest.IsRunning, "the source must stay paused after commit");
         Assert.True(s.DowntimeMs > 0);
         Assert.True(s.DowntimeMs < s.TotalMs);
-        // Nothing dirty: the policy expected the state time alone, and said it converged.
+        // Nothing dirty: the policy switched over at once, expecting the state time alone (not bounded here: its
+        // round trips come from the handshake, which on a loaded host can take longer than the limit).
         Assert.Equal("converged", s.SwitchoverReason);
-        Assert.NotNull(s.ExpectedDowntimeMs);
-        Assert.InRange(s.ExpectedDowntimeMs.Value, 0.001, Options().DowntimeLimit.TotalMilliseconds);
+        Assert.True(s.ExpectedDowntimeMs >= OutgoingMigration.DefaultGuestSwitchoverCost.TotalMilliseconds, $"expected {s.ExpectedDowntimeMs} ms");
     }
 
     [Fact]

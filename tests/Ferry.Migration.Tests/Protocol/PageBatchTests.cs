@@ -267,7 +267,41 @@ public class PageBatchTests
         using var destination = new NativeGuestMemory((0, 4));
         var reader = new PageBatchReader(new ByteStreamChannel(bytes), destination.Regions);
         Assert.Contains("DataChecksummed without FinalPass", Assert.Throws<MigrationProtocolException>(() => reader.ReadNext()).Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData(0x04)]
+    [InlineData(0x80)]
+    public void APageBatchWithAnUndefinedFlagIsRefused(byte flag)
+    {
+        using var source = new NativeGuestMemory((0, 4));
+        var bytes = WriteBatch(source, 0, [new(0, 1, PageEncoding.Zero)], checksumData: false, out _);
+        bytes[1] |= flag;
+        using var destination = new NativeGuestMemory((0, 4));
+        var e = Assert.Throws<MigrationProtocolException>(() => new PageBatchReader(new ByteStreamChannel(bytes), destination.Regions).ReadNext());
+        Assert.Contains("flag", e.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void APreCopyBatchAfterTheFinalPassBeganIsRefused()
+    {
+        // FinalPass says the source guest is paused from this batch on; an unmarked batch after it is a source
+        // contradicting itself (and would restart the destination's background work mid-switchover).
+        using var source = new NativeGuestMemory((0, 4));
+        source.FillPattern(9);
+        var wire = new ByteStreamChannel();
+        var writer = new PageBatchWriter(wire);
+        writer.WriteBatch(0, source.Regions[0], [new(0, 1, PageEncoding.Normal)], PageBatchFlags.None);
+        writer.WriteBatch(0, source.Regions[0], [new(1, 1, PageEncoding.Normal)], PageBatchFlags.FinalPass);
+        writer.WriteBatch(0, source.Regions[0], [new(2, 1, PageEncoding.Normal)], PageBatchFlags.None);
+        using var destination = new NativeGuestMemory((0, 4));
+        var reader = new PageBatchReader(new ByteStreamChannel(wire.Output), destination.Regions);
+        reader.ReadNext();
         Assert.False(reader.LastBatchFinalPass);
+        reader.ReadNext();
+        Assert.True(reader.LastBatchFinalPass);
+        Assert.Contains("a pre-copy batch after the final pass began", Assert.Throws<MigrationProtocolException>(() => reader.ReadNext()).Message, StringComparison.Ordinal);
+        Assert.True(source.Region(0)[..(2 * 4096)].SequenceEqual(destination.Region(0)[..(2 * 4096)]));
     }
 
     [Fact]
@@ -278,6 +312,7 @@ public class PageBatchTests
         using var destination = new NativeGuestMemory((0, 4));
         foreach (var flags in new[] { PageBatchFlags.None, PageBatchFlags.FinalPass, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed })
         {
+            // A reader per batch: each flag combination on its own fresh channel.
             var wire = new ByteStreamChannel();
             new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(1, 2, PageEncoding.Normal)], flags);
             Assert.Equal((byte)flags, wire.Output[1]);

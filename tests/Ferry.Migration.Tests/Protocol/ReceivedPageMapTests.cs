@@ -94,10 +94,11 @@ public class ReceivedPageMapTests
     }
 
     [Theory]
-    [InlineData(true, 1)]     // final pass (source paused): a dense run too gets small pages in a fresh window
-    [InlineData(false, 1)]    // a pre-copy round's short run
-    [InlineData(false, 256)]  // a pre-copy round's dense run keeps the huge page
-    public void SparseDataIntoAFreshWindowFaultsInOnlyItsOwnPages(bool checksumData, int runPages)
+    [InlineData(PageBatchFlags.FinalPass, 256)] // final pass (source paused): a dense run too gets small pages in a fresh window
+    [InlineData(PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed, 1)] // with its data checksummed or not
+    [InlineData(PageBatchFlags.None, 1)]        // a pre-copy round's short run
+    [InlineData(PageBatchFlags.None, 256)]      // a pre-copy round's dense run keeps the huge page
+    public void SparseDataIntoAFreshWindowFaultsInOnlyItsOwnPages(PageBatchFlags flags, int runPages)
     {
         const int WindowPages = 512;
         using var mapping = GuestMemoryMapping.Create(2 * WindowPages * 4096);
@@ -107,12 +108,12 @@ public class ReceivedPageMapTests
         source.FillPattern(4);
         var map = new ReceivedPageMap([region], hugePagesAdvised: true);
         var wire = new ByteStreamChannel(name: "pages-0");
-        new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(WindowPages + 100, (uint)runPages, PageEncoding.Normal)], PageBatchTests.Flags(checksumData));
+        new PageBatchWriter(wire).WriteBatch(0, source.Regions[0], [new(WindowPages + 100, (uint)runPages, PageEncoding.Normal)], flags);
         new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), [region], map).ReadNext();
 
         var populated = new Ferry.Migration.Memory.DirtyBitmap(region.Pages);
         using (var pagemap = Pagemap.OpenSelf()) pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
-        bool small = checksumData || runPages < ReceivedPageMap.SparseRunPages;
+        bool small = flags.HasFlag(PageBatchFlags.FinalPass) || runPages < ReceivedPageMap.SparseRunPages;
         Assert.Equal(small ? 1 : 0, map.WindowsSplit);
         // With small pages only the received pages exist; otherwise the write brought in the whole 2 MiB window.
         Assert.Equal(small ? (ulong)runPages : WindowPages, populated.Count(WindowPages, 2 * WindowPages));
