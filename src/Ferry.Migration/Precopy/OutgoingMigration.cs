@@ -355,6 +355,7 @@ public sealed class OutgoingMigration
         var populated = new DirtyBitmap(_guest.TotalPages);
         _guest.GetPopulatedPages(populated.Words);
 
+        long previousDirtyBytes = -1;
         for (int round = 0; ; round++)
         {
             Volatile.Write(ref _round, round);
@@ -395,7 +396,9 @@ public sealed class OutgoingMigration
 
             var input = new ConvergenceInput(
                 dirtyBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
-                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy);
+                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy,
+                previousDirtyBytes);
+            previousDirtyBytes = dirtyBytes;
             var decision = ConvergencePolicy.Decide(input);
             // Round 0's figure is kept out of the estimate only while another round may follow. When a limit ends
             // pre-copy before any dirty round was measured (MaxRounds 1, or a large guest's round 0 outlasting the
@@ -419,7 +422,8 @@ public sealed class OutgoingMigration
                 if (decision.ExpectedDowntime != TimeSpan.MaxValue) stats.ExpectedDowntimeMs = decision.ExpectedDowntime.TotalMilliseconds;
                 break;
             }
-            if (autoConverge is not null)
+            // A rest that already fits (another round only buys headroom) is no reason to slow the guest down.
+            if (autoConverge is not null && decision.ExpectedDowntime > _options.DowntimeLimit)
             {
                 // Transferred = the page bytes sent this round; dirtied = what must be re-sent because of this round.
                 int throttle = autoConverge.OnRoundEnd(dirtyBytes, bytes);

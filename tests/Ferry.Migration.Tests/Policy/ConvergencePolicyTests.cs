@@ -6,9 +6,50 @@ namespace Ferry.Migration.Tests.Policy;
 public class ConvergencePolicyTests
 {
     private static ConvergenceInput Input(long remaining, double bandwidth, int round = 1, double elapsedMs = 1000,
-        TimeoutStrategy strategy = TimeoutStrategy.Cancel, double stateMs = 5) =>
+        TimeoutStrategy strategy = TimeoutStrategy.Cancel, double stateMs = 5, long previous = -1) =>
         new(remaining, bandwidth, TimeSpan.FromMilliseconds(stateMs), TimeSpan.FromMilliseconds(50), round,
-            TimeSpan.FromMilliseconds(elapsedMs), MaxRounds: 30, Timeout: TimeSpan.FromSeconds(60), strategy);
+            TimeSpan.FromMilliseconds(elapsedMs), MaxRounds: 30, Timeout: TimeSpan.FromSeconds(60), strategy, previous);
+
+    [Theory]
+    // 4 MiB at 100 MB/s + 5 ms = 46.9 ms: fits the 50 ms limit, but with under half of it to spare.
+    [InlineData(8L << 20, ConvergenceAction.ContinueRound)]  // the last round halved the rest: one more round
+    [InlineData(5L << 20, ConvergenceAction.SwitchOver)]     // cut by a fifth: the rest has stopped shrinking
+    [InlineData(4L << 20, ConvergenceAction.SwitchOver)]     // the guest's working set: as low as it goes
+    [InlineData(-1L, ConvergenceAction.SwitchOver)]          // no earlier figure (round 0)
+    public void AFitThatLeavesLittleHeadroomWaitsOneRoundOnlyWhileTheRestStillShrinks(long previous, ConvergenceAction action)
+    {
+        var d = ConvergencePolicy.Decide(Input(4 << 20, 100e6, previous: previous));
+        Assert.Equal(action, d.Action);
+        Assert.InRange(d.ExpectedDowntime.TotalMilliseconds, 46.9, 47.0);
+        if (action == ConvergenceAction.ContinueRound)
+        {
+            Assert.Equal(SwitchOverReason.None, d.SwitchOver);
+            Assert.Contains("little headroom", d.Reason, StringComparison.Ordinal);
+        }
+        else
+        {
+            Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+        }
+    }
+
+    [Fact]
+    public void AFitWithinHalfTheLimitSwitchesAtOnceEvenWhileShrinking()
+    {
+        // 1.5 MiB at 100 MB/s + 5 ms = 20.7 ms, the rest under a fifth of the last round's.
+        var d = ConvergencePolicy.Decide(Input(3 << 19, 100e6, previous: 8L << 20));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+    }
+
+    [Theory]
+    [InlineData(29, 1000.0)]    // the round limit: the last round there is
+    [InlineData(3, 60_000.0)]   // the timeout
+    public void AtALimitAFitSwitchesOverAsConvergedNotForcedOrAborted(int round, double elapsedMs)
+    {
+        var d = ConvergencePolicy.Decide(Input(4 << 20, 100e6, round: round, elapsedMs: elapsedMs, previous: 8L << 20));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+    }
 
     [Fact]
     public void SwitchesOverWhenRemainingBytesPlusStateFitTheLimit()

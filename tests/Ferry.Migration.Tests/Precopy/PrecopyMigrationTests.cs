@@ -1,6 +1,7 @@
 using System.Net;
 using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
+using Ferry.Migration.Policy;
 using Ferry.Migration.Precopy;
 using Ferry.Migration.Transport;
 using static Ferry.Migration.Tests.Precopy.MigrationHarness;
@@ -122,8 +123,55 @@ public class PrecopyMigrationTests
         Assert.Equal(8, rounds[^1].Pages);
     }
 
+    [Fact]
+    public void ARestThatFitsWithLittleHeadroomGetsMoreRoundsWhileItShrinksAndTheGuestIsNotThrottled()
+    {
+        // Each harvest reports 70% of the pages the last one did: every round cuts the rest by 30% (still converging)
+        // while the guest dirties 70% of what was sent (a "high" round for auto-converge). Through a 50 MB/s cap the
+        // first rest costs ~1.3x the 400 ms limit, the next ~0.9x and ~0.65x: they fit, with under half the limit to
+        // spare, so the policy waits for a rest under half the limit. The rounds it adds only buy headroom, so two
+        // high rounds in a row must not throttle the guest as they would in a round that does not fit.
+        const long Bandwidth = 50_000_000;
+        var limit = TimeSpan.FromMilliseconds(400);
+        // The engine harvests once before round 0 (that report is sent with round 0's full pass), so the first rest
+        // it decides on is the second report.
+        int firstPages = (int)(1.3 * limit.TotalSeconds * Bandwidth / 4096 / 0.7);
+        using var inner = NewGuest(32, writers: 0);
+        var guest = new ShrinkingDirtySource(inner, firstPages, 0.7);
+        using var transport = new InMemoryTransport();
+        var options = Options() with { MaxBandwidth = Bandwidth, DowntimeLimit = limit, AutoConverge = true };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, options, stateTimeEstimate: TimeSpan.FromMilliseconds(1));
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        var s = outcome.Stats;
+        string rounds = string.Join(", ", s.Rounds.Select(r => $"{r.Pages} pages in {r.Milliseconds:F0} ms at {r.BandwidthBytesPerSecond / 1e6:F0} MB/s"));
+        Assert.Equal("converged", s.SwitchoverReason);
+        Assert.True(s.ExpectedDowntimeMs <= limit.TotalMilliseconds * ConvergencePolicy.HeadroomShare, $"expected {s.ExpectedDowntimeMs} ms; rounds: {rounds}");
+        Assert.True(s.Rounds.Count >= 5, $"round 0, the first rest (too big), two that fitted tightly, then the final pass; got {rounds}");
+        Assert.Equal(0, s.ThrottlePercent);
+    }
+
+    /// <summary>An idle guest whose n-th harvest reports its first <c>first * ratio^(n-1)</c> pages dirty.</summary>
+    private sealed class ShrinkingDirtySource(InProcessGuest inner, int first, double ratio) : DirtyLogOverlay(inner)
+    {
+        private double _next = first;
+
+        protected override void AddDirty(Span<ulong> bitmap)
+        {
+            int pages = Math.Min((int)_next, (int)TotalPages);
+            for (int p = 0; p < pages; p++) bitmap[p >> 6] |= 1UL << (p & 63);
+            _next *= ratio;
+        }
+    }
+
     /// <summary>An idle guest whose dirty log always holds its first <c>pages</c> pages (rewritten with the same bytes).</summary>
-    internal sealed class AlwaysDirtySource(InProcessGuest inner, int pages) : IMigrationSource
+    internal sealed class AlwaysDirtySource(InProcessGuest inner, int pages) : DirtyLogOverlay(inner)
+    {
+        protected override void AddDirty(Span<ulong> bitmap) => bitmap[0] |= (1UL << pages) - 1;
+    }
+
+    /// <summary>An in-process guest whose harvested dirty log the test adds pages to; everything else passes through.</summary>
+    internal abstract class DirtyLogOverlay(InProcessGuest inner) : IMigrationSource
     {
         public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
         public ulong TotalPages => inner.TotalPages;
@@ -133,9 +181,10 @@ public class PrecopyMigrationTests
         public void HarvestDirtyLog(Span<ulong> bitmap)
         {
             inner.HarvestDirtyLog(bitmap);
-            bitmap[0] |= (1UL << pages) - 1;
+            AddDirty(bitmap);
         }
 
+        protected abstract void AddDirty(Span<ulong> bitmap);
         public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
         public void StopDirtyLog() => inner.StopDirtyLog();
         public void SetThrottle(int percent) => inner.SetThrottle(percent);
