@@ -12,7 +12,8 @@ namespace Ferry.Migration.Policy;
 /// rounds any distance apart trigger a step. We count <b>consecutive</b> high rounds (a calm round resets the count),
 /// so a single burst in an otherwise converging guest does not cost it 20% of its CPU. After a step the count restarts
 /// from 0, as in QEMU, so the next step needs two more high rounds at the new throttle: the guest gets a round to show
-/// the effect before being slowed again.
+/// the effect before being slowed again. A round after which the rest already fits the downtime limit is calm
+/// (<see cref="OnRoundThatFits"/>), whatever the guest dirtied in it.
 /// Not thread-safe: called by the migration thread once per round.
 /// </remarks>
 public sealed class AutoConverge
@@ -71,4 +72,10 @@ public sealed class AutoConverge
         }
         return ThrottlePercent;
     }
+
+    /// <summary>
+    /// Account a round after which the rest already fits the downtime limit (the policy ran another only for
+    /// headroom): the guest is not outrunning the link, so it counts as a calm round, whatever it dirtied.
+    /// </summary>
+    public void OnRoundThatFits() => _highRounds = 0;
 }

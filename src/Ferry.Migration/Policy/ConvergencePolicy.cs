@@ -43,6 +43,8 @@ public enum SwitchOverReason
 /// <param name="Timeout">Longest pre-copy phase before <paramref name="Strategy"/> applies.</param>
 /// <param name="Strategy">What to do at a limit without convergence.</param>
 /// <param name="PreviousRemainingBytes">Bytes that were dirty after the round before this one; -1 = none (round 0).</param>
+/// <param name="FittedEarlier">An earlier round's rest already fitted the limit and the policy ran one more round for
+/// headroom (<see cref="ConvergencePolicy.HeadroomShare"/>): this decision switches over, whatever the rest is now.</param>
 public readonly record struct ConvergenceInput(
     long RemainingBytes,
     double BandwidthBytesPerSecond,
@@ -53,7 +55,8 @@ public readonly record struct ConvergenceInput(
     int MaxRounds,
     TimeSpan Timeout,
     TimeoutStrategy Strategy,
-    long PreviousRemainingBytes = -1);
+    long PreviousRemainingBytes = -1,
+    bool FittedEarlier = false);
 
 /// <summary>The policy's answer, with the estimate it was based on (for logs and statistics).</summary>
 /// <param name="Action">What to do.</param>
@@ -71,15 +74,18 @@ public readonly record struct ConvergenceDecision(
 /// <c>is_precopy_converged</c> and QEMU's <c>migration_iteration_run</c>: switch when the pages still dirty can be
 /// sent within the downtime limit at the measured bandwidth, with the device-state time included in the estimate
 /// (DESIGN.md: "with the device-state time included"), because the guest is paused for both.
-/// <para>Unlike them, an estimate that fits but uses more than <see cref="HeadroomShare"/> of the limit waits one more
-/// round while rounds still shrink the rest by <see cref="ConvergingShrink"/> or more: the estimate is a forecast
-/// (measured here within about ±30% of the downtime it got), so switching at 48 ms of a 50 ms limit misses it about
-/// as often as not, while the next round, shorter than the last, brings the rest down. A guest whose rest has stopped
-/// shrinking (its working set) switches at once, as before.</para>
+/// <para>Unlike them, a rest that fits but leaves the page transfer more than <see cref="HeadroomShare"/> of what the
+/// limit allows it, while the last round still cut the rest by <see cref="ConvergingShrink"/> or more, gets one more
+/// round, once per migration: the estimate is a forecast (measured here within about ±30% of the downtime it got), so
+/// switching at 48 ms of a 50 ms limit misses it about as often as not, while the next round, shorter than the last,
+/// brings the rest down. The decision after that round switches over whatever the rest is then, so a fit once seen
+/// is never lost to a burst, an oscillating rest or a limit. A rest that has stopped shrinking (the working set), a
+/// round limit one round away or an elapsed timeout switch at once, as before.</para>
 /// </summary>
 public static class ConvergencePolicy
 {
-    /// <summary>An estimate within this share of the limit switches over at once.</summary>
+    /// <summary>A page transfer estimated within this share of what the limit leaves it (limit less state time)
+    /// switches over at once.</summary>
     public const double HeadroomShare = 0.5;
 
     /// <summary>A round that cut the remaining bytes by at least this share of the previous round's is still converging.</summary>
@@ -97,18 +103,29 @@ public static class ConvergencePolicy
         bool timedOut = input.Elapsed >= input.Timeout;
         bool roundsOut = input.Round + 1 >= input.MaxRounds;
 
+        // The round bought for headroom is over: switch now, even if a burst grew the rest past the limit (waiting
+        // longer could only lose the fit that was seen, to more bursts or to a limit).
+        if (input.FittedEarlier)
+        {
+            return new(ConvergenceAction.SwitchOver, SwitchOverReason.Converged, expected,
+                $"converged a round ago; after one more round for headroom, {Describe(input, expected)} " +
+                (expected <= input.DowntimeLimit ? "fits" : "exceeds") + $" the {Ms(input.DowntimeLimit)} limit");
+        }
+
         // Nothing left to send: the downtime is the state alone, and no further round can make it smaller. This also
         // covers an idle guest before bandwidth is known (a 0-byte round measures no bandwidth).
         if (input.RemainingBytes == 0 || expected <= input.DowntimeLimit)
         {
+            // Headroom is judged on the page transfer alone: the state time is the same whatever the rest.
+            var pageTime = expected - input.StateSaveTime;
+            var pageBudget = input.DowntimeLimit - input.StateSaveTime;
             bool stillShrinking = input.PreviousRemainingBytes > 0
                 && input.RemainingBytes <= input.PreviousRemainingBytes * (1 - ConvergingShrink);
-            if (input.RemainingBytes > 0 && stillShrinking && !timedOut && !roundsOut
-                && expected > input.DowntimeLimit * HeadroomShare)
+            if (input.RemainingBytes > 0 && stillShrinking && !timedOut && !roundsOut && pageTime > pageBudget * HeadroomShare)
             {
                 return new(ConvergenceAction.ContinueRound, SwitchOverReason.None, expected,
                     $"{Describe(input, expected)} fits the {Ms(input.DowntimeLimit)} limit with little headroom, and the last " +
-                    $"round cut the rest from {input.PreviousRemainingBytes} bytes: one more round");
+                    $"round cut the rest from {input.PreviousRemainingBytes} bytes: one more round, then switch over");
             }
             return new(ConvergenceAction.SwitchOver, SwitchOverReason.Converged, expected,
                 $"converged: {Describe(input, expected)} fits the {Ms(input.DowntimeLimit)} limit");

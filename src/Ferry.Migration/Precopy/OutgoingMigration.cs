@@ -356,6 +356,7 @@ public sealed class OutgoingMigration
         _guest.GetPopulatedPages(populated.Words);
 
         long previousDirtyBytes = -1;
+        bool fittedEarlier = false; // a rest fitted the limit and the policy went on only for headroom
         for (int round = 0; ; round++)
         {
             Volatile.Write(ref _round, round);
@@ -397,7 +398,7 @@ public sealed class OutgoingMigration
             var input = new ConvergenceInput(
                 dirtyBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
                 _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy,
-                previousDirtyBytes);
+                previousDirtyBytes, fittedEarlier);
             previousDirtyBytes = dirtyBytes;
             var decision = ConvergencePolicy.Decide(input);
             // Round 0's figure is kept out of the estimate only while another round may follow. When a limit ends
@@ -423,7 +424,13 @@ public sealed class OutgoingMigration
                 break;
             }
             // A rest that already fits (another round only buys headroom) is no reason to slow the guest down.
-            if (autoConverge is not null && decision.ExpectedDowntime > _options.DowntimeLimit)
+            bool fits = decision.ExpectedDowntime <= _options.DowntimeLimit;
+            fittedEarlier |= fits;
+            if (autoConverge is not null && fits)
+            {
+                autoConverge.OnRoundThatFits();
+            }
+            else if (autoConverge is not null)
             {
                 // Transferred = the page bytes sent this round; dirtied = what must be re-sent because of this round.
                 int throttle = autoConverge.OnRoundEnd(dirtyBytes, bytes);

@@ -33,6 +33,18 @@ public class AutoConvergeTests
     }
 
     [Fact]
+    public void ARoundWhoseRestFitsCountsAsCalm()
+    {
+        // High, then a round after which the rest fits the limit (the policy went on for headroom), then high: the two
+        // high rounds are not consecutive, so no step.
+        var ac = Qemu();
+        ac.OnRoundEnd(90, 100);
+        ac.OnRoundThatFits();
+        Assert.Equal(0, ac.OnRoundEnd(90, 100));
+        Assert.Equal(20, ac.OnRoundEnd(90, 100));
+    }
+
+    [Fact]
     public void StepsByTheIncrementEveryTwoHighRoundsUpToTheCap()
     {
         var ac = Qemu();

@@ -6,9 +6,9 @@ namespace Ferry.Migration.Tests.Policy;
 public class ConvergencePolicyTests
 {
     private static ConvergenceInput Input(long remaining, double bandwidth, int round = 1, double elapsedMs = 1000,
-        TimeoutStrategy strategy = TimeoutStrategy.Cancel, double stateMs = 5, long previous = -1) =>
+        TimeoutStrategy strategy = TimeoutStrategy.Cancel, double stateMs = 5, long previous = -1, bool fittedEarlier = false) =>
         new(remaining, bandwidth, TimeSpan.FromMilliseconds(stateMs), TimeSpan.FromMilliseconds(50), round,
-            TimeSpan.FromMilliseconds(elapsedMs), MaxRounds: 30, Timeout: TimeSpan.FromSeconds(60), strategy, previous);
+            TimeSpan.FromMilliseconds(elapsedMs), MaxRounds: 30, Timeout: TimeSpan.FromSeconds(60), strategy, previous, fittedEarlier);
 
     [Theory]
     // 4 MiB at 100 MB/s + 5 ms = 46.9 ms: fits the 50 ms limit, but with under half of it to spare.
@@ -16,7 +16,7 @@ public class ConvergencePolicyTests
     [InlineData(5L << 20, ConvergenceAction.SwitchOver)]     // cut by a fifth: the rest has stopped shrinking
     [InlineData(4L << 20, ConvergenceAction.SwitchOver)]     // the guest's working set: as low as it goes
     [InlineData(-1L, ConvergenceAction.SwitchOver)]          // no earlier figure (round 0)
-    public void AFitThatLeavesLittleHeadroomWaitsOneRoundOnlyWhileTheRestStillShrinks(long previous, ConvergenceAction action)
+    public void AFitThatLeavesLittleHeadroomGetsAnotherRoundOnlyWhileTheRestStillShrinks(long previous, ConvergenceAction action)
     {
         var d = ConvergencePolicy.Decide(Input(4 << 20, 100e6, previous: previous));
         Assert.Equal(action, d.Action);
@@ -32,10 +32,35 @@ public class ConvergencePolicyTests
         }
     }
 
+    [Theory]
+    [InlineData(3L << 20, true)]    // 31.5 ms: fits, still shrinking; the headroom round was spent
+    [InlineData(8L << 20, false)]   // 88.9 ms: a burst grew the rest past the limit; chasing it could lose the fit
+    public void AfterTheRoundForHeadroomItSwitchesOverWhateverTheRestIs(long remaining, bool fits)
+    {
+        var d = ConvergencePolicy.Decide(Input(remaining, 100e6, previous: 4L << 20, fittedEarlier: true));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
+        Assert.Contains(fits ? "fits" : "exceeds", d.Reason, StringComparison.Ordinal);
+        // Even at a limit, with strategy cancel: a fit once seen is not given up.
+        var atLimit = ConvergencePolicy.Decide(Input(remaining, 100e6, round: 29, elapsedMs: 60_000, previous: 4L << 20, fittedEarlier: true));
+        Assert.Equal(ConvergenceAction.SwitchOver, atLimit.Action);
+    }
+
+    [Fact]
+    public void HeadroomIsJudgedOnThePageTransferNotOnTheStateTime()
+    {
+        // 30 ms of state leaves the pages 20 ms of the 50 ms limit; 0.75 MiB at 100 MB/s is 7.9 ms, under half of
+        // that, so it switches although the whole estimate (37.9 ms) is over half the limit.
+        var d = ConvergencePolicy.Decide(Input(3L << 18, 100e6, stateMs: 30, previous: 4L << 20));
+        Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
+        // 1.5 MiB is 15.7 ms, over half of the pages' 20 ms: one more round.
+        Assert.Equal(ConvergenceAction.ContinueRound, ConvergencePolicy.Decide(Input(3L << 19, 100e6, stateMs: 30, previous: 4L << 20)).Action);
+    }
+
     [Fact]
     public void AFitWithinHalfTheLimitSwitchesAtOnceEvenWhileShrinking()
     {
-        // 1.5 MiB at 100 MB/s + 5 ms = 20.7 ms, the rest under a fifth of the last round's.
+        // 1.5 MiB at 100 MB/s = 15.7 ms, under half of the 45 ms the state leaves, the rest under a fifth of the last round's.
         var d = ConvergencePolicy.Decide(Input(3 << 19, 100e6, previous: 8L << 20));
         Assert.Equal(ConvergenceAction.SwitchOver, d.Action);
         Assert.Equal(SwitchOverReason.Converged, d.SwitchOver);
