@@ -69,6 +69,8 @@ internal static class SwitchoverWarmup
     /// stays tier-0 JIT code, and the final pass then cost ~20 µs per page instead of ~2.5 (measured with
     /// DOTNET_TC_QuickJit=0 as the control). So encode and decode such batches more than the 30 calls after which
     /// the runtime re-compiles a method optimised in the background; this runs at setup, long before the pause.
+    /// (The `ferry` command compiles methods with loops optimised on their first call, where one call would do; a VMM
+    /// embedding the engine may not.)
     /// </summary>
     private static void DryRunChecksummedBatches()
     {
