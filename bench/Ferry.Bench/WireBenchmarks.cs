@@ -68,14 +68,14 @@ public unsafe class WireBenchmarks
             var w = _writers[ch];
             var r = _readers[ch];
             var region = _sourceRegions[0];
-            bool checksum = ChecksumData;
+            var flags = ChecksumData ? PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed : PageBatchFlags.None;
             var send = new Thread(() =>
             {
                 var runs = new PageRun[1];
                 for (ulong first = 0; first < Pages; first += 256)
                 {
                     runs[0] = new PageRun(first, 256, PageEncoding.Normal);
-                    w.WriteBatch(0, region, runs, checksum ? PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed : PageBatchFlags.None);
+                    w.WriteBatch(0, region, runs, flags);
                 }
             });
             var receive = new Thread(() =>

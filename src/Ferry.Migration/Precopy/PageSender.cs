@@ -97,8 +97,9 @@ internal sealed class PageSender
 
     /// <summary>
     /// Send every set page of <paramref name="bitmap"/> in this channel's shard with header <paramref name="flags"/>
-    /// (FinalPass once the guest is paused; DataChecksummed only with it, when asked), then Flush(<paramref name="flushSequence"/>) unless it is 0, then Keepalive(<paramref name="marker"/>)
-    /// unless it is 0 (the landed-sync marker, MigrationProtocol.cs). A page clear in <paramref name="populated"/>
+    /// (FinalPass once the guest is paused; DataChecksummed only with it, when asked), then
+    /// Flush(<paramref name="flushSequence"/>) unless it is 0, then Keepalive(<paramref name="marker"/>) unless it is
+    /// 0 (the landed-sync marker, MigrationProtocol.cs). A page clear in <paramref name="populated"/>
     /// (same bit layout) is sent as Zero without being read; null reads every page.
     /// </summary>
     public void Start(DirtyBitmap bitmap, PageBatchFlags flags, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated = null, ulong marker = 0)
