@@ -32,6 +32,9 @@ public static partial class Libc
     /// <summary>Most iovecs one writev accepts (IOV_MAX on Linux).</summary>
     public const int IOV_MAX = 1024;
 
+    /// <summary>poll event: there is data to read.</summary>
+    public const short POLLIN = 0x001;
+
     /// <summary>poll event: writing will not block.</summary>
     public const short POLLOUT = 0x004;
 
@@ -49,6 +52,15 @@ public static partial class Libc
 
     [LibraryImport(LibraryName, EntryPoint = "writev", SetLastError = true)]
     public static unsafe partial nint writev(int fd, iovec* iov, int iovcnt);
+
+    [LibraryImport(LibraryName, EntryPoint = "readv", SetLastError = true)]
+    public static unsafe partial nint readv(int fd, iovec* iov, int iovcnt);
+
+    [LibraryImport(LibraryName, EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int fcntl(int fd, int cmd);
+
+    private const int F_GETFL = 3;
+    private const int O_NONBLOCK = 0x800;
 
     [LibraryImport(LibraryName, EntryPoint = "poll", SetLastError = true)]
     public static unsafe partial int poll(pollfd* fds, nuint nfds, int timeout);
@@ -86,32 +98,87 @@ public static partial class Libc
                     }
                     throw new LinuxException("writev", errno);
                 }
-                // Consume n bytes from the front of the vector.
-                nuint left = (nuint)n;
-                while (left > 0)
-                {
-                    if (left >= v[first].iov_len)
-                    {
-                        left -= v[first].iov_len;
-                        v[first].iov_len = 0;
-                        first++;
-                    }
-                    else
-                    {
-                        v[first].iov_base += (nint)left;
-                        v[first].iov_len -= left;
-                        left = 0;
-                    }
-                }
+                Consume(v, ref first, (nuint)n);
             }
         }
         return true;
     }
 
-    /// <summary>Wait until <paramref name="fd"/> is writable (or in error, which the next write reports).</summary>
-    private static unsafe bool WaitWritable(int fd, int timeoutMilliseconds)
+    /// <summary>
+    /// Fill every byte described by <paramref name="iov"/> from <paramref name="fd"/> (the receive side of
+    /// <see cref="WriteVectorFully"/>): chunks of at most <see cref="IOV_MAX"/> vectors, resumes after partial reads
+    /// (advancing <paramref name="iov"/> in place), retries on EINTR. EAGAIN on a blocking fd means its SO_RCVTIMEO
+    /// elapsed; on a non-blocking one the call waits with <c>poll</c> for at most <paramref name="timeoutMilliseconds"/>
+    /// (-1 = forever). Returns the bytes read: all of them, or fewer when the peer closed the stream first (EOF).
+    /// <paramref name="timedOut"/> says the read stopped on a timeout instead. Throws <see cref="LinuxException"/> for
+    /// any other error (ECONNRESET, ...).
+    /// </summary>
+    public static unsafe long ReadVectorFully(int fd, Span<iovec> iov, int timeoutMilliseconds, out bool timedOut)
     {
-        var p = new pollfd { fd = fd, events = POLLOUT };
+        timedOut = false;
+        long total = 0;
+        int first = 0;
+        fixed (iovec* v = iov)
+        {
+            while (first < iov.Length)
+            {
+                if (v[first].iov_len == 0)
+                {
+                    first++;
+                    continue;
+                }
+                int count = Math.Min(iov.Length - first, IOV_MAX);
+                nint n = readv(fd, v + first, count);
+                if (n < 0)
+                {
+                    int errno = Marshal.GetLastPInvokeError();
+                    if (errno == EINTR) continue;
+                    if (errno == EAGAIN)
+                    {
+                        int flags = fcntl(fd, F_GETFL);
+                        if (flags >= 0 && (flags & O_NONBLOCK) != 0 && WaitReadable(fd, timeoutMilliseconds)) continue;
+                        timedOut = true;
+                        return total;
+                    }
+                    throw new LinuxException("readv", errno);
+                }
+                if (n == 0) return total; // EOF
+                total += n;
+                Consume(v, ref first, (nuint)n);
+            }
+        }
+        return total;
+    }
+
+    /// <summary>Consume <paramref name="n"/> bytes from the front of the vector starting at <paramref name="first"/>.</summary>
+    private static unsafe void Consume(iovec* v, ref int first, nuint n)
+    {
+        while (n > 0)
+        {
+            if (n >= v[first].iov_len)
+            {
+                n -= v[first].iov_len;
+                v[first].iov_len = 0;
+                first++;
+            }
+            else
+            {
+                v[first].iov_base += (nint)n;
+                v[first].iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+
+    /// <summary>Wait until <paramref name="fd"/> is readable (or in error or at EOF, which the next read reports).</summary>
+    private static bool WaitReadable(int fd, int timeoutMilliseconds) => Wait(fd, POLLIN, timeoutMilliseconds);
+
+    /// <summary>Wait until <paramref name="fd"/> is writable (or in error, which the next write reports).</summary>
+    private static bool WaitWritable(int fd, int timeoutMilliseconds) => Wait(fd, POLLOUT, timeoutMilliseconds);
+
+    private static unsafe bool Wait(int fd, short events, int timeoutMilliseconds)
+    {
+        var p = new pollfd { fd = fd, events = events };
         while (true)
         {
             int r = poll(&p, 1, timeoutMilliseconds);

@@ -9,10 +9,11 @@ namespace Ferry.Migration.Protocol;
 
 /// <summary>
 /// Reads one page channel on the destination, receiving page data straight into guest memory: the header and run
-/// table are parsed and validated into a reusable descriptor array, then each Normal run is received with
-/// <see cref="IMigrationChannel.ReceiveExactly"/> into the guest pages it names, each Zero run is zeroed (only where a
-/// page holds received data, with a <see cref="ReceivedPageMap"/>), and finally
-/// the trailer is checked (over the data too, hashed incrementally from guest memory, when DataChecksummed is set).
+/// table are parsed and validated into a reusable descriptor array, then the data of the Normal runs is received with
+/// <see cref="IMigrationChannel.ReceiveScatter"/> into the guest pages they name (with the trailer, one receive per
+/// batch unless Zero runs come between), each Zero run is zeroed (only where a page holds received data, with a
+/// <see cref="ReceivedPageMap"/>), and finally the trailer is checked (over the data too, hashed from guest memory,
+/// when DataChecksummed is set).
 /// One reader per channel, used by one thread; it allocates nothing after construction.
 /// </summary>
 /// <remarks>
@@ -23,8 +24,12 @@ public sealed class PageBatchReader
 {
     private readonly IMigrationChannel _channel;
     private readonly IReadOnlyList<MemoryRegion> _regions;
-    // Record header + batch header + run table (8 + 8 + 512 * 16 bytes) + trailer.
-    private readonly byte[] _table = new byte[MigrationProtocol.HeaderSize + PageBatchCodec.TableSize(MigrationProtocol.MaxRunsPerBatch) + MigrationProtocol.TrailerSize];
+    // Record header + batch header + run table (8 + 8 + 512 * 16 bytes) + trailer. Pinned: the trailer is received
+    // by address, as the last segment of a batch's scatter receive.
+    private readonly byte[] _table = GC.AllocateArray<byte>(MigrationProtocol.HeaderSize + PageBatchCodec.TableSize(MigrationProtocol.MaxRunsPerBatch) + MigrationProtocol.TrailerSize, pinned: true);
+    private readonly nint _tableAddress;
+    // Where the data of a batch's Normal runs lands, in stream order (adjacent runs coalesced), plus the trailer.
+    private readonly IoSegment[] _segments = new IoSegment[MigrationProtocol.MaxRunsPerBatch + 1];
     // Decoded runs of the last batch.
     private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
     private int _runCount;
@@ -53,6 +58,11 @@ public sealed class PageBatchReader
         _channel = channel;
         _regions = regions;
         _received = received;
+        unsafe
+        {
+            // SAFETY: _table was allocated on the pinned object heap and never moves.
+            _tableAddress = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_table));
+        }
     }
 
     /// <summary>
@@ -157,29 +167,42 @@ public sealed class PageBatchReader
         LastBatchFinalPass = finalPass;
         // Chained one-shot hashes, run by run: see PageBatchWriter and MigrationProtocol.cs.
         ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
+        // The data of consecutive Normal runs (and the trailer after the last) is received with one scatter receive
+        // straight into the guest pages they name: one syscall per batch, not one per run. Measured on this PVM host
+        // over loopback, single scattered pages: recv per page 4.5-10.6 µs, readv per 256 pages 3.1-4.8 µs per page.
+        // A Zero run ends the group: runs may overlap, and each applies in the sender's order.
+        int pending = 0, groupStart = 0;
+        const nint Window = 2 << 20;
+        nint decidedFrom = 0, decidedTo = 0; // the 2 MiB windows the last small-page decision covered
         for (int i = 0; i < runCount; i++)
         {
             var run = _runs[i];
             nint address = region.PageAddress(run.FirstPage);
             if (run.Encoding == PageEncoding.Normal)
             {
-                Span<byte> pages;
-                unsafe
-                {
-                    // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
-                    pages = new Span<byte>((void*)address, (int)run.Count << MemoryRegion.PageShift);
-                }
+                int length = (int)run.Count << MemoryRegion.PageShift;
                 // Sparse data into a fresh 2 MiB window costs less in 4 KiB faults (see ReceivedPageMap): the final pass
-                // and short runs of any round.
-                if (finalPass || run.Count < ReceivedPageMap.SparseRunPages)
+                // and short runs of any round. A window an earlier run of this group already decided is left as it is
+                // (its pages are marked held only once they land).
+                if ((finalPass || run.Count < ReceivedPageMap.SparseRunPages) && (address < decidedFrom || address + length > decidedTo))
+                {
                     _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
+                    decidedFrom = address & ~(Window - 1);
+                    decidedTo = ((address + length - 1) | (Window - 1)) + 1;
+                }
                 if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
-                    Populate(address, pages.Length);
-                Wire.ReceiveBody(_channel, pages, h.Kind);
-                if (checksumData) hash = XxHash3.HashToUInt64(pages, (long)hash);
-                _received?.MarkHeld(regionIndex, run.FirstPage, run.Count);
+                    Populate(address, length);
+                ref var last = ref _segments[Math.Max(0, pending - 1)];
+                if (pending > 0 && last.Address + last.Length == address)
+                    last = new IoSegment(last.Address, last.Length + length);
+                else
+                    _segments[pending++] = new IoSegment(address, length);
+                continue;
             }
-            else if (_received is not null)
+            hash = ReceiveGroup(pending, groupStart, i, regionIndex, region, checksumData, hash);
+            pending = 0;
+            groupStart = i + 1;
+            if (_received is not null)
             {
                 _received.Zero(regionIndex, region, run.FirstPage, run.Count);
             }
@@ -188,15 +211,41 @@ public sealed class PageBatchReader
                 unsafe
                 {
                     // SAFETY: every page of a validated run lies inside the region's host mapping.
-                    System.Runtime.InteropServices.NativeMemory.Clear((void*)address, (nuint)run.Count << MemoryRegion.PageShift);
+                    NativeMemory.Clear((void*)address, (nuint)run.Count << MemoryRegion.PageShift);
                 }
             }
         }
-        var trailer = _table.AsSpan(H + BH + tableBytes, T);
-        Wire.ReceiveBody(_channel, trailer, h.Kind);
-        if (hash != BinaryPrimitives.ReadUInt64LittleEndian(trailer))
+        int trailerOffset = H + BH + tableBytes;
+        _segments[pending++] = new IoSegment(_tableAddress + trailerOffset, T);
+        hash = ReceiveGroup(pending, groupStart, runCount, regionIndex, region, checksumData, hash);
+        if (hash != BinaryPrimitives.ReadUInt64LittleEndian(_table.AsSpan(trailerOffset, T)))
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
+    }
+
+    /// <summary>
+    /// Receive the <paramref name="segments"/> gathered for runs [<paramref name="from"/>, <paramref name="to"/>) (none:
+    /// nothing to receive), then hash their data when it is checksummed and mark their pages held. Returns the hash.
+    /// </summary>
+    private ulong ReceiveGroup(int segments, int from, int to, int regionIndex, in MemoryRegion region, bool checksumData, ulong hash)
+    {
+        if (segments == 0) return hash;
+        _channel.ReceiveScatter(_segments.AsSpan(0, segments));
+        for (int i = from; i < to; i++)
+        {
+            var run = _runs[i];
+            if (run.Encoding != PageEncoding.Normal) continue;
+            if (checksumData)
+            {
+                unsafe
+                {
+                    // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
+                    hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)region.PageAddress(run.FirstPage), (int)run.Count << MemoryRegion.PageShift), (long)hash);
+                }
+            }
+            _received?.MarkHeld(regionIndex, run.FirstPage, run.Count);
+        }
+        return hash;
     }
 
     private void Populate(nint address, int length)

@@ -63,13 +63,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
             ? stackalloc iovec[StackIovecs]
             : (rented = ArrayPool<iovec>.Shared.Rent(segments.Length));
         iov = iov[..segments.Length];
-        long total = 0;
-        for (int i = 0; i < segments.Length; i++)
-        {
-            if (segments[i].Length < 0) throw new ArgumentException($"segment {i} has a negative length", nameof(segments));
-            iov[i] = new iovec { iov_base = segments[i].Address, iov_len = (nuint)segments[i].Length };
-            total += segments[i].Length;
-        }
+        long total = ToIovecs(segments, iov);
         try
         {
             Write(iov, total);
@@ -139,6 +133,55 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
             Interlocked.Add(ref _received, n);
         }
         return true;
+    }
+
+    public void ReceiveScatter(ReadOnlySpan<IoSegment> segments)
+    {
+        iovec[]? rented = null;
+        Span<iovec> iov = segments.Length <= StackIovecs
+            ? stackalloc iovec[StackIovecs]
+            : (rented = ArrayPool<iovec>.Shared.Rent(segments.Length));
+        iov = iov[..segments.Length];
+        long total = ToIovecs(segments, iov);
+        bool added = false;
+        try
+        {
+            // Hold a reference on the fd so a concurrent Dispose cannot close it (and let it be reused) mid-readv.
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            int fd = (int)_socket.SafeHandle.DangerousGetHandle();
+            long got = Libc.ReadVectorFully(fd, iov, TcpTransportOptions.ToMilliseconds(_receiveTimeout), out bool timedOut);
+            Interlocked.Add(ref _received, got);
+            if (timedOut)
+                throw Failure($"no data from the peer for {_receiveTimeout.TotalSeconds:0.###} s (receive timeout; peer hung?)");
+            if (got < total)
+                throw Failure($"the peer closed the connection after {got} of {total} bytes");
+        }
+        catch (LinuxException e)
+        {
+            throw Failure(e.Errno == Libc.ECONNRESET ? "receive failed: connection reset by the peer" : $"receive failed: {e.Message}", e);
+        }
+        catch (ObjectDisposedException e)
+        {
+            throw Failure("receive on a closed channel", e);
+        }
+        finally
+        {
+            if (added) _socket.SafeHandle.DangerousRelease();
+            if (rented is not null) ArrayPool<iovec>.Shared.Return(rented);
+        }
+    }
+
+    /// <summary>Describe <paramref name="segments"/> as iovecs; returns their total length.</summary>
+    private static long ToIovecs(ReadOnlySpan<IoSegment> segments, Span<iovec> iov)
+    {
+        long total = 0;
+        for (int i = 0; i < segments.Length; i++)
+        {
+            if (segments[i].Length < 0) throw new ArgumentException($"segment {i} has a negative length", nameof(segments));
+            iov[i] = new iovec { iov_base = segments[i].Address, iov_len = (nuint)segments[i].Length };
+            total += segments[i].Length;
+        }
+        return total;
     }
 
     private MigrationTransportException Failure(string what, Exception? inner = null)

@@ -324,6 +324,38 @@ public class PageBatchTests
     }
 
     [Fact]
+    public void ABatchsDataAndTrailerArriveInOneScatterReceiveUnlessAZeroRunComesBetween()
+    {
+        // Three Normal runs, two of them adjacent in guest memory: one receive of three segments (pages 1, pages
+        // 3-5 coalesced, the trailer), not one receive per run.
+        using var source = new NativeGuestMemory((0, 16));
+        source.FillPattern(11);
+        using var destination = new NativeGuestMemory((0, 16));
+        var wire = new ByteStreamChannel();
+        var writer = new PageBatchWriter(wire);
+        writer.WriteBatch(0, source.Regions[0], [new(1, 1, PageEncoding.Normal), new(3, 1, PageEncoding.Normal), new(4, 2, PageEncoding.Normal)], PageBatchFlags.None);
+        // Runs apply in the sender's order even where they overlap: page 8 is zeroed after its data, page 9 gets data
+        // after being zeroed, so the Zero runs split the receives.
+        writer.WriteBatch(0, source.Regions[0], [new(8, 2, PageEncoding.Normal), new(8, 1, PageEncoding.Zero), new(9, 1, PageEncoding.Normal), new(12, 1, PageEncoding.Zero)], PageBatchFlags.None);
+        destination.FillPattern(77);
+        var input = new ByteStreamChannel(wire.Output);
+        var reader = new PageBatchReader(input, destination.Regions);
+
+        reader.ReadNext();
+        Assert.Equal(1, input.ScatterCalls);
+        Assert.Equal(3, input.ScatterSegmentCounts[0]);
+        reader.ReadNext();
+        Assert.Equal(4, input.ScatterCalls);
+        Assert.Equal([1, 1, 1], input.ScatterSegmentCounts[1..4]); // pages 8-9; page 9; the trailer alone
+
+        Assert.True(source.Page(0, 1).SequenceEqual(destination.Page(0, 1)));
+        Assert.True(source.Region(0).Slice(3 * 4096, 3 * 4096).SequenceEqual(destination.Region(0).Slice(3 * 4096, 3 * 4096)));
+        Assert.All(destination.Page(0, 8).ToArray(), b => Assert.Equal(0, b));
+        Assert.True(source.Page(0, 9).SequenceEqual(destination.Page(0, 9)));
+        Assert.All(destination.Page(0, 12).ToArray(), b => Assert.Equal(0, b));
+    }
+
+    [Fact]
     public void ControlRecordsOnAPageChannelAreRefused()
     {
         var wire = new ByteStreamChannel();

@@ -48,6 +48,21 @@ internal sealed class ByteStreamChannel(byte[]? input = null, string name = "tes
         return true;
     }
 
+    /// <summary>Scatter receives so far, and the segment count of each (the first 64).</summary>
+    public int ScatterCalls { get; private set; }
+    public int[] ScatterSegmentCounts { get; } = new int[64];
+
+    public unsafe void ReceiveScatter(ReadOnlySpan<IoSegment> segments)
+    {
+        if (ScatterCalls < ScatterSegmentCounts.Length) ScatterSegmentCounts[ScatterCalls] = segments.Length;
+        ScatterCalls++;
+        foreach (var s in segments)
+        {
+            if (!ReceiveExactly(new Span<byte>((void*)s.Address, s.Length)))
+                throw new MigrationTransportException($"{Name}: the peer closed the connection before the data it announced");
+        }
+    }
+
     public void Rewind() => _position = 0;
 
     public void Abort() { }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using System.Text;
 using Ferry.Migration.Transport;
@@ -192,6 +193,79 @@ public class TcpTransportTests
         {
             foreach (var f in fillers) f.Dispose();
             listener.Dispose();
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]   // the destination's accepted socket: a blocking fd
+    [InlineData(false)]  // the source's connected socket: ConnectAsync left the fd non-blocking
+    public unsafe void AScatterReceiveFillsEverySegmentInStreamOrderWithMoreSegmentsThanIovMax(bool atDestination)
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        using (destination)
+        {
+            var (from, to) = atDestination ? (source.Pages[0], destination.Pages[0]) : (destination.Pages[0], source.Pages[0]);
+            // 3000 segments of 7 bytes (more than IOV_MAX, so several readv calls), scattered backwards over the
+            // destination buffer: the stream's first 7 bytes land at the end.
+            var data = new byte[3000 * 7];
+            new Random(5).NextBytes(data);
+            var landed = GC.AllocateArray<byte>(data.Length, pinned: true);
+            nint start = (nint)Unsafe.AsPointer(ref landed[0]);
+            var segments = Enumerable.Range(0, 3000).Select(i => new IoSegment(start + ((2999 - i) * 7), 7)).ToArray();
+            var receive = Task.Run(() => to.ReceiveScatter(segments));
+            from.Send(data.AsSpan(0, 10_000)); // in two pieces, the cut inside a segment
+            Thread.Sleep(20);
+            from.Send(data.AsSpan(10_000));
+            receive.GetAwaiter().GetResult();
+            for (int i = 0; i < 3000; i++)
+                Assert.True(data.AsSpan(i * 7, 7).SequenceEqual(landed.AsSpan((2999 - i) * 7, 7)), $"segment {i}");
+            Assert.Equal(data.Length, ((IByteCounter)to).BytesReceived);
+        }
+    }
+
+    [Fact]
+    public unsafe void AScatterReceiveReportsAPeerThatClosesMidwayAndAHungOneAfterTheTimeout()
+    {
+        var options = Quick with { ReceiveTimeout = TimeSpan.FromMilliseconds(200) };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var (source, destination) = Open(listener, 2, options);
+        using (destination)
+        {
+            var buffer = GC.AllocateArray<byte>(200, pinned: true);
+            nint at = (nint)Unsafe.AsPointer(ref buffer[0]);
+            IoSegment[] segments = [new(at, 120), new(at + 120, 80)];
+
+            var watch = Stopwatch.StartNew();
+            var hung = Assert.Throws<MigrationTransportException>(() => destination.Pages[1].ReceiveScatter(segments));
+            Assert.Contains("receive timeout", hung.Message, StringComparison.Ordinal);
+            Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
+            var hungSource = Assert.Throws<MigrationTransportException>(() => source.Pages[1].ReceiveScatter(segments));
+            Assert.Contains("receive timeout", hungSource.Message, StringComparison.Ordinal);
+
+            source.Pages[0].Send(new byte[130]);
+            source.Dispose();
+            var closed = Assert.Throws<MigrationTransportException>(() => destination.Pages[0].ReceiveScatter(segments));
+            Assert.Equal("pages-0: the peer closed the connection after 130 of 200 bytes", closed.Message);
+        }
+    }
+
+    [Fact]
+    public unsafe void AbortingWakesAScatterReceive()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        using (destination)
+        {
+            var buffer = GC.AllocateArray<byte>(64, pinned: true);
+            IoSegment[] segments = [new((nint)Unsafe.AsPointer(ref buffer[0]), 64)];
+            var receive = Task.Run(() => destination.Pages[0].ReceiveScatter(segments));
+            Thread.Sleep(50);
+            destination.Pages[0].Abort();
+            var e = Assert.Throws<MigrationTransportException>(() => receive.GetAwaiter().GetResult());
+            Assert.Equal("pages-0: channel aborted", e.Message);
         }
     }
 
