@@ -172,8 +172,6 @@ public sealed class PageBatchReader
         // over loopback, single scattered pages: recv per page 4.5-10.6 µs, readv per 256 pages 3.1-4.8 µs per page.
         // A Zero run ends the group: runs may overlap, and each applies in the sender's order.
         int pending = 0, groupStart = 0;
-        const nint Window = 2 << 20;
-        nint decidedFrom = 0, decidedTo = 0; // the 2 MiB windows the last small-page decision covered
         for (int i = 0; i < runCount; i++)
         {
             var run = _runs[i];
@@ -182,16 +180,16 @@ public sealed class PageBatchReader
             {
                 int length = (int)run.Count << MemoryRegion.PageShift;
                 // Sparse data into a fresh 2 MiB window costs less in 4 KiB faults (see ReceivedPageMap): the final pass
-                // and short runs of any round. A window an earlier run of this group already decided is left as it is
-                // (its pages are marked held only once they land).
-                if ((finalPass || run.Count < ReceivedPageMap.SparseRunPages) && (address < decidedFrom || address + length > decidedTo))
-                {
+                // and short runs of any round.
+                if (finalPass || run.Count < ReceivedPageMap.SparseRunPages)
                     _received?.PreferSmallPagesInFreshWindows(regionIndex, region, run.FirstPage, run.Count);
-                    decidedFrom = address & ~(Window - 1);
-                    decidedTo = ((address + length - 1) | (Window - 1)) + 1;
-                }
                 if (PopulateFreshRuns && _received is not null && !_received.AnyHeld(regionIndex, run.FirstPage, run.Count))
                     Populate(address, length);
+                // Marked held before its data lands with the group, so that the next runs' decisions see this one, as
+                // they would have run by run. Nothing reads held pages' contents in between: the prefaulter only maps
+                // pages (contents kept), and a Zero run first receives the group before it. A failed receive fails
+                // the migration and discards the guest.
+                _received?.MarkHeld(regionIndex, run.FirstPage, run.Count);
                 ref var last = ref _segments[Math.Max(0, pending - 1)];
                 if (pending > 0 && last.Address + last.Length == address)
                     last = new IoSegment(last.Address, last.Length + length);
@@ -199,7 +197,7 @@ public sealed class PageBatchReader
                     _segments[pending++] = new IoSegment(address, length);
                 continue;
             }
-            hash = ReceiveGroup(pending, groupStart, i, regionIndex, region, checksumData, hash);
+            hash = ReceiveGroup(pending, groupStart, i, region, checksumData, hash);
             pending = 0;
             groupStart = i + 1;
             if (_received is not null)
@@ -217,7 +215,7 @@ public sealed class PageBatchReader
         }
         int trailerOffset = H + BH + tableBytes;
         _segments[pending++] = new IoSegment(_tableAddress + trailerOffset, T);
-        hash = ReceiveGroup(pending, groupStart, runCount, regionIndex, region, checksumData, hash);
+        hash = ReceiveGroup(pending, groupStart, runCount, region, checksumData, hash);
         if (hash != BinaryPrimitives.ReadUInt64LittleEndian(_table.AsSpan(trailerOffset, T)))
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
@@ -225,25 +223,22 @@ public sealed class PageBatchReader
 
     /// <summary>
     /// Receive the <paramref name="segments"/> gathered for runs [<paramref name="from"/>, <paramref name="to"/>) (none:
-    /// nothing to receive), then hash their data when it is checksummed and mark their pages held. Returns the hash.
+    /// nothing to receive), then hash their data when it is checksummed. Returns the hash.
     /// </summary>
-    private ulong ReceiveGroup(int segments, int from, int to, int regionIndex, in MemoryRegion region, bool checksumData, ulong hash)
+    private ulong ReceiveGroup(int segments, int from, int to, in MemoryRegion region, bool checksumData, ulong hash)
     {
         if (segments == 0) return hash;
         _channel.ReceiveScatter(_segments.AsSpan(0, segments));
+        if (!checksumData) return hash;
         for (int i = from; i < to; i++)
         {
             var run = _runs[i];
             if (run.Encoding != PageEncoding.Normal) continue;
-            if (checksumData)
+            unsafe
             {
-                unsafe
-                {
-                    // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
-                    hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)region.PageAddress(run.FirstPage), (int)run.Count << MemoryRegion.PageShift), (long)hash);
-                }
+                // SAFETY: run validated inside the region's host mapping; count <= 256 pages, so length <= 1 MiB.
+                hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)region.PageAddress(run.FirstPage), (int)run.Count << MemoryRegion.PageShift), (long)hash);
             }
-            _received?.MarkHeld(regionIndex, run.FirstPage, run.Count);
         }
         return hash;
     }

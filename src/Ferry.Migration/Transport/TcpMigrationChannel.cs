@@ -60,7 +60,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
     {
         iovec[]? rented = null;
         Span<iovec> iov = segments.Length <= StackIovecs
-            ? stackalloc iovec[StackIovecs]
+            ? stackalloc iovec[segments.Length]
             : (rented = ArrayPool<iovec>.Shared.Rent(segments.Length));
         iov = iov[..segments.Length];
         long total = ToIovecs(segments, iov);
@@ -139,7 +139,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
     {
         iovec[]? rented = null;
         Span<iovec> iov = segments.Length <= StackIovecs
-            ? stackalloc iovec[StackIovecs]
+            ? stackalloc iovec[segments.Length]
             : (rented = ArrayPool<iovec>.Shared.Rent(segments.Length));
         iov = iov[..segments.Length];
         long total = ToIovecs(segments, iov);

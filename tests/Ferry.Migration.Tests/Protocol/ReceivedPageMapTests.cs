@@ -93,6 +93,27 @@ public class ReceivedPageMapTests
         Assert.True(map.HoldsData(0, 199));
     }
 
+    [Fact]
+    public void ADenseRunThenAShortOneInTheSameFreshWindowKeepsItsHugePage()
+    {
+        // One pre-copy batch, one scatter receive: 100 pages, a gap, 3 pages, all in the second 2 MiB window. The
+        // short run must see the dense one as data in its window (as it did run by run), so the window is not split.
+        const int WindowPages = 512;
+        using var mapping = GuestMemoryMapping.Create(2 * WindowPages * 4096);
+        if (!mapping.HugePagesAdvised) Assert.Skip("this kernel has no transparent huge pages");
+        var region = new MemoryRegion(0, 2 * WindowPages * 4096, mapping.Address);
+        using var source = new NativeGuestMemory((0, 2 * WindowPages));
+        source.FillPattern(6);
+        var map = new ReceivedPageMap([region], hugePagesAdvised: true);
+        var wire = new ByteStreamChannel(name: "pages-0");
+        new PageBatchWriter(wire).WriteBatch(0, source.Regions[0],
+            [new(WindowPages, 100, PageEncoding.Normal), new(WindowPages + 101, 3, PageEncoding.Normal)], PageBatchFlags.None);
+        new PageBatchReader(new ByteStreamChannel(wire.Output, "pages-0"), [region], map).ReadNext();
+        Assert.Equal(0, map.WindowsSplit);
+        Assert.True(source.Region(0).Slice(WindowPages * 4096, 100 * 4096).SequenceEqual(Bytes(region).Slice(WindowPages * 4096, 100 * 4096)));
+        Assert.True(source.Region(0).Slice((WindowPages + 101) * 4096, 3 * 4096).SequenceEqual(Bytes(region).Slice((WindowPages + 101) * 4096, 3 * 4096)));
+    }
+
     [Theory]
     [InlineData(PageBatchFlags.FinalPass, 256)] // final pass (source paused): a dense run too gets small pages in a fresh window
     [InlineData(PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed, 1)] // with its data checksummed or not

@@ -251,19 +251,22 @@ public class TcpTransportTests
         }
     }
 
-    [Fact]
-    public unsafe void AbortingWakesAScatterReceive()
+    [Theory]
+    [InlineData(true)]   // blocking fd
+    [InlineData(false)]  // non-blocking fd (waits in poll)
+    public unsafe void AbortingWakesAScatterReceive(bool atDestination)
     {
         using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
         var (source, destination) = Open(listener, 1);
         using (source)
         using (destination)
         {
+            var channel = atDestination ? destination.Pages[0] : source.Pages[0];
             var buffer = GC.AllocateArray<byte>(64, pinned: true);
             IoSegment[] segments = [new((nint)Unsafe.AsPointer(ref buffer[0]), 64)];
-            var receive = Task.Run(() => destination.Pages[0].ReceiveScatter(segments));
+            var receive = Task.Run(() => channel.ReceiveScatter(segments));
             Thread.Sleep(50);
-            destination.Pages[0].Abort();
+            channel.Abort();
             var e = Assert.Throws<MigrationTransportException>(() => receive.GetAwaiter().GetResult());
             Assert.Equal("pages-0: channel aborted", e.Message);
         }
