@@ -73,35 +73,10 @@ public static partial class Libc
     /// Throws <see cref="LinuxException"/> for any other error (EPIPE, ECONNRESET, ...).
     /// </summary>
     /// <remarks>On sockets use MSG_NOSIGNAL semantics: .NET ignores SIGPIPE process-wide, so EPIPE arrives as an errno.</remarks>
-    public static unsafe bool WriteVectorFully(int fd, Span<iovec> iov, int timeoutMilliseconds)
+    public static bool WriteVectorFully(int fd, Span<iovec> iov, int timeoutMilliseconds)
     {
-        int first = 0;
-        fixed (iovec* v = iov)
-        {
-            while (first < iov.Length)
-            {
-                if (v[first].iov_len == 0)
-                {
-                    first++;
-                    continue;
-                }
-                int count = Math.Min(iov.Length - first, IOV_MAX);
-                nint n = writev(fd, v + first, count);
-                if (n < 0)
-                {
-                    int errno = Marshal.GetLastPInvokeError();
-                    if (errno == EINTR) continue;
-                    if (errno == EAGAIN)
-                    {
-                        if (!WaitWritable(fd, timeoutMilliseconds)) return false;
-                        continue;
-                    }
-                    throw new LinuxException("writev", errno);
-                }
-                Consume(v, ref first, (nuint)n);
-            }
-        }
-        return true;
+        TransferVector(fd, iov, read: false, timeoutMilliseconds, out bool timedOut);
+        return !timedOut;
     }
 
     /// <summary>
@@ -113,7 +88,11 @@ public static partial class Libc
     /// <paramref name="timedOut"/> says the read stopped on a timeout instead. Throws <see cref="LinuxException"/> for
     /// any other error (ECONNRESET, ...).
     /// </summary>
-    public static unsafe long ReadVectorFully(int fd, Span<iovec> iov, int timeoutMilliseconds, out bool timedOut)
+    public static long ReadVectorFully(int fd, Span<iovec> iov, int timeoutMilliseconds, out bool timedOut) =>
+        TransferVector(fd, iov, read: true, timeoutMilliseconds, out timedOut);
+
+    /// <summary>The loop of <see cref="WriteVectorFully"/> and <see cref="ReadVectorFully"/>.</summary>
+    private static unsafe long TransferVector(int fd, Span<iovec> iov, bool read, int timeoutMilliseconds, out bool timedOut)
     {
         timedOut = false;
         long total = 0;
@@ -128,21 +107,22 @@ public static partial class Libc
                     continue;
                 }
                 int count = Math.Min(iov.Length - first, IOV_MAX);
-                nint n = readv(fd, v + first, count);
+                nint n = read ? readv(fd, v + first, count) : writev(fd, v + first, count);
                 if (n < 0)
                 {
                     int errno = Marshal.GetLastPInvokeError();
                     if (errno == EINTR) continue;
                     if (errno == EAGAIN)
                     {
-                        int flags = fcntl(fd, F_GETFL);
-                        if (flags >= 0 && (flags & O_NONBLOCK) != 0 && WaitReadable(fd, timeoutMilliseconds)) continue;
+                        // A blocking fd's EAGAIN on a read is its SO_RCVTIMEO elapsing; a write polls either way.
+                        bool wait = !read || (fcntl(fd, F_GETFL) is var flags && flags >= 0 && (flags & O_NONBLOCK) != 0);
+                        if (wait && Wait(fd, read ? POLLIN : POLLOUT, timeoutMilliseconds)) continue;
                         timedOut = true;
                         return total;
                     }
-                    throw new LinuxException("readv", errno);
+                    throw new LinuxException(read ? "readv" : "writev", errno);
                 }
-                if (n == 0) return total; // EOF
+                if (n == 0 && read) return total; // EOF
                 total += n;
                 Consume(v, ref first, (nuint)n);
             }
@@ -170,12 +150,8 @@ public static partial class Libc
         }
     }
 
-    /// <summary>Wait until <paramref name="fd"/> is readable (or in error or at EOF, which the next read reports).</summary>
-    private static bool WaitReadable(int fd, int timeoutMilliseconds) => Wait(fd, POLLIN, timeoutMilliseconds);
-
-    /// <summary>Wait until <paramref name="fd"/> is writable (or in error, which the next write reports).</summary>
-    private static bool WaitWritable(int fd, int timeoutMilliseconds) => Wait(fd, POLLOUT, timeoutMilliseconds);
-
+    /// <summary>Wait until <paramref name="fd"/> has one of <paramref name="events"/> (or an error or EOF, which the
+    /// next call reports); false when <paramref name="timeoutMilliseconds"/> passed first.</summary>
     private static unsafe bool Wait(int fd, short events, int timeoutMilliseconds)
     {
         var p = new pollfd { fd = fd, events = events };
