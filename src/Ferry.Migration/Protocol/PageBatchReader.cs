@@ -169,7 +169,8 @@ public sealed class PageBatchReader
         ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
         // The data of consecutive Normal runs (and the trailer after the last) is received with one scatter receive
         // straight into the guest pages they name: one syscall per batch, not one per run. Measured on this PVM host
-        // over loopback, single scattered pages (tools/recv-cost): recv per page 2.5-10.6 µs, readv per 256 pages 1.3-4.8 µs per page.
+        // over loopback, single scattered pages (tools/recv-cost): recv per page 2.5-10.6 µs, readv per 256 pages
+        // 1.3-4.8 µs per page.
         // A Zero run ends the group: runs may overlap, and each applies in the sender's order.
         int pending = 0, groupStart = 0;
         for (int i = 0; i < runCount; i++)
