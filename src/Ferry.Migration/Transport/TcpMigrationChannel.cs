@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Net.Sockets;
 using Ferry.Linux;
 
@@ -11,8 +10,10 @@ namespace Ferry.Migration.Transport;
 /// </summary>
 public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
 {
-    // Up to this many segments are converted to iovecs on the stack (16 B each: 8 KiB); PageBatchWriter uses <= 258.
-    private const int StackIovecs = 512;
+    // iovec arrays for gathered sends and scattered receives, one per direction (one thread each, as the interface
+    // allows), reused: a batch needs at most 258 (header and runs, up to 256 data runs, trailer).
+    private iovec[] _sendIovecs = new iovec[512];
+    private iovec[] _receiveIovecs = new iovec[512];
 
     private readonly Socket _socket;
     // SendTimeout in ms for poll() when the fd is non-blocking and the peer does not read; -1 = forever.
@@ -56,23 +57,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         }
     }
 
-    public void SendGather(ReadOnlySpan<IoSegment> segments)
-    {
-        iovec[]? rented = null;
-        Span<iovec> iov = segments.Length <= StackIovecs
-            ? stackalloc iovec[segments.Length]
-            : (rented = ArrayPool<iovec>.Shared.Rent(segments.Length));
-        iov = iov[..segments.Length];
-        long total = ToIovecs(segments, iov);
-        try
-        {
-            Write(iov, total);
-        }
-        finally
-        {
-            if (rented is not null) ArrayPool<iovec>.Shared.Return(rented);
-        }
-    }
+    public void SendGather(ReadOnlySpan<IoSegment> segments) => Write(Describe(segments, ref _sendIovecs, out long total), total);
 
     private void Write(Span<iovec> iov, long total)
     {
@@ -137,12 +122,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
 
     public void ReceiveScatter(ReadOnlySpan<IoSegment> segments)
     {
-        iovec[]? rented = null;
-        Span<iovec> iov = segments.Length <= StackIovecs
-            ? stackalloc iovec[segments.Length]
-            : (rented = ArrayPool<iovec>.Shared.Rent(segments.Length));
-        iov = iov[..segments.Length];
-        long total = ToIovecs(segments, iov);
+        var iov = Describe(segments, ref _receiveIovecs, out long total);
         bool added = false;
         try
         {
@@ -167,21 +147,25 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         finally
         {
             if (added) _socket.SafeHandle.DangerousRelease();
-            if (rented is not null) ArrayPool<iovec>.Shared.Return(rented);
         }
     }
 
-    /// <summary>Describe <paramref name="segments"/> as iovecs; returns their total length.</summary>
-    private static long ToIovecs(ReadOnlySpan<IoSegment> segments, Span<iovec> iov)
+    /// <summary>
+    /// Describe <paramref name="segments"/> as iovecs in <paramref name="buffer"/> (grown if too small: once, for a
+    /// gather beyond a batch's 258 segments), with their total length.
+    /// </summary>
+    private static Span<iovec> Describe(ReadOnlySpan<IoSegment> segments, ref iovec[] buffer, out long total)
     {
-        long total = 0;
+        if (buffer.Length < segments.Length) buffer = new iovec[segments.Length];
+        var iov = buffer.AsSpan(0, segments.Length);
+        total = 0;
         for (int i = 0; i < segments.Length; i++)
         {
             if (segments[i].Length < 0) throw new ArgumentException($"segment {i} has a negative length", nameof(segments));
             iov[i] = new iovec { iov_base = segments[i].Address, iov_len = (nuint)segments[i].Length };
             total += segments[i].Length;
         }
-        return total;
+        return iov;
     }
 
     private MigrationTransportException Failure(string what, Exception? inner = null)
