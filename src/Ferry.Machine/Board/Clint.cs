@@ -1,0 +1,176 @@
+using System.Diagnostics;
+using Ferry.Machine.Cpu;
+
+namespace Ferry.Machine.Board;
+
+/// <summary>
+/// The core-local interruptor at 0x200_0000 (SiFive CLINT layout, as QEMU <c>virt</c>): <c>msip</c> per hart at +0,
+/// <c>mtimecmp</c> per hart at +0x4000, <c>mtime</c> at +0xbff8, counting at 10 MHz with the host's monotonic clock.
+/// </summary>
+/// <remarks>
+/// A timer thread sleeps until the earliest armed <c>mtimecmp</c> and then kicks that hart, so a running hart never
+/// polls the clock and a hart parked in <c>wfi</c> wakes on time. MTIP itself is computed when read
+/// (<c>mtime &gt;= mtimecmp</c>), so it is exact whenever the guest looks. Wake-ups have the host's sleep granularity
+/// (about a millisecond on a loaded host): early enough for a guest kernel's timers, never early.
+/// </remarks>
+internal sealed class Clint : IMmioDevice, IDisposable
+{
+    public const ulong ClintBase = 0x200_0000;
+    public const ulong ClintSize = 0x1_0000;
+    public const ulong TimebaseHz = 10_000_000;
+
+    private readonly ulong[] mtimecmp;
+    private readonly bool[] armed;
+    private readonly uint[] msip;
+    private Hart[] harts = [];
+    private readonly object gate = new();
+    private readonly Thread timerThread;
+    private bool stopping;
+    private readonly long origin = Stopwatch.GetTimestamp();
+    // mtime = host ticks since origin (scaled) + offset; the offset changes when the guest writes mtime or a
+    // migration carries the guest's time base over.
+    private long offset;
+
+    public Clint(int hartCount)
+    {
+        mtimecmp = new ulong[hartCount];
+        // mtimecmp resets to 0, so MTIP is pending until the guest programs a compare value (as QEMU 7.2).
+        armed = new bool[hartCount];
+        msip = new uint[hartCount];
+        timerThread = new Thread(TimerLoop) { IsBackground = true, Name = "clint-timer" };
+    }
+
+    public void Attach(Hart[] attached)
+    {
+        harts = attached;
+        timerThread.Start();
+    }
+
+    /// <summary>The current mtime.</summary>
+    public ulong Mtime
+    {
+        get
+        {
+            long ticks = Stopwatch.GetTimestamp() - origin;
+            long scaled = Stopwatch.Frequency == 1_000_000_000 ? ticks / 100 : (long)((Int128)ticks * (long)TimebaseHz / Stopwatch.Frequency);
+            return (ulong)(scaled + Volatile.Read(ref offset));
+        }
+    }
+
+    /// <summary>True while hart <paramref name="hart"/>'s timer interrupt is pending.</summary>
+    public bool TimerPending(int hart) => Mtime >= Volatile.Read(ref mtimecmp[hart]);
+
+    public ulong ReadMtimecmp(int hart) => Volatile.Read(ref mtimecmp[hart]);
+
+    public ulong Read(ulong offsetInWindow, int size)
+    {
+        if (offsetInWindow < 0x4000)
+        {
+            int h = (int)(offsetInWindow / 4);
+            return h < msip.Length && size == 4 && (offsetInWindow & 3) == 0 ? Volatile.Read(ref msip[h]) : 0;
+        }
+        if (offsetInWindow >= 0x4000 && offsetInWindow < 0x4000 + 8 * (ulong)mtimecmp.Length)
+        {
+            int h = (int)((offsetInWindow - 0x4000) / 8);
+            return Slice(Volatile.Read(ref mtimecmp[h]), offsetInWindow & 7, size);
+        }
+        if (offsetInWindow >= 0xbff8) return Slice(Mtime, offsetInWindow - 0xbff8, size);
+        return 0;
+    }
+
+    private static ulong Slice(ulong value, ulong byteOffset, int size)
+    {
+        ulong v = value >> (int)(8 * byteOffset);
+        return size == 8 ? v : v & ((1UL << (8 * size)) - 1);
+    }
+
+    private static ulong Merge(ulong old, ulong byteOffset, int size, ulong value)
+    {
+        if (size == 8) return value;
+        int shift = (int)(8 * byteOffset);
+        ulong mask = ((1UL << (8 * size)) - 1) << shift;
+        return (old & ~mask) | ((value << shift) & mask);
+    }
+
+    public void Write(ulong offsetInWindow, int size, ulong value)
+    {
+        if (offsetInWindow < 0x4000)
+        {
+            int h = (int)(offsetInWindow / 4);
+            if (h >= msip.Length || size != 4 || (offsetInWindow & 3) != 0) return;
+            Volatile.Write(ref msip[h], (uint)value & 1);
+            harts[h].SetIrqLine(Hart.IrqMsi, (value & 1) != 0);
+            return;
+        }
+        if (offsetInWindow >= 0x4000 && offsetInWindow < 0x4000 + 8 * (ulong)mtimecmp.Length)
+        {
+            int h = (int)((offsetInWindow - 0x4000) / 8);
+            lock (gate)
+            {
+                mtimecmp[h] = Merge(mtimecmp[h], offsetInWindow & 7, size, value);
+                armed[h] = true;
+                Monitor.Pulse(gate);
+            }
+            harts[h].Kick();
+            return;
+        }
+        if (offsetInWindow >= 0xbff8)
+        {
+            lock (gate)
+            {
+                ulong now = Mtime;
+                ulong next = Merge(now, offsetInWindow - 0xbff8, size, value);
+                Volatile.Write(ref offset, offset + (long)(next - now));
+                for (int h = 0; h < armed.Length; h++) armed[h] = true;
+                Monitor.Pulse(gate);
+            }
+            foreach (Hart hart in harts) hart.Kick();
+        }
+    }
+
+    private void TimerLoop()
+    {
+        lock (gate)
+        {
+            while (!stopping)
+            {
+                ulong now = Mtime;
+                ulong earliest = ulong.MaxValue;
+                for (int h = 0; h < mtimecmp.Length; h++)
+                {
+                    if (!armed[h]) continue;
+                    if (mtimecmp[h] <= now)
+                    {
+                        armed[h] = false;
+                        harts[h].Kick();
+                    }
+                    else if (mtimecmp[h] < earliest)
+                    {
+                        earliest = mtimecmp[h];
+                    }
+                }
+                if (earliest == ulong.MaxValue)
+                {
+                    Monitor.Wait(gate);
+                }
+                else
+                {
+                    ulong ticks = earliest - now;
+                    // Round up to whole milliseconds (the wait's resolution) so we never wake before the deadline.
+                    ulong ms = Math.Min((ticks + TimebaseHz / 1000 - 1) / (TimebaseHz / 1000), int.MaxValue);
+                    Monitor.Wait(gate, (int)ms);
+                }
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (gate)
+        {
+            stopping = true;
+            Monitor.Pulse(gate);
+        }
+        if (timerThread.IsAlive) timerThread.Join();
+    }
+}

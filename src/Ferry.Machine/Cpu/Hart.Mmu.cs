@@ -1,0 +1,430 @@
+using System.Runtime.InteropServices;
+using Ferry.Machine.Memory;
+
+namespace Ferry.Machine.Cpu;
+
+/// <summary>A software TLB entry: <see cref="Tag"/> is the virtual page (1 when empty, never a page address).</summary>
+[StructLayout(LayoutKind.Sequential)]
+internal struct TlbEntry
+{
+    public ulong Tag;
+    /// <summary>Read/write sets: host address minus virtual address. Fetch set: the global frame number.</summary>
+    public long Addend;
+}
+
+internal sealed unsafe partial class Hart
+{
+    private const int TlbSize = 256;
+    private const ulong TlbMask = TlbSize - 1;
+    // Three privilege levels (U, S, M) times three kinds (read, write, fetch).
+    private const int TlbSets = 9;
+    private const ulong EmptyTag = 1;
+
+    private const int AccRead = 0, AccWrite = 1, AccFetch = 2;
+
+    // Exception causes.
+    public const int CauseFetchMisaligned = 0, CauseFetchAccess = 1, CauseIllegal = 2, CauseBreakpoint = 3,
+        CauseLoadMisaligned = 4, CauseLoadAccess = 5, CauseStoreMisaligned = 6, CauseStoreAccess = 7,
+        CauseEcallU = 8, CauseEcallS = 9, CauseEcallM = 11, CauseFetchPage = 12, CauseLoadPage = 13, CauseStorePage = 15;
+
+    private TlbEntry* tlb;
+    private TlbEntry* tlbRead;
+    private TlbEntry* tlbWrite;
+    private TlbEntry* tlbFetch;
+    // The privilege loads and stores are checked with (mstatus.MPRV makes M-mode use MPP).
+    private int dataPriv;
+
+    // LR/SC: the host address reserved by lr and the value it read; sc succeeds by compare-and-swap against that value.
+    private byte* reservation;
+    private ulong reservationValue;
+
+    private static int SetIndex(int level) => level == PrvM ? 2 : level;
+
+    /// <summary>Recompute which TLB sets serve fetches and data accesses after a privilege or mstatus change.</summary>
+    private void UpdateMode()
+    {
+        dataPriv = priv == PrvM && (mstatus & MstatusMprv) != 0 ? (int)((mstatus >> 11) & 3) : priv;
+        tlbFetch = tlb + (SetIndex(priv) * 3 + AccFetch) * TlbSize;
+        tlbRead = tlb + (SetIndex(dataPriv) * 3 + AccRead) * TlbSize;
+        tlbWrite = tlb + (SetIndex(dataPriv) * 3 + AccWrite) * TlbSize;
+    }
+
+    private void FlushTlb()
+    {
+        for (int i = 0; i < TlbSets * TlbSize; i++) tlb[i].Tag = EmptyTag;
+    }
+
+    private void FlushWriteTlb()
+    {
+        for (int set = 0; set < 3; set++)
+        {
+            TlbEntry* w = tlb + (set * 3 + AccWrite) * TlbSize;
+            for (int i = 0; i < TlbSize; i++) w[i].Tag = EmptyTag;
+        }
+    }
+
+    /// <summary>Drop write entries that point into the host page <paramref name="hostPage"/> (it just became code).</summary>
+    private void FlushWriteTlbFor(byte* hostPage)
+    {
+        for (int set = 0; set < 3; set++)
+        {
+            TlbEntry* w = tlb + (set * 3 + AccWrite) * TlbSize;
+            for (int i = 0; i < TlbSize; i++)
+            {
+                if (w[i].Tag != EmptyTag && (byte*)(w[i].Addend + (long)w[i].Tag) == hostPage) w[i].Tag = EmptyTag;
+            }
+        }
+    }
+
+    private void DropAllCode()
+    {
+        foreach (int frame in decodedFrames) codePages[frame] = null;
+        decodedFrames.Clear();
+    }
+
+    /// <summary>Another hart or a device wrote a frame holding decoded code: forget it (called from any thread).</summary>
+    internal void DropCode(int frame) => Volatile.Write(ref codePages[frame], null);
+
+    /// <summary>
+    /// Bytes [<paramref name="offset"/>, +<paramref name="length"/>) of <paramref name="frame"/> changed: mark the slots
+    /// of instructions that may overlap them undecoded (called from any thread). Only the op is written, so a hart
+    /// running the page meanwhile sees either the old instruction or an undecoded slot, which it decodes afresh.
+    /// </summary>
+    internal void InvalidateCode(int frame, int offset, int length)
+    {
+        CodePage? cp = Volatile.Read(ref codePages[frame]);
+        if (cp == null) return;
+        int first = Math.Max(0, (offset >> 1) - 1); // a 4-byte instruction starting 2 bytes earlier overlaps too
+        int last = Math.Min(CodePage.Slots - 1, (offset + length - 1) >> 1);
+        for (int slot = first; slot <= last; slot++) Volatile.Write(ref *(ushort*)&cp.Insns[slot].Op, 0);
+    }
+
+    private static int AccessFault(int access) =>
+        access == AccFetch ? CauseFetchAccess : access == AccRead ? CauseLoadAccess : CauseStoreAccess;
+
+    private static int PageFault(int access) =>
+        access == AccFetch ? CauseFetchPage : access == AccRead ? CauseLoadPage : CauseStorePage;
+
+    // Page-table entry bits.
+    private const ulong PteV = 1, PteR = 2, PteW = 4, PteX = 8, PteU = 16, PteA = 64, PteD = 128;
+
+    /// <summary>
+    /// Translate <paramref name="va"/> for an access at privilege <paramref name="level"/>: -1 and the physical address,
+    /// or the exception cause. Walks Sv39/Sv48 tables and sets A and D as QEMU does (atomically, so two harts walking
+    /// the same table agree). <paramref name="cacheable"/> says whether the whole 4 KiB page may be cached in a TLB.
+    /// </summary>
+    private int Translate(ulong va, int access, int level, out ulong pa)
+    {
+        pa = va;
+        ulong mode = satp >> 60;
+        if (level == PrvM || mode == 0) return -1;
+        int levels = mode == 8 ? 3 : 4;
+        int vaBits = 12 + 9 * levels;
+        if (((long)va << (64 - vaBits)) >> (64 - vaBits) != (long)va) return PageFault(access);
+        while (true)
+        {
+            ulong table = (satp & 0xfff_ffff_ffffUL) << 12;
+            for (int lvl = levels - 1; ; lvl--)
+            {
+                ulong pteAddr = table + ((va >> (12 + 9 * lvl)) & 511) * 8;
+                if (!PmpAllows(pteAddr, 8, AccRead, PrvS)) return AccessFault(access);
+                MemoryRegion? region = bus.RegionAt(pteAddr, 8);
+                if (region == null) return AccessFault(access);
+                ulong* ptePtr = (ulong*)(region.Host + (pteAddr - region.Base));
+                ulong pte = Volatile.Read(ref *ptePtr);
+                if ((pte & PteV) == 0 || ((pte & PteR) == 0 && (pte & PteW) != 0) || (pte >> 54) != 0) return PageFault(access);
+                ulong ppn = (pte >> 10) & 0xfff_ffff_ffffUL;
+                if ((pte & (PteR | PteX)) == 0)
+                {
+                    if (lvl == 0) return PageFault(access);
+                    table = ppn << 12;
+                    continue;
+                }
+                // A leaf: permissions for this privilege.
+                if (level == PrvU)
+                {
+                    if ((pte & PteU) == 0) return PageFault(access);
+                }
+                else if ((pte & PteU) != 0 && (access == AccFetch || (mstatus & MstatusSum) == 0))
+                {
+                    return PageFault(access);
+                }
+                bool allowed = access switch
+                {
+                    AccRead => (pte & PteR) != 0 || ((pte & PteX) != 0 && (mstatus & MstatusMxr) != 0),
+                    AccWrite => (pte & PteW) != 0,
+                    _ => (pte & PteX) != 0,
+                };
+                if (!allowed) return PageFault(access);
+                ulong superMask = (1UL << (9 * lvl)) - 1;
+                if ((ppn & superMask) != 0) return PageFault(access);
+                ulong updated = pte | PteA | (access == AccWrite ? PteD : 0);
+                if (updated != pte)
+                {
+                    if (!region.Writable || !PmpAllows(pteAddr, 8, AccWrite, PrvS)) return AccessFault(access);
+                    if ((ulong)Interlocked.CompareExchange(ref *(long*)ptePtr, (long)updated, (long)pte) != pte) break; // walk again
+                    if (region is GuestRam r) r.NoteCpuWrite((int)((pteAddr - r.Base) >> 12), (int)(pteAddr & 0xfff), 8);
+                }
+                ulong offsetMask = (1UL << (12 + 9 * lvl)) - 1;
+                pa = ((ppn << 12) & ~offsetMask) | (va & offsetMask);
+                return -1;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The slow path of a load of <paramref name="size"/> bytes (1, 2, 4, 8): translation, PMP, RAM or a device, and a
+    /// TLB fill. -1 and the zero-extended value, or a cause with <see cref="faultTval"/> set.
+    /// </summary>
+    private int LoadSlow(ulong va, int size, out ulong value)
+    {
+        value = 0;
+        if ((va & 0xfff) + (ulong)size > 0x1000)
+        {
+            // Misaligned across a page: byte by byte, as QEMU splits it (a fault reports the byte's address).
+            for (int k = 0; k < size; k++)
+            {
+                int c = LoadSlow(va + (ulong)k, 1, out ulong b);
+                if (c >= 0) return c;
+                value |= b << (8 * k);
+            }
+            return -1;
+        }
+        int cause = Translate(va, AccRead, dataPriv, out ulong pa);
+        if (cause >= 0) { faultTval = va; return cause; }
+        if (!PmpAllows(pa, (ulong)size, AccRead, dataPriv)) { faultTval = va; return CauseLoadAccess; }
+        MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
+        if (region != null)
+        {
+            byte* host = region.Host + (pa - region.Base);
+            value = size switch { 1 => *host, 2 => *(ushort*)host, 4 => *(uint*)host, _ => *(ulong*)host };
+            if (PmpAllows(pa & ~0xfffUL, 0x1000, AccRead, dataPriv))
+            {
+                TlbEntry* e = tlbRead + ((va >> 12) & TlbMask);
+                e->Tag = va & ~0xfffUL;
+                e->Addend = (long)(host - (pa & 0xfff)) - (long)(va & ~0xfffUL);
+            }
+            return -1;
+        }
+        stopBlock = true;
+        if (!bus.Read(pa, size, out value)) { faultTval = va; return CauseLoadAccess; }
+        return -1;
+    }
+
+    /// <summary>The slow path of a store (see <see cref="LoadSlow"/>): marks the page dirty and drops decoded code in it.</summary>
+    private int StoreSlow(ulong va, int size, ulong value)
+    {
+        if ((va & 0xfff) + (ulong)size > 0x1000)
+        {
+            // Check both pages before writing anything, so a fault on the second leaves memory untouched.
+            ulong second = (va + (ulong)size - 1) & ~0xfffUL;
+            int c = Translate(second, AccWrite, dataPriv, out _);
+            if (c >= 0) { faultTval = second; return c; }
+            for (int k = 0; k < size; k++)
+            {
+                c = StoreSlow(va + (ulong)k, 1, value >> (8 * k));
+                if (c >= 0) return c;
+            }
+            return -1;
+        }
+        int cause = Translate(va, AccWrite, dataPriv, out ulong pa);
+        if (cause >= 0) { faultTval = va; return cause; }
+        if (!PmpAllows(pa, (ulong)size, AccWrite, dataPriv)) { faultTval = va; return CauseStoreAccess; }
+        MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
+        if (region != null)
+        {
+            if (!region.Writable) { faultTval = va; return CauseStoreAccess; }
+            byte* host = region.Host + (pa - region.Base);
+            switch (size)
+            {
+                case 1: *host = (byte)value; break;
+                case 2: *(ushort*)host = (ushort)value; break;
+                case 4: *(uint*)host = (uint)value; break;
+                default: *(ulong*)host = value; break;
+            }
+            InstallWrite(va, pa, host, region, size);
+            return -1;
+        }
+        stopBlock = true;
+        if (!bus.Write(pa, size, value)) { faultTval = va; return CauseStoreAccess; }
+        return -1;
+    }
+
+    /// <summary>After a store reached RAM by the slow path: log it, and cache the page for writes when that is safe.</summary>
+    private void InstallWrite(ulong va, ulong pa, byte* host, MemoryRegion region, int size)
+    {
+        if (region is not GuestRam r) return;
+        int page = (int)((pa - r.Base) >> 12);
+        r.NoteCpuWrite(page, (int)(pa & 0xfff), size);
+        if (r.WriteFastAllowed(page) && PmpAllows(pa & ~0xfffUL, 0x1000, AccWrite, dataPriv))
+        {
+            TlbEntry* e = tlbWrite + ((va >> 12) & TlbMask);
+            e->Tag = va & ~0xfffUL;
+            e->Addend = (long)(host - (pa & 0xfff)) - (long)(va & ~0xfffUL);
+        }
+    }
+
+    /// <summary>
+    /// Host address for an atomic access (AMO, sc) of <paramref name="size"/> bytes: must be aligned, in RAM, writable.
+    /// Null with <paramref name="cause"/> set otherwise. Logs the write like a store.
+    /// </summary>
+    private byte* AtomicAddress(ulong va, int size, out int cause)
+    {
+        cause = -1;
+        if ((va & (ulong)(size - 1)) != 0) { faultTval = va; cause = CauseStoreMisaligned; return null; }
+        TlbEntry* e = tlbWrite + ((va >> 12) & TlbMask);
+        if (e->Tag == (va & ~0xfffUL)) return (byte*)(e->Addend + (long)va);
+        cause = Translate(va, AccWrite, dataPriv, out ulong pa);
+        if (cause >= 0) { faultTval = va; return null; }
+        if (!PmpAllows(pa, (ulong)size, AccWrite, dataPriv) || !PmpAllows(pa, (ulong)size, AccRead, dataPriv))
+        {
+            faultTval = va; cause = CauseStoreAccess; return null;
+        }
+        MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
+        if (region is not GuestRam) { faultTval = va; cause = CauseStoreAccess; return null; }
+        byte* host = region.Host + (pa - region.Base);
+        InstallWrite(va, pa, host, region, size);
+        return host;
+    }
+
+    /// <summary>Host address for lr: aligned, in RAM (reservations on devices are not supported: an access fault).</summary>
+    private byte* ReserveAddress(ulong va, int size, out int cause)
+    {
+        cause = -1;
+        if ((va & (ulong)(size - 1)) != 0) { faultTval = va; cause = CauseLoadMisaligned; return null; }
+        TlbEntry* e = tlbRead + ((va >> 12) & TlbMask);
+        if (e->Tag == (va & ~0xfffUL)) return (byte*)(e->Addend + (long)va);
+        cause = Translate(va, AccRead, dataPriv, out ulong pa);
+        if (cause >= 0) { faultTval = va; return null; }
+        if (!PmpAllows(pa, (ulong)size, AccRead, dataPriv)) { faultTval = va; cause = CauseLoadAccess; return null; }
+        MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
+        if (region is not GuestRam) { faultTval = va; cause = CauseLoadAccess; return null; }
+        return region.Host + (pa - region.Base);
+    }
+
+    /// <summary>
+    /// Fetch slow path for the block starting at <paramref name="va"/>: translate, check, fill the fetch TLB and return
+    /// the frame's decoded page; or raise the fetch fault and return null.
+    /// </summary>
+    private CodePage? FetchSlow(ulong va)
+    {
+        int cause = Translate(va, AccFetch, priv, out ulong pa);
+        if (cause < 0 && !PmpAllows(pa, 2, AccFetch, priv)) cause = CauseFetchAccess;
+        MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
+        if (cause < 0 && region == null) cause = CauseFetchAccess;
+        if (cause >= 0)
+        {
+            RaiseException(cause, va);
+            return null;
+        }
+        int frame = region!.FirstFrame + (int)((pa - region.Base) >> 12);
+        CodePage page = codePages[frame] ?? NewCodePage(frame, region, pa);
+        if (PmpAllows(pa & ~0xfffUL, 0x1000, AccFetch, priv))
+        {
+            TlbEntry* e = tlbFetch + ((va >> 12) & TlbMask);
+            e->Tag = va & ~0xfffUL;
+            e->Addend = frame;
+        }
+        return page;
+    }
+
+    private CodePage NewCodePage(int frame, MemoryRegion region, ulong pa)
+    {
+        byte* hostPage = region.Host + ((pa & ~0xfffUL) - region.Base);
+        if (region is GuestRam r)
+        {
+            int page = (int)((pa - r.Base) >> 12);
+            r.MarkCode(page);
+            // Our own later stores to this page must take the slow path and drop the decoded code.
+            FlushWriteTlbFor(hostPage);
+        }
+        var cp = new CodePage(frame, hostPage);
+        codePages[frame] = cp;
+        decodedFrames.Add(frame);
+        return cp;
+    }
+
+    /// <summary>Decode the slot for <paramref name="pcv"/> in <paramref name="page"/>.</summary>
+    private static void DecodeSlot(CodePage page, ulong pcv)
+    {
+        int offset = (int)(pcv & 0xfff);
+        Insn* slot = page.Insns + (offset >> 1);
+        uint lo = *(ushort*)(page.Host + offset);
+        if ((lo & 3) != 3) *slot = Decoder.Decode16(lo);
+        else if (offset == 0xffe) *slot = new Insn { Op = Op.CrossPage, Len = 4, Rd = SinkRegister };
+        else *slot = Decoder.Decode32(*(uint*)(page.Host + offset));
+    }
+
+    /// <summary>Run the 32-bit instruction at a page's last halfword, whose upper half is on the next page.</summary>
+    private void ExecuteCrossPage(CodePage page)
+    {
+        uint lo = *(ushort*)(page.Host + 0xffe);
+        ulong hiVa = pc + 2;
+        int cause = Translate(hiVa, AccFetch, priv, out ulong pa);
+        if (cause < 0 && !PmpAllows(pa, 2, AccFetch, priv)) cause = CauseFetchAccess;
+        MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
+        if (cause < 0 && region == null) cause = CauseFetchAccess;
+        if (cause >= 0)
+        {
+            RaiseException(cause, hiVa);
+            return;
+        }
+        uint hi = *(ushort*)(region!.Host + (pa - region.Base));
+        scratch.Insns[CodePage.Slots - 1] = Decoder.Decode32(lo | (hi << 16));
+        scratch.Insns[0].Op = Op.Undecoded;
+        ExecuteBlock(scratch, pc);
+    }
+
+    // ---- PMP ----
+
+    private readonly byte[] pmpCfg = new byte[16];
+    private readonly ulong[] pmpAddr = new ulong[16];
+    private int pmpActive; // entries with A != OFF
+
+    /// <summary>
+    /// Whether [<paramref name="addr"/>, +<paramref name="size"/>) may be accessed at <paramref name="level"/>. The first
+    /// entry matching any byte decides, and it must match all of them; with no active entry everything is allowed (as
+    /// QEMU does), otherwise an unmatched S/U access fails and an unmatched M access succeeds.
+    /// </summary>
+    private bool PmpAllows(ulong addr, ulong size, int access, int level)
+    {
+        if (pmpActive == 0) return true;
+        ulong last = addr + size - 1;
+        for (int i = 0; i < 16; i++)
+        {
+            byte cfg = pmpCfg[i];
+            int a = (cfg >> 3) & 3;
+            if (a == 0) continue;
+            ulong lo, hi; // inclusive byte range
+            if (a == 1)
+            {
+                lo = i == 0 ? 0 : pmpAddr[i - 1] << 2;
+                ulong top = pmpAddr[i] << 2;
+                if (top <= lo) continue;
+                hi = top - 1;
+            }
+            else if (a == 2)
+            {
+                lo = pmpAddr[i] << 2;
+                hi = lo + 3;
+            }
+            else
+            {
+                ulong ones = (ulong)System.Numerics.BitOperations.TrailingZeroCount(~pmpAddr[i]);
+                if (ones >= 54) { lo = 0; hi = ulong.MaxValue; }
+                else
+                {
+                    ulong span = 8UL << (int)ones;
+                    lo = (pmpAddr[i] << 2) & ~(span - 1);
+                    hi = lo + span - 1;
+                }
+            }
+            if (last < lo || addr > hi) continue;
+            if (addr < lo || last > hi) return false; // partial match fails
+            if (level == PrvM && (cfg & 0x80) == 0) return true;
+            int bit = access == AccRead ? 1 : access == AccWrite ? 2 : 4;
+            return (cfg & bit) != 0;
+        }
+        return level == PrvM;
+    }
+}

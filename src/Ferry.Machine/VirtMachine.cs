@@ -1,0 +1,264 @@
+using Ferry.Machine.Board;
+using Ferry.Machine.Cpu;
+using Ferry.Machine.Memory;
+
+namespace Ferry.Machine;
+
+/// <summary>
+/// A RISC-V <c>virt</c> board (QEMU's memory map): RAM at 0x8000_0000, a boot ROM at 0x1000 with QEMU's reset vector,
+/// the CLINT, a 16550 UART and the SiFive test device, and N harts each on its own host thread.
+/// </summary>
+public sealed class VirtMachine : IDisposable
+{
+    public const ulong RamBase = 0x8000_0000;
+    public const int MaxHarts = 8;
+    public const ulong MinMemory = 2UL << 20;
+    public const ulong MaxMemory = 64UL << 30;
+
+    public const ulong TestBase = 0x10_0000;
+    public const ulong UartBase = 0x1000_0000;
+
+    private readonly AddressSpace bus = new();
+    private readonly GuestRam ram;
+    private readonly BootRom rom = new();
+    private readonly Clint clint;
+    private readonly Uart16550 uart;
+    private readonly Hart[] harts;
+    private readonly HartControl control = new();
+    private readonly ManualResetEventSlim exited = new(false);
+    private int exitCode;
+    private int poweredOff;
+    private bool started;
+    private bool disposed;
+    private readonly object stateGate = new();
+
+    public VirtMachine(MachineOptions options)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        if (options.Harts < 1 || options.Harts > MaxHarts)
+        {
+            throw new MachineConfigException($"--harts {options.Harts} is out of range (1 to {MaxHarts})");
+        }
+        if (options.MemoryBytes < MinMemory || options.MemoryBytes > MaxMemory || (options.MemoryBytes & 0xfff) != 0)
+        {
+            throw new MachineConfigException(
+                $"memory size {options.MemoryBytes} bytes is not a multiple of 4 KiB between {MinMemory >> 20} MiB and {MaxMemory >> 30} GiB");
+        }
+        ram = new GuestRam(RamBase, options.MemoryBytes);
+        bus.AddRegion(rom);
+        bus.AddRegion(ram);
+        clint = new Clint(options.Harts);
+        uart = new Uart16550(options.SerialOut);
+        bus.AddDevice(TestBase, 0x1000, new SifiveTest(PowerOff));
+        bus.AddDevice(Clint.ClintBase, Clint.ClintSize, clint);
+        bus.AddDevice(UartBase, 0x100, uart);
+        harts = new Hart[options.Harts];
+        for (int h = 0; h < harts.Length; h++)
+        {
+            harts[h] = new Hart(h, bus, ram, clint, control) { Failed = OnHartFailed };
+        }
+        clint.Attach(harts);
+        ram.CodeWritten = (page, offset, length) =>
+        {
+            int frame = ram.FirstFrame + page;
+            foreach (Hart h in harts) h.InvalidateCode(frame, offset, length);
+        };
+        ram.CodeDropped = page =>
+        {
+            int frame = ram.FirstFrame + page;
+            foreach (Hart h in harts) h.DropCode(frame);
+        };
+        rom.WriteResetVector(RamBase, 0);
+    }
+
+    public GuestRam Ram => ram;
+
+    public Uart16550 Uart => uart;
+
+    public int HartCount => harts.Length;
+
+    internal Hart GetHart(int index) => harts[index];
+
+    /// <summary>An emulator failure (a bug, not a guest fault) that stopped the machine, if any.</summary>
+    public Exception? Failure { get; private set; }
+
+    /// <summary>Load a bare-metal ELF into RAM; the reset vector jumps to its entry in M-mode (QEMU's <c>-bios prog.elf</c>).</summary>
+    public ulong LoadFirmware(string path)
+    {
+        ulong entry = ElfLoader.Load(path, ram);
+        rom.WriteResetVector(entry, 0);
+        return entry;
+    }
+
+    /// <summary>Start every hart's thread from its current state (after reset: the boot ROM at 0x1000).</summary>
+    public void Start()
+    {
+        lock (stateGate)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            if (started) throw new InvalidOperationException("the machine is already started");
+            started = true;
+        }
+        foreach (Hart h in harts) h.Start();
+    }
+
+    /// <summary>Block until the guest powers off (the test device) or <see cref="PowerOff"/>; returns the exit code.</summary>
+    public int WaitForExit()
+    {
+        exited.Wait();
+        return Finish();
+    }
+
+    /// <summary>As <see cref="WaitForExit()"/> with a timeout; false if the guest is still running.</summary>
+    public bool WaitForExit(TimeSpan timeout, out int code)
+    {
+        code = 0;
+        if (!exited.Wait(timeout)) return false;
+        code = Finish();
+        return true;
+    }
+
+    private int Finish()
+    {
+        foreach (Hart h in harts) h.Join();
+        uart.Flush(); // the last line may lack its newline
+        if (Failure != null) throw new InvalidOperationException($"the emulator failed: {Failure.Message}", Failure);
+        return Volatile.Read(ref exitCode);
+    }
+
+    /// <summary>Stop the machine with <paramref name="code"/>; harts leave at their next block boundary. First call wins.</summary>
+    public void PowerOff(int code)
+    {
+        if (Interlocked.CompareExchange(ref poweredOff, 1, 0) != 0) return;
+        Volatile.Write(ref exitCode, code);
+        control.RequestExit();
+        foreach (Hart h in harts) h.Kick();
+        exited.Set();
+    }
+
+    private void OnHartFailed(Hart hart, Exception e)
+    {
+        Failure ??= new InvalidOperationException($"hart {hart.Id} at pc 0x{hart.Pc:x}: {e.Message}", e);
+        PowerOff(-1);
+    }
+
+    /// <summary>Stop every hart at an instruction boundary and return once all are stopped.</summary>
+    public void Pause()
+    {
+        control.RequestPause();
+        foreach (Hart h in harts) h.Kick();
+        var spin = new SpinWait();
+        while (!AllQuiescent()) spin.SpinOnce();
+    }
+
+    private bool AllQuiescent()
+    {
+        foreach (Hart h in harts)
+        {
+            if (!h.Quiescent) return false;
+        }
+        return true;
+    }
+
+    /// <summary>Let paused harts run again.</summary>
+    public void Resume() => control.Release();
+
+    /// <summary>
+    /// Run a paused machine until some hart has retired <paramref name="count"/> more instructions (it stops at its next
+    /// block boundary, so possibly a few more), then pause again. Returns when paused, or when the guest powered off.
+    /// For tests and debugging: pauses land at points chosen by instruction count, whatever the host's load.
+    /// </summary>
+    public void RunInstructions(ulong count)
+    {
+        CheckStopped("a bounded run");
+        foreach (Hart h in harts) h.SetInstructionBudget(count);
+        control.Release();
+        var spin = new SpinWait();
+        while (!control.PauseRequested && !control.ExitRequested) spin.SpinOnce();
+        foreach (Hart h in harts) h.Kick(); // the others park too
+        while (!AllQuiescent() && !control.ExitRequested) spin.SpinOnce();
+        foreach (Hart h in harts) h.SetInstructionBudget(ulong.MaxValue);
+    }
+
+    /// <summary>Start recording the pages written (by harts and devices); every page starts clean.</summary>
+    public void StartDirtyLog()
+    {
+        ram.StartDirtyLog();
+        FlushWriteEntries();
+    }
+
+    public void StopDirtyLog() => ram.StopDirtyLog();
+
+    /// <summary>The pages written since the last harvest (or <see cref="StartDirtyLog"/>), one bit per RAM page; tracking restarts clean.</summary>
+    public ulong[] HarvestDirty()
+    {
+        ulong[] old = ram.SwapDirtyLog(new ulong[ram.DirtyWords]);
+        // A hart may still hold write entries for pages that were dirty in the old bitmap; once every hart has dropped
+        // them, every later write reaches the new bitmap, and the old one is complete.
+        FlushWriteEntries();
+        return old;
+    }
+
+    private void FlushWriteEntries()
+    {
+        Span<long> tickets = stackalloc long[harts.Length];
+        for (int h = 0; h < harts.Length; h++) tickets[h] = harts[h].RequestWriteFlush();
+        var spin = new SpinWait();
+        for (int h = 0; h < harts.Length; h++)
+        {
+            while (!harts[h].WriteFlushDone(tickets[h])) spin.SpinOnce();
+        }
+    }
+
+    private void CheckStopped(string what)
+    {
+        if (!started || control.ExitRequested) return;
+        if (!control.PauseRequested) throw new InvalidOperationException($"{what} needs the machine paused or not started");
+        // Paused harts park before they run another instruction; wait for any still on their way there.
+        var spin = new SpinWait();
+        while (!AllQuiescent()) spin.SpinOnce();
+    }
+
+    /// <summary>The whole state of hart <paramref name="hart"/> as a versioned section. The machine must be paused or not started.</summary>
+    public byte[] SaveHartState(int hart)
+    {
+        CheckStopped("saving hart state");
+        return harts[hart].SaveState();
+    }
+
+    /// <summary>Replace hart <paramref name="hart"/>'s state from a section <see cref="SaveHartState"/> produced. Paused or not started.</summary>
+    public void LoadHartState(int hart, ReadOnlySpan<byte> section)
+    {
+        CheckStopped("loading hart state");
+        harts[hart].LoadState(section);
+    }
+
+    /// <summary>Instructions retired by all harts so far (exact while paused or stopped).</summary>
+    public ulong InstructionsRetired
+    {
+        get
+        {
+            ulong n = 0;
+            foreach (Hart h in harts) n += h.Instret;
+            return n;
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (stateGate)
+        {
+            if (disposed) return;
+            disposed = true;
+        }
+        PowerOff(Volatile.Read(ref exitCode));
+        foreach (Hart h in harts) h.Join();
+        uart.Flush();
+        clint.Dispose();
+        foreach (Hart h in harts) h.Dispose();
+        ram.Dispose();
+        rom.Dispose();
+        control.Dispose();
+        exited.Dispose();
+    }
+}
