@@ -1,17 +1,19 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
+using Ferry.Machine;
 using Ferry.Migration;
 using Ferry.Migration.InProcess;
 
 namespace Ferry.Cli;
 
 /// <summary>
-/// The <c>ferry</c> command line: <c>ferry demo</c> and <c>ferry bench engine</c>.
+/// The <c>ferry</c> command line: <c>ferry demo</c>, <c>ferry bench engine</c> and <c>ferry vm run</c>.
 /// </summary>
 /// <remarks>
 /// Exit codes: 0 the migration completed (and, when asked, verified); 1 it failed or was cancelled; 2 the command line
 /// was wrong (one line on stderr naming the flag and the value, no stack trace); 3 it completed but the destination's
-/// memory or workload did not check out.
+/// memory or workload did not check out. <c>ferry vm run</c> exits with the guest's code instead (see <see cref="VmRun"/>),
+/// and 2 for a bad command line or firmware.
 /// </remarks>
 public static class FerryCommand
 {
@@ -54,7 +56,7 @@ public static class FerryCommand
         var root = new RootCommand("Ferry: live migration of running virtual machines.");
         root.SetAction(_ =>
         {
-            console.Error.WriteLine("ferry: choose a command: 'ferry demo' or 'ferry bench engine' (see 'ferry --help')");
+            console.Error.WriteLine("ferry: choose a command: 'ferry demo', 'ferry bench engine' or 'ferry vm run' (see 'ferry --help')");
             return ExitUsage;
         });
 
@@ -80,6 +82,35 @@ public static class FerryCommand
         engine.SetAction(parse => RunValidated(opts.Read(parse), console, settings => EngineBench.Run(settings, console, cancellationToken)));
         bench.Subcommands.Add(engine);
         root.Subcommands.Add(bench);
+
+        var vm = new Command("vm", "Virtual machines on Ferry's emulated RISC-V virt board.");
+        var run = new Command("run",
+            "Boot a bare-metal RISC-V ELF on an emulated RV64GC virt board (QEMU's memory map; UART at 0x1000_0000, " +
+            "test device at 0x10_0000) and run it until the guest powers off. Exit code: the guest's (the test " +
+            "device's 0x5555 = 0, (code << 16) | 0x3333 = code); 2 bad command line or firmware; 130 interrupted.");
+        var firmware = new Option<string>("--firmware")
+        {
+            Description = "The RISC-V ELF64 executable to boot in M-mode (as QEMU's -bios)",
+            HelpName = "ELF",
+            Required = true,
+        };
+        var serial = new Option<string>("--serial")
+        {
+            Description = "Write the UART's output to FILE (created or truncated) [default: stdout]",
+            HelpName = "FILE",
+        };
+        var defaults = new MachineOptions();
+        var vmMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM at 0x8000_0000, e.g. 128M, 1G, 512MiB", "128M");
+        var harts = CountOption("--harts", "N", $"Harts (CPUs), each on its own host thread, 1 to {VirtMachine.MaxHarts}",
+            defaults.Harts, 1, VirtMachine.MaxHarts);
+        foreach (var option in new Option[] { firmware, serial, vmMemory, harts }) run.Options.Add(option);
+        run.SetAction(parse => VmRun.Run(
+            new VmRunSettings(
+                parse.GetValue(firmware)!, parse.GetValue(serial),
+                Get(parse, vmMemory, defaults.MemoryBytes), (int)Get(parse, harts, defaults.Harts)),
+            console, cancellationToken));
+        vm.Subcommands.Add(run);
+        root.Subcommands.Add(vm);
         return root;
     }
 
@@ -180,6 +211,21 @@ public static class FerryCommand
             if (!Units.TryParseSize(text, out value, out reason)) return false;
             if (value != 0 && value % Migration.Guest.MemoryRegion.PageSize == 0) return true;
             reason = "must be a non-zero multiple of the 4 KiB page size";
+            return false;
+        });
+
+    /// <summary>The machine's RAM: a whole number of 4 KiB pages in the range <see cref="VirtMachine"/> accepts.</summary>
+    private static Option<ulong> MachineMemoryOption(string name, string helpName, string description, string defaultText) =>
+        ParsedOption(name, helpName, $"{description} [default: {defaultText}]", (string? text, out ulong value, out string reason) =>
+        {
+            if (!Units.TryParseSize(text, out value, out reason)) return false;
+            if (value < VirtMachine.MinMemory || value > VirtMachine.MaxMemory)
+            {
+                reason = $"is out of range ({Units.FormatBytes(VirtMachine.MinMemory)} to {Units.FormatBytes(VirtMachine.MaxMemory)})";
+                return false;
+            }
+            if (value % Machine.Memory.MemoryRegion.PageSize == 0) return true;
+            reason = "must be a multiple of the 4 KiB page size";
             return false;
         });
 
