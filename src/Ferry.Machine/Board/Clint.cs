@@ -21,6 +21,8 @@ internal sealed class Clint : IMmioDevice, IDisposable
 
     private readonly ulong[] mtimecmp;
     private readonly bool[] armed;
+    // Harts parked in wfi that wait for their own deadline (the timer thread leaves them alone: one wake-up, not two).
+    private readonly bool[] selfTimed;
     private readonly uint[] msip;
     private Hart[] harts = [];
     private readonly object gate = new();
@@ -36,6 +38,7 @@ internal sealed class Clint : IMmioDevice, IDisposable
         mtimecmp = new ulong[hartCount];
         // mtimecmp resets to 0, so MTIP is pending until the guest programs a compare value (as QEMU 7.2).
         armed = new bool[hartCount];
+        selfTimed = new bool[hartCount];
         msip = new uint[hartCount];
         timerThread = new Thread(TimerLoop) { IsBackground = true, Name = "clint-timer" };
     }
@@ -128,6 +131,35 @@ internal sealed class Clint : IMmioDevice, IDisposable
         }
     }
 
+    /// <summary>
+    /// Hart <paramref name="hart"/> parks in wfi: it will wait itself for its deadline, the returned timeout in
+    /// milliseconds (rounded up), or forever (-1) when its timer interrupt is disabled and cannot wake it.
+    /// </summary>
+    public int ParkTimer(int hart, bool timerEnabled)
+    {
+        lock (gate)
+        {
+            selfTimed[hart] = true;
+            if (!timerEnabled) return Timeout.Infinite;
+            ulong now = Mtime;
+            if (mtimecmp[hart] <= now) return 0;
+            ulong ticks = mtimecmp[hart] - now;
+            return (int)Math.Min((ticks + TimebaseHz / 1000 - 1) / (TimebaseHz / 1000), int.MaxValue);
+        }
+    }
+
+    /// <summary>The hart left wfi: a deadline already passed is its own to handle; a later one is the timer thread's.</summary>
+    public void UnparkTimer(int hart)
+    {
+        lock (gate)
+        {
+            selfTimed[hart] = false;
+            if (!armed[hart]) return;
+            if (mtimecmp[hart] <= Mtime) armed[hart] = false;
+            else Monitor.Pulse(gate);
+        }
+    }
+
     private void TimerLoop()
     {
         lock (gate)
@@ -138,7 +170,7 @@ internal sealed class Clint : IMmioDevice, IDisposable
                 ulong earliest = ulong.MaxValue;
                 for (int h = 0; h < mtimecmp.Length; h++)
                 {
-                    if (!armed[h]) continue;
+                    if (!armed[h] || selfTimed[h]) continue;
                     if (mtimecmp[h] <= now)
                     {
                         armed[h] = false;

@@ -10,7 +10,7 @@ namespace Ferry.Machine.Board;
 /// <item><c>0x7777</c> (reset): call <see cref="Reset"/>; without one, power off with code 0, since a guest that asked
 /// for a reset spins or waits forever if nothing happens.</item>
 /// </list>
-/// Other values, other offsets and other access sizes are ignored; reads return 0. No state to save.
+/// Other values, other offsets and accesses other than 16 or 32 bits are ignored; reads return 0. No state to save.
 /// </summary>
 public sealed class SifiveTest : IMmioDevice
 {
@@ -34,8 +34,8 @@ public sealed class SifiveTest : IMmioDevice
 
     public void Write(ulong offset, int size, ulong value)
     {
-        // QEMU's finisher decodes a 32-bit store at offset 0 (sw); anything else is not a request.
-        if (offset != 0 || size != 4) return;
+        // 16- and 32-bit writes, as QEMU accepts: OpenSBI powers off with a 16-bit write of 0x5555.
+        if (offset != 0 || size is not (2 or 4)) return;
         uint word = (uint)value;
         switch (word & 0xffff)
         {

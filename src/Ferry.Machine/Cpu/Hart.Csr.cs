@@ -123,7 +123,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>Write a CSR (WARL fields legalised as QEMU does); false if the write is illegal.</summary>
-    private bool CsrWrite(uint csr, ulong v)
+    private bool CsrWrite(uint csr, ulong v, ulong writeMask = ulong.MaxValue)
     {
         switch (csr)
         {
@@ -141,6 +141,7 @@ internal sealed unsafe partial class Hart
             case 0x143: stval = v; return true;
             case 0x144:
             {
+                v = (mipSoft & ~writeMask) | (v & writeMask);
                 ulong mask = (ulong)IrqSsi & mideleg;
                 mipSoft = (mipSoft & ~mask) | (v & mask);
                 return true;
@@ -172,6 +173,7 @@ internal sealed unsafe partial class Hart
             case 0x343: mtval = v; return true;
             case 0x344:
             {
+                v = (mipSoft & ~writeMask) | (v & writeMask);
                 const ulong mask = SupervisorInterrupts;
                 mipSoft = (mipSoft & ~mask) | (v & mask);
                 return true;

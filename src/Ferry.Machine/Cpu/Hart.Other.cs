@@ -94,7 +94,10 @@ internal sealed unsafe partial class Hart
         if (write)
         {
             ulong value = kind == Op.Csrrw ? src : kind == Op.Csrrs ? old | src : old & ~src;
-            if (!CsrWrite(csr, value)) return IllegalInstruction(i);
+            // csrrs/csrrc change only the bits set in rs1 (as QEMU's write mask): for mip that keeps a pending
+            // device line, which the read includes, from being latched into the software-written bits.
+            ulong writeMask = kind == Op.Csrrw ? ulong.MaxValue : src;
+            if (!CsrWrite(csr, value, writeMask)) return IllegalInstruction(i);
         }
         x[i->Rd] = old;
         if (!write) return ResultNext;

@@ -238,10 +238,13 @@ internal sealed unsafe partial class Hart : IDisposable
         if ((ReadMip() & mie) != 0) return;
         wake.Reset();
         Volatile.Write(ref state, StateParked);
+        // With the timer interrupt enabled we wake ourselves at the deadline; otherwise only a kick can wake us.
+        int timeout = clint.ParkTimer(Id, (mie & (ulong)IrqMti) != 0);
         if (Volatile.Read(ref signal) == 0 && (ReadMip() & mie) == 0)
         {
-            wake.Wait();
+            wake.Wait(timeout);
         }
+        clint.UnparkTimer(Id);
         // Back to running through ServiceSignals, which marks us running before it reads the signal.
         Interlocked.Or(ref signal, SigCheck);
     }
