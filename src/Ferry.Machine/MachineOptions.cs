@@ -9,6 +9,15 @@ public sealed class MachineOptions
     /// <summary>Number of harts (1 to <see cref="VirtMachine.MaxHarts"/>), each run by its own host thread.</summary>
     public int Harts { get; init; } = 1;
 
+    /// <summary>Raw disk image for a virtio-blk device (slot 0), or null for none.</summary>
+    public string? DiskPath { get; init; }
+
+    /// <summary>Attach the disk read-only (the guest's writes fail; the file is not changed).</summary>
+    public bool DiskReadOnly { get; init; }
+
+    /// <summary>Give the guest a virtio-rng device (on by default, as entropy makes a Linux guest boot quickly).</summary>
+    public bool Rng { get; init; } = true;
+
     /// <summary>Where the UART's output goes (null: discarded). Written from hart threads; the machine serialises writes.</summary>
     public Stream? SerialOut { get; init; }
 }

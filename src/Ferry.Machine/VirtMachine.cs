@@ -1,6 +1,7 @@
 using Ferry.Machine.Board;
 using Ferry.Machine.Cpu;
 using Ferry.Machine.Memory;
+using Ferry.Machine.Virtio;
 
 namespace Ferry.Machine;
 
@@ -23,6 +24,10 @@ public sealed class VirtMachine : IDisposable
     private readonly BootRom rom = new();
     private readonly Clint clint;
     private readonly Uart16550 uart;
+    private readonly Plic plic;
+    private readonly GoldfishRtc rtc;
+    private readonly VirtioMmio[] virtio = new VirtioMmio[VirtDeviceTree.VirtioSlotCount];
+    private readonly List<int> virtioSlotsInUse = [];
     private readonly Hart[] harts;
     private readonly HartControl control = new();
     private readonly ManualResetEventSlim exited = new(false);
@@ -48,11 +53,40 @@ public sealed class VirtMachine : IDisposable
         bus.AddRegion(rom);
         bus.AddRegion(ram);
         clint = new Clint(options.Harts);
-        uart = new Uart16550(options.SerialOut);
-        bus.AddDevice(TestBase, 0x1000, new SifiveTest(PowerOff));
-        bus.AddDevice(Clint.ClintBase, Clint.ClintSize, clint);
-        bus.AddDevice(UartBase, 0x100, uart);
         harts = new Hart[options.Harts];
+        plic = new Plic(options.Harts, (h, bit, level) => harts[h].SetIrqLine(bit, level));
+        uart = new Uart16550(options.SerialOut) { InterruptChanged = level => plic.SetLevel(VirtDeviceTree.UartIrq, level) };
+        rtc = new GoldfishRtc { InterruptChanged = level => plic.SetLevel(VirtDeviceTree.RtcIrq, level) };
+        bus.AddDevice(TestBase, 0x1000, new SifiveTest(PowerOff));
+        bus.AddDevice(GoldfishRtc.RtcBase, GoldfishRtc.RtcSize, rtc);
+        bus.AddDevice(Clint.ClintBase, Clint.ClintSize, clint);
+        bus.AddDevice(Plic.PlicBase, Plic.PlicSize, plic);
+        bus.AddDevice(UartBase, 0x100, uart);
+        // Virtio slots as QEMU fills them: devices from the top slot down (so the first disk is the last slot, which
+        // Linux probes first and names vda); empty slots answer device id 0.
+        var devices = new List<IVirtioDevice>();
+        try
+        {
+            if (options.DiskPath != null) devices.Add(OpenDisk(options.DiskPath, options.DiskReadOnly));
+            if (options.Rng) devices.Add(new VirtioRng());
+        }
+        catch
+        {
+            foreach (IVirtioDevice d in devices) d.Dispose();
+            throw;
+        }
+        for (int slot = 0; slot < virtio.Length; slot++)
+        {
+            int top = virtio.Length - 1 - slot;
+            IVirtioDevice? device = slot < devices.Count ? devices[slot] : null;
+            int irq = VirtDeviceTree.VirtioIrqBase + top;
+            virtio[top] = new VirtioMmio(ram, device, level => plic.SetLevel(irq, level));
+            if (device != null) virtioSlotsInUse.Add(top);
+        }
+        for (int slot = 0; slot < virtio.Length; slot++)
+        {
+            bus.AddDevice(VirtDeviceTree.VirtioBase + (ulong)slot * VirtDeviceTree.VirtioStride, VirtDeviceTree.VirtioStride, virtio[slot]);
+        }
         for (int h = 0; h < harts.Length; h++)
         {
             harts[h] = new Hart(h, bus, ram, clint, control) { Failed = OnHartFailed };
@@ -71,7 +105,28 @@ public sealed class VirtMachine : IDisposable
         rom.WriteResetVector(RamBase, 0);
     }
 
+    private static VirtioBlk OpenDisk(string path, bool readOnly)
+    {
+        try
+        {
+            return new VirtioBlk(path, readOnly);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
+        {
+            throw new MachineConfigException($"--disk {path}: {e.Message}", e);
+        }
+    }
+
     public GuestRam Ram => ram;
+
+    /// <summary>The options this board was built with; a device tree for it must name the same devices.</summary>
+    public VirtDeviceTreeOptions DeviceTreeOptions(string? bootargs, (ulong Start, ulong End)? initrd) => new()
+    {
+        Harts = harts.Length,
+        MemoryBytes = ram.Size,
+        Bootargs = bootargs,
+        Initrd = initrd,
+    };
 
     public Uart16550 Uart => uart;
 
@@ -89,6 +144,58 @@ public sealed class VirtMachine : IDisposable
         rom.WriteResetVector(entry, 0);
         return entry;
     }
+
+    /// <summary>Where the kernel Image goes: OpenSBI's fw_dynamic jumps here in S-mode (as QEMU's virt board).</summary>
+    public const ulong KernelBase = RamBase + 0x20_0000;
+
+    /// <summary>
+    /// Place a Linux boot as QEMU's <c>virt</c> board does: the firmware (OpenSBI <c>fw_dynamic.bin</c>, raw) at the
+    /// base of RAM, the kernel Image at <see cref="KernelBase"/>, the initrd (if any) at 128 MiB past the kernel (half of
+    /// RAM on small machines), the device tree at the top of RAM (below 3 GiB) aligned down to 2 MiB, and the reset
+    /// vector's <c>fw_dynamic_info</c> naming the kernel as the next stage in S-mode. Returns the device tree's address.
+    /// Throws <see cref="MachineConfigException"/> (one line) when something does not fit or is not what it claims.
+    /// </summary>
+    public ulong LoadLinux(ReadOnlySpan<byte> firmware, ReadOnlySpan<byte> kernel, ReadOnlySpan<byte> initrd, ReadOnlySpan<byte> deviceTree)
+    {
+        ulong ramEnd = RamBase + ram.Size;
+        if ((ulong)firmware.Length > KernelBase - RamBase)
+        {
+            throw new MachineConfigException($"firmware is {firmware.Length} bytes; it must fit below the kernel at 0x{KernelBase:x}");
+        }
+        LinuxImage.Check(kernel);
+        ulong kernelEnd = KernelBase + LinuxImage.LoadSize(kernel);
+        ulong fdtTop = Math.Min(ramEnd, 3UL << 30);
+        ulong fdtAddr = (fdtTop - (ulong)deviceTree.Length) & ~(0x20_0000UL - 1);
+        if (fdtAddr < kernelEnd || fdtTop < (ulong)deviceTree.Length)
+        {
+            throw new MachineConfigException($"memory {ram.Size >> 20} MiB is too small for the kernel ({(kernelEnd - KernelBase) >> 20} MiB) and the device tree");
+        }
+        ulong initrdAddr = 0;
+        if (!initrd.IsEmpty)
+        {
+            initrdAddr = KernelBase + Math.Min(ram.Size / 2, 128UL << 20);
+            if (initrdAddr < kernelEnd) initrdAddr = (kernelEnd + 0xfff) & ~0xfffUL;
+            if (initrdAddr + (ulong)initrd.Length > fdtAddr)
+            {
+                throw new MachineConfigException($"memory {ram.Size >> 20} MiB is too small for the kernel, the initrd ({initrd.Length >> 20} MiB) and the device tree");
+            }
+        }
+        ram.Write(RamBase, firmware);
+        ram.Write(KernelBase, kernel);
+        if (!initrd.IsEmpty) ram.Write(initrdAddr, initrd);
+        ram.Write(fdtAddr, deviceTree);
+        rom.WriteResetVector(RamBase, fdtAddr, nextAddress: KernelBase, nextMode: 1);
+        InitrdStart = initrdAddr;
+        InitrdEnd = initrd.IsEmpty ? 0 : initrdAddr + (ulong)initrd.Length;
+        return fdtAddr;
+    }
+
+    /// <summary>Where <see cref="LoadLinux"/> would put an initrd of <paramref name="length"/> bytes (the device tree names it).</summary>
+    public ulong InitrdAddressFor(ulong kernelLoadSize) => KernelBase + Math.Max(Math.Min(ram.Size / 2, 128UL << 20), (kernelLoadSize + 0xfff) & ~0xfffUL);
+
+    public ulong InitrdStart { get; private set; }
+
+    public ulong InitrdEnd { get; private set; }
 
     /// <summary>Start every hart's thread from its current state (after reset: the boot ROM at 0x1000).</summary>
     public void Start()
@@ -255,6 +362,8 @@ public sealed class VirtMachine : IDisposable
         foreach (Hart h in harts) h.Join();
         uart.Flush();
         clint.Dispose();
+        foreach (VirtioMmio v in virtio) v.Dispose();
+        rtc.Dispose();
         foreach (Hart h in harts) h.Dispose();
         ram.Dispose();
         rom.Dispose();
