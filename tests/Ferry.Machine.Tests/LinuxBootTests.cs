@@ -1,0 +1,114 @@
+using System.Diagnostics;
+using System.Text;
+using System.Text.RegularExpressions;
+using Ferry.Machine.Board;
+
+namespace Ferry.Machine.Tests;
+
+/// <summary>The built-in Linux guest on Ferry's machine: boots, works, pauses, powers off; and looks like QEMU's.</summary>
+public sealed partial class LinuxBootTests
+{
+    private static readonly TimeSpan Boot = TimeSpan.FromSeconds(60);
+
+    private static VirtMachine BootLinux(SerialLog console, string cmdline, int harts = 2, ulong memory = 256UL << 20)
+    {
+        var m = new VirtMachine(new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console });
+        try
+        {
+            byte[] kernel = File.ReadAllBytes(LinuxGuest.Image);
+            byte[] dtb = VirtDeviceTree.CreateBlob(m.DeviceTreeOptions(cmdline, null), minimumSize: 16 * 1024);
+            m.LoadLinux(File.ReadAllBytes(LinuxGuest.Firmware), kernel, default, dtb);
+            m.Start();
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    private static void Type(VirtMachine m, string line) => m.Uart.Input(Encoding.ASCII.GetBytes(line + "\n"));
+
+    [Fact]
+    public void BootsToHeartbeatSelfChecksPausesAndPowersOff()
+    {
+        var console = new SerialLog();
+        using VirtMachine m = BootLinux(console, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=20000");
+        int at = console.WaitFor("heartbeat 3 ", Boot);
+
+        Type(m, "selfcheck");
+        at = console.WaitFor("selfcheck ok", TimeSpan.FromSeconds(30), at);
+
+        // Paused: not one more line. Resumed: the heartbeat goes on.
+        m.Pause();
+        Thread.Sleep(100);
+        int before = console.Text.Length;
+        Thread.Sleep(400);
+        Assert.Equal(before, console.Text.Length);
+        m.Resume();
+        console.WaitFor("heartbeat", TimeSpan.FromSeconds(10), before);
+
+        Type(m, "poweroff");
+        Assert.True(m.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the guest did not power off");
+        Assert.Equal(0, code);
+    }
+
+    [GeneratedRegex(@"machine: [^\r\n]*")]
+    private static partial Regex MachineLine();
+
+    [Fact]
+    public async Task SeesTheSameMachineAsUnderQemu()
+    {
+        const string cmdline = "console=ttyS0 ferry.rate=0";
+        var console = new SerialLog();
+        string ferry;
+        using (VirtMachine m = BootLinux(console, cmdline))
+        {
+            console.WaitFor("heartbeat 1 ", Boot);
+            ferry = MachineLine().Match(console.Text).Value;
+        }
+
+        // QEMU with the same kernel, harts, memory and devices, and the CPU limited to the ISA Ferry implements.
+        var psi = new ProcessStartInfo("qemu-system-riscv64")
+        {
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            RedirectStandardInput = true,
+        };
+        foreach (string a in new[]
+        {
+            "-M", "virt", "-m", "256M", "-smp", "2", "-nographic", "-nodefaults", "-serial", "stdio",
+            "-cpu", "rv64,h=false,v=false,zba=false,zbb=false,zbc=false,zbs=false,sstc=false,sscofpmf=false,Zihintpause=false,svpbmt=false,svinval=false",
+            "-bios", LinuxGuest.Firmware, "-kernel", LinuxGuest.Image, "-append", cmdline,
+            "-device", "virtio-rng-device",
+        })
+        {
+            psi.ArgumentList.Add(a);
+        }
+        using Process q = Process.Start(psi)!;
+        try
+        {
+            var qemuOut = new StringBuilder();
+            var seen = new TaskCompletionSource();
+            q.OutputDataReceived += (_, e) =>
+            {
+                if (e.Data == null) return;
+                lock (qemuOut) qemuOut.AppendLine(e.Data);
+                if (e.Data.Contains("heartbeat 1 ", StringComparison.Ordinal)) seen.TrySetResult();
+            };
+            q.BeginOutputReadLine();
+            Task first = await Task.WhenAny(seen.Task, Task.Delay(Boot, TestContext.Current.CancellationToken));
+            Assert.True(first == seen.Task, $"QEMU did not reach the first heartbeat:\n{qemuOut}");
+            string qemu;
+            lock (qemuOut) qemu = MachineLine().Match(qemuOut.ToString()).Value;
+            Assert.StartsWith("machine: ", qemu, StringComparison.Ordinal);
+            Assert.Equal(qemu, ferry);
+        }
+        finally
+        {
+            if (!q.HasExited) q.Kill();
+            await q.WaitForExitAsync(TestContext.Current.CancellationToken);
+        }
+    }
+}
