@@ -7,13 +7,14 @@ using Ferry.Migration.InProcess;
 namespace Ferry.Cli;
 
 /// <summary>
-/// The <c>ferry</c> command line: <c>ferry demo</c>, <c>ferry bench engine</c> and <c>ferry vm run</c>.
+/// The <c>ferry</c> command line: <c>ferry demo</c>, <c>ferry bench engine</c>, <c>ferry vm run</c> and the clients of a
+/// running VM's API, <c>ferry vm status|pause|resume|shutdown</c>.
 /// </summary>
 /// <remarks>
 /// Exit codes: 0 the migration completed (and, when asked, verified); 1 it failed or was cancelled; 2 the command line
 /// was wrong (one line on stderr naming the flag and the value, no stack trace); 3 it completed but the destination's
 /// memory or workload did not check out. <c>ferry vm run</c> exits with the guest's code instead (see <see cref="VmRun"/>),
-/// and 2 for a bad command line or firmware.
+/// and 2 for a bad command line, firmware or API socket. The API clients: see <see cref="VmClient"/>.
 /// </remarks>
 public static class FerryCommand
 {
@@ -87,7 +88,8 @@ public static class FerryCommand
         var run = new Command("run",
             "Boot a bare-metal RISC-V ELF on an emulated RV64GC virt board (QEMU's memory map; UART at 0x1000_0000, " +
             "test device at 0x10_0000) and run it until the guest powers off. Exit code: the guest's (the test " +
-            "device's 0x5555 = 0, (code << 16) | 0x3333 = code); 2 bad command line or firmware; 130 interrupted.");
+            "device's 0x5555 = 0, (code << 16) | 0x3333 = code; 0 after an API shutdown); 2 bad command line, firmware " +
+            "or API socket; 130 interrupted. With the serial line on stdout, lines typed on stdin go to the guest's UART.");
         var firmware = new Option<string>("--firmware")
         {
             Description = "The RISC-V ELF64 executable to boot in M-mode (as QEMU's -bios)",
@@ -99,20 +101,52 @@ public static class FerryCommand
             Description = "Write the UART's output to FILE (created or truncated) [default: stdout]",
             HelpName = "FILE",
         };
+        var api = ApiOption("Serve the VM's API (HTTP/JSON) on this unix socket while it runs; a stale socket file is replaced");
         var defaults = new MachineOptions();
         var vmMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM at 0x8000_0000, e.g. 128M, 1G, 512MiB", "128M");
         var harts = CountOption("--harts", "N", $"Harts (CPUs), each on its own host thread, 1 to {VirtMachine.MaxHarts}",
             defaults.Harts, 1, VirtMachine.MaxHarts);
-        foreach (var option in new Option[] { firmware, serial, vmMemory, harts }) run.Options.Add(option);
+        foreach (var option in new Option[] { firmware, serial, vmMemory, harts, api }) run.Options.Add(option);
         run.SetAction(parse => VmRun.Run(
             new VmRunSettings(
                 parse.GetValue(firmware)!, parse.GetValue(serial),
-                Get(parse, vmMemory, defaults.MemoryBytes), (int)Get(parse, harts, defaults.Harts)),
+                Get(parse, vmMemory, defaults.MemoryBytes), (int)Get(parse, harts, defaults.Harts), parse.GetValue(api)),
             console, cancellationToken));
         vm.Subcommands.Add(run);
+
+        var status = new Command("status",
+            "Show a running VM's state, harts, memory, uptime and instructions retired, asked over its API socket. " +
+            "Exit code 0; 1 the VM cannot be reached or answered an error; 2 bad command line or no such socket.");
+        var statusApi = ApiOption("The VM's API socket (ferry vm run --api)", required: true);
+        var statusJson = new Option<bool>("--json") { Description = "Print the VM's JSON answer as it came, nothing else" };
+        status.Options.Add(statusApi);
+        status.Options.Add(statusJson);
+        status.SetAction(parse => VmClient.Status(parse.GetValue(statusApi)!, parse.GetValue(statusJson), console, cancellationToken));
+        vm.Subcommands.Add(status);
+        foreach (var (name, description) in new[]
+                 {
+                     ("pause", "Pause a running VM: every hart stops at an instruction boundary (exit 1 if it is not running)."),
+                     ("resume", "Resume a paused VM (exit 1 if it is not paused)."),
+                     ("shutdown", "Power a VM's guest off; its 'ferry vm run' exits 0."),
+                 })
+        {
+            var command = new Command(name, $"{description} Exit code 0; 1 the VM cannot be reached or refused (its reason on stderr); 2 bad command line or no such socket.");
+            var commandApi = ApiOption("The VM's API socket (ferry vm run --api)", required: true);
+            command.Options.Add(commandApi);
+            command.SetAction(parse => VmClient.Change(parse.GetValue(commandApi)!, name, console, cancellationToken));
+            vm.Subcommands.Add(command);
+        }
         root.Subcommands.Add(vm);
         return root;
     }
+
+    /// <summary>--api SOCKET: a unix socket path (not checked here: the server or client says what is wrong with it).</summary>
+    private static Option<string> ApiOption(string description, bool required = false) => new("--api")
+    {
+        Description = description,
+        HelpName = "SOCKET",
+        Required = required,
+    };
 
     /// <summary>Checks between options (after each option's own parse): exit 2 with one line per problem, or run.</summary>
     private static int RunValidated(EngineBenchSettings settings, CliConsole console, Func<EngineBenchSettings, int> run)

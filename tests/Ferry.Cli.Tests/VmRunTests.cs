@@ -206,19 +206,25 @@ public sealed class VmRunTests : IDisposable
         return (code, stdout.ToString(), stderr.ToString());
     }
 
-    /// <summary>Assemble and link the hello program. CI installs the cross compiler, so its absence fails the test.</summary>
-    private string BuildHello()
+    /// <summary>Assemble and link the hello program.</summary>
+    private string BuildHello() => BuildGuest(dir, "hello", HelloSource);
+
+    /// <summary>
+    /// Assemble and link a bare-metal program (<paramref name="source"/>, GNU assembler) into <c>dir/name.elf</c>, loaded
+    /// at the start of RAM. CI installs the cross compiler, so its absence fails the test.
+    /// </summary>
+    internal static string BuildGuest(string dir, string name, string source)
     {
-        string source = Path.Combine(dir, "hello.S");
-        string script = Path.Combine(dir, "link.ld");
-        string elf = Path.Combine(dir, "hello.elf");
-        File.WriteAllText(source, HelloSource);
+        string sourcePath = Path.Combine(dir, name + ".S");
+        string script = Path.Combine(dir, name + ".ld");
+        string elf = Path.Combine(dir, name + ".elf");
+        File.WriteAllText(sourcePath, source);
         File.WriteAllText(script, LinkerScript);
         var start = new ProcessStartInfo(CrossCompiler) { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var a in new[]
                  {
                      "-nostdlib", "-nostartfiles", "-static", "-no-pie", "-march=rv64gc", "-mabi=lp64d",
-                     "-T", script, "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments", "-o", elf, source,
+                     "-T", script, "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments", "-o", elf, sourcePath,
                  })
             start.ArgumentList.Add(a);
         Process process;

@@ -1,0 +1,55 @@
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.HttpResults;
+using Microsoft.AspNetCore.Routing;
+
+namespace Ferry.Api;
+
+/// <summary>
+/// The routes of the VM API. Requests that change state are <c>PUT</c>s (as Cloud Hypervisor's <c>vm.pause</c>):
+/// 204 when done, 409 <see cref="ApiError"/> when the VM's state does not allow it.
+/// </summary>
+/// <remarks>
+/// <code>
+/// GET /vm            200 VmInfo
+/// PUT /vm/pause      204 | 409    running → paused
+/// PUT /vm/resume     204 | 409    paused → running
+/// PUT /vm/shutdown   204 | 409    running or paused → shutdown; the VM process then exits 0
+/// GET /openapi/v1.json            this API's OpenAPI document
+/// </code>
+/// </remarks>
+public static class VmApiEndpoints
+{
+    public static IEndpointRouteBuilder MapVmEndpoints(this IEndpointRouteBuilder routes, IVmControl vm)
+    {
+        ArgumentNullException.ThrowIfNull(routes);
+        ArgumentNullException.ThrowIfNull(vm);
+        var group = routes.MapGroup("/vm").WithTags("vm");
+        group.MapGet("", () => TypedResults.Ok(vm.Info))
+            .WithName("GetVm")
+            .WithSummary("The VM's state, size and counters.");
+        group.MapPut("/pause", () => Change(vm.Pause))
+            .WithName("PauseVm")
+            .WithSummary("Stop every hart at an instruction boundary; returns once all have stopped.");
+        group.MapPut("/resume", () => Change(vm.Resume))
+            .WithName("ResumeVm")
+            .WithSummary("Let a paused VM run again.");
+        group.MapPut("/shutdown", () => Change(vm.Shutdown))
+            .WithName("ShutdownVm")
+            .WithSummary("Power the guest off; the VM process exits 0 once the response is sent.");
+        return routes;
+    }
+
+    private static Results<NoContent, Conflict<ApiError>> Change(Action change)
+    {
+        try
+        {
+            change();
+            return TypedResults.NoContent();
+        }
+        catch (VmStateException e)
+        {
+            return TypedResults.Conflict(new ApiError(e.Message));
+        }
+    }
+}
