@@ -15,6 +15,12 @@ public sealed class MachineOptions
     /// <summary>Attach the disk read-only (the guest's writes fail; the file is not changed).</summary>
     public bool DiskReadOnly { get; init; }
 
+    /// <summary>Host tap device for a virtio-net device (created if missing, removed again if we created it), or null for no network.</summary>
+    public string? TapName { get; init; }
+
+    /// <summary>The guest's MAC address for <see cref="TapName"/> (QEMU's default, 52:54:00:12:34:56, if null).</summary>
+    public byte[]? MacAddress { get; init; }
+
     /// <summary>Give the guest a virtio-rng device (on by default, as entropy makes a Linux guest boot quickly).</summary>
     public bool Rng { get; init; } = true;
 

@@ -68,6 +68,7 @@ public sealed class VirtMachine : IDisposable
         try
         {
             if (options.DiskPath != null) devices.Add(OpenDisk(options.DiskPath, options.DiskReadOnly));
+            if (options.TapName != null) devices.Add(VirtioNet.OpenTap(options.TapName, options.MacAddress ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
             if (options.Rng) devices.Add(new VirtioRng());
         }
         catch
