@@ -1,3 +1,6 @@
+using System.Numerics;
+using System.Runtime.InteropServices;
+using Ferry.Linux;
 using Ferry.Machine.Board;
 using Ferry.Machine.Cpu;
 using Ferry.Machine.Memory;
@@ -9,7 +12,7 @@ namespace Ferry.Machine;
 /// A RISC-V <c>virt</c> board (QEMU's memory map): RAM at 0x8000_0000, a boot ROM at 0x1000 with QEMU's reset vector,
 /// the CLINT, a 16550 UART and the SiFive test device, and N harts each on its own host thread.
 /// </summary>
-public sealed class VirtMachine : IDisposable
+public sealed partial class VirtMachine : IDisposable
 {
     public const ulong RamBase = 0x8000_0000;
     public const int MaxHarts = 8;
@@ -33,9 +36,14 @@ public sealed class VirtMachine : IDisposable
     private readonly ManualResetEventSlim exited = new(false);
     private int exitCode;
     private int poweredOff;
+    private volatile bool resetRequested;
     private bool started;
     private bool disposed;
     private readonly object stateGate = new();
+    // The bitmap the next HarvestDirty(Span) installs: the one it harvested last, so rounds allocate nothing.
+    private ulong[] spareDirty;
+    // Virtio transports paused by PauseDevices or LoadState, resumed by ResumeDevices or Start.
+    private bool devicesPaused;
 
     public VirtMachine(MachineOptions options)
     {
@@ -50,6 +58,7 @@ public sealed class VirtMachine : IDisposable
                 $"memory size {options.MemoryBytes} bytes is not a multiple of 4 KiB between {MinMemory >> 20} MiB and {MaxMemory >> 30} GiB");
         }
         ram = new GuestRam(RamBase, options.MemoryBytes);
+        spareDirty = new ulong[ram.DirtyWords];
         bus.AddRegion(rom);
         bus.AddRegion(ram);
         clint = new Clint(options.Harts);
@@ -57,7 +66,7 @@ public sealed class VirtMachine : IDisposable
         plic = new Plic(options.Harts, (h, bit, level) => harts[h].SetIrqLine(bit, level));
         uart = new Uart16550(options.SerialOut) { InterruptChanged = level => plic.SetLevel(VirtDeviceTree.UartIrq, level) };
         rtc = new GoldfishRtc { InterruptChanged = level => plic.SetLevel(VirtDeviceTree.RtcIrq, level) };
-        bus.AddDevice(TestBase, 0x1000, new SifiveTest(PowerOff));
+        bus.AddDevice(TestBase, 0x1000, new SifiveTest(PowerOff) { Reset = RequestReset });
         bus.AddDevice(GoldfishRtc.RtcBase, GoldfishRtc.RtcSize, rtc);
         bus.AddDevice(Clint.ClintBase, Clint.ClintSize, clint);
         bus.AddDevice(Plic.PlicBase, Plic.PlicSize, plic);
@@ -207,6 +216,7 @@ public sealed class VirtMachine : IDisposable
             if (started) throw new InvalidOperationException("the machine is already started");
             started = true;
         }
+        ResumeDevices();
         foreach (Hart h in harts) h.Start();
     }
 
@@ -235,10 +245,21 @@ public sealed class VirtMachine : IDisposable
     }
 
     /// <summary>Stop the machine with <paramref name="code"/>; harts leave at their next block boundary. First call wins.</summary>
-    public void PowerOff(int code)
+    public void PowerOff(int code) => Stop(code, reset: false);
+
+    /// <summary>
+    /// The guest asked for a reset (SBI SRST reboot: OpenSBI writes 0x7777 to the test device), and that stopped the
+    /// machine, with code 0. A board is not reset in place: a VMM that honours the reboot builds a new machine.
+    /// </summary>
+    public bool ResetRequested => resetRequested;
+
+    private void RequestReset() => Stop(0, reset: true);
+
+    private void Stop(int code, bool reset)
     {
         if (Interlocked.CompareExchange(ref poweredOff, 1, 0) != 0) return;
         Volatile.Write(ref exitCode, code);
+        resetRequested = reset; // before exited is set: whoever WaitForExit releases sees it
         control.RequestExit();
         foreach (Hart h in harts) h.Kick();
         exited.Set();
@@ -305,6 +326,82 @@ public sealed class VirtMachine : IDisposable
         // them, every later write reaches the new bitmap, and the old one is complete.
         FlushWriteEntries();
         return old;
+    }
+
+    /// <summary>
+    /// As <see cref="HarvestDirty()"/>, but ORs the pages written since the last harvest into <paramref name="bitmap"/>
+    /// (at least <see cref="GuestRam.DirtyWords"/> words) and allocates nothing: the bitmap harvested last time is
+    /// cleared and installed as the live one. One caller at a time (the migration thread).
+    /// </summary>
+    public void HarvestDirty(Span<ulong> bitmap)
+    {
+        if (bitmap.Length < ram.DirtyWords)
+        {
+            throw new ArgumentException($"bitmap of {bitmap.Length} words, {ram.DirtyWords} needed", nameof(bitmap));
+        }
+        ulong[] old = ram.SwapDirtyLog(spareDirty);
+        FlushWriteEntries();
+        OrInto(bitmap, old);
+        spareDirty = old;
+    }
+
+    private static void OrInto(Span<ulong> target, ReadOnlySpan<ulong> source)
+    {
+        int i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            Span<Vector<ulong>> t = MemoryMarshal.Cast<ulong, Vector<ulong>>(target[..source.Length]);
+            ReadOnlySpan<Vector<ulong>> v = MemoryMarshal.Cast<ulong, Vector<ulong>>(source);
+            for (int k = 0; k < v.Length; k++) t[k] |= v[k];
+            i = v.Length * Vector<ulong>.Count;
+        }
+        for (; i < source.Length; i++) target[i] |= source[i];
+    }
+
+    /// <summary>
+    /// OR into <paramref name="bitmap"/> (the dirty log's layout) every RAM page that may hold non-zero bytes: those
+    /// the host has a page behind (<c>/proc/self/pagemap</c>). RAM is private anonymous memory, so any other page
+    /// reads as zeros, and the caller need not touch it.
+    /// </summary>
+    public void GetPopulatedPages(Span<ulong> bitmap)
+    {
+        if (bitmap.Length < ram.DirtyWords)
+        {
+            throw new ArgumentException($"bitmap of {bitmap.Length} words, {ram.DirtyWords} needed", nameof(bitmap));
+        }
+        using Pagemap pagemap = Pagemap.OpenSelf();
+        unsafe
+        {
+            pagemap.OrPopulated((nint)ram.Host, ram.Size, bitmap, 0);
+        }
+    }
+
+    /// <summary>
+    /// Auto-converge: every hart sleeps <paramref name="percent"/>% (0..99) of each 10 ms slice, checked at block
+    /// boundaries. 0 turns it off; an unthrottled hart pays one memory read per block for this.
+    /// </summary>
+    public void SetThrottle(int percent) => control.ThrottlePercent = percent;
+
+    /// <summary>The throttle <see cref="SetThrottle"/> set last.</summary>
+    public int Throttle => control.ThrottlePercent;
+
+    /// <summary>
+    /// Stop every virtio device at a request boundary: afterwards none writes guest RAM until
+    /// <see cref="ResumeDevices"/>. A migration calls it after <see cref="Pause"/> and before the final dirty-log
+    /// harvest, so the last pages and the device state agree.
+    /// </summary>
+    public void PauseDevices()
+    {
+        foreach (VirtioMmio v in virtio) v.Pause();
+        devicesPaused = true;
+    }
+
+    /// <summary>Undo <see cref="PauseDevices"/> (no effect if the devices run).</summary>
+    public void ResumeDevices()
+    {
+        if (!devicesPaused) return;
+        devicesPaused = false;
+        foreach (VirtioMmio v in virtio) v.Resume();
     }
 
     private void FlushWriteEntries()

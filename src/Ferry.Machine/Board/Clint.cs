@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using System.Diagnostics;
 using Ferry.Machine.Cpu;
 
@@ -193,6 +194,90 @@ internal sealed class Clint : IMmioDevice, IDisposable
                     Monitor.Wait(gate, (int)ms);
                 }
             }
+        }
+    }
+
+    private const uint StateMagic = 0x544e4c43; // "CLNT"
+    private const ushort StateVersion = 1;
+    // Header (8), hart count (4), reserved (4), mtime (8), host wall clock at save (8); per hart mtimecmp (8), msip (4).
+    private const int StateFixedSize = 8 + 4 + 4 + 8 + 8;
+    private const int StateHartSize = 8 + 4;
+
+    /// <summary>Bytes in a section <see cref="SaveState"/> makes for this CLINT.</summary>
+    public int StateSize => StateFixedSize + mtimecmp.Length * StateHartSize;
+
+    /// <summary>
+    /// The state as a section: magic "CLNT", version, size, hart count, the guest's <c>mtime</c> together with the
+    /// host's wall clock (UTC, 100 ns ticks) when it was read, then each hart's <c>mtimecmp</c> and <c>msip</c>.
+    /// The wall clock is what lets another host carry the guest's time on: the monotonic clock it counts from is
+    /// this host's and means nothing elsewhere.
+    /// </summary>
+    public byte[] SaveState()
+    {
+        var buf = new byte[StateSize];
+        Span<byte> s = buf;
+        BinaryPrimitives.WriteUInt32LittleEndian(s, StateMagic);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], StateVersion);
+        BinaryPrimitives.WriteUInt16LittleEndian(s[6..], (ushort)StateSize);
+        BinaryPrimitives.WriteUInt32LittleEndian(s[8..], (uint)mtimecmp.Length);
+        lock (gate)
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(s[16..], Mtime);
+            BinaryPrimitives.WriteInt64LittleEndian(s[24..], DateTime.UtcNow.Ticks);
+            int o = StateFixedSize;
+            for (int h = 0; h < mtimecmp.Length; h++)
+            {
+                BinaryPrimitives.WriteUInt64LittleEndian(s[o..], mtimecmp[h]);
+                BinaryPrimitives.WriteUInt32LittleEndian(s[(o + 8)..], Volatile.Read(ref msip[h]));
+                o += StateHartSize;
+            }
+        }
+        return buf;
+    }
+
+    /// <summary>
+    /// Replace the state from a section <see cref="SaveState"/> made for as many harts (version 1 only). Throws
+    /// <see cref="InvalidDataException"/> naming the problem; the CLINT is unchanged then. <c>mtime</c> goes on from
+    /// the saved value plus the host wall-clock time since the save (never less: a wall clock that went back counts as
+    /// no time), so the guest sees a migration's downtime as time that passed and never a backward jump. Every
+    /// compare value is armed again (QEMU 7.2 loses armed timers here), and <c>msip</c> drives the harts' lines.
+    /// </summary>
+    public void LoadState(ReadOnlySpan<byte> s)
+    {
+        if (s.Length < StateFixedSize) throw new InvalidDataException($"clint section is {s.Length} bytes, shorter than its header");
+        if (BinaryPrimitives.ReadUInt32LittleEndian(s) != StateMagic) throw new InvalidDataException("not a clint section");
+        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
+        if (version != StateVersion) throw new InvalidDataException($"clint section version {version}, this build reads {StateVersion}");
+        if (s.Length != StateSize) throw new InvalidDataException($"clint section is {s.Length} bytes, expected {StateSize}");
+        if (BinaryPrimitives.ReadUInt16LittleEndian(s[6..]) != StateSize) throw new InvalidDataException("clint section size field is wrong");
+        uint count = BinaryPrimitives.ReadUInt32LittleEndian(s[8..]);
+        if (count != (uint)mtimecmp.Length) throw new InvalidDataException($"clint section has {count} harts, this board {mtimecmp.Length}");
+        for (int h = 0; h < mtimecmp.Length; h++)
+        {
+            uint bit = BinaryPrimitives.ReadUInt32LittleEndian(s[(StateFixedSize + h * StateHartSize + 8)..]);
+            if (bit > 1) throw new InvalidDataException($"clint section gives hart {h} msip {bit}");
+        }
+        ulong savedMtime = BinaryPrimitives.ReadUInt64LittleEndian(s[16..]);
+        long savedWall = BinaryPrimitives.ReadInt64LittleEndian(s[24..]);
+
+        lock (gate)
+        {
+            // DateTime ticks are 100 ns: exactly one mtime tick at 10 MHz.
+            long elapsed = Math.Max(0, DateTime.UtcNow.Ticks - savedWall);
+            ulong target = savedMtime + (ulong)elapsed;
+            Volatile.Write(ref offset, offset + (long)(target - Mtime));
+            for (int h = 0; h < mtimecmp.Length; h++)
+            {
+                int o = StateFixedSize + h * StateHartSize;
+                mtimecmp[h] = BinaryPrimitives.ReadUInt64LittleEndian(s[o..]);
+                Volatile.Write(ref msip[h], BinaryPrimitives.ReadUInt32LittleEndian(s[(o + 8)..]));
+                armed[h] = true;
+            }
+            Monitor.Pulse(gate);
+        }
+        for (int h = 0; h < harts.Length; h++)
+        {
+            harts[h].SetIrqLine(Hart.IrqMsi, Volatile.Read(ref msip[h]) != 0);
         }
     }
 

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Ferry.Machine.Board;
 using Ferry.Machine.Memory;
@@ -195,6 +196,7 @@ internal sealed unsafe partial class Hart : IDisposable
                 Interlocked.Or(ref signal, SigCheck);
                 continue;
             }
+            if (control.ThrottlePercent != 0 && Throttle()) continue;
             ulong p = pc;
             TlbEntry* e = tlbFetch + ((p >> 12) & TlbMask);
             CodePage? page;
@@ -230,6 +232,38 @@ internal sealed unsafe partial class Hart : IDisposable
             CheckInterrupts();
             return true;
         }
+    }
+
+    /// <summary>Length of a throttle slice: a throttled hart runs (100 - p)% of it, then sleeps p%.</summary>
+    public const int ThrottleSliceMs = 10;
+
+    // Stopwatch timestamp at which the current throttle slice began; 0 when no slice is open.
+    private long throttleSliceStart;
+
+    /// <summary>
+    /// Auto-converge: once this slice's running share is used up, park for the rest of it. True when the hart slept
+    /// (it must then look at its signal before it runs guest code again). Only called while throttling is on, so an
+    /// unthrottled hart never reads the clock.
+    /// </summary>
+    private bool Throttle()
+    {
+        int percent = control.ThrottlePercent;
+        long now = Stopwatch.GetTimestamp();
+        long slice = Stopwatch.Frequency * ThrottleSliceMs / 1000;
+        if (throttleSliceStart == 0 || now - throttleSliceStart > 2 * slice)
+        {
+            // First throttled block, or the hart was parked (wfi, pause) meanwhile: begin a fresh slice.
+            throttleSliceStart = now;
+            return false;
+        }
+        if (now - throttleSliceStart < slice * (100 - percent) / 100) return false;
+        // Parked while asleep: a pause or a dirty-log harvest need not wait for us, as we look at the signal before
+        // running again (ServiceSignals marks us running before it reads the signal).
+        Volatile.Write(ref state, StateParked);
+        Thread.Sleep(TimeSpan.FromTicks(TimeSpan.TicksPerMillisecond * ThrottleSliceMs * percent / 100));
+        throttleSliceStart = Stopwatch.GetTimestamp();
+        Interlocked.Or(ref signal, SigCheck);
+        return true;
     }
 
     /// <summary>wfi: park the thread until an enabled interrupt is pending or someone kicks the hart.</summary>

@@ -14,6 +14,21 @@ internal sealed class HartControl : IDisposable
 
     public bool ExitRequested => exitRequested;
 
+    // Share of each 10 ms slice the harts sleep (auto-converge), 0..99; 0 costs a running hart one read per block.
+    private volatile int throttlePercent;
+
+    /// <summary>Percent of each <see cref="Hart.ThrottleSliceMs"/> slice every hart sleeps; 0 disables throttling.</summary>
+    public int ThrottlePercent
+    {
+        get => throttlePercent;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThan(value, 99);
+            throttlePercent = value;
+        }
+    }
+
     public void RequestPause()
     {
         resumed.Reset();

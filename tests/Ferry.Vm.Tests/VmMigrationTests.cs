@@ -1,0 +1,157 @@
+using System.Globalization;
+using System.Text;
+using System.Text.RegularExpressions;
+using Ferry.Machine;
+using Ferry.Machine.Board;
+using Ferry.Migration;
+
+namespace Ferry.Vm.Tests;
+
+/// <summary>
+/// The built-in Linux guest, running on one <see cref="VirtMachine"/>, live-migrated by the engine over loopback TCP to
+/// another in this process, and still alive there: heartbeat, memory self-check, power-off.
+/// </summary>
+public sealed partial class VmMigrationTests(ITestOutputHelper output)
+{
+    private static readonly TimeSpan Boot = TimeSpan.FromSeconds(90);
+    private const int Harts = 2;
+    private const ulong Memory = 256UL << 20;
+
+    private static VirtMachine BootLinux(SerialLog console, string cmdline)
+    {
+        var m = new VirtMachine(new MachineOptions { MemoryBytes = Memory, Harts = Harts, SerialOut = console });
+        try
+        {
+            byte[] kernel = File.ReadAllBytes(LinuxGuest.Image);
+            byte[] dtb = VirtDeviceTree.CreateBlob(m.DeviceTreeOptions(cmdline, null), minimumSize: 16 * 1024);
+            m.LoadLinux(File.ReadAllBytes(LinuxGuest.Firmware), kernel, default, dtb);
+            m.Start();
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    private static void Type(VirtMachine m, string line) => m.Uart.Input(Encoding.ASCII.GetBytes(line + "\n"));
+
+    [GeneratedRegex(@"heartbeat (\d+) maxstall_us=(\d+)")]
+    private static partial Regex Heartbeat();
+
+    private static List<(long Seq, long StallUs)> Heartbeats(string text)
+    {
+        var list = new List<(long, long)>();
+        foreach (Match m in Heartbeat().Matches(text))
+        {
+            list.Add((long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture), long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture)));
+        }
+        return list;
+    }
+
+    private LoopbackVmMigration.Result Migrate(VirtMachine source, SerialLog destinationConsole, int destinationHarts = Harts)
+    {
+        var factory = new VirtMachineTargetFactory { Options = new MachineOptions { Harts = destinationHarts, SerialOut = destinationConsole } };
+        LoopbackVmMigration.Result r = LoopbackVmMigration.Run(source, factory, new MigrationOptions { Timeout = TimeSpan.FromSeconds(120) });
+        MigrationStatistics s = r.Statistics;
+        output.WriteLine($"status {s.Status} {s.Error}; total {s.TotalMs:F1} ms, setup {s.SetupMs:F1} ms, downtime {s.DowntimeMs:F1} ms " +
+            $"(pause {s.DowntimeBreakdownMs.Pause:F1}, final pages {s.DowntimeBreakdownMs.FinalPages:F1}, device state {s.DowntimeBreakdownMs.DeviceState:F1}, " +
+            $"resume {s.DowntimeBreakdownMs.Resume:F1}), expected {s.ExpectedDowntimeMs:F1} ms, {s.Rounds.Count} rounds, throttle {s.ThrottlePercent}%, " +
+            $"{s.BytesSent} bytes, pages normal {s.Pages.Normal} zero {s.Pages.Zero}, switchover: {s.SwitchoverReason}");
+        foreach (var round in s.Rounds)
+        {
+            output.WriteLine($"  round {round.Round}: {round.Pages} pages, {round.Milliseconds:F1} ms, dirty {round.DirtyPagesPerSecond:F0}/s, throttle {round.ThrottlePercent}%");
+        }
+        if (r.DestinationError != null) output.WriteLine($"destination: {r.DestinationError}");
+        return r;
+    }
+
+    [Fact]
+    public void LiveMigratesARunningLinuxGuestWhoseHeartbeatSelfCheckAndPowerOffContinueOnTheDestination()
+    {
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = BootLinux(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=32M ferry.rate=20000");
+        int at = sourceConsole.WaitFor("dirtier: ", Boot);
+        sourceConsole.WaitFor("heartbeat ", TimeSpan.FromSeconds(30), at);
+        Thread.Sleep(300); // a few heartbeats while the dirtier writes
+
+        LoopbackVmMigration.Result r = Migrate(source, destinationConsole);
+        using VirtMachineTarget? destination = r.Destination;
+        Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
+        Assert.Null(r.DestinationError);
+        Assert.NotNull(destination);
+
+        // The source never runs again: paused for good, not one more line on its console.
+        Assert.False(r.Source.IsRunning);
+        int sourceLength = sourceConsole.Text.Length;
+        long lastOnSource = Heartbeats(sourceConsole.Text)[^1].Seq;
+
+        // The destination goes on where the source stopped.
+        int d = destinationConsole.WaitFor($"heartbeat {lastOnSource + 3} ", TimeSpan.FromSeconds(30));
+        var after = Heartbeats(destinationConsole.Text);
+        Assert.True(after[0].Seq > lastOnSource, $"the destination's first heartbeat {after[0].Seq} does not follow the source's last {lastOnSource}");
+        output.WriteLine($"source's last heartbeat {lastOnSource}; destination's first {after[0].Seq}, stalls seen by the guest (us): {string.Join(", ", after.Select(h => h.StallUs))}");
+        Assert.Equal(sourceLength, sourceConsole.Text.Length);
+
+        Type(destination.Machine, "selfcheck");
+        d = destinationConsole.WaitFor("selfcheck ", TimeSpan.FromSeconds(60), d);
+        int lineEnd = destinationConsole.WaitFor("\n", TimeSpan.FromSeconds(5), d);
+        string answer = destinationConsole.Text[(d - "selfcheck ".Length)..lineEnd].Trim();
+        output.WriteLine(answer);
+        Assert.StartsWith("selfcheck ok", answer, StringComparison.Ordinal);
+
+        Type(destination.Machine, "poweroff");
+        Assert.True(destination.Machine.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
+        Assert.Equal(0, code);
+        Assert.Equal(sourceLength, sourceConsole.Text.Length);
+    }
+
+    [Fact]
+    public void AGuestAsleepWithTimersArmedKeepsItsHeartbeatOnTheDestination()
+    {
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = BootLinux(sourceConsole, "console=ttyS0 ferry.heartbeat=200 ferry.rate=0");
+        sourceConsole.WaitFor("heartbeat 3 ", Boot);
+
+        LoopbackVmMigration.Result r = Migrate(source, destinationConsole);
+        using VirtMachineTarget? destination = r.Destination;
+        Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
+        Assert.NotNull(destination);
+        Assert.False(r.Source.IsRunning);
+
+        long lastOnSource = Heartbeats(sourceConsole.Text)[^1].Seq;
+        destinationConsole.WaitFor($"heartbeat {lastOnSource + 3} ", TimeSpan.FromSeconds(20));
+        var after = Heartbeats(destinationConsole.Text);
+        Assert.True(after[0].Seq > lastOnSource);
+        output.WriteLine($"source's last heartbeat {lastOnSource}; destination: {string.Join(", ", after.Select(h => $"{h.Seq} (stall {h.StallUs} us)"))}");
+
+        Type(destination.Machine, "poweroff");
+        Assert.True(destination.Machine.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
+        Assert.Equal(0, code);
+    }
+
+    [Fact]
+    public void ADestinationBoardUnlikeTheSourceFailsTheMigrationAndTheSourceRunsOn()
+    {
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = BootLinux(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=5000");
+        sourceConsole.WaitFor("heartbeat 3 ", Boot);
+
+        LoopbackVmMigration.Result r = Migrate(source, destinationConsole, destinationHarts: 1);
+        Assert.Equal(MigrationStatus.Failed, r.Statistics.Status);
+        Assert.Contains("harts", r.Statistics.Error ?? "", StringComparison.Ordinal);
+        Assert.Null(r.Destination);
+
+        // Before commit the source may resume, and does: its heartbeat and memory go on.
+        Assert.True(r.Source.IsRunning);
+        int at = sourceConsole.Text.Length;
+        sourceConsole.WaitFor("heartbeat", TimeSpan.FromSeconds(10), at);
+        Type(source, "selfcheck");
+        sourceConsole.WaitFor("selfcheck ok", TimeSpan.FromSeconds(60), at);
+        Assert.Equal("", destinationConsole.Text);
+    }
+}
