@@ -82,7 +82,11 @@ public sealed partial class VirtMachine : IDisposable
         }
         catch
         {
+            // A device that cannot be opened (a locked disk, a missing tap) fails the build: give back what is made.
             foreach (IVirtioDevice d in devices) d.Dispose();
+            rtc.Dispose();
+            rom.Dispose();
+            ram.Dispose();
             throw;
         }
         for (int slot = 0; slot < virtio.Length; slot++)
