@@ -14,7 +14,7 @@ namespace Ferry.Cli;
 /// Exit codes: 0 the migration completed (and, when asked, verified); 1 it failed or was cancelled; 2 the command line
 /// was wrong (one line on stderr naming the flag and the value, no stack trace); 3 it completed but the destination's
 /// memory or workload did not check out. <c>ferry vm run</c> exits with the guest's code instead (see <see cref="VmRun"/>),
-/// and 2 for a bad command line, firmware or API socket. The API clients: see <see cref="VmClient"/>.
+/// and 2 for a bad command line, firmware, kernel, disk, tap or API socket. The API clients: see <see cref="VmClient"/>.
 /// </remarks>
 public static class FerryCommand
 {
@@ -86,32 +86,81 @@ public static class FerryCommand
 
         var vm = new Command("vm", "Virtual machines on Ferry's emulated RISC-V virt board.");
         var run = new Command("run",
-            "Boot a bare-metal RISC-V ELF on an emulated RV64GC virt board (QEMU's memory map; UART at 0x1000_0000, " +
-            "test device at 0x10_0000) and run it until the guest powers off. Exit code: the guest's (the test " +
-            "device's 0x5555 = 0, (code << 16) | 0x3333 = code; 0 after an API shutdown); 2 bad command line, firmware " +
-            "or API socket; 130 interrupted. With the serial line on stdout, lines typed on stdin go to the guest's UART.");
+            "Boot a VM on an emulated RV64GC virt board (QEMU's memory map) and run it until the guest powers off. " +
+            "With no --firmware and no --kernel, boot the built-in Linux guest (guest-linux/; built first if needed, " +
+            "~7 min the first time, progress on stderr): OpenSBI, the kernel Image and a device tree, as QEMU's " +
+            "-bios fw_dynamic.bin -kernel Image. With --firmware ELF alone, run that bare-metal program in M-mode " +
+            "(as QEMU's -bios prog.elf). A guest reboot restarts the VM in the same process. Exit code: the guest's " +
+            "(the test device's 0x5555 = 0, (code << 16) | 0x3333 = code; 0 after a poweroff or an API shutdown); " +
+            "2 bad command line, firmware, kernel, initrd, disk, tap or API socket; 130 interrupted; 1 the emulator " +
+            "failed or the built-in guest could not be built. With the serial line on stdout, lines typed on stdin go " +
+            "to the guest's UART.");
         var firmware = new Option<string>("--firmware")
         {
-            Description = "The RISC-V ELF64 executable to boot in M-mode (as QEMU's -bios)",
-            HelpName = "ELF",
-            Required = true,
-        };
-        var serial = new Option<string>("--serial")
-        {
-            Description = "Write the UART's output to FILE (created or truncated) [default: stdout]",
+            Description = $"Alone: a RISC-V ELF64 to boot bare-metal in M-mode. With a kernel: the raw firmware image at the base of RAM [default: {BuiltInGuest.Firmware}]",
             HelpName = "FILE",
         };
+        var kernel = new Option<string>("--kernel")
+        {
+            Description = "A RISC-V Linux Image to boot in S-mode after the firmware [default: the built-in guest, built by guest-linux/build.sh]",
+            HelpName = "IMAGE",
+        };
+        var initrd = new Option<string>("--initrd")
+        {
+            Description = "An initial RAM disk, loaded after the kernel and named in the device tree [default: none; the built-in guest's is in its Image]",
+            HelpName = "FILE",
+        };
+        var cmdline = new Option<string>("--cmdline")
+        {
+            Description = $"The kernel command line; the built-in guest's ferry.* options are in guest-linux/README.md [default: {VmRunSettings.DefaultCmdline}]",
+            HelpName = "TEXT",
+        };
+        var disk = ParsedOption("--disk", "FILE[,readonly]", "A raw disk image as virtio-blk (the guest's /dev/vda), locked against other VMs [default: none]",
+            (string? text, out (string Path, bool ReadOnly) value, out string reason) =>
+            {
+                text ??= "";
+                bool readOnly = text.EndsWith(",readonly", StringComparison.Ordinal);
+                value = (readOnly ? text[..^",readonly".Length] : text, readOnly);
+                reason = "names no file";
+                return value.Path.Length > 0;
+            });
+        var net = ParsedOption("--net", "tap=NAME", "A virtio-net card on this host tap interface (created if missing; needs CAP_NET_ADMIN or a persistent tap) [default: none]",
+            (string? text, out string value, out string reason) =>
+            {
+                value = text is not null && text.StartsWith("tap=", StringComparison.Ordinal) ? text["tap=".Length..] : "";
+                reason = "is not tap=NAME";
+                return value.Length > 0;
+            });
+        var serial = new Option<string>("--serial")
+        {
+            Description = "Write the UART's output to FILE (created or truncated), or to stdio [default: stdio]",
+            HelpName = "FILE|stdio",
+        };
         var api = ApiOption("Serve the VM's API (HTTP/JSON) on this unix socket while it runs; a stale socket file is replaced");
-        var defaults = new MachineOptions();
-        var vmMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM at 0x8000_0000, e.g. 128M, 1G, 512MiB", "128M");
+        var vmMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM at 0x8000_0000, e.g. 128M, 1G, 512MiB", "1G; 128M with --firmware alone");
         var harts = CountOption("--harts", "N", $"Harts (CPUs), each on its own host thread, 1 to {VirtMachine.MaxHarts}",
-            defaults.Harts, 1, VirtMachine.MaxHarts);
-        foreach (var option in new Option[] { firmware, serial, vmMemory, harts, api }) run.Options.Add(option);
-        run.SetAction(parse => VmRun.Run(
-            new VmRunSettings(
-                parse.GetValue(firmware)!, parse.GetValue(serial),
-                Get(parse, vmMemory, defaults.MemoryBytes), (int)Get(parse, harts, defaults.Harts), parse.GetValue(api)),
-            console, cancellationToken));
+            "2; 1 with --firmware alone", 1, VirtMachine.MaxHarts);
+        foreach (var option in new Option[] { firmware, kernel, initrd, cmdline, vmMemory, harts, disk, net, serial, api }) run.Options.Add(option);
+        run.SetAction(parse =>
+        {
+            string? serialPath = parse.GetValue(serial);
+            var settings = new VmRunSettings(parse.GetValue(firmware), serialPath == "stdio" ? null : serialPath, 0, 0, parse.GetValue(api))
+            {
+                Kernel = parse.GetValue(kernel),
+                Initrd = parse.GetValue(initrd),
+                Cmdline = parse.GetValue(cmdline),
+                Disk = parse.GetResult(disk) is null ? null : parse.GetValue(disk).Path,
+                DiskReadOnly = parse.GetResult(disk) is not null && parse.GetValue(disk).ReadOnly,
+                Tap = parse.GetResult(net) is null ? null : parse.GetValue(net),
+            };
+            bool bare = settings.BareMetal;
+            settings = settings with
+            {
+                MemoryBytes = Get(parse, vmMemory, bare ? VmRunSettings.BareMetalMemoryBytes : VmRunSettings.LinuxMemoryBytes),
+                Harts = (int)Get(parse, harts, bare ? VmRunSettings.BareMetalHarts : VmRunSettings.LinuxHarts),
+            };
+            return VmRun.Run(settings, console, cancellationToken);
+        });
         vm.Subcommands.Add(run);
 
         var status = new Command("status",
@@ -277,7 +326,10 @@ public static class FerryCommand
         ParsedOption<long>(name, "BYTES/S", $"{description} [default: {defaultText}]", Units.TryParseBandwidth);
 
     private static Option<long> CountOption(string name, string helpName, string description, long defaultValue, long min, long max) =>
-        ParsedOption(name, helpName, $"{description} [default: {defaultValue}]", (string? text, out long value, out string reason) =>
+        CountOption(name, helpName, description, defaultValue.ToString(System.Globalization.CultureInfo.InvariantCulture), min, max);
+
+    private static Option<long> CountOption(string name, string helpName, string description, string defaultText, long min, long max) =>
+        ParsedOption(name, helpName, $"{description} [default: {defaultText}]", (string? text, out long value, out string reason) =>
         {
             if (!Units.TryParseCount(text, out value, out reason)) return false;
             if (value >= min && value <= max) return true;

@@ -5,37 +5,106 @@ using Ferry.Machine.Board;
 namespace Ferry.Cli;
 
 /// <summary>What <c>ferry vm run</c> was asked to do.</summary>
-/// <param name="Firmware">The bare-metal RISC-V ELF to boot (QEMU's <c>-bios</c>).</param>
+/// <param name="Firmware">
+/// Bare metal (no <see cref="Kernel"/>): the RISC-V ELF to boot in M-mode (QEMU's <c>-bios</c>). Linux: the raw
+/// firmware image at the base of RAM; null for OpenSBI's <c>fw_dynamic.bin</c>. With neither this nor a kernel, the
+/// built-in Linux guest boots.
+/// </param>
 /// <param name="Serial">File for the UART's output; null: stdout.</param>
 /// <param name="MemoryBytes">RAM at 0x8000_0000.</param>
 /// <param name="Harts">Harts, each on its own host thread.</param>
 /// <param name="Api">Unix socket to serve the VM's API on; null: no API.</param>
-internal sealed record VmRunSettings(string Firmware, string? Serial, ulong MemoryBytes, int Harts, string? Api = null)
+internal sealed record VmRunSettings(string? Firmware, string? Serial, ulong MemoryBytes, int Harts, string? Api = null)
 {
+    /// <summary>Linux mode defaults (the issue's <c>--memory 1G --harts 2</c>): room for the guest's 64 MiB working set.</summary>
+    public const ulong LinuxMemoryBytes = 1UL << 30;
+    public const int LinuxHarts = 2;
+    public const ulong BareMetalMemoryBytes = 128UL << 20;
+    public const int BareMetalHarts = 1;
+
+    /// <summary>The kernel command line when none is given: the console on the UART and a heartbeat a second.</summary>
+    public const string DefaultCmdline = "console=ttyS0 ferry.heartbeat=1s";
+
     /// <summary>
     /// The console's input for the guest's UART. Null: the process's stdin when the serial line is the process's own
     /// stdout, none otherwise (a <c>--serial</c> file, or a captured console under test).
     /// </summary>
     public Stream? Input { get; init; }
+
+    /// <summary>A RISC-V Linux <c>Image</c>; null with no <see cref="Firmware"/>: the built-in guest, built if needed.</summary>
+    public string? Kernel { get; init; }
+
+    /// <summary>An initial RAM disk, placed in RAM and named in the device tree; null: none.</summary>
+    public string? Initrd { get; init; }
+
+    /// <summary>The kernel command line; null: <see cref="DefaultCmdline"/>.</summary>
+    public string? Cmdline { get; init; }
+
+    /// <summary>A raw disk image for virtio-blk; null: no disk.</summary>
+    public string? Disk { get; init; }
+
+    public bool DiskReadOnly { get; init; }
+
+    /// <summary>A host tap interface for virtio-net; null: no network.</summary>
+    public string? Tap { get; init; }
+
+    /// <summary>A firmware ELF and no kernel: run it bare-metal in M-mode, as before Linux booted.</summary>
+    public bool BareMetal => Firmware is not null && Kernel is null;
 }
 
 /// <summary>
-/// <c>ferry vm run</c>: build a <c>virt</c> board, load the firmware, run it until the guest powers off through the
-/// SiFive test device, and exit with the guest's code. With <c>--api</c>, serve the VM's API (<see cref="VmApiServer"/>)
-/// on a unix socket while it runs; when the serial line is stdout, what is typed on stdin goes to the guest's UART.
+/// <c>ferry vm run</c>: build a <c>virt</c> board, boot it, run it until the guest powers off through the SiFive test
+/// device, and exit with the guest's code. Two modes: Linux (OpenSBI, a kernel Image, by default the built-in guest,
+/// and a device tree, as QEMU's <c>-bios fw_dynamic.bin -kernel Image</c>), and bare metal (<c>--firmware ELF</c>
+/// alone). With <c>--api</c>, serve the VM's API (<see cref="VmApiServer"/>) on a unix socket while it runs; when the
+/// serial line is stdout, what is typed on stdin goes to the guest's UART.
 /// </summary>
 /// <remarks>
-/// Exit codes: the guest's (0 for <c>0x5555</c>, <c>code</c> for <c>(code &lt;&lt; 16) | 0x3333</c>, of which the OS
-/// keeps the low 8 bits; 0 after <c>PUT /vm/shutdown</c>); 2 a bad command line, firmware or API socket (one line on
-/// stderr); 130 interrupted (Ctrl+C powers the machine off); 1 the emulator itself failed.
+/// <para>A guest reboot (0x7777 to the test device: SBI SRST's reboot through OpenSBI) restarts the VM in this process:
+/// the board is built again and the same files boot again, onto the same serial line; the API socket is served
+/// again by the new machine (it is absent for the moment between the two).</para>
+/// <para>Exit codes: the guest's (0 for <c>0x5555</c>, <c>code</c> for <c>(code &lt;&lt; 16) | 0x3333</c>, of which
+/// the OS keeps the low 8 bits; 0 after <c>PUT /vm/shutdown</c>); 2 a bad command line, firmware, kernel, initrd, disk,
+/// tap or API socket (one line on stderr); 130 interrupted (Ctrl+C powers the machine off); 1 the emulator itself
+/// failed, or the built-in guest could not be built.</para>
 /// </remarks>
 internal static class VmRun
 {
     public const int ExitInterrupted = 130;
     public const int ExitEmulatorFailed = 1;
 
+    /// <summary>The device tree's blob is padded to this, as the machine tests do, so OpenSBI can add its nodes in place.</summary>
+    private const int DeviceTreeMinimumSize = 16 * 1024;
+
+    /// <summary>What a Linux boot loads, read and checked once, before the first board is built.</summary>
+    private sealed record LinuxFiles(byte[] Firmware, byte[] Kernel, byte[] Initrd, string Cmdline);
+
     public static int Run(VmRunSettings settings, CliConsole console, CancellationToken cancellationToken)
     {
+        LinuxFiles? linux = null;
+        try
+        {
+            if (settings.Disk is not null && !File.Exists(settings.Disk))
+            {
+                throw new MachineConfigException($"--disk {settings.Disk}: no such file");
+            }
+            if (!settings.BareMetal) linux = ReadLinuxFiles(settings, console, cancellationToken);
+        }
+        catch (MachineConfigException e)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return FerryCommand.ExitUsage;
+        }
+        catch (GuestBuildException e)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return ExitEmulatorFailed;
+        }
+        catch (OperationCanceledException)
+        {
+            return ExitInterrupted;
+        }
+
         Stream serial;
         try
         {
@@ -48,57 +117,166 @@ internal static class VmRun
         }
         using (serial)
         {
-            VirtMachine machine;
+            // One reader of the console for the whole run, reboots included: it types into whichever machine is current.
+            var current = new CurrentMachine();
+            var input = settings.Input ?? (settings.Serial is null && ReferenceEquals(console.Out, Console.Out) ? ConsoleInput.OpenStdin() : null);
+            var typing = input is null ? null : ConsoleInput.Start(input, current.Type);
             try
             {
-                machine = new VirtMachine(new MachineOptions { MemoryBytes = settings.MemoryBytes, Harts = settings.Harts, SerialOut = serial });
+                while (true)
+                {
+                    int code = Boot(settings, linux, serial, current, console, cancellationToken, out bool reboot);
+                    if (!reboot) return code;
+                    console.Error.WriteLine("ferry: the guest asked for a reboot: restarting the VM");
+                }
+            }
+            finally
+            {
+                typing?.Stop();
+            }
+        }
+    }
+
+    /// <summary>Build a board, load it, run it until it stops; <paramref name="reboot"/>: the guest asked for a reset.</summary>
+    private static int Boot(VmRunSettings settings, LinuxFiles? linux, Stream serial, CurrentMachine current, CliConsole console,
+        CancellationToken cancellationToken, out bool reboot)
+    {
+        reboot = false;
+        VirtMachine machine;
+        try
+        {
+            machine = new VirtMachine(new MachineOptions
+            {
+                MemoryBytes = settings.MemoryBytes,
+                Harts = settings.Harts,
+                SerialOut = serial,
+                DiskPath = settings.Disk,
+                DiskReadOnly = settings.DiskReadOnly,
+                TapName = settings.Tap,
+            });
+        }
+        catch (MachineConfigException e)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return FerryCommand.ExitUsage;
+        }
+        using (machine)
+        {
+            try
+            {
+                if (linux is null) machine.LoadFirmware(settings.Firmware!);
+                else LoadLinux(machine, linux);
             }
             catch (MachineConfigException e)
             {
                 console.Error.WriteLine($"ferry: {e.Message}");
                 return FerryCommand.ExitUsage;
             }
-            using (machine)
+            var control = new MachineVmControl(machine, TimeProvider.System);
+            VmApiServer? api = null;
+            if (settings.Api is not null)
             {
+                // Before the harts start: a socket in use is a usage error, and the guest has not run yet.
                 try
                 {
-                    machine.LoadFirmware(settings.Firmware);
+                    api = VmApiServer.StartAsync(settings.Api, control, cancellationToken).GetAwaiter().GetResult();
                 }
-                catch (MachineConfigException e)
+                catch (ApiSocketException e)
                 {
-                    console.Error.WriteLine($"ferry: {e.Message}");
+                    console.Error.WriteLine($"ferry: --api: {e.Message}");
                     return FerryCommand.ExitUsage;
                 }
-                var control = new MachineVmControl(machine, TimeProvider.System);
-                VmApiServer? api = null;
-                if (settings.Api is not null)
-                {
-                    // Before the harts start: a socket in use is a usage error, and the guest has not run yet.
-                    try
-                    {
-                        api = VmApiServer.StartAsync(settings.Api, control, cancellationToken).GetAwaiter().GetResult();
-                    }
-                    catch (ApiSocketException e)
-                    {
-                        console.Error.WriteLine($"ferry: --api: {e.Message}");
-                        return FerryCommand.ExitUsage;
-                    }
-                }
-                var input = settings.Input ?? (settings.Serial is null && ReferenceEquals(console.Out, Console.Out) ? ConsoleInput.OpenStdin() : null);
-                var typing = input is null ? null : ConsoleInput.Start(input, bytes => machine.Uart.Input(bytes));
-                try
-                {
-                    return RunMachine(machine, console, cancellationToken);
-                }
-                finally
-                {
-                    typing?.Stop();
-                    control.MarkShutdown();
-                    // Requests in flight finish (a shutdown's 204 is sent), then the socket file goes.
-                    api?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-                }
+            }
+            current.Set(machine);
+            try
+            {
+                int code = RunMachine(machine, console, cancellationToken);
+                reboot = machine.ResetRequested && !cancellationToken.IsCancellationRequested;
+                return code;
+            }
+            finally
+            {
+                current.Set(null);
+                control.MarkShutdown();
+                // Requests in flight finish (a shutdown's 204 is sent), then the socket file goes.
+                api?.DisposeAsync().AsTask().GetAwaiter().GetResult();
             }
         }
+    }
+
+    /// <summary>
+    /// The firmware, kernel and initrd, each read whole (at most the guest's memory, so <c>/dev/zero</c> is refused
+    /// rather than read forever) and checked: a kernel that is not a RISC-V Image, or a firmware ELF, is one line.
+    /// </summary>
+    private static LinuxFiles ReadLinuxFiles(VmRunSettings settings, CliConsole console, CancellationToken cancellationToken)
+    {
+        long limit = (long)Math.Min(settings.MemoryBytes, (ulong)Array.MaxLength);
+        string firmwarePath = settings.Firmware ?? BuiltInGuest.Firmware;
+        if (settings.Firmware is null && !File.Exists(firmwarePath))
+        {
+            throw new MachineConfigException($"--firmware {firmwarePath}: no such file (apt-get install opensbi, or give --firmware)");
+        }
+        byte[] firmware = ReadBootFile("--firmware", firmwarePath, limit);
+        if (firmware.AsSpan().StartsWith("\u007fELF"u8))
+        {
+            // fw_dynamic.elf's one segment is fw_dynamic.bin at 0x8000_0000; the raw image is what QEMU's virt loads too.
+            throw new MachineConfigException(
+                $"--firmware {firmwarePath}: an ELF file; with a kernel the firmware is a raw image such as OpenSBI's fw_dynamic.bin (an ELF alone, without --kernel, runs bare-metal)");
+        }
+        string kernelPath = settings.Kernel ?? BuiltInGuest.Build(console, cancellationToken);
+        byte[] kernel = ReadBootFile("--kernel", kernelPath, limit);
+        try
+        {
+            LinuxImage.Check(kernel);
+        }
+        catch (MachineConfigException e)
+        {
+            throw new MachineConfigException($"--kernel {kernelPath}: {e.Message}", e);
+        }
+        byte[] initrd = settings.Initrd is null ? [] : ReadBootFile("--initrd", settings.Initrd, limit);
+        return new LinuxFiles(firmware, kernel, initrd, settings.Cmdline ?? VmRunSettings.DefaultCmdline);
+    }
+
+    private static byte[] ReadBootFile(string flag, string path, long limit)
+    {
+        if (Directory.Exists(path)) throw new MachineConfigException($"{flag} {path}: is a directory");
+        if (!File.Exists(path)) throw new MachineConfigException($"{flag} {path}: no such file");
+        try
+        {
+            using var file = new FileStream(path, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, bufferSize: 0);
+            using var bytes = new MemoryStream();
+            var chunk = new byte[1 << 20];
+            int n;
+            while ((n = file.Read(chunk)) > 0)
+            {
+                if (bytes.Length + n > limit)
+                {
+                    throw new MachineConfigException($"memory {Units.FormatBytes((ulong)limit)} is too small for {flag} {path} (more than that)");
+                }
+                bytes.Write(chunk, 0, n);
+            }
+            return bytes.ToArray();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MachineConfigException($"{flag} {path}: {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// Place OpenSBI, the kernel, the initrd and a device tree naming them as QEMU's virt board does. The tree names the
+    /// initrd where <see cref="VirtMachine.LoadLinux"/> puts it, so it is built first with that address.
+    /// </summary>
+    private static void LoadLinux(VirtMachine machine, LinuxFiles files)
+    {
+        (ulong Start, ulong End)? initrd = null;
+        if (files.Initrd.Length > 0)
+        {
+            ulong start = machine.InitrdAddressFor(LinuxImage.LoadSize(files.Kernel));
+            initrd = (start, start + (ulong)files.Initrd.Length);
+        }
+        byte[] dtb = VirtDeviceTree.CreateBlob(machine.DeviceTreeOptions(files.Cmdline, initrd), DeviceTreeMinimumSize);
+        machine.LoadLinux(files.Firmware, files.Kernel, files.Initrd, dtb);
     }
 
     private static int RunMachine(VirtMachine machine, CliConsole console, CancellationToken cancellationToken)
@@ -132,5 +310,26 @@ internal static class VmRun
     {
         if (path is not null) return new FileStream(path, FileMode.Create, FileAccess.Write, FileShare.Read, bufferSize: 4096);
         return ReferenceEquals(console.Out, Console.Out) ? Console.OpenStandardOutput() : new TextWriterStream(console.Out);
+    }
+
+    /// <summary>
+    /// The machine typed input goes to. Swapped under the same lock as each delivery, so no bytes reach a machine being
+    /// disposed (its interrupt lines are gone); bytes typed between two boots of a reboot are dropped, as a real
+    /// serial line would drop them.
+    /// </summary>
+    private sealed class CurrentMachine
+    {
+        private readonly Lock gate = new();
+        private VirtMachine? machine;
+
+        public void Set(VirtMachine? value)
+        {
+            lock (gate) machine = value;
+        }
+
+        public void Type(ReadOnlySpan<byte> bytes)
+        {
+            lock (gate) machine?.Uart.Input(bytes);
+        }
     }
 }
