@@ -15,9 +15,20 @@ internal static class LinuxGuest
 
     public static string Image => s_image.Value;
 
+    private static string RepoRoot { get; } = FindRepoRoot();
+
+    private static string FindRepoRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir != null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx"))) return dir.FullName;
+        }
+        throw new InvalidOperationException($"no Ferry.slnx above {AppContext.BaseDirectory}: cannot find the repository root");
+    }
+
     private static string Build()
     {
-        string script = Path.Combine(Programs.RepoRoot, "guest-linux", "build.sh");
+        string script = Path.Combine(RepoRoot, "guest-linux", "build.sh");
         var psi = new ProcessStartInfo(script) { RedirectStandardOutput = true, RedirectStandardError = true };
         using Process p = Process.Start(psi)!;
         Task<string> err = p.StandardError.ReadToEndAsync();
@@ -25,7 +36,7 @@ internal static class LinuxGuest
         p.WaitForExit();
         if (p.ExitCode != 0) throw new InvalidOperationException($"guest-linux/build.sh failed ({p.ExitCode}): {err.Result}");
         string image = output.Trim().Split('\n')[^1].Trim();
-        if (!Path.IsPathRooted(image)) image = Path.Combine(Programs.RepoRoot, image);
+        if (!Path.IsPathRooted(image)) image = Path.Combine(RepoRoot, image);
         if (!File.Exists(image)) throw new InvalidOperationException($"guest-linux/build.sh printed '{image}', which does not exist");
         if (!File.Exists(Firmware)) throw new InvalidOperationException($"{Firmware} is missing: apt-get install opensbi");
         return image;

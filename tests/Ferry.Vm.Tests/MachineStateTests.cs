@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using Ferry.Machine;
 using Ferry.Machine.Board;
+using Ferry.Machine.Tests;
 
 namespace Ferry.Vm.Tests;
 

@@ -3,6 +3,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using Ferry.Machine;
 using Ferry.Machine.Board;
+using Ferry.Machine.Tests;
 using Ferry.Migration;
 
 namespace Ferry.Vm.Tests;
