@@ -191,7 +191,9 @@ internal static class VmRun
             try
             {
                 int code = RunMachine(machine, console, cancellationToken);
-                reboot = machine.ResetRequested && !cancellationToken.IsCancellationRequested;
+                // Ctrl+C wins over whatever the guest was doing when it came, a reboot included.
+                if (cancellationToken.IsCancellationRequested) return ExitInterrupted;
+                reboot = machine.ResetRequested;
                 return code;
             }
             finally
