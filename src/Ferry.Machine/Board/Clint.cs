@@ -216,9 +216,7 @@ internal sealed class Clint : IMmioDevice, IDisposable
     {
         var buf = new byte[StateSize];
         Span<byte> s = buf;
-        BinaryPrimitives.WriteUInt32LittleEndian(s, StateMagic);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], StateVersion);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[6..], (ushort)StateSize);
+        StateHeader.Write(s, StateMagic, StateVersion);
         BinaryPrimitives.WriteUInt32LittleEndian(s[8..], (uint)mtimecmp.Length);
         lock (gate)
         {
@@ -244,12 +242,7 @@ internal sealed class Clint : IMmioDevice, IDisposable
     /// </summary>
     public void LoadState(ReadOnlySpan<byte> s)
     {
-        if (s.Length < StateFixedSize) throw new InvalidDataException($"clint section is {s.Length} bytes, shorter than its header");
-        if (BinaryPrimitives.ReadUInt32LittleEndian(s) != StateMagic) throw new InvalidDataException("not a clint section");
-        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
-        if (version != StateVersion) throw new InvalidDataException($"clint section version {version}, this build reads {StateVersion}");
-        if (s.Length != StateSize) throw new InvalidDataException($"clint section is {s.Length} bytes, expected {StateSize}");
-        if (BinaryPrimitives.ReadUInt16LittleEndian(s[6..]) != StateSize) throw new InvalidDataException("clint section size field is wrong");
+        StateHeader.Check(s, "clint", StateMagic, StateVersion, StateSize);
         uint count = BinaryPrimitives.ReadUInt32LittleEndian(s[8..]);
         if (count != (uint)mtimecmp.Length) throw new InvalidDataException($"clint section has {count} harts, this board {mtimecmp.Length}");
         for (int h = 0; h < mtimecmp.Length; h++)

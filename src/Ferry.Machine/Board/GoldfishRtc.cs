@@ -222,9 +222,7 @@ public sealed class GoldfishRtc : IMmioDevice, IDisposable
     {
         var buf = new byte[StateSize];
         Span<byte> s = buf;
-        BinaryPrimitives.WriteUInt32LittleEndian(s, StateMagic);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], StateVersion);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[6..], StateSize);
+        StateHeader.Write(s, StateMagic, StateVersion);
         lock (gate)
         {
             BinaryPrimitives.WriteUInt64LittleEndian(s[8..], offset);
@@ -244,11 +242,7 @@ public sealed class GoldfishRtc : IMmioDevice, IDisposable
     /// </summary>
     public void LoadState(ReadOnlySpan<byte> s)
     {
-        if (s.Length != StateSize) throw new InvalidDataException($"rtc section is {s.Length} bytes, expected {StateSize}");
-        if (BinaryPrimitives.ReadUInt32LittleEndian(s) != StateMagic) throw new InvalidDataException("not a goldfish rtc section");
-        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
-        if (version != StateVersion) throw new InvalidDataException($"rtc section version {version}, this build reads {StateVersion}");
-        if (BinaryPrimitives.ReadUInt16LittleEndian(s[6..]) != StateSize) throw new InvalidDataException("rtc section size field is wrong");
+        StateHeader.Check(s, "rtc", StateMagic, StateVersion, StateSize);
         uint flags = BinaryPrimitives.ReadUInt32LittleEndian(s[28..]);
         if ((flags & ~(FlagAlarmRunning | FlagIrqPending | FlagIrqEnabled)) != 0) throw new InvalidDataException($"rtc section has unknown flags 0x{flags:x}");
 

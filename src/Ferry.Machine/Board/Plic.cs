@@ -279,9 +279,7 @@ public sealed class Plic : IMmioDevice
     {
         var buf = new byte[StateSize];
         Span<byte> s = buf;
-        BinaryPrimitives.WriteUInt32LittleEndian(s, StateMagic);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], StateVersion);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[6..], (ushort)StateSize);
+        StateHeader.Write(s, StateMagic, StateVersion);
         BinaryPrimitives.WriteUInt16LittleEndian(s[8..], SourceCount);
         BinaryPrimitives.WriteUInt16LittleEndian(s[10..], (ushort)contexts);
         int o = 12;
@@ -311,12 +309,7 @@ public sealed class Plic : IMmioDevice
     /// </summary>
     public void LoadState(ReadOnlySpan<byte> s)
     {
-        if (s.Length < StateFixedSize) throw new InvalidDataException($"plic section is {s.Length} bytes, shorter than its header");
-        if (BinaryPrimitives.ReadUInt32LittleEndian(s) != StateMagic) throw new InvalidDataException("not a plic section");
-        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
-        if (version != StateVersion) throw new InvalidDataException($"plic section version {version}, this build reads {StateVersion}");
-        if (s.Length != StateSize) throw new InvalidDataException($"plic section is {s.Length} bytes, expected {StateSize}");
-        if (BinaryPrimitives.ReadUInt16LittleEndian(s[6..]) != StateSize) throw new InvalidDataException("plic section size field is wrong");
+        StateHeader.Check(s, "plic", StateMagic, StateVersion, StateSize);
         int sources = BinaryPrimitives.ReadUInt16LittleEndian(s[8..]);
         if (sources != SourceCount) throw new InvalidDataException($"plic section has {sources} sources, this board {SourceCount}");
         int ctxs = BinaryPrimitives.ReadUInt16LittleEndian(s[10..]);

@@ -19,9 +19,7 @@ internal sealed unsafe partial class Hart
     {
         var buf = new byte[StateSize];
         Span<byte> s = buf;
-        BinaryPrimitives.WriteUInt32LittleEndian(s, StateMagic);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[4..], StateVersion);
-        BinaryPrimitives.WriteUInt16LittleEndian(s[6..], (ushort)StateSize);
+        StateHeader.Write(s, StateMagic, StateVersion);
         int o = 8;
         void Put(ulong v) { BinaryPrimitives.WriteUInt64LittleEndian(buf.AsSpan(o), v); o += 8; }
         for (int r = 0; r < 32; r++) Put(x[r]);
@@ -52,11 +50,7 @@ internal sealed unsafe partial class Hart
     /// </summary>
     public void LoadState(ReadOnlySpan<byte> s)
     {
-        if (s.Length != StateSize) throw new InvalidDataException($"hart section is {s.Length} bytes, expected {StateSize}");
-        if (BinaryPrimitives.ReadUInt32LittleEndian(s) != StateMagic) throw new InvalidDataException("not a hart section");
-        ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
-        if (version != StateVersion) throw new InvalidDataException($"hart section version {version}, this build reads {StateVersion}");
-        if (BinaryPrimitives.ReadUInt16LittleEndian(s[6..]) != StateSize) throw new InvalidDataException("hart section size field is wrong");
+        StateHeader.Check(s, "hart", StateMagic, StateVersion, StateSize);
         int o = 8;
         ulong Get(ReadOnlySpan<byte> src) { ulong v = BinaryPrimitives.ReadUInt64LittleEndian(src[o..]); o += 8; return v; }
         // Validate what could put the hart in an impossible state before changing anything.
