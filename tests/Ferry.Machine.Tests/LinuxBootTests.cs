@@ -10,34 +10,14 @@ public sealed partial class LinuxBootTests
 {
     private static readonly TimeSpan Boot = TimeSpan.FromSeconds(60);
 
-    private static VirtMachine BootLinux(SerialLog console, string cmdline, int harts = 2, ulong memory = 256UL << 20)
-    {
-        var m = new VirtMachine(new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console });
-        try
-        {
-            byte[] kernel = File.ReadAllBytes(LinuxGuest.Image);
-            byte[] dtb = VirtDeviceTree.CreateBlob(m.DeviceTreeOptions(cmdline, null), minimumSize: 16 * 1024);
-            m.LoadLinux(File.ReadAllBytes(LinuxGuest.Firmware), kernel, default, dtb);
-            m.Start();
-            return m;
-        }
-        catch
-        {
-            m.Dispose();
-            throw;
-        }
-    }
-
-    private static void Type(VirtMachine m, string line) => m.Uart.Input(Encoding.ASCII.GetBytes(line + "\n"));
-
     [Fact]
     public void BootsToHeartbeatSelfChecksPausesAndPowersOff()
     {
         var console = new SerialLog();
-        using VirtMachine m = BootLinux(console, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=20000");
+        using VirtMachine m = LinuxGuest.Boot(console, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=20000");
         int at = console.WaitFor("heartbeat 3 ", Boot);
 
-        Type(m, "selfcheck");
+        LinuxGuest.Type(m, "selfcheck");
         at = console.WaitFor("selfcheck ok", TimeSpan.FromSeconds(30), at);
 
         // Paused: not one more line. Resumed: the heartbeat goes on.
@@ -49,7 +29,7 @@ public sealed partial class LinuxBootTests
         m.Resume();
         console.WaitFor("heartbeat", TimeSpan.FromSeconds(10), before);
 
-        Type(m, "poweroff");
+        LinuxGuest.Type(m, "poweroff");
         Assert.True(m.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the guest did not power off");
         Assert.Equal(0, code);
     }
@@ -63,7 +43,7 @@ public sealed partial class LinuxBootTests
         const string cmdline = "console=ttyS0 ferry.rate=0";
         var console = new SerialLog();
         string ferry;
-        using (VirtMachine m = BootLinux(console, cmdline))
+        using (VirtMachine m = LinuxGuest.Boot(console, cmdline))
         {
             console.WaitFor("heartbeat 1 ", Boot);
             ferry = MachineLine().Match(console.Text).Value;

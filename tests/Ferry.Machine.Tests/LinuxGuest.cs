@@ -15,6 +15,28 @@ internal static class LinuxGuest
 
     public static string Image => s_image.Value;
 
+    /// <summary>Boot the guest on a new machine as QEMU's virt board would, serial to <paramref name="console"/>.</summary>
+    public static VirtMachine Boot(Stream console, string cmdline, int harts = 2, ulong memory = 256UL << 20)
+    {
+        var m = new VirtMachine(new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console });
+        try
+        {
+            byte[] kernel = File.ReadAllBytes(Image);
+            byte[] dtb = Board.VirtDeviceTree.CreateBlob(m.DeviceTreeOptions(cmdline, null), minimumSize: 16 * 1024);
+            m.LoadLinux(File.ReadAllBytes(Firmware), kernel, default, dtb);
+            m.Start();
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Type a line on the guest's console.</summary>
+    public static void Type(VirtMachine m, string line) => m.Uart.Input(System.Text.Encoding.ASCII.GetBytes(line + "\n"));
+
     private static string RepoRoot { get; } = FindRepoRoot();
 
     private static string FindRepoRoot()

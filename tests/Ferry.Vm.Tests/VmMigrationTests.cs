@@ -18,26 +18,6 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
     private const int Harts = 2;
     private const ulong Memory = 256UL << 20;
 
-    private static VirtMachine BootLinux(SerialLog console, string cmdline)
-    {
-        var m = new VirtMachine(new MachineOptions { MemoryBytes = Memory, Harts = Harts, SerialOut = console });
-        try
-        {
-            byte[] kernel = File.ReadAllBytes(LinuxGuest.Image);
-            byte[] dtb = VirtDeviceTree.CreateBlob(m.DeviceTreeOptions(cmdline, null), minimumSize: 16 * 1024);
-            m.LoadLinux(File.ReadAllBytes(LinuxGuest.Firmware), kernel, default, dtb);
-            m.Start();
-            return m;
-        }
-        catch
-        {
-            m.Dispose();
-            throw;
-        }
-    }
-
-    private static void Type(VirtMachine m, string line) => m.Uart.Input(Encoding.ASCII.GetBytes(line + "\n"));
-
     [GeneratedRegex(@"heartbeat (\d+) maxstall_us=(\d+)")]
     private static partial Regex Heartbeat();
 
@@ -73,7 +53,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
     {
         var sourceConsole = new SerialLog();
         var destinationConsole = new SerialLog();
-        using VirtMachine source = BootLinux(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=32M ferry.rate=20000");
+        using VirtMachine source = LinuxGuest.Boot(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=32M ferry.rate=20000", Harts, Memory);
         int at = sourceConsole.WaitFor("dirtier: ", Boot);
         sourceConsole.WaitFor("heartbeat ", TimeSpan.FromSeconds(30), at);
         Thread.Sleep(300); // a few heartbeats while the dirtier writes
@@ -96,14 +76,14 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         output.WriteLine($"source's last heartbeat {lastOnSource}; destination's first {after[0].Seq}, stalls seen by the guest (us): {string.Join(", ", after.Select(h => h.StallUs))}");
         Assert.Equal(sourceLength, sourceConsole.Text.Length);
 
-        Type(destination.Machine, "selfcheck");
+        LinuxGuest.Type(destination.Machine, "selfcheck");
         d = destinationConsole.WaitFor("selfcheck ", TimeSpan.FromSeconds(60), d);
         int lineEnd = destinationConsole.WaitFor("\n", TimeSpan.FromSeconds(5), d);
         string answer = destinationConsole.Text[(d - "selfcheck ".Length)..lineEnd].Trim();
         output.WriteLine(answer);
         Assert.StartsWith("selfcheck ok", answer, StringComparison.Ordinal);
 
-        Type(destination.Machine, "poweroff");
+        LinuxGuest.Type(destination.Machine, "poweroff");
         Assert.True(destination.Machine.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
         Assert.Equal(0, code);
         Assert.Equal(sourceLength, sourceConsole.Text.Length);
@@ -114,7 +94,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
     {
         var sourceConsole = new SerialLog();
         var destinationConsole = new SerialLog();
-        using VirtMachine source = BootLinux(sourceConsole, "console=ttyS0 ferry.heartbeat=200 ferry.rate=0");
+        using VirtMachine source = LinuxGuest.Boot(sourceConsole, "console=ttyS0 ferry.heartbeat=200 ferry.rate=0", Harts, Memory);
         sourceConsole.WaitFor("heartbeat 3 ", Boot);
 
         LoopbackVmMigration.Result r = Migrate(source, destinationConsole);
@@ -129,7 +109,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         Assert.True(after[0].Seq > lastOnSource);
         output.WriteLine($"source's last heartbeat {lastOnSource}; destination: {string.Join(", ", after.Select(h => $"{h.Seq} (stall {h.StallUs} us)"))}");
 
-        Type(destination.Machine, "poweroff");
+        LinuxGuest.Type(destination.Machine, "poweroff");
         Assert.True(destination.Machine.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
         Assert.Equal(0, code);
     }
@@ -139,7 +119,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
     {
         var sourceConsole = new SerialLog();
         var destinationConsole = new SerialLog();
-        using VirtMachine source = BootLinux(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=5000");
+        using VirtMachine source = LinuxGuest.Boot(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=5000", Harts, Memory);
         sourceConsole.WaitFor("heartbeat 3 ", Boot);
 
         LoopbackVmMigration.Result r = Migrate(source, destinationConsole, destinationHarts: 1);
@@ -151,7 +131,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         Assert.True(r.Source.IsRunning);
         int at = sourceConsole.Text.Length;
         sourceConsole.WaitFor("heartbeat", TimeSpan.FromSeconds(10), at);
-        Type(source, "selfcheck");
+        LinuxGuest.Type(source, "selfcheck");
         sourceConsole.WaitFor("selfcheck ok", TimeSpan.FromSeconds(60), at);
         Assert.Equal("", destinationConsole.Text);
     }
