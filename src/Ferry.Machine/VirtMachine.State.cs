@@ -154,13 +154,48 @@ public sealed partial class VirtMachine
         }
     }
 
-    private void CheckBoard(ReadOnlySpan<byte> s)
+    /// <summary>
+    /// The harts of the machine that saved <paramref name="sections"/>, from its <c>machine</c> section: what a
+    /// migration's destination builds its board with. Throws <see cref="InvalidDataException"/> when the section is
+    /// missing, foreign or out of range (the rest is checked by <see cref="LoadState"/>).
+    /// </summary>
+    public static int HartsOfSource(IReadOnlyList<MachineStateSection> sections)
+    {
+        ArgumentNullException.ThrowIfNull(sections);
+        foreach (MachineStateSection section in sections)
+        {
+            if (section?.Name != MachineSectionName) continue;
+            ReadOnlySpan<byte> s = section.Data.Span;
+            CheckBoardHeader(s);
+            uint harts = BinaryPrimitives.ReadUInt32LittleEndian(s[8..]);
+            if (harts < 1 || harts > MaxHarts) throw new InvalidDataException($"machine section: {harts} harts, this build runs 1 to {MaxHarts}");
+            return (int)harts;
+        }
+        throw new InvalidDataException($"section \"{MachineSectionName}\" is missing");
+    }
+
+    private static void CheckBoardHeader(ReadOnlySpan<byte> s)
     {
         if (s.Length < BoardFixedSize) throw new InvalidDataException($"machine section is {s.Length} bytes, shorter than its header");
         if (BinaryPrimitives.ReadUInt32LittleEndian(s) != BoardMagic) throw new InvalidDataException("not a machine section");
         ushort version = BinaryPrimitives.ReadUInt16LittleEndian(s[4..]);
         if (version != StateVersion) throw new InvalidDataException($"machine section version {version}, this build reads {StateVersion}");
         if (BinaryPrimitives.ReadUInt16LittleEndian(s[6..]) != s.Length) throw new InvalidDataException("machine section size field is wrong");
+    }
+
+    /// <summary>A virtio device id as a person reads it, with the flag that gives a VM one.</summary>
+    private static string DeviceName(uint id) => id switch
+    {
+        0 => "no device",
+        VirtioNet.VIRTIO_ID_NET => "virtio-net (--net)",
+        VirtioBlk.VIRTIO_ID_BLOCK => "virtio-blk (--disk)",
+        VirtioRng.VIRTIO_ID_RNG => "virtio-rng",
+        _ => $"device id {id}",
+    };
+
+    private void CheckBoard(ReadOnlySpan<byte> s)
+    {
+        CheckBoardHeader(s);
         uint hartCount = BinaryPrimitives.ReadUInt32LittleEndian(s[8..]);
         uint slots = BinaryPrimitives.ReadUInt32LittleEndian(s[12..]);
         ulong memory = BinaryPrimitives.ReadUInt64LittleEndian(s[16..]);
@@ -174,7 +209,7 @@ public sealed partial class VirtMachine
         {
             uint theirs = BinaryPrimitives.ReadUInt32LittleEndian(s[(BoardFixedSize + 4 * slot)..]);
             uint ours = virtio[slot].Device?.DeviceId ?? 0;
-            if (theirs != ours) throw new InvalidDataException($"virtio slot {slot} holds device id {theirs} on the source, {ours} here");
+            if (theirs != ours) throw new InvalidDataException($"virtio slot {slot} holds {DeviceName(theirs)} on the source, {DeviceName(ours)} here");
         }
     }
 

@@ -45,19 +45,37 @@ public sealed partial class VirtMachine : IDisposable
     // Virtio transports paused by PauseDevices or LoadState, resumed by ResumeDevices or Start.
     private bool devicesPaused;
 
-    public VirtMachine(MachineOptions options)
+    public VirtMachine(MachineOptions options) : this(null, options)
     {
-        ArgumentNullException.ThrowIfNull(options);
-        if (options.Harts < 1 || options.Harts > MaxHarts)
+    }
+
+    /// <summary>
+    /// Build the board around <paramref name="ram"/>, which already holds a guest (a migration's destination received
+    /// it before the board's shape was known); the machine owns it from here, and disposes it even when building
+    /// fails. Its size must be <see cref="MachineOptions.MemoryBytes"/> at <see cref="RamBase"/>.
+    /// </summary>
+    public VirtMachine(MachineOptions options, GuestRam ram) : this(ram ?? throw new ArgumentNullException(nameof(ram)), options)
+    {
+    }
+
+    // Options second only to tell this apart from the public constructor.
+    private VirtMachine(GuestRam? adopted, MachineOptions options)
+    {
+        try
         {
-            throw new MachineConfigException($"--harts {options.Harts} is out of range (1 to {MaxHarts})");
+            ArgumentNullException.ThrowIfNull(options);
+            if (adopted is not null && (adopted.Base != RamBase || adopted.Size != options.MemoryBytes))
+            {
+                throw new ArgumentException($"RAM at 0x{adopted.Base:x} of {adopted.Size} bytes; the board wants 0x{RamBase:x} and {options.MemoryBytes}", nameof(adopted));
+            }
+            CheckShape(options);
         }
-        if (options.MemoryBytes < MinMemory || options.MemoryBytes > MaxMemory || (options.MemoryBytes & 0xfff) != 0)
+        catch
         {
-            throw new MachineConfigException(
-                $"memory size {options.MemoryBytes} bytes is not a multiple of 4 KiB between {MinMemory >> 20} MiB and {MaxMemory >> 30} GiB");
+            adopted?.Dispose();
+            throw;
         }
-        ram = new GuestRam(RamBase, options.MemoryBytes);
+        ram = adopted ?? new GuestRam(RamBase, options.MemoryBytes);
         spareDirty = new ulong[ram.DirtyWords];
         bus.AddRegion(rom);
         bus.AddRegion(ram);
@@ -117,6 +135,25 @@ public sealed partial class VirtMachine : IDisposable
             foreach (Hart h in harts) h.DropCode(frame);
         };
         rom.WriteResetVector(RamBase, 0);
+    }
+
+    private static void CheckShape(MachineOptions options)
+    {
+        if (options.Harts < 1 || options.Harts > MaxHarts)
+        {
+            throw new MachineConfigException($"--harts {options.Harts} is out of range (1 to {MaxHarts})");
+        }
+        CheckMemorySize(options.MemoryBytes);
+    }
+
+    /// <summary>Throws <see cref="MachineConfigException"/> unless <paramref name="bytes"/> is a RAM size this board takes.</summary>
+    public static void CheckMemorySize(ulong bytes)
+    {
+        if (bytes < MinMemory || bytes > MaxMemory || (bytes & 0xfff) != 0)
+        {
+            throw new MachineConfigException(
+                $"memory size {bytes} bytes is not a multiple of 4 KiB between {MinMemory >> 20} MiB and {MaxMemory >> 30} GiB");
+        }
     }
 
     private static VirtioBlk OpenDisk(string path, bool readOnly)

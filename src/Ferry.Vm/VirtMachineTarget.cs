@@ -1,41 +1,52 @@
 using Ferry.Machine;
+using Ferry.Machine.Board;
+using GuestRam = Ferry.Machine.Memory.GuestRam;
 using Ferry.Migration.Guest;
 
 namespace Ferry.Vm;
 
 /// <summary>
-/// The destination of a migrating <see cref="VirtMachine"/>: a machine built for the incoming memory layout, whose RAM
-/// the engine fills, then <see cref="LoadState"/> and <see cref="Start"/>. Owns the machine until disposed.
+/// The destination of a migrating <see cref="VirtMachine"/>. It starts as RAM alone, which the engine fills; the board
+/// around it is built when the state arrives, in the source's shape (its harts, from the <c>machine</c> section) with
+/// this side's backends (serial line, disk file, tap), then loaded and, on <see cref="Start"/>, run. Owns both until
+/// disposed.
 /// </summary>
 public sealed class VirtMachineTarget : IMigrationTarget
 {
+    private readonly MachineOptions options;
     private readonly MemoryRegion[] regions;
+    // Owned until the board adopts it (then the machine disposes it).
+    private GuestRam? ram;
+    private VirtMachine? machine;
     private bool started;
     private bool disposed;
 
-    internal VirtMachineTarget(Guid vmId, VirtMachine machine)
+    internal VirtMachineTarget(Guid vmId, GuestRam ram, MachineOptions options)
     {
         VmId = vmId;
-        Machine = machine;
+        this.ram = ram;
+        this.options = options;
         unsafe
         {
-            // SAFETY: the mapping lives as long as the machine, which this target owns.
-            regions = [new MemoryRegion(VirtMachine.RamBase, machine.Ram.Size, (nint)machine.Ram.Host)];
+            // SAFETY: the mapping lives as long as this target (the machine that adopts it is this target's too).
+            regions = [new MemoryRegion(VirtMachine.RamBase, ram.Size, (nint)ram.Host)];
         }
     }
 
     /// <summary>The VM identity from the handshake.</summary>
     public Guid VmId { get; }
 
-    /// <summary>The machine being built; it runs after <see cref="Start"/>.</summary>
-    public VirtMachine Machine { get; }
+    /// <summary>The machine, once the state has been loaded into it; it runs after <see cref="Start"/>.</summary>
+    public VirtMachine? Machine => machine;
 
     /// <inheritdoc/>
     public IReadOnlyList<MemoryRegion> Regions => regions;
 
     /// <inheritdoc/>
     /// <remarks>Throws <see cref="InvalidDataException"/> naming the section for anything the machine rejects: a foreign,
-    /// corrupt, missing or duplicated section, or a source board unlike this one (harts, memory, virtio devices).</remarks>
+    /// corrupt, missing or duplicated section, or a source board this side cannot match (a disk or network card the
+    /// source has and this side was given no backend for, or the other way round). A board that could not be built
+    /// (a disk file locked, a tap that cannot be opened) is an <see cref="InvalidDataException"/> too.</remarks>
     public void LoadState(IReadOnlyList<StateSection> sections)
     {
         ArgumentNullException.ThrowIfNull(sections);
@@ -47,15 +58,40 @@ public sealed class VirtMachineTarget : IMigrationTarget
             StateSection s = sections[i];
             converted[i] = new MachineStateSection(s.Name, s.Version, s.Data);
         }
-        Machine.LoadState(converted);
+        if (machine is null)
+        {
+            int harts = VirtMachine.HartsOfSource(converted);
+            GuestRam adopted = ram ?? throw new InvalidOperationException("no RAM");
+            ram = null;
+            try
+            {
+                machine = new VirtMachine(new MachineOptions
+                {
+                    MemoryBytes = adopted.Size,
+                    Harts = harts,
+                    DiskPath = options.DiskPath,
+                    DiskReadOnly = options.DiskReadOnly,
+                    TapName = options.TapName,
+                    MacAddress = options.MacAddress,
+                    Rng = options.Rng,
+                    SerialOut = options.SerialOut,
+                }, adopted);
+            }
+            catch (MachineConfigException e)
+            {
+                throw new InvalidDataException($"cannot build the destination board: {e.Message}", e);
+            }
+        }
+        machine.LoadState(converted);
     }
 
     /// <inheritdoc/>
     public void Start()
     {
         ObjectDisposedException.ThrowIf(disposed, this);
+        VirtMachine m = machine ?? throw new InvalidOperationException("no state was loaded");
         started = true;
-        Machine.Start();
+        m.Start();
     }
 
     /// <inheritdoc/>
@@ -63,27 +99,28 @@ public sealed class VirtMachineTarget : IMigrationTarget
     {
         if (disposed) return;
         disposed = true;
-        Machine.Dispose();
+        machine?.Dispose();
+        ram?.Dispose();
     }
 }
 
 /// <summary>
-/// Builds a <see cref="VirtMachineTarget"/> for an incoming migration: a board like <see cref="Options"/> (harts,
-/// devices, where the serial console goes) with the memory size the handshake announces. The source's <c>machine</c>
-/// section is checked against it when the state arrives.
+/// Builds a <see cref="VirtMachineTarget"/> for an incoming migration: RAM of the size the handshake announces, and,
+/// when the state arrives, a board in the source's shape with the backends of <see cref="Options"/> (serial line,
+/// disk, tap, rng); its <see cref="MachineOptions.MemoryBytes"/> and <see cref="MachineOptions.Harts"/> are ignored.
 /// </summary>
 public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
 {
     private VirtMachineTarget? last;
 
-    /// <summary>The destination board; its <see cref="MachineOptions.MemoryBytes"/> is replaced by the incoming size.</summary>
+    /// <summary>The destination's backends.</summary>
     public required MachineOptions Options { get; init; }
 
     /// <summary>The most recently created target, or null.</summary>
     public VirtMachineTarget? LastCreated => Volatile.Read(ref last);
 
     /// <inheritdoc/>
-    /// <remarks>The layout must be the machine's: one region at <see cref="VirtMachine.RamBase"/>.</remarks>
+    /// <remarks>The layout must be the machine's: one region at <see cref="VirtMachine.RamBase"/> of a size the board takes.</remarks>
     public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
     {
         ArgumentNullException.ThrowIfNull(regions);
@@ -91,19 +128,15 @@ public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
         {
             throw new InvalidDataException($"a virt machine has one RAM region at 0x{VirtMachine.RamBase:x}; the source offers {regions.Count} regions");
         }
-        MachineOptions o = Options;
-        var machine = new VirtMachine(new MachineOptions
+        try
         {
-            MemoryBytes = regions[0].Size,
-            Harts = o.Harts,
-            DiskPath = o.DiskPath,
-            DiskReadOnly = o.DiskReadOnly,
-            TapName = o.TapName,
-            MacAddress = o.MacAddress,
-            Rng = o.Rng,
-            SerialOut = o.SerialOut,
-        });
-        var target = new VirtMachineTarget(vmId, machine);
+            VirtMachine.CheckMemorySize(regions[0].Size);
+        }
+        catch (MachineConfigException e)
+        {
+            throw new InvalidDataException($"the source's RAM: {e.Message}", e);
+        }
+        var target = new VirtMachineTarget(vmId, new GuestRam(VirtMachine.RamBase, regions[0].Size), Options);
         Volatile.Write(ref last, target);
         return target;
     }

@@ -31,9 +31,10 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         return list;
     }
 
-    private LoopbackVmMigration.Result Migrate(VirtMachine source, SerialLog destinationConsole, int destinationHarts = Harts)
+    private LoopbackVmMigration.Result Migrate(VirtMachine source, SerialLog destinationConsole, bool destinationRng = true)
     {
-        var factory = new VirtMachineTargetFactory { Options = new MachineOptions { Harts = destinationHarts, SerialOut = destinationConsole } };
+        // Harts and memory come from the source; Harts = 1 here shows the destination does not take them from its options.
+        var factory = new VirtMachineTargetFactory { Options = new MachineOptions { Harts = 1, SerialOut = destinationConsole, Rng = destinationRng } };
         LoopbackVmMigration.Result r = LoopbackVmMigration.Run(source, factory, new MigrationOptions { Timeout = TimeSpan.FromSeconds(120) });
         MigrationStatistics s = r.Statistics;
         output.WriteLine($"status {s.Status} {s.Error}; total {s.TotalMs:F1} ms, setup {s.SetupMs:F1} ms, downtime {s.DowntimeMs:F1} ms " +
@@ -62,7 +63,8 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         using VirtMachineTarget? destination = r.Destination;
         Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
         Assert.Null(r.DestinationError);
-        Assert.NotNull(destination);
+        VirtMachine arrived = Assert.IsType<VirtMachine>(destination?.Machine);
+        Assert.Equal(Harts, arrived.HartCount);
 
         // The source never runs again: paused for good, not one more line on its console.
         Assert.False(r.Source.IsRunning);
@@ -76,15 +78,15 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         output.WriteLine($"source's last heartbeat {lastOnSource}; destination's first {after[0].Seq}, stalls seen by the guest (us): {string.Join(", ", after.Select(h => h.StallUs))}");
         Assert.Equal(sourceLength, sourceConsole.Text.Length);
 
-        LinuxGuest.Type(destination.Machine, "selfcheck");
+        LinuxGuest.Type(arrived, "selfcheck");
         d = destinationConsole.WaitFor("selfcheck ", TimeSpan.FromSeconds(60), d);
         int lineEnd = destinationConsole.WaitFor("\n", TimeSpan.FromSeconds(5), d);
         string answer = destinationConsole.Text[(d - "selfcheck ".Length)..lineEnd].Trim();
         output.WriteLine(answer);
         Assert.StartsWith("selfcheck ok", answer, StringComparison.Ordinal);
 
-        LinuxGuest.Type(destination.Machine, "poweroff");
-        Assert.True(destination.Machine.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
+        LinuxGuest.Type(arrived, "poweroff");
+        Assert.True(arrived.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
         Assert.Equal(0, code);
         Assert.Equal(sourceLength, sourceConsole.Text.Length);
     }
@@ -100,7 +102,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         LoopbackVmMigration.Result r = Migrate(source, destinationConsole);
         using VirtMachineTarget? destination = r.Destination;
         Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
-        Assert.NotNull(destination);
+        VirtMachine arrived = Assert.IsType<VirtMachine>(destination?.Machine);
         Assert.False(r.Source.IsRunning);
 
         long lastOnSource = Heartbeats(sourceConsole.Text)[^1].Seq;
@@ -109,8 +111,8 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         Assert.True(after[0].Seq > lastOnSource);
         output.WriteLine($"source's last heartbeat {lastOnSource}; destination: {string.Join(", ", after.Select(h => $"{h.Seq} (stall {h.StallUs} us)"))}");
 
-        LinuxGuest.Type(destination.Machine, "poweroff");
-        Assert.True(destination.Machine.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
+        LinuxGuest.Type(arrived, "poweroff");
+        Assert.True(arrived.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the destination did not power off");
         Assert.Equal(0, code);
     }
 
@@ -122,9 +124,10 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         using VirtMachine source = LinuxGuest.Boot(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=8M ferry.rate=5000", Harts, Memory);
         sourceConsole.WaitFor("heartbeat 3 ", Boot);
 
-        LoopbackVmMigration.Result r = Migrate(source, destinationConsole, destinationHarts: 1);
+        // The source has a virtio-rng; this destination was given none.
+        LoopbackVmMigration.Result r = Migrate(source, destinationConsole, destinationRng: false);
         Assert.Equal(MigrationStatus.Failed, r.Statistics.Status);
-        Assert.Contains("harts", r.Statistics.Error ?? "", StringComparison.Ordinal);
+        Assert.Contains("virtio-rng on the source, no device here", r.Statistics.Error ?? "", StringComparison.Ordinal);
         Assert.Null(r.Destination);
 
         // Before commit the source may resume, and does: its heartbeat and memory go on.
