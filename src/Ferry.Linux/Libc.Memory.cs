@@ -35,6 +35,12 @@ public static partial class Libc
     /// <summary>Drop the pages: private anonymous memory reads back as zeros afterwards and its RAM is freed.</summary>
     public const int MADV_DONTNEED = 4;
 
+    /// <summary>
+    /// Free the range and its backing store (a shared file mapping: punches a hole in the file, as
+    /// <c>fallocate(FALLOC_FL_PUNCH_HOLE)</c>); it reads as zeros afterwards. EOPNOTSUPP where the file system cannot punch.
+    /// </summary>
+    public const int MADV_REMOVE = 9;
+
     /// <summary>Ask for transparent huge pages in the range.</summary>
     public const int MADV_HUGEPAGE = 14;
 

@@ -18,6 +18,8 @@ public interface IMigrationTarget : IDisposable
     /// Guest memory, as laid out by the source's handshake. Writable, zero-filled at creation, and private anonymous
     /// memory: the engine never writes a page that only ever receives zeros, and zeroes a page that held data with
     /// <c>MADV_DONTNEED</c> when the run is long (shared or file-backed memory would read back its old contents).
+    /// A region may instead be a shared mapping of a file that reads as zeros (just truncated), marked
+    /// <see cref="MemoryRegion.FileBacked"/>: the engine then zeroes with <c>MADV_REMOVE</c> or by writing.
     /// </summary>
     IReadOnlyList<MemoryRegion> Regions { get; }
 

@@ -15,6 +15,14 @@ public readonly record struct MemoryRegion(ulong GuestPhysicalAddress, ulong Siz
     /// <summary>log2 of <see cref="PageSize"/>.</summary>
     public const int PageShift = 12;
 
+    /// <summary>
+    /// The memory is a <c>MAP_SHARED</c> mapping of a file (a disk image copied as a region), not private anonymous
+    /// memory. <c>MADV_DONTNEED</c> does not zero such memory (its pages read back from the file), so the destination
+    /// zeroes it with <c>MADV_REMOVE</c> (a hole punched in the file) or by writing; and it never faults such memory in
+    /// ahead of the data (<see cref="Precopy.ChunkPrefaulter"/>), which would allocate every hole of the file.
+    /// </summary>
+    public bool FileBacked { get; init; }
+
     /// <summary>Number of pages in the region.</summary>
     public ulong Pages => Size >> PageShift;
 

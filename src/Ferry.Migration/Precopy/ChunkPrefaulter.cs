@@ -146,6 +146,9 @@ public sealed class ChunkPrefaulter : IDisposable
         for (int r = 0; r < _regions.Count && Supported; r++)
         {
             var region = _regions[r];
+            // A file mapping (a disk image being copied): populating would allocate every hole of the file, and its
+            // page faults are not the anonymous-memory costs this exists to hide.
+            if (region.FileBacked) continue;
             var state = _state[r];
             for (int c = 0; c < state.Length; c++)
             {

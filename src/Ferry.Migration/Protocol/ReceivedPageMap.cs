@@ -16,8 +16,9 @@ namespace Ferry.Migration.Protocol;
 /// edge, so every change of a word is an <see cref="Interlocked"/> Or/And; reads of bits a channel owns need no
 /// ordering with other channels.</para>
 /// <para><b>Memory kind</b>: long runs are dropped with <c>MADV_DONTNEED</c>, which zeroes only anonymous private
-/// memory (shared or file-backed memory would read back its old contents); if the kernel refuses it, the pages are
-/// cleared by writing instead.</para>
+/// memory (shared or file-backed memory would read back its old contents, and the call still succeeds); a
+/// <see cref="MemoryRegion.FileBacked"/> region is dropped with <c>MADV_REMOVE</c> instead, which punches the pages out
+/// of the file. If the kernel refuses either, the pages are cleared by writing.</para>
 /// </remarks>
 public sealed class ReceivedPageMap
 {
@@ -141,7 +142,7 @@ public sealed class ReceivedPageMap
         {
             nint address = memory.PageAddress(run.Start);
             nuint bytes = (nuint)(run.Length << MemoryRegion.PageShift);
-            if (run.Length >= DropThresholdPages && Libc.madvise(address, bytes, Libc.MADV_DONTNEED) == 0)
+            if (run.Length >= DropThresholdPages && Libc.madvise(address, bytes, memory.FileBacked ? Libc.MADV_REMOVE : Libc.MADV_DONTNEED) == 0)
             {
                 Interlocked.Add(ref _pagesDropped, (long)run.Length);
             }

@@ -72,6 +72,48 @@ public class ReceivedPageMapTests
         for (ulong p = 0; p < Pages; p++) Assert.False(map.HoldsData(0, p), $"page {p} still marked as holding data");
     }
 
+    [Fact]
+    public void AZeroRunOverAFileBackedRegionZeroesTheFileItself()
+    {
+        // A disk image copied as a region is a MAP_SHARED file mapping: MADV_DONTNEED would succeed there and leave the
+        // old data in the file, so a long run over data must punch it out of the file (MADV_REMOVE) instead.
+        using var source = new NativeGuestMemory((0, Pages));
+        source.FillPattern(11);
+        string path = Path.Combine(Path.GetTempPath(), $"ferry-map-{Guid.NewGuid():N}.img");
+        try
+        {
+            using (var f = new FileStream(path, FileMode.CreateNew)) f.SetLength(Pages * 4096);
+            using var file = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+            nint address = Libc.mmap(0, Pages * 4096, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, (int)file.DangerousGetHandle(), 0);
+            Assert.NotEqual(Libc.MAP_FAILED, address);
+            try
+            {
+                var region = new MemoryRegion(0, Pages * 4096, address) { FileBacked = true };
+                var map = new ReceivedPageMap([region]);
+                int longRun = ReceivedPageMap.DropThresholdPages + 10;
+                var reader = new PageBatchReader(Stream(source,
+                    [new(0, (uint)longRun + 5, PageEncoding.Normal)],
+                    [new(0, (uint)longRun, PageEncoding.Zero)]), [region], map);
+                reader.ReadNext();
+                reader.ReadNext();
+                Assert.Equal((long)longRun, map.PagesDropped);
+
+                byte[] onDisk = new byte[Pages * 4096];
+                RandomAccess.Read(file, onDisk, 0);
+                Assert.DoesNotContain(onDisk[..(longRun * 4096)], b => b != 0);
+                Assert.True(source.Region(0)[(longRun * 4096)..((longRun + 5) * 4096)].SequenceEqual(onDisk.AsSpan((longRun * 4096)..((longRun + 5) * 4096))));
+            }
+            finally
+            {
+                Libc.munmap(address, Pages * 4096);
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]
