@@ -15,6 +15,12 @@ public sealed class MachineOptions
     /// <summary>Attach the disk read-only (the guest's writes fail; the file is not changed).</summary>
     public bool DiskReadOnly { get; init; }
 
+    /// <summary>
+    /// Open the disk without its <c>flock</c>: a migration's destination is built while the source still holds the
+    /// lock, and takes it (<see cref="VirtMachine.AcquireDiskLock"/>) before its guest runs.
+    /// </summary>
+    public bool DiskLockDeferred { get; init; }
+
     /// <summary>Host tap device for a virtio-net device (created if missing, removed again if we created it), or null for no network.</summary>
     public string? TapName { get; init; }
 

@@ -31,6 +31,8 @@ public sealed partial class VirtMachine : IDisposable
     private readonly GoldfishRtc rtc;
     private readonly VirtioMmio[] virtio = new VirtioMmio[VirtDeviceTree.VirtioSlotCount];
     private readonly List<int> virtioSlotsInUse = [];
+    // The disk among the virtio devices, or null.
+    private readonly VirtioBlk? disk;
     private readonly Hart[] harts;
     private readonly HartControl control = new();
     private readonly ManualResetEventSlim exited = new(false);
@@ -94,7 +96,11 @@ public sealed partial class VirtMachine : IDisposable
         var devices = new List<IVirtioDevice>();
         try
         {
-            if (options.DiskPath != null) devices.Add(OpenDisk(options.DiskPath, options.DiskReadOnly));
+            if (options.DiskPath != null)
+            {
+                disk = OpenDisk(options.DiskPath, options.DiskReadOnly, options.DiskLockDeferred);
+                devices.Add(disk);
+            }
             if (options.TapName != null) devices.Add(VirtioNet.OpenTap(options.TapName, options.MacAddress ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
             if (options.Rng) devices.Add(new VirtioRng());
         }
@@ -156,11 +162,11 @@ public sealed partial class VirtMachine : IDisposable
         }
     }
 
-    private static VirtioBlk OpenDisk(string path, bool readOnly)
+    private static VirtioBlk OpenDisk(string path, bool readOnly, bool lockDeferred)
     {
         try
         {
-            return new VirtioBlk(path, readOnly);
+            return new VirtioBlk(path, readOnly, lockDeferred: lockDeferred);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
         {
@@ -169,6 +175,23 @@ public sealed partial class VirtMachine : IDisposable
     }
 
     public GuestRam Ram => ram;
+
+    /// <summary>The virtio-blk device (<see cref="MachineOptions.DiskPath"/>), or null.</summary>
+    public VirtioBlk? Disk => disk;
+
+    /// <summary>
+    /// For a migration over shared storage, once the devices are paused (<see cref="PauseDevices"/>): flush the disk
+    /// and drop its lock for the destination to take. Not part of <see cref="PauseDevices"/>, which a plain pause
+    /// uses too: a VM paused through the API keeps its disk. No effect without a disk. Throws
+    /// <see cref="IOException"/> (lock kept) if the flush fails.
+    /// </summary>
+    public void ReleaseDiskLock() => disk?.ReleaseLock();
+
+    /// <summary>
+    /// Take the disk's lock (a destination built with <see cref="MachineOptions.DiskLockDeferred"/>, or a source whose
+    /// migration failed); see <see cref="VirtioBlk.AcquireLock"/>. True without a disk.
+    /// </summary>
+    public bool AcquireDiskLock(TimeSpan wait, bool keepTrying = false) => disk?.AcquireLock(wait, keepTrying) ?? true;
 
     /// <summary>The options this board was built with; a device tree for it must name the same devices.</summary>
     public VirtDeviceTreeOptions DeviceTreeOptions(string? bootargs, (ulong Start, ulong End)? initrd) => new()

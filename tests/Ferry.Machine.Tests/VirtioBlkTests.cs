@@ -209,6 +209,93 @@ public sealed class VirtioBlkTests : IDisposable
     }
 
     [Fact]
+    public void WritesAndWriteZeroesReachTheDisksOwnDirtyLogAtTheCallersBitOffsetAndTheMappedImage()
+    {
+        VirtioDriverForTests d = Start();
+        var blk = (VirtioBlk)d.Device!;
+        nint view = blk.MapImage();
+        blk.StartDirtyLog();
+        byte[] data = Enumerable.Range(0, 512).Select(i => (byte)(i ^ 0x5a)).ToArray();
+        var segment = new byte[16];
+        BinaryPrimitives.WriteUInt64LittleEndian(segment, 40); // block 5
+        BinaryPrimitives.WriteUInt32LittleEndian(segment.AsSpan(8), 8);
+
+        Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_OUT, 9, new Buf(d.Put(data), 512))); // block 1
+        Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_WRITE_ZEROES, 0, new Buf(d.Put(segment), 16)));
+        Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_IN, 16, new Buf(d.Alloc(512), 512, Write: true))); // a read: not logged
+
+        // A migration's bitmap holds RAM's pages first: the disk's blocks start at the bit it is given.
+        var bitmap = new ulong[2];
+        bitmap[0] = 1; // the caller's own bits are kept
+        blk.HarvestDirty(bitmap, 61);
+        Assert.Equal(1UL | (1UL << 62), bitmap[0]);
+        Assert.Equal(1UL << 2, bitmap[1]);
+        unsafe
+        {
+            // The read-only view shares the page cache with the device's pwrite.
+            Assert.Equal(data, new ReadOnlySpan<byte>((byte*)view + 9 * 512, 512).ToArray());
+        }
+
+        Array.Clear(bitmap);
+        long allocated = GC.GetAllocatedBytesForCurrentThread();
+        blk.HarvestDirty(bitmap, 61);
+        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - allocated);
+        Assert.Equal([0UL, 0UL], bitmap);
+
+        blk.StopDirtyLog();
+        Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_OUT, 0, new Buf(d.Put(data), 512)));
+        blk.HarvestDirty(bitmap, 0);
+        Assert.Equal([0UL, 0UL], bitmap);
+    }
+
+    [Fact]
+    public void PopulatedBlocksAreTheImagesDataNotItsHoles()
+    {
+        string sparse = Path.Combine(dir, "sparse.img");
+        using (var f = new FileStream(sparse, FileMode.CreateNew))
+        {
+            f.SetLength(1 << 20);
+            f.Position = 3 * 4096;
+            f.Write(new byte[4096].Select(_ => (byte)1).ToArray());
+            f.Position = 100 * 4096;
+            f.Write(new byte[8192].Select(_ => (byte)2).ToArray());
+        }
+        using var blk = new VirtioBlk(sparse);
+        var bitmap = new ulong[8];
+
+        blk.GetPopulatedBlocks(bitmap, 64);
+
+        bool Populated(int block) => (bitmap[(64 + block) / 64] & (1UL << ((64 + block) % 64))) != 0;
+        Assert.True(Populated(3));
+        Assert.True(Populated(100));
+        Assert.True(Populated(101));
+        Assert.False(Populated(50));
+        Assert.Equal(0UL, bitmap[0]);
+        long populated = bitmap.Sum(w => (long)System.Numerics.BitOperations.PopCount(w));
+        Assert.True(populated < 64, $"{populated} of 256 blocks reported populated in an image of 3 written blocks");
+    }
+
+    [Fact]
+    public void TheLockMovesFromADeviceThatReleasesItToOneOpenedWithItDeferredAndBack()
+    {
+        using var source = new VirtioBlk(image);
+        var destination = new VirtioBlk(image, lockDeferred: true);
+        Assert.False(destination.LockHeld);
+        Assert.False(destination.AcquireLock(TimeSpan.Zero));
+
+        source.ReleaseLock();
+        Assert.False(source.LockHeld);
+        Assert.True(destination.AcquireLock(TimeSpan.FromSeconds(2)));
+        Assert.Throws<MachineConfigException>(() => new VirtioBlk(image));
+
+        // The source takes it back in the background once the destination lets go.
+        Assert.False(source.AcquireLock(TimeSpan.Zero, keepTrying: true));
+        destination.Dispose();
+        VirtioDriverForTests.WaitFor(() => source.LockHeld, "the source's lock retry");
+        Assert.Throws<MachineConfigException>(() => new VirtioBlk(image));
+    }
+
+    [Fact]
     public void ASecondVmCannotOpenAnImageInUse()
     {
         using var first = new VirtioBlk(image);

@@ -15,7 +15,10 @@ namespace Ferry.Machine.Virtio;
 /// </summary>
 /// <remarks>
 /// <para>The image is locked with <c>flock</c> so two VMs cannot use one disk: LOCK_EX for a writable image, LOCK_SH
-/// for a read-only one (any number of VMs may share a read-only base, none while one writes it).</para>
+/// for a read-only one (any number of VMs may share a read-only base, none while one writes it). A live migration
+/// over shared storage hands the lock from the source to the destination (<see cref="ReleaseLock"/>,
+/// <see cref="AcquireLock"/>, the constructor's <c>lockDeferred</c>); one that copies the image tracks the blocks
+/// written (<see cref="StartDirtyLog"/>); see VirtioBlk.Migration.cs.</para>
 /// <para>Threading: the notifying hart only wakes the device's worker thread; the worker pops a request, moves the data
 /// between the file and guest RAM directly (<c>pread</c>/<c>pwrite</c> on the guest pages, no bounce buffer), pushes
 /// it and raises the interrupt, holding the queue's lock for that one request. Requests are served in order, one at a
@@ -81,6 +84,8 @@ public sealed partial class VirtioBlk : IVirtioDevice
     private readonly Thread worker;
     // Set by Notify, reset by the worker before it looks at the queue (so a notify while it works is not lost).
     private readonly ManualResetEventSlim wake = new(false);
+    // Image length in bytes when opened.
+    private readonly long imageBytes;
     private volatile bool stopping;
     private int disposed;
     private Virtqueue? queue;
@@ -93,7 +98,9 @@ public sealed partial class VirtioBlk : IVirtioDevice
     /// <param name="imagePath">A raw disk image; its length rounded down to sectors is the capacity.</param>
     /// <param name="readOnly">Offer VIRTIO_BLK_F_RO and open the file read-only.</param>
     /// <param name="serial">What GET_ID returns (at most 20 bytes of UTF-8); null: an empty id.</param>
-    public VirtioBlk(string imagePath, bool readOnly = false, string? serial = null)
+    /// <param name="lockDeferred">Open without the lock, for a migration's destination built while the source still
+    /// holds it; <see cref="AcquireLock"/> takes it before the guest runs.</param>
+    public VirtioBlk(string imagePath, bool readOnly = false, string? serial = null, bool lockDeferred = false)
     {
         ArgumentNullException.ThrowIfNull(imagePath);
         path = imagePath;
@@ -104,9 +111,11 @@ public sealed partial class VirtioBlk : IVirtioDevice
             if (s.Length > IdBytes) throw new ArgumentException($"serial is {s.Length} bytes, at most {IdBytes}", nameof(serial));
             s.CopyTo(id, 0);
         }
-        file = OpenLocked(imagePath, readOnly);
-        long length = RandomAccess.GetLength(file);
-        Capacity = (ulong)length / SectorSize;
+        file = Open(imagePath, readOnly, lockDeferred);
+        lockHeld = !lockDeferred;
+        imageBytes = RandomAccess.GetLength(file);
+        Capacity = (ulong)imageBytes / SectorSize;
+        dirtyBlocks = new ulong[(ImageBlocks + 63) / 64];
         BuildConfig();
         worker = new Thread(Work) { IsBackground = true, Name = $"virtio-blk {Path.GetFileName(imagePath)}" };
         worker.Start();
@@ -179,10 +188,11 @@ public sealed partial class VirtioBlk : IVirtioDevice
         wake.Set();
         if (worker.IsAlive) worker.Join();
         wake.Dispose();
+        DisposeMigration();
         file.Dispose();
     }
 
-    private static SafeFileHandle OpenLocked(string imagePath, bool readOnly)
+    internal static SafeFileHandle Open(string imagePath, bool readOnly, bool lockDeferred)
     {
         int fd = Libc.open(imagePath, (readOnly ? O_RDONLY : Libc.O_RDWR) | Libc.O_CLOEXEC);
         if (fd < 0)
@@ -197,7 +207,7 @@ public sealed partial class VirtioBlk : IVirtioDevice
             throw new MachineConfigException($"{imagePath}: {why}", new LinuxException("open", errno));
         }
         var handle = new SafeFileHandle(fd, ownsHandle: true);
-        if (flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0)
+        if (!lockDeferred && flock(fd, (readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
             handle.Dispose();
@@ -283,7 +293,21 @@ public sealed partial class VirtioBlk : IVirtioDevice
                     break;
                 case VIRTIO_BLK_T_OUT:
                     uint length = c.ReadableLength - HeaderSize;
-                    status = !readOnly && InRange(sector, length) ? WriteData(c, sector, length) : VIRTIO_BLK_S_IOERR;
+                    if (readOnly || !InRange(sector, length))
+                    {
+                        status = VIRTIO_BLK_S_IOERR;
+                        break;
+                    }
+                    try
+                    {
+                        status = WriteData(c, sector, length);
+                    }
+                    finally
+                    {
+                        // After the write (a harvest that clears the bit then finds the new data), and even when it
+                        // failed half way: some of it may have reached the file.
+                        MarkWritten(sector * SectorSize, length);
+                    }
                     break;
                 case VIRTIO_BLK_T_FLUSH:
                     status = readOnly || fdatasync(file.DangerousGetHandle().ToInt32()) == 0 ? VIRTIO_BLK_S_OK : VIRTIO_BLK_S_IOERR;
@@ -369,11 +393,18 @@ public sealed partial class VirtioBlk : IVirtioDevice
             long offset = (long)(sector * SectorSize);
             long length = (long)count * SectorSize;
             if (length == 0) continue;
-            if (fallocate(file.DangerousGetHandle().ToInt32(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) continue;
-            if (!zeroes) continue; // discard is a hint: a file system without holes just keeps the data
-            for (long done = 0; done < length; done += Zeros.Length)
+            try
             {
-                RandomAccess.Write(file, Zeros.AsSpan(0, (int)Math.Min(Zeros.Length, length - done)), offset + done);
+                if (fallocate(file.DangerousGetHandle().ToInt32(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) == 0) continue;
+                if (!zeroes) continue; // discard is a hint: a file system without holes just keeps the data
+                for (long done = 0; done < length; done += Zeros.Length)
+                {
+                    RandomAccess.Write(file, Zeros.AsSpan(0, (int)Math.Min(Zeros.Length, length - done)), offset + done);
+                }
+            }
+            finally
+            {
+                MarkWritten((ulong)offset, (ulong)length);
             }
         }
         return VIRTIO_BLK_S_OK;
@@ -386,10 +417,10 @@ public sealed partial class VirtioBlk : IVirtioDevice
     private const int FALLOC_FL_KEEP_SIZE = 1, FALLOC_FL_PUNCH_HOLE = 2;
 
     [LibraryImport("libc", SetLastError = true)]
-    private static partial int flock(int fd, int operation);
+    internal static partial int flock(int fd, int operation);
 
     [LibraryImport("libc", SetLastError = true)]
-    private static partial int fdatasync(int fd);
+    internal static partial int fdatasync(int fd);
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int fallocate(int fd, int mode, long offset, long len);

@@ -1,0 +1,133 @@
+using System.Runtime.InteropServices;
+using Ferry.Linux;
+using Ferry.Machine.Board;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ferry.Machine.Virtio;
+
+/// <summary>
+/// The destination's image while a migration copies the source's disk into it, as QEMU's block migration does: the
+/// file is locked (no other VM may use an image being overwritten), emptied and grown to the source's size (so it reads
+/// as zeros, as the engine assumes of fresh memory, and stays sparse where the source's holes are sent as zeros), and
+/// mapped shared and writable for the engine's receive threads to write into.
+/// </summary>
+/// <remarks>
+/// Call order: <see cref="Create"/> → pages land in <see cref="Address"/> (with <see cref="StartWriteback"/> now and
+/// then) → <see cref="Flush"/> and <see cref="ReleaseLock"/> once every page has landed (the board's
+/// <see cref="VirtioBlk"/>, opened on the same file with its lock deferred, takes the lock next) → <see cref="Unmap"/>
+/// before the guest runs → <see cref="Dispose"/>. The page cache keeps the mapping and the device's
+/// <c>pread</c>/<c>pwrite</c> coherent, so nothing is copied at the switchover.
+/// </remarks>
+public sealed partial class DiskImageCopy : IDisposable
+{
+    private readonly string path;
+    private readonly SafeFileHandle file;
+    private nint address;
+    private bool locked = true;
+
+    private DiskImageCopy(string path, SafeFileHandle file, nint address, ulong bytes)
+    {
+        this.path = path;
+        this.file = file;
+        this.address = address;
+        Bytes = bytes;
+    }
+
+    /// <summary>Base of the writable mapping (0 after <see cref="Unmap"/>).</summary>
+    public nint Address => address;
+
+    /// <summary>The image's new length: the source's.</summary>
+    public ulong Bytes { get; }
+
+    /// <summary>
+    /// Lock <paramref name="imagePath"/> (LOCK_EX), empty it, grow it to <paramref name="bytes"/> (a positive multiple
+    /// of <see cref="VirtioBlk.BlockSize"/>) and map it. Throws <see cref="MachineConfigException"/> with a one-line
+    /// reason (missing, not writable, in use by another VM, no room).
+    /// </summary>
+    public static DiskImageCopy Create(string imagePath, ulong bytes)
+    {
+        ArgumentNullException.ThrowIfNull(imagePath);
+        if (bytes == 0 || bytes % VirtioBlk.BlockSize != 0 || bytes > long.MaxValue)
+        {
+            throw new ArgumentOutOfRangeException(nameof(bytes), bytes, $"must be a positive multiple of {VirtioBlk.BlockSize}");
+        }
+        SafeFileHandle file = VirtioBlk.Open(imagePath, readOnly: false, lockDeferred: false);
+        try
+        {
+            int fd = (int)file.DangerousGetHandle();
+            // Empty first: growing keeps old blocks, which would break "reads as zeros until written".
+            if (ftruncate(fd, 0) != 0 || ftruncate(fd, (long)bytes) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new MachineConfigException($"{imagePath}: cannot resize the disk image to {bytes} bytes", new LinuxException("ftruncate", errno));
+            }
+            nint at = Libc.mmap(0, (nuint)bytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, 0);
+            if (at == Libc.MAP_FAILED)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new MachineConfigException($"{imagePath}: cannot map the disk image", new LinuxException("mmap", errno));
+            }
+            return new DiskImageCopy(imagePath, file, at, bytes);
+        }
+        catch
+        {
+            file.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>
+    /// Start writing back what has landed so far, without waiting (<c>sync_file_range(SYNC_FILE_RANGE_WRITE)</c>), so
+    /// that <see cref="Flush"/> at the switchover has only the last rounds' blocks left to write. Failures are ignored:
+    /// <see cref="Flush"/> reports them.
+    /// </summary>
+    public void StartWriteback()
+    {
+        if (address != 0) _ = sync_file_range((int)file.DangerousGetHandle(), 0, 0, SYNC_FILE_RANGE_WRITE);
+    }
+
+    /// <summary>
+    /// Make the copy durable (<c>fdatasync</c>): the guest's flushes completed on the source's image, and must hold on
+    /// this one before the guest runs here. Throws <see cref="IOException"/>.
+    /// </summary>
+    public void Flush()
+    {
+        if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno));
+        }
+    }
+
+    /// <summary>Drop this handle's lock so the board's disk device can take it.</summary>
+    public void ReleaseLock()
+    {
+        if (!locked) return;
+        _ = VirtioBlk.flock((int)file.DangerousGetHandle(), LOCK_UN); // closing the file would drop it as well
+        locked = false;
+    }
+
+    /// <summary>Unmap the image (no receive thread may be inside it).</summary>
+    public void Unmap()
+    {
+        if (address == 0) return;
+        _ = Libc.munmap(address, (nuint)Bytes);
+        address = 0;
+    }
+
+    /// <summary>Unmap and close (which drops the lock if still held).</summary>
+    public void Dispose()
+    {
+        Unmap();
+        file.Dispose();
+    }
+
+    private const int LOCK_UN = 8;
+    private const uint SYNC_FILE_RANGE_WRITE = 2;
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int ftruncate(int fd, long length);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static partial int sync_file_range(int fd, long offset, long nbytes, uint flags);
+}
