@@ -1,36 +1,61 @@
 using Ferry.Machine;
 using Ferry.Machine.Board;
+using Ferry.Machine.Virtio;
 using GuestRam = Ferry.Machine.Memory.GuestRam;
 using Ferry.Migration.Guest;
 
 namespace Ferry.Vm;
 
 /// <summary>
-/// The destination of a migrating <see cref="VirtMachine"/>. It starts as RAM alone, which the engine fills; the board
-/// around it is built when the state arrives, in the source's shape (its harts, from the <c>machine</c> section) with
-/// this side's backends (serial line, disk file, tap), then loaded and, on <see cref="Start"/>, run. Owns both until
-/// disposed.
+/// The destination of a migrating <see cref="VirtMachine"/>. It starts as RAM alone (and, when the source copies its
+/// disk, this side's image emptied and mapped as a second region), which the engine fills; the board around it is built
+/// when the state arrives, in the source's shape (its harts, from the <c>machine</c> section) with this side's
+/// backends (serial line, disk file, tap), then loaded and, on <see cref="Start"/>, run. Owns all of it until disposed.
 /// </summary>
+/// <remarks>
+/// The disk's lock is taken at the end of <see cref="LoadState"/>, not in <see cref="Start"/>: the source drops it
+/// when it pauses, before it saves the state, so it is free by then; and a lock that cannot be had still fails the
+/// migration before <c>ready</c>, where the source resumes, rather than after <c>commit</c>, where neither side
+/// could run the guest any more.
+/// </remarks>
 public sealed class VirtMachineTarget : IMigrationTarget
 {
+    /// <summary>How long <see cref="LoadState"/> waits for the disk's lock (a source on another host may take a
+    /// moment to let go of a lock on shared storage).</summary>
+    public static readonly TimeSpan DiskLockWait = TimeSpan.FromSeconds(2);
+
+    // How often the copied image's landed blocks are pushed to the disk during pre-copy, so the flush at the
+    // switchover (inside the downtime) has little left to write.
+    private static readonly TimeSpan WritebackInterval = TimeSpan.FromMilliseconds(500);
+
     private readonly MachineOptions options;
     private readonly MemoryRegion[] regions;
     // Owned until the board adopts it (then the machine disposes it).
     private GuestRam? ram;
+    // The image being received (copied disk), until Start hands it to the board's disk device.
+    private DiskImageCopy? diskCopy;
+    // Starts writeback of the copied image during pre-copy; guarded by writebackGate against Dispose.
+    private Timer? writeback;
+    private readonly Lock writebackGate = new();
     private VirtMachine? machine;
     private bool started;
     private bool disposed;
 
-    internal VirtMachineTarget(Guid vmId, GuestRam ram, MachineOptions options)
+    internal VirtMachineTarget(Guid vmId, GuestRam ram, MachineOptions options, DiskImageCopy? diskCopy)
     {
         VmId = vmId;
         this.ram = ram;
         this.options = options;
+        this.diskCopy = diskCopy;
         unsafe
         {
             // SAFETY: the mapping lives as long as this target (the machine that adopts it is this target's too).
-            regions = [new MemoryRegion(VirtMachine.RamBase, ram.Size, (nint)ram.Host)];
+            var r = new MemoryRegion(VirtMachine.RamBase, ram.Size, (nint)ram.Host);
+            // The image's mapping lives until Start, after the engine's last use of the regions (the digest after
+            // LoadState); a shared file mapping, which the engine must not zero with MADV_DONTNEED.
+            regions = diskCopy is null ? [r] : [r, new MemoryRegion(VirtMachineSource.DiskRegionAddress, diskCopy.Bytes, diskCopy.Address) { FileBacked = true }];
         }
+        if (diskCopy is not null) writeback = new Timer(static s => ((VirtMachineTarget)s!).Writeback(), this, WritebackInterval, WritebackInterval);
     }
 
     /// <summary>The VM identity from the handshake.</summary>
@@ -39,14 +64,20 @@ public sealed class VirtMachineTarget : IMigrationTarget
     /// <summary>The machine, once the state has been loaded into it; it runs after <see cref="Start"/>.</summary>
     public VirtMachine? Machine => machine;
 
+    /// <summary>Whether the source's disk is being copied into this side's image.</summary>
+    public bool ReceivesDisk => regions.Length > 1;
+
     /// <inheritdoc/>
+    /// <remarks>Valid until <see cref="Start"/>: a copied disk's mapping is given back then.</remarks>
     public IReadOnlyList<MemoryRegion> Regions => regions;
 
     /// <inheritdoc/>
     /// <remarks>Throws <see cref="InvalidDataException"/> naming the section for anything the machine rejects: a foreign,
     /// corrupt, missing or duplicated section, or a source board this side cannot match (a disk or network card the
     /// source has and this side was given no backend for, or the other way round). A board that could not be built
-    /// (a disk file locked, a tap that cannot be opened) is an <see cref="InvalidDataException"/> too.</remarks>
+    /// (a tap that cannot be opened) is an <see cref="InvalidDataException"/> too. Last, the disk's lock is taken
+    /// (after a copy, once the image is durable); <see cref="IOException"/> if it stays busy for
+    /// <see cref="DiskLockWait"/> or the copy cannot be flushed.</remarks>
     public void LoadState(IReadOnlyList<StateSection> sections)
     {
         ArgumentNullException.ThrowIfNull(sections);
@@ -71,6 +102,9 @@ public sealed class VirtMachineTarget : IMigrationTarget
                     Harts = harts,
                     DiskPath = options.DiskPath,
                     DiskReadOnly = options.DiskReadOnly,
+                    // The source holds the lock of a shared image until it pauses, and a copied image's is ours
+                    // until the copy is durable: either way it is taken below, once the state is in.
+                    DiskLockDeferred = true,
                     TapName = options.TapName,
                     MacAddress = options.MacAddress,
                     Rng = options.Rng,
@@ -83,6 +117,22 @@ public sealed class VirtMachineTarget : IMigrationTarget
             }
         }
         machine.LoadState(converted);
+        TakeDisk(machine);
+    }
+
+    private void TakeDisk(VirtMachine m)
+    {
+        if (m.Disk is null) return;
+        if (diskCopy is not null)
+        {
+            StopWriteback();
+            diskCopy.Flush();
+            diskCopy.ReleaseLock();
+        }
+        if (!m.AcquireDiskLock(DiskLockWait))
+        {
+            throw new IOException($"{m.Disk.LockBusyMessage}; waited {DiskLockWait.TotalSeconds:F0} s for the source to let go of it");
+        }
     }
 
     /// <inheritdoc/>
@@ -90,7 +140,11 @@ public sealed class VirtMachineTarget : IMigrationTarget
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         VirtMachine m = machine ?? throw new InvalidOperationException("no state was loaded");
+        if (m.Disk is { LockHeld: false }) throw new InvalidOperationException("the disk's lock was not taken (LoadState failed?)");
         started = true;
+        // From here the device reads and writes the file itself; the page cache holds what the mapping wrote.
+        diskCopy?.Dispose();
+        diskCopy = null;
         m.Start();
     }
 
@@ -99,15 +153,35 @@ public sealed class VirtMachineTarget : IMigrationTarget
     {
         if (disposed) return;
         disposed = true;
+        StopWriteback();
         machine?.Dispose();
         ram?.Dispose();
+        diskCopy?.Dispose();
+    }
+
+    private void Writeback()
+    {
+        lock (writebackGate)
+        {
+            if (writeback is not null) diskCopy?.StartWriteback();
+        }
+    }
+
+    private void StopWriteback()
+    {
+        lock (writebackGate)
+        {
+            writeback?.Dispose();
+            writeback = null;
+        }
     }
 }
 
 /// <summary>
-/// Builds a <see cref="VirtMachineTarget"/> for an incoming migration: RAM of the size the handshake announces, and,
-/// when the state arrives, a board in the source's shape with the backends of <see cref="Options"/> (serial line,
-/// disk, tap, rng); its <see cref="MachineOptions.MemoryBytes"/> and <see cref="MachineOptions.Harts"/> are ignored.
+/// Builds a <see cref="VirtMachineTarget"/> for an incoming migration: RAM of the size the handshake announces (and,
+/// when the source copies its disk, <see cref="MachineOptions.DiskPath"/> emptied to receive it), and, when the state
+/// arrives, a board in the source's shape with the backends of <see cref="Options"/> (serial line, disk, tap, rng); its
+/// <see cref="MachineOptions.MemoryBytes"/> and <see cref="MachineOptions.Harts"/> are ignored.
 /// </summary>
 public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
 {
@@ -120,13 +194,18 @@ public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
     public VirtMachineTarget? LastCreated => Volatile.Read(ref last);
 
     /// <inheritdoc/>
-    /// <remarks>The layout must be the machine's: one region at <see cref="VirtMachine.RamBase"/> of a size the board takes.</remarks>
+    /// <remarks>The layout must be the machine's: RAM at <see cref="VirtMachine.RamBase"/> of a size the board takes,
+    /// then, from a source that copies its disk, the image at <see cref="VirtMachineSource.DiskRegionAddress"/> of at
+    /// most <see cref="VirtMachineSource.MaxCopiedDiskBytes"/>, which needs a writable <see cref="MachineOptions.DiskPath"/>
+    /// here: that file is locked, emptied and grown to the source's size at once (what it held is lost, as with
+    /// QEMU's block migration, even if the migration then fails). Anything else is an
+    /// <see cref="InvalidDataException"/> saying what.</remarks>
     public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
     {
         ArgumentNullException.ThrowIfNull(regions);
-        if (regions.Count != 1 || regions[0].GuestPhysicalAddress != VirtMachine.RamBase)
+        if (regions.Count is 0 or > 2 || regions[0].GuestPhysicalAddress != VirtMachine.RamBase)
         {
-            throw new InvalidDataException($"a virt machine has one RAM region at 0x{VirtMachine.RamBase:x}; the source offers {regions.Count} regions");
+            throw new InvalidDataException($"a virt machine has RAM at 0x{VirtMachine.RamBase:x} and at most a copied disk besides; the source offers {regions.Count} regions");
         }
         try
         {
@@ -136,8 +215,45 @@ public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
         {
             throw new InvalidDataException($"the source's RAM: {e.Message}", e);
         }
-        var target = new VirtMachineTarget(vmId, new GuestRam(VirtMachine.RamBase, regions[0].Size), Options);
+        DiskImageCopy? disk = regions.Count == 2 ? ReceiveDisk(regions[1]) : null;
+        GuestRam ram;
+        try
+        {
+            ram = new GuestRam(VirtMachine.RamBase, regions[0].Size);
+        }
+        catch
+        {
+            disk?.Dispose();
+            throw;
+        }
+        var target = new VirtMachineTarget(vmId, ram, Options, disk);
         Volatile.Write(ref last, target);
         return target;
+    }
+
+    private DiskImageCopy ReceiveDisk((ulong GuestPhysicalAddress, ulong Size) region)
+    {
+        if (region.GuestPhysicalAddress != VirtMachineSource.DiskRegionAddress)
+        {
+            throw new InvalidDataException($"the source's second region is at 0x{region.GuestPhysicalAddress:x}; a copied disk is at 0x{VirtMachineSource.DiskRegionAddress:x}");
+        }
+        if (region.Size > VirtMachineSource.MaxCopiedDiskBytes)
+        {
+            throw new InvalidDataException($"the source's disk is {region.Size} bytes, more than the {VirtMachineSource.MaxCopiedDiskBytes >> 30} GiB a copy may move");
+        }
+        string path = Options.DiskPath
+            ?? throw new InvalidDataException("the source copies its disk (--copy-disk), but this destination has no --disk to receive it");
+        if (Options.DiskReadOnly)
+        {
+            throw new InvalidDataException($"the source copies its disk into --disk {path}, which is read-only here");
+        }
+        try
+        {
+            return DiskImageCopy.Create(path, region.Size);
+        }
+        catch (MachineConfigException e)
+        {
+            throw new InvalidDataException($"cannot receive the source's disk: {e.Message}", e);
+        }
     }
 }

@@ -15,10 +15,13 @@ internal static class LinuxGuest
 
     public static string Image => s_image.Value;
 
-    /// <summary>Boot the guest on a new machine as QEMU's virt board would, serial to <paramref name="console"/>.</summary>
-    public static VirtMachine Boot(Stream console, string cmdline, int harts = 2, ulong memory = 256UL << 20)
+    /// <summary>
+    /// Boot the guest on a new machine as QEMU's virt board would, serial to <paramref name="console"/>, with
+    /// <paramref name="disk"/> as its virtio-blk image when given.
+    /// </summary>
+    public static VirtMachine Boot(Stream console, string cmdline, int harts = 2, ulong memory = 256UL << 20, string? disk = null)
     {
-        var m = new VirtMachine(new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console });
+        var m = new VirtMachine(new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console, DiskPath = disk });
         try
         {
             byte[] kernel = File.ReadAllBytes(Image);

@@ -15,14 +15,16 @@ internal static class LoopbackVmMigration
 {
     public sealed record Result(MigrationStatistics Statistics, VirtMachineSource Source, VirtMachineTarget? Destination, Exception? DestinationError);
 
-    public static Result Run(VirtMachine machine, VirtMachineTargetFactory factory, MigrationOptions options)
+    public static Result Run(VirtMachine machine, VirtMachineTargetFactory factory, MigrationOptions options, bool copyDisk = false)
     {
-        var source = new VirtMachineSource(machine);
+        var source = new VirtMachineSource(machine, copyDisk);
         // Port 0: the kernel picks a free port, so parallel runs never collide.
         var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0));
         using var stopDestination = new CancellationTokenSource();
+        // The receiver's limit counts every region: RAM, and a copied disk.
+        ulong limit = machine.Ram.Size + (copyDisk ? machine.Disk!.ImageBytes : 0);
         var incoming = new IncomingMigration(listener, factory,
-            new IncomingOptions { MaxMemoryBytes = machine.Ram.Size, PeerTimeout = options.PeerTimeout });
+            new IncomingOptions { MaxMemoryBytes = limit, PeerTimeout = options.PeerTimeout });
         Ferry.Migration.Guest.IMigrationTarget? destination = null;
         Exception? destinationError = null;
         var destinationThread = new Thread(() =>
@@ -58,5 +60,21 @@ internal static class LoopbackVmMigration
             destination = null;
         }
         return new Result(statistics, source, (VirtMachineTarget?)destination, destinationError);
+    }
+
+    /// <summary>The statistics as lines for a test's output: the outcome, where the downtime went, each round.</summary>
+    public static IEnumerable<string> Describe(Result r)
+    {
+        MigrationStatistics s = r.Statistics;
+        yield return $"status {s.Status} {s.Error}; total {s.TotalMs:F1} ms, setup {s.SetupMs:F1} ms, downtime {s.DowntimeMs:F1} ms " +
+            $"(pause {s.DowntimeBreakdownMs.Pause:F1}, final pages {s.DowntimeBreakdownMs.FinalPages:F1}, device state {s.DowntimeBreakdownMs.DeviceState:F1}, " +
+            $"resume {s.DowntimeBreakdownMs.Resume:F1}), expected {s.ExpectedDowntimeMs:F1} ms, {s.Rounds.Count} rounds, throttle {s.ThrottlePercent}%, " +
+            $"{s.BytesSent} bytes, pages normal {s.Pages.Normal} zero {s.Pages.Zero}, switchover: {s.SwitchoverReason}";
+        foreach (var round in s.Rounds)
+        {
+            yield return $"  round {round.Round}: {round.Pages} pages, {round.Milliseconds:F1} ms, dirty {round.DirtyPagesPerSecond:F0}/s, throttle {round.ThrottlePercent}%";
+        }
+        if (s.Switchover is { } t) yield return $"  switchover: pause {t.Pause:F1} ms, save {t.Save:F1} ms, dest_load {t.DestLoad:F1} ms, dest_digest {t.DestDigest:F1} ms";
+        if (r.DestinationError != null) yield return $"destination: {r.DestinationError}";
     }
 }

@@ -36,16 +36,7 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
         // Harts and memory come from the source; Harts = 1 here shows the destination does not take them from its options.
         var factory = new VirtMachineTargetFactory { Options = new MachineOptions { Harts = 1, SerialOut = destinationConsole, Rng = destinationRng } };
         LoopbackVmMigration.Result r = LoopbackVmMigration.Run(source, factory, new MigrationOptions { Timeout = TimeSpan.FromSeconds(120) });
-        MigrationStatistics s = r.Statistics;
-        output.WriteLine($"status {s.Status} {s.Error}; total {s.TotalMs:F1} ms, setup {s.SetupMs:F1} ms, downtime {s.DowntimeMs:F1} ms " +
-            $"(pause {s.DowntimeBreakdownMs.Pause:F1}, final pages {s.DowntimeBreakdownMs.FinalPages:F1}, device state {s.DowntimeBreakdownMs.DeviceState:F1}, " +
-            $"resume {s.DowntimeBreakdownMs.Resume:F1}), expected {s.ExpectedDowntimeMs:F1} ms, {s.Rounds.Count} rounds, throttle {s.ThrottlePercent}%, " +
-            $"{s.BytesSent} bytes, pages normal {s.Pages.Normal} zero {s.Pages.Zero}, switchover: {s.SwitchoverReason}");
-        foreach (var round in s.Rounds)
-        {
-            output.WriteLine($"  round {round.Round}: {round.Pages} pages, {round.Milliseconds:F1} ms, dirty {round.DirtyPagesPerSecond:F0}/s, throttle {round.ThrottlePercent}%");
-        }
-        if (r.DestinationError != null) output.WriteLine($"destination: {r.DestinationError}");
+        foreach (string line in LoopbackVmMigration.Describe(r)) output.WriteLine(line);
         return r;
     }
 

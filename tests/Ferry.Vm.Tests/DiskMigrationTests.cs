@@ -1,0 +1,287 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.RegularExpressions;
+using Ferry.Machine;
+using Ferry.Machine.Board;
+using Ferry.Machine.Tests;
+using Ferry.Machine.Virtio;
+using Ferry.Linux;
+using Ferry.Migration;
+using Microsoft.Win32.SafeHandles;
+
+namespace Ferry.Vm.Tests;
+
+/// <summary>
+/// The guest's virtio-blk disk across a live migration of the built-in Linux guest, whose disk writer keeps writing
+/// (O_DIRECT | O_DSYNC) while the migration runs and whose <c>diskcheck</c> rereads every block it wrote: on shared
+/// storage (one image, the lock moves) and copied block by block into the destination's own image.
+/// </summary>
+public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisposable
+{
+    private static readonly TimeSpan Boot = TimeSpan.FromSeconds(90);
+    private const ulong Memory = 256UL << 20;
+    // The writer's region: blocks of the first 16 MiB, 200 a second.
+    private const string DiskArgs = "ferry.disk=1 ferry.diskrate=200 ferry.disksize=16M";
+    private const ulong WriterRegion = 16UL << 20;
+    private const ulong DiskGolden = 0xC2B2AE3D27D4EB4F;
+    private readonly string dir = Directory.CreateTempSubdirectory("ferry-vmdisk-").FullName;
+
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    [GeneratedRegex(@"diskcheck ok blocks=(\d+) writes=(\d+)")]
+    private static partial Regex DiskCheckOk();
+
+    private string Image(string name, long bytes)
+    {
+        string path = Path.Combine(dir, name);
+        using var f = new FileStream(path, FileMode.CreateNew);
+        f.SetLength(bytes);
+        return path;
+    }
+
+    /// <summary>Boot the guest on <paramref name="disk"/> and wait until its disk writer has written <paramref name="writes"/> blocks.</summary>
+    private VirtMachine BootWriting(SerialLog console, string disk, long writes, out (long Blocks, long Writes) written)
+    {
+        VirtMachine m = LinuxGuest.Boot(console, $"console=ttyS0 ferry.heartbeat=100 ferry.ws=8M ferry.rate=2000 {DiskArgs}", 2, Memory, disk);
+        try
+        {
+            console.WaitFor("disk: /dev/vda", Boot);
+            written = WaitForWrites(m, console, writes);
+            return m;
+        }
+        catch
+        {
+            m.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Type diskcheck and return (blocks checked, writes so far); fails on anything but ok.</summary>
+    private (long Blocks, long Writes) DiskCheck(VirtMachine m, SerialLog console)
+    {
+        int from = console.Text.Length;
+        LinuxGuest.Type(m, "diskcheck");
+        int at = console.WaitFor("diskcheck ", TimeSpan.FromSeconds(60), from);
+        int end = console.WaitFor("\n", TimeSpan.FromSeconds(5), at);
+        string line = console.Text[(at - "diskcheck ".Length)..end].Trim();
+        output.WriteLine(line);
+        Match ok = DiskCheckOk().Match(line);
+        Assert.True(ok.Success, line);
+        return (long.Parse(ok.Groups[1].Value, CultureInfo.InvariantCulture), long.Parse(ok.Groups[2].Value, CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>Wait until the guest has written at least <paramref name="writes"/> blocks (diskcheck, repeated).</summary>
+    private (long Blocks, long Writes) WaitForWrites(VirtMachine m, SerialLog console, long writes)
+    {
+        var sw = Stopwatch.StartNew();
+        while (true)
+        {
+            var c = DiskCheck(m, console);
+            if (c.Writes >= writes) return c;
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(60), $"the disk writer wrote {c.Writes} blocks in a minute, {writes} expected");
+            Thread.Sleep(200);
+        }
+    }
+
+    private LoopbackVmMigration.Result Migrate(VirtMachine source, MachineOptions destination, bool copyDisk, bool verify = false)
+    {
+        var factory = new VirtMachineTargetFactory { Options = destination };
+        LoopbackVmMigration.Result r = LoopbackVmMigration.Run(source, factory,
+            new MigrationOptions { Timeout = TimeSpan.FromSeconds(120), Verify = verify }, copyDisk);
+        foreach (string line in LoopbackVmMigration.Describe(r)) output.WriteLine(line);
+        return r;
+    }
+
+    private static void AssertLockedByAnother(string image)
+    {
+        var e = Assert.Throws<MachineConfigException>(() => new VirtioBlk(image).Dispose());
+        Assert.Contains("in use by another VM", e.Message, StringComparison.Ordinal);
+    }
+
+    private static void WaitUntil(Func<bool> condition, string what)
+    {
+        var sw = Stopwatch.StartNew();
+        while (!condition())
+        {
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(30), what);
+            Thread.Sleep(20);
+        }
+    }
+
+    [Fact]
+    public void OnSharedStorageTheDiskStaysAndItsLockMovesWithTheGuest()
+    {
+        string image = Image("shared.img", 64L << 20);
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = BootWriting(sourceConsole, image, 20, out var before);
+        AssertLockedByAnother(image);
+
+        LoopbackVmMigration.Result r = Migrate(source, new MachineOptions { DiskPath = image, SerialOut = destinationConsole }, copyDisk: false);
+        using VirtMachineTarget? destination = r.Destination;
+        Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
+        VirtMachine arrived = Assert.IsType<VirtMachine>(destination?.Machine);
+
+        // The lock went with the guest: the destination holds it, the source (paused for good) does not, a third VM
+        // cannot have it.
+        Assert.False(source.Disk!.LockHeld);
+        Assert.True(arrived.Disk!.LockHeld);
+        AssertLockedByAnother(image);
+
+        // Every block the guest wrote, before, during and after the switchover, reads back on the destination, and
+        // the writer goes on there.
+        var after = DiskCheck(arrived, destinationConsole);
+        Assert.True(after.Writes >= before.Writes, $"writes went from {before.Writes} to {after.Writes}");
+        WaitForWrites(arrived, destinationConsole, after.Writes + 20);
+    }
+
+    [Fact]
+    public void AFailedMigrationLeavesTheSharedDiskLockedByTheSourceWhoseWriterGoesOn()
+    {
+        string image = Image("shared.img", 64L << 20);
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = BootWriting(sourceConsole, image, 20, out var before);
+
+        // The source has a virtio-rng; this destination was given none: refused while loading the state, after the
+        // source had dropped its lock.
+        LoopbackVmMigration.Result r = Migrate(source, new MachineOptions { DiskPath = image, Rng = false, SerialOut = destinationConsole }, copyDisk: false);
+        Assert.Equal(MigrationStatus.Failed, r.Statistics.Status);
+        Assert.Contains("virtio-rng on the source, no device here", r.Statistics.Error ?? "", StringComparison.Ordinal);
+        Assert.Null(r.Destination);
+
+        Assert.True(r.Source.IsRunning);
+        WaitUntil(() => source.Disk!.LockHeld, "the source did not take its disk's lock back");
+        AssertLockedByAnother(image);
+        var after = WaitForWrites(source, sourceConsole, before.Writes + 20);
+        Assert.True(after.Blocks >= before.Blocks);
+        Assert.Equal("", destinationConsole.Text);
+    }
+
+    [Fact]
+    public void ACopiedDiskArrivesByteForByteWhileTheGuestWritesIt()
+    {
+        const long DiskBytes = 256L << 20;
+        string sourceImage = Image("source.img", DiskBytes);
+        string destinationImage = Image("destination.img", 32L << 20);
+        // The source's image full of random data (none of it zero, so every block travels as data), the destination's
+        // something else: after the move the destination must hold the source's, not a mix.
+        var random = new Random(42);
+        byte[] chunk = new byte[1 << 20];
+        using (var f = new FileStream(sourceImage, FileMode.Open, FileAccess.Write))
+        {
+            for (long at = 0; at < DiskBytes; at += chunk.Length)
+            {
+                random.NextBytes(chunk);
+                f.Write(chunk);
+            }
+        }
+        Array.Fill(chunk, (byte)0xee);
+        using (var f = new FileStream(destinationImage, FileMode.Open, FileAccess.Write))
+        {
+            for (int i = 0; i < 32; i++) f.Write(chunk);
+        }
+
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = BootWriting(sourceConsole, sourceImage, 20, out var before);
+
+        LoopbackVmMigration.Result r = Migrate(source, new MachineOptions { DiskPath = destinationImage, SerialOut = destinationConsole }, copyDisk: true, verify: true);
+        using VirtMachineTarget? destination = r.Destination;
+        Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
+        VirtMachine arrived = Assert.IsType<VirtMachine>(destination?.Machine);
+        // The digests cover the disk region too.
+        Assert.True(r.Statistics.Verify?.Match, "source and destination digests differ");
+        Assert.True(r.Statistics.Pages.Normal >= DiskBytes / 4096, $"{r.Statistics.Pages.Normal} pages sent with data, the image alone has {DiskBytes / 4096}");
+        // The copy kept its own lock; the source's image is still the source's (paused for good, never handed over).
+        Assert.True(arrived.Disk!.LockHeld);
+        Assert.True(source.Disk!.LockHeld);
+        AssertLockedByAnother(destinationImage);
+
+        var after = DiskCheck(arrived, destinationConsole);
+        Assert.True(after.Writes > before.Writes, $"the guest wrote nothing during the migration ({before.Writes} then {after.Writes})");
+
+        // Compare the images with the destination stopped. Both hold the switchover's image, except blocks the guest
+        // wrote on the destination since: those must be its pattern at a later generation than the source's.
+        arrived.Pause();
+        arrived.PauseDevices();
+        Assert.Equal(DiskBytes, new FileInfo(destinationImage).Length);
+        int rewritten = CompareImages(sourceImage, destinationImage);
+        output.WriteLine($"images equal but for {rewritten} blocks the guest rewrote on the destination");
+        Assert.True(rewritten <= after.Writes - before.Writes + 1000, $"{rewritten} blocks differ");
+    }
+
+    /// <summary>Blocks that differ (each checked to be the guest's rewrite); every other byte is equal.</summary>
+    private static int CompareImages(string sourceImage, string destinationImage)
+    {
+        using SafeFileHandle a = OpenWithoutLock(sourceImage);
+        using SafeFileHandle b = OpenWithoutLock(destinationImage);
+        byte[] x = new byte[1 << 20], y = new byte[1 << 20];
+        int differing = 0;
+        long length = RandomAccess.GetLength(a);
+        for (long at = 0; at < length; at += x.Length)
+        {
+            Assert.Equal(x.Length, RandomAccess.Read(a, x, at));
+            Assert.Equal(y.Length, RandomAccess.Read(b, y, at));
+            for (int o = 0; o < x.Length; o += 4096)
+            {
+                if (x.AsSpan(o, 4096).SequenceEqual(y.AsSpan(o, 4096))) continue;
+                ulong block = (ulong)(at + o) / 4096;
+                Assert.True((ulong)(at + o) < WriterRegion, $"block {block}, outside the writer's region, differs");
+                uint source = Generation(x.AsSpan(o, 4096), block);
+                uint dest = Generation(y.AsSpan(o, 4096), block);
+                Assert.True(dest != 0 && dest > source, $"block {block}: generation {dest} on the destination, {source} on the source");
+                differing++;
+            }
+        }
+        return differing;
+    }
+
+    /// <summary>
+    /// Open for reading without .NET's own advisory lock (FileShare is emulated with flock on Linux, which the disk's
+    /// LOCK_EX refuses).
+    /// </summary>
+    private static SafeFileHandle OpenWithoutLock(string path)
+    {
+        int fd = Libc.open(path, Libc.O_CLOEXEC);
+        Assert.True(fd >= 0, $"open {path}");
+        return new SafeFileHandle(fd, ownsHandle: true);
+    }
+
+    /// <summary>The generation block <paramref name="block"/> holds in the guest's pattern, or 0 if it holds something else.</summary>
+    private static uint Generation(ReadOnlySpan<byte> data, ulong block)
+    {
+        ulong first = BinaryPrimitives.ReadUInt64LittleEndian(data);
+        if (first >> 32 != block) return 0;
+        uint g = (uint)first;
+        for (int j = 0; j < 512; j++)
+        {
+            if (BinaryPrimitives.ReadUInt64LittleEndian(data[(8 * j)..]) != ((block << 32) | g) + (ulong)j * DiskGolden) return 0;
+        }
+        return g;
+    }
+
+    [Fact]
+    public void ACopyIntoADestinationWithoutAWritableDiskIsRefusedAndTheSourceRunsOn()
+    {
+        string image = Image("source.img", 64L << 20);
+        string readOnly = Image("readonly.img", 64L << 20);
+        var sourceConsole = new SerialLog();
+        using VirtMachine source = BootWriting(sourceConsole, image, 10, out var before);
+
+        LoopbackVmMigration.Result none = Migrate(source, new MachineOptions { SerialOut = new SerialLog() }, copyDisk: true);
+        Assert.Equal(MigrationStatus.Failed, none.Statistics.Status);
+        Assert.Contains("no --disk to receive it", none.Statistics.Error ?? "", StringComparison.Ordinal);
+        Assert.Null(none.Destination);
+        Assert.True(none.Source.IsRunning);
+
+        LoopbackVmMigration.Result ro = Migrate(source, new MachineOptions { DiskPath = readOnly, DiskReadOnly = true, SerialOut = new SerialLog() }, copyDisk: true);
+        Assert.Equal(MigrationStatus.Failed, ro.Statistics.Status);
+        Assert.Contains("read-only here", ro.Statistics.Error ?? "", StringComparison.Ordinal);
+        Assert.True(new FileInfo(readOnly).Length == 64L << 20, "a refused destination changed its image");
+
+        Assert.True(source.Disk!.LockHeld);
+        WaitForWrites(source, sourceConsole, before.Writes + 20);
+    }
+}
