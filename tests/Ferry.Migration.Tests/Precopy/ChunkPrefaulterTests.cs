@@ -87,6 +87,22 @@ public sealed unsafe class ChunkPrefaulterTests : IDisposable
     }
 
     [Fact]
+    public void AFileBackedRegionIsNeverMapped()
+    {
+        // A copied disk image: populating it would allocate the file's holes. The test's memory is anonymous; only
+        // the region's mark decides.
+        _region = _region with { FileBacked = true };
+        _map = new ReceivedPageMap([_region]);
+        Land(ChunkPrefaulter.ChunkPages, ChunkPrefaulter.ChunkPages / 2);
+        using var prefaulter = new ChunkPrefaulter([_region], _map, minHeldPages: 1);
+
+        Assert.Equal(0, prefaulter.ScanOnce());
+        Assert.Equal(0, prefaulter.ScanOnce());
+        Assert.Equal(0L, prefaulter.PagesPopulated);
+        Assert.Equal((ulong)ChunkPrefaulter.ChunkPages / 2, Present(ChunkPrefaulter.ChunkPages, ChunkPrefaulter.ChunkPages));
+    }
+
+    [Fact]
     public void AChunkThatReachesTheThresholdLaterIsMappedOnALaterScan()
     {
         using var prefaulter = new ChunkPrefaulter([_region], _map, minHeldPages: 10);
