@@ -114,6 +114,33 @@ public sealed class MachineStateTests
     private static long GuestCount(ulong[] bitmap) => bitmap.Sum(w => (long)System.Numerics.BitOperations.PopCount(w));
 
     [Fact]
+    public void APlainPauseKeepsTheDisksLockOnlyTheMigrationsHandoverDropsIt()
+    {
+        string image = Path.Combine(Path.GetTempPath(), $"ferry-pause-{Guid.NewGuid():N}.img");
+        File.WriteAllBytes(image, new byte[1 << 20]);
+        try
+        {
+            using var m = new VirtMachine(new MachineOptions { MemoryBytes = 8UL << 20, DiskPath = image });
+            // What `ferry vm pause` does: the disk stays this VM's.
+            m.PauseDevices();
+            Assert.True(m.Disk!.LockHeld);
+            Assert.Throws<MachineConfigException>(() => new Ferry.Machine.Virtio.VirtioBlk(image).Dispose());
+            m.ResumeDevices();
+
+            // What a migration's source does after pausing.
+            m.PauseDevices();
+            m.ReleaseDiskLock();
+            new Ferry.Machine.Virtio.VirtioBlk(image).Dispose();
+            Assert.True(m.AcquireDiskLock(TimeSpan.FromSeconds(1)));
+            Assert.Throws<MachineConfigException>(() => new Ferry.Machine.Virtio.VirtioBlk(image).Dispose());
+        }
+        finally
+        {
+            File.Delete(image);
+        }
+    }
+
+    [Fact]
     public void AThrottledLinuxGuestKeepsRunningAndStillPausesAtOnce()
     {
         var console = new SerialLog();
