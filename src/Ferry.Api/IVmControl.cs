@@ -1,3 +1,5 @@
+using Ferry.Migration;
+
 namespace Ferry.Api;
 
 /// <summary>
@@ -30,4 +32,17 @@ public interface IVmControl
     /// the response is sent before the server stops. From running or paused.
     /// </summary>
     void Shutdown();
+
+    /// <summary>
+    /// Live-migrate the running VM to <see cref="MigrateRequest.Destination"/>; the task ends with the migration, with
+    /// its statistics whatever the outcome. Completed: the VM runs on the destination and this VM process exits 0 once
+    /// the answer is sent. Failed or cancelled: the VM runs on here and can migrate again. Throws
+    /// <see cref="VmStateException"/> when the VM is not running or a migration is in flight (409), and
+    /// <see cref="ArgumentException"/> for a request that is not valid (400). Progress shows in <see cref="Info"/>.
+    /// </summary>
+    Task<MigrationStatistics> MigrateAsync(MigrateRequest request) =>
+        throw new VmStateException("this VM cannot migrate");
+
+    /// <summary>Cancel the migration in flight (the VM runs on here); <see cref="VmStateException"/> when there is none.</summary>
+    void CancelMigration() => throw new VmStateException("no migration is in progress");
 }

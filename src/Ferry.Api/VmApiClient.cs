@@ -1,4 +1,5 @@
 using System.Net;
+using Ferry.Migration;
 
 namespace Ferry.Api;
 
@@ -13,6 +14,8 @@ public sealed class VmApiClient : IDisposable
     private static readonly Uri BaseAddress = new("http://localhost/");
 
     private readonly HttpClient http;
+    private readonly HttpClient untimedHttp;
+    private readonly SocketsHttpHandler handler;
 
     public VmApiClient(string socketPath, TimeSpan? timeout = null)
     {
@@ -24,7 +27,9 @@ public sealed class VmApiClient : IDisposable
             UseProxy = false,
         };
         // 30 s: a pause waits for every hart's next block boundary, normally well under a millisecond.
-        http = new HttpClient(handler, disposeHandler: true) { BaseAddress = BaseAddress, Timeout = timeout ?? TimeSpan.FromSeconds(30) };
+        http = new HttpClient(handler, disposeHandler: false) { BaseAddress = BaseAddress, Timeout = timeout ?? TimeSpan.FromSeconds(30) };
+        untimedHttp = new HttpClient(handler, disposeHandler: false) { BaseAddress = BaseAddress, Timeout = Timeout.InfiniteTimeSpan };
+        this.handler = handler;
     }
 
     public string SocketPath { get; }
@@ -47,17 +52,35 @@ public sealed class VmApiClient : IDisposable
 
     public Task ShutdownAsync(CancellationToken cancellationToken = default) => SendAsync(HttpMethod.Put, "vm/shutdown", cancellationToken);
 
+    /// <summary>
+    /// <c>PUT /vm/migrate</c>: start a live migration and wait, without a time limit, for its statistics (the answer's
+    /// body as sent, and decoded). Cancelling <paramref name="cancellationToken"/> stops waiting, not the migration.
+    /// </summary>
+    public async Task<(string Json, MigrationStatistics Statistics)> MigrateAsync(MigrateRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        string body = System.Text.Json.JsonSerializer.Serialize(request, ApiJson.Options);
+        string json = await SendAsync(HttpMethod.Put, "vm/migrate", cancellationToken, body, untimed: true).ConfigureAwait(false);
+        var statistics = System.Text.Json.JsonSerializer.Deserialize<MigrationStatistics>(json, ApiJson.Options)
+                         ?? throw new VmApiException($"{SocketPath}: PUT /vm/migrate answered null");
+        return (json, statistics);
+    }
+
+    public Task CancelMigrationAsync(CancellationToken cancellationToken = default) => SendAsync(HttpMethod.Put, "vm/migrate/cancel", cancellationToken);
+
     /// <summary>Any path (the OpenAPI document, for one); the body of a success.</summary>
     public Task<string> GetStringAsync(string path, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Get, path.TrimStart('/'), cancellationToken);
 
-    private async Task<string> SendAsync(HttpMethod method, string path, CancellationToken cancellationToken)
+    private async Task<string> SendAsync(HttpMethod method, string path, CancellationToken cancellationToken, string? jsonBody = null, bool untimed = false)
     {
         HttpResponseMessage response;
         try
         {
             using var request = new HttpRequestMessage(method, new Uri(path, UriKind.Relative));
-            response = await http.SendAsync(request, cancellationToken).ConfigureAwait(false);
+            if (jsonBody is not null) request.Content = new StringContent(jsonBody, System.Text.Encoding.UTF8, "application/json");
+            // A migration takes as long as it takes (its own timeout bounds it): only the caller's token ends the wait.
+            response = await (untimed ? untimedHttp : http).SendAsync(request, cancellationToken).ConfigureAwait(false);
         }
         catch (HttpRequestException e) when (e.InnerException is ApiSocketException socket)
         {
@@ -94,5 +117,10 @@ public sealed class VmApiClient : IDisposable
         return $"the VM answered {(int)status} {status}";
     }
 
-    public void Dispose() => http.Dispose();
+    public void Dispose()
+    {
+        http.Dispose();
+        untimedHttp.Dispose();
+        handler.Dispose();
+    }
 }

@@ -1,3 +1,4 @@
+using Ferry.Migration;
 using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Http.HttpResults;
@@ -15,6 +16,8 @@ namespace Ferry.Api;
 /// PUT /vm/pause      204 | 409    running → paused
 /// PUT /vm/resume     204 | 409    paused → running
 /// PUT /vm/shutdown   204 | 409    running or paused → shutdown; the VM process then exits 0
+/// PUT /vm/migrate    200 MigrationStatistics | 400 | 409   live-migrate (MigrateRequest); answers when it ends
+/// PUT /vm/migrate/cancel  204 | 409   cancel the migration in flight; the VM runs on here
 /// GET /openapi/v1.json            this API's OpenAPI document
 /// </code>
 /// </remarks>
@@ -37,6 +40,29 @@ public static class VmApiEndpoints
         group.MapPut("/shutdown", () => Change(vm.Shutdown))
             .WithName("ShutdownVm")
             .WithSummary("Power the guest off; the VM process exits 0 once the response is sent.");
+        group.MapPut("/migrate", async Task<Results<Ok<MigrationStatistics>, BadRequest<ApiError>, Conflict<ApiError>>> (MigrateRequest request) =>
+            {
+                Task<MigrationStatistics> migration;
+                try
+                {
+                    migration = vm.MigrateAsync(request);
+                }
+                catch (VmStateException e)
+                {
+                    return TypedResults.Conflict(new ApiError(e.Message));
+                }
+                catch (ArgumentException e)
+                {
+                    return TypedResults.BadRequest(new ApiError(e.Message));
+                }
+                // Not tied to the request: a client that goes away does not stop the migration (ferry migrate --cancel does).
+                return TypedResults.Ok(await migration.ConfigureAwait(false));
+            })
+            .WithName("MigrateVm")
+            .WithSummary("Live-migrate the VM to a 'ferry vm receive' destination; answers with the statistics when the migration ends. GET /vm shows its progress.");
+        group.MapPut("/migrate/cancel", () => Change(vm.CancelMigration))
+            .WithName("CancelMigration")
+            .WithSummary("Cancel the migration in flight; the VM keeps running here.");
         return routes;
     }
 

@@ -17,4 +17,12 @@ public enum VmState
     /// <summary>The guest powered off (or was powered off); the VM process is about to exit.</summary>
     [JsonStringEnumMemberName("shutdown")]
     Shutdown,
+
+    /// <summary>A <c>ferry vm receive</c> process waiting for its VM to arrive (no machine yet).</summary>
+    [JsonStringEnumMemberName("incoming")]
+    Incoming,
+
+    /// <summary>The VM completed a migration and runs on the destination now; this process is about to exit.</summary>
+    [JsonStringEnumMemberName("migrated")]
+    Migrated,
 }

@@ -1,127 +1,263 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
+using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
-using Ferry.Linux;
+using Ferry.Api;
+using Ferry.Machine;
 using Ferry.Migration;
-using Ferry.Migration.InProcess;
 using Spectre.Console;
 
 namespace Ferry.Cli;
 
+/// <summary>What <c>ferry demo</c> runs.</summary>
+/// <param name="MemoryBytes">The guest's RAM.</param>
+/// <param name="Harts">The guest's harts.</param>
+/// <param name="DirtyRate">Pages the guest's dirtier writes per second (hot set, all harts).</param>
+/// <param name="Json">Print the result as JSON on stdout, nothing else there.</param>
+public sealed record DemoSettings(ulong MemoryBytes, int Harts, long DirtyRate, bool Json)
+{
+    /// <summary>The issue's demo: 1 GiB, 2 harts, 20,000 pages/s (a moderately busy VM: ~80 MiB/s of writes).</summary>
+    public static DemoSettings Default { get; } = new(1UL << 30, 2, 20_000, false);
+}
+
 /// <summary>
-/// <c>ferry demo</c>: live-migrate a busy in-process guest over loopback TCP, then show what the guest saw after
-/// arriving: its memory checks out page by page and its writers kept running on the destination.
+/// <c>ferry demo</c>: the built-in Linux guest boots in one VM process (<c>ferry vm run</c>), a second waits for it
+/// (<c>ferry vm receive</c>) on 127.0.0.1, and the first live-migrates to the second while the guest dirties memory
+/// on both harts and prints a heartbeat. Then it shows the engine's figures and what the guest saw: the longest gap
+/// between heartbeat lines across the two processes' consoles (host time), the guest's own largest stall around the
+/// switchover, that its heartbeat goes on at the destination, and its memory self-check there.
 /// </summary>
-/// <remarks>Until the KVM monitor exists this is the in-process guest; the command stays the README's first.</remarks>
 public static class Demo
 {
-    /// <summary>
-    /// 1 GiB of random (incompressible) memory, two writers dirtying a hot set at 20,000 pages/s (~80 MiB/s of
-    /// writes, a moderately busy VM), verified by digest. Converges in a few rounds over loopback.
-    /// </summary>
-    public static EngineBenchSettings Settings { get; } = new()
-    {
-        MemoryBytes = 1UL << 30,
-        Fill = MemoryFill.Random,
-        DirtyRatePagesPerSecond = 20_000,
-        Pattern = DirtyPattern.Hotset,
-        Writers = 2,
-        Verify = true,
-    };
+    /// <summary>Heartbeat period: short enough to see a switchover of a few milliseconds in the gap between lines.</summary>
+    private const int HeartbeatMs = 10;
 
-    /// <summary>How long to watch the destination's workload after arrival: 20 ticks of its 1 ms pacing and more.</summary>
-    private static readonly TimeSpan WatchAfterArrival = TimeSpan.FromMilliseconds(500);
+    private static readonly TimeSpan BootTimeout = TimeSpan.FromSeconds(120);
+    private static readonly TimeSpan StepTimeout = TimeSpan.FromSeconds(60);
 
-    public static int Run(EngineBenchSettings settings, CliConsole console, CancellationToken cancellationToken)
+    /// <summary>How long the guest runs on the source before the migration, and on the destination before the self-check.</summary>
+    private static readonly TimeSpan Settle = TimeSpan.FromSeconds(1);
+
+    public static int Run(DemoSettings settings, CliConsole console, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(settings);
         ArgumentNullException.ThrowIfNull(console);
-        if (!HostMemory.CheckFits(settings.MemoryBytes, settings.Fill, console.Error)) return FerryCommand.ExitUsage;
-        if (!settings.Json)
-            console.Error.WriteLine($"ferry demo: migrating a {Units.FormatBytes(settings.MemoryBytes)} guest " +
-                                    $"({settings.Fill.ToString().ToLowerInvariant()} contents, {settings.Pattern.ToString().ToLowerInvariant()} writes at " +
-                                    $"{settings.DirtyRatePagesPerSecond:N0} pages/s) over 127.0.0.1");
-        var result = LoopbackMigration.RunLive(settings, console, cancellationToken);
-        if (result is null) return FerryCommand.ExitMigrationFailed;
-
-        using (result)
+        string image;
+        try
         {
-            var arrival = result.Destination is InProcessTarget target ? Observe(target) : null;
-            if (settings.Json)
-            {
-                console.Out.WriteLine(JsonSerializer.Serialize(new DemoReport(result.Statistics, arrival), JsonOptions));
-            }
-            else
-            {
-                var output = StatisticsView.CreateConsole(console.Out, console.OutIsTerminal);
-                StatisticsView.Write(output, result.Statistics);
-                if (arrival is not null) output.Write(ArrivalTable(arrival));
-                else if (result.DestinationError is { } e) output.MarkupLine($"[red]destination:[/] {Markup.Escape(e.Message)}");
-            }
-            var code = EngineBench.ExitCode(result.Statistics, settings.Verify);
-            if (code == FerryCommand.ExitCompleted && arrival is not { SelfCheckOk: true, WritersRunning: true })
-                code = FerryCommand.ExitVerifyFailed;
-            return code;
+            image = BuiltInGuest.Build(console, cancellationToken);
         }
+        catch (GuestBuildException e)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return FerryCommand.ExitMigrationFailed;
+        }
+        catch (OperationCanceledException)
+        {
+            return VmRun.ExitInterrupted;
+        }
+        if (!File.Exists(BuiltInGuest.Firmware))
+        {
+            console.Error.WriteLine($"ferry: {BuiltInGuest.Firmware}: no such file (apt-get install opensbi)");
+            return FerryCommand.ExitUsage;
+        }
+
+        DirectoryInfo dir = Directory.CreateTempSubdirectory("ferry-demo-");
+        try
+        {
+            return Run(settings, image, dir.FullName, console, cancellationToken);
+        }
+        finally
+        {
+            try
+            {
+                dir.Delete(recursive: true);
+            }
+            catch (IOException)
+            {
+                // A socket file still bound by a child being reaped: the temp cleaner gets it.
+            }
+        }
+    }
+
+    private static int Run(DemoSettings settings, string image, string dir, CliConsole console, CancellationToken cancellationToken)
+    {
+        string sourceApi = Path.Combine(dir, "source.sock");
+        string destinationApi = Path.Combine(dir, "destination.sock");
+        // A quarter of RAM, at most 256 MiB: what the dirtier writes and the self-check reads.
+        ulong ws = Math.Min(256UL << 20, settings.MemoryBytes / 4) >> 20;
+        string cmdline = string.Create(CultureInfo.InvariantCulture,
+            $"console=ttyS0 ferry.heartbeat={HeartbeatMs}ms ferry.ws={ws}M ferry.rate={settings.DirtyRate} ferry.pattern=hotset");
+        void Say(string line)
+        {
+            if (!settings.Json) console.Error.WriteLine($"ferry demo: {line}");
+        }
+
+        using var destination = VmProcess.Start("destination", ["vm", "receive", "--listen", "127.0.0.1:0", "--api", destinationApi]);
+        const string waiting = "ferry: waiting for an incoming migration on ";
+        var listening = destination.WaitForErrorLine(l => l.StartsWith(waiting, StringComparison.Ordinal), StepTimeout);
+        if (listening is null) return Failed(console, "the destination VM process did not start listening", destination);
+        string address = listening.Value.Line[waiting.Length..].Trim();
+
+        Say($"booting the built-in Linux guest ({Units.FormatBytes(settings.MemoryBytes)}, {settings.Harts} harts; dirtier: {settings.DirtyRate:N0} pages/s over {ws} MiB)");
+        using var source = VmProcess.Start("source",
+        [
+            "vm", "run", "--kernel", image, "--memory", settings.MemoryBytes.ToString(CultureInfo.InvariantCulture),
+            "--harts", settings.Harts.ToString(CultureInfo.InvariantCulture), "--cmdline", cmdline, "--api", sourceApi,
+        ]);
+        if (source.WaitForLine(l => l.StartsWith("dirtier: ", StringComparison.Ordinal), BootTimeout) is not { } up)
+        {
+            return Failed(console, "the guest did not start its workload on the source", source, destination);
+        }
+        Thread.Sleep(Settle);
+        if (source.HasExited) return Failed(console, "the source VM process ended", source, destination);
+
+        Say($"migrating the running guest live from VM process {source.Id} to VM process {destination.Id} at {address}");
+        long migrationStart = Stopwatch.GetTimestamp();
+        MigrationStatistics statistics;
+        using (var client = new VmApiClient(sourceApi))
+        {
+            var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
+            var request = new MigrateRequest { Destination = address, Verify = true };
+            try
+            {
+                statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
+                    () => MigrateClient.Migrate(client, request, progress, cancellationToken)).Statistics;
+            }
+            catch (Exception e) when (e is VmApiException or ApiSocketException)
+            {
+                return Failed(console, $"the source VM refused the migration: {e.Message}", source, destination);
+            }
+        }
+
+        GuestReport? guest = null;
+        int sourceExit = -1;
+        if (statistics.Status == MigrationStatus.Completed)
+        {
+            guest = Observe(source, destination, migrationStart, out sourceExit);
+            // The demo is over: power the guest off through the destination's API.
+            try
+            {
+                using var client = new VmApiClient(destinationApi);
+                client.ShutdownAsync(CancellationToken.None).GetAwaiter().GetResult();
+                destination.WaitForExit(TimeSpan.FromSeconds(30));
+            }
+            catch (Exception e) when (e is VmApiException or ApiSocketException)
+            {
+                console.Error.WriteLine($"ferry demo: could not shut the destination down: {e.Message}");
+            }
+        }
+
+        if (settings.Json)
+        {
+            JsonObject document = JsonSerializer.SerializeToNode(statistics)!.AsObject();
+            if (guest is not null) document["guest"] = JsonSerializer.SerializeToNode(guest);
+            console.Out.WriteLine(document.ToJsonString(JsonOptions));
+        }
+        else
+        {
+            var output = StatisticsView.CreateConsole(console.Out, console.OutIsTerminal);
+            StatisticsView.Write(output, statistics);
+            if (guest is not null) output.Write(GuestTable(guest));
+        }
+        if (statistics.Status != MigrationStatus.Completed)
+        {
+            foreach (string line in destination.ErrorLines) console.Error.WriteLine($"  destination: {line}");
+            return FerryCommand.ExitMigrationFailed;
+        }
+        bool good = statistics.Verify is { Match: true } && guest is { Selfcheck: "ok", HeartbeatsAfterResume: > 0, SourceExitCode: 0 };
+        return good ? FerryCommand.ExitCompleted : FerryCommand.ExitVerifyFailed;
+    }
+
+    /// <summary>Watch the guest on the destination for a while, then ask for its self-check; and see the source go.</summary>
+    private static GuestReport Observe(VmProcess source, VmProcess destination, long migrationStart, out int sourceExit)
+    {
+        // The source exits 0 once the destination runs the VM.
+        sourceExit = source.WaitForExit(TimeSpan.FromSeconds(30)) ? source.ExitCode : -1;
+        var first = destination.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal), StepTimeout);
+        Thread.Sleep(Settle);
+        int at = destination.LineCount;
+        destination.Type("selfcheck");
+        string selfcheck = destination.WaitForLine(l => l.StartsWith("selfcheck ", StringComparison.Ordinal), StepTimeout, at)?.Line ?? "no answer";
+        VmProcess.Heartbeat[] before = source.Heartbeats;
+        VmProcess.Heartbeat[] after = destination.Heartbeats;
+
+        // Gaps between consecutive heartbeat lines across both consoles, from the migration's start on.
+        double maxGapMs = 0;
+        long? previous = null;
+        foreach (var h in before.Concat(after))
+        {
+            if (h.At < migrationStart) continue;
+            if (previous is { } p) maxGapMs = Math.Max(maxGapMs, Stopwatch.GetElapsedTime(p, h.At).TotalMilliseconds);
+            previous = h.At;
+        }
+        // The guest's own stall: the largest lateness its sampler saw, in the lines around the switchover (the
+        // source's last and the destination's first second).
+        long resumeAt = after.Length > 0 ? after[0].At : 0;
+        long stallUs = 0;
+        foreach (var h in after)
+        {
+            if (Stopwatch.GetElapsedTime(resumeAt, h.At) <= TimeSpan.FromSeconds(1)) stallUs = Math.Max(stallUs, h.MaxStallUs);
+        }
+        if (before.Length > 0) stallUs = Math.Max(stallUs, before[^1].MaxStallUs);
+        return new GuestReport(
+            HeartbeatMaxGapMs: Math.Round(maxGapMs, 2),
+            HeartbeatPeriodMs: HeartbeatMs,
+            MaxStallMs: stallUs / 1000.0,
+            HeartbeatsAfterResume: after.Length,
+            LastHeartbeatOnSource: before.Length > 0 ? before[^1].Seq : 0,
+            FirstHeartbeatOnDestination: after.Length > 0 ? after[0].Seq : 0,
+            Selfcheck: selfcheck.StartsWith("selfcheck ok", StringComparison.Ordinal) ? "ok" : selfcheck,
+            SourceExitCode: sourceExit,
+            ArrivedWithinMs: first is null ? null : Math.Round(Stopwatch.GetElapsedTime(migrationStart).TotalMilliseconds, 1));
+    }
+
+    private static int Failed(CliConsole console, string what, params VmProcess[] processes)
+    {
+        console.Error.WriteLine($"ferry demo: {what}");
+        foreach (var p in processes)
+        {
+            foreach (string line in p.ErrorLines) console.Error.WriteLine($"  {p.Name}: {line}");
+        }
+        return FerryCommand.ExitMigrationFailed;
+    }
+
+    private static Table GuestTable(GuestReport g)
+    {
+        var table = new Table().Border(TableBorder.Rounded).Title("what the guest saw").HideHeaders().AddColumn("what").AddColumn("value");
+        table.AddRow(new Text("heartbeat"), g.HeartbeatsAfterResume > 0
+            ? new Markup(string.Create(CultureInfo.InvariantCulture,
+                $"[green]continues[/] on the destination: {g.LastHeartbeatOnSource} was the source's last line, {g.FirstHeartbeatOnDestination} the destination's first; {g.HeartbeatsAfterResume} lines there"))
+            : new Markup("[red]STOPPED[/]: no heartbeat on the destination"));
+        table.AddRow(new Text("longest gap"), new Text(string.Create(CultureInfo.InvariantCulture,
+            $"{g.HeartbeatMaxGapMs:0.0} ms between two heartbeat lines (one every {g.HeartbeatPeriodMs} ms), across both consoles")));
+        table.AddRow(new Text("guest stall"), new Text(string.Create(CultureInfo.InvariantCulture,
+            $"{g.MaxStallMs:0.0} ms: the longest the guest's own clock saw it not run, around the switchover")));
+        table.AddRow(new Text("self-check"), g.Selfcheck == "ok"
+            ? new Markup("[green]ok[/]: every page of the dirtier's working set holds what it last wrote")
+            : new Markup($"[red]FAILED[/]: {Markup.Escape(g.Selfcheck)}"));
+        table.AddRow(new Text("source"), g.SourceExitCode == 0
+            ? new Markup("[green]gone[/]: its VM process exited 0")
+            : new Markup(string.Create(CultureInfo.InvariantCulture, $"[red]still there or failed[/] (exit {g.SourceExitCode})")));
+        return table;
     }
 
     private static readonly JsonSerializerOptions JsonOptions = new()
     {
         WriteIndented = true,
-        // Terminal and file output, never embedded in HTML: print "caller's", not "caller\u0027s".
         Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
     };
 
-    /// <summary>
-    /// Watch the started destination: do its writers keep writing? Then pause it (the self-check needs still
-    /// memory) and check every page against the workload's own record of what it last wrote there.
-    /// </summary>
-    private static ArrivalReport Observe(InProcessTarget target)
-    {
-        var guest = target.Guest ?? throw new InvalidOperationException("the destination guest was not started");
-        var before = guest.PagesWritten;
-        var clock = Stopwatch.StartNew();
-        Thread.Sleep(WatchAfterArrival);
-        var written = guest.PagesWritten - before;
-        var watchedMs = clock.Elapsed.TotalMilliseconds;
-        guest.Pause();
-        var failure = guest.SelfCheck();
-        return new ArrivalReport(
-            SelfCheckOk: failure is null,
-            FirstBadPage: failure?.ToString(),
-            PagesChecked: (long)guest.TotalPages,
-            WritersRunning: written > 0,
-            PagesWrittenAfterArrival: written,
-            WatchedMs: watchedMs);
-    }
-
-    private static Table ArrivalTable(ArrivalReport a)
-    {
-        var table = new Table().Border(TableBorder.Rounded).Title("after arrival (destination)").HideHeaders()
-            .AddColumn("what").AddColumn("value");
-        table.AddRow(new Text("self-check"), a.SelfCheckOk
-            ? new Markup($"[green]ok[/]: all {a.PagesChecked:N0} pages agree with the workload's record")
-            : new Markup($"[red]FAILED[/]: {Markup.Escape(a.FirstBadPage ?? "")}"));
-        var rate = a.PagesWrittenAfterArrival / (a.WatchedMs / 1000);
-        table.AddRow(new Text("workload"), a.WritersRunning
-            ? new Markup(string.Create(CultureInfo.InvariantCulture,
-                $"[green]running[/]: {a.PagesWrittenAfterArrival:N0} pages written in {a.WatchedMs:0} ms ({rate:N0} pages/s)"))
-            : new Markup("[red]STOPPED[/]: no page written since arrival"));
-        return table;
-    }
-
-    /// <summary>What <c>ferry demo --json</c> prints: the migration's statistics and what the destination saw.</summary>
-    public sealed record DemoReport(
-        [property: JsonPropertyName("migration")] MigrationStatistics Migration,
-        [property: JsonPropertyName("after_arrival")] ArrivalReport? AfterArrival);
-
-    /// <summary>The destination guest after the switchover.</summary>
-    public sealed record ArrivalReport(
-        [property: JsonPropertyName("self_check_ok")] bool SelfCheckOk,
-        [property: JsonPropertyName("first_bad_page")] string? FirstBadPage,
-        [property: JsonPropertyName("pages_checked")] long PagesChecked,
-        [property: JsonPropertyName("writers_running")] bool WritersRunning,
-        [property: JsonPropertyName("pages_written_after_arrival")] long PagesWrittenAfterArrival,
-        [property: JsonPropertyName("watched_ms")] double WatchedMs);
+    /// <summary>What the guest saw, as <c>--json</c>'s <c>guest</c> object.</summary>
+    public sealed record GuestReport(
+        [property: JsonPropertyName("heartbeat_max_gap_ms")] double HeartbeatMaxGapMs,
+        [property: JsonPropertyName("heartbeat_period_ms")] int HeartbeatPeriodMs,
+        [property: JsonPropertyName("max_stall_ms")] double MaxStallMs,
+        [property: JsonPropertyName("heartbeats_after_resume")] int HeartbeatsAfterResume,
+        [property: JsonPropertyName("last_heartbeat_on_source")] long LastHeartbeatOnSource,
+        [property: JsonPropertyName("first_heartbeat_on_destination")] long FirstHeartbeatOnDestination,
+        [property: JsonPropertyName("selfcheck")] string Selfcheck,
+        [property: JsonPropertyName("source_exit_code")] int SourceExitCode,
+        [property: JsonPropertyName("arrived_within_ms")] double? ArrivedWithinMs);
 }

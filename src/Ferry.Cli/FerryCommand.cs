@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.CommandLine.Parsing;
+using Ferry.Api;
 using Ferry.Machine;
 using Ferry.Migration;
 using Ferry.Migration.InProcess;
@@ -62,15 +63,22 @@ public static class FerryCommand
         });
 
         var demo = new Command("demo",
-            "Live-migrate an in-process guest (1 GiB, random contents, writers dirtying a hot set at 20,000 pages/s) " +
-            "over loopback TCP, verify its memory, and show that its workload kept running on the destination.");
-        var demoJson = new Option<bool>("--json") { Description = "Print the result as JSON on stdout, nothing else." };
-        var demoMemory = PageSizeOption("--memory", "SIZE", "Guest memory, e.g. 256M, 1G", "1G");
-        demo.Options.Add(demoMemory);
-        demo.Options.Add(demoJson);
-        demo.SetAction(parse => RunValidated(
-            Demo.Settings with { MemoryBytes = Get(parse, demoMemory, Demo.Settings.MemoryBytes), Json = parse.GetValue(demoJson) },
-            console, settings => Demo.Run(settings, console, cancellationToken)));
+            "Live-migrate the built-in Linux guest between two VM processes on 127.0.0.1 ('ferry vm run' to 'ferry vm " +
+            "receive'; 1 GiB, 2 harts, dirtying a hot set at 20,000 pages/s, a heartbeat every 10 ms), then show the " +
+            "engine's figures and what the guest saw: the longest heartbeat gap, its own stall, its heartbeat going on " +
+            "at the destination and its memory self-check there. Builds the guest first if needed. Exit code 0 " +
+            "completed and checked, 1 failed, 2 bad command line, 3 completed but a check failed.");
+        var demoJson = new Option<bool>("--json") { Description = "Print the engine's statistics plus a 'guest' object as JSON on stdout, nothing else." };
+        var demoMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM, e.g. 256M, 1G", "1G");
+        var demoHarts = CountOption("--harts", "N", $"Guest harts, 1 to {VirtMachine.MaxHarts}", DemoSettings.Default.Harts, 1, VirtMachine.MaxHarts);
+        var demoRate = CountOption("--dirty-rate", "PAGES/S", "Pages the guest dirties per second; 0 = idle", DemoSettings.Default.DirtyRate, 0, 10_000_000);
+        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoJson }) demo.Options.Add(option);
+        demo.SetAction(parse => Demo.Run(new DemoSettings(
+                Get(parse, demoMemory, DemoSettings.Default.MemoryBytes),
+                (int)Get(parse, demoHarts, DemoSettings.Default.Harts),
+                Get(parse, demoRate, DemoSettings.Default.DirtyRate),
+                parse.GetValue(demoJson)),
+            console, cancellationToken));
         root.Subcommands.Add(demo);
 
         var bench = new Command("bench", "Benchmarks.");
@@ -115,27 +123,9 @@ public static class FerryCommand
             Description = $"The kernel command line; the built-in guest's ferry.* options are in guest-linux/README.md [default: {VmRunSettings.DefaultCmdline}]",
             HelpName = "TEXT",
         };
-        var disk = ParsedOption("--disk", "FILE[,readonly]", "A raw disk image as virtio-blk (the guest's /dev/vda), locked against other VMs [default: none]",
-            (string? text, out (string Path, bool ReadOnly) value, out string reason) =>
-            {
-                text ??= "";
-                bool readOnly = text.EndsWith(",readonly", StringComparison.Ordinal);
-                value = (readOnly ? text[..^",readonly".Length] : text, readOnly);
-                reason = "names no file";
-                return value.Path.Length > 0;
-            });
-        var net = ParsedOption("--net", "tap=NAME", "A virtio-net card on this host tap interface (created if missing; needs CAP_NET_ADMIN or a persistent tap) [default: none]",
-            (string? text, out string value, out string reason) =>
-            {
-                value = text is not null && text.StartsWith("tap=", StringComparison.Ordinal) ? text["tap=".Length..] : "";
-                reason = "is not tap=NAME";
-                return value.Length > 0;
-            });
-        var serial = new Option<string>("--serial")
-        {
-            Description = "Write the UART's output to FILE (created or truncated), or to stdio [default: stdio]",
-            HelpName = "FILE|stdio",
-        };
+        var disk = DiskOption();
+        var net = NetOption();
+        var serial = SerialOption();
         var api = ApiOption("Serve the VM's API (HTTP/JSON) on this unix socket while it runs; a stale socket file is replaced");
         var vmMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM at 0x8000_0000, e.g. 128M, 1G, 512MiB", "1G; 128M with --firmware alone");
         var harts = CountOption("--harts", "N", $"Harts (CPUs), each on its own host thread, 1 to {VirtMachine.MaxHarts}",
@@ -163,6 +153,42 @@ public static class FerryCommand
         });
         vm.Subcommands.Add(run);
 
+        var receive = new Command("receive",
+            "Start a VM process that waits for a VM migrating in (as QEMU's -incoming), builds it from the stream in the " +
+            "source's shape (harts, memory, devices) with this side's --serial, --disk and --net, and runs it from the " +
+            "moment the source commits. One migration per process. Exit code: the arrived guest's, as 'ferry vm run'; " +
+            "1 the migration failed on the way (the reason on stderr; nothing ran here); 2 bad command line, address, " +
+            "disk, tap or API socket; 130 interrupted.");
+        var listenOption = ParsedOption("--listen", "HOST:PORT", "Address to accept the migration on; port 0 picks a free one, printed on stderr",
+            (string? text, out System.Net.IPEndPoint value, out string reason) => HostPort.TryParse(text, allowPortZero: true, out value, out reason));
+        listenOption.Required = true;
+        var rxDisk = DiskOption();
+        var rxNet = NetOption();
+        var rxSerial = SerialOption();
+        var rxApi = ApiOption("Serve the VM's API (HTTP/JSON) on this unix socket: state 'incoming' until the VM arrives");
+        var rxKernel = new Option<string>("--kernel") { Description = "What a reboot of the arrived guest boots [default: the built-in guest]", HelpName = "IMAGE" };
+        var rxFirmware = new Option<string>("--firmware") { Description = $"What a reboot loads: with a kernel the raw firmware, alone a bare-metal ELF, as 'vm run' [default: {BuiltInGuest.Firmware}]", HelpName = "FILE" };
+        var rxInitrd = new Option<string>("--initrd") { Description = "The initial RAM disk a reboot loads [default: none]", HelpName = "FILE" };
+        var rxCmdline = new Option<string>("--cmdline") { Description = $"The kernel command line a reboot uses [default: {VmRunSettings.DefaultCmdline}]", HelpName = "TEXT" };
+        foreach (var option in new Option[] { listenOption, rxApi, rxSerial, rxDisk, rxNet, rxKernel, rxFirmware, rxInitrd, rxCmdline }) receive.Options.Add(option);
+        receive.SetAction(parse =>
+        {
+            string? serialPath = parse.GetValue(rxSerial);
+            var settings = new VmRunSettings(parse.GetValue(rxFirmware), serialPath == "stdio" ? null : serialPath,
+                VmRunSettings.LinuxMemoryBytes, VmRunSettings.LinuxHarts, parse.GetValue(rxApi))
+            {
+                Listen = parse.GetValue(listenOption),
+                Kernel = parse.GetValue(rxKernel),
+                Initrd = parse.GetValue(rxInitrd),
+                Cmdline = parse.GetValue(rxCmdline),
+                Disk = parse.GetResult(rxDisk) is null ? null : parse.GetValue(rxDisk).Path,
+                DiskReadOnly = parse.GetResult(rxDisk) is not null && parse.GetValue(rxDisk).ReadOnly,
+                Tap = parse.GetResult(rxNet) is null ? null : parse.GetValue(rxNet),
+            };
+            return VmRun.Run(settings, console, cancellationToken);
+        });
+        vm.Subcommands.Add(receive);
+
         var status = new Command("status",
             "Show a running VM's state, harts, memory, uptime and instructions retired, asked over its API socket. " +
             "Exit code 0; 1 the VM cannot be reached or answered an error; 2 bad command line or no such socket.");
@@ -186,8 +212,83 @@ public static class FerryCommand
             vm.Subcommands.Add(command);
         }
         root.Subcommands.Add(vm);
+
+        var migrate = new Command("migrate",
+            "Live-migrate a running VM (its 'ferry vm run --api SOCKET') to a 'ferry vm receive' process: pre-copy rounds " +
+            "while the guest runs, then a short stop-and-copy and a two-phase switchover. Shows progress on stderr and " +
+            "prints the statistics. After it completed, the VM runs on the destination and the source process exits 0; " +
+            "after a failure or --cancel it runs on at the source and can migrate again. Exit code 0 completed, 1 failed " +
+            "or cancelled (or the VM refused or could not be reached), 2 bad command line, 3 completed but --verify found a mismatch.");
+        var mApi = ApiOption("The source VM's API socket (ferry vm run --api)", required: true);
+        var mTo = new Option<string>("--to") { Description = "The destination's 'ferry vm receive --listen' address", HelpName = "HOST:PORT" };
+        var mCancel = new Option<bool>("--cancel") { Description = "Cancel the VM's migration in flight instead (the VM runs on at the source)" };
+        var mDowntime = DurationOption("--downtime-limit", "Largest acceptable downtime", "50ms");
+        var mBandwidth = BandwidthOption("--max-bandwidth", "Page bandwidth cap in bytes/s, e.g. 500M (MiB/s); 0 = unlimited", "0");
+        var mChannels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", 2, 1, 16);
+        var mRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", 30, 1, 100_000);
+        var mTimeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
+        var mStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", "At the round or time limit: cancel (the source keeps running) or force (switch over anyway)", TimeoutStrategy.Cancel);
+        var mNoAuto = new Option<bool>("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
+        var mVerify = new Option<bool>("--verify") { Description = "Digest all memory at the pause and after the destination loaded it; exit 3 unless they match" };
+        var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk to the destination's --disk file (a disk local to each host); without it the disk must be storage both hosts share" };
+        var mJson = new Option<bool>("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
+        foreach (var option in new Option[] { mApi, mTo, mCancel, mDowntime, mBandwidth, mChannels, mRounds, mTimeout, mStrategy, mNoAuto, mVerify, mCopyDisk, mJson })
+            migrate.Options.Add(option);
+        migrate.Validators.Add(result =>
+        {
+            bool cancel = result.GetValue(mCancel);
+            bool to = result.GetResult(mTo) is not null;
+            if (cancel && to) result.AddError("--cancel and --to: give one of them");
+            else if (!cancel && !to) result.AddError("--to HOST:PORT is required (or --cancel)");
+            else if (to && !HostPort.TryParse(result.GetValue(mTo), allowPortZero: false, out _, out string reason)) result.AddError($"--to: '{result.GetValue(mTo)}' {reason}");
+        });
+        migrate.SetAction(parse =>
+        {
+            var d = new MigrationOptions();
+            MigrateRequest? request = parse.GetValue(mCancel) ? null : new MigrateRequest
+            {
+                Destination = parse.GetValue(mTo)!,
+                DowntimeLimitMs = Get(parse, mDowntime, d.DowntimeLimit).TotalMilliseconds,
+                MaxBandwidth = Get(parse, mBandwidth, d.MaxBandwidth),
+                Channels = (int)Get(parse, mChannels, d.PageChannels),
+                MaxRounds = (int)Get(parse, mRounds, d.MaxRounds),
+                TimeoutMs = Get(parse, mTimeout, d.Timeout).TotalMilliseconds,
+                TimeoutStrategy = Get(parse, mStrategy, d.TimeoutStrategy).ToString().ToLowerInvariant(),
+                AutoConverge = !parse.GetValue(mNoAuto),
+                Verify = parse.GetValue(mVerify),
+                CopyDisk = parse.GetValue(mCopyDisk),
+            };
+            return MigrateClient.Run(new MigrateSettings(parse.GetValue(mApi)!, request, parse.GetValue(mCancel), parse.GetValue(mJson)), console, cancellationToken);
+        });
+        root.Subcommands.Add(migrate);
         return root;
     }
+
+    private static Option<(string Path, bool ReadOnly)> DiskOption() =>
+        ParsedOption("--disk", "FILE[,readonly]", "A raw disk image as virtio-blk (the guest's /dev/vda), locked against other VMs [default: none]",
+            (string? text, out (string Path, bool ReadOnly) value, out string reason) =>
+            {
+                text ??= "";
+                bool readOnly = text.EndsWith(",readonly", StringComparison.Ordinal);
+                value = (readOnly ? text[..^",readonly".Length] : text, readOnly);
+                reason = "names no file";
+                return value.Path.Length > 0;
+            });
+
+    private static Option<string> NetOption() =>
+        ParsedOption("--net", "tap=NAME", "A virtio-net card on this host tap interface (created if missing; needs CAP_NET_ADMIN or a persistent tap) [default: none]",
+            (string? text, out string value, out string reason) =>
+            {
+                value = text is not null && text.StartsWith("tap=", StringComparison.Ordinal) ? text["tap=".Length..] : "";
+                reason = "is not tap=NAME";
+                return value.Length > 0;
+            });
+
+    private static Option<string> SerialOption() => new("--serial")
+    {
+        Description = "Write the UART's output to FILE (created or truncated), or to stdio [default: stdio]",
+        HelpName = "FILE|stdio",
+    };
 
     /// <summary>--api SOCKET: a unix socket path (not checked here: the server or client says what is wrong with it).</summary>
     private static Option<string> ApiOption(string description, bool required = false) => new("--api")

@@ -46,6 +46,13 @@ internal static class VmClient
         yield return ("memory", Units.FormatBytes(info.MemoryBytes));
         yield return ("uptime", FormatUptime(info.UptimeMs));
         yield return ("instructions", info.Instructions.ToString("N0", CultureInfo.InvariantCulture));
+        if (info.Migration is { } m)
+        {
+            string line = m.Status is Migration.MigrationStatus.Setup or Migration.MigrationStatus.Active or Migration.MigrationStatus.Device
+                ? ProgressView.Describe(m.ToProgress())
+                : $"{StatisticsView.Name(m.Status)}{(m.Error is null ? "" : ": " + m.Error)}";
+            yield return ("migration", $"{line} (to {m.Destination})");
+        }
     }
 
     /// <summary>"850 ms", "12.3 s", "4 min 05 s", "2 h 03 min".</summary>

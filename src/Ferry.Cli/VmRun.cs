@@ -1,6 +1,10 @@
 using Ferry.Api;
 using Ferry.Machine;
 using Ferry.Machine.Board;
+using Ferry.Migration;
+using Ferry.Migration.Precopy;
+using Ferry.Migration.Transport;
+using Ferry.Vm;
 
 namespace Ferry.Cli;
 
@@ -48,6 +52,12 @@ internal sealed record VmRunSettings(string? Firmware, string? Serial, ulong Mem
     /// <summary>A host tap interface for virtio-net; null: no network.</summary>
     public string? Tap { get; init; }
 
+    /// <summary>
+    /// <c>ferry vm receive</c>: instead of booting, wait on this address for a VM migrating in, and run it. The boot
+    /// files then only serve a reboot of the arrived guest.
+    /// </summary>
+    public System.Net.IPEndPoint? Listen { get; init; }
+
     /// <summary>A firmware ELF and no kernel: run it bare-metal in M-mode, as before Linux booted.</summary>
     public bool BareMetal => Firmware is not null && Kernel is null;
 }
@@ -88,7 +98,8 @@ internal static class VmRun
             {
                 throw new MachineConfigException($"--disk {settings.Disk}: no such file");
             }
-            if (!settings.BareMetal) linux = ReadLinuxFiles(settings, console, cancellationToken);
+            // A receiving process reads its boot files only if the arrived guest reboots.
+            if (!settings.BareMetal && settings.Listen is null) linux = ReadLinuxFiles(settings, console, cancellationToken);
         }
         catch (MachineConfigException e)
         {
@@ -105,40 +116,150 @@ internal static class VmRun
             return ExitInterrupted;
         }
 
-        Stream serial;
-        try
+        TcpMigrationListener? listener = null;
+        if (settings.Listen is { } listen)
         {
-            serial = OpenSerial(settings.Serial, console);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
-        {
-            console.Error.WriteLine($"ferry: --serial: cannot open '{settings.Serial}': {e.Message}");
-            return FerryCommand.ExitUsage;
-        }
-        using (serial)
-        {
-            // One reader of the console for the whole run, reboots included: it types into whichever machine is current.
-            var current = new CurrentMachine();
-            var input = settings.Input ?? (settings.Serial is null && ReferenceEquals(console.Out, Console.Out) ? ConsoleInput.OpenStdin() : null);
-            var typing = input is null ? null : ConsoleInput.Start(input, current.Type);
             try
             {
-                while (true)
+                // A stray connection (a port scanner, a wrong client) is dropped and the wait goes on; the operator sees why.
+                listener = new TcpMigrationListener(listen, new TcpTransportOptions
                 {
-                    int code = Boot(settings, linux, serial, current, console, cancellationToken, out bool reboot);
-                    if (!reboot) return code;
-                    console.Error.WriteLine("ferry: the guest asked for a reboot: restarting the VM");
+                    ConnectionRejected = line => console.Error.WriteLine($"ferry: --listen: {line}"),
+                });
+            }
+            catch (Exception e) when (e is System.Net.Sockets.SocketException or IOException)
+            {
+                console.Error.WriteLine($"ferry: --listen {listen}: cannot listen: {e.Message}");
+                return FerryCommand.ExitUsage;
+            }
+        }
+        using var stopReceiving = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        try
+        {
+            Stream serial;
+            try
+            {
+                serial = OpenSerial(settings.Serial, console);
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+            {
+                console.Error.WriteLine($"ferry: --serial: cannot open '{settings.Serial}': {e.Message}");
+                return FerryCommand.ExitUsage;
+            }
+            using (serial)
+            {
+                // One API socket for the whole process (reboots and an incoming migration included); a shutdown before an
+                // incoming VM arrived stops waiting and ends the process with 0.
+                var slot = listener is null
+                    ? new VmControlSlot(VmState.Running)
+                    : new VmControlSlot(VmState.Incoming, stopReceiving.Cancel);
+                VmApiServer? api = null;
+                if (settings.Api is not null)
+                {
+                    // Before the harts start: a socket in use is a usage error, and the guest has not run yet.
+                    try
+                    {
+                        api = VmApiServer.StartAsync(settings.Api, slot, cancellationToken).GetAwaiter().GetResult();
+                    }
+                    catch (ApiSocketException e)
+                    {
+                        console.Error.WriteLine($"ferry: --api: {e.Message}");
+                        return FerryCommand.ExitUsage;
+                    }
+                }
+                // One reader of the console for the whole run, reboots included: it types into whichever machine is current.
+                var current = new CurrentMachine();
+                var input = settings.Input ?? (settings.Serial is null && ReferenceEquals(console.Out, Console.Out) ? ConsoleInput.OpenStdin() : null);
+                var typing = input is null ? null : ConsoleInput.Start(input, current.Type);
+                try
+                {
+                    bool reboot;
+                    int code = listener is null
+                        ? Boot(settings, linux, serial, current, slot, console, cancellationToken, out reboot)
+                        : Receive(settings, listener, serial, current, slot, console, stopReceiving, cancellationToken, out reboot);
+                    while (reboot)
+                    {
+                        console.Error.WriteLine("ferry: the guest asked for a reboot: restarting the VM");
+                        if (linux is null && !settings.BareMetal)
+                        {
+                            try
+                            {
+                                linux = ReadLinuxFiles(settings, console, cancellationToken);
+                            }
+                            catch (Exception e) when (e is MachineConfigException or GuestBuildException)
+                            {
+                                console.Error.WriteLine($"ferry: cannot boot again: {e.Message}");
+                                return ExitEmulatorFailed;
+                            }
+                        }
+                        code = Boot(settings, linux, serial, current, slot, console, cancellationToken, out reboot);
+                    }
+                    return code;
+                }
+                finally
+                {
+                    typing?.Stop();
+                    if (slot.State != VmState.Migrated) slot.SetIdle(VmState.Shutdown);
+                    // Requests in flight finish (a shutdown's 204, a migration's statistics are sent), then the socket file goes.
+                    api?.DisposeAsync().AsTask().GetAwaiter().GetResult();
                 }
             }
-            finally
-            {
-                typing?.Stop();
-            }
+        }
+        finally
+        {
+            listener?.Dispose();
         }
     }
 
+    /// <summary>
+    /// Wait for one incoming migration, then run the VM that arrived until it stops. Exit code 1 when the migration
+    /// failed on the way (a clear line on stderr; nothing ran here), 0 when a shutdown came before any VM did.
+    /// </summary>
+    private static int Receive(VmRunSettings settings, TcpMigrationListener listener, Stream serial, CurrentMachine current, VmControlSlot slot,
+        CliConsole console, CancellationTokenSource stopReceiving, CancellationToken cancellationToken, out bool reboot)
+    {
+        reboot = false;
+        var factory = new VirtMachineTargetFactory
+        {
+            Options = new MachineOptions
+            {
+                SerialOut = serial, DiskPath = settings.Disk, DiskReadOnly = settings.DiskReadOnly, TapName = settings.Tap,
+            },
+        };
+        // RAM sizes are bounded by the board itself (the factory refuses any other), a copied disk by the source's
+        // largest; the engine's own bound is their sum, and only with a --disk to copy into.
+        ulong maxBytes = VirtMachine.MaxMemory + (settings.Disk is null ? 0 : VirtMachineSource.MaxCopiedDiskBytes);
+        var incoming = new IncomingMigration(listener, factory, new IncomingOptions { MaxMemoryBytes = maxBytes });
+        // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
+        var warmUp = new Thread(VirtMachine.WarmUp) { IsBackground = true, Name = "ferry warm-up" };
+        warmUp.Start();
+        console.Error.WriteLine($"ferry: waiting for an incoming migration on {listener.LocalEndPoint}");
+        VirtMachineTarget target;
+        try
+        {
+            target = (VirtMachineTarget)incoming.Run(stopReceiving.Token);
+        }
+        catch (Exception e) when (e is MigrationException or OperationCanceledException or IOException)
+        {
+            if (cancellationToken.IsCancellationRequested) return ExitInterrupted;
+            if (stopReceiving.IsCancellationRequested) return 0; // shut down through the API before anything arrived
+            console.Error.WriteLine($"ferry: incoming migration failed: {e.Message}");
+            return ExitEmulatorFailed;
+        }
+        finally
+        {
+            // One migration per process, as QEMU's -incoming: nothing else may connect.
+            listener.Dispose();
+        }
+        using (target)
+        {
+            VirtMachine machine = target.Machine!;
+            console.Error.WriteLine($"ferry: the VM arrived ({machine.HartCount} harts, {Units.FormatBytes(machine.Ram.Size)}): running");
+            return Serve(machine, started: true, slot, current, console, cancellationToken, out reboot);
+        }
+    }
     /// <summary>Build a board, load it, run it until it stops; <paramref name="reboot"/>: the guest asked for a reset.</summary>
-    private static int Boot(VmRunSettings settings, LinuxFiles? linux, Stream serial, CurrentMachine current, CliConsole console,
+    private static int Boot(VmRunSettings settings, LinuxFiles? linux, Stream serial, CurrentMachine current, VmControlSlot slot, CliConsole console,
         CancellationToken cancellationToken, out bool reboot)
     {
         reboot = false;
@@ -172,37 +293,37 @@ internal static class VmRun
                 console.Error.WriteLine($"ferry: {e.Message}");
                 return FerryCommand.ExitUsage;
             }
-            var control = new MachineVmControl(machine, TimeProvider.System);
-            VmApiServer? api = null;
-            if (settings.Api is not null)
+            return Serve(machine, started: false, slot, current, console, cancellationToken, out reboot);
+        }
+    }
+
+    /// <summary>Run <paramref name="machine"/> (started here unless <paramref name="started"/>) until it stops, with the API and the console on it.</summary>
+    private static int Serve(VirtMachine machine, bool started, VmControlSlot slot, CurrentMachine current, CliConsole console,
+        CancellationToken cancellationToken, out bool reboot)
+    {
+        reboot = false;
+        var control = new MachineVmControl(machine, TimeProvider.System);
+        slot.Set(control);
+        current.Set(machine);
+        try
+        {
+            int code = RunMachine(machine, started, console, cancellationToken);
+            // Ctrl+C wins over whatever the guest was doing when it came, a reboot included.
+            if (cancellationToken.IsCancellationRequested) return ExitInterrupted;
+            if (control.MigratedTo is { } to)
             {
-                // Before the harts start: a socket in use is a usage error, and the guest has not run yet.
-                try
-                {
-                    api = VmApiServer.StartAsync(settings.Api, control, cancellationToken).GetAwaiter().GetResult();
-                }
-                catch (ApiSocketException e)
-                {
-                    console.Error.WriteLine($"ferry: --api: {e.Message}");
-                    return FerryCommand.ExitUsage;
-                }
+                console.Error.WriteLine($"ferry: the VM migrated to {to} and runs there now");
+                return 0;
             }
-            current.Set(machine);
-            try
-            {
-                int code = RunMachine(machine, console, cancellationToken);
-                // Ctrl+C wins over whatever the guest was doing when it came, a reboot included.
-                if (cancellationToken.IsCancellationRequested) return ExitInterrupted;
-                reboot = machine.ResetRequested;
-                return code;
-            }
-            finally
-            {
-                current.Set(null);
-                control.MarkShutdown();
-                // Requests in flight finish (a shutdown's 204 is sent), then the socket file goes.
-                api?.DisposeAsync().AsTask().GetAwaiter().GetResult();
-            }
+            reboot = machine.ResetRequested;
+            return code;
+        }
+        finally
+        {
+            current.Set(null);
+            control.MarkShutdown();
+            // The machine is disposed after this: the API no longer reads it.
+            slot.SetIdle(control.State == VmState.Migrated ? VmState.Migrated : reboot ? VmState.Running : VmState.Shutdown);
         }
     }
 
@@ -281,13 +402,13 @@ internal static class VmRun
         machine.LoadLinux(files.Firmware, files.Kernel, files.Initrd, dtb);
     }
 
-    private static int RunMachine(VirtMachine machine, CliConsole console, CancellationToken cancellationToken)
+    private static int RunMachine(VirtMachine machine, bool started, CliConsole console, CancellationToken cancellationToken)
     {
         int code;
         // Registered before Start: a Ctrl+C that came first still stops the machine at once.
         using (cancellationToken.Register(() => machine.PowerOff(ExitInterrupted)))
         {
-            machine.Start();
+            if (!started) machine.Start();
             try
             {
                 code = machine.WaitForExit();

@@ -82,22 +82,6 @@ public class EndToEndTests
     }
 
     [Fact]
-    public void DemoShowsTheGuestArrivedIntactAndKeptRunning()
-    {
-        var (code, stdout, stderr) = RunCaptured("demo", "--memory", "16M", "--json");
-
-        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
-        using var doc = JsonDocument.Parse(stdout);
-        Assert.Equal("completed", doc.RootElement.GetProperty("migration").GetProperty("status").GetString());
-        Assert.True(doc.RootElement.GetProperty("migration").GetProperty("verify").GetProperty("match").GetBoolean());
-        var arrival = doc.RootElement.GetProperty("after_arrival");
-        Assert.True(arrival.GetProperty("self_check_ok").GetBoolean());
-        Assert.Equal(4096, arrival.GetProperty("pages_checked").GetInt64());
-        Assert.True(arrival.GetProperty("writers_running").GetBoolean());
-        Assert.True(arrival.GetProperty("pages_written_after_arrival").GetInt64() > 0);
-    }
-
-    [Fact]
     public async Task TheBuiltBinaryRejectsABadFlagWithExitCode2AndNoStackTrace()
     {
         var ferry = Path.Combine(AppContext.BaseDirectory, "ferry.dll");

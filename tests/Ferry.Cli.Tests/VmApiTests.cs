@@ -60,8 +60,10 @@ public sealed class VmApiTests : IDisposable
         var json = await vm.Client.GetInfoJsonAsync(Ct);
         using (var document = JsonDocument.Parse(json))
         {
-            Assert.Equal(["state", "harts", "memory_bytes", "uptime_ms", "instructions"],
+            Assert.Equal(["state", "harts", "memory_bytes", "uptime_ms", "instructions", "migration"],
                 document.RootElement.EnumerateObject().Select(p => p.Name));
+            // No migration yet.
+            Assert.Equal(JsonValueKind.Null, document.RootElement.GetProperty("migration").ValueKind);
             Assert.Equal("running", document.RootElement.GetProperty("state").GetString());
         }
         var first = await vm.Client.GetInfoAsync(Ct);
@@ -244,13 +246,46 @@ public sealed class VmApiTests : IDisposable
 
         var paths = document.RootElement.GetProperty("paths");
         Assert.True(paths.GetProperty("/vm").TryGetProperty("get", out _));
-        foreach (var action in new[] { "pause", "resume", "shutdown" })
+        foreach (var action in new[] { "pause", "resume", "shutdown", "migrate", "migrate/cancel" })
         {
             var put = paths.GetProperty($"/vm/{action}").GetProperty("put");
             Assert.True(put.GetProperty("responses").TryGetProperty("409", out _), $"/vm/{action} documents no 409");
         }
         var info = document.RootElement.GetProperty("components").GetProperty("schemas").GetProperty("VmInfo").GetProperty("properties");
-        Assert.Equal(["state", "harts", "memory_bytes", "uptime_ms", "instructions"], info.EnumerateObject().Select(p => p.Name));
+        Assert.Equal(["state", "harts", "memory_bytes", "uptime_ms", "instructions", "migration"], info.EnumerateObject().Select(p => p.Name));
+        // The migration request and its answer are documented too, with the engine's field names.
+        var migrate = paths.GetProperty("/vm/migrate").GetProperty("put");
+        Assert.True(migrate.GetProperty("responses").TryGetProperty("400", out _));
+        var request = document.RootElement.GetProperty("components").GetProperty("schemas").GetProperty("MigrateRequest").GetProperty("properties");
+        Assert.Contains("downtime_limit_ms", request.EnumerateObject().Select(p => p.Name));
+        var statistics = document.RootElement.GetProperty("components").GetProperty("schemas").GetProperty("MigrationStatistics").GetProperty("properties");
+        Assert.Contains("downtime_ms", statistics.EnumerateObject().Select(p => p.Name));
+    }
+
+    [Fact]
+    public async Task AMigrationThatCannotStartIsRefusedWithItsReasonAndTheVmRunsOn()
+    {
+        await using var vm = await RunningVm.StartAsync(this);
+
+        var bad = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.MigrateAsync(new MigrateRequest { Destination = "127.0.0.1:1", Channels = 99 }, Ct));
+        Assert.Equal(System.Net.HttpStatusCode.BadRequest, bad.StatusCode);
+        Assert.Equal("channels 99 is out of range (1 to 16)", bad.Message);
+        bad = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.MigrateAsync(new MigrateRequest { Destination = "nowhere" }, Ct));
+        Assert.Equal("destination 'nowhere' is not HOST:PORT", bad.Message);
+
+        // Nobody listens on port 1: the migration fails at connect, and the guest never stopped.
+        var (_, refused) = await vm.Client.MigrateAsync(new MigrateRequest { Destination = "127.0.0.1:1" }, Ct);
+        Assert.Equal(Migration.MigrationStatus.Failed, refused.Status);
+        Assert.False(string.IsNullOrEmpty(refused.Error));
+        var info = await vm.Client.GetInfoAsync(Ct);
+        Assert.Equal(VmState.Running, info.State);
+        Assert.Equal(Migration.MigrationStatus.Failed, info.Migration?.Status);
+        Assert.Equal("127.0.0.1:1", info.Migration?.Destination);
+
+        await vm.Client.PauseAsync(Ct);
+        var paused = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.MigrateAsync(new MigrateRequest { Destination = "127.0.0.1:1" }, Ct));
+        Assert.Equal(System.Net.HttpStatusCode.Conflict, paused.StatusCode);
+        Assert.Equal("cannot migrate: the VM is paused", paused.Message);
     }
 
     [Fact]

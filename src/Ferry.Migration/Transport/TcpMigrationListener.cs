@@ -180,9 +180,11 @@ public sealed class TcpMigrationListener : IMigrationListener
         Reject(h.Socket, why);
     }
 
-    private static void Reject(Socket s, string why)
+    private void Reject(Socket s, string why)
     {
-        Trace.TraceWarning($"migration listener: dropped a connection from {SafeRemote(s)}: {why}");
+        string line = $"dropped a connection from {SafeRemote(s)}: {why}";
+        Trace.TraceWarning($"migration listener: {line}");
+        _options.ConnectionRejected?.Invoke(line);
         s.Dispose();
     }
 

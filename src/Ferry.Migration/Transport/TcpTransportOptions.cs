@@ -19,6 +19,12 @@ public sealed record TcpTransportOptions
     public TimeSpan GroupTimeout { get; init; } = TimeSpan.FromSeconds(5);
 
     /// <summary>
+    /// Told, on the listener's Accept thread, each time a connection is dropped (a stray or hostile peer, a bad
+    /// preamble, a limit), with one line naming the peer and why: a VM process shows it to its operator. Must not block.
+    /// </summary>
+    public Action<string>? ConnectionRejected { get; init; }
+
+    /// <summary>
     /// Listener: most accepted connections still sending their 32-byte preamble. A connection beyond it is closed
     /// at once; those already in progress are never evicted, or a flood could push out a real source's channel. A
     /// migration opens at most 17 connections (control + 16 page channels), one after another, so 64 fits several

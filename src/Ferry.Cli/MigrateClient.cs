@@ -1,0 +1,90 @@
+using Ferry.Api;
+using Ferry.Migration;
+
+namespace Ferry.Cli;
+
+/// <summary>What <c>ferry migrate</c> was asked to do.</summary>
+/// <param name="Api">The source VM's API socket.</param>
+/// <param name="Request">The migration to start; null with <paramref name="Cancel"/>.</param>
+/// <param name="Cancel">Cancel the migration in flight instead.</param>
+/// <param name="Json">Print the statistics as JSON on stdout, nothing else.</param>
+internal sealed record MigrateSettings(string Api, MigrateRequest? Request, bool Cancel, bool Json);
+
+/// <summary>
+/// <c>ferry migrate --api SOCKET --to HOST:PORT</c>: ask a running VM to live-migrate to a <c>ferry vm receive</c>
+/// process, show its progress (from <c>GET /vm</c>) and print the engine's statistics when it ends.
+/// </summary>
+/// <remarks>
+/// Exit codes as <c>ferry bench engine</c>: 0 completed (and verified when asked), 1 failed or cancelled (the VM runs
+/// on at the source) or the VM refused or could not be reached, 2 bad command line or no such socket, 3 completed but
+/// the digests differ. Ctrl+C cancels the migration and waits for its end (the VM runs on at the source).
+/// </remarks>
+internal static class MigrateClient
+{
+    /// <summary>How often progress is asked for: the engine updates it every 250 ms.</summary>
+    private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(250);
+
+    public static int Run(MigrateSettings settings, CliConsole console, CancellationToken cancellationToken)
+    {
+        using var client = new VmApiClient(settings.Api);
+        try
+        {
+            if (settings.Cancel)
+            {
+                client.CancelMigrationAsync(cancellationToken).GetAwaiter().GetResult();
+                return FerryCommand.ExitCompleted;
+            }
+            MigrateRequest request = settings.Request ?? throw new ArgumentException("no request", nameof(settings));
+            var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
+            var (_, statistics) = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
+                () => Migrate(client, request, progress, cancellationToken));
+            if (settings.Json) console.Out.WriteLine(StatisticsView.ToJson(statistics));
+            else StatisticsView.Write(StatisticsView.CreateConsole(console.Out, console.OutIsTerminal), statistics);
+            return EngineBench.ExitCode(statistics, request.Verify);
+        }
+        catch (ApiSocketException e)
+        {
+            console.Error.WriteLine($"ferry: --api: {e.Message}");
+            return e.BadPath ? FerryCommand.ExitUsage : VmClient.ExitFailed;
+        }
+        catch (VmApiException e)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return VmClient.ExitFailed;
+        }
+    }
+
+    /// <summary>Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it.</summary>
+    internal static (string Json, MigrationStatistics Statistics) Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
+        CancellationToken cancellationToken)
+    {
+        // The answer is awaited without the caller's token: a Ctrl+C cancels the migration, and its statistics still come.
+        var migration = client.MigrateAsync(request, CancellationToken.None);
+        bool cancelSent = false;
+        while (!((IAsyncResult)migration).AsyncWaitHandle.WaitOne(PollInterval))
+        {
+            if (cancellationToken.IsCancellationRequested && !cancelSent)
+            {
+                cancelSent = true;
+                try
+                {
+                    client.CancelMigrationAsync(CancellationToken.None).GetAwaiter().GetResult();
+                }
+                catch (VmApiException)
+                {
+                    // It ended meanwhile: its answer tells how.
+                }
+            }
+            try
+            {
+                VmInfo info = client.GetInfoAsync(CancellationToken.None).GetAwaiter().GetResult();
+                if (info.Migration is { } m && !migration.IsCompleted) progress.Report(m.ToProgress());
+            }
+            catch (Exception e) when (e is VmApiException or ApiSocketException)
+            {
+                // Progress is best effort; the migration's own answer is what counts.
+            }
+        }
+        return migration.GetAwaiter().GetResult();
+    }
+}

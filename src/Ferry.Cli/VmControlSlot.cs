@@ -1,0 +1,63 @@
+using Ferry.Api;
+using Ferry.Migration;
+
+namespace Ferry.Cli;
+
+/// <summary>
+/// What a VM process's API socket serves for the whole life of the process: the current machine's control, or, when
+/// there is no machine (before an incoming VM arrived, between the two boots of a reboot, after the end), a state and
+/// refusals. One socket for the process, so a client never finds it missing for a moment.
+/// </summary>
+internal sealed class VmControlSlot : IVmControl
+{
+    private volatile IVmControl current;
+
+    public VmControlSlot(VmState idleState, Action? shutdownWhileIdle = null) => current = new Idle(idleState, shutdownWhileIdle);
+
+    /// <summary>Serve <paramref name="control"/> from now on.</summary>
+    public void Set(IVmControl control) => current = control;
+
+    /// <summary>No machine from now on: <paramref name="state"/>, and everything else refused.</summary>
+    public void SetIdle(VmState state, Action? shutdown = null) => current = new Idle(state, shutdown);
+
+    public VmState State => current.State;
+
+    public VmInfo Info => current.Info;
+
+    public void Pause() => current.Pause();
+
+    public void Resume() => current.Resume();
+
+    public void Shutdown() => current.Shutdown();
+
+    public Task<MigrationStatistics> MigrateAsync(MigrateRequest request) => current.MigrateAsync(request);
+
+    public void CancelMigration() => current.CancelMigration();
+
+    private sealed class Idle(VmState state, Action? shutdown) : IVmControl
+    {
+        public VmState State => state;
+
+        public VmInfo Info => new(state, 0, 0, 0, 0);
+
+        public void Pause() => throw Refused("pause");
+
+        public void Resume() => throw Refused("resume");
+
+        public void Shutdown()
+        {
+            if (shutdown is null) throw Refused("shut down");
+            shutdown();
+        }
+
+        public Task<MigrationStatistics> MigrateAsync(MigrateRequest request) => throw Refused("migrate");
+
+        private VmStateException Refused(string action) => new(state switch
+        {
+            VmState.Incoming => $"cannot {action}: the VM has not arrived yet",
+            VmState.Migrated => $"cannot {action}: the VM migrated away",
+            VmState.Shutdown => $"cannot {action}: the VM is shut down",
+            _ => $"cannot {action}: the VM is restarting",
+        });
+    }
+}

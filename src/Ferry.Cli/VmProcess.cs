@@ -1,0 +1,207 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.RegularExpressions;
+
+namespace Ferry.Cli;
+
+/// <summary>
+/// A <c>ferry vm run</c> or <c>ferry vm receive</c> child process with its serial console on pipes: every line it prints
+/// is kept with the host time it was read (heartbeat lines parsed), and commands can be typed into its guest.
+/// Disposing kills it if it still runs (this process's own child, by its PID) and waits for it.
+/// </summary>
+internal sealed partial class VmProcess : IDisposable
+{
+    // Bounded: a guest printing without end cannot grow the host's memory without end.
+    private const int MaxLines = 100_000;
+
+    private readonly Process process;
+    // A monitor, not a Lock: the waits below need Monitor.Wait and PulseAll.
+    private readonly object gate = new();
+    private readonly List<(long At, string Line)> lines = [];
+    private readonly List<string> errorLines = [];
+    private readonly List<Heartbeat> heartbeats = [];
+
+    /// <summary>One heartbeat line: when the host read it (<see cref="Stopwatch"/> ticks), its sequence number and the guest's stall.</summary>
+    public readonly record struct Heartbeat(long At, long Seq, long MaxStallUs);
+
+    private VmProcess(Process process, string name)
+    {
+        this.process = process;
+        Name = name;
+    }
+
+    public string Name { get; }
+
+    public int Id => process.Id;
+
+    public bool HasExited => process.HasExited;
+
+    public int ExitCode => process.ExitCode;
+
+    /// <summary>Start <c>ferry <paramref name="args"/></c>: the same build of the command as this one.</summary>
+    public static VmProcess Start(string name, IEnumerable<string> args)
+    {
+        var start = FerryStartInfo();
+        foreach (string a in args) start.ArgumentList.Add(a);
+        start.RedirectStandardInput = true;
+        start.RedirectStandardOutput = true;
+        start.RedirectStandardError = true;
+        Process process;
+        try
+        {
+            process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {start.FileName}");
+        }
+        catch (Win32Exception e)
+        {
+            throw new InvalidOperationException($"cannot start {start.FileName}: {e.Message}", e);
+        }
+        var vm = new VmProcess(process, name);
+        // Own threads, not the thread pool's callbacks: a line's host time is when it arrived, even while this process
+        // is busy (the demo polls the migration meanwhile).
+        StartReader(process.StandardOutput, vm.OnLine, name + " console");
+        StartReader(process.StandardError, vm.OnErrorLine, name + " stderr");
+        return vm;
+    }
+
+    /// <summary>
+    /// The <c>ferry</c> this process runs as: its apphost when there is one beside <c>ferry.dll</c>, else
+    /// <c>dotnet ferry.dll</c> (tests run the command inside their test host).
+    /// </summary>
+    private static ProcessStartInfo FerryStartInfo()
+    {
+        string dll = typeof(VmProcess).Assembly.Location;
+        string dir = Path.GetDirectoryName(dll) ?? ".";
+        string apphost = Path.Combine(dir, "ferry");
+        if (File.Exists(apphost)) return new ProcessStartInfo(apphost);
+        var start = new ProcessStartInfo(Environment.GetEnvironmentVariable("DOTNET_HOST_PATH") ?? "dotnet");
+        start.ArgumentList.Add(dll);
+        return start;
+    }
+
+    private static void StartReader(StreamReader reader, Action<string> onLine, string name)
+    {
+        new Thread(() =>
+        {
+            try
+            {
+                while (reader.ReadLine() is { } line) onLine(line);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException)
+            {
+                // The process is gone.
+            }
+        })
+        { IsBackground = true, Name = name, Priority = ThreadPriority.AboveNormal }.Start();
+    }
+
+    [GeneratedRegex(@"^heartbeat (\d+) maxstall_us=(\d+)")]
+    private static partial Regex HeartbeatLine();
+
+    private void OnLine(string line)
+    {
+        long at = Stopwatch.GetTimestamp();
+        lock (gate)
+        {
+            if (lines.Count < MaxLines) lines.Add((at, line));
+            Match m = HeartbeatLine().Match(line);
+            if (m.Success && heartbeats.Count < MaxLines)
+            {
+                heartbeats.Add(new Heartbeat(at, long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture),
+                    long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture)));
+            }
+            Monitor.PulseAll(gate);
+        }
+    }
+
+    private void OnErrorLine(string line)
+    {
+        lock (gate)
+        {
+            if (errorLines.Count < MaxLines) errorLines.Add(line);
+            Monitor.PulseAll(gate);
+        }
+    }
+
+    public Heartbeat[] Heartbeats
+    {
+        get
+        {
+            lock (gate) return [.. heartbeats];
+        }
+    }
+
+    public string[] ErrorLines
+    {
+        get
+        {
+            lock (gate) return [.. errorLines];
+        }
+    }
+
+    /// <summary>The first console line from index <paramref name="from"/> on that <paramref name="match"/> accepts, waiting up to <paramref name="timeout"/>; null if none came (or the process ended).</summary>
+    public (int Index, string Line)? WaitForLine(Func<string, bool> match, TimeSpan timeout, int from = 0) =>
+        WaitFor(lines, l => l.Line, match, timeout, from);
+
+    /// <summary>As <see cref="WaitForLine"/>, on stderr (where the VM process reports).</summary>
+    public (int Index, string Line)? WaitForErrorLine(Func<string, bool> match, TimeSpan timeout) =>
+        WaitFor(errorLines, l => l, match, timeout, 0);
+
+    public int LineCount
+    {
+        get
+        {
+            lock (gate) return lines.Count;
+        }
+    }
+
+    private (int, string)? WaitFor<T>(List<T> list, Func<T, string> text, Func<string, bool> match, TimeSpan timeout, int from)
+    {
+        long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        lock (gate)
+        {
+            int i = from;
+            while (true)
+            {
+                for (; i < list.Count; i++)
+                {
+                    if (match(text(list[i]))) return (i, text(list[i]));
+                }
+                long left = deadline - Stopwatch.GetTimestamp();
+                if (left <= 0 || process.HasExited && i >= list.Count) return null;
+                // Wake at least every 100 ms: the process may have exited without a line.
+                Monitor.Wait(gate, TimeSpan.FromMilliseconds(Math.Min(100, left * 1000.0 / Stopwatch.Frequency)));
+            }
+        }
+    }
+
+    /// <summary>Type <paramref name="command"/> and Enter on the guest's console.</summary>
+    public void Type(string command)
+    {
+        process.StandardInput.Write(command + "\n");
+        process.StandardInput.Flush();
+    }
+
+    public bool WaitForExit(TimeSpan timeout) => process.WaitForExit(timeout);
+
+    /// <summary>SIGKILL this child (as a host failure would end it) and reap it.</summary>
+    public void Kill()
+    {
+        process.Kill();
+        process.WaitForExit();
+    }
+
+    public void Dispose()
+    {
+        try
+        {
+            if (!process.HasExited) process.Kill(entireProcessTree: true);
+            process.WaitForExit();
+        }
+        catch (InvalidOperationException)
+        {
+            // Never started or already reaped.
+        }
+        process.Dispose();
+    }
+}

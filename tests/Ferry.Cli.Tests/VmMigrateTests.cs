@@ -1,0 +1,295 @@
+using System.Globalization;
+using System.Net;
+using System.Net.Sockets;
+using System.Text.Json;
+using Ferry.Api;
+using static Ferry.Cli.Tests.CommandLineTests;
+
+namespace Ferry.Cli.Tests;
+
+/// <summary>
+/// Live migration of the built-in Linux guest between real VM processes (<c>ferry vm run</c> → <c>ferry vm receive</c>)
+/// on 127.0.0.1, driven as a user would: <c>ferry migrate</c>, <c>ferry demo</c>, the API. Each ends with exactly one
+/// copy of the guest running, and the guest proves it: its heartbeat goes on and its memory self-check passes.
+/// </summary>
+public sealed class VmMigrateTests : IDisposable
+{
+    // A guest's workload starts ~10 s after its process on a loaded 2-core host (test classes run in parallel).
+    private static readonly TimeSpan Boot = TimeSpan.FromSeconds(120);
+    private static readonly TimeSpan Step = TimeSpan.FromSeconds(60);
+    private const string Waiting = "ferry: waiting for an incoming migration on ";
+
+    private readonly string dir = Directory.CreateTempSubdirectory("ferry-migrate-").FullName;
+    private readonly List<VmProcess> processes = [];
+
+    public void Dispose()
+    {
+        foreach (var p in processes) p.Dispose();
+        Directory.Delete(dir, recursive: true);
+    }
+
+    private string Socket(string name) => Path.Combine(dir, name + ".sock");
+
+    /// <summary>A source VM: the built-in guest, 256 MiB, dirtying 64 MiB at 5,000 pages/s, a heartbeat every 20 ms.</summary>
+    private VmProcess StartSource(string name)
+    {
+        var vm = VmProcess.Start(name,
+        [
+            "vm", "run", "--memory", "256M", "--cmdline", "console=ttyS0 ferry.heartbeat=20ms ferry.ws=64M ferry.rate=5000", "--api", Socket(name),
+        ]);
+        processes.Add(vm);
+        Assert.True(vm.WaitForLine(l => l.StartsWith("dirtier: ", StringComparison.Ordinal), Boot) is not null,
+            $"{name} did not start its workload: {string.Join(" | ", vm.ErrorLines)}");
+        return vm;
+    }
+
+    /// <summary>A destination VM process on a port the kernel picks; returns it and its address.</summary>
+    private (VmProcess Vm, string Address) StartDestination(string name)
+    {
+        var vm = VmProcess.Start(name, ["vm", "receive", "--listen", "127.0.0.1:0", "--api", Socket(name)]);
+        processes.Add(vm);
+        var line = vm.WaitForErrorLine(l => l.StartsWith(Waiting, StringComparison.Ordinal), Step);
+        Assert.True(line is not null, $"{name} did not listen: {string.Join(" | ", vm.ErrorLines)}");
+        return (vm, line.Value.Line[Waiting.Length..].Trim());
+    }
+
+    private static (int Code, string Stdout, string Stderr) Migrate(string socket, params string[] options) =>
+        RunCaptured(["migrate", "--api", socket, .. options]);
+
+    /// <summary>The heartbeat goes on: a line with a sequence number above every one seen so far.</summary>
+    private static void AssertHeartbeatContinues(VmProcess vm)
+    {
+        var seen = vm.Heartbeats;
+        long last = seen.Length > 0 ? seen[^1].Seq : 0;
+        Assert.True(vm.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal) &&
+                                        long.Parse(l.Split(' ')[1], CultureInfo.InvariantCulture) > last + 2, Step) is not null,
+            $"{vm.Name}: no heartbeat after {last}");
+    }
+
+    private static void AssertSelfcheck(VmProcess vm)
+    {
+        int at = vm.LineCount;
+        vm.Type("selfcheck");
+        var answer = vm.WaitForLine(l => l.StartsWith("selfcheck ", StringComparison.Ordinal), Step, at);
+        Assert.True(answer is not null, $"{vm.Name}: no self-check answer");
+        Assert.StartsWith("selfcheck ok", answer.Value.Line, StringComparison.Ordinal);
+    }
+
+    private static async Task WaitForMigrationAsync(string socket, Func<MigrationInfo, bool> until)
+    {
+        using var client = new VmApiClient(socket);
+        var deadline = DateTime.UtcNow + Step;
+        while (DateTime.UtcNow < deadline)
+        {
+            var info = await client.GetInfoAsync(TestContext.Current.CancellationToken);
+            if (info.Migration is { } m && until(m)) return;
+            await Task.Delay(20, TestContext.Current.CancellationToken);
+        }
+        Assert.Fail("the migration never reached the expected point");
+    }
+
+    [Fact]
+    public void TheDemoMigratesTheLinuxGuestBetweenTwoVmProcessesAndTheGuestSaysItArrivedIntact()
+    {
+        var (code, stdout, stderr) = RunCaptured("demo", "--memory", "256M", "--json");
+
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        Assert.Equal("completed", root.GetProperty("status").GetString());
+        Assert.Equal(256L << 20, root.GetProperty("memory_bytes").GetInt64());
+        Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
+        var guest = root.GetProperty("guest");
+        Assert.Equal("ok", guest.GetProperty("selfcheck").GetString());
+        Assert.True(guest.GetProperty("heartbeats_after_resume").GetInt32() > 0);
+        Assert.Equal(0, guest.GetProperty("source_exit_code").GetInt32());
+        // The destination goes on from the source's last line: nothing lost, nothing repeated.
+        Assert.True(guest.GetProperty("first_heartbeat_on_destination").GetInt64() > guest.GetProperty("last_heartbeat_on_source").GetInt64());
+        Assert.True(guest.GetProperty("heartbeat_max_gap_ms").GetDouble() > 0);
+        Assert.True(guest.GetProperty("max_stall_ms").GetDouble() >= 0);
+    }
+
+    [Fact]
+    public void AMigratedGuestMovesOnAgainAndEachSourceProcessExitsZero()
+    {
+        var a = StartSource("a");
+        var (b, toB) = StartDestination("b");
+        var (code, stdout, stderr) = Migrate(Socket("a"), "--to", toB, "--verify", "--json");
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        Assert.True(a.WaitForExit(Step), "the source process did not exit after the migration");
+        Assert.Equal(0, a.ExitCode);
+        Assert.Contains(a.ErrorLines, l => l.Contains($"migrated to {toB}", StringComparison.Ordinal));
+        AssertHeartbeatContinues(b);
+
+        // B is now a source like any other: on to C, and the guest's memory is whole after both moves.
+        var (c, toC) = StartDestination("c");
+        (code, stdout, stderr) = Migrate(Socket("b"), "--to", toC, "--verify");
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        Assert.Contains("completed", stdout, StringComparison.Ordinal);
+        Assert.True(b.WaitForExit(Step));
+        Assert.Equal(0, b.ExitCode);
+        AssertHeartbeatContinues(c);
+        AssertSelfcheck(c);
+    }
+
+    [Fact]
+    public async Task ADestinationKilledDuringPrecopyLeavesTheSourceRunningAndASecondMigrationSucceeds()
+    {
+        var a = StartSource("a");
+        var (b, toB) = StartDestination("b");
+        // 8 MiB/s: round 0 takes seconds, time to kill the destination in the middle of it.
+        var migration = Task.Run(() => Migrate(Socket("a"), "--to", toB, "--max-bandwidth", "8M", "--json"), TestContext.Current.CancellationToken);
+        await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.Active && m.BytesSent > (1 << 20));
+        b.Kill();
+
+        var (code, stdout, stderr) = await migration;
+        Assert.True(code == FerryCommand.ExitMigrationFailed, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using (var doc = JsonDocument.Parse(stdout)) Assert.Equal("failed", doc.RootElement.GetProperty("status").GetString());
+        Assert.False(a.HasExited);
+        AssertHeartbeatContinues(a);
+
+        var (c, toC) = StartDestination("c");
+        (code, stdout, stderr) = Migrate(Socket("a"), "--to", toC, "--verify");
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        Assert.True(a.WaitForExit(Step));
+        AssertHeartbeatContinues(c);
+        AssertSelfcheck(c);
+    }
+
+    [Fact]
+    public async Task ACancelledMigrationLeavesTheGuestRunningAtTheSourceAndNothingAtTheDestination()
+    {
+        var a = StartSource("a");
+        var (b, toB) = StartDestination("b");
+        var migration = Task.Run(() => Migrate(Socket("a"), "--to", toB, "--max-bandwidth", "8M", "--json"), TestContext.Current.CancellationToken);
+        await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.Active);
+
+        var (cancelCode, _, cancelErr) = Migrate(Socket("a"), "--cancel");
+        Assert.True(cancelCode == 0, cancelErr);
+        var (code, stdout, stderr) = await migration;
+        Assert.True(code == FerryCommand.ExitMigrationFailed, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using (var doc = JsonDocument.Parse(stdout)) Assert.Equal("cancelled", doc.RootElement.GetProperty("status").GetString());
+
+        // The destination never ran the guest: it reports why and exits 1, with nothing on its console.
+        Assert.True(b.WaitForExit(Step), "the destination did not give up");
+        Assert.Equal(1, b.ExitCode);
+        Assert.Contains(b.ErrorLines, l => l.StartsWith("ferry: incoming migration failed: ", StringComparison.Ordinal));
+        Assert.Equal(0, b.LineCount);
+        AssertHeartbeatContinues(a);
+        AssertSelfcheck(a);
+        using var client = new VmApiClient(Socket("a"));
+        var info = await client.GetInfoAsync(TestContext.Current.CancellationToken);
+        Assert.Equal(VmState.Running, info.State);
+        Assert.Equal(Migration.MigrationStatus.Cancelled, info.Migration?.Status);
+
+        // Nothing to cancel now.
+        var (again, _, againErr) = Migrate(Socket("a"), "--cancel");
+        Assert.Equal(VmClient.ExitFailed, again);
+        Assert.Equal("ferry: no migration is in progress\n", againErr);
+    }
+
+    [Fact]
+    public async Task VmReceiveDropsAStrayConnectionWithALineAndFailsClearlyOnACorruptMigrationStream()
+    {
+        var (b, address) = StartDestination("b");
+        var endpoint = IPEndPoint.Parse(address);
+        var ct = TestContext.Current.CancellationToken;
+
+        // Not a migration at all (an HTTP request, what a stray client sends most often): dropped, and the wait goes on.
+        using (var stray = new TcpClient())
+        {
+            await stray.ConnectAsync(endpoint, ct);
+            await stray.GetStream().WriteAsync("GET / HTTP/1.1\r\nHost: example\r\nUser-Agent: curl/7.88.1\r\n\r\n"u8.ToArray(), ct);
+            Assert.True(b.WaitForErrorLine(l => l.StartsWith("ferry: --listen: dropped a connection from 127.0.0.1:", StringComparison.Ordinal) &&
+                                                 l.Contains("not a Ferry migration connection", StringComparison.Ordinal), Step) is not null,
+                string.Join(" | ", b.ErrorLines));
+        }
+        using (var client = new VmApiClient(Socket("b"))) Assert.Equal(VmState.Incoming, (await client.GetInfoAsync(ct)).State);
+
+        // A migration's connections whose control stream is garbage after the transport preamble: the receiver gives up
+        // with one line and exit code 1, and no guest ever ran there.
+        var id = Guid.NewGuid();
+        using var control = new TcpClient();
+        using var pages = new TcpClient();
+        await control.ConnectAsync(endpoint, ct);
+        await pages.ConnectAsync(endpoint, ct);
+        await control.GetStream().WriteAsync(Preamble(id, channel: 0), ct);
+        await pages.GetStream().WriteAsync(Preamble(id, channel: 1), ct);
+        var garbage = new byte[4096];
+        new Random(7).NextBytes(garbage);
+        await control.GetStream().WriteAsync(garbage, ct);
+
+        Assert.True(b.WaitForExit(Step), "the destination did not give up on a corrupt stream");
+        Assert.Equal(1, b.ExitCode);
+        Assert.Single(b.ErrorLines, l => l.StartsWith("ferry: incoming migration failed: ", StringComparison.Ordinal));
+        Assert.DoesNotContain(b.ErrorLines, l => l.Contains("   at ", StringComparison.Ordinal));
+        Assert.Equal(0, b.LineCount);
+        Assert.False(File.Exists(Socket("b")), "the API socket outlived the process");
+    }
+
+    /// <summary>The TCP transport's 32-byte preamble (src/Ferry.Migration/Transport/TransportPreamble.cs): one page channel.</summary>
+    private static byte[] Preamble(Guid id, int channel)
+    {
+        var b = new byte[32];
+        "FERRYTCP"u8.CopyTo(b);
+        id.TryWriteBytes(b.AsSpan(8, 16), bigEndian: true, out _);
+        b[24] = (byte)channel;
+        b[26] = 1;
+        return b;
+    }
+
+    [Fact]
+    public void VmReceiveRefusesBadAddressesAndAnAddressInUseWithExitCode2()
+    {
+        var (code, _, stderr) = RunCaptured("vm", "receive");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Contains("--listen", stderr, StringComparison.Ordinal);
+
+        (code, _, stderr) = RunCaptured("vm", "receive", "--listen", "127.0.0.1:99999");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("ferry: --listen: '127.0.0.1:99999' has a port that is not a number from 0 to 65535\n", stderr);
+
+
+        using var busy = new TcpListener(IPAddress.Loopback, 0);
+        busy.Start();
+        int port = ((IPEndPoint)busy.LocalEndpoint).Port;
+        (code, _, stderr) = RunCaptured("vm", "receive", "--listen", $"127.0.0.1:{port}");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.StartsWith($"ferry: --listen 127.0.0.1:{port}: cannot listen: ", stderr, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task AReceiverShutDownBeforeAnythingArrivedExitsZero()
+    {
+        var (b, _) = StartDestination("b");
+        using (var client = new VmApiClient(Socket("b")))
+        {
+            Assert.Equal(VmState.Incoming, (await client.GetInfoAsync(TestContext.Current.CancellationToken)).State);
+            var refused = await Assert.ThrowsAsync<VmApiException>(() => client.PauseAsync(TestContext.Current.CancellationToken));
+            Assert.Equal("cannot pause: the VM has not arrived yet", refused.Message);
+            await client.ShutdownAsync(TestContext.Current.CancellationToken);
+        }
+        Assert.True(b.WaitForExit(Step));
+        Assert.Equal(0, b.ExitCode);
+    }
+
+    [Fact]
+    public void MigrateNeedsOneOfToAndCancelAndAValidAddress()
+    {
+        var (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"));
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("ferry: --to HOST:PORT is required (or --cancel)\n", stderr);
+
+        (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"), "--to", "127.0.0.1:1", "--cancel");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("ferry: --cancel and --to: give one of them\n", stderr);
+
+        (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"), "--to", "nowhere");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("ferry: --to: 'nowhere' is not HOST:PORT\n", stderr);
+
+        (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"), "--to", "127.0.0.1:1");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.StartsWith("ferry: --api: ", stderr, StringComparison.Ordinal);
+    }
+}
