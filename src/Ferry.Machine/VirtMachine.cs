@@ -181,6 +181,9 @@ public sealed partial class VirtMachine : IDisposable
 
     /// <summary>
     /// For a migration over shared storage, once the devices are paused (<see cref="PauseDevices"/>): flush the disk
+    /// <summary>The virtio-net device (<see cref="MachineOptions.TapName"/>), or null.</summary>
+    public VirtioNet? Net => Array.Find(virtio, v => v.Device is VirtioNet)?.Device as VirtioNet;
+
     /// and drop its lock for the destination to take. Not part of <see cref="PauseDevices"/>, which a plain pause
     /// uses too: a VM paused through the API keeps its disk. No effect without a disk. Throws
     /// <see cref="IOException"/> (lock kept) if the flush fails.

@@ -43,12 +43,88 @@ public sealed partial class VirtioNetTests : IDisposable
     }
 
     [Fact]
-    public void TheMacIsInConfigurationSpaceAndTheOnlyDeviceFeature()
+    public void TheMacAndALinkThatIsUpAreInConfigurationSpaceWithTheAnnounceFeatures()
     {
         for (int i = 0; i < 6; i++) Assert.Equal(Mac[i], (byte)d.Mmio.Read((ulong)(VirtioMmio.VIRTIO_MMIO_CONFIG + i), 1));
+        Assert.Equal(VIRTIO_NET_S_LINK_UP, Status());
         d.SetReg(VirtioMmio.VIRTIO_MMIO_DEVICE_FEATURES_SEL, 0);
-        Assert.Equal((1u << VIRTIO_NET_F_MAC) | (3u << 28), d.Reg(VirtioMmio.VIRTIO_MMIO_DEVICE_FEATURES));
+        uint expected = (1u << VIRTIO_NET_F_MAC) | (1u << VIRTIO_NET_F_STATUS) | (1u << VIRTIO_NET_F_CTRL_VQ) | (1u << VIRTIO_NET_F_GUEST_ANNOUNCE) | (3u << 28);
+        Assert.Equal(expected, d.Reg(VirtioMmio.VIRTIO_MMIO_DEVICE_FEATURES));
         Assert.Equal(VIRTIO_ID_NET, d.Reg(VirtioMmio.VIRTIO_MMIO_DEVICE_ID));
+    }
+
+    private static readonly ulong AnnounceFeatures = AllRingFeatures | VirtioFeatures.Bit(VIRTIO_NET_F_MAC) | VirtioFeatures.Bit(VIRTIO_NET_F_STATUS)
+        | VirtioFeatures.Bit(VIRTIO_NET_F_CTRL_VQ) | VirtioFeatures.Bit(VIRTIO_NET_F_GUEST_ANNOUNCE);
+
+    private ushort Status() => (ushort)d.Mmio.Read(VirtioMmio.VIRTIO_MMIO_CONFIG + 6, 2);
+
+    /// <summary>The device's state loaded back as a migration's destination does: devices paused, loaded, resumed.</summary>
+    private void Arrive()
+    {
+        d.Mmio.Pause();
+        d.Mmio.LoadState(d.Mmio.SaveState());
+        d.Mmio.Resume();
+    }
+
+    /// <summary>Send control command (class, command) as Linux does: header, then a writable ack byte; returns the ack.</summary>
+    private byte Command(byte cls, byte cmd)
+    {
+        ulong ack = d.Alloc(1, fill: 0xff);
+        int before = d.UsedIdx(ControlQueue);
+        d.Post(ControlQueue, new Buf(d.Put([cls, cmd]), 2), new Buf(ack, 1, Write: true));
+        d.Kick(ControlQueue);
+        Assert.Equal(before + 1, d.UsedIdx(ControlQueue));
+        Assert.Equal(1u, d.UsedElem(ControlQueue, before).Length);
+        return d.Get(ack, 1)[0];
+    }
+
+    [Fact]
+    public void AfterItsStateIsLoadedTheDeviceAsksTheGuestToAnnounceAndTheAckClearsTheRequest()
+    {
+        Assert.True(d.Start(AnnounceFeatures));
+        d.Ack();
+
+        Arrive();
+
+        Assert.Equal(VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE, Status());
+        Assert.Equal(VirtioFeatures.VIRTIO_MMIO_INT_CONFIG, d.Reg(VirtioMmio.VIRTIO_MMIO_INTERRUPT_STATUS) & VirtioFeatures.VIRTIO_MMIO_INT_CONFIG);
+        Assert.Equal(VIRTIO_NET_OK, Command(VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK));
+        Assert.Equal(VIRTIO_NET_S_LINK_UP, Status());
+        Assert.Equal(1, Net.AnnouncesAcked);
+
+        // Asked once per arrival: a second ack, and any other command, is refused.
+        Assert.Equal(VIRTIO_NET_ERR, Command(VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK));
+        Assert.Equal(VIRTIO_NET_ERR, Command(0, 0)); // VIRTIO_NET_CTRL_RX_PROMISC: CTRL_RX is not offered
+        Assert.Equal(1, Net.AnnouncesAcked);
+    }
+
+    [Fact]
+    public void ADriverWithoutGuestAnnounceOrADeviceToldNotToIsNotAskedToAnnounce()
+    {
+        Assert.True(d.Start(AnnounceFeatures & ~VirtioFeatures.Bit(VIRTIO_NET_F_GUEST_ANNOUNCE)));
+        d.Ack();
+        Arrive();
+        Assert.Equal(VIRTIO_NET_S_LINK_UP, Status());
+        Assert.Equal(0u, d.Reg(VirtioMmio.VIRTIO_MMIO_INTERRUPT_STATUS) & VirtioFeatures.VIRTIO_MMIO_INT_CONFIG);
+
+        Assert.True(d.Start(AnnounceFeatures));
+        d.Ack();
+        Net.AnnounceAfterLoad = false;
+        Arrive();
+        Assert.Equal(VIRTIO_NET_S_LINK_UP, Status());
+        Assert.Equal(0u, d.Reg(VirtioMmio.VIRTIO_MMIO_INTERRUPT_STATUS) & VirtioFeatures.VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    [Fact]
+    public void AResetForgetsAPendingAnnounce()
+    {
+        Assert.True(d.Start(AnnounceFeatures));
+        Arrive();
+        Assert.Equal(VIRTIO_NET_S_LINK_UP | VIRTIO_NET_S_ANNOUNCE, Status());
+
+        Assert.True(d.Start(AnnounceFeatures));
+
+        Assert.Equal(VIRTIO_NET_S_LINK_UP, Status());
     }
 
     [Fact]

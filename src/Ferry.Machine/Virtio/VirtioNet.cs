@@ -7,16 +7,25 @@ using Microsoft.Win32.SafeHandles;
 namespace Ferry.Machine.Virtio;
 
 /// <summary>
-/// virtio-net (virtio 1.2 section 5.1, device ID 1) without offloads: a receive queue and a transmit queue, the MAC in
-/// configuration space, and a host back-end that carries one Ethernet frame per read or write: a tap device
+/// virtio-net (virtio 1.2 section 5.1, device ID 1) without offloads: a receive queue, a transmit queue and a control
+/// queue, the MAC and the link status in configuration space, and a host back-end that carries one Ethernet frame per
+/// read or write: a tap device
 /// (<see cref="OpenTap"/>) or any such file descriptor (one end of a datagram socket pair, in tests). Without a
 /// back-end the card has no cable: transmitted frames are dropped and nothing arrives.
 /// </summary>
 /// <remarks>
-/// <para>Negotiates only VIRTIO_NET_F_MAC (and the transport's VERSION_1 and ring features): no checksum or segmentation
-/// offload, no mergeable buffers, so every buffer starts with a 12-byte <c>virtio_net_hdr</c> (the VERSION_1 layout,
-/// <c>num_buffers</c> included), which the device strips on transmit and prepends, zeroed with num_buffers = 1, on
-/// receive. The tap is opened without IFF_VNET_HDR, so the host sees bare frames.</para>
+/// <para>Offers VIRTIO_NET_F_MAC, STATUS, CTRL_VQ and GUEST_ANNOUNCE (and the transport's VERSION_1 and ring features):
+/// no checksum or segmentation offload, no mergeable buffers, so every buffer starts with a 12-byte
+/// <c>virtio_net_hdr</c> (the VERSION_1 layout, <c>num_buffers</c> included), which the device strips on transmit and
+/// prepends, zeroed with num_buffers = 1, on receive. The tap is opened without IFF_VNET_HDR, so the host sees bare
+/// frames. The control queue answers one command, VIRTIO_NET_CTRL_ANNOUNCE_ACK; any other is refused with
+/// VIRTIO_NET_ERR (no CTRL_RX, CTRL_VLAN, MQ or CTRL_MAC_ADDR is offered, so Linux sends none).</para>
+/// <para>Announce (spec 5.1.6.5.4): after a migration the guest's MAC sits behind another host port, and a switch (a
+/// bridge) still sends its frames to the old one until it sees a frame from the new one. So a device whose state was
+/// loaded (<see cref="LoadState"/>) asks the guest, once its queues run again, to announce itself: it sets
+/// VIRTIO_NET_S_ANNOUNCE in the status and raises a configuration-change interrupt; Linux then sends a gratuitous ARP
+/// (and IPv6 neighbour advertisements) for each of its addresses and acks on the control queue, which clears the bit.
+/// QEMU does the same after loading its state (<c>virtio_net_post_load_device</c>).</para>
 /// <para>Threading: transmission runs inline on the notifying hart's thread (a non-blocking <c>writev</c> straight from
 /// guest memory; a full tap queue drops the frame, as a wire would). Reception has its own thread that
 /// <c>poll</c>s the back-end and an eventfd: it reads a frame into its buffer, then waits for a receive buffer from the
@@ -31,11 +40,29 @@ public sealed partial class VirtioNet : IVirtioDevice
     /// <summary>Feature: the device has a MAC address in configuration space.</summary>
     public const int VIRTIO_NET_F_MAC = 5;
 
+    /// <summary>Feature: configuration space has a status field (link up, announce).</summary>
+    public const int VIRTIO_NET_F_STATUS = 16;
+
+    /// <summary>Feature: a control queue follows the receive and transmit queues.</summary>
+    public const int VIRTIO_NET_F_CTRL_VQ = 17;
+
+    /// <summary>Feature: the driver announces itself (gratuitous packets) when the status asks it to.</summary>
+    public const int VIRTIO_NET_F_GUEST_ANNOUNCE = 21;
+
+    /// <summary>Status bits (configuration space offset 6, little-endian 16 bits).</summary>
+    public const ushort VIRTIO_NET_S_LINK_UP = 1, VIRTIO_NET_S_ANNOUNCE = 2;
+
+    /// <summary>Control command class and command that ack an announce; the ack byte's values.</summary>
+    public const byte VIRTIO_NET_CTRL_ANNOUNCE = 3, VIRTIO_NET_CTRL_ANNOUNCE_ACK = 0, VIRTIO_NET_OK = 0, VIRTIO_NET_ERR = 1;
+
     /// <summary>Bytes of virtio_net_hdr with VIRTIO_F_VERSION_1 (spec 5.1.6).</summary>
     public const int HeaderSize = 12;
 
     /// <summary>Queue size offered, QEMU's default.</summary>
     public const ushort QueueSize = 256;
+
+    /// <summary>Control queue size offered, QEMU's (a driver has one command in flight at a time).</summary>
+    public const ushort ControlQueueSize = 64;
 
     /// <summary>Largest frame carried (a tap's maximum with GSO off is MTU + 14; 64 KiB covers any MTU).</summary>
     public const int MaxFrame = 65536;
@@ -45,6 +72,9 @@ public sealed partial class VirtioNet : IVirtioDevice
 
     /// <summary>Transmit queue index.</summary>
     public const int TransmitQueue = 1;
+
+    /// <summary>Control queue index (after the one queue pair: no VIRTIO_NET_F_MQ).</summary>
+    public const int ControlQueue = 2;
 
     private const uint StateMagic = 0x54454e56; // "VNET"
     private const ushort StateVersion = 1;
@@ -57,9 +87,13 @@ public sealed partial class VirtioNet : IVirtioDevice
     private volatile bool stopping;
     private int disposed;
 
-    private Virtqueue? rx, tx;
-    // One chain per consumer: the receive thread's and the transmitting hart's (under tx.Sync).
-    private DescriptorChain? rxChain, txChain;
+    private Virtqueue? rx, tx, ctrl;
+    // One chain per consumer: the receive thread's, the transmitting hart's (under tx.Sync), the control queue's.
+    private DescriptorChain? rxChain, txChain, ctrlChain;
+    // VIRTIO_NET_S_ANNOUNCE while the guest has been asked to announce and has not acked (under `mac`).
+    private bool announcing;
+    // 1 after LoadState: ask for an announce when the queues next run (Interlocked).
+    private int announceAfterLoad;
     // The transmit gather list, reused (under tx.Sync).
     private readonly iovec[] txVector = new iovec[DescriptorChain.MaxSegments];
     // The frame the receive thread holds for the guest.
@@ -152,38 +186,69 @@ public sealed partial class VirtioNet : IVirtioDevice
 
     public uint DeviceId => VIRTIO_ID_NET;
 
-    public ulong DeviceFeatures => VirtioFeatures.Bit(VIRTIO_NET_F_MAC);
+    /// <summary>
+    /// Whether a device whose state was loaded asks the guest to announce itself (default true). Off, the guest stays
+    /// silent after a migration and the host's switch finds its new port only when the guest next transmits (or when
+    /// the old port goes away). Set it before the machine starts.
+    /// </summary>
+    public bool AnnounceAfterLoad { get; set; } = true;
 
-    public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize];
+    /// <summary>Announces the guest acked on the control queue.</summary>
+    public int AnnouncesAcked => Volatile.Read(ref announcesAcked);
 
-    /// <summary>mac[6] only: VIRTIO_NET_F_STATUS, MQ and MTU are not offered (QEMU's minimum config size too).</summary>
-    public int ConfigSize => 6;
+    private int announcesAcked;
+
+    public ulong DeviceFeatures => VirtioFeatures.Bit(VIRTIO_NET_F_MAC) | VirtioFeatures.Bit(VIRTIO_NET_F_STATUS)
+        | VirtioFeatures.Bit(VIRTIO_NET_F_CTRL_VQ) | VirtioFeatures.Bit(VIRTIO_NET_F_GUEST_ANNOUNCE);
+
+    public IReadOnlyList<ushort> QueueMaxSizes { get; } = [QueueSize, QueueSize, ControlQueueSize];
+
+    /// <summary>mac[6] and status (le16): MQ and MTU are not offered.</summary>
+    public int ConfigSize => 8;
 
     public void Attach(IReadOnlyList<Virtqueue> queues)
     {
         ArgumentNullException.ThrowIfNull(queues);
         rx = queues[ReceiveQueue];
         tx = queues[TransmitQueue];
+        ctrl = queues[ControlQueue];
         rxChain = rx.CreateChain();
         txChain = tx.CreateChain();
+        ctrlChain = ctrl.CreateChain();
     }
 
     public void ReadConfig(int offset, Span<byte> data)
     {
-        lock (mac) mac.AsSpan(offset, data.Length).CopyTo(data);
+        Span<byte> config = stackalloc byte[8];
+        lock (mac)
+        {
+            mac.CopyTo(config);
+            // The link is always up: a tap has no cable to pull, and without a back-end Linux saw it up before STATUS too.
+            BinaryPrimitives.WriteUInt16LittleEndian(config[6..], (ushort)(VIRTIO_NET_S_LINK_UP | (announcing ? VIRTIO_NET_S_ANNOUNCE : 0)));
+        }
+        config.Slice(offset, data.Length).CopyTo(data);
     }
 
-    /// <summary>The MAC is read-only (VIRTIO_NET_F_CTRL_MAC_ADDR is not offered).</summary>
+    /// <summary>The MAC and the status are read-only (VIRTIO_NET_F_CTRL_MAC_ADDR is not offered).</summary>
     public void WriteConfig(int offset, ReadOnlySpan<byte> data) { }
 
     public void Notify(int queue)
     {
+        if (Volatile.Read(ref announceAfterLoad) != 0) AnnounceIfLoaded();
         if (queue == TransmitQueue) Transmit();
+        else if (queue == ControlQueue) Control();
         else Wake();
     }
 
-    /// <summary>The receive thread drops a frame it holds (the queue is no longer live) and looks again.</summary>
-    public void Reset() => Wake();
+    /// <summary>
+    /// The receive thread drops a frame it holds (the queue is no longer live) and looks again; a pending announce is
+    /// forgotten with the driver that was asked (QEMU's <c>virtio_net_reset</c> too).
+    /// </summary>
+    public void Reset()
+    {
+        lock (mac) announcing = false;
+        Wake();
+    }
 
     /// <summary>Section "VNET": the MAC the guest saw.</summary>
     public byte[] SaveState()
@@ -195,13 +260,68 @@ public sealed partial class VirtioNet : IVirtioDevice
         return s;
     }
 
-    /// <summary>Adopts the saved MAC: the guest's view wins over the configured one.</summary>
+    /// <summary>
+    /// Adopts the saved MAC: the guest's view wins over the configured one. The guest has probably moved: it is asked to
+    /// announce itself once the queues run (<see cref="AnnounceAfterLoad"/>). An announce pending at the source is not
+    /// carried: this one replaces it.
+    /// </summary>
     public void LoadState(ReadOnlySpan<byte> state)
     {
         if (state.Length != 14 || BinaryPrimitives.ReadUInt32LittleEndian(state) != StateMagic) throw new InvalidDataException("not a virtio-net section");
         ushort version = BinaryPrimitives.ReadUInt16LittleEndian(state[4..]);
         if (version != StateVersion) throw new InvalidDataException($"virtio-net section version {version}, this build reads {StateVersion}");
         lock (mac) state[8..].CopyTo(mac);
+        Volatile.Write(ref announceAfterLoad, 1);
+    }
+
+    /// <summary>
+    /// The first notification after <see cref="LoadState"/> (the transport kicks every queue when the machine resumes
+    /// its devices): set VIRTIO_NET_S_ANNOUNCE and raise a configuration-change interrupt, if the driver runs and took
+    /// GUEST_ANNOUNCE. Holds no queue lock here: the transport's lock comes first (IVirtioDevice).
+    /// </summary>
+    private void AnnounceIfLoaded()
+    {
+        if (Interlocked.Exchange(ref announceAfterLoad, 0) == 0 || !AnnounceAfterLoad) return;
+        VirtioMmio transport = ctrl!.Transport;
+        if ((transport.Status & VirtioFeatures.DRIVER_OK) == 0) return;
+        if ((transport.NegotiatedFeatures & VirtioFeatures.Bit(VIRTIO_NET_F_GUEST_ANNOUNCE)) == 0) return;
+        lock (mac) announcing = true;
+        transport.ConfigChanged();
+    }
+
+    /// <summary>
+    /// Answer every available control command (inline on the notifying hart: Linux spins until the buffer is used).
+    /// A command is a 2-byte header (class, command) and its data, then one writable byte for the ack.
+    /// </summary>
+    private void Control()
+    {
+        Virtqueue q = ctrl!;
+        DescriptorChain c = ctrlChain!;
+        Span<byte> header = stackalloc byte[2];
+        Span<byte> ack = stackalloc byte[1];
+        lock (q.Sync)
+        {
+            while (q.TryPop(c))
+            {
+                ack[0] = VIRTIO_NET_ERR;
+                if (c.Read(0, header) == 2 && header[0] == VIRTIO_NET_CTRL_ANNOUNCE && header[1] == VIRTIO_NET_CTRL_ANNOUNCE_ACK)
+                {
+                    // Spec 5.1.6.5.4: the bit is cleared before the buffer is marked used. An ack with nothing pending
+                    // is an error (QEMU's answer too).
+                    lock (mac)
+                    {
+                        if (announcing)
+                        {
+                            announcing = false;
+                            ack[0] = VIRTIO_NET_OK;
+                            Interlocked.Increment(ref announcesAcked);
+                        }
+                    }
+                }
+                q.Push(c.Head, (uint)c.Write(0, ack));
+            }
+            q.NotifyIfNeeded();
+        }
     }
 
     public void Dispose()

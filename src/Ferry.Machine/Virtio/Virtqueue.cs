@@ -65,6 +65,9 @@ public sealed unsafe class Virtqueue
         MaxSize = maxSize;
     }
 
+    /// <summary>The transport the queue belongs to (its status, features and configuration interrupt).</summary>
+    internal VirtioMmio Transport => transport;
+
     /// <summary>Held by whoever touches the queue: a device for one request, the transport to change it.</summary>
     public object Sync { get; } = new();
 
