@@ -17,11 +17,15 @@ internal static class LinuxGuest
 
     /// <summary>
     /// Boot the guest on a new machine as QEMU's virt board would, serial to <paramref name="console"/>, with
-    /// <paramref name="disk"/> as its virtio-blk image when given.
+    /// <paramref name="disk"/> as its virtio-blk image and a virtio-net card on host tap <paramref name="tap"/> when
+    /// given. <paramref name="build"/> makes the board from its options (default: <c>new VirtMachine(options)</c>), e.g.
+    /// inside a network namespace (<see cref="NetworkNamespace.Inside"/>), where its tap is then created.
     /// </summary>
-    public static VirtMachine Boot(Stream console, string cmdline, int harts = 2, ulong memory = 256UL << 20, string? disk = null)
+    public static VirtMachine Boot(Stream console, string cmdline, int harts = 2, ulong memory = 256UL << 20, string? disk = null,
+        string? tap = null, Func<MachineOptions, VirtMachine>? build = null)
     {
-        var m = new VirtMachine(new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console, DiskPath = disk });
+        var options = new MachineOptions { MemoryBytes = memory, Harts = harts, SerialOut = console, DiskPath = disk, TapName = tap };
+        var m = build is null ? new VirtMachine(options) : build(options);
         try
         {
             byte[] kernel = File.ReadAllBytes(Image);
