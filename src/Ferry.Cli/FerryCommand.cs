@@ -72,12 +72,14 @@ public static class FerryCommand
         var demoMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM, e.g. 256M, 1G", "1G");
         var demoHarts = CountOption("--harts", "N", $"Guest harts, 1 to {VirtMachine.MaxHarts}", DemoSettings.Default.Harts, 1, VirtMachine.MaxHarts);
         var demoRate = CountOption("--dirty-rate", "PAGES/S", "Pages the guest dirties per second; 0 = idle", DemoSettings.Default.DirtyRate, 0, 10_000_000);
-        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoJson }) demo.Options.Add(option);
+        var demoNoVerify = new Option<bool>("--no-verify") { Description = "Skip the memory digests at the switchover (they hold the guest paused beyond the downtime); the guest's own self-check still runs" };
+        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoNoVerify, demoJson }) demo.Options.Add(option);
         demo.SetAction(parse => Demo.Run(new DemoSettings(
                 Get(parse, demoMemory, DemoSettings.Default.MemoryBytes),
                 (int)Get(parse, demoHarts, DemoSettings.Default.Harts),
                 Get(parse, demoRate, DemoSettings.Default.DirtyRate),
-                parse.GetValue(demoJson)),
+                parse.GetValue(demoJson),
+                !parse.GetValue(demoNoVerify)),
             console, cancellationToken));
         root.Subcommands.Add(demo);
 

@@ -223,6 +223,8 @@ internal static class VmRun
         {
             Options = new MachineOptions
             {
+                // The board is built before the state names the source's harts: the usual Linux guest's is the guess.
+                Harts = VmRunSettings.LinuxHarts,
                 SerialOut = serial, DiskPath = settings.Disk, DiskReadOnly = settings.DiskReadOnly, TapName = settings.Tap,
             },
         };

@@ -41,6 +41,8 @@ public sealed partial class VirtMachine : IDisposable
     private volatile bool resetRequested;
     private bool started;
     private bool disposed;
+    // DisposeKeepingRam: the RAM outlives the board.
+    private bool keepRam;
     private readonly object stateGate = new();
     // The bitmap the next HarvestDirty(Span) installs: the one it harvested last, so rounds allocate nothing.
     private ulong[] spareDirty;
@@ -179,11 +181,11 @@ public sealed partial class VirtMachine : IDisposable
     /// <summary>The virtio-blk device (<see cref="MachineOptions.DiskPath"/>), or null.</summary>
     public VirtioBlk? Disk => disk;
 
-    /// <summary>
-    /// For a migration over shared storage, once the devices are paused (<see cref="PauseDevices"/>): flush the disk
     /// <summary>The virtio-net device (<see cref="MachineOptions.TapName"/>), or null.</summary>
     public VirtioNet? Net => Array.Find(virtio, v => v.Device is VirtioNet)?.Device as VirtioNet;
 
+    /// <summary>
+    /// For a migration over shared storage, once the devices are paused (<see cref="PauseDevices"/>): flush the disk
     /// and drop its lock for the destination to take. Not part of <see cref="PauseDevices"/>, which a plain pause
     /// uses too: a VM paused through the API keeps its disk. No effect without a disk. Throws
     /// <see cref="IOException"/> (lock kept) if the flush fails.
@@ -516,6 +518,21 @@ public sealed partial class VirtMachine : IDisposable
         }
     }
 
+    /// <summary>
+    /// Take the board apart but keep its RAM, and hand that over: for a migration's destination that built this board
+    /// ahead of the state and guessed the source's shape wrong (another hart count), so the pages already received
+    /// go to a board of the right shape. Only before <see cref="Start"/>.
+    /// </summary>
+    public GuestRam DisposeKeepingRam()
+    {
+        if (started) throw new InvalidOperationException("the machine has run: its RAM belongs to it");
+        keepRam = true;
+        Dispose();
+        ram.CodeWritten = null;
+        ram.CodeDropped = null;
+        return ram;
+    }
+
     public void Dispose()
     {
         lock (stateGate)
@@ -530,7 +547,7 @@ public sealed partial class VirtMachine : IDisposable
         foreach (VirtioMmio v in virtio) v.Dispose();
         rtc.Dispose();
         foreach (Hart h in harts) h.Dispose();
-        ram.Dispose();
+        if (!keepRam) ram.Dispose();
         rom.Dispose();
         control.Dispose();
         exited.Dispose();

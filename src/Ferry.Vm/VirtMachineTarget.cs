@@ -7,10 +7,11 @@ using Ferry.Migration.Guest;
 namespace Ferry.Vm;
 
 /// <summary>
-/// The destination of a migrating <see cref="VirtMachine"/>. It starts as RAM alone (and, when the source copies its
-/// disk, this side's image emptied and mapped as a second region), which the engine fills; the board around it is built
-/// when the state arrives, in the source's shape (its harts, from the <c>machine</c> section) with this side's
-/// backends (serial line, disk file, tap), then loaded and, on <see cref="Start"/>, run. Owns all of it until disposed.
+/// The destination of a migrating <see cref="VirtMachine"/>: RAM (and, when the source copies its disk, this side's
+/// image emptied and mapped as a second region), which the engine fills, inside a board built ahead with this side's
+/// backends (serial line, disk file, tap) and the expected hart count. When the state arrives it names the source's
+/// shape; a board of another hart count is rebuilt around the same RAM, then the state is loaded and, on
+/// <see cref="Start"/>, run. Owns all of it until disposed.
 /// </summary>
 /// <remarks>
 /// The disk's lock is taken at the end of <see cref="LoadState"/>, not in <see cref="Start"/>: the source drops it
@@ -38,6 +39,7 @@ public sealed class VirtMachineTarget : IMigrationTarget
     private Timer? writeback;
     private readonly Lock writebackGate = new();
     private VirtMachine? machine;
+    private bool loaded;
     private bool started;
     private bool disposed;
 
@@ -62,7 +64,7 @@ public sealed class VirtMachineTarget : IMigrationTarget
     public Guid VmId { get; }
 
     /// <summary>The machine, once the state has been loaded into it; it runs after <see cref="Start"/>.</summary>
-    public VirtMachine? Machine => machine;
+    public VirtMachine? Machine => loaded ? machine : null;
 
     /// <summary>Whether the source's disk is being copied into this side's image.</summary>
     public bool ReceivesDisk => regions.Length > 1;
@@ -89,35 +91,52 @@ public sealed class VirtMachineTarget : IMigrationTarget
             StateSection s = sections[i];
             converted[i] = new MachineStateSection(s.Name, s.Version, s.Data);
         }
-        if (machine is null)
+        int harts = VirtMachine.HartsOfSource(converted);
+        if (machine is not null && machine.HartCount != harts)
         {
-            int harts = VirtMachine.HartsOfSource(converted);
-            GuestRam adopted = ram ?? throw new InvalidOperationException("no RAM");
-            ram = null;
-            try
-            {
-                machine = new VirtMachine(new MachineOptions
-                {
-                    MemoryBytes = adopted.Size,
-                    Harts = harts,
-                    DiskPath = options.DiskPath,
-                    DiskReadOnly = options.DiskReadOnly,
-                    // The source holds the lock of a shared image until it pauses, and a copied image's is ours
-                    // until the copy is durable: either way it is taken below, once the state is in.
-                    DiskLockDeferred = true,
-                    TapName = options.TapName,
-                    MacAddress = options.MacAddress,
-                    Rng = options.Rng,
-                    SerialOut = options.SerialOut,
-                }, adopted);
-            }
-            catch (MachineConfigException e)
-            {
-                throw new InvalidDataException($"cannot build the destination board: {e.Message}", e);
-            }
+            // The board built ahead guessed another shape: rebuild around the same RAM (inside the downtime, rarely).
+            ram = machine.DisposeKeepingRam();
+            machine = null;
         }
+        machine ??= Build(harts);
         machine.LoadState(converted);
         TakeDisk(machine);
+        loaded = true;
+    }
+
+    internal void BuildAhead(int harts) => machine = Build(harts);
+
+    /// <summary>
+    /// The board around the RAM (which it adopts), with this side's backends. Built when the target is created, with
+    /// the expected hart count, so that its cost (~8 ms for 1 GiB: code-cache tables, devices) is paid during pre-copy
+    /// and not inside the downtime, and a backend that cannot be opened (a tap, a disk) fails the migration at the
+    /// handshake rather than after every round was sent.
+    /// </summary>
+    private VirtMachine Build(int harts)
+    {
+        GuestRam adopted = ram ?? throw new InvalidOperationException("no RAM");
+        ram = null;
+        try
+        {
+            return new VirtMachine(new MachineOptions
+            {
+                MemoryBytes = adopted.Size,
+                Harts = harts,
+                DiskPath = options.DiskPath,
+                DiskReadOnly = options.DiskReadOnly,
+                // The source holds the lock of a shared image until it pauses, and a copied image's is ours
+                // until the copy is durable: either way it is taken in LoadState, once the state is in.
+                DiskLockDeferred = true,
+                TapName = options.TapName,
+                MacAddress = options.MacAddress,
+                Rng = options.Rng,
+                SerialOut = options.SerialOut,
+            }, adopted);
+        }
+        catch (MachineConfigException e)
+        {
+            throw new InvalidDataException($"cannot build the destination board: {e.Message}", e);
+        }
     }
 
     private void TakeDisk(VirtMachine m)
@@ -181,7 +200,8 @@ public sealed class VirtMachineTarget : IMigrationTarget
 /// Builds a <see cref="VirtMachineTarget"/> for an incoming migration: RAM of the size the handshake announces (and,
 /// when the source copies its disk, <see cref="MachineOptions.DiskPath"/> emptied to receive it), and, when the state
 /// arrives, a board in the source's shape with the backends of <see cref="Options"/> (serial line, disk, tap, rng); its
-/// <see cref="MachineOptions.MemoryBytes"/> and <see cref="MachineOptions.Harts"/> are ignored.
+/// <see cref="MachineOptions.MemoryBytes"/> is ignored and <see cref="MachineOptions.Harts"/> is a guess (the board is
+/// built ahead with it, and again in the source's shape if that differs).
 /// </summary>
 public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
 {
@@ -227,6 +247,16 @@ public sealed class VirtMachineTargetFactory : IMigrationTargetFactory
             throw;
         }
         var target = new VirtMachineTarget(vmId, ram, Options, disk);
+        try
+        {
+            // Options.Harts is the guess; the state says the truth, and a wrong guess only costs a rebuild.
+            target.BuildAhead(Math.Clamp(Options.Harts, 1, VirtMachine.MaxHarts));
+        }
+        catch
+        {
+            target.Dispose();
+            throw;
+        }
         Volatile.Write(ref last, target);
         return target;
     }

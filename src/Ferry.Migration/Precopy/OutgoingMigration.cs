@@ -587,7 +587,7 @@ public sealed class OutgoingMigration
             Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, FinalPagesLanded = landedMs,
             DestFlushLag = ready.FlushLagMicroseconds / 1000.0, Save = saveMs,
             SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
-            DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
+            SourceDigest = stats.SourceDigestMs, DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
         };
         Switchover = timings;
 

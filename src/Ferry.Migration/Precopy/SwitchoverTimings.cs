@@ -46,6 +46,12 @@ public sealed record SwitchoverTimings
     /// <summary>Destination: LoadState.</summary>
     [JsonPropertyName("dest_load")] public double DestLoad { get; init; }
 
+    /// <summary>
+    /// Source: memory digest at the pause (verify only; excluded from the downtime). With <see cref="DestDigest"/>, how
+    /// much longer than the downtime the guest really stood still when verification was asked for.
+    /// </summary>
+    [JsonPropertyName("source_digest")] public double SourceDigest { get; init; }
+
     /// <summary>Destination: memory digest (verify only; excluded from the downtime).</summary>
     [JsonPropertyName("dest_digest")] public double DestDigest { get; init; }
 
