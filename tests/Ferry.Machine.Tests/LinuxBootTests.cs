@@ -6,9 +6,57 @@ using Ferry.Machine.Board;
 namespace Ferry.Machine.Tests;
 
 /// <summary>The built-in Linux guest on Ferry's machine: boots, works, pauses, powers off; and looks like QEMU's.</summary>
-public sealed partial class LinuxBootTests
+public sealed partial class LinuxBootTests(ITestOutputHelper output)
 {
     private static readonly TimeSpan Boot = TimeSpan.FromSeconds(60);
+
+    [GeneratedRegex(@"selfcheck ok pages=(\d+) dirtied=(\d+)")]
+    private static partial Regex SelfcheckOk();
+
+    [Fact]
+    public void AMinuteOfDirtyingAt20kPagesPerSecondOnTwoHartsWithDiskWritesLeavesEveryPageAndBlockIntact()
+    {
+        string disk = Path.Combine(Path.GetTempPath(), $"ferry-soak-{Guid.NewGuid():N}.img");
+        using (var image = File.Create(disk)) image.SetLength(64L << 20);
+        try
+        {
+            var console = new SerialLog();
+            using VirtMachine m = LinuxGuest.Boot(console,
+                "console=ttyS0 ferry.heartbeat=1s ferry.ws=64M ferry.rate=20000 ferry.threads=2 ferry.pattern=uniform ferry.disk=1 ferry.diskrate=200",
+                harts: 2, memory: 256UL << 20, disk: disk);
+            int at = console.WaitFor("dirtier: ", Boot);
+            var clock = Stopwatch.StartNew();
+            Thread.Sleep(TimeSpan.FromMinutes(1));
+
+            LinuxGuest.Type(m, "selfcheck");
+            at = console.WaitFor("selfcheck ", TimeSpan.FromSeconds(60), at);
+            double seconds = clock.Elapsed.TotalSeconds;
+            int end = console.WaitFor("\n", TimeSpan.FromSeconds(5), at);
+            string answer = console.Text[(at - "selfcheck ".Length)..end].Trim();
+            output.WriteLine(answer);
+            Match ok = SelfcheckOk().Match(answer);
+            Assert.True(ok.Success, answer);
+            // Every page was written, and rewritten: more than the working set's 16,384 pages.
+            long dirtied = long.Parse(ok.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture);
+            output.WriteLine($"dirtier: {dirtied:N0} pages in {seconds:F0} s = {dirtied / seconds:N0} pages/s (asked 20,000; the host's load sets what it reaches)");
+            Assert.True(dirtied > 16_384, answer);
+
+            LinuxGuest.Type(m, "diskcheck");
+            at = console.WaitFor("diskcheck ", TimeSpan.FromSeconds(60), at);
+            end = console.WaitFor("\n", TimeSpan.FromSeconds(5), at);
+            string disked = console.Text[(at - "diskcheck ".Length)..end].Trim();
+            output.WriteLine(disked);
+            Assert.StartsWith("diskcheck ok blocks=", disked, StringComparison.Ordinal);
+
+            LinuxGuest.Type(m, "poweroff");
+            Assert.True(m.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the guest did not power off");
+            Assert.Equal(0, code);
+        }
+        finally
+        {
+            File.Delete(disk);
+        }
+    }
 
     [Fact]
     public void BootsToHeartbeatSelfChecksPausesAndPowersOff()
