@@ -31,12 +31,9 @@ public sealed class VmMigrateTests : IDisposable
     private string Socket(string name) => Path.Combine(dir, name + ".sock");
 
     /// <summary>A source VM: the built-in guest, 256 MiB, dirtying 64 MiB at 5,000 pages/s, a heartbeat every 20 ms.</summary>
-    private VmProcess StartSource(string name)
+    private VmProcess StartSource(string name, string cmdline = "console=ttyS0 ferry.heartbeat=20ms ferry.ws=64M ferry.rate=5000", params string[] more)
     {
-        var vm = VmProcess.Start(name,
-        [
-            "vm", "run", "--memory", "256M", "--cmdline", "console=ttyS0 ferry.heartbeat=20ms ferry.ws=64M ferry.rate=5000", "--api", Socket(name),
-        ]);
+        var vm = VmProcess.Start(name, ["vm", "run", "--memory", "256M", "--cmdline", cmdline, "--api", Socket(name), .. more]);
         processes.Add(vm);
         Assert.True(vm.WaitForLine(l => l.StartsWith("dirtier: ", StringComparison.Ordinal), Boot) is not null,
             $"{name} did not start its workload: {string.Join(" | ", vm.ErrorLines)}");
@@ -44,9 +41,9 @@ public sealed class VmMigrateTests : IDisposable
     }
 
     /// <summary>A destination VM process on a port the kernel picks; returns it and its address.</summary>
-    private (VmProcess Vm, string Address) StartDestination(string name)
+    private (VmProcess Vm, string Address) StartDestination(string name, params string[] more)
     {
-        var vm = VmProcess.Start(name, ["vm", "receive", "--listen", "127.0.0.1:0", "--api", Socket(name)]);
+        var vm = VmProcess.Start(name, ["vm", "receive", "--listen", "127.0.0.1:0", "--api", Socket(name), .. more]);
         processes.Add(vm);
         var line = vm.WaitForErrorLine(l => l.StartsWith(Waiting, StringComparison.Ordinal), Step);
         Assert.True(line is not null, $"{name} did not listen: {string.Join(" | ", vm.ErrorLines)}");
@@ -130,6 +127,29 @@ public sealed class VmMigrateTests : IDisposable
         Assert.Equal(0, b.ExitCode);
         AssertHeartbeatContinues(c);
         AssertSelfcheck(c);
+    }
+
+    [Fact]
+    public void ASleepingGuestWritingItsSharedDiskMovesToAFreshProcessWithItsTimersAndItsDisk()
+    {
+        // Mostly asleep in wfi with timers armed (a heartbeat every 200 ms, no dirtier), writing its disk 50 blocks/s.
+        string disk = Path.Combine(dir, "shared.img");
+        using (var image = File.Create(disk)) image.SetLength(64L << 20);
+        var a = StartSource("a", "console=ttyS0 ferry.heartbeat=200ms ferry.rate=0 ferry.disk=1 ferry.diskrate=50", "--disk", disk);
+        Assert.True(a.WaitForLine(l => l.StartsWith("disk: ", StringComparison.Ordinal), Step) is not null);
+        var (b, toB) = StartDestination("b", "--disk", disk);
+
+        var (code, stdout, stderr) = Migrate(Socket("a"), "--to", toB, "--verify");
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}; destination: {string.Join(" | ", b.ErrorLines)}");
+        Assert.True(a.WaitForExit(Step));
+        Assert.Equal(0, a.ExitCode);
+        AssertHeartbeatContinues(b);
+        int at = b.LineCount;
+        b.Type("diskcheck");
+        var answer = b.WaitForLine(l => l.StartsWith("diskcheck ", StringComparison.Ordinal), Step, at);
+        Assert.True(answer is not null, "no disk check answer");
+        Assert.StartsWith("diskcheck ok", answer.Value.Line, StringComparison.Ordinal);
+        AssertSelfcheck(b);
     }
 
     [Fact]
