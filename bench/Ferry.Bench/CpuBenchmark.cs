@@ -54,7 +54,7 @@ internal static class CpuBenchmark
             error.WriteLine($"Ferry.Bench cpu: {problem}");
             return 2;
         }
-        var root = FindRepoRoot();
+        var root = RepoRoot.Find();
         if (root is null)
         {
             error.WriteLine("Ferry.Bench cpu: cannot find the repository (no Ferry.slnx above the current or the program's directory)");
@@ -632,18 +632,6 @@ internal static class CpuBenchmark
 
     // ---------------------------------------------------------------- build, summary, arguments
 
-    private static string? FindRepoRoot()
-    {
-        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
-        {
-            for (var dir = new DirectoryInfo(start); dir is not null; dir = dir.Parent)
-            {
-                if (File.Exists(Path.Combine(dir.FullName, "Ferry.slnx"))) return dir.FullName;
-            }
-        }
-        return null;
-    }
-
     private static bool BuildGuests(string root, string outDir, Settings s, TextWriter output, TextWriter error)
     {
         var psi = new ProcessStartInfo("make")
@@ -734,23 +722,14 @@ internal static class CpuBenchmark
     private static bool TryParse(string[] args, out Settings settings, out string problem)
     {
         settings = new Settings();
-        problem = "";
-        for (var i = 0; i < args.Length; i++)
+        if (!BenchArguments.TrySplit(args, new HashSet<string> { "--no-qemu" }, out var flags, out problem)) return false;
+        foreach (var (flag, value) in flags)
         {
-            var flag = args[i];
-            if (flag == "--no-qemu")
-            {
-                settings = settings with { UseQemu = false };
-                continue;
-            }
-            if (i + 1 >= args.Length)
-            {
-                problem = $"{flag} needs a value";
-                return false;
-            }
-            var value = args[++i];
             switch (flag)
             {
+                case "--no-qemu":
+                    settings = settings with { UseQemu = false };
+                    break;
                 case "--json":
                     settings = settings with { JsonPath = value };
                     break;
