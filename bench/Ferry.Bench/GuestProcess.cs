@@ -1,0 +1,224 @@
+using System.ComponentModel;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.RegularExpressions;
+
+namespace Ferry.Bench;
+
+/// <summary>
+/// A VM process of either system (<c>ferry vm run|receive</c> or <c>qemu-system-riscv64</c>) with the guest's serial
+/// console on its stdout and stdin: every line is kept with the host time it was read, heartbeat lines parsed, and
+/// commands can be typed into the guest. Disposing kills it if it still runs (this process's own child, by its PID)
+/// and reaps it. A copy of <c>Ferry.Cli</c>'s internal <c>VmProcess</c>, for any executable.
+/// </summary>
+internal sealed partial class GuestProcess : IDisposable
+{
+    // Bounded: a guest printing without end cannot grow the host's memory without end.
+    private const int MaxLines = 200_000;
+
+    private readonly Process process;
+    // A monitor, not a Lock: the waits below need Monitor.Wait and PulseAll.
+    private readonly object gate = new();
+    private readonly List<(long At, string Line)> lines = [];
+    private readonly List<string> errorLines = [];
+    private readonly List<Heartbeat> heartbeats = [];
+
+    /// <summary>One heartbeat line: when the host read it (<see cref="Stopwatch"/> ticks), its sequence number and the guest's stall.</summary>
+    public readonly record struct Heartbeat(long At, long Seq, long MaxStallUs);
+
+    // Every child still running, so that Ctrl+C or an unexpected exit of the benchmark kills them (by their PIDs).
+    private static readonly HashSet<GuestProcess> Live = [];
+
+    /// <summary>Kill and reap every child this class started that still runs.</summary>
+    public static void KillAll()
+    {
+        GuestProcess[] all;
+        lock (Live) all = [.. Live];
+        foreach (var p in all) p.Dispose();
+    }
+
+    private GuestProcess(Process process, string name)
+    {
+        this.process = process;
+        Name = name;
+    }
+
+    public string Name { get; }
+
+    public int Id => process.Id;
+
+    public bool HasExited => process.HasExited;
+
+    public int ExitCode => process.ExitCode;
+
+    /// <summary>Start <paramref name="executable"/> with <paramref name="args"/>, every stream on a pipe.</summary>
+    public static GuestProcess Start(string name, string executable, IEnumerable<string> args)
+    {
+        var start = new ProcessStartInfo(executable)
+        {
+            UseShellExecute = false,
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+        };
+        foreach (string a in args) start.ArgumentList.Add(a);
+        Process process;
+        try
+        {
+            process = Process.Start(start) ?? throw new InvalidOperationException($"cannot start {executable}");
+        }
+        catch (Win32Exception e)
+        {
+            throw new InvalidOperationException($"cannot start {executable}: {e.Message}", e);
+        }
+        var vm = new GuestProcess(process, name);
+        lock (Live) Live.Add(vm);
+        // Own threads at raised priority, not the thread pool's callbacks: a line's host time is when it arrived, even
+        // while this process is busy polling the migration.
+        StartReader(process.StandardOutput, vm.OnLine, name + " console");
+        StartReader(process.StandardError, vm.OnErrorLine, name + " stderr");
+        return vm;
+    }
+
+    private static void StartReader(StreamReader reader, Action<string> onLine, string name)
+    {
+        new Thread(() =>
+        {
+            try
+            {
+                while (reader.ReadLine() is { } line) onLine(line);
+            }
+            catch (Exception e) when (e is IOException or ObjectDisposedException)
+            {
+                // The process is gone.
+            }
+        })
+        { IsBackground = true, Name = name, Priority = ThreadPriority.AboveNormal }.Start();
+    }
+
+    [GeneratedRegex(@"^heartbeat (\d+) maxstall_us=(\d+)")]
+    private static partial Regex HeartbeatLine();
+
+    private void OnLine(string raw)
+    {
+        long at = Stopwatch.GetTimestamp();
+        // QEMU's serial on stdio ends lines with \r\n.
+        string line = raw.TrimEnd('\r');
+        lock (gate)
+        {
+            if (lines.Count < MaxLines) lines.Add((at, line));
+            Match m = HeartbeatLine().Match(line);
+            if (m.Success && heartbeats.Count < MaxLines)
+            {
+                heartbeats.Add(new Heartbeat(at, long.Parse(m.Groups[1].Value, CultureInfo.InvariantCulture),
+                    long.Parse(m.Groups[2].Value, CultureInfo.InvariantCulture)));
+            }
+            Monitor.PulseAll(gate);
+        }
+    }
+
+    private void OnErrorLine(string line)
+    {
+        lock (gate)
+        {
+            if (errorLines.Count < MaxLines) errorLines.Add(line);
+            Monitor.PulseAll(gate);
+        }
+    }
+
+    public Heartbeat[] Heartbeats
+    {
+        get
+        {
+            lock (gate) return [.. heartbeats];
+        }
+    }
+
+    public string[] ErrorLines
+    {
+        get
+        {
+            lock (gate) return [.. errorLines];
+        }
+    }
+
+    /// <summary>The last <paramref name="n"/> console lines, for a failure report.</summary>
+    public string[] LastLines(int n)
+    {
+        lock (gate) return [.. lines.Skip(Math.Max(0, lines.Count - n)).Select(l => l.Line)];
+    }
+
+    public int LineCount
+    {
+        get
+        {
+            lock (gate) return lines.Count;
+        }
+    }
+
+    /// <summary>The first console line from index <paramref name="from"/> on that <paramref name="match"/> accepts, waiting up to <paramref name="timeout"/>; null if none came (or the process ended).</summary>
+    public (int Index, string Line, long At)? WaitForLine(Func<string, bool> match, TimeSpan timeout, int from = 0)
+    {
+        var found = WaitFor(lines, l => l.Line, match, timeout, from);
+        if (found is not { } f) return null;
+        lock (gate) return (f.Index, f.Line, lines[f.Index].At);
+    }
+
+    /// <summary>As <see cref="WaitForLine"/>, on stderr.</summary>
+    public string? WaitForErrorLine(Func<string, bool> match, TimeSpan timeout) =>
+        WaitFor(errorLines, l => l, match, timeout, 0)?.Line;
+
+    private (int Index, string Line)? WaitFor<T>(List<T> list, Func<T, string> text, Func<string, bool> match, TimeSpan timeout, int from)
+    {
+        long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
+        lock (gate)
+        {
+            int i = from;
+            while (true)
+            {
+                for (; i < list.Count; i++)
+                {
+                    if (match(text(list[i]))) return (i, text(list[i]));
+                }
+                long left = deadline - Stopwatch.GetTimestamp();
+                if (left <= 0 || process.HasExited && i >= list.Count) return null;
+                // Wake at least every 100 ms: the process may have exited without a line.
+                Monitor.Wait(gate, TimeSpan.FromMilliseconds(Math.Min(100, left * 1000.0 / Stopwatch.Frequency)));
+            }
+        }
+    }
+
+    /// <summary>Type <paramref name="command"/> and Enter on the guest's console.</summary>
+    public void Type(string command)
+    {
+        try
+        {
+            process.StandardInput.Write(command + "\n");
+            process.StandardInput.Flush();
+        }
+        catch (IOException)
+        {
+            // The process is gone: the wait for its answer reports it.
+        }
+    }
+
+    public bool WaitForExit(TimeSpan timeout) => process.WaitForExit(timeout);
+
+    public void Dispose()
+    {
+        lock (Live)
+        {
+            if (!Live.Remove(this)) return;
+        }
+        try
+        {
+            if (!process.HasExited) process.Kill();
+            process.WaitForExit(TimeSpan.FromSeconds(30));
+        }
+        catch (InvalidOperationException)
+        {
+            // Never started or already reaped.
+        }
+        process.Dispose();
+    }
+}
