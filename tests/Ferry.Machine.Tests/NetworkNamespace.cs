@@ -1,5 +1,8 @@
 using System.ComponentModel;
 using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Runtime.ExceptionServices;
 using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 
@@ -49,6 +52,17 @@ internal sealed partial class NetworkNamespace : IDisposable
         {
             var ns = new NetworkNamespace(name);
             ns.Ip("link set lo up");
+            // IPv4 only: the kernel's own IPv6 chatter on new links (router solicitations, MLD reports, flooded by a
+            // bridge to every port) would be frames no test sent. /proc/sys/net shows the namespace of the thread.
+            ns.Inside(() =>
+            {
+                foreach (string conf in new[] { "all", "default" })
+                {
+                    string path = $"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6";
+                    if (File.Exists(path)) File.WriteAllText(path, "1");
+                }
+                return 0;
+            });
             return ns;
         }
         catch
@@ -94,9 +108,26 @@ internal sealed partial class NetworkNamespace : IDisposable
         { Name = $"netns {Name}", IsBackground = true };
         thread.Start();
         thread.Join();
-        if (error is not null) throw new InvalidOperationException($"inside network namespace {Name}: {error.Message}", error);
+        // The work's own exception, as if it had run here (a migration target's InvalidDataException stays one).
+        if (error is not null) ExceptionDispatchInfo.Throw(error);
         return result;
     }
+
+    /// <summary>A TCP connection from inside the namespace, Nagle off, with generous timeouts for a busy host.</summary>
+    public Socket ConnectTcp(IPAddress address, int port) => Inside(() =>
+    {
+        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 60_000, SendTimeout = 60_000 };
+        try
+        {
+            s.Connect(address, port);
+            return s;
+        }
+        catch
+        {
+            s.Dispose();
+            throw;
+        }
+    });
 
     /// <summary>
     /// Names of this process's threads that are in the namespace now, after waiting up to <paramref name="settle"/> for

@@ -38,7 +38,7 @@ public sealed class NetworkTests(ITestOutputHelper output)
 
             // Frames sent before the tap was up, or arriving before the driver ran, are dropped; none after.
             long dropped = m.Net!.DroppedFrames;
-            using Socket client = Connect(ns, Guest, 7);
+            using Socket client = ns.ConnectTcp(Guest, 7);
             foreach (int size in new[] { 1, 2, 100, 1448, 1449, 4096, 16384, 16385, 65536 })
             {
                 byte[] sent = Pattern(size, (byte)size);
@@ -65,23 +65,7 @@ public sealed class NetworkTests(ITestOutputHelper output)
         Assert.Empty(ns.ThreadsInside(TimeSpan.FromSeconds(10)));
     }
 
-    /// <summary>A TCP connection from inside <paramref name="ns"/>, Nagle off, with generous timeouts for a busy host.</summary>
-    internal static Socket Connect(NetworkNamespace ns, IPAddress address, int port) => ns.Inside(() =>
-    {
-        var s = new Socket(AddressFamily.InterNetwork, SocketType.Stream, ProtocolType.Tcp) { NoDelay = true, ReceiveTimeout = 60_000, SendTimeout = 60_000 };
-        try
-        {
-            s.Connect(address, port);
-            return s;
-        }
-        catch
-        {
-            s.Dispose();
-            throw;
-        }
-    });
-
-    internal static byte[] Pattern(int length, byte seed)
+    private static byte[] Pattern(int length, byte seed)
     {
         var b = new byte[length];
         for (int i = 0; i < length; i++) b[i] = (byte)(seed + i * 31 + (i >> 8));
@@ -93,19 +77,9 @@ public sealed class NetworkTests(ITestOutputHelper output)
     {
         Task send = Task.Run(() => s.Send(data));
         var got = new byte[data.Length];
-        ReadExactly(s, got);
+        using (var stream = new NetworkStream(s, ownsSocket: false)) stream.ReadExactly(got);
         send.GetAwaiter().GetResult();
         return got;
-    }
-
-    internal static void ReadExactly(Socket s, Span<byte> buffer)
-    {
-        for (int n = 0; n < buffer.Length;)
-        {
-            int k = s.Receive(buffer[n..]);
-            if (k == 0) throw new IOException($"the connection closed after {n} of {buffer.Length} bytes");
-            n += k;
-        }
     }
 
     /// <summary>One ICMP echo request on a raw socket; the time until its reply (throws on a timeout).</summary>

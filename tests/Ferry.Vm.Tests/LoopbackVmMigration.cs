@@ -1,6 +1,7 @@
 using System.Net;
 using Ferry.Machine;
 using Ferry.Migration;
+using Ferry.Migration.Guest;
 using Ferry.Migration.Precopy;
 using Ferry.Migration.Transport;
 
@@ -15,7 +16,14 @@ internal static class LoopbackVmMigration
 {
     public sealed record Result(MigrationStatistics Statistics, VirtMachineSource Source, VirtMachineTarget? Destination, Exception? DestinationError);
 
-    public static Result Run(VirtMachine machine, VirtMachineTargetFactory factory, MigrationOptions options, bool copyDisk = false)
+    /// <summary>A target factory's target that wraps a <see cref="VirtMachineTarget"/> (to run its calls elsewhere).</summary>
+    public interface IWrappedTarget
+    {
+        VirtMachineTarget Inner { get; }
+    }
+
+    /// <param name="factory">A <see cref="VirtMachineTargetFactory"/>, or one whose targets are <see cref="IWrappedTarget"/>s.</param>
+    public static Result Run(VirtMachine machine, IMigrationTargetFactory factory, MigrationOptions options, bool copyDisk = false)
     {
         var source = new VirtMachineSource(machine, copyDisk);
         // Port 0: the kernel picks a free port, so parallel runs never collide.
@@ -25,7 +33,7 @@ internal static class LoopbackVmMigration
         ulong limit = machine.Ram.Size + (copyDisk ? machine.Disk!.ImageBytes : 0);
         var incoming = new IncomingMigration(listener, factory,
             new IncomingOptions { MaxMemoryBytes = limit, PeerTimeout = options.PeerTimeout });
-        Ferry.Migration.Guest.IMigrationTarget? destination = null;
+        IMigrationTarget? destination = null;
         Exception? destinationError = null;
         var destinationThread = new Thread(() =>
         {
@@ -59,7 +67,8 @@ internal static class LoopbackVmMigration
             destination.Dispose();
             destination = null;
         }
-        return new Result(statistics, source, (VirtMachineTarget?)destination, destinationError);
+        VirtMachineTarget? arrived = destination is IWrappedTarget w ? w.Inner : (VirtMachineTarget?)destination;
+        return new Result(statistics, source, arrived, destinationError);
     }
 
     /// <summary>The statistics as lines for a test's output: the outcome, where the downtime went, each round.</summary>
