@@ -23,7 +23,8 @@ internal static class LoopbackVmMigration
     }
 
     /// <param name="factory">A <see cref="VirtMachineTargetFactory"/>, or one whose targets are <see cref="IWrappedTarget"/>s.</param>
-    public static Result Run(VirtMachine machine, IMigrationTargetFactory factory, MigrationOptions options, bool copyDisk = false)
+    /// <param name="faults">Faults to inject into the source's channels (a link that dies at a chosen record), or null.</param>
+    public static Result Run(VirtMachine machine, IMigrationTargetFactory factory, MigrationOptions options, bool copyDisk = false, FaultPlan? faults = null)
     {
         var source = new VirtMachineSource(machine, copyDisk);
         // Port 0: the kernel picks a free port, so parallel runs never collide.
@@ -52,7 +53,9 @@ internal static class LoopbackVmMigration
         MigrationStatistics statistics;
         try
         {
-            var outgoing = new OutgoingMigration(source, new TcpMigrationConnector(listener.LocalEndPoint), options);
+            IMigrationConnector connector = new TcpMigrationConnector(listener.LocalEndPoint);
+            if (faults is not null) connector = new FaultInjectingConnector(connector, faults);
+            var outgoing = new OutgoingMigration(source, connector, options);
             statistics = outgoing.Run();
         }
         finally

@@ -108,6 +108,45 @@ public sealed partial class VmMigrationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public void ALinkCutInStopAndCopyBeforeCommitResumesTheSourceWithItsDevicesAndItMigratesAgain()
+    {
+        var sourceConsole = new SerialLog();
+        var destinationConsole = new SerialLog();
+        using VirtMachine source = LinuxGuest.Boot(sourceConsole, "console=ttyS0 ferry.heartbeat=50 ferry.ws=16M ferry.rate=10000", Harts, Memory);
+        sourceConsole.WaitFor("dirtier: ", Boot);
+        sourceConsole.WaitFor("heartbeat", TimeSpan.FromSeconds(30), sourceConsole.Text.Length);
+
+        // The control link dies right after Complete: the guest is paused, its last pages and its state are out, no
+        // Ready can come back. Before commit, the source must run again: harts, virtio devices and all.
+        var plan = new Ferry.Migration.Transport.FaultPlan();
+        var fault = plan.Close(Ferry.Migration.Transport.FaultTarget.Control,
+            Ferry.Migration.Transport.FaultTrigger.AfterRecord(Ferry.Migration.Protocol.RecordKind.Complete));
+        var factory = new VirtMachineTargetFactory { Options = new MachineOptions { Harts = Harts, SerialOut = destinationConsole } };
+        LoopbackVmMigration.Result cut = LoopbackVmMigration.Run(source, factory, new MigrationOptions { Timeout = TimeSpan.FromSeconds(120) }, faults: plan);
+        foreach (string line in LoopbackVmMigration.Describe(cut)) output.WriteLine(line);
+        Assert.Equal(1, fault.TimesFired);
+        Assert.Equal(MigrationStatus.Failed, cut.Statistics.Status);
+        Assert.True(cut.Statistics.Rounds.Count >= 2, "it never reached stop-and-copy");
+        Assert.Null(cut.Destination);
+        Assert.True(cut.Source.IsRunning);
+        Assert.Equal("", destinationConsole.Text);
+
+        int at = sourceConsole.Text.Length;
+        sourceConsole.WaitFor("heartbeat", TimeSpan.FromSeconds(10), at);
+        LinuxGuest.Type(source, "selfcheck");
+        sourceConsole.WaitFor("selfcheck ok", TimeSpan.FromSeconds(60), at);
+
+        // And it moves for real at the next attempt.
+        LoopbackVmMigration.Result r = Migrate(source, destinationConsole);
+        using VirtMachineTarget? destination = r.Destination;
+        Assert.Equal(MigrationStatus.Completed, r.Statistics.Status);
+        VirtMachine arrived = Assert.IsType<VirtMachine>(destination?.Machine);
+        int d = destinationConsole.WaitFor("heartbeat", TimeSpan.FromSeconds(30));
+        LinuxGuest.Type(arrived, "selfcheck");
+        destinationConsole.WaitFor("selfcheck ok", TimeSpan.FromSeconds(60), d);
+    }
+
+    [Fact]
     public void ADestinationBoardUnlikeTheSourceFailsTheMigrationAndTheSourceRunsOn()
     {
         var sourceConsole = new SerialLog();
