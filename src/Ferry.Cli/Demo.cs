@@ -181,8 +181,11 @@ public static class Demo
         int at = destination.LineCount;
         destination.Type("selfcheck");
         string selfcheck = destination.WaitForLine(l => l.StartsWith("selfcheck ", StringComparison.Ordinal), StepTimeout, at)?.Line ?? "no answer";
-        VmProcess.Heartbeat[] before = source.Heartbeats;
         VmProcess.Heartbeat[] after = destination.Heartbeats;
+        // The source's lines up to the destination's first (a line the guest had half written at the pause ends on the
+        // destination's console, not the source's).
+        long arrived = after.Length > 0 ? after[0].At : long.MaxValue;
+        VmProcess.Heartbeat[] before = source.Heartbeats.Where(h => h.At < arrived).ToArray();
 
         // Gaps between consecutive heartbeat lines across both consoles, from the migration's start on.
         double maxGapMs = 0;

@@ -462,6 +462,10 @@ public sealed partial class VirtMachine : IDisposable
     public void PauseDevices()
     {
         foreach (VirtioMmio v in virtio) v.Pause();
+        // What the guest sent before the pause has left the UART as far as it knows (transmission is instant): write
+        // out a line it had half sent, so a migrated guest's console reads in order, this side's bytes before the
+        // destination's.
+        uart.Flush();
         devicesPaused = true;
     }
 

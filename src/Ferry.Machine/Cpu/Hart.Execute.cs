@@ -226,11 +226,14 @@ internal sealed unsafe partial class Hart
         stopBlock = false;
         this.pc = pcv;
         instret += (ulong)n;
+        // The slots are the page's native memory, freed when the page is collected: it must outlive the walk above.
+        GC.KeepAlive(page);
         return;
     trap:
         stopBlock = false;
         this.pc = pcv;
         instret += (ulong)n;
+        GC.KeepAlive(page);
         RaiseException(cause, faultTval);
     }
 
