@@ -24,6 +24,7 @@ struct config {
     char net[32];            // "a.b.c.d/prefix" for eth0; empty = no network
     char gw[16];             // default gateway; empty = none
     unsigned port;           // TCP echo port
+    unsigned spin;           // threads that never sleep (keep harts busy); 0 = none
 };
 
 enum pattern { PATTERN_UNIFORM, PATTERN_HOTSET, PATTERN_SEQUENTIAL };

@@ -5,6 +5,7 @@
 #include "ferry.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -46,6 +47,25 @@ static void ensure_stdio(void)
     if (fd > 2) close(fd);
 }
 
+// A thread that never sleeps: keeps a hart busy, as a VM running a compute job would. A guest whose harts all sleep
+// in wfi is one QEMU 7.2 freezes after a migration on this board (its timers are lost); spinning keeps it running
+// there, so the two machines can be compared on the same workload.
+static void *spin_main(void *arg)
+{
+    (void)arg;
+    volatile uint64_t sink = 0;
+    for (;;) sink += now_ns();
+    return NULL;
+}
+
+static void spin_start(void)
+{
+    for (unsigned i = 0; i < cfg.spin; i++) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, spin_main, NULL)) fatal("spin: cannot start thread %u", i);
+    }
+}
+
 // Parses the ferry.* words of the kernel command line into cfg. Other words belong to the kernel. An unknown
 // or malformed ferry.* word stops the boot, so a typo never runs a different experiment from the one asked.
 static void parse_cmdline(char *cmdline)
@@ -73,6 +93,7 @@ static void parse_cmdline(char *cmdline)
         else if (!strcmp(key, "net")) ok = strlen(val) < sizeof cfg.net, snprintf(cfg.net, sizeof cfg.net, "%s", val);
         else if (!strcmp(key, "gw")) ok = strlen(val) < sizeof cfg.gw, snprintf(cfg.gw, sizeof cfg.gw, "%s", val);
         else if (!strcmp(key, "port")) ok = parse_uint(val, &v) && v >= 1 && v <= 65535, cfg.port = v;
+        else if (!strcmp(key, "spin")) ok = parse_uint(val, &v) && v <= 64, cfg.spin = v;
         else fatal("unknown option ferry.%s", key);
         if (!ok) fatal("bad value in ferry.%s=%s", key, val);
     }
@@ -171,16 +192,17 @@ int main(void)
     char threads[16] = "auto";
     if (cfg.threads) snprintf(threads, sizeof threads, "%u", cfg.threads);
     out("config: ws=%lluK rate=%llu pattern=%s hot=%u words=%u threads=%s seed=%llu heartbeat_us=%llu tick_us=%llu "
-        "disk=%d diskrate=%llu net=%s port=%u",
+        "disk=%d diskrate=%llu net=%s port=%u spin=%u",
         (unsigned long long)(cfg.ws_bytes >> 10), (unsigned long long)cfg.rate, pattern_name(cfg.pattern),
         cfg.hot_pct, cfg.words, threads, (unsigned long long)cfg.seed,
         (unsigned long long)(cfg.heartbeat_ns / 1000), (unsigned long long)(cfg.tick_ns / 1000), cfg.disk,
-        (unsigned long long)cfg.disk_rate, cfg.net[0] ? cfg.net : "off", cfg.port);
+        (unsigned long long)cfg.disk_rate, cfg.net[0] ? cfg.net : "off", cfg.port, cfg.spin);
 
     print_machine();
     heartbeat_start();
     dirtier_start();
     disk_start();
     net_start();
+    spin_start();
     console_loop();
 }
