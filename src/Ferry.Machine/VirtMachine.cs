@@ -43,6 +43,8 @@ public sealed partial class VirtMachine : IDisposable
     private bool disposed;
     // DisposeKeepingRam: the RAM outlives the board.
     private bool keepRam;
+    // Started parked (StartPaused) and not resumed since: no guest instruction has run on this board.
+    private volatile bool neverRan;
     private readonly object stateGate = new();
     // The bitmap the next HarvestDirty(Span) installs: the one it harvested last, so rounds allocate nothing.
     private ulong[] spareDirty;
@@ -289,6 +291,27 @@ public sealed partial class VirtMachine : IDisposable
         foreach (Hart h in harts) h.Start();
     }
 
+    /// <summary>
+    /// Start the hart threads parked: none runs an instruction until <see cref="Resume"/>. A migration's destination
+    /// does this when it builds the board, during pre-copy, so that creating the threads (1-3 ms each on a busy host)
+    /// is not part of the downtime; its state is loaded while they are parked, and the switchover only resumes them.
+    /// </summary>
+    public void StartPaused()
+    {
+        lock (stateGate)
+        {
+            ObjectDisposedException.ThrowIf(disposed, this);
+            if (started) throw new InvalidOperationException("the machine is already started");
+            started = true;
+            neverRan = true;
+        }
+        // Paused before the threads exist: each one's first act is to see the request and park.
+        control.RequestPause();
+        foreach (Hart h in harts) h.Start();
+        var spin = new SpinWait();
+        while (!AllQuiescent()) spin.SpinOnce();
+    }
+
     /// <summary>Block until the guest powers off (the test device) or <see cref="PowerOff"/>; returns the exit code.</summary>
     public int WaitForExit()
     {
@@ -359,7 +382,11 @@ public sealed partial class VirtMachine : IDisposable
     }
 
     /// <summary>Let paused harts run again.</summary>
-    public void Resume() => control.Release();
+    public void Resume()
+    {
+        neverRan = false;
+        control.Release();
+    }
 
     /// <summary>
     /// Run a paused machine until some hart has retired <paramref name="count"/> more instructions (it stops at its next
@@ -370,6 +397,7 @@ public sealed partial class VirtMachine : IDisposable
     {
         CheckStopped("a bounded run");
         foreach (Hart h in harts) h.SetInstructionBudget(count);
+        neverRan = false;
         control.Release();
         var spin = new SpinWait();
         while (!control.PauseRequested && !control.ExitRequested) spin.SpinOnce();
@@ -529,7 +557,7 @@ public sealed partial class VirtMachine : IDisposable
     /// </summary>
     public GuestRam DisposeKeepingRam()
     {
-        if (started) throw new InvalidOperationException("the machine has run: its RAM belongs to it");
+        if (started && !neverRan) throw new InvalidOperationException("the machine has run: its RAM belongs to it");
         keepRam = true;
         Dispose();
         ram.CodeWritten = null;

@@ -156,6 +156,41 @@ public sealed class MachineStateTests
         new ReadOnlySpan<byte>(from.Host, checked((int)from.Size)).CopyTo(new Span<byte>(to.Host, checked((int)to.Size)));
 
     [Fact]
+    public void AMachineStartedPausedRunsNothingTakesStateAndGivesBackItsRamUntilResumed()
+    {
+        // A loop: count in x1 and store it at 0x8000_0100, forever.
+        var program = new byte[16];
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(program, 0x00000117);      // auipc x2, 0
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(program.AsSpan(4), 0x00108093); // addi x1, x1, 1
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(program.AsSpan(8), 0x10113023); // sd x1, 256(x2)
+        System.Buffers.Binary.BinaryPrimitives.WriteUInt32LittleEndian(program.AsSpan(12), 0xff9ff06f); // j -8
+        var ram = new Memory.GuestRam(VirtMachine.RamBase, 2UL << 20);
+        ram.Write(VirtMachine.RamBase, program);
+        var first = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 2 }, ram);
+        first.StartPaused();
+        Thread.Sleep(50);
+        Assert.Equal(0UL, first.InstructionsRetired);
+        // Parked, never run: the RAM can still go to a board of another shape, untouched.
+        Memory.GuestRam back = first.DisposeKeepingRam();
+        Assert.Same(ram, back);
+        using var second = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 1 }, back);
+        second.StartPaused();
+        second.LoadState(second.SaveState());
+        Assert.Equal(0UL, second.InstructionsRetired);
+
+        second.Resume();
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        while (second.InstructionsRetired < 100_000 && clock.Elapsed < TimeSpan.FromSeconds(30)) Thread.Sleep(1);
+        second.Pause();
+        Assert.True(second.InstructionsRetired >= 100_000, "the resumed hart did not run");
+        var stored = new byte[8];
+        second.Ram.Read(VirtMachine.RamBase + 0x100, stored);
+        Assert.NotEqual(0UL, BitConverter.ToUInt64(stored));
+        // It ran: its RAM is its own now.
+        Assert.Throws<InvalidOperationException>(() => second.DisposeKeepingRam());
+    }
+
+    [Fact]
     public void HartStateRejectsForeignAndDamagedSections()
     {
         using var m = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20 });
