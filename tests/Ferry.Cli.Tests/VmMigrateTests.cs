@@ -153,6 +153,36 @@ public sealed class VmMigrateTests : IDisposable
     }
 
     [Fact]
+    public void WithCopyDiskTheGuestsLocalDiskTravelsWithItAndItsDiskCheckPassesOnTheOtherFile()
+    {
+        // Each side names its own image, as two hosts with local disks would; the destination's starts as something else.
+        string sourceDisk = Path.Combine(dir, "source.img");
+        string destinationDisk = Path.Combine(dir, "destination.img");
+        using (var image = File.Create(sourceDisk)) image.SetLength(64L << 20);
+        File.WriteAllBytes(destinationDisk, Enumerable.Repeat((byte)0xa5, 1 << 20).ToArray());
+        var a = StartSource("a", "console=ttyS0 ferry.heartbeat=50ms ferry.ws=16M ferry.rate=2000 ferry.disk=1 ferry.diskrate=200", "--disk", sourceDisk);
+        Assert.True(a.WaitForLine(l => l.StartsWith("disk: ", StringComparison.Ordinal), Step) is not null);
+        var (b, toB) = StartDestination("b", "--disk", destinationDisk);
+
+        var (code, stdout, stderr) = Migrate(Socket("a"), "--to", toB, "--copy-disk", "--verify", "--json");
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}; destination: {string.Join(" | ", b.ErrorLines)}");
+        using (var doc = JsonDocument.Parse(stdout))
+        {
+            // RAM and the 64 MiB image travelled: more pages than RAM alone has.
+            var pages = doc.RootElement.GetProperty("pages");
+            Assert.True(pages.GetProperty("normal").GetInt64() + pages.GetProperty("zero").GetInt64() > (256L << 20) / 4096);
+        }
+        Assert.True(a.WaitForExit(Step));
+        Assert.Equal(64L << 20, new FileInfo(destinationDisk).Length);
+        int at = b.LineCount;
+        b.Type("diskcheck");
+        var answer = b.WaitForLine(l => l.StartsWith("diskcheck ", StringComparison.Ordinal), Step, at);
+        Assert.True(answer is not null, "no disk check answer");
+        Assert.StartsWith("diskcheck ok", answer.Value.Line, StringComparison.Ordinal);
+        AssertSelfcheck(b);
+    }
+
+    [Fact]
     public async Task ADestinationKilledDuringPrecopyLeavesTheSourceRunningAndASecondMigrationSucceeds()
     {
         var a = StartSource("a");
