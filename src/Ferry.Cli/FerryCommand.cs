@@ -232,7 +232,7 @@ public static class FerryCommand
         var mStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", "At the round or time limit: cancel (the source keeps running) or force (switch over anyway)", TimeoutStrategy.Cancel);
         var mNoAuto = new Option<bool>("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
         var mVerify = new Option<bool>("--verify") { Description = "Digest all memory at the pause and after the destination loaded it; exit 3 unless they match" };
-        var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk to the destination's --disk file (a disk local to each host); without it the disk must be storage both hosts share" };
+        var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk into the destination's --disk file, which is overwritten (a disk local to each host); without it the disk must be storage both hosts share" };
         var mJson = new Option<bool>("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
         foreach (var option in new Option[] { mApi, mTo, mCancel, mDowntime, mBandwidth, mChannels, mRounds, mTimeout, mStrategy, mNoAuto, mVerify, mCopyDisk, mJson })
             migrate.Options.Add(option);
