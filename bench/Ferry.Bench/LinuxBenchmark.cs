@@ -128,13 +128,13 @@ internal static class LinuxBenchmark
         output.WriteLine($"guest: {image}, {Memory} RAM, {Harts} harts; {s.Repetitions} repetition(s); ferry: {ferry}");
         foreach (var c in Cases) output.WriteLine($"  {c.Name,-7} {c.Cmdline}");
         output.WriteLine();
-        int n = 0;
         for (var rep = 1; rep <= s.Repetitions; rep++)
         {
             foreach (var c in Cases)
             {
-                // Alternate which system goes first, so that neither always inherits the other's page cache or a quieter moment.
-                bool ferryFirst = (rep + n++) % 2 == 1;
+                // Alternate which system goes first, from case to case and, for each case, from repetition to
+                // repetition, so that neither always inherits the other's page cache or a quieter moment.
+                bool ferryFirst = (rep + Array.IndexOf(Cases, c)) % 2 == 1;
                 foreach (string system in ferryFirst ? new[] { "ferry", "qemu" } : ["qemu", "ferry"])
                 {
                     if (system == "qemu" && qemuVersion is null) continue;
