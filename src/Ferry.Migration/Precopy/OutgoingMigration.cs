@@ -500,149 +500,189 @@ public sealed class OutgoingMigration
         }
     }
 
-    private void StopAndCopy(StatsBuilder stats, DirtyBitmap bitmap, CountdownEvent done, ref bool paused)
+    // The source's memory digest (verify), computed while the switchover goes on; joined before StopAndCopy returns.
+    private Task<UInt128>? _sourceDigest;
+
+    private void JoinSourceDigest()
     {
-        _status = MigrationStatus.Device;
-        Report();
-        long pauseStart = _time.GetTimestamp();
-        _guest.Pause();
-        paused = true;
-        // The breakdown's parts are measured between consecutive timestamps, so they add up to the downtime exactly:
-        // pause | final harvest + final pages until landed | device state until we commit | commit to Resumed.
-        long harvestStart = _time.GetTimestamp();
-        stats.PauseMs = _time.GetElapsedTime(pauseStart, harvestStart).TotalMilliseconds;
-
-        // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since. Counted as
-        // final-page time (as QEMU counts its last bitmap sync in the downtime).
-        _guest.HarvestDirtyLog(bitmap.Words);
-        double harvestMs = Ms(harvestStart);
-
-        UInt128 sourceDigest = default;
-        if (_options.Verify)
-        {
-            // Excluded from the downtime figure: a real deployment would not verify, and 1 GiB takes ~100 ms.
-            long d0 = _time.GetTimestamp();
-            sourceDigest = VerifyDigest.Compute(_guest.Regions);
-            stats.SourceDigestMs = Ms(d0);
-        }
-
-        long finalStart = _time.GetTimestamp();
-        // Harvest through to the final pass, less the digest (excluded from downtime).
-        harvestMs = _time.GetElapsedTime(harvestStart, finalStart).TotalMilliseconds - stats.SourceDigestMs;
-        var finalFlags = PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None);
-        var (pages, bytes) = SendPass(bitmap, finalFlags, SwitchoverFlushSequence, done);
-        long finalSent = _time.GetTimestamp();
-        double finalSendMs = _time.GetElapsedTime(finalStart, finalSent).TotalMilliseconds;
-        stats.Rounds.Add(new RoundStatistics
-        {
-            Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = finalSendMs,
-            BandwidthBytesPerSecond = finalSendMs > 0 ? bytes / (finalSendMs / 1000) : 0,
-            ThrottlePercent = _throttle,
-        });
-        Interlocked.Exchange(ref _remainingBytes, 0);
-
-        long stateStart = finalSent; // contiguous with the final pass, so the timings add up exactly
-        var sections = _guest.SaveState();
-        long sendStart = _time.GetTimestamp();
-        double saveMs = _time.GetElapsedTime(stateStart, sendStart).TotalMilliseconds;
-        long stateBytes = 0;
-        foreach (var section in sections)
-        {
-            _control!.WriteStateSection(section);
-            stateBytes += section.Data.Length;
-        }
-        _completeSending = true;
-        _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
-        long completeSent = _time.GetTimestamp();
-
-        // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
-        // keepalives but never answers must not hold the guest paused forever.
-        if (!_readyArrived.Wait(_options.PeerTimeout, _abort.Token))
-            Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
-        _abort.Token.ThrowIfCancellationRequested();
-        var ready = _ready!;
-        // The return-path thread stamps Ready the moment it reads it, which on a fast peer can come before this
-        // thread, back from the write, stamped Complete as sent. Ready answers a Complete the destination read and
-        // then spent its load and digest time on, so Complete was sent that long before Ready at the latest (and not
-        // before its own send began).
-        long readyAt = Volatile.Read(ref _readyAt);
-        long destWork = (long)((ready.LoadMicroseconds + (double)ready.DigestMicroseconds) / 1e6 * _time.TimestampFrequency);
-        completeSent = Math.Max(sendStart, Math.Min(completeSent, readyAt - destWork));
-        double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
-        double readyWaitMs = _time.GetElapsedTime(completeSent, Volatile.Read(ref _readyAt)).TotalMilliseconds;
-        stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
-        // Final pages count until the destination had them all, not until our sends returned (they may sit in socket
-        // buffers, and a destination faulting in fresh memory drains them slowly). On our clock the last Flush landed
-        // at: Complete sent + one way (half the measured round trip) + the destination's Flush lag behind Complete
-        // (negative when the pages were first). Bounded by what we know for sure: not before our sends returned, not
-        // after Ready minus the destination's load and digest.
-        double untilReady = _time.GetElapsedTime(finalStart, Volatile.Read(ref _readyAt)).TotalMilliseconds;
-        double oneWayMs = TimeSpan.FromTicks(Volatile.Read(ref _controlRoundTripTicks)).TotalMilliseconds / 2;
-        double landedMs = _time.GetElapsedTime(finalStart, completeSent).TotalMilliseconds + oneWayMs + (ready.FlushLagMicroseconds / 1000.0);
-        landedMs = Math.Clamp(landedMs, finalSendMs, Math.Max(finalSendMs, untilReady - stats.DestDigestMs - (ready.LoadMicroseconds / 1000.0)));
-        stats.FinalPagesMs = harvestMs + landedMs;
-        // Device state runs until we commit (set below), so our own wake-up after Ready is counted too.
-        var timings = new SwitchoverTimings
-        {
-            Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, FinalPagesLanded = landedMs,
-            DestFlushLag = ready.FlushLagMicroseconds / 1000.0, Save = saveMs,
-            SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
-            SourceDigest = stats.SourceDigestMs, DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
-        };
-        Switchover = timings;
-
-        if (_options.Verify)
-        {
-            stats.Verify = new VerifyResult
-            {
-                SourceDigest = MemoryDigest.ToHex(sourceDigest),
-                DestDigest = ready.Digest is { } d ? MemoryDigest.ToHex(d) : "",
-                Match = ready.Digest == sourceDigest,
-            };
-            if (!stats.Verify.Match)
-            {
-                Fail(MigrationStatus.Failed, $"memory digests differ: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}",
-                    notify: true, ProtocolErrorCode.VerifyFailed);
-                _abort.Token.ThrowIfCancellationRequested();
-            }
-        }
-
-        // The point of no return. From here the source never runs the guest again.
-        lock (_gate)
-        {
-            if (_failure is not null) _abort.Token.ThrowIfCancellationRequested();
-            _committed = true;
-        }
-        long commitAt = _time.GetTimestamp();
-        stats.DeviceStateMs = _time.GetElapsedTime(finalStart, commitAt).TotalMilliseconds - landedMs - stats.DestDigestMs;
-        timings = timings with { ReadyToCommit = _time.GetElapsedTime(Volatile.Read(ref _readyAt), commitAt).TotalMilliseconds };
-        Switchover = timings;
+        var pending = Interlocked.Exchange(ref _sourceDigest, null);
+        if (pending is null) return;
         try
         {
-            _control.WriteCommit();
+            pending.Wait();
         }
-        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        catch (AggregateException)
         {
-            // The send failed, so the 8-byte record was not handed whole to the transport: the destination cannot have
-            // read a Commit and will never start the guest. Resuming here is therefore safe, and better than losing
-            // the VM on both sides. (A send that returned is a sent Commit: from then on we never resume.)
-            lock (_gate) _committed = false;
-            Fail(MigrationStatus.Failed, $"Commit could not be sent: {e.Message}", notify: false, ProtocolErrorCode.None);
+            // The migration already failed or ends with the comparison above; the digest's own fault adds nothing.
+        }
+    }
+
+    private void StopAndCopy(StatsBuilder stats, DirtyBitmap bitmap, CountdownEvent done, ref bool paused)
+    {
+        // How long the switchover waited for the source's digest after Ready: verification's share of it, left out of
+        // the downtime like the destination's digest.
+        double sourceDigestWaitMs = 0;
+        try
+        {
+            _status = MigrationStatus.Device;
+            Report();
+            long pauseStart = _time.GetTimestamp();
+            _guest.Pause();
+            paused = true;
+            // The breakdown's parts are measured between consecutive timestamps, so they add up to the downtime exactly:
+            // pause | final harvest + final pages until landed | device state until we commit | commit to Resumed.
+            long harvestStart = _time.GetTimestamp();
+            stats.PauseMs = _time.GetElapsedTime(pauseStart, harvestStart).TotalMilliseconds;
+
+            // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since. Counted as
+            // final-page time (as QEMU counts its last bitmap sync in the downtime).
+            _guest.HarvestDirtyLog(bitmap.Words);
+            double harvestMs = Ms(harvestStart);
+
+            if (_options.Verify)
+            {
+                // The source stays paused until Commit, so its memory holds still while the final pages, the state and
+                // the destination's load and digest go on: digest it meanwhile, on its own thread, and wait for it only
+                // when Ready needs the comparison. What of it still holds up the switchover is left out of the downtime
+                // (1 GiB takes ~40 ms here; in series with the destination's it doubled what the guest stood still).
+                long d0 = _time.GetTimestamp();
+                _sourceDigest = Task.Factory.StartNew(() =>
+                {
+                    UInt128 digest = VerifyDigest.Compute(_guest.Regions);
+                    stats.SourceDigestMs = Ms(d0);
+                    return digest;
+                }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+            }
+
+            long finalStart = _time.GetTimestamp();
+            harvestMs = _time.GetElapsedTime(harvestStart, finalStart).TotalMilliseconds;
+            var finalFlags = PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None);
+            var (pages, bytes) = SendPass(bitmap, finalFlags, SwitchoverFlushSequence, done);
+            long finalSent = _time.GetTimestamp();
+            double finalSendMs = _time.GetElapsedTime(finalStart, finalSent).TotalMilliseconds;
+            stats.Rounds.Add(new RoundStatistics
+            {
+                Round = stats.Rounds.Count, Pages = pages, Bytes = bytes, Milliseconds = finalSendMs,
+                BandwidthBytesPerSecond = finalSendMs > 0 ? bytes / (finalSendMs / 1000) : 0,
+                ThrottlePercent = _throttle,
+            });
+            Interlocked.Exchange(ref _remainingBytes, 0);
+
+            long stateStart = finalSent; // contiguous with the final pass, so the timings add up exactly
+            var sections = _guest.SaveState();
+            long sendStart = _time.GetTimestamp();
+            double saveMs = _time.GetElapsedTime(stateStart, sendStart).TotalMilliseconds;
+            long stateBytes = 0;
+            foreach (var section in sections)
+            {
+                _control!.WriteStateSection(section);
+                stateBytes += section.Data.Length;
+            }
+            _completeSending = true;
+            _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
+            long completeSent = _time.GetTimestamp();
+
+            // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
+            // keepalives but never answers must not hold the guest paused forever.
+            if (!_readyArrived.Wait(_options.PeerTimeout, _abort.Token))
+                Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
             _abort.Token.ThrowIfCancellationRequested();
+            var ready = _ready!;
+            // The return-path thread stamps Ready the moment it reads it, which on a fast peer can come before this
+            // thread, back from the write, stamped Complete as sent. Ready answers a Complete the destination read and
+            // then spent its load and digest time on, so Complete was sent that long before Ready at the latest (and not
+            // before its own send began).
+            long readyAt = Volatile.Read(ref _readyAt);
+            long destWork = (long)((ready.LoadMicroseconds + (double)ready.DigestMicroseconds) / 1e6 * _time.TimestampFrequency);
+            completeSent = Math.Max(sendStart, Math.Min(completeSent, readyAt - destWork));
+            double sendStateMs = _time.GetElapsedTime(sendStart, completeSent).TotalMilliseconds;
+            double readyWaitMs = _time.GetElapsedTime(completeSent, Volatile.Read(ref _readyAt)).TotalMilliseconds;
+            stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
+            // Final pages count until the destination had them all, not until our sends returned (they may sit in socket
+            // buffers, and a destination faulting in fresh memory drains them slowly). On our clock the last Flush landed
+            // at: Complete sent + one way (half the measured round trip) + the destination's Flush lag behind Complete
+            // (negative when the pages were first). Bounded by what we know for sure: not before our sends returned, not
+            // after Ready minus the destination's load and digest.
+            double untilReady = _time.GetElapsedTime(finalStart, Volatile.Read(ref _readyAt)).TotalMilliseconds;
+            double oneWayMs = TimeSpan.FromTicks(Volatile.Read(ref _controlRoundTripTicks)).TotalMilliseconds / 2;
+            double landedMs = _time.GetElapsedTime(finalStart, completeSent).TotalMilliseconds + oneWayMs + (ready.FlushLagMicroseconds / 1000.0);
+            landedMs = Math.Clamp(landedMs, finalSendMs, Math.Max(finalSendMs, untilReady - stats.DestDigestMs - (ready.LoadMicroseconds / 1000.0)));
+            stats.FinalPagesMs = harvestMs + landedMs;
+            UInt128 sourceDigest = default;
+            if (_sourceDigest is { } pending)
+            {
+                long w0 = _time.GetTimestamp();
+                sourceDigest = pending.GetAwaiter().GetResult();
+                sourceDigestWaitMs = Ms(w0);
+            }
+            // Device state runs until we commit (set below), so our own wake-up after Ready is counted too.
+            var timings = new SwitchoverTimings
+            {
+                Pause = stats.PauseMs, FinalHarvest = harvestMs, FinalPagesSend = finalSendMs, FinalPagesLanded = landedMs,
+                DestFlushLag = ready.FlushLagMicroseconds / 1000.0, Save = saveMs,
+                SendState = sendStateMs, ReadyWait = readyWaitMs, DestLoad = ready.LoadMicroseconds / 1000.0,
+                SourceDigest = stats.SourceDigestMs, DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
+            };
+            Switchover = timings;
+
+            if (_options.Verify)
+            {
+                stats.Verify = new VerifyResult
+                {
+                    SourceDigest = MemoryDigest.ToHex(sourceDigest),
+                    DestDigest = ready.Digest is { } d ? MemoryDigest.ToHex(d) : "",
+                    Match = ready.Digest == sourceDigest,
+                };
+                if (!stats.Verify.Match)
+                {
+                    Fail(MigrationStatus.Failed, $"memory digests differ: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}",
+                        notify: true, ProtocolErrorCode.VerifyFailed);
+                    _abort.Token.ThrowIfCancellationRequested();
+                }
+            }
+
+            // The point of no return. From here the source never runs the guest again.
+            lock (_gate)
+            {
+                if (_failure is not null) _abort.Token.ThrowIfCancellationRequested();
+                _committed = true;
+            }
+            long commitAt = _time.GetTimestamp();
+            stats.DeviceStateMs = _time.GetElapsedTime(finalStart, commitAt).TotalMilliseconds - landedMs - stats.DestDigestMs - sourceDigestWaitMs;
+            timings = timings with { ReadyToCommit = _time.GetElapsedTime(Volatile.Read(ref _readyAt), commitAt).TotalMilliseconds - sourceDigestWaitMs };
+            Switchover = timings;
+            try
+            {
+                _control.WriteCommit();
+            }
+            catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+            {
+                // The send failed, so the 8-byte record was not handed whole to the transport: the destination cannot have
+                // read a Commit and will never start the guest. Resuming here is therefore safe, and better than losing
+                // the VM on both sides. (A send that returned is a sent Commit: from then on we never resume.)
+                lock (_gate) _committed = false;
+                Fail(MigrationStatus.Failed, $"Commit could not be sent: {e.Message}", notify: false, ProtocolErrorCode.None);
+                _abort.Token.ThrowIfCancellationRequested();
+            }
+            if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
+            {
+                stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
+                Switchover = timings with { CommitToResumed = stats.ResumeMs };
+                stats.Downtime = _time.GetElapsedTime(pauseStart, Volatile.Read(ref _resumedAt)).TotalMilliseconds
+                    - sourceDigestWaitMs - stats.DestDigestMs;
+            }
+            else
+            {
+                // Still committed: the destination owns the VM. Downtime is unknown beyond our side's figure.
+                stats.ResumeMs = Ms(commitAt);
+                stats.Downtime = Ms(pauseStart) - sourceDigestWaitMs - stats.DestDigestMs;
+                stats.PostCommitProblem = $"no Resumed from the destination within {_options.PeerTimeout.TotalSeconds:F1} s of Commit";
+            }
         }
-        if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
+        finally
         {
-            stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
-            Switchover = timings with { CommitToResumed = stats.ResumeMs };
-            stats.Downtime = _time.GetElapsedTime(pauseStart, Volatile.Read(ref _resumedAt)).TotalMilliseconds
-                - stats.SourceDigestMs - stats.DestDigestMs;
-        }
-        else
-        {
-            // Still committed: the destination owns the VM. Downtime is unknown beyond our side's figure.
-            stats.ResumeMs = Ms(commitAt);
-            stats.Downtime = Ms(pauseStart) - stats.SourceDigestMs - stats.DestDigestMs;
-            stats.PostCommitProblem = $"no Resumed from the destination within {_options.PeerTimeout.TotalSeconds:F1} s of Commit";
+            // Never leave a digest reading guest memory that its owner may unmap after a failure.
+            JoinSourceDigest();
         }
     }
 

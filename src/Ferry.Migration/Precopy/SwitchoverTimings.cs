@@ -47,8 +47,8 @@ public sealed record SwitchoverTimings
     [JsonPropertyName("dest_load")] public double DestLoad { get; init; }
 
     /// <summary>
-    /// Source: memory digest at the pause (verify only; excluded from the downtime). With <see cref="DestDigest"/>, how
-    /// much longer than the downtime the guest really stood still when verification was asked for.
+    /// Source: memory digest of the paused guest (verify only), computed beside the final pages, the state and the
+    /// destination's work; only what of it the switchover still waited for after Ready is left out of the downtime.
     /// </summary>
     [JsonPropertyName("source_digest")] public double SourceDigest { get; init; }
 
