@@ -134,13 +134,15 @@ internal static class VmBenchmark
             $"loopback, unlimited bandwidth, downtime limit {DowntimeLimitMs} ms; {s.Repetitions} repetition(s)"));
         output.WriteLine($"ferry: {ferry}");
         output.WriteLine();
-        int n = 0;
         for (var rep = 1; rep <= s.Repetitions; rep++)
         {
-            foreach (var c in s.Cases)
+            for (int ci = 0; ci < s.Cases.Count; ci++)
             {
-                // Alternate which system goes first, so that neither always inherits the other's freed memory or a quieter moment.
-                bool ferryFirst = (rep + n++) % 2 == 1;
+                var c = s.Cases[ci];
+                // Alternate which system goes first, for each case across repetitions too (a counter over all runs gave
+                // each case one fixed order with three cases), so that neither always inherits the other's freed
+                // memory or a quieter moment.
+                bool ferryFirst = (rep + ci) % 2 == 1;
                 foreach (var system in ferryFirst ? new[] { "ferry", "qemu" } : ["qemu", "ferry"])
                 {
                     if (system == "qemu" && qemuVersion is null) continue;
