@@ -1,3 +1,4 @@
+using Ferry.Cli;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
@@ -88,8 +89,8 @@ internal static class LinuxBenchmark
         if (VmBenchmark.BuildGuest(root, error) is not { } image) return 1;
 
         // Children die with the benchmark: Ctrl+C or any exit kills the VM processes it started, by their PIDs.
-        Console.CancelKeyPress += (_, _) => GuestProcess.KillAll();
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => GuestProcess.KillAll();
+        Console.CancelKeyPress += (_, _) => VmProcess.KillAll();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => VmProcess.KillAll();
         DirectoryInfo work = Directory.CreateTempSubdirectory("ferry-bench-linux-");
         try
         {
@@ -100,7 +101,7 @@ internal static class LinuxBenchmark
         }
         finally
         {
-            GuestProcess.KillAll();
+            VmProcess.KillAll();
             try
             {
                 work.Delete(recursive: true);
@@ -150,7 +151,7 @@ internal static class LinuxBenchmark
                     }
                     finally
                     {
-                        GuestProcess.KillAll();
+                        VmProcess.KillAll();
                     }
                     r.System = system;
                     r.Case = c.Name;
@@ -208,7 +209,7 @@ internal static class LinuxBenchmark
         {
             string[] args = system == "ferry" ? FerryArguments(image, c.Cmdline, disk) : QemuArguments(image, c.Cmdline, disk);
             long started = Stopwatch.GetTimestamp();
-            using var vm = GuestProcess.Start(system, executable, args);
+            using var vm = VmProcess.Start(system, executable, args);
             if (vm.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal), BootTimeout) is not { } first)
             {
                 return Failed($"no heartbeat within {BootTimeout.TotalSeconds:0} s", vm);
@@ -231,7 +232,7 @@ internal static class LinuxBenchmark
         }
     }
 
-    private static string? MeasureDirtier(GuestProcess vm, RunResult r)
+    private static string? MeasureDirtier(VmProcess vm, RunResult r)
     {
         if (vm.WaitForLine(l => l.StartsWith("dirtier: ", StringComparison.Ordinal), StepTimeout) is null) return "the dirtier did not start";
         Thread.Sleep(Warmup);
@@ -240,7 +241,7 @@ internal static class LinuxBenchmark
         return null;
     }
 
-    private static string? MeasureDisk(GuestProcess vm, RunResult r)
+    private static string? MeasureDisk(VmProcess vm, RunResult r)
     {
         var opened = vm.WaitForLine(l => l.StartsWith("disk: ", StringComparison.Ordinal) || l.StartsWith("error: ", StringComparison.Ordinal), StepTimeout);
         if (opened is not { } o || o.Line.StartsWith("error: ", StringComparison.Ordinal)) return $"the disk writer did not start: {opened?.Line}";
@@ -251,7 +252,7 @@ internal static class LinuxBenchmark
         return null;
     }
 
-    private static string? MeasureIdle(GuestProcess vm, RunResult r)
+    private static string? MeasureIdle(VmProcess vm, RunResult r)
     {
         Thread.Sleep(IdleSettle);
         if (vm.HasExited) return "the VM process ended";
@@ -270,7 +271,7 @@ internal static class LinuxBenchmark
     /// A counter of the guest's <c>status</c> line per second of host time, between two answers
     /// <see cref="ThroughputWindow"/> apart (each timed when its line arrived); null when an answer did not come.
     /// </summary>
-    private static double? CounterRate(GuestProcess vm, string counter, RunResult r)
+    private static double? CounterRate(VmProcess vm, string counter, RunResult r)
     {
         if (AskStatus(vm) is not { } a) return null;
         Thread.Sleep(ThroughputWindow);
@@ -292,7 +293,7 @@ internal static class LinuxBenchmark
         }
     }
 
-    private static StatusAnswer? AskStatus(GuestProcess vm)
+    private static StatusAnswer? AskStatus(VmProcess vm)
     {
         int from = vm.LineCount;
         vm.Type("status");
@@ -319,7 +320,7 @@ internal static class LinuxBenchmark
         return long.Parse(fields[11], CultureInfo.InvariantCulture) + long.Parse(fields[12], CultureInfo.InvariantCulture);
     }
 
-    private static RunResult Failed(string what, GuestProcess vm)
+    private static RunResult Failed(string what, VmProcess vm)
     {
         var parts = new List<string> { what };
         parts.AddRange(vm.ErrorLines.TakeLast(5).Select(l => $"stderr: {l}"));

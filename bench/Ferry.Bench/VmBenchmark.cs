@@ -1,3 +1,4 @@
+using Ferry.Cli;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
@@ -89,8 +90,8 @@ internal static class VmBenchmark
         if (image is null) return 1;
 
         // Children die with the benchmark: Ctrl+C or any exit kills the VM processes it started, by their PIDs.
-        Console.CancelKeyPress += (_, _) => GuestProcess.KillAll();
-        AppDomain.CurrentDomain.ProcessExit += (_, _) => GuestProcess.KillAll();
+        Console.CancelKeyPress += (_, _) => VmProcess.KillAll();
+        AppDomain.CurrentDomain.ProcessExit += (_, _) => VmProcess.KillAll();
 
         DirectoryInfo work = Directory.CreateTempSubdirectory("ferry-bench-vm-");
         try
@@ -103,7 +104,7 @@ internal static class VmBenchmark
         }
         finally
         {
-            GuestProcess.KillAll();
+            VmProcess.KillAll();
             try
             {
                 work.Delete(recursive: true);
@@ -161,7 +162,7 @@ internal static class VmBenchmark
                     }
                     finally
                     {
-                        GuestProcess.KillAll();
+                        VmProcess.KillAll();
                     }
                     r.System = system;
                     r.Case = c.Name;
@@ -212,13 +213,13 @@ internal static class VmBenchmark
     {
         string sourceApi = Path.Combine(dir, "s.sock");
         string destinationApi = Path.Combine(dir, "d.sock");
-        using var destination = GuestProcess.Start("ferry destination", ferry, ["vm", "receive", "--listen", "127.0.0.1:0", "--api", destinationApi]);
+        using var destination = VmProcess.Start("ferry destination", ferry, ["vm", "receive", "--listen", "127.0.0.1:0", "--api", destinationApi]);
         const string waiting = "ferry: waiting for an incoming migration on ";
-        string? listening = destination.WaitForErrorLine(l => l.StartsWith(waiting, StringComparison.Ordinal), StepTimeout);
+        string? listening = destination.WaitForErrorLine(l => l.StartsWith(waiting, StringComparison.Ordinal), StepTimeout)?.Line;
         if (listening is null) return Failed("the destination did not start listening", destination);
         string address = listening[waiting.Length..].Trim();
 
-        using var source = GuestProcess.Start("ferry source", ferry,
+        using var source = VmProcess.Start("ferry source", ferry,
         [
             "vm", "run", "--kernel", image, "--firmware", Firmware, "--memory", Memory,
             "--harts", Harts.ToString(CultureInfo.InvariantCulture), "--cmdline", Cmdline(c), "--api", sourceApi,
@@ -298,9 +299,9 @@ internal static class VmBenchmark
         string sourceQmp = Path.Combine(dir, "s.qmp");
         string destinationQmp = Path.Combine(dir, "d.qmp");
         int port = FreePort();
-        using var destination = GuestProcess.Start("qemu destination", Qemu,
+        using var destination = VmProcess.Start("qemu destination", Qemu,
             [.. QemuArguments(image, c, destinationQmp), "-incoming", $"tcp:127.0.0.1:{port}"]);
-        using var source = GuestProcess.Start("qemu source", Qemu, QemuArguments(image, c, sourceQmp));
+        using var source = VmProcess.Start("qemu source", Qemu, QemuArguments(image, c, sourceQmp));
         if (source.WaitForLine(l => l.StartsWith("dirtier: ", StringComparison.Ordinal), BootTimeout) is null)
         {
             return Failed("the guest did not start its workload on the source", source, destination);
@@ -379,7 +380,7 @@ internal static class VmBenchmark
     /// heartbeat lines from the migration's start to the self-check (source's console, then destination's), and the
     /// guest's own largest stall in the source's last line and the destination's first second.
     /// </summary>
-    private static void Observe(GuestProcess source, GuestProcess destination, long migrationStart, RunResult r)
+    private static void Observe(VmProcess source, VmProcess destination, long migrationStart, RunResult r)
     {
         var first = destination.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal), TimeSpan.FromSeconds(10));
         Thread.Sleep(Settle);
@@ -425,7 +426,7 @@ internal static class VmBenchmark
         r.FirstSeqOnDestination = after[0].Seq;
     }
 
-    private static RunResult Failed(string what, params GuestProcess[] processes)
+    private static RunResult Failed(string what, params VmProcess[] processes)
     {
         var lines = new List<string> { what };
         foreach (var p in processes)

@@ -6,14 +6,17 @@ using System.Text.RegularExpressions;
 namespace Ferry.Cli;
 
 /// <summary>
-/// A <c>ferry vm run</c> or <c>ferry vm receive</c> child process with its serial console on pipes: every line it prints
-/// is kept with the host time it was read (heartbeat lines parsed), and commands can be typed into its guest.
-/// Disposing kills it if it still runs (this process's own child, by its PID) and waits for it.
+/// A VM child process (<c>ferry vm run|receive</c>, or <c>qemu-system-riscv64</c> for the benchmarks) with its serial
+/// console on pipes: every line it prints is kept with the host time it was read (heartbeat lines parsed), and commands
+/// can be typed into its guest. Disposing kills it if it still runs (this process's own child, by its PID) and reaps it.
 /// </summary>
 internal sealed partial class VmProcess : IDisposable
 {
     // Bounded: a guest printing without end cannot grow the host's memory without end.
-    private const int MaxLines = 100_000;
+    private const int MaxLines = 200_000;
+
+    // Every child still running, so that Ctrl+C or an unexpected exit of the parent kills them (by their PIDs).
+    private static readonly HashSet<VmProcess> Live = [];
 
     private readonly Process process;
     // A monitor, not a Lock: the waits below need Monitor.Wait and PulseAll.
@@ -39,10 +42,23 @@ internal sealed partial class VmProcess : IDisposable
 
     public int ExitCode => process.ExitCode;
 
-    /// <summary>Start <c>ferry <paramref name="args"/></c>: the same build of the command as this one.</summary>
-    public static VmProcess Start(string name, IEnumerable<string> args)
+    /// <summary>Kill and reap every child this class started that still runs.</summary>
+    public static void KillAll()
     {
-        var start = FerryStartInfo();
+        VmProcess[] all;
+        lock (Live) all = [.. Live];
+        foreach (var p in all) p.Dispose();
+    }
+
+    /// <summary>Start <c>ferry <paramref name="args"/></c>: the same build of the command as this one.</summary>
+    public static VmProcess Start(string name, IEnumerable<string> args) => Start(name, FerryStartInfo(), args);
+
+    /// <summary>Start <paramref name="executable"/> with <paramref name="args"/>.</summary>
+    public static VmProcess Start(string name, string executable, IEnumerable<string> args) => Start(name, new ProcessStartInfo(executable), args);
+
+    private static VmProcess Start(string name, ProcessStartInfo start, IEnumerable<string> args)
+    {
+        start.UseShellExecute = false;
         foreach (string a in args) start.ArgumentList.Add(a);
         start.RedirectStandardInput = true;
         start.RedirectStandardOutput = true;
@@ -57,6 +73,7 @@ internal sealed partial class VmProcess : IDisposable
             throw new InvalidOperationException($"cannot start {start.FileName}: {e.Message}", e);
         }
         var vm = new VmProcess(process, name);
+        lock (Live) Live.Add(vm);
         // Own threads, not the thread pool's callbacks: a line's host time is when it arrived, even while this process
         // is busy (the demo polls the migration meanwhile).
         StartReader(process.StandardOutput, vm.OnLine, name + " console");
@@ -98,8 +115,10 @@ internal sealed partial class VmProcess : IDisposable
     [GeneratedRegex(@"^heartbeat (\d+) maxstall_us=(\d+)")]
     private static partial Regex HeartbeatLine();
 
-    private void OnLine(string line)
+    private void OnLine(string raw)
     {
+        // QEMU's serial on stdio ends lines with \r\n.
+        string line = raw.TrimEnd('\r');
         long at = Stopwatch.GetTimestamp();
         lock (gate)
         {
@@ -139,9 +158,21 @@ internal sealed partial class VmProcess : IDisposable
         }
     }
 
-    /// <summary>The first console line from index <paramref name="from"/> on that <paramref name="match"/> accepts, waiting up to <paramref name="timeout"/>; null if none came (or the process ended).</summary>
-    public (int Index, string Line)? WaitForLine(Func<string, bool> match, TimeSpan timeout, int from = 0) =>
-        WaitFor(lines, l => l.Line, match, timeout, from);
+    /// <summary>The last <paramref name="n"/> console lines, for a failure report.</summary>
+    public string[] LastLines(int n)
+    {
+        lock (gate) return [.. lines.Skip(Math.Max(0, lines.Count - n)).Select(l => l.Line)];
+    }
+
+    /// <summary>
+    /// The first console line from index <paramref name="from"/> on that <paramref name="match"/> accepts, with the
+    /// host time it was read, waiting up to <paramref name="timeout"/>; null if none came (or the process ended).
+    /// </summary>
+    public (int Index, string Line, long At)? WaitForLine(Func<string, bool> match, TimeSpan timeout, int from = 0)
+    {
+        if (WaitFor(lines, l => l.Line, match, timeout, from) is not { } f) return null;
+        lock (gate) return (f.Index, f.Line, lines[f.Index].At);
+    }
 
     /// <summary>As <see cref="WaitForLine"/>, on stderr (where the VM process reports).</summary>
     public (int Index, string Line)? WaitForErrorLine(Func<string, bool> match, TimeSpan timeout) =>
@@ -155,7 +186,7 @@ internal sealed partial class VmProcess : IDisposable
         }
     }
 
-    private (int, string)? WaitFor<T>(List<T> list, Func<T, string> text, Func<string, bool> match, TimeSpan timeout, int from)
+    private (int Index, string Line)? WaitFor<T>(List<T> list, Func<T, string> text, Func<string, bool> match, TimeSpan timeout, int from)
     {
         long deadline = Stopwatch.GetTimestamp() + (long)(timeout.TotalSeconds * Stopwatch.Frequency);
         lock (gate)
@@ -178,8 +209,15 @@ internal sealed partial class VmProcess : IDisposable
     /// <summary>Type <paramref name="command"/> and Enter on the guest's console.</summary>
     public void Type(string command)
     {
-        process.StandardInput.Write(command + "\n");
-        process.StandardInput.Flush();
+        try
+        {
+            process.StandardInput.Write(command + "\n");
+            process.StandardInput.Flush();
+        }
+        catch (IOException)
+        {
+            // The process is gone: the wait for its answer reports it.
+        }
     }
 
     public bool WaitForExit(TimeSpan timeout) => process.WaitForExit(timeout);
@@ -193,10 +231,14 @@ internal sealed partial class VmProcess : IDisposable
 
     public void Dispose()
     {
+        lock (Live)
+        {
+            if (!Live.Remove(this)) return;
+        }
         try
         {
             if (!process.HasExited) process.Kill(entireProcessTree: true);
-            process.WaitForExit();
+            process.WaitForExit(TimeSpan.FromSeconds(30));
         }
         catch (InvalidOperationException)
         {
