@@ -239,7 +239,7 @@ internal static class VmBenchmark
             var request = new MigrateRequest { Destination = address, DowntimeLimitMs = DowntimeLimitMs, MaxBandwidth = 0 };
             try
             {
-                statistics = client.MigrateAsync(request, cts.Token).GetAwaiter().GetResult().Statistics;
+                statistics = client.MigrateAsync(request, cts.Token).GetAwaiter().GetResult();
             }
             catch (OperationCanceledException)
             {

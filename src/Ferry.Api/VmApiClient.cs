@@ -53,17 +53,16 @@ public sealed class VmApiClient : IDisposable
     public Task ShutdownAsync(CancellationToken cancellationToken = default) => SendAsync(HttpMethod.Put, "vm/shutdown", cancellationToken);
 
     /// <summary>
-    /// <c>PUT /vm/migrate</c>: start a live migration and wait, without a time limit, for its statistics (the answer's
-    /// body as sent, and decoded). Cancelling <paramref name="cancellationToken"/> stops waiting, not the migration.
+    /// <c>PUT /vm/migrate</c>: start a live migration and wait, without a time limit, for its statistics. Cancelling
+    /// <paramref name="cancellationToken"/> stops waiting, not the migration.
     /// </summary>
-    public async Task<(string Json, MigrationStatistics Statistics)> MigrateAsync(MigrateRequest request, CancellationToken cancellationToken = default)
+    public async Task<MigrationStatistics> MigrateAsync(MigrateRequest request, CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(request);
         string body = System.Text.Json.JsonSerializer.Serialize(request, ApiJson.Options);
         string json = await SendAsync(HttpMethod.Put, "vm/migrate", cancellationToken, body, untimed: true).ConfigureAwait(false);
-        var statistics = System.Text.Json.JsonSerializer.Deserialize<MigrationStatistics>(json, ApiJson.Options)
-                         ?? throw new VmApiException($"{SocketPath}: PUT /vm/migrate answered null");
-        return (json, statistics);
+        return System.Text.Json.JsonSerializer.Deserialize<MigrationStatistics>(json, ApiJson.Options)
+               ?? throw new VmApiException($"{SocketPath}: PUT /vm/migrate answered null");
     }
 
     public Task CancelMigrationAsync(CancellationToken cancellationToken = default) => SendAsync(HttpMethod.Put, "vm/migrate/cancel", cancellationToken);

@@ -124,7 +124,7 @@ public static class Demo
             try
             {
                 statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
-                    () => MigrateClient.Migrate(client, request, progress, cancellationToken)).Statistics;
+                    () => MigrateClient.Migrate(client, request, progress, cancellationToken));
             }
             catch (Exception e) when (e is VmApiException or ApiSocketException)
             {

@@ -36,7 +36,7 @@ internal static class MigrateClient
             }
             MigrateRequest request = settings.Request ?? throw new ArgumentException("no request", nameof(settings));
             var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
-            var (_, statistics) = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
+            var statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
                 () => Migrate(client, request, progress, cancellationToken));
             if (settings.Json) console.Out.WriteLine(StatisticsView.ToJson(statistics));
             else StatisticsView.Write(StatisticsView.CreateConsole(console.Out, console.OutIsTerminal), statistics);
@@ -55,7 +55,7 @@ internal static class MigrateClient
     }
 
     /// <summary>Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it.</summary>
-    internal static (string Json, MigrationStatistics Statistics) Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
+    internal static MigrationStatistics Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
         CancellationToken cancellationToken)
     {
         // The answer is awaited without the caller's token: a Ctrl+C cancels the migration, and its statistics still come.
