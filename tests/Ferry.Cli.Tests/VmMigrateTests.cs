@@ -239,6 +239,29 @@ public sealed class VmMigrateTests : IDisposable
     }
 
     [Fact]
+    public async Task CtrlCOnFerryMigrateCancelsTheMigrationAndTheGuestRunsOnAtTheSource()
+    {
+        var a = StartSource("a");
+        var (b, toB) = StartDestination("b");
+        using var ctrlC = new CancellationTokenSource();
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        // 8 MiB/s: round 0 takes seconds, time for the interrupt to land in the middle of it.
+        var migration = Task.Run(() => FerryCommand.Run(["migrate", "--api", Socket("a"), "--to", toB, "--max-bandwidth", "8M", "--json"],
+            CliConsole.Captured(stdout, stderr), ctrlC.Token), TestContext.Current.CancellationToken);
+        await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.Active && m.BytesSent > 0);
+        ctrlC.Cancel();
+
+        int code = await migration;
+        Assert.True(code == FerryCommand.ExitMigrationFailed, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using (var doc = JsonDocument.Parse(stdout.ToString())) Assert.Equal("cancelled", doc.RootElement.GetProperty("status").GetString());
+        Assert.True(b.WaitForExit(Step), "the destination did not give up");
+        Assert.Equal(1, b.ExitCode);
+        Assert.False(a.HasExited);
+        AssertHeartbeatContinues(a);
+    }
+
+    [Fact]
     public async Task VmReceiveDropsAStrayConnectionWithALineAndFailsClearlyOnACorruptMigrationStream()
     {
         var (b, address) = StartDestination("b");
