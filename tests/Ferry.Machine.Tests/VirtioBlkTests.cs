@@ -56,6 +56,26 @@ public sealed class VirtioBlkTests : IDisposable
         return d.Get(status, 1)[0];
     }
 
+    /// <summary>
+    /// The image's bytes once the device is disposed. .NET takes a shared flock to read a file, and a child process
+    /// forked by another test in this process (QEMU, a VM process) holds the device's descriptor, and so its exclusive
+    /// lock, until it execs: retry over that moment rather than fail on it.
+    /// </summary>
+    private byte[] ReadImage()
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            try
+            {
+                return File.ReadAllBytes(image);
+            }
+            catch (IOException) when (attempt < 100)
+            {
+                Thread.Sleep(20);
+            }
+        }
+    }
+
     [Fact]
     public void ReadingSectorsCopiesTheImageIntoScatteredGuestBuffers()
     {
@@ -86,7 +106,7 @@ public sealed class VirtioBlkTests : IDisposable
         Assert.Equal(VIRTIO_BLK_S_OK, d.Get(status, 1)[0]);
         Assert.Equal(1u, d.UsedElem(0, 0).Length);
         d.Mmio.Dispose();
-        byte[] file = File.ReadAllBytes(image);
+        byte[] file = ReadImage();
         Assert.Equal(data, file[(5 * 512)..(7 * 512)]);
         Assert.Equal(content[..(5 * 512)], file[..(5 * 512)]);
     }
@@ -127,7 +147,7 @@ public sealed class VirtioBlkTests : IDisposable
         ulong back = d.Alloc(512);
         Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_IN, 0, new Buf(back, 512, Write: true)));
         Assert.Equal(content[..512], d.Get(back, 512));
-        Assert.Equal(content, File.ReadAllBytes(image));
+        Assert.Equal(content, ReadImage());
     }
 
     [Fact]
@@ -175,7 +195,7 @@ public sealed class VirtioBlkTests : IDisposable
         Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_DISCARD, 0, new Buf(d.Put(segment), 16)));
 
         d.Mmio.Dispose();
-        byte[] file = File.ReadAllBytes(image);
+        byte[] file = ReadImage();
         Assert.Equal(content.Length, file.Length);
         Assert.All(file[(8 * 512)..(24 * 512)], b => Assert.Equal(0, b));
         Assert.Equal(content[(24 * 512)..], file[(24 * 512)..]);
