@@ -60,7 +60,30 @@ public static partial class Libc
     private static partial int fcntl(int fd, int cmd);
 
     private const int F_GETFL = 3;
-    private const int O_NONBLOCK = 0x800;
+
+    /// <summary>open/eventfd/userfaultfd flag: calls that would block fail with EAGAIN instead.</summary>
+    public const int O_NONBLOCK = 0x800;
+
+    /// <summary>eventfd flag: close across execve (same value as <see cref="O_CLOEXEC"/>).</summary>
+    public const int EFD_CLOEXEC = O_CLOEXEC;
+
+    /// <summary>eventfd flag: read of a zero counter fails with EAGAIN (same value as <see cref="O_NONBLOCK"/>).</summary>
+    public const int EFD_NONBLOCK = O_NONBLOCK;
+
+    /// <summary>errno value: bad address (the kernel could not touch a user buffer).</summary>
+    public const int EFAULT = 14;
+
+    /// <summary>read(2). Returns the bytes read (0 at end of file), or -1 and sets errno.</summary>
+    [LibraryImport(LibraryName, EntryPoint = "read", SetLastError = true)]
+    public static unsafe partial nint read(int fd, void* buf, nuint count);
+
+    /// <summary>write(2). Returns the bytes written, or -1 and sets errno.</summary>
+    [LibraryImport(LibraryName, EntryPoint = "write", SetLastError = true)]
+    public static unsafe partial nint write(int fd, void* buf, nuint count);
+
+    /// <summary>eventfd(2): a counter fd that poll reports readable while non-zero; for waking a thread out of poll.</summary>
+    [LibraryImport(LibraryName, EntryPoint = "eventfd", SetLastError = true)]
+    public static partial int eventfd(uint initval, int flags);
 
     [LibraryImport(LibraryName, EntryPoint = "poll", SetLastError = true)]
     public static unsafe partial int poll(pollfd* fds, nuint nfds, int timeout);

@@ -71,6 +71,17 @@ public static partial class Libc
     [LibraryImport(LibraryName, SetLastError = true)]
     public static partial int mprotect(nint addr, nuint length, int prot);
 
+    [LibraryImport(LibraryName)]
+    private static partial nint memmove(nint destination, nint source, nuint length);
+
+    /// <summary>
+    /// Read and write back <paramref name="length"/> bytes at <paramref name="address"/> from native code (memmove(3)
+    /// onto itself), so the page is present and writable afterwards. A managed thread that faults on memory registered
+    /// with a userfaultfd sleeps in cooperative GC mode and stalls every GC meanwhile; inside a P/Invoke it sleeps in
+    /// preemptive mode, and the GC goes on without it.
+    /// </summary>
+    public static void TouchForWrite(nint address, nuint length) => memmove(address, address, length);
+
     /// <summary>madvise(2). Returns 0, or -1 and sets errno.</summary>
     [LibraryImport(LibraryName, SetLastError = true)]
     public static partial int madvise(nint addr, nuint length, int advice);
