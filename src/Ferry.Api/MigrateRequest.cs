@@ -23,7 +23,16 @@ public sealed record MigrateRequest
 
     [JsonPropertyName("timeout_ms")] public double? TimeoutMs { get; init; }
 
-    /// <summary><c>cancel</c> (the source runs on) or <c>force</c> (switch over anyway) at the round or time limit.</summary>
+    /// <summary>
+    /// <c>precopy</c> (default), <c>postcopy</c> or <c>hybrid</c>. Post-copy and hybrid run the VM on the destination
+    /// before all of its memory is there: losing either host or the link for good until the last page lands loses the VM.
+    /// </summary>
+    [JsonPropertyName("mode")] public string? Mode { get; init; }
+
+    /// <summary>Post-copy's push order: <c>bubble</c> (default), <c>forward</c> or <c>linear</c>.</summary>
+    [JsonPropertyName("prepaging")] public string? Prepaging { get; init; }
+
+    /// <summary><c>cancel</c> (the source runs on), <c>force</c> (switch over anyway) or <c>postcopy</c> at the round or time limit.</summary>
     [JsonPropertyName("timeout_strategy")] public string? TimeoutStrategy { get; init; }
 
     /// <summary>Digest all memory at the pause and after the destination loaded it.</summary>
@@ -51,7 +60,22 @@ public sealed record MigrateRequest
                 null => d.TimeoutStrategy,
                 "cancel" => Migration.TimeoutStrategy.Cancel,
                 "force" => Migration.TimeoutStrategy.Force,
-                _ => throw Bad($"timeout_strategy '{TimeoutStrategy}' is not one of: cancel, force"),
+                "postcopy" => Migration.TimeoutStrategy.Postcopy,
+                _ => throw Bad($"timeout_strategy '{TimeoutStrategy}' is not one of: cancel, force, postcopy"),
+            },
+            Mode = Mode switch
+            {
+                null or "precopy" => MigrationMode.Precopy,
+                "postcopy" => MigrationMode.Postcopy,
+                "hybrid" => MigrationMode.Hybrid,
+                _ => throw Bad($"mode '{Mode}' is not one of: precopy, postcopy, hybrid"),
+            },
+            Prepaging = Prepaging switch
+            {
+                null or "bubble" => Migration.Postcopy.PrepagingStrategy.Bubble,
+                "forward" => Migration.Postcopy.PrepagingStrategy.Forward,
+                "linear" => Migration.Postcopy.PrepagingStrategy.Linear,
+                _ => throw Bad($"prepaging '{Prepaging}' is not one of: bubble, forward, linear"),
             },
             Verify = Verify,
             AutoConverge = AutoConverge,

@@ -39,6 +39,8 @@ public sealed record EngineBenchSettings
     public bool AutoConverge { get; init; } = EngineDefaults.AutoConverge;
     public bool Verify { get; init; }
     public bool ChecksumFinalPass { get; init; }
+    public MigrationMode Mode { get; init; } = EngineDefaults.Mode;
+    public Ferry.Migration.Postcopy.PrepagingStrategy Prepaging { get; init; } = EngineDefaults.Prepaging;
 
     /// <summary>Print the statistics as JSON on stdout and nothing else.</summary>
     public bool Json { get; init; }
@@ -105,5 +107,7 @@ public sealed record EngineBenchSettings
         AutoConverge = AutoConverge,
         Verify = Verify,
         ChecksumFinalPass = ChecksumFinalPass,
+        Mode = Mode,
+        Prepaging = Prepaging,
     };
 }

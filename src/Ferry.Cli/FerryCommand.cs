@@ -229,12 +229,14 @@ public static class FerryCommand
         var mChannels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", 2, 1, 16);
         var mRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", 30, 1, 100_000);
         var mTimeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
-        var mStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", "At the round or time limit: cancel (the source keeps running) or force (switch over anyway)", TimeoutStrategy.Cancel);
+        var mStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", StrategyHelp, TimeoutStrategy.Cancel);
         var mNoAuto = new Option<bool>("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
         var mVerify = new Option<bool>("--verify") { Description = "Digest all memory at the pause and after the destination loaded it; exit 3 unless they match" };
         var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk into the destination's --disk file, which is overwritten (a disk local to each host); without it the disk must be storage both hosts share" };
         var mJson = new Option<bool>("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
-        foreach (var option in new Option[] { mApi, mTo, mCancel, mDowntime, mBandwidth, mChannels, mRounds, mTimeout, mStrategy, mNoAuto, mVerify, mCopyDisk, mJson })
+        var mMode = ModeOption();
+        var mPrepaging = PrepagingOption();
+        foreach (var option in new Option[] { mApi, mTo, mCancel, mMode, mPrepaging, mDowntime, mBandwidth, mChannels, mRounds, mTimeout, mStrategy, mNoAuto, mVerify, mCopyDisk, mJson })
             migrate.Options.Add(option);
         migrate.Validators.Add(result =>
         {
@@ -256,6 +258,8 @@ public static class FerryCommand
                 MaxRounds = (int)Get(parse, mRounds, d.MaxRounds),
                 TimeoutMs = Get(parse, mTimeout, d.Timeout).TotalMilliseconds,
                 TimeoutStrategy = Get(parse, mStrategy, d.TimeoutStrategy).ToString().ToLowerInvariant(),
+                Mode = Get(parse, mMode, d.Mode).ToString().ToLowerInvariant(),
+                Prepaging = Get(parse, mPrepaging, d.Prepaging).ToString().ToLowerInvariant(),
                 AutoConverge = !parse.GetValue(mNoAuto),
                 Verify = parse.GetValue(mVerify),
                 CopyDisk = parse.GetValue(mCopyDisk),
@@ -300,6 +304,23 @@ public static class FerryCommand
         Required = required,
     };
 
+    private const string StrategyHelp =
+        "At the round or time limit: cancel (the source keeps running), force (switch over anyway, a longer downtime) " +
+        "or postcopy (switch to post-copy: see --mode for its risk)";
+
+    private const string ModeHelp =
+        "precopy: copy memory while the VM runs, then a short stop; a failed destination or link costs nothing. " +
+        "postcopy: move the CPU and device state only and run the VM on the destination at once, its memory following " +
+        "(pages it touches first are fetched on demand); the downtime no longer depends on the dirty rate, BUT until the " +
+        "last page lands the VM exists only across both hosts: if either host dies, the VM is lost. " +
+        "hybrid: pre-copy rounds first, then post-copy for the rest (the same risk, for a shorter time)";
+
+    private static Option<MigrationMode> ModeOption() => ChoiceOption<MigrationMode>("--mode", ModeHelp, MigrationMode.Precopy);
+
+    private static Option<Migration.Postcopy.PrepagingStrategy> PrepagingOption() => ChoiceOption<Migration.Postcopy.PrepagingStrategy>("--prepaging",
+        "Post-copy's background push order: bubble (around each fault, both ways, widening), forward (QEMU: on from the last fault) or linear (first to last page)",
+        Migration.Postcopy.PrepagingStrategy.Bubble);
+
     /// <summary>Checks between options (after each option's own parse): exit 2 with one line per problem, or run.</summary>
     private static int RunValidated(EngineBenchSettings settings, CliConsole console, Func<EngineBenchSettings, int> run)
     {
@@ -325,18 +346,20 @@ public static class FerryCommand
         private readonly Option<long> _channels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", D.Channels, 1, 16);
         private readonly Option<long> _maxRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", D.MaxRounds, 1, 100_000);
         private readonly Option<TimeSpan> _timeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
-        private readonly Option<TimeoutStrategy> _timeoutStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", "At the round or time limit: cancel (the source keeps running) or force (switch over anyway)", D.TimeoutStrategy);
+        private readonly Option<TimeoutStrategy> _timeoutStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", StrategyHelp, D.TimeoutStrategy);
         private readonly Option<TimeSpan> _warmup = DurationOption("--warmup", "How long the guest dirties memory before the migration starts", "1s");
         private readonly Option<bool> _noAutoConverge = new("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
         private readonly Option<bool> _verify = new("--verify") { Description = "Digest all memory at pause and after load; exit 3 unless they match" };
         private readonly Option<bool> _checksumFinalPass = new("--checksum-final-pass") { Description = "Checksum the page data of the stop-and-copy pass too (costs downtime)" };
         private readonly Option<bool> _json = new("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
+        private readonly Option<MigrationMode> _mode = ModeOption();
+        private readonly Option<Migration.Postcopy.PrepagingStrategy> _prepaging = PrepagingOption();
 
         public EngineCommandOptions(Command command)
         {
             foreach (var option in new Option[]
                      {
-                         _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _downtimeLimit, _maxBandwidth,
+                         _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _mode, _prepaging, _downtimeLimit, _maxBandwidth,
                          _channels, _maxRounds, _timeout, _timeoutStrategy, _warmup, _noAutoConverge, _verify, _checksumFinalPass, _json,
                      })
                 command.Options.Add(option);
@@ -361,6 +384,8 @@ public static class FerryCommand
             Verify = parse.GetValue(_verify),
             ChecksumFinalPass = parse.GetValue(_checksumFinalPass),
             Json = parse.GetValue(_json),
+            Mode = Get(parse, _mode, D.Mode),
+            Prepaging = Get(parse, _prepaging, D.Prepaging),
         };
     }
 

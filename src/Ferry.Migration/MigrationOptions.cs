@@ -8,6 +8,30 @@ public enum TimeoutStrategy
 
     /// <summary>Switch over anyway, accepting a longer downtime.</summary>
     Force = 2,
+
+    /// <summary>
+    /// Switch to post-copy: the guest runs on the destination at once and fetches what it lacks. Risk: from then on the
+    /// VM exists only across both hosts, and losing either loses it.
+    /// </summary>
+    Postcopy = 3,
+}
+
+/// <summary>How the memory moves.</summary>
+public enum MigrationMode
+{
+    /// <summary>Copy while the guest runs, in rounds, then stop and copy the rest. A failed destination costs nothing.</summary>
+    Precopy = 1,
+
+    /// <summary>
+    /// Move CPU and device state only, run the guest on the destination at once, and bring its memory after it: pages it
+    /// touches first are fetched on demand (faults), the rest pushed in the background. Every page crosses once and the
+    /// downtime does not depend on the dirty rate; but from the switchover until the last page lands, losing either host
+    /// or the network for good loses the VM.
+    /// </summary>
+    Postcopy = 2,
+
+    /// <summary>Pre-copy rounds first (most pages move while the guest runs on the source), then post-copy for the rest.</summary>
+    Hybrid = 3,
 }
 
 /// <summary>Knobs of one outgoing migration. Defaults follow QEMU where it has one.</summary>
@@ -54,6 +78,21 @@ public sealed record MigrationOptions
     /// with it, 28.0 ms without). <see cref="Verify"/> is the end-to-end check.
     /// </summary>
     public bool ChecksumFinalPass { get; init; }
+
+    /// <summary>Pre-copy, post-copy or hybrid.</summary>
+    public MigrationMode Mode { get; init; } = MigrationMode.Precopy;
+
+    /// <summary>
+    /// Hybrid: the most pre-copy rounds before the switch to post-copy; it comes earlier when a round's rest fits the
+    /// downtime limit or pre-copy stops converging (the dirty set no longer shrinks).
+    /// </summary>
+    public int HybridMaxRounds { get; init; } = 5;
+
+    /// <summary>The order of post-copy's background push.</summary>
+    public Postcopy.PrepagingStrategy Prepaging { get; init; } = Postcopy.PrepagingStrategy.Bubble;
+
+    /// <summary>Whether this migration may end in post-copy, so it must negotiate post-copy at the handshake.</summary>
+    public bool PostcopyPossible => Mode != MigrationMode.Precopy || TimeoutStrategy == TimeoutStrategy.Postcopy;
 
     /// <summary>
     /// How long without any byte from the peer before it counts as hung (keepalives are sent at a third of this).

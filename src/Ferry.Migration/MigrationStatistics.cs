@@ -9,6 +9,10 @@ public enum MigrationStatus
     [JsonStringEnumMemberName("setup")] Setup,
     [JsonStringEnumMemberName("active")] Active,
     [JsonStringEnumMemberName("device")] Device,
+    /// <summary>The guest runs on the destination; pages still move (QEMU: postcopy-active).</summary>
+    [JsonStringEnumMemberName("postcopy-active")] PostcopyActive,
+    /// <summary>Post-copy lost its connection; both sides wait for a new one (QEMU: postcopy-paused).</summary>
+    [JsonStringEnumMemberName("postcopy-paused")] PostcopyPaused,
     [JsonStringEnumMemberName("completed")] Completed,
     [JsonStringEnumMemberName("failed")] Failed,
     [JsonStringEnumMemberName("cancelled")] Cancelled,
@@ -83,6 +87,57 @@ public sealed record MigrationStatistics
 
     /// <summary>Where the downtime went, finer than <see cref="DowntimeBreakdownMs"/>; null unless the switchover reached Ready.</summary>
     [JsonPropertyName("switchover_ms")] public Precopy.SwitchoverTimings? Switchover { get; init; }
+
+    /// <summary>The post-copy phase; null when the migration never switched to post-copy.</summary>
+    [JsonPropertyName("postcopy")] public PostcopyStatistics? Postcopy { get; init; }
+}
+
+/// <summary>Fault latency percentiles, microseconds.</summary>
+public sealed record LatencyPercentiles
+{
+    [JsonPropertyName("p50")] public double P50 { get; init; }
+    [JsonPropertyName("p99")] public double P99 { get; init; }
+    [JsonPropertyName("max")] public double Max { get; init; }
+}
+
+/// <summary>What the post-copy phase did, from both sides.</summary>
+public sealed record PostcopyStatistics
+{
+    /// <summary>Pages missing on the destination when the guest started there.</summary>
+    [JsonPropertyName("missing_pages")] public long MissingPages { get; init; }
+
+    /// <summary>Distinct pages the destination's guest waited for (network faults).</summary>
+    [JsonPropertyName("faults")] public long Faults { get; init; }
+
+    /// <summary>From the destination's request to the page installed there.</summary>
+    [JsonPropertyName("fault_latency_us")] public LatencyPercentiles FaultLatencyUs { get; init; } = new();
+
+    /// <summary>Pages sent by the background push (prepaging), not asked for.</summary>
+    [JsonPropertyName("pushed_pages")] public long PushedPages { get; init; }
+
+    /// <summary>Pages sent on the urgent channel because the guest waited for them.</summary>
+    [JsonPropertyName("urgent_pages")] public long UrgentPages { get; init; }
+
+    /// <summary>Pages that reached the destination twice (pushed and asked for at once).</summary>
+    [JsonPropertyName("duplicate_pages")] public long DuplicatePages { get; init; }
+
+    /// <summary>Time the destination's guest threads (vCPUs, devices, writers) spent waiting for pages.</summary>
+    [JsonPropertyName("blocktime_ms")] public double BlocktimeMs { get; init; }
+
+    /// <summary>Distinct pages the guest touched during post-copy; null when the guest cannot tell.</summary>
+    [JsonPropertyName("working_set_pages")] public long? WorkingSetPages { get; init; }
+
+    /// <summary>Faults over the working set: the share of what the guest needed that it had to wait for; null without a working set.</summary>
+    [JsonPropertyName("faulted_share")] public double? FaultedShare { get; init; }
+
+    /// <summary>The push order used.</summary>
+    [JsonPropertyName("prepaging")] public string Prepaging { get; init; } = "bubble";
+
+    /// <summary>From the guest resuming on the destination to its last page landing.</summary>
+    [JsonPropertyName("ms")] public double Milliseconds { get; init; }
+
+    /// <summary>Connections lost and recovered during post-copy.</summary>
+    [JsonPropertyName("recoveries")] public int Recoveries { get; init; }
 }
 
 /// <summary>A progress report while a migration runs (for progress bars and the API's status).</summary>

@@ -93,8 +93,9 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
     }
 
     /// <summary>Resume a migrated workload on memory that already holds its pages (the destination's Start).</summary>
-    internal InProcessGuest(InProcessGuestOptions options, GuestMemoryMapping[] mappings, WorkloadSnapshot state, byte[] device, bool fill)
+    internal InProcessGuest(InProcessGuestOptions options, GuestMemoryMapping[] mappings, WorkloadSnapshot state, byte[] device, bool fill, bool touchNatively = false)
     {
+        TouchNatively = touchNatively;
         Options = options;
         _mappings = mappings;
         TotalPages = options.TotalPages;
@@ -632,12 +633,32 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
         }
     }
 
+    /// <summary>
+    /// Post-copy on the destination: touch each page (and its counter) from native code before managed code does, so a
+    /// writer that waits for a missing page waits inside a P/Invoke (preemptive GC mode) and a GC meanwhile does not
+    /// wait for it (see <see cref="Ferry.Linux.Userfaultfd"/>). Set by the target while pages are missing.
+    /// </summary>
+    internal volatile bool TouchNatively;
+
+    /// <summary>Pages written since start (or the last harvest): the guest's working set during post-copy.</summary>
+    internal long PagesWrittenSinceHarvest()
+    {
+        long n = 0;
+        for (int i = 0; i < _dirty.Length; i++) n += System.Numerics.BitOperations.PopCount(Volatile.Read(ref _dirty[i]));
+        return n;
+    }
+
     /// <summary>One page write by logical writer <paramref name="w"/> of <paramref name="count"/>.</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private unsafe void WriteOne(WriterState writer, int w, int count)
     {
         ulong page = ChoosePage(writer, (ulong)w, (ulong)count);
         nint address = PageAddress(page);
+        if (TouchNatively)
+        {
+            Ferry.Linux.Libc.TouchForWrite(address, 8);
+            Ferry.Linux.Libc.TouchForWrite(_counters + (nint)(page * sizeof(uint)), sizeof(uint));
+        }
         // SAFETY: page < WorkingSetPages, so its counter is inside the counter pages of the live last mapping.
         // Only this writer ever writes this counter (it owns the page), so a plain read-increment-store is exact.
         uint* counter = (uint*)_counters + page;

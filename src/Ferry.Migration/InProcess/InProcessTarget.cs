@@ -8,8 +8,9 @@ namespace Ferry.Migration.InProcess;
 /// then <see cref="LoadState"/> and <see cref="Start"/>, after which <see cref="Guest"/> runs the same workload on
 /// the migrated memory (the guest "keeps running").
 /// </summary>
-public sealed class InProcessTarget : IMigrationTarget
+public sealed class InProcessTarget : IMigrationTarget, IPostcopyTarget
 {
+    private UserfaultfdPostcopy? _postcopy;
     private readonly GuestMemoryMapping[] _mappings;
     private readonly MemoryRegion[] _regions;
     private WorkloadSnapshot? _workload;
@@ -144,7 +145,20 @@ public sealed class InProcessTarget : IMigrationTarget
         }
 
         var workload = _workload ?? throw new InvalidOperationException("LoadState first");
-        Guest = new InProcessGuest(workload.Options, _mappings, workload, _device!, fill: false);
+        var postcopy = _postcopy;
+        Guest = new InProcessGuest(workload.Options, _mappings, workload, _device!, fill: false, touchNatively: postcopy is { Ended: false });
+        postcopy?.Attach(Guest);
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>Guest memory is registered with a userfaultfd in MISSING mode; the missing pages are dropped
+    /// (<c>MADV_DONTNEED</c>), so the first touch of each waits for the engine to install it.</remarks>
+    public IPostcopyMemory BeginPostcopy(IReadOnlyList<Memory.DirtyBitmap> missing, IPageFaultSink sink)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (_postcopy is not null || Guest is not null) throw new InvalidOperationException("post-copy begins once, before Start");
+        _postcopy = new UserfaultfdPostcopy(_regions, missing, sink);
+        return _postcopy;
     }
 
     /// <inheritdoc/>
@@ -156,6 +170,9 @@ public sealed class InProcessTarget : IMigrationTarget
         }
 
         _disposed = true;
+        // First release writers waiting for pages that will not come (closing the userfaultfd lets them through with
+        // zero pages): the guest's Dispose joins its writers.
+        _postcopy?.Dispose();
         if (Guest is not null)
         {
             Guest.Dispose();

@@ -76,6 +76,29 @@ public sealed class DirtyBitmap
         _words[bit >> 6] &= ~(1UL << (int)(bit & 63));
     }
 
+    /// <summary>True if bit <paramref name="bit"/> is set, read with acquire semantics (bits other threads change).</summary>
+    public bool TestAtomic(ulong bit)
+    {
+        CheckBit(bit);
+        return (Volatile.Read(ref _words[bit >> 6]) & (1UL << (int)(bit & 63))) != 0;
+    }
+
+    /// <summary>Set bit <paramref name="bit"/> atomically; true if this call set it (it was clear).</summary>
+    public bool TestAndSetAtomic(ulong bit)
+    {
+        CheckBit(bit);
+        ulong mask = 1UL << (int)(bit & 63);
+        return (Interlocked.Or(ref _words[bit >> 6], mask) & mask) == 0;
+    }
+
+    /// <summary>Clear bit <paramref name="bit"/> atomically; true if this call cleared it (it was set).</summary>
+    public bool TestAndClearAtomic(ulong bit)
+    {
+        CheckBit(bit);
+        ulong mask = 1UL << (int)(bit & 63);
+        return (Interlocked.And(ref _words[bit >> 6], ~mask) & mask) != 0;
+    }
+
     /// <summary>Set every bit (the first pre-copy pass sends everything).</summary>
     public void SetAll()
     {

@@ -84,6 +84,10 @@ public sealed class IncomingMigration
     private ChunkPrefaulter? _prefaulter;
     // Aborts the control channel if the source does not close after a receiver's Error (see FailFromReceiver).
     private ITimer? _backstop;
+    // Post-copy was negotiated: page channels go on after the switchover Flush (the push), and the urgent channel exists.
+    private volatile bool _postcopyNegotiated;
+    // Post-copy is over (every page landed, PostcopyDone sent): the source closing its channels is the normal end.
+    private volatile bool _postcopyOver;
 
     public IncomingMigration(IMigrationListener listener, IMigrationTargetFactory factory, IncomingOptions options, TimeProvider? time = null)
     {
@@ -141,6 +145,14 @@ public sealed class IncomingMigration
 
             target = _factory.Create(hello.VmId, hello.Regions);
             CheckLayout(target.Regions, hello.Regions);
+            if ((decision.Capabilities & ProtocolCapabilities.Postcopy) != 0)
+            {
+                if (target is not IPostcopyTarget)
+                    Refuse("this destination's guest cannot run before its memory has arrived (no post-copy)");
+                if ((decision.Capabilities & ProtocolCapabilities.UrgentChannel) == 0 || _connection.Urgent is null)
+                    Refuse("post-copy needs the urgent channel, and the connection has none");
+                _postcopyNegotiated = true;
+            }
             _landedSync = (decision.Capabilities & ProtocolCapabilities.LandedSync) != 0;
             _control.WriteWelcome(decision.Capabilities);
             _keepalivesOn = true;
@@ -162,6 +174,8 @@ public sealed class IncomingMigration
             prefaulter?.Start();
             SwitchoverWarmup.Destination(target);
             var sections = new List<StateSection>();
+            // Post-copy's missing pages, per region, as the MissingPages records say.
+            DirtyBitmap[]? missing = null;
             long stateBytes = 0;
             CompleteMessage complete;
             while (true)
@@ -178,6 +192,13 @@ public sealed class IncomingMigration
                 {
                     complete = c;
                     break;
+                }
+                else if (m is MissingPagesMessage mp && _postcopyNegotiated)
+                {
+                    mp.Validate(target.Regions);
+                    missing ??= target.Regions.Select(r => new DirtyBitmap(r.Pages)).ToArray();
+                    var words = missing[mp.Region].Words;
+                    for (int w = 0; w < mp.Words.Length; w++) words[(int)(mp.FirstPage / 64) + w] |= mp.Words[w];
                 }
                 else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
             }
@@ -214,6 +235,33 @@ public sealed class IncomingMigration
                 ZeroPages += r.ZeroPages;
             }
 
+            bool postcopy = (complete.Flags & CompleteFlags.Postcopy) != 0;
+            if (postcopy && !_postcopyNegotiated)
+                throw new MigrationProtocolException("Complete asks for post-copy, which the handshake did not negotiate");
+            if (!postcopy && missing is not null)
+                throw new MigrationProtocolException("MissingPages records before a Complete that is not post-copy");
+            Postcopy.PostcopyIncoming? incoming = null;
+            DirtyBitmap[]? stillMissing = null;
+            Receiver? urgent = null;
+            if (postcopy)
+            {
+                missing ??= target.Regions.Select(r => new DirtyBitmap(r.Pages)).ToArray();
+                // The target gets its own copy: the engine's is cleared as pages land.
+                stillMissing = missing.Select(b => { var copy = new DirtyBitmap(b.BitCount); copy.OrFrom(b); return copy; }).ToArray();
+                bool verify = (complete.Flags & CompleteFlags.VerifyRequested) != 0;
+                incoming = new Postcopy.PostcopyIncoming(target.Regions, missing, RequestPage,
+                    verify ? new Postcopy.PageHashDigest(target.Regions) : null);
+                var memory = ((IPostcopyTarget)target).BeginPostcopy(stillMissing, incoming);
+                _postcopyMemory = memory;
+                incoming.Attach(memory);
+                foreach (var r in receivers) r.Reader.Postcopy = incoming;
+                urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
+                urgent.Reader.Postcopy = incoming;
+                _urgentReceiver = urgent;
+                urgent.Start();
+                PostcopyMissingPages = incoming.Missing;
+            }
+
             long loadStart = _time.GetTimestamp();
             try
             {
@@ -231,7 +279,9 @@ public sealed class IncomingMigration
                 if ((decision.Capabilities & ProtocolCapabilities.Verify) == 0)
                     throw new MigrationProtocolException("Complete asks for verification, which the handshake did not negotiate");
                 long d0 = _time.GetTimestamp();
-                digest = VerifyDigest.Compute(target.Regions);
+                // Post-copy: the pages held now are hashed before the guest runs; the rest as they land.
+                if (incoming is not null) incoming.Digest!.HashMemory(stillMissing);
+                else digest = VerifyDigest.Compute(target.Regions);
                 digestUs = Micros(d0);
             }
             _control.WriteReady(digestUs, loadUs, digest, flushLagUs);
@@ -245,7 +295,12 @@ public sealed class IncomingMigration
             }
             // Commit was read: the source is committed and will never resume, so the guest must start here even if
             // the deadline or a cancel raced with its arrival (refusing now would lose the VM on both sides).
-            lock (_gate) _done = true;
+            lock (_gate)
+            {
+                // In post-copy a failure still matters after Commit (pages are still moving): _done comes at its end.
+                if (incoming is null) _done = true;
+                else _postcopyCommitted = true;
+            }
 
             long startAt = _time.GetTimestamp();
             target.Start();
@@ -258,7 +313,22 @@ public sealed class IncomingMigration
             {
                 // The guest runs here now; the source is committed and needs no answer to stay stopped.
             }
+            if (incoming is not null) RunPostcopy(incoming, reader);
             return target;
+        }
+        catch (Exception e) when (started && _postcopyCommitted && !_done)
+        {
+            // Post-copy failed with the guest running here and part of its memory still at the source: it cannot go on.
+            string reason = FailureReason(e);
+            Fail(reason, e);
+            _postcopyMemory?.Abort($"VM lost: {reason}");
+            _connection.Abort();
+            // The guest cannot run without the pages it lacks: discard it (its threads waiting for pages are released
+            // first by the abort above).
+            foreach (var r in receivers) r.Join();
+            _urgentReceiver?.Join();
+            target?.Dispose();
+            throw new MigrationException($"post-copy failed after the guest started here: {reason}; the VM is lost", e);
         }
         catch (Exception e) when (!started)
         {
@@ -280,6 +350,7 @@ public sealed class IncomingMigration
             _done = true;
             keepalive?.Dispose();
             foreach (var r in receivers) r.Join();
+            _urgentReceiver?.Join();
             if (prefaulter is not null)
             {
                 prefaulter.Dispose();
@@ -289,6 +360,88 @@ public sealed class IncomingMigration
             _backstop?.Dispose();
             _connection.Dispose();
         }
+    }
+
+    /// <summary>Pages missing when the guest started here (post-copy); valid after <see cref="Run"/>.</summary>
+    public long PostcopyMissingPages { get; private set; }
+
+    /// <summary>The post-copy phase's figures from this side; null unless the migration ended in post-copy.</summary>
+    public PostcopyDoneMessage? PostcopyResult { get; private set; }
+
+    private IPostcopyMemory? _postcopyMemory;
+    private Receiver? _urgentReceiver;
+    private bool _postcopyCommitted;
+
+    /// <summary>A guest thread waits for a page: ask the source (any thread; the control writer serialises records).</summary>
+    private void RequestPage(int region, ulong page)
+    {
+        try
+        {
+            _control!.WritePageRequestNoAlloc((ushort)region, page, 1);
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // The connection broke: the failure is seen (and reported) by the thread reading it.
+        }
+    }
+
+    /// <summary>
+    /// The post-copy phase, the guest running: the control channel is read on a thread of its own (keepalives, or the
+    /// source's Error), while this thread waits for the last missing page, then reports PostcopyDone and ends post-copy.
+    /// Throws if the connection fails first.
+    /// </summary>
+    private void RunPostcopy(Postcopy.PostcopyIncoming incoming, ProtocolReader reader)
+    {
+        var control = new Thread(() =>
+        {
+            try
+            {
+                while (true)
+                {
+                    var m = reader.Read();
+                    Heard();
+                    switch (m)
+                    {
+                        case null:
+                            if (!_postcopyOver) Fail("source closed the control channel during post-copy", null);
+                            return;
+                        case KeepaliveMessage k:
+                            Echo(k.Timestamp);
+                            break;
+                        case ErrorMessage error:
+                            Fail($"source reported {error.Code}: {error.Message}", null);
+                            return;
+                        default:
+                            Fail($"source sent {m.Kind} during post-copy", null);
+                            return;
+                    }
+                }
+            }
+            catch (Exception e)
+            {
+                if (!_postcopyOver) Fail(e is MigrationException or IOException ? $"control channel: {e.Message}" : e.ToString(), null);
+            }
+        }) { IsBackground = true, Name = "ferry-postcopy-control" };
+        control.Start();
+        WaitHandle.WaitAny([incoming.AllLanded.WaitHandle, _abort.Token.WaitHandle]);
+        if (!incoming.AllLanded.IsSet || _abort.IsCancellationRequested)
+            throw new MigrationException(_failure ?? "post-copy failed");
+        _postcopyOver = true;
+        var memory = incoming.Memory!;
+        var (p50, p99, max) = incoming.Latency();
+        long working = memory.WorkingSetPages;
+        var done = new PostcopyDoneMessage(
+            (uint)Math.Min(uint.MaxValue, incoming.Faults), p50, p99, max,
+            (ulong)(memory.BlockedTicks * 1_000_000 / System.Diagnostics.Stopwatch.Frequency),
+            working < 0 ? ulong.MaxValue : (ulong)working,
+            (ulong)incoming.Installed, (ulong)incoming.Duplicates,
+            incoming.Digest?.Compute());
+        PostcopyResult = done;
+        _control!.Write(done);
+        lock (_gate) _done = true;
+        // The source closes once it has read PostcopyDone; wait for that (bounded), then end post-copy here.
+        control.Join(TimeSpan.FromSeconds(2));
+        memory.Dispose();
     }
 
     private HelloMessage ReadHello(ProtocolReader reader)
@@ -365,6 +518,7 @@ public sealed class IncomingMigration
         if (_connection is { } c)
         {
             foreach (var p in c.Pages) p.Abort();
+            c.Urgent?.Abort();
             if (e is null) c.Control.Abort();
         }
         return true;
@@ -494,15 +648,22 @@ public sealed class IncomingMigration
         private readonly PageBatchReader _reader;
         private readonly Thread _thread;
 
-        public Receiver(IncomingMigration owner, IMigrationChannel channel, (int Index, int Count) shard, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received)
+        public Receiver(IncomingMigration owner, IMigrationChannel channel, (int Index, int Count)? shard, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received)
         {
             _owner = owner;
             _channel = channel;
+            _urgent = shard is null;
             _reader = new PageBatchReader(channel, regions, received) { PopulateFreshRuns = owner._options.PopulateFreshRuns, Shard = shard };
             _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
         }
 
         public string Name => _channel.Name;
+
+        /// <summary>The channel's batch reader (post-copy installs through it).</summary>
+        public PageBatchReader Reader => _reader;
+
+        // The urgent channel: post-copy batches only, until the source closes it.
+        private readonly bool _urgent;
 
         /// <summary>Set when this channel's Flush arrived.</summary>
         public ManualResetEventSlim Flushed { get; } = new();
@@ -527,6 +688,13 @@ public sealed class IncomingMigration
                 {
                     var record = _reader.ReadNext();
                     _owner.Heard();
+                    if (_urgent && record.Kind != PageRecordKind.PageBatch)
+                    {
+                        if (record.Kind == PageRecordKind.EndOfStream && (_owner._postcopyOver || _owner._done)) return;
+                        string what = record.Kind == PageRecordKind.EndOfStream ? "source closed the urgent channel during post-copy" : $"{record.Kind} on the urgent channel";
+                        _owner.FailFromReceiver(what, new MigrationProtocolException(what));
+                        return;
+                    }
                     switch (record.Kind)
                     {
                         case PageRecordKind.PageBatch:
@@ -538,11 +706,18 @@ public sealed class IncomingMigration
                             // Landed sync: every record before this one was applied; tell the source.
                             if (_owner._landedSync) _owner.Echo(record.Value);
                             break;
+                        case PageRecordKind.Flush when Flushed.IsSet:
+                            // Post-copy: the push on this channel is over.
+                            return;
                         case PageRecordKind.Flush:
-                            // v1 has one switchover: the Flush is this channel's last record.
+                            // The switchover Flush is the channel's last record, except when post-copy was negotiated:
+                            // the push follows it.
                             FlushSequence = record.Value;
                             FlushedAt = _owner._time.GetTimestamp();
                             Flushed.Set();
+                            if (!_owner._postcopyNegotiated) return;
+                            break;
+                        case PageRecordKind.EndOfStream when Flushed.IsSet && (_owner._postcopyOver || _owner._done):
                             return;
                         default:
                             string why = $"{_channel.Name}: source closed the channel before its Flush";
@@ -553,6 +728,8 @@ public sealed class IncomingMigration
             }
             catch (Exception e)
             {
+                // After post-copy (or a pre-copy that negotiated it and ended) the source closing is the normal end.
+                if (e is MigrationTransportException && (_owner._postcopyOver || _owner._done)) return;
                 _owner.FailFromReceiver(e is MigrationException or IOException ? e.Message : $"{_channel.Name}: {e}", e);
             }
         }

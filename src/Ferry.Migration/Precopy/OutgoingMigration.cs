@@ -56,6 +56,14 @@ public sealed class OutgoingMigration
 
     private int _started;
     private bool _committed;
+    // Set with _committed when the switchover was to post-copy: a failure after commit is then the VM's loss, not a no-op.
+    private bool _postcopyActive;
+    private readonly ManualResetEventSlim _postcopyDoneArrived = new();
+    private PostcopyDoneMessage? _postcopyDone;
+    private long _postcopyDoneAt;
+    private Postcopy.Prepager? _prepager;
+    private Postcopy.UrgentSender? _urgent;
+    private string? _switchReasonText;
     private bool _finished;
     private string? _failure;
     private MigrationStatus _failureStatus;
@@ -223,7 +231,8 @@ public sealed class OutgoingMigration
     private void Setup()
     {
         var regions = _guest.Regions;
-        _connection = _connector.Connect(_options.PageChannels, _abort.Token);
+        bool postcopy = _options.PostcopyPossible;
+        _connection = _connector.Connect(_options.PageChannels, postcopy, _abort.Token);
         // A cancel that raced with Connect found no connection to abort: honour it now.
         _abort.Token.ThrowIfCancellationRequested();
         if (_connection.Pages.Count != _options.PageChannels)
@@ -238,7 +247,9 @@ public sealed class OutgoingMigration
 
         var layout = new (ulong, ulong)[regions.Count];
         for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
-        var caps = ProtocolCapabilities.LandedSync | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None);
+        const ProtocolCapabilities PostcopyCaps = ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel;
+        var caps = ProtocolCapabilities.LandedSync | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None)
+            | (postcopy ? PostcopyCaps : ProtocolCapabilities.None);
         var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
         long helloSent = _time.GetTimestamp();
         _control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
@@ -252,6 +263,10 @@ public sealed class OutgoingMigration
             throw new MigrationProtocolException($"destination accepted capabilities that were not offered: {welcome.Capabilities}");
         if (_options.Verify && (welcome.Capabilities & ProtocolCapabilities.Verify) == 0)
             throw new MigrationException("destination does not support verification, which was asked for");
+        if (postcopy && (welcome.Capabilities & PostcopyCaps) != PostcopyCaps)
+            throw new MigrationException($"destination does not support post-copy with an urgent channel (it accepted: {MigrationProtocol.Describe(welcome.Capabilities)})");
+        if (postcopy && _connection.Urgent is null)
+            throw new MigrationException("the transport opened no urgent channel for post-copy");
         _landedSync = (welcome.Capabilities & ProtocolCapabilities.LandedSync) != 0;
         _keepalivesOn = true;
 
@@ -354,6 +369,13 @@ public sealed class OutgoingMigration
         // from the log and sent as Zero unread, i.e. lost (a 1 GiB hotset run failed verification that way).
         var populated = new DirtyBitmap(_guest.TotalPages);
         _guest.GetPopulatedPages(populated.Words);
+        if (_options.Mode == MigrationMode.Postcopy)
+        {
+            // Nothing moves before the switchover: every page is missing on the destination.
+            _switchReasonText = "postcopy";
+            PostcopySwitchover(stats, bitmap, populated, done, ref paused);
+            return;
+        }
 
         long previousDirtyBytes = -1;
         bool fittedEarlier = false; // a rest fitted the limit and the policy went on only for headroom
@@ -395,10 +417,13 @@ public sealed class OutgoingMigration
             Volatile.Write(ref _bandwidth, round > 0 ? bandwidth : roundBandwidth);
             Volatile.Write(ref _dirtyRate, dirtyRate);
 
+            // The policy knows cancel and force; post-copy on a limit is a forced switchover done another way.
+            var strategy = _options.TimeoutStrategy == TimeoutStrategy.Postcopy ? TimeoutStrategy.Force : _options.TimeoutStrategy;
             var input = new ConvergenceInput(
                 dirtyBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
-                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, _options.TimeoutStrategy,
+                _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, strategy,
                 previousDirtyBytes, fittedEarlier);
+            long priorDirtyBytes = previousDirtyBytes;
             previousDirtyBytes = dirtyBytes;
             var decision = ConvergencePolicy.Decide(input);
             // Round 0's figure is kept out of the estimate only while another round may follow. When a limit ends
@@ -411,6 +436,14 @@ public sealed class OutgoingMigration
                 decision = ConvergencePolicy.Decide(input with { BandwidthBytesPerSecond = roundBandwidth });
             }
             Report();
+            string? toPostcopy = PostcopyTrigger(decision, round, dirtyBytes, priorDirtyBytes);
+            if (toPostcopy is not null)
+            {
+                _switchReasonText = toPostcopy;
+                SwitchOverExplanation = decision.Reason;
+                PostcopySwitchover(stats, bitmap, null, done, ref paused);
+                return;
+            }
             if (decision.Action == ConvergenceAction.Abort)
             {
                 Fail(MigrationStatus.Failed, decision.Reason!, notify: true, ProtocolErrorCode.None);
@@ -444,6 +477,181 @@ public sealed class OutgoingMigration
         }
 
         StopAndCopy(stats, bitmap, done, ref paused);
+    }
+
+    /// <summary>
+    /// Whether pre-copy hands over to post-copy after this round, and why: hybrid switches when the rest fits the limit
+    /// (post-copy then has little left to fetch), when pre-copy stops converging (the dirty set shrank by less than
+    /// a quarter), or after <see cref="MigrationOptions.HybridMaxRounds"/> rounds; the post-copy timeout strategy
+    /// switches where force would have. Null: pre-copy goes on (or ends its own way).
+    /// </summary>
+    private string? PostcopyTrigger(ConvergenceDecision decision, int round, long dirtyBytes, long priorDirtyBytes)
+    {
+        bool forced = decision.Action == ConvergenceAction.SwitchOver && decision.SwitchOver != SwitchOverReason.Converged;
+        if (_options.TimeoutStrategy == TimeoutStrategy.Postcopy && forced)
+            return decision.SwitchOver == SwitchOverReason.ForcedByTimeout ? "postcopy_on_timeout" : "postcopy_on_max_rounds";
+        if (_options.Mode != MigrationMode.Hybrid) return null;
+        if (decision.Action == ConvergenceAction.SwitchOver) return decision.SwitchOver == SwitchOverReason.Converged ? "converged" : "postcopy_on_limit";
+        if (decision.Action == ConvergenceAction.Abort) return "postcopy_on_limit";
+        if (round + 1 >= _options.HybridMaxRounds) return "hybrid_max_rounds";
+        if (round >= 1 && priorDirtyBytes >= 0 && dirtyBytes > priorDirtyBytes * (1 - ConvergencePolicy.ConvergingShrink))
+            return "not_converging";
+        return null;
+    }
+
+    /// <summary>
+    /// The post-copy switchover: pause, tell the destination which pages it lacks (<paramref name="bitmap"/>: never sent,
+    /// or dirtied since), send the device state, and the same two-phase Complete/Ready/Commit as pre-copy; on Commit the
+    /// guest runs at the destination and the push begins, the urgent channel serving its faults; the migration ends when
+    /// the destination has every page (PostcopyDone). <paramref name="populated"/> (null: read every page) lets pages the
+    /// guest never populated go out as Zero unread.
+    /// </summary>
+    private void PostcopySwitchover(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap? populated, CountdownEvent done, ref bool paused)
+    {
+        // Allocated before the pause: the Flush-only pass needs an empty bitmap.
+        var nothing = new DirtyBitmap(_guest.TotalPages);
+        var regionPages = new ulong[_guest.Regions.Count];
+        for (int r = 0; r < regionPages.Length; r++) regionPages[r] = _guest.Regions[r].Pages;
+        try
+        {
+            var (pauseStart, harvestStart) = PauseForSwitchover(stats, ref paused);
+            _guest.HarvestDirtyLog(bitmap.Words);
+            // The source never runs again once committed, so its memory holds still for the whole post-copy phase.
+            if (_options.Verify) StartSourceDigest(stats, Postcopy.PageHashDigest.Of);
+            // Every pre-copy page before the switchover lands before the missing map applies: Flush on every channel.
+            long missingStart = _time.GetTimestamp();
+            SendPass(nothing, PageBatchFlags.None, SwitchoverFlushSequence, done);
+            long missing = SendMissingPages(bitmap);
+            long stateStart = _time.GetTimestamp();
+            stats.FinalPagesMs = _time.GetElapsedTime(harvestStart, stateStart).TotalMilliseconds;
+            var sections = _guest.SaveState();
+            long stateBytes = 0;
+            foreach (var section in sections)
+            {
+                _control!.WriteStateSection(section);
+                stateBytes += section.Data.Length;
+            }
+            _completeSending = true;
+            _control!.WriteComplete(SwitchoverFlushSequence,
+                CompleteFlags.Postcopy | (_options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None));
+            if (!_readyArrived.Wait(_options.PeerTimeout, _abort.Token))
+                Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
+            _abort.Token.ThrowIfCancellationRequested();
+            var ready = _ready!;
+            stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
+
+            // The push and the urgent channel exist before Commit, so the first fault finds them.
+            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging);
+            _urgent = new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager,
+                e => Fail(MigrationStatus.Failed, $"urgent channel: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal), _abort.Token);
+            _urgent.Start();
+
+            // The point of no return: from here the VM runs only on the destination, and its memory only here.
+            lock (_gate)
+            {
+                if (_failure is not null) _abort.Token.ThrowIfCancellationRequested();
+                _committed = true;
+                _postcopyActive = true;
+            }
+            long commitAt = _time.GetTimestamp();
+            stats.DeviceStateMs = _time.GetElapsedTime(stateStart, commitAt).TotalMilliseconds - stats.DestDigestMs;
+            SendCommit();
+            _status = MigrationStatus.PostcopyActive;
+            Interlocked.Exchange(ref _remainingBytes, missing * MemoryRegion.PageSize);
+            long pushStart = _time.GetTimestamp();
+            done.Reset(_senders.Length);
+            foreach (var sender in _senders) sender.StartPostcopy(_prepager, PostcopyFlushSequence, done, populated);
+            if (_resumedArrived.Wait(_options.PeerTimeout, _abort.Token) && _resumed is not null)
+            {
+                stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
+                stats.Downtime = _time.GetElapsedTime(pauseStart, Volatile.Read(ref _resumedAt)).TotalMilliseconds - stats.DestDigestMs;
+            }
+            else
+            {
+                _abort.Token.ThrowIfCancellationRequested();
+                stats.ResumeMs = Ms(commitAt);
+                stats.Downtime = Ms(pauseStart) - stats.DestDigestMs;
+                stats.PostCommitProblem = $"no Resumed from the destination within {_options.PeerTimeout.TotalSeconds:F1} s of Commit";
+            }
+            Switchover = new SwitchoverTimings
+            {
+                Pause = stats.PauseMs, FinalHarvest = _time.GetElapsedTime(harvestStart, missingStart).TotalMilliseconds,
+                FinalPagesSend = _time.GetElapsedTime(missingStart, stateStart).TotalMilliseconds,
+                DestLoad = ready.LoadMicroseconds / 1000.0, DestDigest = stats.DestDigestMs, StateBytes = stateBytes,
+                CommitToResumed = stats.ResumeMs,
+            };
+            Report();
+
+            // Post-copy: until the destination has every page. Bounded only by liveness (the watchdog): a large guest
+            // over a slow link takes as long as it takes, and giving up would lose the VM anyway.
+            _postcopyDoneArrived.Wait(_abort.Token);
+            var doneMessage = _postcopyDone!;
+            UInt128 sourceDigest = default;
+            if (_sourceDigest is { } pending) sourceDigest = pending.GetAwaiter().GetResult();
+            long pushed = 0;
+            foreach (var sender in _senders) pushed += sender.PushedPages;
+            long working = doneMessage.WorkingSetPages == ulong.MaxValue ? -1 : (long)doneMessage.WorkingSetPages;
+            stats.Postcopy = new PostcopyStatistics
+            {
+                MissingPages = missing,
+                Faults = doneMessage.Faults,
+                FaultLatencyUs = new LatencyPercentiles { P50 = doneMessage.LatencyP50Us, P99 = doneMessage.LatencyP99Us, Max = doneMessage.LatencyMaxUs },
+                PushedPages = pushed,
+                UrgentPages = _urgent.Pages,
+                DuplicatePages = (long)doneMessage.DuplicatePages,
+                BlocktimeMs = doneMessage.BlockedMicroseconds / 1000.0,
+                WorkingSetPages = working >= 0 ? working : null,
+                FaultedShare = working > 0 ? Math.Min(1.0, doneMessage.Faults / (double)working) : null,
+                Prepaging = _options.Prepaging.ToString().ToLowerInvariant(),
+                Milliseconds = _time.GetElapsedTime(pushStart, Volatile.Read(ref _postcopyDoneAt)).TotalMilliseconds,
+            };
+            if (_options.Verify)
+            {
+                stats.Verify = new VerifyResult
+                {
+                    SourceDigest = MemoryDigest.ToHex(sourceDigest),
+                    DestDigest = doneMessage.Digest is { } d ? MemoryDigest.ToHex(d) : "",
+                    Match = doneMessage.Digest == sourceDigest,
+                };
+                if (!stats.Verify.Match)
+                    stats.PostCommitProblem = $"memory digests differ after post-copy: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}";
+            }
+        }
+        finally
+        {
+            JoinSourceDigest();
+        }
+    }
+
+    /// <summary>Sequence of the Flush that ends each page channel's post-copy push.</summary>
+    private const ulong PostcopyFlushSequence = 2;
+
+    /// <summary>Send the missing-page map as MissingPages records (slices with no bit set are left out); returns its count.</summary>
+    private long SendMissingPages(DirtyBitmap bitmap)
+    {
+        long total = 0;
+        ulong bitBase = 0;
+        var regions = _guest.Regions;
+        for (int r = 0; r < regions.Count; r++)
+        {
+            ulong pages = regions[r].Pages;
+            for (ulong first = 0; first < pages; first += (ulong)MigrationProtocol.MaxMissingWords * 64)
+            {
+                ulong end = Math.Min(pages, first + ((ulong)MigrationProtocol.MaxMissingWords * 64));
+                ulong count = bitmap.Count(bitBase + first, bitBase + end);
+                if (count == 0) continue;
+                total += (long)count;
+                var words = new ulong[(end - first + 63) / 64];
+                foreach (var run in bitmap.Runs(bitBase + first, bitBase + end))
+                {
+                    for (ulong b = run.Start - bitBase - first; b < run.End - bitBase - first; b++)
+                        words[b >> 6] |= 1UL << (int)(b & 63);
+                }
+                _control!.Write(new MissingPagesMessage((ushort)r, first, words));
+            }
+            bitBase += pages;
+        }
+        return total;
     }
 
     /// <summary>
@@ -517,6 +725,55 @@ public sealed class OutgoingMigration
         }
     }
 
+    /// <summary>Pause the guest for the switchover; returns when the pause began and when it was done (stats.PauseMs between).</summary>
+    private (long PauseStart, long Paused) PauseForSwitchover(StatsBuilder stats, ref bool paused)
+    {
+        _status = MigrationStatus.Device;
+        Report();
+        long pauseStart = _time.GetTimestamp();
+        _guest.Pause();
+        paused = true;
+        long pausedAt = _time.GetTimestamp();
+        stats.PauseMs = _time.GetElapsedTime(pauseStart, pausedAt).TotalMilliseconds;
+        return (pauseStart, pausedAt);
+    }
+
+    /// <summary>Digest the paused source's memory on a thread of its own, beside the switchover (joined by <see cref="JoinSourceDigest"/>).</summary>
+    private void StartSourceDigest(StatsBuilder stats, Func<IReadOnlyList<MemoryRegion>, UInt128> digest)
+    {
+        long d0 = _time.GetTimestamp();
+        _sourceDigest = Task.Factory.StartNew(() =>
+        {
+            UInt128 value = digest(_guest.Regions);
+            stats.SourceDigestMs = Ms(d0);
+            return value;
+        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+    }
+
+    /// <summary>
+    /// Send Commit (already decided under the gate). If the send fails, the record was not handed whole to the transport:
+    /// the destination cannot have read a Commit and will never start the guest, so the decision is undone and the
+    /// migration fails with the source resuming, which is better than losing the VM on both sides. A send that returned
+    /// is a sent Commit: from then on the source never resumes.
+    /// </summary>
+    private void SendCommit()
+    {
+        try
+        {
+            _control!.WriteCommit();
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            lock (_gate)
+            {
+                _committed = false;
+                _postcopyActive = false;
+            }
+            Fail(MigrationStatus.Failed, $"Commit could not be sent: {e.Message}", notify: false, ProtocolErrorCode.None);
+            _abort.Token.ThrowIfCancellationRequested();
+        }
+    }
+
     private void StopAndCopy(StatsBuilder stats, DirtyBitmap bitmap, CountdownEvent done, ref bool paused)
     {
         // How long the switchover waited for the source's digest after Ready: verification's share of it, left out of
@@ -524,15 +781,9 @@ public sealed class OutgoingMigration
         double sourceDigestWaitMs = 0;
         try
         {
-            _status = MigrationStatus.Device;
-            Report();
-            long pauseStart = _time.GetTimestamp();
-            _guest.Pause();
-            paused = true;
             // The breakdown's parts are measured between consecutive timestamps, so they add up to the downtime exactly:
             // pause | final harvest + final pages until landed | device state until we commit | commit to Resumed.
-            long harvestStart = _time.GetTimestamp();
-            stats.PauseMs = _time.GetElapsedTime(pauseStart, harvestStart).TotalMilliseconds;
+            var (pauseStart, harvestStart) = PauseForSwitchover(stats, ref paused);
 
             // Final harvest: bitmap holds what the last round's harvest found; OR in what was written since. Counted as
             // final-page time (as QEMU counts its last bitmap sync in the downtime).
@@ -545,13 +796,7 @@ public sealed class OutgoingMigration
                 // the destination's load and digest go on: digest it meanwhile, on its own thread, and wait for it only
                 // when Ready needs the comparison. What of it still holds up the switchover is left out of the downtime
                 // (1 GiB takes ~40 ms here; in series with the destination's it doubled what the guest stood still).
-                long d0 = _time.GetTimestamp();
-                _sourceDigest = Task.Factory.StartNew(() =>
-                {
-                    UInt128 digest = VerifyDigest.Compute(_guest.Regions);
-                    stats.SourceDigestMs = Ms(d0);
-                    return digest;
-                }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+                StartSourceDigest(stats, VerifyDigest.Compute);
             }
 
             long finalStart = _time.GetTimestamp();
@@ -651,19 +896,7 @@ public sealed class OutgoingMigration
             stats.DeviceStateMs = _time.GetElapsedTime(finalStart, commitAt).TotalMilliseconds - landedMs - stats.DestDigestMs - sourceDigestWaitMs;
             timings = timings with { ReadyToCommit = _time.GetElapsedTime(Volatile.Read(ref _readyAt), commitAt).TotalMilliseconds - sourceDigestWaitMs };
             Switchover = timings;
-            try
-            {
-                _control.WriteCommit();
-            }
-            catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
-            {
-                // The send failed, so the 8-byte record was not handed whole to the transport: the destination cannot have
-                // read a Commit and will never start the guest. Resuming here is therefore safe, and better than losing
-                // the VM on both sides. (A send that returned is a sent Commit: from then on we never resume.)
-                lock (_gate) _committed = false;
-                Fail(MigrationStatus.Failed, $"Commit could not be sent: {e.Message}", notify: false, ProtocolErrorCode.None);
-                _abort.Token.ThrowIfCancellationRequested();
-            }
+            SendCommit();
             if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
             {
                 stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
@@ -722,6 +955,16 @@ public sealed class OutgoingMigration
                         Volatile.Write(ref _resumedAt, _time.GetTimestamp());
                         _resumed = m;
                         _resumedArrived.Set();
+                        // Post-copy goes on: requests, then PostcopyDone.
+                        if (!Volatile.Read(ref _postcopyActive)) return;
+                        break;
+                    case PageRequestMessage request when Volatile.Read(ref _urgent) is not null:
+                        OnPageRequest(request);
+                        break;
+                    case PostcopyDoneMessage d when Volatile.Read(ref _postcopyActive) && _postcopyDone is null:
+                        Volatile.Write(ref _postcopyDoneAt, _time.GetTimestamp());
+                        _postcopyDone = d;
+                        _postcopyDoneArrived.Set();
                         return;
                     case ErrorMessage e:
                         Fail(MigrationStatus.Failed, $"destination reported {e.Code}: {e.Message}", notify: false, ProtocolErrorCode.None);
@@ -742,6 +985,22 @@ public sealed class OutgoingMigration
         {
             OnControlLost(Describe(e));
         }
+    }
+
+    /// <summary>A page the destination's guest waits for: validated, then queued for the urgent channel.</summary>
+    private void OnPageRequest(PageRequestMessage request)
+    {
+        try
+        {
+            request.Validate(_guest.Regions);
+        }
+        catch (MigrationProtocolException e)
+        {
+            Fail(MigrationStatus.Failed, $"destination asked for pages outside guest memory: {e.Message}", notify: true, ProtocolErrorCode.Protocol);
+            return;
+        }
+        if (!_urgent!.Enqueue(request.Region, request.FirstPage, request.Count))
+            Fail(MigrationStatus.Failed, "destination has more page requests outstanding than any guest faults", notify: true, ProtocolErrorCode.Protocol);
     }
 
     private void OnControlLost(string reason)
@@ -811,7 +1070,10 @@ public sealed class OutgoingMigration
     {
         lock (_gate)
         {
-            if (_committed || _finished || _failure is not null) return;
+            if (_finished || _failure is not null) return;
+            // After Commit a failure changes nothing, except in post-copy, where the guest's memory is still moving:
+            // then it ends the migration (the VM is lost), though a cancel is refused.
+            if (_committed && (!_postcopyActive || status == MigrationStatus.Cancelled)) return;
             _failure = reason;
             _failureStatus = status;
             _notifyPeer = notify;
@@ -821,6 +1083,7 @@ public sealed class OutgoingMigration
         var connection = _connection;
         if (connection is null) return;
         foreach (var p in connection.Pages) p.Abort();
+        connection.Urgent?.Abort();
         IMigrationChannel[] limited;
         lock (_gate) limited = _pageChannels;
         foreach (var p in limited) p.Abort();
@@ -833,10 +1096,12 @@ public sealed class OutgoingMigration
     private MigrationStatistics Finish(StatsBuilder stats, bool paused, bool dirtyLogOn)
     {
         string? failure;
+        bool lostInPostcopy;
         lock (_gate)
         {
             _finished = true;
             failure = _failure;
+            lostInPostcopy = _committed && _failure is not null;
         }
         _keepalive?.Dispose();
         _progressTimer?.Dispose();
@@ -844,10 +1109,11 @@ public sealed class OutgoingMigration
         var connection = _connection;
         if (failure is not null)
         {
-            // Restore the guest first (every millisecond paused is downtime): unthrottled, not logging, running.
+            // Restore the guest first (every millisecond paused is downtime): unthrottled, not logging, running. Never
+            // after a post-copy Commit: the destination ran the VM, and two copies must never run.
             _guest.SetThrottle(0);
             if (dirtyLogOn) _guest.StopDirtyLog();
-            if (paused) _guest.Resume();
+            if (paused && !lostInPostcopy) _guest.Resume();
             if (connection is not null && _notifyPeer && _control is not null)
             {
                 try
@@ -873,6 +1139,7 @@ public sealed class OutgoingMigration
         // on the abort, the timeout only guards against a transport that ignores Abort.
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
+        _urgent?.Stop(TimeSpan.FromSeconds(5));
         _reader?.Join(TimeSpan.FromSeconds(5));
         // After the threads that may call Fail (which arms this timer) have ended.
         _controlAbortTimer?.Dispose();
@@ -893,7 +1160,11 @@ public sealed class OutgoingMigration
         var result = new MigrationStatistics
         {
             Status = _status,
-            Error = failure ?? stats.PostCommitProblem,
+            Error = lostInPostcopy
+                ? $"post-copy failed after the switchover: {failure}; the VM ran only on the destination without all of its memory and is lost"
+                : failure ?? stats.PostCommitProblem,
+            Mode = _options.Mode switch { MigrationMode.Postcopy => "postcopy", MigrationMode.Hybrid => "hybrid", _ => "precopy" },
+            Postcopy = stats.Postcopy,
             MemoryBytes = (long)(_guest.TotalPages * MemoryRegion.PageSize),
             TotalMs = Ms(_startTimestamp),
             SetupMs = stats.SetupMs,
@@ -907,7 +1178,7 @@ public sealed class OutgoingMigration
             ThrottlePercent = _throttle,
             Verify = stats.Verify,
             Switchover = failure is null ? Switchover : null,
-            SwitchoverReason = SwitchOverReason switch
+            SwitchoverReason = _switchReasonText ?? SwitchOverReason switch
             {
                 Policy.SwitchOverReason.Converged => "converged",
                 Policy.SwitchOverReason.ForcedByTimeout => "forced_by_timeout",
@@ -972,6 +1243,7 @@ public sealed class OutgoingMigration
         public double DestDigestMs;
         public VerifyResult? Verify;
         public string? PostCommitProblem;
+        public PostcopyStatistics? Postcopy;
         public double? ExpectedDowntimeMs;
     }
 }

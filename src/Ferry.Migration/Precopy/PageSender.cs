@@ -50,6 +50,9 @@ internal sealed class PageSender
     private ulong _marker;
     private CountdownEvent? _done;
     private bool _stop;
+    // Post-copy push: the shared order pages are taken in (null: a pre-copy pass over the bitmap), and its runs.
+    private Postcopy.Prepager? _prepager;
+    private readonly DirtyRun[] _taken = new DirtyRun[MigrationProtocol.MaxRunsPerBatch];
 
     // Runs accumulated for the current batch.
     private int _runCount;
@@ -104,11 +107,34 @@ internal sealed class PageSender
     /// </summary>
     public void Start(DirtyBitmap bitmap, PageBatchFlags flags, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated = null, ulong marker = 0)
     {
+        _prepager = null;
         _marker = marker;
         _bitmap = bitmap;
         _populated = populated;
         _flags = flags;
         _flushSequence = flushSequence;
+        _done = done;
+        _go.Release();
+    }
+
+    /// <summary>Pages this sender pushed in post-copy.</summary>
+    public long PushedPages => Interlocked.Read(ref _pushedPages);
+    private long _pushedPages;
+
+    /// <summary>
+    /// Post-copy push: take pages from <paramref name="prepager"/> (shared by every sender; any page on any channel, the
+    /// source being paused for good) and send each take as one batch flagged Postcopy and DataChecksummed, until none is
+    /// left; then Flush(<paramref name="flushSequence"/>). <paramref name="populated"/> (global page bits) as for
+    /// <see cref="Start"/>.
+    /// </summary>
+    public void StartPostcopy(Postcopy.Prepager prepager, ulong flushSequence, CountdownEvent done, DirtyBitmap? populated)
+    {
+        _prepager = prepager;
+        _bitmap = null;
+        _populated = populated;
+        _flags = PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed;
+        _flushSequence = flushSequence;
+        _marker = 0;
         _done = done;
         _go.Release();
     }
@@ -139,7 +165,8 @@ internal sealed class PageSender
             if (_stop) return;
             try
             {
-                SendPass();
+                if (_prepager is not null) SendPostcopy();
+                else SendPass();
                 if (_flushSequence != 0)
                 {
                     Interlocked.Add(ref _bytesSent, _writer.WriteFlush(_flushSequence));
@@ -157,6 +184,32 @@ internal sealed class PageSender
             {
                 _done!.Signal();
             }
+        }
+    }
+
+    private void SendPostcopy()
+    {
+        var prepager = _prepager!;
+        _runCount = 0;
+        _normalInBatch = 0;
+        _unreadInBatch = 0;
+        _batchRegion = -1;
+        while (!_abort.IsCancellationRequested)
+        {
+            int n = prepager.Take(_taken, MigrationProtocol.MaxNormalPagesPerBatch, out int r);
+            if (n == 0) break;
+            ulong bitBase = _regionFirstBit[r];
+            long pages = 0;
+            for (int i = 0; i < n; i++)
+            {
+                var run = _taken[i];
+                if (_populated is null) AddPages(r, run.Start - bitBase, run.Length);
+                else AddPagesPopulatedOnly(r, bitBase, run.Start, run.End);
+                pages += (long)run.Length;
+            }
+            // One take, one batch: the pages around a fault go out now, not when a batch fills.
+            FlushBatch();
+            Interlocked.Add(ref _pushedPages, pages);
         }
     }
 

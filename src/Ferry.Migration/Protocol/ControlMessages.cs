@@ -124,3 +124,42 @@ public sealed record PageRequestMessage(ushort Region, ulong FirstPage, uint Cou
             throw new MigrationProtocolException($"PageRequest: pages {FirstPage}+{Count} outside region {Region} of {pages} pages");
     }
 }
+
+/// <summary>
+/// Source, post-copy switchover: pages [<paramref name="FirstPage"/>, + 64 × words) of <paramref name="Region"/> whose
+/// bit is set are missing on the destination (never sent, or dirtied since). <paramref name="FirstPage"/> is a
+/// multiple of 64 and the slice lies inside the region (checked with <see cref="Validate"/>); bits past the region's
+/// end must be clear.
+/// </summary>
+public sealed record MissingPagesMessage(ushort Region, ulong FirstPage, ulong[] Words) : ControlMessage
+{
+    public override RecordKind Kind => RecordKind.MissingPages;
+
+    /// <summary>Throw <see cref="MigrationProtocolException"/> unless the slice lies inside <paramref name="regions"/>.</summary>
+    public void Validate(IReadOnlyList<Guest.MemoryRegion> regions)
+    {
+        ArgumentNullException.ThrowIfNull(regions);
+        if (Region >= regions.Count)
+            throw new MigrationProtocolException($"MissingPages: region {Region} does not exist ({regions.Count} regions)");
+        ulong pages = regions[Region].Pages;
+        if (FirstPage % 64 != 0 || FirstPage >= pages || (ulong)Words.Length > ((pages - FirstPage) + 63) / 64)
+            throw new MigrationProtocolException($"MissingPages: {Words.Length} words from page {FirstPage} do not fit region {Region} of {pages} pages");
+        ulong end = FirstPage + ((ulong)Words.Length * 64);
+        if (end > pages && (Words[^1] >> (int)(64 - (end - pages))) != 0)
+            throw new MigrationProtocolException($"MissingPages: bits past the end of region {Region} are set");
+    }
+}
+
+/// <summary>
+/// Destination: every page that was missing has landed, post-copy is over. Figures of the destination's side:
+/// faults (pages a guest thread waited for), fault latency percentiles (request to installed, microseconds), time guest
+/// threads spent blocked (microseconds), the guest's working set during post-copy (distinct pages touched; ulong.MaxValue
+/// when the guest cannot tell), pages installed, and pages that arrived twice (pushed and requested both).
+/// </summary>
+public sealed record PostcopyDoneMessage(
+    uint Faults, uint LatencyP50Us, uint LatencyP99Us, uint LatencyMaxUs,
+    ulong BlockedMicroseconds, ulong WorkingSetPages, ulong InstalledPages, ulong DuplicatePages,
+    UInt128? Digest) : ControlMessage
+{
+    public override RecordKind Kind => RecordKind.PostcopyDone;
+}

@@ -199,7 +199,17 @@ public static class MigrationProtocol
     public const ProtocolCapabilities RequiredCapabilities = (ProtocolCapabilities)0xFFFF_FFFF_0000_0000UL;
 
     /// <summary>Capabilities a v1 receiver can honour.</summary>
-    public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync;
+    public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
+        | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel;
+
+    /// <summary>Most bitmap words in one MissingPages record: 4096 words = 262,144 pages = 1 GiB of guest memory, 32 KiB.</summary>
+    public const int MaxMissingWords = 4096;
+
+    /// <summary>MissingPages payload before its words: region u16, first page u64, word count u16.</summary>
+    internal const int MissingPagesFixedSize = 2 + 8 + 2;
+
+    /// <summary>PostcopyDone payload without its digest.</summary>
+    internal const int PostcopyDoneFixedSize = (4 * 4) + 8 + 8 + 8 + 8;
 
     /// <summary>Largest payload of <paramref name="kind"/>, or -1 if the kind is not defined.</summary>
     /// <remarks>Hello's bound is 4 KiB though a v1 Hello is at most 1,324 bytes, so that a later version's larger
@@ -220,15 +230,18 @@ public static class MigrationProtocol
         RecordKind.Error => 2 + 2 + MaxStringLength,
         RecordKind.Keepalive => 8,
         RecordKind.PageRequest => 2 + 8 + 4,
+        RecordKind.MissingPages => MissingPagesFixedSize + (MaxMissingWords * 8),
+        RecordKind.PostcopyDone => PostcopyDoneFixedSize + 16,
         _ => -1,
     };
 
     /// <summary>Flag bits <paramref name="kind"/> defines in the record header; any other bit is an error.</summary>
     public static byte DefinedFlags(RecordKind kind) => kind switch
     {
-        RecordKind.PageBatch => (byte)(PageBatchFlags.DataChecksummed | PageBatchFlags.FinalPass),
-        RecordKind.Complete => (byte)CompleteFlags.VerifyRequested,
+        RecordKind.PageBatch => (byte)(PageBatchFlags.DataChecksummed | PageBatchFlags.FinalPass | PageBatchFlags.Postcopy),
+        RecordKind.Complete => (byte)(CompleteFlags.VerifyRequested | CompleteFlags.Postcopy),
         RecordKind.Ready => (byte)ReadyFlags.DigestPresent,
+        RecordKind.PostcopyDone => (byte)ReadyFlags.DigestPresent,
         _ => 0,
     };
 
@@ -354,8 +367,12 @@ public enum RecordKind : byte
     Error = 12,
     /// <summary>Either way: I am alive (lets a hung peer be detected in bounded time).</summary>
     Keepalive = 13,
-    /// <summary>Destination → source: send these pages now (post-copy; parsed in v1, answered with Error).</summary>
+    /// <summary>Destination → source, control: send these pages now (post-copy only; otherwise answered with Error).</summary>
     PageRequest = 14,
+    /// <summary>Source → destination, control, post-copy switchover: a slice of the bitmap of pages still to come.</summary>
+    MissingPages = 15,
+    /// <summary>Destination → source, control: every missing page has landed; post-copy is over (its figures and digest).</summary>
+    PostcopyDone = 16,
 }
 
 /// <summary>
@@ -376,9 +393,9 @@ public enum ProtocolCapabilities : ulong
     /// record before it on that channel has landed in guest memory: the source's round marker (see "Landed sync").
     /// </summary>
     LandedSync = 1UL << 1,
-    /// <summary>Required, reserved: post-copy (destination runs first, faults pages in).</summary>
+    /// <summary>Required: post-copy (the destination runs first and faults missing pages in; see "Post-copy").</summary>
     Postcopy = 1UL << 32,
-    /// <summary>Required, reserved: a separate channel for faulted pages so they never queue behind bulk pages.</summary>
+    /// <summary>Required: the transport's urgent channel carries faulted pages so they never queue behind bulk pages.</summary>
     UrgentChannel = 1UL << 33,
     /// <summary>Required, reserved: zstd-compressed pages.</summary>
     CompressionZstd = 1UL << 34,
@@ -414,6 +431,12 @@ public enum PageBatchFlags : byte
 
     /// <summary>Sent in stop-and-copy: the source guest is paused from this batch on.</summary>
     FinalPass = 2,
+
+    /// <summary>
+    /// Sent after the post-copy switchover: the source is paused for good, so the data never changes again. Such a
+    /// batch may come on any page channel or the urgent channel, and is installed only into pages still missing.
+    /// </summary>
+    Postcopy = 4,
 }
 
 /// <summary>Complete header flags.</summary>
@@ -421,8 +444,11 @@ public enum PageBatchFlags : byte
 public enum CompleteFlags : byte
 {
     None = 0,
-    /// <summary>The source wants the destination's memory digest in Ready.</summary>
+    /// <summary>The source wants the destination's memory digest in Ready (post-copy: in PostcopyDone).</summary>
     VerifyRequested = 1,
+
+    /// <summary>Post-copy switchover: the pages of the MissingPages records come after the guest runs.</summary>
+    Postcopy = 2,
 }
 
 /// <summary>Ready header flags.</summary>
@@ -453,4 +479,6 @@ public enum ProtocolErrorCode : ushort
     Timeout = 6,
     /// <summary>The memory digests differ after verification.</summary>
     VerifyFailed = 7,
+    /// <summary>Post-copy: the VM now exists only on the destination and it could not get a page (it is lost).</summary>
+    VmLost = 8,
 }

@@ -90,6 +90,23 @@ public sealed class PageBatchReader
     /// </summary>
     public bool LastBatchFinalPass { get; private set; }
 
+    /// <summary>
+    /// Post-copy: where batches flagged <see cref="PageBatchFlags.Postcopy"/> are installed. Null (the default, and
+    /// until the destination switched to post-copy) refuses them. Their data goes to a staging buffer, never straight
+    /// into guest memory: the guest runs, so a page is handed to it only whole and only after the batch's checksum
+    /// held.
+    /// </summary>
+    internal Postcopy.PostcopyIncoming? Postcopy
+    {
+        get => Volatile.Read(ref _postcopy);
+        set => Volatile.Write(ref _postcopy, value);
+    }
+    private Postcopy.PostcopyIncoming? _postcopy;
+    // Post-copy batch data lands here (allocated at the first such batch), then the trailer.
+    private byte[]? _staging;
+    private nint _stagingAddress;
+    private int _stagingOffset;
+
     /// <summary>The runs of the last batch read.</summary>
     public ReadOnlySpan<PageRun> LastRuns => _runs.AsSpan(0, _runCount);
 
@@ -153,6 +170,7 @@ public sealed class PageBatchReader
         var region = _regions[regionIndex];
         var (normal, zero) = PageBatchCodec.ParseRuns(_table.AsSpan(H + BH, tableBytes), region.Pages, _runs.AsSpan(0, runCount));
         _runCount = runCount;
+        if ((h.Flags & (byte)PageBatchFlags.Postcopy) != 0) return ReadPostcopyBatch(h, regionIndex, runCount, tableBytes, normal, zero);
         if (Shard is { } shard) CheckShard(shard, regionIndex, runCount);
         long expected = BH + tableBytes + ((long)normal << MemoryRegion.PageShift) + T;
         if (h.PayloadLength != expected)
@@ -219,6 +237,69 @@ public sealed class PageBatchReader
         hash = ReceiveGroup(pending, groupStart, runCount, region, checksumData, hash);
         if (hash != BinaryPrimitives.ReadUInt64LittleEndian(_table.AsSpan(trailerOffset, T)))
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
+        return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
+    }
+
+    /// <summary>
+    /// A post-copy batch: all of its data into the staging buffer with the trailer in one receive, the checksum checked,
+    /// and only then each run installed into the guest (pages still missing only).
+    /// </summary>
+    private PageRecord ReadPostcopyBatch(RecordHeader h, int regionIndex, int runCount, int tableBytes, int normal, long zero)
+    {
+        const int H = MigrationProtocol.HeaderSize;
+        const int BH = MigrationProtocol.BatchHeaderSize;
+        const int T = MigrationProtocol.TrailerSize;
+        var postcopy = Postcopy ?? throw new MigrationProtocolException($"PageBatch on {_channel.Name}: a post-copy batch before the switchover to post-copy");
+        if ((h.Flags & (byte)PageBatchFlags.FinalPass) != 0)
+            throw new MigrationProtocolException($"PageBatch on {_channel.Name}: FinalPass and Postcopy together");
+        long expected = BH + tableBytes + ((long)normal << MemoryRegion.PageShift) + T;
+        if (h.PayloadLength != expected)
+            throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");
+        if (_staging is null)
+        {
+            // Page aligned within (UFFDIO_COPY copies whole pages from aligned memory): one page more than needed.
+            _staging = GC.AllocateArray<byte>((MigrationProtocol.MaxNormalPagesPerBatch << MemoryRegion.PageShift) + T + MemoryRegion.PageSize, pinned: true);
+            unsafe
+            {
+                // SAFETY: allocated on the pinned object heap; it never moves.
+                nint start = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_staging));
+                _stagingOffset = (int)(((start + MemoryRegion.PageSize - 1) & ~(nint)(MemoryRegion.PageSize - 1)) - start);
+                _stagingAddress = start + _stagingOffset;
+            }
+        }
+        int dataBytes = normal << MemoryRegion.PageShift;
+        var staging = _staging.AsSpan(_stagingOffset);
+        Wire.ReceiveBody(_channel, staging[..(dataBytes + T)], h.Kind);
+        ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
+        bool checksumData = (h.Flags & (byte)PageBatchFlags.DataChecksummed) != 0;
+        if (checksumData)
+        {
+            int offset = 0;
+            for (int i = 0; i < runCount; i++)
+            {
+                var run = _runs[i];
+                if (run.Encoding != PageEncoding.Normal) continue;
+                int length = (int)run.Count << MemoryRegion.PageShift;
+                hash = XxHash3.HashToUInt64(staging.Slice(offset, length), (long)hash);
+                offset += length;
+            }
+        }
+        if (hash != BinaryPrimitives.ReadUInt64LittleEndian(staging.Slice(dataBytes, T)))
+            throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (post-copy, region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
+        int at = 0;
+        for (int i = 0; i < runCount; i++)
+        {
+            var run = _runs[i];
+            if (run.Encoding == PageEncoding.Normal)
+            {
+                postcopy.Install(regionIndex, run.FirstPage, (int)run.Count, _stagingAddress + at);
+                at += (int)run.Count << MemoryRegion.PageShift;
+            }
+            else
+            {
+                postcopy.InstallZero(regionIndex, run.FirstPage, run.Count);
+            }
+        }
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
     }
 

@@ -50,8 +50,9 @@ public sealed class PageBatchWriter
     {
         if ((uint)regionIndex > ushort.MaxValue) throw new ArgumentOutOfRangeException(nameof(regionIndex));
         if (((byte)flags & ~MigrationProtocol.DefinedFlags(RecordKind.PageBatch)) != 0 ||
-            (flags & (PageBatchFlags.DataChecksummed | PageBatchFlags.FinalPass)) == PageBatchFlags.DataChecksummed)
-            throw new ArgumentException($"PageBatch flags {flags}: undefined, or DataChecksummed without FinalPass", nameof(flags));
+            (flags & (PageBatchFlags.DataChecksummed | PageBatchFlags.FinalPass | PageBatchFlags.Postcopy)) == PageBatchFlags.DataChecksummed ||
+            (flags & (PageBatchFlags.FinalPass | PageBatchFlags.Postcopy)) == (PageBatchFlags.FinalPass | PageBatchFlags.Postcopy))
+            throw new ArgumentException($"PageBatch flags {flags}: undefined, DataChecksummed without FinalPass or Postcopy, or both of those", nameof(flags));
         bool checksumData = (flags & PageBatchFlags.DataChecksummed) != 0;
         if (runs.Length is 0 or > MigrationProtocol.MaxRunsPerBatch)
             throw new ArgumentException($"a batch holds 1..{MigrationProtocol.MaxRunsPerBatch} runs, not {runs.Length}", nameof(runs));

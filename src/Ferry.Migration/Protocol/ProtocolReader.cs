@@ -133,6 +133,37 @@ public sealed class ProtocolReader
                         throw new MigrationProtocolException($"PageRequest record: count {count} outside 1..{MigrationProtocol.MaxRequestPages}");
                     return new PageRequestMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]), count);
                 }
+            case RecordKind.MissingPages:
+                {
+                    if (payload.Length < MigrationProtocol.MissingPagesFixedSize)
+                        throw new MigrationProtocolException($"MissingPages record: payload of {payload.Length} bytes is too short");
+                    int words = BinaryPrimitives.ReadUInt16LittleEndian(payload[10..]);
+                    if (words is 0 or > MigrationProtocol.MaxMissingWords)
+                        throw new MigrationProtocolException($"MissingPages record: {words} words; 1..{MigrationProtocol.MaxMissingWords} allowed");
+                    Wire.ExpectLength(header, MigrationProtocol.MissingPagesFixedSize + (words * 8));
+                    ulong first = BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]);
+                    if (first % 64 != 0)
+                        throw new MigrationProtocolException($"MissingPages record: first page {first} is not a multiple of 64");
+                    var bits = new ulong[words];
+                    for (int i = 0; i < words; i++)
+                        bits[i] = BinaryPrimitives.ReadUInt64LittleEndian(payload[(MigrationProtocol.MissingPagesFixedSize + (i * 8))..]);
+                    return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), first, bits);
+                }
+            case RecordKind.PostcopyDone:
+                {
+                    bool digest = (header.Flags & (byte)ReadyFlags.DigestPresent) != 0;
+                    Wire.ExpectLength(header, MigrationProtocol.PostcopyDoneFixedSize + (digest ? 16 : 0));
+                    return new PostcopyDoneMessage(
+                        BinaryPrimitives.ReadUInt32LittleEndian(payload),
+                        BinaryPrimitives.ReadUInt32LittleEndian(payload[4..]),
+                        BinaryPrimitives.ReadUInt32LittleEndian(payload[8..]),
+                        BinaryPrimitives.ReadUInt32LittleEndian(payload[12..]),
+                        BinaryPrimitives.ReadUInt64LittleEndian(payload[16..]),
+                        BinaryPrimitives.ReadUInt64LittleEndian(payload[24..]),
+                        BinaryPrimitives.ReadUInt64LittleEndian(payload[32..]),
+                        BinaryPrimitives.ReadUInt64LittleEndian(payload[40..]),
+                        digest ? BinaryPrimitives.ReadUInt128LittleEndian(payload[MigrationProtocol.PostcopyDoneFixedSize..]) : null);
+                }
             case RecordKind.StateSection:
                 {
                     var (name, version, dataLength, prefix) = ParseSectionPrefix(header, payload);

@@ -40,6 +40,23 @@ public sealed class ProtocolWriter
     public void WriteKeepalive(ulong timestamp) => Write(new KeepaliveMessage(timestamp));
     public void WritePageRequest(ushort region, ulong firstPage, uint count) => Write(new PageRequestMessage(region, firstPage, count));
 
+    /// <summary>
+    /// Send a PageRequest without allocating (the destination's fault path); same record as
+    /// <see cref="WritePageRequest"/>.
+    /// </summary>
+    public void WritePageRequestNoAlloc(ushort region, ulong firstPage, uint count)
+    {
+        lock (_lock)
+        {
+            var p = _scratch.AsSpan(MigrationProtocol.HeaderSize);
+            BinaryPrimitives.WriteUInt16LittleEndian(p, region);
+            BinaryPrimitives.WriteUInt64LittleEndian(p[2..], firstPage);
+            BinaryPrimitives.WriteUInt32LittleEndian(p[10..], count);
+            new RecordHeader(RecordKind.PageRequest, 0, 14).Write(_scratch);
+            _channel.Send(_scratch.AsSpan(0, MigrationProtocol.HeaderSize + 14));
+        }
+    }
+
     /// <summary>Send one state section (name and version checked here; a bad one is the caller's bug).</summary>
     public void WriteStateSection(StateSection section)
     {
@@ -156,6 +173,33 @@ public sealed class ProtocolWriter
                 BinaryPrimitives.WriteUInt64LittleEndian(p[2..], r.FirstPage);
                 BinaryPrimitives.WriteUInt32LittleEndian(p[10..], r.Count);
                 length = 14;
+                break;
+            case MissingPagesMessage m:
+                if (m.Words.Length is 0 or > MigrationProtocol.MaxMissingWords || m.FirstPage % 64 != 0)
+                    throw new ArgumentException($"MissingPages of {m.Words.Length} words from page {m.FirstPage}", nameof(message));
+                BinaryPrimitives.WriteUInt16LittleEndian(p, m.Region);
+                BinaryPrimitives.WriteUInt64LittleEndian(p[2..], m.FirstPage);
+                BinaryPrimitives.WriteUInt16LittleEndian(p[10..], (ushort)m.Words.Length);
+                MemoryMarshal.AsBytes(m.Words.AsSpan()).CopyTo(p[MigrationProtocol.MissingPagesFixedSize..]);
+                if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("big-endian host");
+                length = MigrationProtocol.MissingPagesFixedSize + (m.Words.Length * 8);
+                break;
+            case PostcopyDoneMessage done:
+                BinaryPrimitives.WriteUInt32LittleEndian(p, done.Faults);
+                BinaryPrimitives.WriteUInt32LittleEndian(p[4..], done.LatencyP50Us);
+                BinaryPrimitives.WriteUInt32LittleEndian(p[8..], done.LatencyP99Us);
+                BinaryPrimitives.WriteUInt32LittleEndian(p[12..], done.LatencyMaxUs);
+                BinaryPrimitives.WriteUInt64LittleEndian(p[16..], done.BlockedMicroseconds);
+                BinaryPrimitives.WriteUInt64LittleEndian(p[24..], done.WorkingSetPages);
+                BinaryPrimitives.WriteUInt64LittleEndian(p[32..], done.InstalledPages);
+                BinaryPrimitives.WriteUInt64LittleEndian(p[40..], done.DuplicatePages);
+                length = MigrationProtocol.PostcopyDoneFixedSize;
+                if (done.Digest is { } doneDigest)
+                {
+                    BinaryPrimitives.WriteUInt128LittleEndian(p[length..], doneDigest);
+                    flags = (byte)ReadyFlags.DigestPresent;
+                    length += 16;
+                }
                 break;
             case StateSectionMessage s:
                 {

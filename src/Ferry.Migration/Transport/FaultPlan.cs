@@ -41,10 +41,15 @@ public readonly record struct FaultTarget(int Index)
     /// <summary>Page channel <paramref name="k"/> (0-based).</summary>
     public static FaultTarget Page(int k) => new(k + 1);
 
+    /// <summary>Post-copy's urgent channel.</summary>
+    public static FaultTarget Urgent => new(UrgentIndex);
+
+    internal const int UrgentIndex = int.MaxValue;
+
     internal bool Matches(int channelIndex) => Index switch
     {
         -2 => true,
-        -1 => channelIndex > 0,
+        -1 => channelIndex is > 0 and not UrgentIndex,
         _ => Index == channelIndex,
     };
 }
@@ -127,8 +132,9 @@ public sealed class FaultPlan
         return mine.Length == 0 ? channel : new FaultInjectingChannel(channel, mine);
     }
 
+    /// <summary>The urgent channel, if any, counts as the channel after the last page channel.</summary>
     internal MigrationConnection Wrap(MigrationConnection c) =>
-        new(Wrap(c.Control, 0), c.Pages.Select((p, k) => Wrap(p, k + 1)).ToArray());
+        new(Wrap(c.Control, 0), c.Pages.Select((p, k) => Wrap(p, k + 1)).ToArray(), c.Urgent is null ? null : Wrap(c.Urgent, FaultTarget.UrgentIndex));
 }
 
 /// <summary>Wraps a connector so the channels it opens misbehave as <see cref="FaultPlan"/> says.</summary>
@@ -136,6 +142,9 @@ public sealed class FaultInjectingConnector(IMigrationConnector inner, FaultPlan
 {
     public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken) =>
         plan.Wrap(inner.Connect(pageChannels, cancellationToken));
+
+    public MigrationConnection Connect(int pageChannels, bool urgentChannel, CancellationToken cancellationToken) =>
+        plan.Wrap(inner.Connect(pageChannels, urgentChannel, cancellationToken));
 }
 
 /// <summary>Wraps a listener so the channels it accepts misbehave as <see cref="FaultPlan"/> says.</summary>

@@ -52,15 +52,18 @@ public sealed class InMemoryTransport : IDisposable
 
     private sealed class InMemoryConnector(InMemoryTransport owner) : IMigrationConnector
     {
-        public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken)
+        public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken) => Connect(pageChannels, false, cancellationToken);
+
+        public MigrationConnection Connect(int pageChannels, bool urgentChannel, CancellationToken cancellationToken)
         {
             ArgumentOutOfRangeException.ThrowIfLessThan(pageChannels, 1);
             cancellationToken.ThrowIfCancellationRequested();
-            var source = new IMigrationChannel[pageChannels + 1];
-            var destination = new IMigrationChannel[pageChannels + 1];
-            for (int i = 0; i <= pageChannels; i++)
-                (source[i], destination[i]) = CreatePair(TransportPreamble.ChannelName(i), owner.PipeCapacity, owner.ReceiveTimeout);
-            var theirs = new MigrationConnection(destination[0], destination[1..]);
+            int members = pageChannels + 1 + (urgentChannel ? 1 : 0);
+            var source = new IMigrationChannel[members];
+            var destination = new IMigrationChannel[members];
+            for (int i = 0; i < members; i++)
+                (source[i], destination[i]) = CreatePair(TransportPreamble.ChannelName(i, pageChannels), owner.PipeCapacity, owner.ReceiveTimeout);
+            var theirs = new MigrationConnection(destination[0], destination[1..(pageChannels + 1)], urgentChannel ? destination[^1] : null);
             try
             {
                 owner._incoming.Add(theirs, cancellationToken);
@@ -69,7 +72,7 @@ public sealed class InMemoryTransport : IDisposable
             {
                 throw new MigrationTransportException("control: cannot connect: connection refused (in-memory listener closed)", e);
             }
-            return new MigrationConnection(source[0], source[1..]);
+            return new MigrationConnection(source[0], source[1..(pageChannels + 1)], urgentChannel ? source[^1] : null);
         }
     }
 

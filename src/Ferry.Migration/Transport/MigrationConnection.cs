@@ -7,13 +7,14 @@ namespace Ferry.Migration.Transport;
 /// </summary>
 public sealed class MigrationConnection : IDisposable
 {
-    public MigrationConnection(IMigrationChannel control, IReadOnlyList<IMigrationChannel> pages)
+    public MigrationConnection(IMigrationChannel control, IReadOnlyList<IMigrationChannel> pages, IMigrationChannel? urgent = null)
     {
         ArgumentNullException.ThrowIfNull(control);
         ArgumentNullException.ThrowIfNull(pages);
         if (pages.Count == 0) throw new ArgumentException("a connection needs at least one page channel", nameof(pages));
         Control = control;
         Pages = pages;
+        Urgent = urgent;
     }
 
     /// <summary>Handshake, state sections, switchover; read in both directions.</summary>
@@ -22,17 +23,25 @@ public sealed class MigrationConnection : IDisposable
     /// <summary>Bulk page channels.</summary>
     public IReadOnlyList<IMigrationChannel> Pages { get; }
 
+    /// <summary>
+    /// Post-copy's urgent channel (source to destination): pages the destination faulted on, so they never wait behind
+    /// bulk pages in a page channel's socket buffer. Null unless asked for at connect time.
+    /// </summary>
+    public IMigrationChannel? Urgent { get; }
+
     /// <summary>Abort every channel: unblocks all threads using this connection.</summary>
     public void Abort()
     {
         Control.Abort();
         foreach (var p in Pages) p.Abort();
+        Urgent?.Abort();
     }
 
     public void Dispose()
     {
         Control.Dispose();
         foreach (var p in Pages) p.Dispose();
+        Urgent?.Dispose();
     }
 }
 
@@ -41,6 +50,15 @@ public interface IMigrationConnector
 {
     /// <summary>Open the control channel and <paramref name="pageChannels"/> page channels to the destination.</summary>
     MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// As <see cref="Connect(int, CancellationToken)"/>, plus post-copy's urgent channel when
+    /// <paramref name="urgentChannel"/> is set. A transport that cannot open one throws <see cref="NotSupportedException"/>.
+    /// </summary>
+    MigrationConnection Connect(int pageChannels, bool urgentChannel, CancellationToken cancellationToken) =>
+        urgentChannel
+            ? throw new NotSupportedException($"{GetType().Name} cannot open an urgent channel (post-copy)")
+            : Connect(pageChannels, cancellationToken);
 }
 
 /// <summary>Accepts the destination side of migration connections.</summary>

@@ -19,7 +19,9 @@ public sealed class TcpMigrationConnector : IMigrationConnector
         _options = options ?? new TcpTransportOptions();
     }
 
-    public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken)
+    public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken) => Connect(pageChannels, false, cancellationToken);
+
+    public MigrationConnection Connect(int pageChannels, bool urgentChannel, CancellationToken cancellationToken)
     {
         if (pageChannels is < 1 or > Protocol.MigrationProtocol.MaxPageChannels)
             throw new ArgumentOutOfRangeException(nameof(pageChannels), pageChannels, $"1..{Protocol.MigrationProtocol.MaxPageChannels} page channels");
@@ -27,27 +29,29 @@ public sealed class TcpMigrationConnector : IMigrationConnector
         var channels = new List<TcpMigrationChannel>(pageChannels + 1);
         try
         {
-            for (int index = 0; index <= pageChannels; index++)
-                channels.Add(Open(new TransportPreamble(id, index, pageChannels), cancellationToken));
+            int members = pageChannels + 1 + (urgentChannel ? 1 : 0);
+            for (int index = 0; index < members; index++)
+                channels.Add(Open(new TransportPreamble(id, index, pageChannels, urgentChannel), cancellationToken));
         }
         catch
         {
             foreach (var c in channels) c.Dispose();
             throw;
         }
-        return new MigrationConnection(channels[0], channels.GetRange(1, pageChannels));
+        return new MigrationConnection(channels[0], channels.GetRange(1, pageChannels), urgentChannel ? channels[^1] : null);
     }
 
     private TcpMigrationChannel Open(TransportPreamble preamble, CancellationToken cancellationToken)
     {
-        string name = TransportPreamble.ChannelName(preamble.ChannelIndex);
+        string name = TransportPreamble.ChannelName(preamble.ChannelIndex, preamble.PageChannels);
         var socket = new Socket(_remote.AddressFamily == AddressFamily.Unspecified ? AddressFamily.InterNetwork : _remote.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
         try
         {
             // Nagle would hold a small record (Flush, Complete, Ready) behind unacknowledged data for up to a
             // delayed-ACK period (40 ms on Linux): that lands straight in the downtime. Off on every channel.
             socket.NoDelay = true;
-            if (preamble.ChannelIndex > 0)
+            // The urgent channel keeps default buffers: a faulted page must not queue behind megabytes.
+            if (preamble.ChannelIndex > 0 && preamble.ChannelIndex <= preamble.PageChannels)
             {
                 socket.SendBufferSize = _options.PageSocketBufferBytes;
                 socket.ReceiveBufferSize = _options.PageSocketBufferBytes;

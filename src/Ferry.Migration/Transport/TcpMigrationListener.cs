@@ -45,9 +45,11 @@ public sealed class TcpMigrationListener : IMigrationListener
         public int Fill;
     }
 
-    private sealed class Group(int pageChannels, long started)
+    private sealed class Group(int pageChannels, bool urgent, long started)
     {
-        public readonly TcpMigrationChannel?[] Channels = new TcpMigrationChannel?[pageChannels + 1];
+        public readonly TcpMigrationChannel?[] Channels = new TcpMigrationChannel?[pageChannels + 1 + (urgent ? 1 : 0)];
+        public readonly int PageChannels = pageChannels;
+        public readonly bool Urgent = urgent;
         public readonly long Started = started;
         public int Count;
     }
@@ -169,8 +171,8 @@ public sealed class TcpMigrationListener : IMigrationListener
             Reject(h, $"too many migrations still gathering their channels ({_options.MaxPendingGroups})");
             return;
         }
-        var channel = new TcpMigrationChannel(h.Socket, TransportPreamble.ChannelName(preamble.ChannelIndex), _options);
-        if (preamble.ChannelIndex > 0) h.Socket.SendBufferSize = _options.PageSocketBufferBytes;
+        var channel = new TcpMigrationChannel(h.Socket, TransportPreamble.ChannelName(preamble.ChannelIndex, preamble.PageChannels), _options);
+        if (preamble.ChannelIndex > 0 && preamble.ChannelIndex <= preamble.PageChannels) h.Socket.SendBufferSize = _options.PageSocketBufferBytes;
         Admit(preamble, channel);
     }
 
@@ -202,10 +204,10 @@ public sealed class TcpMigrationListener : IMigrationListener
     {
         if (!_pending.TryGetValue(preamble.ConnectionId, out var group))
         {
-            group = new Group(preamble.PageChannels, Stopwatch.GetTimestamp());
+            group = new Group(preamble.PageChannels, preamble.Urgent, Stopwatch.GetTimestamp());
             _pending.Add(preamble.ConnectionId, group);
         }
-        if (group.Channels.Length != preamble.PageChannels + 1 || group.Channels[preamble.ChannelIndex] is not null)
+        if (group.Channels.Length != preamble.GroupSize || group.Channels[preamble.ChannelIndex] is not null)
         {
             // Conflicting or duplicate member: the group cannot be trusted any more.
             channel.Dispose();
@@ -222,7 +224,9 @@ public sealed class TcpMigrationListener : IMigrationListener
                 return;
             }
             _pending.Remove(preamble.ConnectionId);
-            _ready.Enqueue(new MigrationConnection(group.Channels[0]!, group.Channels[1..].Select(c => (IMigrationChannel)c!).ToArray()));
+            _ready.Enqueue(new MigrationConnection(group.Channels[0]!,
+                group.Channels[1..(group.PageChannels + 1)].Select(c => (IMigrationChannel)c!).ToArray(),
+                group.Urgent ? group.Channels[^1] : null));
         }
     }
 

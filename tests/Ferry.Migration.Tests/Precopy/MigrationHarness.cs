@@ -21,13 +21,21 @@ internal sealed class RecordingTargetFactory(IMigrationTargetFactory inner) : IM
 
     public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
     {
-        var t = new RecordingTarget(inner.Create(vmId, regions), RejectState);
+        var created = inner.Create(vmId, regions);
+        var t = created is IPostcopyTarget ? new RecordingPostcopyTarget(created, RejectState) : new RecordingTarget(created, RejectState);
         lock (_created) _created.Add(t);
         return t;
     }
 }
 
-internal sealed class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget
+/// <summary>A recording target over one that can run post-copy, so the engine sees that it can.</summary>
+internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejectState) : RecordingTarget(inner, rejectState), IPostcopyTarget
+{
+    public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink) =>
+        ((IPostcopyTarget)Inner).BeginPostcopy(missing, sink);
+}
+
+internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget
 {
     private int _started;
     private int _disposed;

@@ -69,7 +69,7 @@ public class HostileControlInputTests
 
     [Theory]
     [InlineData(0)]
-    [InlineData(15)]
+    [InlineData(17)]
     [InlineData(255)]
     public void UnknownRecordKindsAreRefused(byte kind)
     {
@@ -90,8 +90,8 @@ public class HostileControlInputTests
     public void FlagBitsAKindDoesNotDefineAreRefused()
     {
         var bytes = Encode(new CompleteMessage(1, CompleteFlags.None));
-        bytes[1] = 0x02;
-        Assert.Contains("undefined flag bits 0x02", Rejects(bytes).Message, StringComparison.Ordinal);
+        bytes[1] = 0x04;
+        Assert.Contains("undefined flag bits 0x04", Rejects(bytes).Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -217,9 +217,9 @@ public class HostileControlInputTests
     [Fact]
     public void EvaluateRefusesCapabilitiesV1CannotHonour()
     {
-        var d = MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(ProtocolCapabilities.Verify | ProtocolCapabilities.Postcopy | (ProtocolCapabilities)(1UL << 40)), 1UL << 30, "ab"u8, 2);
+        var d = MigrationProtocol.Evaluate(ControlRecordEncodingTests.SampleHello(ProtocolCapabilities.Verify | ProtocolCapabilities.Delta | (ProtocolCapabilities)(1UL << 40)), 1UL << 30, "ab"u8, 2);
         Assert.False(d.Accepted);
-        Assert.Equal("capabilities not supported by this receiver: Postcopy, bit 40", d.Reason);
+        Assert.Equal("capabilities not supported by this receiver: Delta, bit 40", d.Reason);
     }
 
     [Fact]

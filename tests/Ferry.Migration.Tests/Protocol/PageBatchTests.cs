@@ -255,7 +255,8 @@ public class PageBatchTests
         var writer = new PageBatchWriter(new ByteStreamChannel());
         PageRun[] runs = [new(0, 2, PageEncoding.Normal)];
         Assert.Throws<ArgumentException>(() => writer.WriteBatch(0, source.Regions[0], runs, PageBatchFlags.DataChecksummed));
-        Assert.Throws<ArgumentException>(() => writer.WriteBatch(0, source.Regions[0], runs, (PageBatchFlags)4));
+        Assert.Throws<ArgumentException>(() => writer.WriteBatch(0, source.Regions[0], runs, (PageBatchFlags)8));
+        Assert.Throws<ArgumentException>(() => writer.WriteBatch(0, source.Regions[0], runs, PageBatchFlags.FinalPass | PageBatchFlags.Postcopy));
 
         var bytes = WriteBatch(source, 0, runs, checksumData: true, out _);
         // The flags are in the hashed header, so the trailer is recomputed, as a source breaking the rule would send it.
@@ -270,7 +271,7 @@ public class PageBatchTests
     }
 
     [Theory]
-    [InlineData(0x04)]
+    [InlineData(0x08)]
     [InlineData(0x80)]
     public void APageBatchWithAnUndefinedFlagIsRefused(byte flag)
     {
@@ -280,6 +281,21 @@ public class PageBatchTests
         using var destination = new NativeGuestMemory((0, 4));
         var e = Assert.Throws<MigrationProtocolException>(() => new PageBatchReader(new ByteStreamChannel(bytes), destination.Regions).ReadNext());
         Assert.Contains("flag", e.Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void APostcopyBatchBeforeTheSwitchoverToPostcopyIsRefused()
+    {
+        // A post-copy batch is installed into a running guest; before the destination switched to post-copy there is
+        // nothing to install it into, and writing it into memory the pre-copy way would skip the missing-page rules.
+        using var source = new NativeGuestMemory((0, 4));
+        var bytes = WriteBatch(source, 0, [new(0, 1, PageEncoding.Zero)], checksumData: false, out _);
+        bytes[1] |= (byte)PageBatchFlags.Postcopy;
+        int table = bytes.Length - 8;
+        BinaryPrimitives.WriteUInt64LittleEndian(bytes.AsSpan(table), XxHash3.HashToUInt64(bytes.AsSpan(0, table)));
+        using var destination = new NativeGuestMemory((0, 4));
+        var e = Assert.Throws<MigrationProtocolException>(() => new PageBatchReader(new ByteStreamChannel(bytes), destination.Regions).ReadNext());
+        Assert.Contains("before the switchover to post-copy", e.Message, StringComparison.Ordinal);
     }
 
     [Fact]

@@ -1,0 +1,60 @@
+namespace Ferry.Migration.Guest;
+
+/// <summary>
+/// A destination guest that can run before all of its memory has arrived (post-copy). Implemented by the in-process
+/// test guest (userfaultfd) and by Ferry's machine (a missing-page bitmap checked on its slow paths).
+/// </summary>
+/// <remarks>
+/// Call order on the destination: pages of the pre-copy phase (if any) land as usual → <see cref="BeginPostcopy"/> →
+/// <see cref="IMigrationTarget.LoadState"/> → <see cref="IMigrationTarget.Start"/> → pages installed through the
+/// returned <see cref="IPostcopyMemory"/> until none is missing → <see cref="IDisposable.Dispose"/> on it.
+/// </remarks>
+public interface IPostcopyTarget
+{
+    /// <summary>
+    /// Make every page whose bit is set in <paramref name="missing"/> (one bitmap per region, bit = page of the region)
+    /// missing: its present content, if any, is dropped; from now on a guest thread (vCPU, device, writer) that touches
+    /// one waits until it is installed, after calling <see cref="IPageFaultSink.PageNeeded"/> for it (at least once).
+    /// Every other page keeps its content. Called once, before <see cref="IMigrationTarget.LoadState"/>.
+    /// </summary>
+    IPostcopyMemory BeginPostcopy(IReadOnlyList<Memory.DirtyBitmap> missing, IPageFaultSink sink);
+}
+
+/// <summary>The destination guest's memory during post-copy: where arriving pages are installed.</summary>
+/// <remarks>Install calls come from several engine threads at once (page channels and the urgent channel), never for the
+/// same page at the same time. Disposing ends post-copy (all pages present) and stops the fault machinery.</remarks>
+public interface IPostcopyMemory : IDisposable
+{
+    /// <summary>
+    /// Install <paramref name="count"/> pages of data from <paramref name="source"/> (count × 4096 bytes, engine memory)
+    /// at pages [<paramref name="firstPage"/>, + count) of region <paramref name="region"/>, waking threads waiting for
+    /// them. A page already present is left as it is.
+    /// </summary>
+    void Install(int region, ulong firstPage, int count, nint source);
+
+    /// <summary>As <see cref="Install"/>, with zeros.</summary>
+    void InstallZero(int region, ulong firstPage, ulong count);
+
+    /// <summary>Time guest threads have spent waiting for missing pages so far, in <see cref="System.Diagnostics.Stopwatch"/> ticks.</summary>
+    long BlockedTicks { get; }
+
+    /// <summary>Distinct pages the guest touched since <see cref="IPostcopyTarget.BeginPostcopy"/>, or -1 if it cannot tell.</summary>
+    long WorkingSetPages { get; }
+
+    /// <summary>
+    /// The pages will never come (the source is gone): threads waiting for a page, and any that would wait later, must
+    /// stop with <paramref name="reason"/> rather than hang. The guest cannot go on; its owner tears it down.
+    /// </summary>
+    void Abort(string reason);
+}
+
+/// <summary>Where a post-copy guest reports the pages it waits for.</summary>
+public interface IPageFaultSink
+{
+    /// <summary>
+    /// A guest thread waits for page <paramref name="page"/> of region <paramref name="region"/>. Returns quickly
+    /// (it queues a request); may be called more than once for a page, from any thread, but never from inside an
+    /// <see cref="IPostcopyMemory"/> call.
+    /// </summary>
+    void PageNeeded(int region, ulong page);
+}

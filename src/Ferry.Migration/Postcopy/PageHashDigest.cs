@@ -1,0 +1,96 @@
+using System.IO.Hashing;
+using System.Runtime.InteropServices;
+using Ferry.Linux;
+using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
+
+namespace Ferry.Migration.Postcopy;
+
+/// <summary>
+/// Post-copy's verification digest: XxHash128 over the layout and one XxHash3-64 per page, in page order. A post-copy
+/// destination cannot digest its memory in one pass as pre-copy does: its guest runs (and writes) while pages are
+/// still arriving. So it hashes each page as it installs it, before the guest can touch it, and the pages it already
+/// held before the guest started; the source, paused for good, hashes all of its memory. Equal digests mean every page
+/// reached the guest exactly as the source left it.
+/// </summary>
+public sealed class PageHashDigest
+{
+    private static readonly ulong ZeroPageHash = XxHash3.HashToUInt64(new byte[MemoryRegion.PageSize]);
+    private readonly ulong[] _hashes;
+    private readonly IReadOnlyList<MemoryRegion> _regions;
+    private readonly ulong[] _first;
+
+    public PageHashDigest(IReadOnlyList<MemoryRegion> regions)
+    {
+        ArgumentNullException.ThrowIfNull(regions);
+        _regions = regions;
+        _first = new ulong[regions.Count];
+        ulong total = 0;
+        for (int r = 0; r < regions.Count; r++)
+        {
+            _first[r] = total;
+            total += regions[r].Pages;
+        }
+        _hashes = new ulong[total];
+    }
+
+    /// <summary>Record page <paramref name="page"/> of region <paramref name="region"/> from its 4096 bytes at <paramref name="data"/>.</summary>
+    public unsafe void Set(int region, ulong page, nint data) =>
+        // SAFETY: the caller passes one page of readable memory.
+        _hashes[_first[region] + page] = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)data, MemoryRegion.PageSize));
+
+    /// <summary>Record pages [first, first + count) of region <paramref name="region"/> as zeros.</summary>
+    public void SetZero(int region, ulong first, ulong count) =>
+        _hashes.AsSpan((int)(_first[region] + first), (int)count).Fill(ZeroPageHash);
+
+    /// <summary>
+    /// Hash, from memory, every page of every region whose bit is clear in <paramref name="skip"/> (per region; null =
+    /// none skipped). Pages the kernel has nothing behind (private anonymous memory never written) count as zeros
+    /// without being read, which would fault them in (or, on a post-copy destination, ask the source for them).
+    /// </summary>
+    public void HashMemory(IReadOnlyList<DirtyBitmap>? skip = null)
+    {
+        Pagemap? pagemap = null;
+        try
+        {
+            pagemap = Pagemap.OpenSelf();
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // No page table to ask: read every page.
+        }
+        using (pagemap)
+        {
+            for (int r = 0; r < _regions.Count; r++)
+            {
+                var region = _regions[r];
+                var populated = new DirtyBitmap(region.Pages);
+                if (pagemap is null || region.FileBacked) populated.SetAll();
+                else pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
+                for (ulong p = 0; p < region.Pages; p++)
+                {
+                    if (skip is not null && skip[r].Test(p)) continue;
+                    if (populated.Test(p)) Set(r, p, region.PageAddress(p));
+                    else _hashes[_first[r] + p] = ZeroPageHash;
+                }
+            }
+        }
+    }
+
+    /// <summary>The digest of the layout and every page's hash.</summary>
+    public UInt128 Compute()
+    {
+        var hash = new XxHash128();
+        foreach (var region in _regions) MemoryDigest.AppendLayout(hash, region);
+        hash.Append(MemoryMarshal.AsBytes(_hashes.AsSpan()));
+        return hash.GetCurrentHashAsUInt128();
+    }
+
+    /// <summary>The source's side: the digest of all of <paramref name="regions"/> (memory must hold still).</summary>
+    public static UInt128 Of(IReadOnlyList<MemoryRegion> regions)
+    {
+        var digest = new PageHashDigest(regions);
+        digest.HashMemory();
+        return digest.Compute();
+    }
+}

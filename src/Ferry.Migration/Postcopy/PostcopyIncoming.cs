@@ -1,0 +1,180 @@
+using System.Diagnostics;
+using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
+using Ferry.Migration.Protocol;
+
+namespace Ferry.Migration.Postcopy;
+
+/// <summary>
+/// The destination's side of post-copy: which pages are still missing, the requests for the ones the guest waits for,
+/// and the installation of arriving pages (from any page channel or the urgent channel) into the guest.
+/// </summary>
+/// <remarks>
+/// <para>A page is claimed (its missing bit cleared atomically) by the one thread that installs it, so the guest never
+/// sees a page written twice, and a page that arrives twice (pushed and requested both) is counted and dropped.
+/// Post-copy is over when the last missing page is installed.</para>
+/// <para>Fault latency is measured from the first request for a page to its installation, on this host's clock: it is
+/// what a blocked guest thread waits, less the target's own wake-up.</para>
+/// <para>No allocation per page: the bitmaps, the request stamps (8 bytes per guest page) and the latency samples are
+/// allocated once.</para>
+/// </remarks>
+internal sealed class PostcopyIncoming : IPageFaultSink
+{
+    /// <summary>Latency samples kept (faults beyond it are counted, not sampled).</summary>
+    private const int MaxSamples = 1 << 16;
+
+    private readonly IReadOnlyList<MemoryRegion> _regions;
+    private readonly DirtyBitmap[] _missing;
+    private readonly DirtyBitmap[] _requested;
+    private readonly ulong[] _first;
+    private readonly long[] _requestedAt;
+    private readonly long[] _samples = new long[MaxSamples];
+    private readonly Action<int, ulong> _request;
+    private readonly PageHashDigest? _digest;
+    private IPostcopyMemory? _memory;
+    private long _missingCount;
+    private long _faults;
+    private long _sampleCount;
+    private long _duplicates;
+    private long _installed;
+
+    /// <param name="regions">The destination guest's memory.</param>
+    /// <param name="missing">Missing pages per region (taken over: bits are cleared as pages land).</param>
+    /// <param name="request">Sends a PageRequest for (region, page) to the source.</param>
+    /// <param name="digest">Per-page hashes for verification, or null.</param>
+    public PostcopyIncoming(IReadOnlyList<MemoryRegion> regions, DirtyBitmap[] missing, Action<int, ulong> request, PageHashDigest? digest)
+    {
+        _regions = regions;
+        _missing = missing;
+        _request = request;
+        _digest = digest;
+        _requested = new DirtyBitmap[regions.Count];
+        _first = new ulong[regions.Count];
+        ulong total = 0;
+        for (int r = 0; r < regions.Count; r++)
+        {
+            _requested[r] = new DirtyBitmap(regions[r].Pages);
+            _first[r] = total;
+            total += regions[r].Pages;
+            _missingCount += (long)missing[r].Count();
+        }
+        _requestedAt = new long[total];
+    }
+
+    /// <summary>Set once every missing page has been installed (at once if none was missing).</summary>
+    public ManualResetEventSlim AllLanded { get; } = new();
+
+    /// <summary>Pages still missing.</summary>
+    public long Missing => Interlocked.Read(ref _missingCount);
+
+    /// <summary>Pages installed.</summary>
+    public long Installed => Interlocked.Read(ref _installed);
+
+    /// <summary>Distinct pages the guest asked for.</summary>
+    public long Faults => Interlocked.Read(ref _faults);
+
+    /// <summary>Pages that arrived after they had been installed already.</summary>
+    public long Duplicates => Interlocked.Read(ref _duplicates);
+
+    /// <summary>Per-page hashes for verification, or null.</summary>
+    public PageHashDigest? Digest => _digest;
+
+    /// <summary>The guest's memory, once <see cref="IPostcopyTarget.BeginPostcopy"/> returned it.</summary>
+    public IPostcopyMemory? Memory => _memory;
+
+    /// <summary>Hand the guest's post-copy memory over; pages may be installed from here on.</summary>
+    public void Attach(IPostcopyMemory memory)
+    {
+        _memory = memory;
+        if (Missing == 0) AllLanded.Set();
+    }
+
+    /// <inheritdoc/>
+    public void PageNeeded(int region, ulong page)
+    {
+        if ((uint)region >= (uint)_regions.Count || page >= _regions[region].Pages) return; // not ours to ask for
+        if (!_missing[region].TestAtomic(page)) return;              // landed meanwhile
+        if (!_requested[region].TestAndSetAtomic(page)) return;      // asked already
+        Volatile.Write(ref _requestedAt[_first[region] + page], Stopwatch.GetTimestamp());
+        Interlocked.Increment(ref _faults);
+        _request(region, page);
+    }
+
+    /// <summary>
+    /// Install the pages of a Normal run whose data is at <paramref name="data"/> (count × 4096 bytes): those still
+    /// missing are claimed and handed to the guest, the others counted as duplicates.
+    /// </summary>
+    public void Install(int region, ulong first, int count, nint data) => Apply(region, first, (ulong)count, data);
+
+    /// <summary>As <see cref="Install"/> for a Zero run.</summary>
+    public void InstallZero(int region, ulong first, ulong count) => Apply(region, first, count, 0);
+
+    private void Apply(int region, ulong first, ulong count, nint data)
+    {
+        var memory = _memory ?? throw new MigrationProtocolException("post-copy pages arrived before the switchover");
+        var missing = _missing[region];
+        ulong end = first + count;
+        ulong p = first;
+        while (p < end)
+        {
+            // A stretch of pages this thread claims, then one install for all of it.
+            ulong start = p;
+            while (p < end && missing.TestAndClearAtomic(p)) p++;
+            if (p > start)
+            {
+                ulong n = p - start;
+                if (data != 0)
+                {
+                    nint at = data + (nint)((start - first) << MemoryRegion.PageShift);
+                    if (_digest is not null)
+                        for (ulong i = 0; i < n; i++) _digest.Set(region, start + i, at + (nint)(i << MemoryRegion.PageShift));
+                    memory.Install(region, start, (int)n, at);
+                }
+                else
+                {
+                    _digest?.SetZero(region, start, n);
+                    memory.InstallZero(region, start, n);
+                }
+                Landed(region, start, n);
+            }
+            // Pages this thread could not claim: installed already, or being installed by another thread.
+            ulong skipped = p;
+            while (p < end && !missing.TestAtomic(p)) p++;
+            if (p > skipped) Interlocked.Add(ref _duplicates, (long)(p - skipped));
+        }
+    }
+
+    private void Landed(int region, ulong start, ulong count)
+    {
+        long now = Stopwatch.GetTimestamp();
+        for (ulong i = 0; i < count; i++)
+        {
+            long at = Interlocked.Exchange(ref _requestedAt[_first[region] + start + i], 0);
+            if (at == 0) continue;
+            long k = Interlocked.Increment(ref _sampleCount) - 1;
+            if (k < MaxSamples) _samples[k] = now - at;
+        }
+        Interlocked.Add(ref _installed, (long)count);
+        if (Interlocked.Add(ref _missingCount, -(long)count) == 0) AllLanded.Set();
+    }
+
+    /// <summary>
+    /// Forget which pages were asked for, so the waits still pending are asked for again (after a reconnect, whatever
+    /// was in flight is lost).
+    /// </summary>
+    public void ForgetRequests()
+    {
+        foreach (var r in _requested) r.ClearAll();
+    }
+
+    /// <summary>Fault latency percentiles in microseconds (p50, p99, max); zeros with no fault.</summary>
+    public (uint P50, uint P99, uint Max) Latency()
+    {
+        int n = (int)Math.Min(Interlocked.Read(ref _sampleCount), MaxSamples);
+        if (n == 0) return (0, 0, 0);
+        var copy = _samples.AsSpan(0, n).ToArray();
+        Array.Sort(copy);
+        uint Us(long ticks) => (uint)Math.Min(uint.MaxValue, ticks * 1_000_000 / Stopwatch.Frequency);
+        return (Us(copy[(n - 1) / 2]), Us(copy[Math.Min(n - 1, (int)Math.Ceiling(n * 0.99) - 1)]), Us(copy[^1]));
+    }
+}

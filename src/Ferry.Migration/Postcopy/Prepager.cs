@@ -1,0 +1,272 @@
+using Ferry.Migration.Memory;
+
+namespace Ferry.Migration.Postcopy;
+
+/// <summary>In what order post-copy's background push sends the pages the destination still lacks.</summary>
+public enum PrepagingStrategy
+{
+    /// <summary>
+    /// Around each fault, in both directions, widening while faults keep landing nearby (Hines et al., VEE'09,
+    /// "bubbling" with several pivots); a plain sweep once no pivot has pages left.
+    /// </summary>
+    Bubble = 1,
+
+    /// <summary>QEMU's way: one sweep through memory that jumps to just after each faulted page and goes on forward.</summary>
+    Forward = 2,
+
+    /// <summary>Cloud Hypervisor's way: one sweep from the first page to the last; faults do not move it.</summary>
+    Linear = 3,
+}
+
+/// <summary>
+/// The source's post-copy push order: which pages go next, over all page channels. Each page is handed out once
+/// (the to-send bitmap is cleared as pages are taken), whether by <see cref="Take"/> for the bulk push or by
+/// <see cref="Claim"/> for a page the destination asked for on the urgent channel.
+/// </summary>
+/// <remarks>
+/// <para><b>Bubbling.</b> A fault at page f says the guest works near f. Pages on both sides of it are pushed first, in
+/// steps alternating forward and backward from f (a stack grows down, an array is walked either way, a process's pages
+/// sit around the fault in both directions), each step twice the last up to 1 MiB, for a budget of pages after which
+/// the pivot retires. A fault that lands inside or next to a live pivot's area widens it (its budget grows) instead
+/// of opening a new one: the guest is working through that area. Up to <see cref="MaxPivots"/> pivots live at once;
+/// the newest is served first. With no live pivot, a sweep cursor sends what is left in address order.</para>
+/// <para><b>Threads.</b> Every page channel's sender takes from one instance, and the return path's thread reports
+/// faults; one lock serialises them. A take hands out up to 1 MiB, so the lock is taken about a thousand times a
+/// second at full speed.</para>
+/// </remarks>
+internal sealed class Prepager
+{
+    /// <summary>Live pivots at most.</summary>
+    public const int MaxPivots = 4;
+
+    /// <summary>First step around a new pivot, pages (64 KiB).</summary>
+    public const int FirstStep = 16;
+
+    /// <summary>Largest step, pages (1 MiB, one batch).</summary>
+    public const int MaxStep = 256;
+
+    /// <summary>Pages a new pivot may push before it retires (8 MiB); a fault nearby adds as much again.</summary>
+    public const long PivotBudget = 2048;
+
+    private readonly Lock _lock = new();
+    private readonly DirtyBitmap _toSend;
+    private readonly ulong[] _regionFirst;
+    private readonly ulong[] _regionEnd;
+    private readonly PrepagingStrategy _strategy;
+    private readonly Pivot[] _pivots = new Pivot[MaxPivots];
+    private int _pivotCount;
+    private ulong _sweep;
+    private long _remaining;
+    private long _faultsNearPivot;
+    private long _pivotsOpened;
+
+    private struct Pivot
+    {
+        public int Region;
+        public ulong Lo;    // next backward window ends here (exclusive)
+        public ulong Hi;    // next forward window starts here
+        public int Step;
+        public long Budget;
+        public bool Backward; // direction of the next take
+    }
+
+    /// <param name="toSend">Pages still to send, one bit per page over all regions (global page index); taken over:
+    /// the prepager clears bits as it hands pages out.</param>
+    /// <param name="regionPages">Pages of each region, in order (region r's first bit is the sum of those before).</param>
+    /// <param name="strategy">The order.</param>
+    public Prepager(DirtyBitmap toSend, IReadOnlyList<ulong> regionPages, PrepagingStrategy strategy)
+    {
+        ArgumentNullException.ThrowIfNull(toSend);
+        ArgumentNullException.ThrowIfNull(regionPages);
+        _toSend = toSend;
+        _strategy = strategy;
+        _regionFirst = new ulong[regionPages.Count];
+        _regionEnd = new ulong[regionPages.Count];
+        ulong bit = 0;
+        for (int r = 0; r < regionPages.Count; r++)
+        {
+            _regionFirst[r] = bit;
+            bit += regionPages[r];
+            _regionEnd[r] = bit;
+        }
+        if (bit > toSend.BitCount) throw new ArgumentException("the bitmap is shorter than the regions", nameof(toSend));
+        _remaining = (long)toSend.Count();
+    }
+
+    /// <summary>Pages not yet handed out.</summary>
+    public long Remaining => Volatile.Read(ref _remaining);
+
+    /// <summary>Faults that widened a live pivot instead of opening a new one.</summary>
+    public long FaultsNearPivot => Volatile.Read(ref _faultsNearPivot);
+
+    /// <summary>Pivots opened (faults far from every live one).</summary>
+    public long PivotsOpened => Volatile.Read(ref _pivotsOpened);
+
+    /// <summary>
+    /// Take page <paramref name="bit"/> for the urgent channel. True if it was still to send (the push will not send it);
+    /// false if it was handed out already (pushed, in flight or landed: sending it again is a duplicate).
+    /// </summary>
+    public bool Claim(ulong bit)
+    {
+        lock (_lock)
+        {
+            if (!_toSend.Test(bit)) return false;
+            _toSend.Clear(bit);
+            _remaining--;
+            return true;
+        }
+    }
+
+    /// <summary>The destination faulted on page <paramref name="bit"/> (global index): reorder around it.</summary>
+    public void OnFault(ulong bit)
+    {
+        int region = RegionOf(bit);
+        if (region < 0) return;
+        lock (_lock)
+        {
+            switch (_strategy)
+            {
+                case PrepagingStrategy.Forward:
+                    _sweep = bit + 1;
+                    return;
+                case PrepagingStrategy.Linear:
+                    return;
+            }
+            for (int i = 0; i < _pivotCount; i++)
+            {
+                ref var p = ref _pivots[i];
+                ulong reach = (ulong)p.Step * 2;
+                if (p.Region == region && bit + reach >= p.Lo && bit < p.Hi + reach)
+                {
+                    // The guest works through this area: keep pushing around it, further and faster.
+                    p.Budget += PivotBudget;
+                    p.Step = Math.Min(MaxStep, p.Step * 2);
+                    _faultsNearPivot++;
+                    // Served first from now on.
+                    var hot = p;
+                    for (int j = i; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
+                    _pivots[_pivotCount - 1] = hot;
+                    return;
+                }
+            }
+            if (_pivotCount == MaxPivots)
+            {
+                for (int j = 0; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
+                _pivotCount--;
+            }
+            _pivots[_pivotCount++] = new Pivot { Region = region, Lo = bit, Hi = bit + 1, Step = FirstStep, Budget = PivotBudget };
+            _pivotsOpened++;
+        }
+    }
+
+    /// <summary>
+    /// Hand out up to <paramref name="maxPages"/> pages, all of one region, as runs of global page indices written to
+    /// <paramref name="runs"/> (at most its length). Returns the number of runs (0: nothing left) and the region.
+    /// </summary>
+    public int Take(Span<DirtyRun> runs, int maxPages, out int region)
+    {
+        region = -1;
+        if (runs.IsEmpty || maxPages <= 0) return 0;
+        lock (_lock)
+        {
+            if (_remaining == 0) return 0;
+            // Pivots first, newest first.
+            while (_pivotCount > 0)
+            {
+                ref var p = ref _pivots[_pivotCount - 1];
+                int n = TakeAroundPivot(ref p, runs, maxPages);
+                if (n > 0)
+                {
+                    region = p.Region;
+                    return n;
+                }
+                _pivotCount--; // exhausted: retire it
+            }
+            return TakeSweep(runs, maxPages, out region);
+        }
+    }
+
+    private int TakeAroundPivot(ref Pivot p, Span<DirtyRun> runs, int maxPages)
+    {
+        ulong first = _regionFirst[p.Region], end = _regionEnd[p.Region];
+        int count = 0, pages = 0;
+        // Alternate directions step by step until this take is full or the pivot has nothing left in reach.
+        while (pages < maxPages && count < runs.Length && p.Budget > 0 && (p.Lo > first || p.Hi < end))
+        {
+            bool backward = p.Backward ? p.Lo > first : p.Hi >= end;
+            p.Backward = !p.Backward;
+            ulong step = (ulong)Math.Min(p.Step, maxPages - pages);
+            ulong lo, hi;
+            if (backward)
+            {
+                lo = p.Lo - Math.Min(step, p.Lo - first);
+                hi = p.Lo;
+                p.Lo = lo;
+            }
+            else
+            {
+                lo = p.Hi;
+                hi = Math.Min(end, p.Hi + step);
+                p.Hi = hi;
+            }
+            int taken = Collect(lo, hi, runs, ref count, maxPages - pages);
+            pages += taken;
+            p.Budget -= (long)(hi - lo);
+            // Each window a pivot covers grows the next one: the further from the fault, the less any single page
+            // matters and the more a larger batch saves.
+            if (p.Step < MaxStep && p.Backward) p.Step = Math.Min(MaxStep, p.Step * 2);
+        }
+        return count;
+    }
+
+    private int TakeSweep(Span<DirtyRun> runs, int maxPages, out int region)
+    {
+        region = -1;
+        ulong total = _regionEnd[^1];
+        // From the cursor to the end, then wrapping once (the forward strategy jumps over pages it must come back for).
+        for (int pass = 0; pass < 2; pass++)
+        {
+            ulong from = pass == 0 ? _sweep : 0;
+            ulong to = pass == 0 ? total : Math.Min(_sweep, total);
+            if (from >= to) continue;
+            foreach (var run in _toSend.Runs(from, to))
+            {
+                region = RegionOf(run.Start);
+                // One region per take, and at most one 2 MiB-aligned chunk: the batch's run table stays small.
+                ulong chunkEnd = Math.Min(_regionEnd[region], (run.Start | 511) + 1);
+                int count = 0;
+                Collect(run.Start, Math.Min(chunkEnd, run.Start + (ulong)Math.Max(maxPages, 1) + 512), runs, ref count, maxPages);
+                _sweep = count > 0 ? runs[count - 1].End : chunkEnd;
+                return count;
+            }
+        }
+        return 0;
+    }
+
+    /// <summary>Append the to-send runs of [lo, hi) to <paramref name="runs"/>, up to <paramref name="maxPages"/>; clears them.</summary>
+    private int Collect(ulong lo, ulong hi, Span<DirtyRun> runs, ref int count, int maxPages)
+    {
+        int pages = 0;
+        foreach (var run in _toSend.Runs(lo, hi))
+        {
+            if (count == runs.Length || pages == maxPages) break;
+            ulong length = Math.Min(run.Length, (ulong)(maxPages - pages));
+            runs[count++] = new DirtyRun(run.Start, length);
+            _toSend.ClearRange(run.Start, run.Start + length);
+            pages += (int)length;
+        }
+        _remaining -= pages;
+        return pages;
+    }
+
+    /// <summary>The region of global page <paramref name="bit"/>, or -1 past the end.</summary>
+    public int RegionOf(ulong bit)
+    {
+        for (int r = 0; r < _regionEnd.Length; r++)
+            if (bit < _regionEnd[r]) return r;
+        return -1;
+    }
+
+    /// <summary>Global index of page 0 of region <paramref name="region"/>.</summary>
+    public ulong RegionFirst(int region) => _regionFirst[region];
+}

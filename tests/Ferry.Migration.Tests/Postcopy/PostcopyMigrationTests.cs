@@ -1,0 +1,183 @@
+using Ferry.Migration.InProcess;
+using Ferry.Migration.Protocol;
+using Ferry.Migration.Postcopy;
+using Ferry.Migration.Precopy;
+using Ferry.Migration.Tests.Precopy;
+using Ferry.Migration.Transport;
+using static Ferry.Migration.Tests.Precopy.MigrationHarness;
+
+namespace Ferry.Migration.Tests.Postcopy;
+
+[Collection(MigrationCollection.Name)]
+public class PostcopyMigrationTests
+{
+    private static MigrationOptions PostcopyOptions(MigrationMode mode, PrepagingStrategy prepaging = PrepagingStrategy.Bubble) =>
+        Options() with { Mode = mode, Prepaging = prepaging };
+
+    private static void AssertCompletedInPostcopy(MigrationOutcome outcome, InProcessGuest source)
+    {
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.Null(outcome.Stats.Error);
+        Assert.Null(outcome.DestinationError);
+        Assert.NotNull(outcome.Target);
+        Assert.True(outcome.Target.Started);
+        Assert.False(source.IsRunning, "the source must stay paused after commit");
+        var verify = outcome.Stats.Verify;
+        Assert.NotNull(verify);
+        Assert.True(verify.Match, $"digests differ: {verify.SourceDigest} vs {verify.DestDigest}");
+        var pc = outcome.Stats.Postcopy;
+        Assert.NotNull(pc);
+        Assert.True(pc.MissingPages > 0);
+        // Every missing page reached the destination once, by the push or on request.
+        Assert.True(pc.PushedPages + pc.UrgentPages - pc.DuplicatePages >= pc.MissingPages,
+            $"pushed {pc.PushedPages} + urgent {pc.UrgentPages} - duplicates {pc.DuplicatePages} < missing {pc.MissingPages}");
+        // The guest ran on at the destination: it kept writing, and its memory agrees with its own bookkeeping.
+        var guest = Assert.IsType<InProcessTarget>(outcome.Target.Inner).Guest!;
+        long written = guest.PagesWritten;
+        Assert.True(SpinWait.SpinUntil(() => guest.PagesWritten > written, TimeSpan.FromSeconds(5)), "destination guest stopped writing");
+        DestinationChecks.AssertSelfCheckAfterStart(outcome.Target);
+    }
+
+    [Fact]
+    public void PostcopyMovesARunningGuestAndEveryPageArrivesIntact()
+    {
+        using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, PostcopyOptions(MigrationMode.Postcopy));
+        using var _ = outcome.Target;
+        AssertCompletedInPostcopy(outcome, guest);
+        var s = outcome.Stats;
+        Assert.Equal("postcopy", s.Mode);
+        Assert.Empty(s.Rounds); // nothing moved before the switchover
+        Assert.Equal(16384, s.Postcopy!.MissingPages);
+        Assert.True(s.Postcopy.Faults > 0, "a writing guest must fault on pages not pushed yet");
+        Assert.True(s.Postcopy.FaultLatencyUs.P50 > 0);
+        Assert.True(s.Postcopy.WorkingSetPages > 0);
+    }
+
+    [Fact]
+    public void HybridCopiesInRoundsThenFinishesInPostcopy()
+    {
+        using var guest = NewGuest(64, pagesPerSecond: 20000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, PostcopyOptions(MigrationMode.Hybrid));
+        using var _ = outcome.Target;
+        AssertCompletedInPostcopy(outcome, guest);
+        var s = outcome.Stats;
+        Assert.Equal("hybrid", s.Mode);
+        Assert.NotEmpty(s.Rounds);
+        Assert.Equal(16384, s.Rounds[0].Pages);
+        Assert.True(s.Postcopy!.MissingPages < 16384, $"hybrid left {s.Postcopy.MissingPages} pages to post-copy");
+    }
+}
+
+[Collection(MigrationCollection.Name)]
+public class PostcopyFailureTests
+{
+    /// <summary>A destination whose guest cannot run before its memory arrived (no <see cref="Guest.IPostcopyTarget"/>).</summary>
+    private sealed class PrecopyOnlyFactory : Guest.IMigrationTargetFactory
+    {
+        private readonly InProcessTargetFactory _inner = new();
+        public Guest.IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions) =>
+            new PrecopyOnlyTarget(_inner.Create(vmId, regions));
+    }
+
+    private sealed class PrecopyOnlyTarget(Guest.IMigrationTarget inner) : Guest.IMigrationTarget
+    {
+        public IReadOnlyList<Guest.MemoryRegion> Regions => inner.Regions;
+        public void LoadState(IReadOnlyList<Guest.StateSection> sections) => inner.LoadState(sections);
+        public void Start() => inner.Start();
+        public void Dispose() => inner.Dispose();
+    }
+
+    [Fact]
+    public void ADestinationThatCannotRunPostcopyRefusesAtTheHandshakeAndTheSourceRunsOn()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 1000);
+        using var transport = new InMemoryTransport();
+        var factory = new RecordingTargetFactory(new PrecopyOnlyFactory());
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options() with { Mode = MigrationMode.Postcopy }, factory);
+        Assert.Equal(MigrationStatus.Failed, outcome.Stats.Status);
+        Assert.Contains("no post-copy", outcome.Stats.Error, StringComparison.Ordinal);
+        Assert.True(guest.IsRunning);
+        Assert.All(factory.Created, t => Assert.False(t.Started));
+    }
+
+    [Fact]
+    public void APageRequestOutsideGuestMemoryIsRefusedWithAnError()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 1000);
+        using var transport = new InMemoryTransport();
+        ErrorMessage? answer = null;
+        var destination = new Thread(() =>
+        {
+            // A hostile destination: plays the protocol up to Resumed, then asks for a page past the end of memory.
+            var c = transport.Listener.Accept(TestContext.Current.CancellationToken);
+            var drains = c.Pages.Append(c.Urgent!).Select(ch => new Thread(() =>
+            {
+                var buffer = new byte[65536];
+                try { while (ch.ReceiveExactly(buffer.AsSpan(0, 1))) { } } catch (IOException) { }
+            }) { IsBackground = true }).ToList();
+            drains.ForEach(t => t.Start());
+            var reader = new ProtocolReader(c.Control);
+            var writer = new ProtocolWriter(c.Control);
+            var hello = reader.Expect<HelloMessage>();
+            writer.WriteWelcome(hello.Capabilities & MigrationProtocol.SupportedCapabilities);
+            while (reader.Read() is not CompleteMessage) { }
+            writer.WriteReady(0, 0, null);
+            reader.Expect<CommitMessage>();
+            writer.WriteResumed(1);
+            writer.WritePageRequest(0, 1UL << 40, 1);
+            try
+            {
+                while (reader.Read() is { } m)
+                {
+                    if (m is ErrorMessage e)
+                    {
+                        answer = e;
+                        break;
+                    }
+                }
+            }
+            catch (IOException)
+            {
+            }
+            c.Abort();
+        }) { IsBackground = true };
+        destination.Start();
+        var stats = new OutgoingMigration(guest, transport.Connector, Options() with { Mode = MigrationMode.Postcopy, Verify = false }).Run(cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(destination.Join(TimeSpan.FromSeconds(10)));
+        Assert.Equal(MigrationStatus.Failed, stats.Status);
+        Assert.Contains("outside guest memory", stats.Error, StringComparison.Ordinal);
+        Assert.NotNull(answer);
+        Assert.Equal(ProtocolErrorCode.Protocol, answer.Code);
+        Assert.Contains("outside", answer.Message, StringComparison.Ordinal);
+        // Committed: the source never runs the VM again, whatever the destination does.
+        Assert.False(guest.IsRunning);
+    }
+
+    [Fact]
+    public void TheSourceDyingMidPostcopyLosesTheVmOnTheDestinationClearlyAndWithoutHanging()
+    {
+        using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        bool die = false;
+        var plan = new FaultPlan();
+        plan.Close(FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref die)));
+        // Slow enough that post-copy is still pushing when the source dies (64 MiB at 16 MB/s: ~4 s).
+        var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 16 << 20 };
+        var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options,
+            duringRun: source =>
+            {
+                SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(10));
+                Thread.Sleep(300);
+                Volatile.Write(ref die, true);
+            });
+        Assert.Equal(MigrationStatus.Failed, outcome.Stats.Status);
+        Assert.Contains("the VM ran only on the destination", outcome.Stats.Error, StringComparison.Ordinal);
+        Assert.False(guest.IsRunning, "a source that committed to post-copy must never resume");
+        var error = Assert.IsType<MigrationException>(outcome.DestinationError);
+        Assert.Contains("the VM is lost", error.Message, StringComparison.Ordinal);
+        Assert.Null(outcome.Target);
+    }
+}
