@@ -5,6 +5,7 @@ using Ferry.Bench;
 // dotnet run -c Release --project bench/Ferry.Bench -- engine [--memory SIZE (throughput 4G, downtime 1G)] [--repetitions 5] [--json FILE]
 // dotnet run -c Release --project bench/Ferry.Bench -- vm [--repetitions 3] [--cases idle,5k,50k] [--no-qemu] [--json FILE]
 // dotnet run -c Release --project bench/Ferry.Bench -- linux [--repetitions 3] [--no-qemu] [--json FILE]
+// dotnet run -c Release --project bench/Ferry.Bench -- postcopy [--memory 1G] [--dirty-rate 20000] [--repetitions 3] [--json FILE]
 // dotnet run -c Release --project bench/Ferry.Bench -- cpu [--json FILE] [--idle-seconds 10] [--repetitions 3] [--only integer,memory,dirty,idle] [--no-qemu]
 switch (args.FirstOrDefault())
 {
@@ -20,10 +21,13 @@ switch (args.FirstOrDefault())
         return VmBenchmark.Run(args[1..], Console.Out, Console.Error);
     case "linux":
         return LinuxBenchmark.Run(args[1..], Console.Out, Console.Error);
+    case "postcopy":
+        return PostcopyBenchmark.Run(args[1..], Console.Out, Console.Error);
     default:
         Console.Error.WriteLine("usage: Ferry.Bench micro [BenchmarkDotNet args] | engine [--memory SIZE] [--repetitions N] [--rates 5k,50k,200k] [--json FILE]" +
                                 " | cpu [--json FILE] [--idle-seconds 10] [--repetitions 3] [--only integer,memory,dirty,idle] [--no-qemu]" +
                                 " | vm [--repetitions N] [--cases idle,5k,50k] [--no-qemu] [--json FILE]" +
-                                " | linux [--repetitions N] [--no-qemu] [--json FILE]");
+                                " | linux [--repetitions N] [--no-qemu] [--json FILE]" +
+                                " | postcopy [--memory SIZE] [--dirty-rate N] [--repetitions N] [--json FILE]");
         return 2;
 }

@@ -1,0 +1,94 @@
+using System.Globalization;
+using System.Text.Json;
+using Ferry.Cli;
+using Ferry.Migration;
+using Ferry.Migration.InProcess;
+using Ferry.Migration.Postcopy;
+
+namespace Ferry.Bench;
+
+/// <summary>
+/// Post-copy with the in-process guest over loopback TCP (<see cref="LoopbackMigration"/>), every prepaging order in the
+/// same run on the same workloads: how much of what the guest needed it had to fault for (faulted share: faults over the
+/// pages it wrote during post-copy), and the fault latency (request to page installed) while the bulk push runs beside
+/// it. Orders: bubble (Ferry: around each fault, both ways, widening), forward (QEMU: on from the last fault), linear
+/// (Cloud Hypervisor: first to last page). Orders take turns going first across repetitions.
+/// </summary>
+internal static class PostcopyBenchmark
+{
+    private sealed record Case(string Name, DirtyPattern Pattern);
+
+    private static readonly Case[] Cases = [new("hotset", DirtyPattern.Hotset), new("sequential", DirtyPattern.Sequential)];
+    private static readonly PrepagingStrategy[] Orders = [PrepagingStrategy.Bubble, PrepagingStrategy.Forward, PrepagingStrategy.Linear];
+
+    public static int Run(string[] args, TextWriter output, TextWriter error)
+    {
+        if (!BenchArguments.TrySplit(args, new HashSet<string>(), out var flags, out var problem))
+        {
+            error.WriteLine($"Ferry.Bench postcopy: {problem}");
+            return 2;
+        }
+        ulong memory = 1UL << 30;
+        int repetitions = 3;
+        long rate = 20_000;
+        string? json = null;
+        foreach (var (flag, value) in flags)
+        {
+            switch (flag)
+            {
+                case "--memory" when Units.TryParseSize(value, out var m, out _) && m > 0: memory = m; break;
+                case "--repetitions" when int.TryParse(value, CultureInfo.InvariantCulture, out var r) && r > 0: repetitions = r; break;
+                case "--dirty-rate" when long.TryParse(value, CultureInfo.InvariantCulture, out var d) && d > 0: rate = d; break;
+                case "--json": json = value; break;
+                default:
+                    error.WriteLine($"Ferry.Bench postcopy: bad flag {flag} {value}");
+                    return 2;
+            }
+        }
+        output.WriteLine($"post-copy: {Units.FormatBytes(memory)}, {rate} pages/s, 2 writers, {repetitions} repetitions (medians), loopback TCP, 2 page channels + urgent");
+        output.WriteLine($"{"workload",-11} {"order",-8} {"faults",7} {"working set",12} {"faulted",8} {"p50 us",7} {"p99 us",7} {"max us",7} {"downtime",9} {"post-copy",10} {"verify",6}");
+        var rows = new List<object>();
+        foreach (var c in Cases)
+        {
+            var results = Orders.ToDictionary(o => o, _ => new List<MigrationStatistics>());
+            for (int i = 0; i < repetitions; i++)
+            {
+                for (int k = 0; k < Orders.Length; k++)
+                {
+                    var order = Orders[(k + i) % Orders.Length];
+                    var settings = new EngineBenchSettings
+                    {
+                        MemoryBytes = memory, Fill = MemoryFill.Random, DirtyRatePagesPerSecond = rate, Pattern = c.Pattern,
+                        Writers = 2, Mode = MigrationMode.Postcopy, Prepaging = order, Verify = true,
+                    };
+                    using var result = LoopbackMigration.Run(settings, null, CancellationToken.None);
+                    results[order].Add(result.Statistics);
+                }
+            }
+            foreach (var order in Orders)
+            {
+                var runs = results[order];
+                double Median(Func<MigrationStatistics, double> f) => runs.Select(f).Order().ElementAt(runs.Count / 2);
+                var pc = (MigrationStatistics s) => s.Postcopy ?? new PostcopyStatistics();
+                bool ok = runs.All(s => s.Status == MigrationStatus.Completed && s.Verify?.Match == true);
+                var row = new
+                {
+                    workload = c.Name, order = order.ToString().ToLowerInvariant(),
+                    faults = Median(s => pc(s).Faults), working_set = Median(s => pc(s).WorkingSetPages ?? 0),
+                    faulted_share = Median(s => pc(s).FaultedShare ?? 0),
+                    p50_us = Median(s => pc(s).FaultLatencyUs.P50), p99_us = Median(s => pc(s).FaultLatencyUs.P99), max_us = Median(s => pc(s).FaultLatencyUs.Max),
+                    downtime_ms = Median(s => s.DowntimeMs), postcopy_ms = Median(s => pc(s).Milliseconds), intact = ok,
+                };
+                rows.Add(row);
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{row.workload,-11} {row.order,-8} {row.faults,7:F0} {row.working_set,12:F0} {row.faulted_share,8:P1} {row.p50_us,7:F0} {row.p99_us,7:F0} {row.max_us,7:F0} {row.downtime_ms,7:F1}ms {row.postcopy_ms,8:F0}ms {(ok ? "ok" : "FAIL"),6}"));
+            }
+        }
+        if (json is not null)
+        {
+            File.WriteAllText(json, JsonSerializer.Serialize(rows, new JsonSerializerOptions { WriteIndented = true }));
+            output.WriteLine($"wrote {json}");
+        }
+        return 0;
+    }
+}
