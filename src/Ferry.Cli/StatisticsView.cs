@@ -76,6 +76,14 @@ public static class StatisticsView
                 : new Markup($"[red]MISMATCH[/] source {Markup.Escape(v.SourceDigest)}, destination {Markup.Escape(v.DestDigest)}");
             table.AddRow(new Text("verify"), verdict);
         }
+        if (s.Postcopy is { } p)
+        {
+            table.AddRow("post-copy", string.Create(CultureInfo.InvariantCulture,
+                $"{p.MissingPages:N0} pages after the switchover in {Units.FormatMs(p.Milliseconds)}: {p.PushedPages:N0} pushed ({p.Prepaging}), {p.UrgentPages:N0} on request ({p.DuplicatePages:N0} twice)"));
+            string share = p.FaultedShare is { } f ? string.Create(CultureInfo.InvariantCulture, $", {f:P1} of a working set of {p.WorkingSetPages:N0} pages") : "";
+            table.AddRow("faults", string.Create(CultureInfo.InvariantCulture,
+                $"{p.Faults:N0}{share}; latency p50 {p.FaultLatencyUs.P50:F0} µs, p99 {p.FaultLatencyUs.P99:F0} µs, max {p.FaultLatencyUs.Max:F0} µs; guest blocked {Units.FormatMs(p.BlocktimeMs)}"));
+        }
         return table;
     }
 
@@ -94,7 +102,8 @@ public static class StatisticsView
         {
             var r = s.Rounds[i];
             // The last round of a completed migration is the stop-and-copy (STW = stop the world).
-            var label = i == s.Rounds.Count - 1 && s.Status == MigrationStatus.Completed
+            // After post-copy there is no stop-and-copy round: the rest moved after the guest resumed.
+            var label = i == s.Rounds.Count - 1 && s.Status == MigrationStatus.Completed && s.Postcopy is null
                 ? $"{r.Round} (stop)"
                 : r.Round.ToString(CultureInfo.InvariantCulture);
             table.AddRow(

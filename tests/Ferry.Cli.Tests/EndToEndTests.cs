@@ -45,6 +45,38 @@ public class EndToEndTests
         Assert.True(root.GetProperty("bytes_sent").GetInt64() > 0);
     }
 
+    [Theory]
+    [InlineData("postcopy")]
+    [InlineData("hybrid")]
+    public void BenchEnginePostcopyAndHybridCompleteWithMatchingDigests(string mode)
+    {
+        var (code, stdout, stderr) = RunCaptured(
+            "bench", "engine", "--mode", mode, "--memory", "64M", "--dirty-rate", "5000", "--pattern", "hotset", "--verify", "--json");
+
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        Assert.Equal("completed", root.GetProperty("status").GetString());
+        Assert.Equal(mode, root.GetProperty("mode").GetString());
+        Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
+        var postcopy = root.GetProperty("postcopy");
+        Assert.True(postcopy.GetProperty("missing_pages").GetInt64() > 0);
+        foreach (var field in new[] { "faults", "pushed_pages", "blocktime_ms", "faulted_share", "working_set_pages" })
+            Assert.True(postcopy.GetProperty(field).GetDouble() >= 0, field);
+        foreach (var field in new[] { "p50", "p99", "max" })
+            Assert.True(postcopy.GetProperty("fault_latency_us").GetProperty(field).GetDouble() >= 0, field);
+        // Pure post-copy moves nothing before the switchover; hybrid copies memory in rounds first.
+        Assert.Equal(mode == "postcopy", root.GetProperty("rounds").GetArrayLength() == 0);
+    }
+
+    [Fact]
+    public void AnUnknownModeIsABadCommandLine()
+    {
+        var (code, _, stderr) = RunCaptured("bench", "engine", "--mode", "teleport");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Contains("--mode: 'teleport' is not one of: precopy, postcopy, hybrid", stderr, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void WithoutJsonTheTableGoesToStdoutAndOneProgressLinePerRoundToStderr()
     {

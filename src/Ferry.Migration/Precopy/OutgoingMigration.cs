@@ -219,6 +219,9 @@ public sealed class OutgoingMigration
                 if (elapsed >= TimeSpan.FromMilliseconds(50))
                     bandwidth = (sent - pass.StartBytes) / elapsed.TotalSeconds;
             }
+            // Post-copy: what the push has not handed out yet.
+            if (_status == MigrationStatus.PostcopyActive && Volatile.Read(ref _prepager) is { } prepager)
+                remaining = prepager.Remaining * MemoryRegion.PageSize;
             return new(_status, Volatile.Read(ref _round), remaining, sent, bandwidth, Volatile.Read(ref _dirtyRate),
                 Volatile.Read(ref _throttle), _startTimestamp == 0 ? TimeSpan.Zero : _time.GetElapsedTime(_startTimestamp));
         }
