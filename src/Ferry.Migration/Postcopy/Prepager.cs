@@ -39,8 +39,9 @@ internal sealed class Prepager
     /// <summary>Live pivots at most.</summary>
     public const int MaxPivots = 4;
 
-    /// <summary>First step around a new pivot, pages (64 KiB).</summary>
-    public const int FirstStep = 16;
+    /// <summary>First step around a new pivot, pages (256 KiB): small enough to reach both sides of the fault at once, large
+    /// enough that a batch is not mostly overhead.</summary>
+    public const int FirstStep = 64;
 
     /// <summary>Largest step, pages (1 MiB, one batch).</summary>
     public const int MaxStep = 256;
@@ -170,28 +171,36 @@ internal sealed class Prepager
         lock (_lock)
         {
             if (_remaining == 0) return 0;
-            // Pivots first, newest first.
-            while (_pivotCount > 0)
+            // Pivots first, newest first; then the sweep fills what is left of the batch. A batch is filled from
+            // several sources rather than ended where one runs dry: around a fault in an area pushed already, a pivot
+            // finds only a few pages, and batches of a few pages would cut the push's throughput several times.
+            int count = 0, pages = 0;
+            for (int i = _pivotCount - 1; i >= 0 && pages < maxPages && count < runs.Length; i--)
             {
-                ref var p = ref _pivots[_pivotCount - 1];
-                int n = TakeAroundPivot(ref p, runs, maxPages);
-                if (n > 0)
+                ref var p = ref _pivots[i];
+                if (region >= 0 && p.Region != region) continue;
+                int before = count;
+                pages += TakeAroundPivot(ref p, runs, ref count, maxPages - pages);
+                if (count > before) region = p.Region;
+                if (Exhausted(p))
                 {
-                    region = p.Region;
-                    return n;
+                    for (int j = i; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
+                    _pivotCount--;
                 }
-                _pivotCount--; // exhausted: retire it
             }
-            return TakeSweep(runs, maxPages, out region);
+            if (pages < maxPages && count < runs.Length) TakeSweep(runs, ref count, maxPages - pages, ref region);
+            return count;
         }
     }
 
-    private int TakeAroundPivot(ref Pivot p, Span<DirtyRun> runs, int maxPages)
+    private bool Exhausted(in Pivot p) => p.Budget <= 0 || (p.Lo <= _regionFirst[p.Region] && p.Hi >= _regionEnd[p.Region]);
+
+    private int TakeAroundPivot(ref Pivot p, Span<DirtyRun> runs, ref int count, int maxPages)
     {
         ulong first = _regionFirst[p.Region], end = _regionEnd[p.Region];
-        int count = 0, pages = 0;
+        int pages = 0;
         // Alternate directions step by step until this take is full or the pivot has nothing left in reach.
-        while (pages < maxPages && count < runs.Length && p.Budget > 0 && (p.Lo > first || p.Hi < end))
+        while (pages < maxPages && count < runs.Length && !Exhausted(p))
         {
             bool backward = p.Backward ? p.Lo > first : p.Hi >= end;
             p.Backward = !p.Backward;
@@ -209,38 +218,41 @@ internal sealed class Prepager
                 hi = Math.Min(end, p.Hi + step);
                 p.Hi = hi;
             }
-            int taken = Collect(lo, hi, runs, ref count, maxPages - pages);
-            pages += taken;
+            pages += Collect(lo, hi, runs, ref count, maxPages - pages);
             p.Budget -= (long)(hi - lo);
             // Each window a pivot covers grows the next one: the further from the fault, the less any single page
             // matters and the more a larger batch saves.
             if (p.Step < MaxStep && p.Backward) p.Step = Math.Min(MaxStep, p.Step * 2);
         }
-        return count;
+        return pages;
     }
 
-    private int TakeSweep(Span<DirtyRun> runs, int maxPages, out int region)
+    private void TakeSweep(Span<DirtyRun> runs, ref int count, int maxPages, ref int region)
     {
-        region = -1;
         ulong total = _regionEnd[^1];
         // From the cursor to the end, then wrapping once (the forward strategy jumps over pages it must come back for).
-        for (int pass = 0; pass < 2; pass++)
+        for (int pass = 0; pass < 2 && maxPages > 0 && count < runs.Length; pass++)
         {
             ulong from = pass == 0 ? _sweep : 0;
             ulong to = pass == 0 ? total : Math.Min(_sweep, total);
+            if (region >= 0)
+            {
+                // Same region as what the batch holds already.
+                from = Math.Max(from, _regionFirst[region]);
+                to = Math.Min(to, _regionEnd[region]);
+            }
             if (from >= to) continue;
             foreach (var run in _toSend.Runs(from, to))
             {
-                region = RegionOf(run.Start);
-                // One region per take, and at most one 2 MiB-aligned chunk: the batch's run table stays small.
-                ulong chunkEnd = Math.Min(_regionEnd[region], (run.Start | 511) + 1);
-                int count = 0;
-                Collect(run.Start, Math.Min(chunkEnd, run.Start + (ulong)Math.Max(maxPages, 1) + 512), runs, ref count, maxPages);
-                _sweep = count > 0 ? runs[count - 1].End : chunkEnd;
-                return count;
+                // Up to maxPages set pages of one region (the gaps pivots left are skipped, not a take's end).
+                if (region < 0) region = RegionOf(run.Start);
+                int before = count;
+                int taken = Collect(run.Start, Math.Min(to, _regionEnd[region]), runs, ref count, maxPages);
+                if (count > before) _sweep = runs[count - 1].End;
+                maxPages -= taken;
+                break;
             }
         }
-        return 0;
     }
 
     /// <summary>Append the to-send runs of [lo, hi) to <paramref name="runs"/>, up to <paramref name="maxPages"/>; clears them.</summary>

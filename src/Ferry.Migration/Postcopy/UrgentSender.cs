@@ -11,40 +11,23 @@ namespace Ferry.Migration.Postcopy;
 /// 4 KiB fault latency falling from ~10.7 to ~0.6 ms that way). Each request also tells the <see cref="Prepager"/> where
 /// the guest works now.
 /// </summary>
-/// <remarks>One thread; requests come from the return path's thread through a bounded queue. Nothing is allocated per
-/// request: the queue is a fixed ring.</remarks>
+/// <remarks>Called on the return path's thread, which read the request: no hand-over to another thread, whose wake-up
+/// on a busy host would cost a scheduler slice per fault. Nothing is allocated per request.</remarks>
 internal sealed class UrgentSender
 {
-    /// <summary>Requests queued at most; more means a destination asking far faster than any guest faults.</summary>
-    private const int QueueCapacity = 4096;
-
-    private readonly IMigrationChannel _channel;
     private readonly PageBatchWriter _writer;
     private readonly IReadOnlyList<MemoryRegion> _regions;
     private readonly Prepager _prepager;
-    private readonly Action<Exception> _onFailure;
-    private readonly CancellationToken _abort;
-    private readonly Thread _thread;
     private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
-    private readonly (ushort Region, ulong First, uint Count)[] _queue = new (ushort, ulong, uint)[QueueCapacity];
-    private readonly Lock _lock = new();
-    private readonly SemaphoreSlim _pending = new(0);
-    private volatile bool _stopping;
-    private int _head;
-    private int _count;
     private long _pages;
     private long _duplicates;
     private long _bytes;
 
-    public UrgentSender(IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions, Prepager prepager, Action<Exception> onFailure, CancellationToken abort)
+    public UrgentSender(IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions, Prepager prepager)
     {
-        _channel = channel;
         _writer = new PageBatchWriter(channel);
         _regions = regions;
         _prepager = prepager;
-        _onFailure = onFailure;
-        _abort = abort;
-        _thread = new Thread(Loop) { IsBackground = true, Name = "ferry-urgent" };
     }
 
     /// <summary>Pages sent on the urgent channel.</summary>
@@ -56,59 +39,8 @@ internal sealed class UrgentSender
     /// <summary>Wire bytes sent.</summary>
     public long BytesSent => Interlocked.Read(ref _bytes);
 
-    public void Start() => _thread.Start();
-
-    /// <summary>Queue a validated request (return path's thread). False if the queue is full: a protocol abuse.</summary>
-    public bool Enqueue(ushort region, ulong first, uint count)
-    {
-        lock (_lock)
-        {
-            if (_count == QueueCapacity) return false;
-            _queue[(_head + _count) % QueueCapacity] = (region, first, count);
-            _count++;
-        }
-        _pending.Release();
-        return true;
-    }
-
-    /// <summary>End the thread (at once if idle) and wait for it; it also ends on the abort token.</summary>
-    public void Stop(TimeSpan timeout)
-    {
-        _stopping = true;
-        _pending.Release();
-        if ((_thread.ThreadState & ThreadState.Unstarted) != 0) return;
-        _thread.Join(timeout);
-    }
-
-    private void Loop()
-    {
-        try
-        {
-            while (true)
-            {
-                _pending.Wait(_abort);
-                if (_stopping) return;
-                (ushort Region, ulong First, uint Count) request;
-                lock (_lock)
-                {
-                    request = _queue[_head];
-                    _head = (_head + 1) % QueueCapacity;
-                    _count--;
-                }
-                Send(request.Region, request.First, request.Count);
-            }
-        }
-        catch (OperationCanceledException)
-        {
-            // The migration ended.
-        }
-        catch (Exception e)
-        {
-            _onFailure(e);
-        }
-    }
-
-    private void Send(int r, ulong first, uint count)
+    /// <summary>Send pages [first, first + count) of region <paramref name="r"/> (a validated request) now.</summary>
+    public void Send(int r, ulong first, uint count)
     {
         var region = _regions[r];
         ulong bitBase = _prepager.RegionFirst(r);

@@ -664,6 +664,7 @@ public sealed class IncomingMigration
 
         // The urgent channel: post-copy batches only, until the source closes it.
         private readonly bool _urgent;
+        private bool _niced;
 
         /// <summary>Set when this channel's Flush arrived.</summary>
         public ManualResetEventSlim Flushed { get; } = new();
@@ -694,6 +695,11 @@ public sealed class IncomingMigration
                         string what = record.Kind == PageRecordKind.EndOfStream ? "source closed the urgent channel during post-copy" : $"{record.Kind} on the urgent channel";
                         _owner.FailFromReceiver(what, new MigrationProtocolException(what));
                         return;
+                    }
+                    if (!_niced && _reader.Postcopy is not null && !_urgent)
+                    {
+                        // Post-copy: the bulk push yields to the urgent path (see Libc.SetCurrentThreadNice).
+                        _niced = Ferry.Linux.Libc.SetCurrentThreadNice(PageSender.PostcopyBulkNice);
                     }
                     switch (record.Kind)
                     {

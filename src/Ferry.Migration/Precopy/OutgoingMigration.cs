@@ -550,9 +550,7 @@ public sealed class OutgoingMigration
 
             // The push and the urgent channel exist before Commit, so the first fault finds them.
             _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging);
-            _urgent = new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager,
-                e => Fail(MigrationStatus.Failed, $"urgent channel: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal), _abort.Token);
-            _urgent.Start();
+            Volatile.Write(ref _urgent, new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
 
             // The point of no return: from here the VM runs only on the destination, and its memory only here.
             lock (_gate)
@@ -1011,8 +1009,14 @@ public sealed class OutgoingMigration
             Fail(MigrationStatus.Failed, $"destination asked for pages outside guest memory: {e.Message}", notify: true, ProtocolErrorCode.Protocol);
             return;
         }
-        if (!_urgent!.Enqueue(request.Region, request.FirstPage, request.Count))
-            Fail(MigrationStatus.Failed, "destination has more page requests outstanding than any guest faults", notify: true, ProtocolErrorCode.Protocol);
+        try
+        {
+            _urgent!.Send(request.Region, request.FirstPage, request.Count);
+        }
+        catch (Exception e)
+        {
+            Fail(MigrationStatus.Failed, $"urgent channel: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+        }
     }
 
     private void OnControlLost(string reason)
@@ -1151,7 +1155,6 @@ public sealed class OutgoingMigration
         // on the abort, the timeout only guards against a transport that ignores Abort.
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
-        _urgent?.Stop(TimeSpan.FromSeconds(5));
         _reader?.Join(TimeSpan.FromSeconds(5));
         // After the threads that may call Fail (which arms this timer) have ended.
         _controlAbortTimer?.Dispose();

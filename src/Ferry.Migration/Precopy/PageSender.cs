@@ -190,6 +190,23 @@ internal sealed class PageSender
     private void SendPostcopy()
     {
         var prepager = _prepager!;
+        // Below the fault path: see Libc.SetCurrentThreadNice. Back to normal when the push is done.
+        Ferry.Linux.Libc.SetCurrentThreadNice(PostcopyBulkNice);
+        try
+        {
+            Push(prepager);
+        }
+        finally
+        {
+            Ferry.Linux.Libc.SetCurrentThreadNice(0);
+        }
+    }
+
+    /// <summary>Nice value of a post-copy push thread (and the destination's bulk receivers): 10, about a tenth of a normal thread's share.</summary>
+    internal const int PostcopyBulkNice = 10;
+
+    private void Push(Postcopy.Prepager prepager)
+    {
         _runCount = 0;
         _normalInBatch = 0;
         _unreadInBatch = 0;
