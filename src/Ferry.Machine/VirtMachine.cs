@@ -144,6 +144,7 @@ public sealed partial class VirtMachine : IDisposable
             int frame = ram.FirstFrame + page;
             foreach (Hart h in harts) h.DropCode(frame);
         };
+        ram.PostcopyAborted = OnPostcopyAborted;
         rom.WriteResetVector(RamBase, 0);
     }
 
@@ -215,7 +216,10 @@ public sealed partial class VirtMachine : IDisposable
 
     internal Hart GetHart(int index) => harts[index];
 
-    /// <summary>An emulator failure (a bug, not a guest fault) that stopped the machine, if any.</summary>
+    /// <summary>
+    /// What stopped the machine when it did not power off by itself: an emulator failure (a bug, not a guest fault),
+    /// or a <see cref="VmLostException"/> when post-copy was aborted (<see cref="GuestRam.AbortPostcopy"/>).
+    /// </summary>
     public Exception? Failure { get; private set; }
 
     /// <summary>Load a bare-metal ELF into RAM; the reset vector jumps to its entry in M-mode (QEMU's <c>-bios prog.elf</c>).</summary>
@@ -332,6 +336,7 @@ public sealed partial class VirtMachine : IDisposable
     {
         foreach (Hart h in harts) h.Join();
         uart.Flush(); // the last line may lack its newline
+        if (Failure is VmLostException lost) throw new VmLostException(lost.Message, lost);
         if (Failure != null) throw new InvalidOperationException($"the emulator failed: {Failure.Message}", Failure);
         return Volatile.Read(ref exitCode);
     }
@@ -359,7 +364,15 @@ public sealed partial class VirtMachine : IDisposable
 
     private void OnHartFailed(Hart hart, Exception e)
     {
-        Failure ??= new InvalidOperationException($"hart {hart.Id} at pc 0x{hart.Pc:x}: {e.Message}", e);
+        // A hart that waited for a post-copy page that will never come: not the emulator's fault, and said as such.
+        Failure ??= e is VmLostException ? e : new InvalidOperationException($"hart {hart.Id} at pc 0x{hart.Pc:x}: {e.Message}", e);
+        PowerOff(-1);
+    }
+
+    /// <summary>Post-copy was aborted: pages the guest needs will never come, so it stops now, with that as the failure.</summary>
+    private void OnPostcopyAborted(VmLostException e)
+    {
+        Failure ??= e;
         PowerOff(-1);
     }
 
@@ -562,6 +575,7 @@ public sealed partial class VirtMachine : IDisposable
         Dispose();
         ram.CodeWritten = null;
         ram.CodeDropped = null;
+        ram.PostcopyAborted = null;
         return ram;
     }
 
@@ -573,6 +587,9 @@ public sealed partial class VirtMachine : IDisposable
             disposed = true;
         }
         PowerOff(Volatile.Read(ref exitCode));
+        // Threads blocked on a post-copy page that no kick reaches (a device's worker, a hart inside device emulation)
+        // must not hold up the joins below: the RAM goes with the machine, so those pages will never come.
+        if (!keepRam) ram.AbortPostcopy(new ObjectDisposedException(null, "the machine was disposed during post-copy"));
         foreach (Hart h in harts) h.Join();
         uart.Flush();
         clint.Dispose();

@@ -234,6 +234,8 @@ internal sealed unsafe partial class Hart
         this.pc = pcv;
         instret += (ulong)n;
         GC.KeepAlive(page);
+        // A missing post-copy page, and the wait for it interrupted: the instruction has not happened and runs again.
+        if (cause == CauseRetry) return;
         RaiseException(cause, faultTval);
     }
 

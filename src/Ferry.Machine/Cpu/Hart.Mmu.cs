@@ -130,6 +130,7 @@ internal sealed unsafe partial class Hart
                 if (!PmpAllows(pteAddr, 8, AccRead, PrvS)) return AccessFault(access);
                 MemoryRegion? region = bus.RegionAt(pteAddr, 8);
                 if (region == null) return AccessFault(access);
+                if (!PageReady(region, pteAddr)) return CauseRetry;
                 ulong* ptePtr = (ulong*)(region.Host + (pteAddr - region.Base));
                 ulong pte = Volatile.Read(ref *ptePtr);
                 if ((pte & PteV) == 0 || ((pte & PteR) == 0 && (pte & PteW) != 0) || (pte >> 54) != 0) return PageFault(access);
@@ -196,6 +197,7 @@ internal sealed unsafe partial class Hart
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
         if (region != null)
         {
+            if (!PageReady(region, pa)) return CauseRetry;
             byte* host = region.Host + (pa - region.Base);
             value = size switch { 1 => *host, 2 => *(ushort*)host, 4 => *(uint*)host, _ => *(ulong*)host };
             if (PmpAllows(pa & ~0xfffUL, 0x1000, AccRead, dataPriv))
@@ -216,10 +218,12 @@ internal sealed unsafe partial class Hart
     {
         if ((va & 0xfff) + (ulong)size > 0x1000)
         {
-            // Check both pages before writing anything, so a fault on the second leaves memory untouched.
+            // Check both pages before writing anything, so a fault on the second leaves memory untouched, and a wait
+            // for it (post-copy) leaves no half-done store behind when the instruction is retried.
             ulong second = (va + (ulong)size - 1) & ~0xfffUL;
-            int c = Translate(second, AccWrite, dataPriv, out _);
+            int c = Translate(second, AccWrite, dataPriv, out ulong secondPa);
             if (c >= 0) { faultTval = second; return c; }
+            if (bus.RegionAt(secondPa, 1) is { } secondRegion && !PageReady(secondRegion, secondPa)) return CauseRetry;
             for (int k = 0; k < size; k++)
             {
                 c = StoreSlow(va + (ulong)k, 1, value >> (8 * k));
@@ -234,6 +238,7 @@ internal sealed unsafe partial class Hart
         if (region != null)
         {
             if (!region.Writable) { faultTval = va; return CauseStoreAccess; }
+            if (!PageReady(region, pa)) return CauseRetry;
             byte* host = region.Host + (pa - region.Base);
             switch (size)
             {
@@ -282,6 +287,7 @@ internal sealed unsafe partial class Hart
         }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
         if (region is not GuestRam) { faultTval = va; cause = CauseStoreAccess; return null; }
+        if (!PageReady(region, pa)) { cause = CauseRetry; return null; }
         byte* host = region.Host + (pa - region.Base);
         InstallWrite(va, pa, host, region, size);
         return host;
@@ -299,6 +305,7 @@ internal sealed unsafe partial class Hart
         if (!PmpAllows(pa, (ulong)size, AccRead, dataPriv)) { faultTval = va; cause = CauseLoadAccess; return null; }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
         if (region is not GuestRam) { faultTval = va; cause = CauseLoadAccess; return null; }
+        if (!PageReady(region, pa)) { cause = CauseRetry; return null; }
         return region.Host + (pa - region.Base);
     }
 
@@ -312,6 +319,8 @@ internal sealed unsafe partial class Hart
         if (cause < 0 && !PmpAllows(pa, 2, AccFetch, priv)) cause = CauseFetchAccess;
         MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
         if (cause < 0 && region == null) cause = CauseFetchAccess;
+        // A missing post-copy page (of the tables or the code) whose wait was interrupted: back to the run loop.
+        if (cause == CauseRetry || (cause < 0 && !PageReady(region!, pa))) return null;
         if (cause >= 0)
         {
             RaiseException(cause, va);
@@ -364,6 +373,8 @@ internal sealed unsafe partial class Hart
         if (cause < 0 && !PmpAllows(pa, 2, AccFetch, priv)) cause = CauseFetchAccess;
         MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
         if (cause < 0 && region == null) cause = CauseFetchAccess;
+        // Interrupted waiting for the upper half's page: pc is still at the instruction, which runs again.
+        if (cause == CauseRetry || (cause < 0 && !PageReady(region!, pa))) return;
         if (cause >= 0)
         {
             RaiseException(cause, hiVa);

@@ -88,8 +88,18 @@ internal sealed unsafe partial class Hart
         UpdateMode();
         FlushTlb();
         DropAllCode();
-        // Find lr's host address again; if the page is gone, sc simply fails (allowed by the spec).
-        reservation = reserved ? ReserveAddress(reservationVa, 8, out _) : null;
-        if (reserved && reservation == null) reservation = ReserveAddress(reservationVa, 4, out _);
+        // Find lr's host address again; if the page is gone, sc simply fails (allowed by the spec). So it does if a
+        // page of the lookup is still missing in post-copy (the state is loaded after it begins): this thread is not
+        // the hart's and must not wait for one.
+        probing = true;
+        try
+        {
+            reservation = reserved ? ReserveAddress(reservationVa, 8, out _) : null;
+            if (reserved && reservation == null) reservation = ReserveAddress(reservationVa, 4, out _);
+        }
+        finally
+        {
+            probing = false;
+        }
     }
 }

@@ -77,6 +77,8 @@ internal sealed unsafe partial class Hart : IDisposable
         fr = (ulong*)NativeMemory.AllocZeroed(32 * sizeof(ulong));
         tlb = (TlbEntry*)NativeMemory.AllocZeroed((nuint)(TlbSets * TlbSize * sizeof(TlbEntry)));
         codePages = new CodePage?[bus.FrameCount];
+        pageWaiter = NewPageWaiter();
+        deviceWaiter = NewDeviceWaiter();
         FlushTlb();
         Reset(0x1000);
     }
@@ -170,6 +172,7 @@ internal sealed unsafe partial class Hart : IDisposable
     {
         try
         {
+            PageWaiter.Current = deviceWaiter;
             Run();
         }
         catch (Exception e)

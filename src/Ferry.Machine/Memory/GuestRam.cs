@@ -1,4 +1,5 @@
 using System.Numerics;
+using System.Runtime.CompilerServices;
 using Ferry.Linux;
 
 namespace Ferry.Machine.Memory;
@@ -14,6 +15,11 @@ namespace Ferry.Machine.Memory;
 /// decoded code in it). The first store to a clean page therefore reaches <see cref="NoteCpuWrite"/>, which marks it.
 /// A harvest (<see cref="SwapDirtyLog"/>, driven by the machine) swaps in a clean bitmap; the machine then drops every
 /// hart's write entries before it hands the old bitmap out.
+/// <para>Post-copy (<see cref="BeginPostcopy"/>): the guest runs before all of its pages have arrived. A page not yet
+/// received is missing, and a thread that reaches one blocks until <see cref="InstallPage"/> brings it. The test sits
+/// where the machine already takes a slow path: a hart's TLB fill (loads, stores, atomics, fetches), its page-table
+/// walks, and every device access (<see cref="Read"/>, <see cref="Write"/>, <see cref="WaitPresent"/>). A missing page
+/// therefore never reaches a TLB or a decoded-code page, and the fast paths stay as they are.</para>
 /// </remarks>
 public sealed unsafe class GuestRam : MemoryRegion, IDisposable
 {
@@ -27,6 +33,12 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     private readonly int[] codeWrites;
     // True between StartDirtyLog and StopDirtyLog.
     private volatile bool tracking;
+    // The post-copy in progress, or null (no page missing): the one test a slow path pays outside post-copy.
+    private volatile PostcopyPages? postcopy;
+    // The last post-copy begun, kept for its figures after it ends.
+    private volatile PostcopyPages? lastPostcopy;
+    // Serialises BeginPostcopy, EndPostcopy and AbortPostcopy.
+    private readonly object postcopyGate = new();
 
     public GuestRam(ulong guestBase, ulong size)
         : base(guestBase, size)
@@ -123,21 +135,25 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
 
     /// <summary>
     /// Copy guest memory at <paramref name="gpa"/> into <paramref name="destination"/> (a device reading RAM, DMA).
-    /// Throws <see cref="ArgumentOutOfRangeException"/> if the range is not all inside RAM.
+    /// Throws <see cref="ArgumentOutOfRangeException"/> if the range is not all inside RAM. During post-copy, waits
+    /// for every missing page of the range (see <see cref="WaitPresent"/>).
     /// </summary>
     public void Read(ulong gpa, Span<byte> destination)
     {
         CheckRange(gpa, (ulong)destination.Length);
+        WaitPresent(gpa, (ulong)destination.Length);
         new ReadOnlySpan<byte>(Host + (gpa - Base), destination.Length).CopyTo(destination);
     }
 
     /// <summary>
     /// Copy <paramref name="source"/> into guest memory at <paramref name="gpa"/> (a device writing RAM, DMA, a loader):
     /// every page touched is marked dirty and loses its decoded code. Throws if the range is not all inside RAM.
+    /// During post-copy, waits for every missing page of the range first (an install must never land on top of it).
     /// </summary>
     public void Write(ulong gpa, ReadOnlySpan<byte> source)
     {
         CheckRange(gpa, (ulong)source.Length);
+        WaitPresent(gpa, (ulong)source.Length);
         source.CopyTo(new Span<byte>(Host + (gpa - Base), source.Length));
         NoteDeviceWrite(gpa, (ulong)source.Length);
     }
@@ -176,5 +192,169 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         }
     }
 
-    public void Dispose() => mapping.Dispose();
+    // ---- Post-copy ----
+
+    /// <summary>
+    /// Post-copy begins: pages whose bit is set in <paramref name="missingBitmap"/> (bit i of word i / 64 is page i,
+    /// counted from <see cref="MemoryRegion.Base"/> in 4 KiB pages; bits past the last page are ignored, so an engine
+    /// bitmap that goes on with other regions may be passed whole) have not arrived. From now on a thread that reaches
+    /// one blocks until it is installed, after calling <paramref name="requestPage"/> with its index: at most once per
+    /// page, on the blocked thread, so it must return quickly (queue a request) and not throw. Their present content
+    /// is left as it is: an install replaces the whole page. Call before the harts run guest code on this RAM (a
+    /// destination's board is built parked, and <c>LoadState</c> drops every hart's TLB and decoded code), as nothing
+    /// here reaches into their caches. With no bit set nothing changes. Throws <see cref="InvalidOperationException"/>
+    /// if a post-copy is already in progress.
+    /// </summary>
+    public void BeginPostcopy(ReadOnlySpan<ulong> missingBitmap, Action<ulong> requestPage)
+    {
+        ArgumentNullException.ThrowIfNull(requestPage);
+        if (missingBitmap.Length < DirtyWords)
+        {
+            throw new ArgumentException($"bitmap of {missingBitmap.Length} words, {DirtyWords} needed", nameof(missingBitmap));
+        }
+        lock (postcopyGate)
+        {
+            if (postcopy != null) throw new InvalidOperationException("a post-copy is already in progress on this RAM");
+            var p = new PostcopyPages(PageCount, missingBitmap, requestPage);
+            lastPostcopy = p;
+            if (p.MissingPages != 0) postcopy = p;
+        }
+    }
+
+    /// <summary>True from <see cref="BeginPostcopy"/> until the last missing page is installed (or <see cref="EndPostcopy"/>); still true after <see cref="AbortPostcopy"/>.</summary>
+    public bool IsPostcopy => postcopy != null;
+
+    /// <summary>Pages not yet installed (0 outside post-copy).</summary>
+    public long MissingPages => postcopy?.MissingPages ?? 0;
+
+    /// <summary>
+    /// Distinct pages whose slow path ran since <see cref="BeginPostcopy"/>, present or missing: a hart's TLB fill or
+    /// page-table walk, or a device access. The guest's working set during post-copy; counting stops when it ends.
+    /// </summary>
+    public long WorkingSetPages => lastPostcopy?.WorkingSetPages ?? 0;
+
+    /// <summary>
+    /// <see cref="System.Diagnostics.Stopwatch"/> ticks threads (harts and devices, added up) have spent waiting for
+    /// missing pages since <see cref="BeginPostcopy"/>, for block-time statistics.
+    /// </summary>
+    public long BlockedTicks => lastPostcopy?.BlockedTicks ?? 0;
+
+    /// <summary>Called once when post-copy is aborted (the machine stops and reports the loss).</summary>
+    internal Action<VmLostException>? PostcopyAborted { get; set; }
+
+    /// <summary>The post-copy in progress, or null: the slow paths' test.</summary>
+    internal PostcopyPages? Postcopy => postcopy;
+
+    /// <summary>
+    /// Install page <paramref name="pageIndex"/> (4096 bytes of <paramref name="data"/>) if it is still missing: the
+    /// bytes are copied in and published before the page is marked present, then the threads waiting for it wake.
+    /// Returns false, changing nothing, if the page is present (never missing, or installed already: the guest may have
+    /// written it since) or outside post-copy. Any thread; two installs of one page at once copy it once.
+    /// </summary>
+    public bool InstallPage(ulong pageIndex, ReadOnlySpan<byte> data)
+    {
+        if (data.Length != (int)PageSize) throw new ArgumentException($"a page is {PageSize} bytes, not {data.Length}", nameof(data));
+        if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
+        data.CopyTo(new Span<byte>(Host + (pageIndex << PageShift), (int)PageSize));
+        Publish(p, (int)pageIndex);
+        return true;
+    }
+
+    /// <summary>As <see cref="InstallPage"/> with a page of zeros.</summary>
+    public bool InstallZeroPage(ulong pageIndex)
+    {
+        if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
+        new Span<byte>(Host + (pageIndex << PageShift), (int)PageSize).Clear();
+        Publish(p, (int)pageIndex);
+        return true;
+    }
+
+    private void Publish(PostcopyPages p, int page)
+    {
+        if (p.Publish(page) == 0)
+        {
+            // The last page: slow paths stop testing (a thread still holding p finds every bit clear). Before the
+            // waiters wake, so whatever they do next happens after post-copy is over.
+            Interlocked.CompareExchange(ref postcopy, null, p);
+        }
+        p.WakeWaiters(page);
+    }
+
+    private int CheckPage(ulong pageIndex)
+    {
+        if (pageIndex >= (ulong)PageCount) throw new ArgumentOutOfRangeException(nameof(pageIndex), $"page {pageIndex} is outside RAM's {PageCount} pages");
+        return (int)pageIndex;
+    }
+
+    /// <summary>
+    /// Post-copy is over with every page installed; no effect if it already ended (the last install ends it) or was
+    /// aborted (its waiters keep failing). Throws <see cref="InvalidOperationException"/> if pages are still missing:
+    /// pages that will never come are <see cref="AbortPostcopy"/>'s.
+    /// </summary>
+    public void EndPostcopy()
+    {
+        lock (postcopyGate)
+        {
+            if (postcopy is not { } p || p.Lost != null) return;
+            if (p.MissingPages != 0) throw new InvalidOperationException($"{p.MissingPages} pages are still missing");
+            postcopy = null;
+        }
+    }
+
+    /// <summary>
+    /// The source is gone: the missing pages will never arrive. Every thread blocked on one, and any that reaches one
+    /// later, throws <see cref="VmLostException"/> ("VM lost: " and <paramref name="reason"/>'s message); a hart that
+    /// does ends its thread and the machine stops with that failure. No effect outside post-copy or after the first call.
+    /// </summary>
+    public void AbortPostcopy(Exception reason)
+    {
+        ArgumentNullException.ThrowIfNull(reason);
+        PostcopyPages? p;
+        lock (postcopyGate)
+        {
+            p = postcopy;
+            if (p == null || !p.Abort(reason)) return;
+        }
+        PostcopyAborted?.Invoke(new VmLostException(reason));
+    }
+
+    /// <summary>
+    /// Block until every page of [<paramref name="gpa"/>, +<paramref name="length"/>) is present: for code that
+    /// reaches RAM through <see cref="MemoryRegion.Host"/> (a device's direct I/O), before it touches the bytes. All
+    /// missing pages of the range are requested before the first wait. Costs a null test outside post-copy. Throws
+    /// <see cref="VmLostException"/> if post-copy was aborted with a page of the range missing.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public void WaitPresent(ulong gpa, ulong length)
+    {
+        if (postcopy is { } p && length != 0) WaitPresentSlow(p, gpa, length);
+    }
+
+    private void WaitPresentSlow(PostcopyPages p, ulong gpa, ulong length)
+    {
+        CheckRange(gpa, length);
+        int first = (int)((gpa - Base) >> PageShift);
+        int last = (int)((gpa - Base + length - 1) >> PageShift);
+        bool any = false;
+        for (int page = first; page <= last; page++)
+        {
+            if (p.Touch(page)) continue;
+            p.Request(page);
+            any = true;
+        }
+        if (!any) return;
+        PageWaiter w = PageWaiter.Current;
+        for (int page = first; page <= last; page++)
+        {
+            // Device waiters are never interrupted: Await returns only with the page, or throws.
+            if (p.IsMissing(page)) p.Await(page, w);
+        }
+    }
+
+    public void Dispose()
+    {
+        // Nothing may wait for a page of memory that is going away.
+        AbortPostcopy(new ObjectDisposedException(null, "the guest's RAM was disposed during post-copy"));
+        mapping.Dispose();
+    }
 }

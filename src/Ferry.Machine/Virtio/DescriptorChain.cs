@@ -139,11 +139,22 @@ public sealed unsafe class DescriptorChain
     public RangeEnumerator Ranges(bool writable, ulong offset, ulong length) =>
         new(this, writable ? readableCount : 0, writable ? count : readableCount, offset, length);
 
-    /// <summary>Host view of a range <see cref="Ranges"/> produced (valid until the chain is pushed).</summary>
-    internal Span<byte> HostSpan(GuestRange range) => new(ram.Host + (range.Address - ram.Base), range.Length);
+    /// <summary>
+    /// Host view of a range <see cref="Ranges"/> produced (valid until the chain is pushed). During post-copy, waits
+    /// first for every missing page of the range: each way a device reaches a buffer's bytes passes here.
+    /// </summary>
+    internal Span<byte> HostSpan(GuestRange range)
+    {
+        ram.WaitPresent(range.Address, (ulong)range.Length);
+        return new(ram.Host + (range.Address - ram.Base), range.Length);
+    }
 
-    /// <summary>Host address of a range <see cref="Ranges"/> produced (for a <c>writev</c> straight from guest memory).</summary>
-    internal nint HostAddress(GuestRange range) => (nint)(ram.Host + (range.Address - ram.Base));
+    /// <summary>Host address of a range <see cref="Ranges"/> produced (for a <c>writev</c> straight from guest memory); waits as <see cref="HostSpan"/>.</summary>
+    internal nint HostAddress(GuestRange range)
+    {
+        ram.WaitPresent(range.Address, (ulong)range.Length);
+        return (nint)(ram.Host + (range.Address - ram.Base));
+    }
 
     /// <summary>Record in the dirty log that the device wrote <paramref name="range"/> through <see cref="HostSpan"/>.</summary>
     internal void Written(GuestRange range) => ram.NoteDeviceWrite(range.Address, (ulong)range.Length);

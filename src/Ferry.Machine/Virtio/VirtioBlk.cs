@@ -3,6 +3,7 @@ using System.Runtime.InteropServices;
 using System.Text;
 using Ferry.Linux;
 using Ferry.Machine.Board;
+using Ferry.Machine.Memory;
 using Microsoft.Win32.SafeHandles;
 
 namespace Ferry.Machine.Virtio;
@@ -236,12 +237,20 @@ public sealed partial class VirtioBlk : IVirtioDevice
 
     private void Work()
     {
-        while (true)
+        try
         {
-            wake.Wait();
-            if (stopping) return;
-            wake.Reset();
-            Drain();
+            while (true)
+            {
+                wake.Wait();
+                if (stopping) return;
+                wake.Reset();
+                Drain();
+            }
+        }
+        catch (VmLostException)
+        {
+            // Post-copy was aborted while a request waited for a page of guest RAM: the guest is gone (the machine
+            // stops and reports it), and the request with it. The worker ends; Dispose still joins it.
         }
     }
 

@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Runtime.InteropServices;
 using Ferry.Linux;
 using Ferry.Machine.Board;
+using Ferry.Machine.Memory;
 using Microsoft.Win32.SafeHandles;
 
 namespace Ferry.Machine.Virtio;
@@ -414,7 +415,24 @@ public sealed partial class VirtioNet : IVirtioDevice
                     }
                 }
             }
-            if (rxPending > 0) Deliver();
+            if (rxPending > 0 && !TryDeliver()) return;
+        }
+    }
+
+    /// <summary>
+    /// <see cref="Deliver"/>; false if post-copy was aborted while it waited for a page of guest RAM: the guest is gone
+    /// (the machine stops and reports it), and the receive thread ends.
+    /// </summary>
+    private bool TryDeliver()
+    {
+        try
+        {
+            Deliver();
+            return true;
+        }
+        catch (VmLostException)
+        {
+            return false;
         }
     }
 

@@ -20,7 +20,8 @@ namespace Ferry.Machine.Virtio;
 /// a full fence separates the used index (or avail_event) store from the load of used_event (or the avail index) that
 /// decides whether to notify, the store-load pair both sides of the ring rely on.</para>
 /// <para>Every byte the device writes into the rings goes through <see cref="GuestRam.NoteDeviceWrite"/>, so the
-/// migration dirty log sees it.</para>
+/// migration dirty log sees it. During post-copy every ring access first waits for the bytes' page
+/// (<see cref="GuestRam.WaitPresent"/>; a null test otherwise), holding <see cref="Sync"/> meanwhile.</para>
 /// <para>Threading: all members are called holding <see cref="Sync"/> (devices around each request, the transport to
 /// configure, reset, pause and save).</para>
 /// </remarks>
@@ -167,6 +168,7 @@ public sealed unsafe class Virtqueue
         ArgumentNullException.ThrowIfNull(chain);
         Debug.Assert(Monitor.IsEntered(Sync));
         if (!IsLive) return false;
+        ram.WaitPresent(availAddress + 2, 2);
         ushort availIdx = Volatile.Read(ref *(ushort*)(avail + 2));
         if (availIdx == lastAvail)
         {
@@ -181,7 +183,9 @@ public sealed unsafe class Virtqueue
             return Fail($"queue {Index}: available index moved from {lastAvail} to {availIdx}, more than the queue's {size}");
         }
         // The acquire above orders this read after the index.
-        ushort head = Unsafe.ReadUnaligned<ushort>(avail + 4 + 2 * (lastAvail & (size - 1)));
+        ulong entry = 4 + 2 * (ulong)(lastAvail & (size - 1));
+        ram.WaitPresent(availAddress + entry, 2);
+        ushort head = Unsafe.ReadUnaligned<ushort>(avail + entry);
         lastAvail++;
         if (eventIdx) SetAvailEvent(lastAvail);
         return Walk(head, chain);
@@ -193,6 +197,7 @@ public sealed unsafe class Virtqueue
         chain.Clear(head);
         if (head >= size) return Fail($"queue {Index}: head index {head} outside the queue's {size} descriptors");
         byte* table = desc;
+        ulong tableAddress = descAddress;
         int tableSize = size;
         int index = head;
         // Descriptors visited in the current table: a chain longer than its table has a loop.
@@ -200,6 +205,7 @@ public sealed unsafe class Virtqueue
         bool inIndirect = false;
         while (true)
         {
+            ram.WaitPresent(tableAddress + (ulong)(index * DescSize), DescSize);
             byte* d = table + index * DescSize;
             ulong address = Unsafe.ReadUnaligned<ulong>(d);
             uint length = Unsafe.ReadUnaligned<uint>(d + 8);
@@ -223,6 +229,7 @@ public sealed unsafe class Virtqueue
                 }
                 if (!ram.Contains(address, length)) return Fail($"queue {Index}: indirect table 0x{address:x}+0x{length:x} outside RAM");
                 table = Host(address);
+                tableAddress = address;
                 tableSize = (int)(length / DescSize);
                 index = 0;
                 visited = 0;
@@ -250,6 +257,8 @@ public sealed unsafe class Virtqueue
         Debug.Assert(Monitor.IsEntered(Sync));
         if (!ready || transport.IsBroken) return;
         ulong slot = 4 + 8UL * (uint)(usedIdx & (size - 1));
+        ram.WaitPresent(usedAddress + slot, 8);
+        ram.WaitPresent(usedAddress + 2, 2);
         Unsafe.WriteUnaligned(used + slot, (ulong)head | ((ulong)written << 32));
         ram.NoteDeviceWrite(usedAddress + slot, 8);
         usedIdx++;
@@ -273,6 +282,7 @@ public sealed unsafe class Virtqueue
         bool notify;
         if (eventIdx)
         {
+            ram.WaitPresent(availAddress + 4 + 2UL * size, 2);
             ushort usedEvent = Volatile.Read(ref *(ushort*)(avail + 4 + 2 * size));
             ushort old = signalledUsed;
             bool valid = signalledValid;
@@ -282,6 +292,7 @@ public sealed unsafe class Virtqueue
         }
         else
         {
+            ram.WaitPresent(availAddress, 2);
             notify = (Volatile.Read(ref *(ushort*)avail) & VIRTQ_AVAIL_F_NO_INTERRUPT) == 0;
         }
         if (notify) transport.SignalUsed();
@@ -290,6 +301,7 @@ public sealed unsafe class Virtqueue
     private void SetAvailEvent(ushort value)
     {
         ulong offset = 4 + 8UL * size;
+        ram.WaitPresent(usedAddress + offset, 2);
         Volatile.Write(ref *(ushort*)(used + offset), value);
         ram.NoteDeviceWrite(usedAddress + offset, 2);
     }
