@@ -80,6 +80,9 @@ public sealed record MigrateRequest
             Verify = Verify,
             AutoConverge = AutoConverge,
         };
+        // A copied disk is read by the guest's device from the file, which post-copy cannot fill after the guest.
+        if (CopyDisk && options.PostcopyPossible)
+            throw Bad("copy_disk needs pre-copy: post-copy cannot bring the disk after the guest (share the disk, or migrate it with mode precopy and no postcopy timeout strategy)");
         return options;
     }
 

@@ -16,7 +16,8 @@ namespace Ferry.Cli;
 /// <param name="DirtyRate">Pages the guest's dirtier writes per second (hot set, all harts).</param>
 /// <param name="Json">Print the result as JSON on stdout, nothing else there.</param>
 /// <param name="Verify">Digest all memory on both sides at the switchover (the guest stands still for it, outside the downtime figure).</param>
-public sealed record DemoSettings(ulong MemoryBytes, int Harts, long DirtyRate, bool Json, bool Verify = true)
+/// <param name="Mode">Pre-copy, post-copy or hybrid.</param>
+public sealed record DemoSettings(ulong MemoryBytes, int Harts, long DirtyRate, bool Json, bool Verify = true, MigrationMode Mode = MigrationMode.Precopy)
 {
     /// <summary>The demo: 1 GiB, 2 harts, 20,000 pages/s (a moderately busy VM: ~80 MiB/s of writes).</summary>
     public static DemoSettings Default { get; } = new(1UL << 30, 2, 20_000, false);
@@ -120,7 +121,7 @@ public static class Demo
         using (var client = new VmApiClient(sourceApi))
         {
             var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
-            var request = new MigrateRequest { Destination = address, Verify = settings.Verify };
+            var request = new MigrateRequest { Destination = address, Verify = settings.Verify, Mode = settings.Mode.ToString().ToLowerInvariant() };
             try
             {
                 statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),

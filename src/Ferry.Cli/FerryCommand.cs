@@ -73,13 +73,15 @@ public static class FerryCommand
         var demoHarts = CountOption("--harts", "N", $"Guest harts, 1 to {VirtMachine.MaxHarts}", DemoSettings.Default.Harts, 1, VirtMachine.MaxHarts);
         var demoRate = CountOption("--dirty-rate", "PAGES/S", "Pages the guest dirties per second; 0 = idle", DemoSettings.Default.DirtyRate, 0, 10_000_000);
         var demoNoVerify = new Option<bool>("--no-verify") { Description = "Skip the memory digests at the switchover (they hold the guest paused beyond the downtime); the guest's own self-check still runs" };
-        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoNoVerify, demoJson }) demo.Options.Add(option);
+        var demoMode = ModeOption();
+        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoMode, demoNoVerify, demoJson }) demo.Options.Add(option);
         demo.SetAction(parse => Demo.Run(new DemoSettings(
                 Get(parse, demoMemory, DemoSettings.Default.MemoryBytes),
                 (int)Get(parse, demoHarts, DemoSettings.Default.Harts),
                 Get(parse, demoRate, DemoSettings.Default.DirtyRate),
                 parse.GetValue(demoJson),
-                !parse.GetValue(demoNoVerify)),
+                !parse.GetValue(demoNoVerify),
+                Get(parse, demoMode, MigrationMode.Precopy)),
             console, cancellationToken));
         root.Subcommands.Add(demo);
 

@@ -19,7 +19,7 @@ namespace Ferry.Vm;
 /// migration before <c>ready</c>, where the source resumes, rather than after <c>commit</c>, where neither side
 /// could run the guest any more.
 /// </remarks>
-public sealed class VirtMachineTarget : IMigrationTarget
+public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
 {
     /// <summary>How long <see cref="LoadState"/> waits for the disk's lock (a source on another host may take a
     /// moment to let go of a lock on shared storage).</summary>
@@ -161,6 +161,22 @@ public sealed class VirtMachineTarget : IMigrationTarget
         {
             throw new IOException($"{m.Disk.LockBusyMessage}; waited {DiskLockWait.TotalSeconds:F0} s for the source to let go of it");
         }
+    }
+
+    /// <inheritdoc/>
+    /// <remarks>RAM only: a disk copied as a region cannot be read by the guest before it arrived (its device reads
+    /// the file), so a migration that copies the disk must be pre-copy; this throws <see cref="NotSupportedException"/>.</remarks>
+    public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink)
+    {
+        ArgumentNullException.ThrowIfNull(missing);
+        ArgumentNullException.ThrowIfNull(sink);
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (started) throw new InvalidOperationException("the machine is already running");
+        if (ReceivesDisk && missing[1].Count() != 0)
+            throw new NotSupportedException("post-copy cannot bring a copied disk after the guest (migrate the disk with pre-copy, or share it)");
+        GuestRam target = machine?.Ram ?? ram ?? throw new InvalidOperationException("no RAM");
+        target.BeginPostcopy(missing[0].Words, page => sink.PageNeeded(0, page));
+        return new MachinePostcopyMemory(target);
     }
 
     /// <inheritdoc/>
