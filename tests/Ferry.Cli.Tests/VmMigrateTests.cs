@@ -106,6 +106,30 @@ public sealed class VmMigrateTests : IDisposable
         Assert.True(guest.GetProperty("max_stall_ms").GetDouble() >= 0);
     }
 
+    [Theory]
+    [InlineData("postcopy")]
+    [InlineData("hybrid")]
+    public void TheDemoMovesTheLinuxGuestInPostcopyAndHybridWithEveryPageIntact(string mode)
+    {
+        var (code, stdout, stderr) = RunCaptured("demo", "--memory", "256M", "--mode", mode, "--json");
+
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
+        using var doc = JsonDocument.Parse(stdout);
+        var root = doc.RootElement;
+        Assert.Equal("completed", root.GetProperty("status").GetString());
+        Assert.Equal(mode, root.GetProperty("mode").GetString());
+        // Post-copy's digest: every page hashed as it was installed at the destination, against the frozen source.
+        Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
+        var postcopy = root.GetProperty("postcopy");
+        Assert.True(postcopy.GetProperty("missing_pages").GetInt64() > 0);
+        Assert.True(postcopy.GetProperty("working_set_pages").GetInt64() > 0, "the machine counts the pages its slow paths touched");
+        var guest = root.GetProperty("guest");
+        Assert.Equal("ok", guest.GetProperty("selfcheck").GetString());
+        Assert.True(guest.GetProperty("heartbeats_after_resume").GetInt32() > 0);
+        Assert.Equal(0, guest.GetProperty("source_exit_code").GetInt32());
+        Assert.True(guest.GetProperty("first_heartbeat_on_destination").GetInt64() > guest.GetProperty("last_heartbeat_on_source").GetInt64());
+    }
+
     [Fact]
     public void AMigratedGuestMovesOnAgainAndEachSourceProcessExitsZero()
     {
