@@ -173,6 +173,7 @@ public sealed class IncomingMigration
             }
             prefaulter?.Start();
             SwitchoverWarmup.Destination(target);
+            if (_postcopyNegotiated) SwitchoverWarmup.Postcopy(target);
             var sections = new List<StateSection>();
             // Post-copy's missing pages, per region, as the MissingPages records say.
             DirtyBitmap[]? missing = null;
@@ -197,8 +198,7 @@ public sealed class IncomingMigration
                 {
                     mp.Validate(target.Regions);
                     missing ??= target.Regions.Select(r => new DirtyBitmap(r.Pages)).ToArray();
-                    var words = missing[mp.Region].Words;
-                    for (int w = 0; w < mp.Words.Length; w++) words[(int)(mp.FirstPage / 64) + w] |= mp.Words[w];
+                    foreach (var (first, count) in mp.Runs) missing[mp.Region].SetRange(first, first + count);
                 }
                 else throw ProtocolReader.Unexpected(m, "StateSection or Complete");
             }

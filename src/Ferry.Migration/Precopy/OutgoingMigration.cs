@@ -59,6 +59,8 @@ public sealed class OutgoingMigration
     // Set with _committed when the switchover was to post-copy: a failure after commit is then the VM's loss, not a no-op.
     private bool _postcopyActive;
     private readonly ManualResetEventSlim _postcopyDoneArrived = new();
+    // Set when the destination echoes our latest Keepalive.
+    private readonly ManualResetEventSlim _echoArrived = new();
     private PostcopyDoneMessage? _postcopyDone;
     private long _postcopyDoneAt;
     private Postcopy.Prepager? _prepager;
@@ -293,6 +295,7 @@ public sealed class OutgoingMigration
         // A failure recorded before the channels were published did not abort them.
         _abort.Token.ThrowIfCancellationRequested();
         SwitchoverWarmup.Source(_guest);
+        if (postcopy) SwitchoverWarmup.Postcopy(_guest);
         // Probe the control round trip now that both sides run warm code: the destination echoes this at once.
         SendKeepalive();
         // Before round 0 all of memory is still to go (the pass's own figures take over once it starts).
@@ -374,7 +377,12 @@ public sealed class OutgoingMigration
         _guest.GetPopulatedPages(populated.Words);
         if (_options.Mode == MigrationMode.Postcopy)
         {
-            // Nothing moves before the switchover: every page is missing on the destination.
+            // Nothing moves before the switchover: every page is missing on the destination. It reads control records
+            // only once its own warm-up is done, so one echoed Keepalive says it is ready: pausing earlier would spend
+            // the guest's downtime on the destination's JIT.
+            _echoArrived.Reset();
+            SendKeepalive();
+            _echoArrived.Wait(_options.PeerTimeout, _abort.Token);
             _switchReasonText = "postcopy";
             PostcopySwitchover(stats, bitmap, populated, done, ref paused);
             return;
@@ -636,32 +644,33 @@ public sealed class OutgoingMigration
     /// <summary>Sequence of the Flush that ends each page channel's post-copy push.</summary>
     private const ulong PostcopyFlushSequence = 2;
 
-    /// <summary>Send the missing-page map as MissingPages records (slices with no bit set are left out); returns its count.</summary>
+    /// <summary>Send the missing-page map as MissingPages records of runs; returns how many pages it names.</summary>
     private long SendMissingPages(DirtyBitmap bitmap)
     {
         long total = 0;
         ulong bitBase = 0;
         var regions = _guest.Regions;
+        var runs = new List<(ulong First, uint Count)>();
         for (int r = 0; r < regions.Count; r++)
         {
             ulong pages = regions[r].Pages;
-            for (ulong first = 0; first < pages; first += (ulong)MigrationProtocol.MaxMissingWords * 64)
+            foreach (var run in bitmap.Runs(bitBase, bitBase + pages, uint.MaxValue))
             {
-                ulong end = Math.Min(pages, first + ((ulong)MigrationProtocol.MaxMissingWords * 64));
-                ulong count = bitmap.Count(bitBase + first, bitBase + end);
-                if (count == 0) continue;
-                total += (long)count;
-                var words = new ulong[(end - first + 63) / 64];
-                foreach (var run in bitmap.Runs(bitBase + first, bitBase + end))
-                {
-                    for (ulong b = run.Start - bitBase - first; b < run.End - bitBase - first; b++)
-                        words[b >> 6] |= 1UL << (int)(b & 63);
-                }
-                _control!.Write(new MissingPagesMessage((ushort)r, first, words));
+                runs.Add((run.Start - bitBase, (uint)run.Length));
+                total += (long)run.Length;
+                if (runs.Count == MigrationProtocol.MaxMissingRuns) Flush(r);
             }
+            Flush(r);
             bitBase += pages;
         }
         return total;
+
+        void Flush(int region)
+        {
+            if (runs.Count == 0) return;
+            _control!.Write(new MissingPagesMessage((ushort)region, [.. runs]));
+            runs.Clear();
+        }
     }
 
     /// <summary>
@@ -1060,6 +1069,7 @@ public sealed class OutgoingMigration
     private void OnKeepaliveEcho(ulong stamp)
     {
         if (stamp != Volatile.Read(ref _lastKeepaliveStamp)) return;
+        _echoArrived.Set();
         long rtt = _time.GetElapsedTime((long)(stamp & ~(1UL << 63))).Ticks;
         if (rtt >= 0 && rtt < Volatile.Read(ref _controlRoundTripTicks)) Volatile.Write(ref _controlRoundTripTicks, rtt);
     }

@@ -1,6 +1,8 @@
 using System.Reflection;
+using System.Runtime.InteropServices;
 using System.Runtime.CompilerServices;
 using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
 using Ferry.Migration.Protocol;
 using Ferry.Migration.Transport;
 
@@ -95,6 +97,88 @@ internal static class SwitchoverWarmup
             writer.WriteBatch(0, region, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
             reader.ReadNext();
         }
+    }
+
+    /// <summary>
+    /// Post-copy's switchover and first faults run code no pre-copy round runs: the missing-page map, the prepager, the
+    /// urgent sender, the post-copy batch path and its installs, the per-page digest. Measured on the first post-copy
+    /// of a process (1 GiB in-process guest, 2 cores): downtime 40-100 ms against 15-25 ms once warm. So dry-run them
+    /// here, on scratch memory, before the guest pauses.
+    /// </summary>
+    public static void Postcopy(object guestSide)
+    {
+        var (a, b) = InMemoryTransport.CreatePair("warmup-postcopy", capacity: 256 << 10);
+        using (a)
+        using (b)
+        {
+            var writer = new ProtocolWriter(a);
+            var reader = new ProtocolReader(b);
+            writer.Write(new MissingPagesMessage(0, [(0, 1), (5, 2)]));
+            writer.Write(new PostcopyDoneMessage(1, 2, 3, 4, 5, 6, 7, 8, UInt128.One));
+            writer.WritePageRequestNoAlloc(0, 1, 1);
+            reader.Expect<MissingPagesMessage>().Validate([new MemoryRegion(0, 1 << 20, 4096)]);
+            reader.Expect<PostcopyDoneMessage>();
+            reader.Expect<PageRequestMessage>();
+            DryRunPostcopyBatches(a, b);
+        }
+        foreach (var strategy in Enum.GetValues<Postcopy.PrepagingStrategy>())
+        {
+            var toSend = new DirtyBitmap(4096);
+            toSend.SetAll();
+            var prepager = new Postcopy.Prepager(toSend, [4096UL], strategy);
+            var runs = new DirtyRun[MigrationProtocol.MaxRunsPerBatch];
+            prepager.Claim(100);
+            prepager.OnFault(100);
+            while (prepager.Take(runs, MigrationProtocol.MaxNormalPagesPerBatch, out _) > 0) { }
+        }
+        if (guestSide is IPostcopyTarget target) Prepare(target, typeof(IPostcopyTarget), nameof(IPostcopyTarget.BeginPostcopy));
+    }
+
+    private static unsafe void DryRunPostcopyBatches(IMigrationChannel send, IMigrationChannel receive)
+    {
+        // Page aligned scratch "guest memory" (installs copy whole pages), freed at the end.
+        const int Pages = 4;
+        nint memory = (nint)NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
+        try
+        {
+            new Span<byte>((void*)memory, Pages * MemoryRegion.PageSize).Fill(1);
+            var region = new MemoryRegion(0, Pages * MemoryRegion.PageSize, memory);
+            MemoryRegion[] regions = [region];
+            var missing = new DirtyBitmap(Pages);
+            var writer = new PageBatchWriter(send);
+            var reader = new PageBatchReader(receive, regions);
+            var sink = new ScratchMemory(region);
+            PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
+            for (int i = 0; i < 40; i++)
+            {
+                missing.SetAll();
+                var incoming = new Postcopy.PostcopyIncoming(regions, [missing], (_, _) => { }, new Postcopy.PageHashDigest(regions));
+                incoming.Attach(sink);
+                incoming.PageNeeded(0, 3);
+                reader.Postcopy = incoming;
+                writer.WriteBatch(0, region, runs, PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed);
+                reader.ReadNext();
+                incoming.Latency();
+                incoming.Digest!.Compute();
+            }
+        }
+        finally
+        {
+            NativeMemory.AlignedFree((void*)memory);
+        }
+    }
+
+    /// <summary>Installs into plain memory (the warm-up's stand-in for a guest).</summary>
+    private sealed unsafe class ScratchMemory(MemoryRegion region) : IPostcopyMemory
+    {
+        public void Install(int r, ulong firstPage, int count, nint source) =>
+            Buffer.MemoryCopy((void*)source, (void*)region.PageAddress(firstPage), count * MemoryRegion.PageSize, count * MemoryRegion.PageSize);
+        public void InstallZero(int r, ulong firstPage, ulong count) =>
+            new Span<byte>((void*)region.PageAddress(firstPage), (int)count * MemoryRegion.PageSize).Clear();
+        public long BlockedTicks => 0;
+        public long WorkingSetPages => 0;
+        public void Abort(string reason) { }
+        public void Dispose() { }
     }
 
     /// <summary>JIT-compile <paramref name="instance"/>'s implementation of interface method <paramref name="name"/>.</summary>

@@ -126,27 +126,26 @@ public sealed record PageRequestMessage(ushort Region, ulong FirstPage, uint Cou
 }
 
 /// <summary>
-/// Source, post-copy switchover: pages [<paramref name="FirstPage"/>, + 64 × words) of <paramref name="Region"/> whose
-/// bit is set are missing on the destination (never sent, or dirtied since). <paramref name="FirstPage"/> is a
-/// multiple of 64 and the slice lies inside the region (checked with <see cref="Validate"/>); bits past the region's
-/// end must be clear.
+/// Source, post-copy switchover: the pages of <paramref name="Runs"/> (each first page and count, count &gt; 0) of
+/// <paramref name="Region"/> are missing on the destination (never sent, or dirtied since). Check them against the
+/// layout with <see cref="Validate"/>.
 /// </summary>
-public sealed record MissingPagesMessage(ushort Region, ulong FirstPage, ulong[] Words) : ControlMessage
+public sealed record MissingPagesMessage(ushort Region, (ulong First, uint Count)[] Runs) : ControlMessage
 {
     public override RecordKind Kind => RecordKind.MissingPages;
 
-    /// <summary>Throw <see cref="MigrationProtocolException"/> unless the slice lies inside <paramref name="regions"/>.</summary>
+    /// <summary>Throw <see cref="MigrationProtocolException"/> unless every run lies inside <paramref name="regions"/>.</summary>
     public void Validate(IReadOnlyList<Guest.MemoryRegion> regions)
     {
         ArgumentNullException.ThrowIfNull(regions);
         if (Region >= regions.Count)
             throw new MigrationProtocolException($"MissingPages: region {Region} does not exist ({regions.Count} regions)");
         ulong pages = regions[Region].Pages;
-        if (FirstPage % 64 != 0 || FirstPage >= pages || (ulong)Words.Length > ((pages - FirstPage) + 63) / 64)
-            throw new MigrationProtocolException($"MissingPages: {Words.Length} words from page {FirstPage} do not fit region {Region} of {pages} pages");
-        ulong end = FirstPage + ((ulong)Words.Length * 64);
-        if (end > pages && (Words[^1] >> (int)(64 - (end - pages))) != 0)
-            throw new MigrationProtocolException($"MissingPages: bits past the end of region {Region} are set");
+        foreach (var (first, count) in Runs)
+        {
+            if (count == 0 || first >= pages || count > pages - first)
+                throw new MigrationProtocolException($"MissingPages: pages {first}+{count} outside region {Region} of {pages} pages");
+        }
     }
 }
 

@@ -37,7 +37,7 @@ namespace Ferry.Migration.Protocol;
 ///   AwaitHello --Hello ok--> Welcome sent: Receiving --Complete--> Draining (wait for Flush{seq} on all page channels)
 ///   AwaitHello --bad/unsupported--> Refuse sent, closed
 ///   Receiving: StateSection* accumulated (at most 4 MiB each, and a receiver's total bound), Keepalive echoed,
-///              any other record (PageRequest included, in v1) answered with Error
+///              MissingPages accumulated when post-copy was negotiated, any other record answered with Error
 ///   Draining (at most PeerTimeout) --state loaded--> Ready sent: AwaitCommit (at most PeerTimeout) --Commit--> start
 ///              guest, Resumed sent: Done
 ///   any state --Cancel/Error/EOF/timeout/bad record--> Failed: guest discarded (never started)
@@ -84,11 +84,15 @@ namespace Ferry.Migration.Protocol;
 ///   Resumed      resume-us u32
 ///   Cancel       reason: string
 ///   Error        code u16 | message: string
+///   MissingPages region u16 | run count u16 (1..4096) | runs {first page u64, count u32 (>0)}*  (post-copy)
+///   PostcopyDone faults u32 | latency p50 u32 | p99 u32 | max u32 (us) | blocked-us u64 | working set u64
+///                (u64 max = unknown) | installed u64 | duplicates u64 | [digest 16]   flags: bit0 DigestPresent
 ///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver; the destination echoes a source
 ///                Keepalive's value back at once, from which the source measures the control round trip)
 ///                On a page channel with LandedSync negotiated, the destination echoes the value on the control
 ///                channel after every record before it on that channel was applied (see "Landed sync").
-///   PageRequest  region u16 | first page u64 | count u32 (1..512)  (post-copy; v1 parses it and answers Error)
+///   PageRequest  region u16 | first page u64 | count u32 (1..512)  (post-copy only; a source that is not in
+///                post-copy, or a range outside guest memory, is answered with Error)
 ///   string       length u16 (&lt;= 1024) | UTF-8 bytes (strictly valid)
 /// </code>
 ///
@@ -107,6 +111,21 @@ namespace Ferry.Migration.Protocol;
 /// should get out of the way.
 /// A receiver writes data into guest memory before the trailer is checked; a bad trailer fails the migration and the
 /// half-built guest is discarded, so nothing unverified ever runs.</para>
+///
+/// <para><b>Post-copy</b> (capabilities Postcopy and UrgentChannel, both required: a receiver that cannot run a guest
+/// before its memory arrived refuses the handshake). The switchover changes: the source pauses, sends Flush on every
+/// page channel (everything of the pre-copy rounds, if any, lands first), then MissingPages records naming every page
+/// the destination must not use as it holds it (never sent, or dirtied since it was), the state sections, and Complete
+/// with flag Postcopy. The destination drains the Flushes, makes those pages missing, loads the state and answers Ready;
+/// Commit and Resumed as in pre-copy, and the guest runs at the destination from Commit. Then the source pushes every
+/// missing page on the page channels as PageBatch records flagged Postcopy (and DataChecksummed: the source is paused
+/// for good, so the data never changes), ended by Flush 2 on each; a page a guest thread waits for is asked for with
+/// PageRequest on the control channel and sent at once on the urgent channel (a connection of the transport's own, so
+/// it never waits behind bulk data). Postcopy batches may come on any page channel (ordering no longer matters: each page
+/// has one content) and are installed only into pages still missing, after their checksum held. When the last
+/// missing page is installed the destination sends PostcopyDone (its figures, and with verification the digest of
+/// every page as installed plus the pages held at the start, against the source's of its frozen memory), and the source
+/// closes. A connection lost after Commit loses the VM: neither side has all of it.</para>
 ///
 /// <para><b>Landed sync</b> (capability LandedSync). A source's send returns once the bytes are in its socket buffer;
 /// the destination may still be megabytes behind (two 4 MiB buffers per channel), landing pages into memory it has to
@@ -202,11 +221,17 @@ public static class MigrationProtocol
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
         | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel;
 
-    /// <summary>Most bitmap words in one MissingPages record: 4096 words = 262,144 pages = 1 GiB of guest memory, 32 KiB.</summary>
-    public const int MaxMissingWords = 4096;
+    /// <summary>
+    /// Most runs in one MissingPages record (48 KiB): a whole region missing is one run, and a hybrid's scattered
+    /// dirty pages take a run each, so a record or two carry the usual map where a bitmap would take 32 KiB per GiB.
+    /// </summary>
+    public const int MaxMissingRuns = 4096;
 
-    /// <summary>MissingPages payload before its words: region u16, first page u64, word count u16.</summary>
-    internal const int MissingPagesFixedSize = 2 + 8 + 2;
+    /// <summary>MissingPages payload before its runs: region u16, run count u16.</summary>
+    internal const int MissingPagesFixedSize = 2 + 2;
+
+    /// <summary>One run of a MissingPages record: first page u64, count u32.</summary>
+    internal const int MissingRunSize = 8 + 4;
 
     /// <summary>PostcopyDone payload without its digest.</summary>
     internal const int PostcopyDoneFixedSize = (4 * 4) + 8 + 8 + 8 + 8;
@@ -230,7 +255,7 @@ public static class MigrationProtocol
         RecordKind.Error => 2 + 2 + MaxStringLength,
         RecordKind.Keepalive => 8,
         RecordKind.PageRequest => 2 + 8 + 4,
-        RecordKind.MissingPages => MissingPagesFixedSize + (MaxMissingWords * 8),
+        RecordKind.MissingPages => MissingPagesFixedSize + (MaxMissingRuns * MissingRunSize),
         RecordKind.PostcopyDone => PostcopyDoneFixedSize + 16,
         _ => -1,
     };

@@ -137,17 +137,17 @@ public sealed class ProtocolReader
                 {
                     if (payload.Length < MigrationProtocol.MissingPagesFixedSize)
                         throw new MigrationProtocolException($"MissingPages record: payload of {payload.Length} bytes is too short");
-                    int words = BinaryPrimitives.ReadUInt16LittleEndian(payload[10..]);
-                    if (words is 0 or > MigrationProtocol.MaxMissingWords)
-                        throw new MigrationProtocolException($"MissingPages record: {words} words; 1..{MigrationProtocol.MaxMissingWords} allowed");
-                    Wire.ExpectLength(header, MigrationProtocol.MissingPagesFixedSize + (words * 8));
-                    ulong first = BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]);
-                    if (first % 64 != 0)
-                        throw new MigrationProtocolException($"MissingPages record: first page {first} is not a multiple of 64");
-                    var bits = new ulong[words];
-                    for (int i = 0; i < words; i++)
-                        bits[i] = BinaryPrimitives.ReadUInt64LittleEndian(payload[(MigrationProtocol.MissingPagesFixedSize + (i * 8))..]);
-                    return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), first, bits);
+                    int count = BinaryPrimitives.ReadUInt16LittleEndian(payload[2..]);
+                    if (count is 0 or > MigrationProtocol.MaxMissingRuns)
+                        throw new MigrationProtocolException($"MissingPages record: {count} runs; 1..{MigrationProtocol.MaxMissingRuns} allowed");
+                    Wire.ExpectLength(header, MigrationProtocol.MissingPagesFixedSize + (count * MigrationProtocol.MissingRunSize));
+                    var runs = new (ulong, uint)[count];
+                    for (int i = 0, o = MigrationProtocol.MissingPagesFixedSize; i < count; i++, o += MigrationProtocol.MissingRunSize)
+                    {
+                        runs[i] = (BinaryPrimitives.ReadUInt64LittleEndian(payload[o..]), BinaryPrimitives.ReadUInt32LittleEndian(payload[(o + 8)..]));
+                        if (runs[i].Item2 == 0) throw new MigrationProtocolException($"MissingPages record: run {i} is empty");
+                    }
+                    return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), runs);
                 }
             case RecordKind.PostcopyDone:
                 {

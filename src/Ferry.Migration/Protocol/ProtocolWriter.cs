@@ -175,14 +175,18 @@ public sealed class ProtocolWriter
                 length = 14;
                 break;
             case MissingPagesMessage m:
-                if (m.Words.Length is 0 or > MigrationProtocol.MaxMissingWords || m.FirstPage % 64 != 0)
-                    throw new ArgumentException($"MissingPages of {m.Words.Length} words from page {m.FirstPage}", nameof(message));
+                if (m.Runs.Length is 0 or > MigrationProtocol.MaxMissingRuns)
+                    throw new ArgumentException($"MissingPages of {m.Runs.Length} runs; 1..{MigrationProtocol.MaxMissingRuns}", nameof(message));
                 BinaryPrimitives.WriteUInt16LittleEndian(p, m.Region);
-                BinaryPrimitives.WriteUInt64LittleEndian(p[2..], m.FirstPage);
-                BinaryPrimitives.WriteUInt16LittleEndian(p[10..], (ushort)m.Words.Length);
-                MemoryMarshal.AsBytes(m.Words.AsSpan()).CopyTo(p[MigrationProtocol.MissingPagesFixedSize..]);
-                if (!BitConverter.IsLittleEndian) throw new PlatformNotSupportedException("big-endian host");
-                length = MigrationProtocol.MissingPagesFixedSize + (m.Words.Length * 8);
+                BinaryPrimitives.WriteUInt16LittleEndian(p[2..], (ushort)m.Runs.Length);
+                length = MigrationProtocol.MissingPagesFixedSize;
+                foreach (var (first, count) in m.Runs)
+                {
+                    if (count == 0) throw new ArgumentException("MissingPages run of 0 pages", nameof(message));
+                    BinaryPrimitives.WriteUInt64LittleEndian(p[length..], first);
+                    BinaryPrimitives.WriteUInt32LittleEndian(p[(length + 8)..], count);
+                    length += MigrationProtocol.MissingRunSize;
+                }
                 break;
             case PostcopyDoneMessage done:
                 BinaryPrimitives.WriteUInt32LittleEndian(p, done.Faults);
