@@ -158,13 +158,26 @@ internal sealed class PostcopyIncoming : IPageFaultSink
         if (Interlocked.Add(ref _missingCount, -(long)count) == 0) AllLanded.Set();
     }
 
+    /// <summary>The pages still missing, per region (bits clear as pages land): what a resumed source must send.</summary>
+    public IReadOnlyList<DirtyBitmap> MissingMap => _missing;
+
     /// <summary>
-    /// Forget which pages were asked for, so the waits still pending are asked for again (after a reconnect, whatever
-    /// was in flight is lost).
+    /// Ask again for every page a guest thread waits for and that has not landed: after a reconnect, requests and pages in
+    /// flight on the lost connection are gone. Returns how many.
     /// </summary>
-    public void ForgetRequests()
+    public int RequestPendingAgain()
     {
-        foreach (var r in _requested) r.ClearAll();
+        int n = 0;
+        for (int r = 0; r < _regions.Count; r++)
+        {
+            for (ulong p = 0; p < _regions[r].Pages; p++)
+            {
+                if (Volatile.Read(ref _requestedAt[_first[r] + p]) == 0 || !_missing[r].TestAtomic(p)) continue;
+                _request(r, p);
+                n++;
+            }
+        }
+        return n;
     }
 
     /// <summary>Fault latency percentiles in microseconds (p50, p99, max); zeros with no fault.</summary>

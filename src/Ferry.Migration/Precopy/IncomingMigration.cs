@@ -38,6 +38,12 @@ public sealed record IncomingOptions
     public bool PopulateFreshRuns { get; init; }
 
     /// <summary>
+    /// How long a post-copy destination whose connection was lost waits for the source to resume (postcopy-paused)
+    /// before it gives the VM up as lost. The guest's threads that need a missing page wait meanwhile; the others run.
+    /// </summary>
+    public TimeSpan PostcopyRecoveryTimeout { get; init; } = TimeSpan.FromSeconds(60);
+
+    /// <summary>
     /// During pre-copy, map in the background every 2 MiB chunk of guest memory in which at least this many of the
     /// 512 pages hold received data (collapsing chunks split to 4 KiB pages back into huge pages), so the
     /// stop-and-copy pass lands in mapped memory (see <see cref="ChunkPrefaulter"/>); 0 turns it off. Default 64 (an
@@ -88,6 +94,21 @@ public sealed class IncomingMigration
     private volatile bool _postcopyNegotiated;
     // Post-copy is over (every page landed, PostcopyDone sent): the source closing its channels is the normal end.
     private volatile bool _postcopyOver;
+    // Post-copy recovery: the link is down (set by whichever thread saw it first), and why.
+    private readonly ManualResetEventSlim _linkLost = new();
+    private volatile bool _linkDown;
+    private string? _linkReason;
+    private HelloMessage? _hello;
+    private ReceivedPageMap? _receivedMap;
+    private IMigrationTarget? _target;
+    private readonly List<Receiver> _retired = [];
+    private volatile bool _paused;
+
+    /// <summary>True while post-copy waits for the source to resume over a new connection (postcopy-paused).</summary>
+    public bool PostcopyPaused => _paused;
+
+    /// <summary>Connections lost and recovered during post-copy; valid after <see cref="Run"/>.</summary>
+    public int PostcopyRecoveries { get; private set; }
 
     public IncomingMigration(IMigrationListener listener, IMigrationTargetFactory factory, IncomingOptions options, TimeProvider? time = null)
     {
@@ -140,6 +161,7 @@ public sealed class IncomingMigration
 
             // AwaitHello: nothing is allocated for the guest before the handshake is fully validated.
             var hello = ReadHello(reader);
+            _hello = hello;
             var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, _connection.Pages.Count);
             if (!decision.Accepted) Refuse(decision.Reason!);
 
@@ -161,6 +183,8 @@ public sealed class IncomingMigration
             receivers = new Receiver[_connection.Pages.Count];
             var received = new ReceivedPageMap(target.Regions, target.TransparentHugePages);
             ReceivedPages = received;
+            _receivedMap = received;
+            _target = target;
             if (_options.PrefaultChunkThreshold > 0)
             {
                 prefaulter = new ChunkPrefaulter(target.Regions, received, _options.PrefaultChunkThreshold);
@@ -255,6 +279,7 @@ public sealed class IncomingMigration
                 _postcopyMemory = memory;
                 incoming.Attach(memory);
                 foreach (var r in receivers) r.Reader.Postcopy = incoming;
+                _currentReceivers = receivers;
                 urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
                 urgent.Reader.Postcopy = incoming;
                 _urgentReceiver = urgent;
@@ -326,6 +351,8 @@ public sealed class IncomingMigration
             // The guest cannot run without the pages it lacks: discard it (its threads waiting for pages are released
             // first by the abort above).
             foreach (var r in receivers) r.Join();
+            foreach (var r in _retired) r.Join();
+            foreach (var r in _currentReceivers) r.Join();
             _urgentReceiver?.Join();
             target?.Dispose();
             throw new MigrationException($"post-copy failed after the guest started here: {reason}; the VM is lost", e);
@@ -350,6 +377,8 @@ public sealed class IncomingMigration
             _done = true;
             keepalive?.Dispose();
             foreach (var r in receivers) r.Join();
+            foreach (var r in _retired) r.Join();
+            foreach (var r in _currentReceivers) r.Join();
             _urgentReceiver?.Join();
             if (prefaulter is not null)
             {
@@ -370,6 +399,7 @@ public sealed class IncomingMigration
 
     private IPostcopyMemory? _postcopyMemory;
     private Receiver? _urgentReceiver;
+    private Receiver[] _currentReceivers = [];
     private bool _postcopyCommitted;
 
     /// <summary>A guest thread waits for a page: ask the source (any thread; the control writer serialises records).</summary>
@@ -388,9 +418,46 @@ public sealed class IncomingMigration
     /// <summary>
     /// The post-copy phase, the guest running: the control channel is read on a thread of its own (keepalives, or the
     /// source's Error), while this thread waits for the last missing page, then reports PostcopyDone and ends post-copy.
-    /// Throws if the connection fails first.
+    /// A lost connection pauses post-copy until the source resumes over a new one (or the recovery timeout gives the VM
+    /// up). Throws if the VM is lost.
     /// </summary>
     private void RunPostcopy(Postcopy.PostcopyIncoming incoming, ProtocolReader reader)
+    {
+        var control = StartPostcopyControl(reader);
+        while (WaitHandle.WaitAny([incoming.AllLanded.WaitHandle, _linkLost.WaitHandle, _abort.Token.WaitHandle]) != 0
+               && !incoming.AllLanded.IsSet)
+        {
+            if (_abort.IsCancellationRequested) throw new MigrationException(_failure ?? "post-copy failed");
+            control.Join(TimeSpan.FromSeconds(5));
+            control = Recover(incoming);
+        }
+        if (_abort.IsCancellationRequested) throw new MigrationException(_failure ?? "post-copy failed");
+        _postcopyOver = true;
+        var memory = incoming.Memory!;
+        var (p50, p99, max) = incoming.Latency();
+        long working = memory.WorkingSetPages;
+        var done = new PostcopyDoneMessage(
+            (uint)Math.Min(uint.MaxValue, incoming.Faults), p50, p99, max,
+            (ulong)(memory.BlockedTicks * 1_000_000 / System.Diagnostics.Stopwatch.Frequency),
+            working < 0 ? ulong.MaxValue : (ulong)working,
+            (ulong)incoming.Installed, (ulong)incoming.Duplicates,
+            incoming.Digest?.Compute());
+        PostcopyResult = done;
+        try
+        {
+            _control!.Write(done);
+        }
+        catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+        {
+            // Every page is here: the guest is whole whatever the source hears. It learns from the closed link.
+        }
+        lock (_gate) _done = true;
+        // The source closes once it has read PostcopyDone; wait for that (bounded), then end post-copy here.
+        control.Join(TimeSpan.FromSeconds(2));
+        memory.Dispose();
+    }
+
+    private Thread StartPostcopyControl(ProtocolReader reader)
     {
         var control = new Thread(() =>
         {
@@ -403,7 +470,8 @@ public sealed class IncomingMigration
                     switch (m)
                     {
                         case null:
-                            if (!_postcopyOver) Fail("source closed the control channel during post-copy", null);
+                            if (!_postcopyOver && !OnLinkLost("source closed the control channel during post-copy"))
+                                Fail("source closed the control channel during post-copy", null);
                             return;
                         case KeepaliveMessage k:
                             Echo(k.Timestamp);
@@ -419,29 +487,145 @@ public sealed class IncomingMigration
             }
             catch (Exception e)
             {
-                if (!_postcopyOver) Fail(e is MigrationException or IOException ? $"control channel: {e.Message}" : e.ToString(), null);
+                if (_postcopyOver) return;
+                string why = e is MigrationException or IOException ? $"control channel: {e.Message}" : e.ToString();
+                if (e is not MigrationTransportException || !OnLinkLost(why)) Fail(why, null);
             }
         }) { IsBackground = true, Name = "ferry-postcopy-control" };
         control.Start();
-        WaitHandle.WaitAny([incoming.AllLanded.WaitHandle, _abort.Token.WaitHandle]);
-        if (!incoming.AllLanded.IsSet || _abort.IsCancellationRequested)
-            throw new MigrationException(_failure ?? "post-copy failed");
-        _postcopyOver = true;
-        var memory = incoming.Memory!;
-        var (p50, p99, max) = incoming.Latency();
-        long working = memory.WorkingSetPages;
-        var done = new PostcopyDoneMessage(
-            (uint)Math.Min(uint.MaxValue, incoming.Faults), p50, p99, max,
-            (ulong)(memory.BlockedTicks * 1_000_000 / System.Diagnostics.Stopwatch.Frequency),
-            working < 0 ? ulong.MaxValue : (ulong)working,
-            (ulong)incoming.Installed, (ulong)incoming.Duplicates,
-            incoming.Digest?.Compute());
-        PostcopyResult = done;
-        _control!.Write(done);
-        lock (_gate) _done = true;
-        // The source closes once it has read PostcopyDone; wait for that (bounded), then end post-copy here.
-        control.Join(TimeSpan.FromSeconds(2));
-        memory.Dispose();
+        return control;
+    }
+
+    /// <summary>
+    /// The connection was lost during post-copy (any thread): abort what is left of it and let the post-copy loop wait
+    /// for a new one. False when not in post-copy (the caller fails the migration as before).
+    /// </summary>
+    private bool OnLinkLost(string reason)
+    {
+        MigrationConnection? connection;
+        lock (_gate)
+        {
+            if (!_postcopyCommitted || _done || _postcopyOver || _failure is not null) return false;
+            if (_linkDown) return true;
+            _linkDown = true;
+            _linkReason = reason;
+            connection = _connection;
+        }
+        connection?.Abort();
+        _linkLost.Set();
+        return true;
+    }
+
+    /// <summary>
+    /// postcopy-paused: wait (at most the recovery timeout) for the source to connect again with a resuming Hello for
+    /// this VM, then tell it what is still missing, ask again for what the guest waits for, and go on. Throws (the VM
+    /// is lost) when no source comes back in time.
+    /// </summary>
+    private Thread Recover(Postcopy.PostcopyIncoming incoming)
+    {
+        _paused = true;
+        string lostBecause = _linkReason ?? "connection lost";
+        foreach (var r in _currentReceivers) _retired.Add(r);
+        if (_urgentReceiver is { } u) _retired.Add(u);
+        foreach (var r in _retired) r.Join();
+        _connection?.Dispose();
+        using var deadline = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
+        deadline.CancelAfter(_options.PostcopyRecoveryTimeout);
+        while (true)
+        {
+            MigrationConnection connection;
+            try
+            {
+                connection = _listener.Accept(deadline.Token);
+            }
+            catch (OperationCanceledException)
+            {
+                string why = $"post-copy paused ({lostBecause}) and the source did not resume within {_options.PostcopyRecoveryTimeout.TotalSeconds:F0} s";
+                Fail(why, null);
+                throw new MigrationException(why);
+            }
+            catch (MigrationTransportException)
+            {
+                continue; // a stray or broken group; keep waiting
+            }
+            var writer = new ProtocolWriter(connection.Control);
+            var reader = new ProtocolReader(connection.Control);
+            try
+            {
+                using var handshake = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), connection.Control, _options.PeerTimeout, Timeout.InfiniteTimeSpan);
+                var m = reader.Read() ?? throw new MigrationTransportException("closed before Hello");
+                if (m is not HelloMessage hello) throw new MigrationProtocolException($"first record was {m.Kind}, expected Hello");
+                string? refusal = null;
+                if ((hello.Capabilities & ProtocolCapabilities.PostcopyResume) == 0) refusal = "a post-copy is paused here; only its source may resume it";
+                else if (hello.VmId != _hello!.VmId) refusal = $"VM {hello.VmId} is not the one paused here ({_hello.VmId})";
+                else if (!hello.Regions.SequenceEqual(_hello.Regions)) refusal = "the memory layout differs from the paused VM's";
+                var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, connection.Pages.Count);
+                refusal ??= decision.Accepted ? null : decision.Reason;
+                if (refusal is null && connection.Urgent is null) refusal = "post-copy needs the urgent channel, and the connection has none";
+                if (refusal is not null)
+                {
+                    writer.WriteRefuse(refusal);
+                    connection.Abort();
+                    connection.Dispose();
+                    continue;
+                }
+                handshake.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                lock (_gate)
+                {
+                    _connection = connection;
+                    _control = writer;
+                    _linkLost.Reset();
+                    _linkDown = false;
+                    _linkReason = null;
+                }
+                Heard();
+                writer.WriteWelcome(decision.Capabilities);
+                var receivers = new Receiver[connection.Pages.Count];
+                for (int i = 0; i < receivers.Length; i++)
+                {
+                    receivers[i] = new Receiver(this, connection.Pages[i], null, _target!.Regions, _receivedMap!, resumed: true);
+                    receivers[i].Reader.Postcopy = incoming;
+                    receivers[i].Start();
+                }
+                _currentReceivers = receivers;
+                var urgent = new Receiver(this, connection.Urgent!, null, _target!.Regions, _receivedMap!);
+                urgent.Reader.Postcopy = incoming;
+                _urgentReceiver = urgent;
+                urgent.Start();
+                var runs = new List<(ulong, uint)>();
+                var map = incoming.MissingMap;
+                for (int r = 0; r < map.Count; r++)
+                {
+                    foreach (var run in map[r].Runs(0, map[r].BitCount, uint.MaxValue))
+                    {
+                        runs.Add((run.Start, (uint)run.Length));
+                        if (runs.Count == MigrationProtocol.MaxMissingRuns)
+                        {
+                            writer.Write(new MissingPagesMessage((ushort)r, [.. runs]));
+                            runs.Clear();
+                        }
+                    }
+                    if (runs.Count > 0) writer.Write(new MissingPagesMessage((ushort)r, [.. runs]));
+                    runs.Clear();
+                }
+                writer.Write(new ResumeReadyMessage((ulong)incoming.Missing));
+                incoming.RequestPendingAgain();
+                PostcopyRecoveries++;
+                _paused = false;
+                return StartPostcopyControl(reader);
+            }
+            catch (Exception e) when (e is MigrationException or IOException)
+            {
+                // A resume that broke half-way: the link is down again; wait for the next one.
+                connection.Abort();
+                lock (_gate)
+                {
+                    _linkDown = true;
+                    _linkReason = e.Message;
+                }
+                continue;
+            }
+        }
     }
 
     private HelloMessage ReadHello(ProtocolReader reader)
@@ -532,6 +716,8 @@ public sealed class IncomingMigration
     {
         // A page channel that broke because the source gave up (Cancel, Error) has the reason right behind it on
         // the control channel: give the control thread 250 ms to record it first.
+        // Post-copy: a lost connection is not the VM's end; both sides wait for a new one.
+        if (e is MigrationTransportException && OnLinkLost(reason)) return;
         if (e is MigrationTransportException) _abort.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250));
         if (!Fail(reason, e)) return;
         if (TellSource(reason, e) && _connection is { } c)
@@ -611,9 +797,10 @@ public sealed class IncomingMigration
     {
         if (_done) return;
         var silent = _time.GetElapsedTime(Volatile.Read(ref _lastHeard));
-        if (silent > _options.PeerTimeout)
+        if (silent > _options.PeerTimeout && !_linkDown)
         {
-            Fail($"source silent for {silent.TotalSeconds:F1} s (peer timeout {_options.PeerTimeout.TotalSeconds:F1} s)", null);
+            string why = $"source silent for {silent.TotalSeconds:F1} s (peer timeout {_options.PeerTimeout.TotalSeconds:F1} s)";
+            if (!OnLinkLost(why)) Fail(why, null);
             return;
         }
         if (!_keepalivesOn) return;
@@ -648,11 +835,13 @@ public sealed class IncomingMigration
         private readonly PageBatchReader _reader;
         private readonly Thread _thread;
 
-        public Receiver(IncomingMigration owner, IMigrationChannel channel, (int Index, int Count)? shard, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received)
+        public Receiver(IncomingMigration owner, IMigrationChannel channel, (int Index, int Count)? shard, IReadOnlyList<MemoryRegion> regions, ReceivedPageMap received, bool resumed = false)
         {
             _owner = owner;
             _channel = channel;
-            _urgent = shard is null;
+            // A resumed post-copy's page channels carry post-copy batches only, like the urgent one but ended by Flush.
+            _urgent = shard is null && !resumed;
+            if (resumed) Flushed.Set();
             _reader = new PageBatchReader(channel, regions, received) { PopulateFreshRuns = owner._options.PopulateFreshRuns, Shard = shard };
             _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
         }
@@ -692,8 +881,9 @@ public sealed class IncomingMigration
                     if (_urgent && record.Kind != PageRecordKind.PageBatch)
                     {
                         if (record.Kind == PageRecordKind.EndOfStream && (_owner._postcopyOver || _owner._done)) return;
-                        string what = record.Kind == PageRecordKind.EndOfStream ? "source closed the urgent channel during post-copy" : $"{record.Kind} on the urgent channel";
-                        _owner.FailFromReceiver(what, new MigrationProtocolException(what));
+                        bool closed = record.Kind == PageRecordKind.EndOfStream;
+                        string what = closed ? "source closed the urgent channel during post-copy" : $"{record.Kind} on the urgent channel";
+                        _owner.FailFromReceiver(what, closed ? new MigrationTransportException(what) : new MigrationProtocolException(what));
                         return;
                     }
                     if (!_niced && _reader.Postcopy is not null && !_urgent)

@@ -61,6 +61,16 @@ public sealed class OutgoingMigration
     private readonly ManualResetEventSlim _postcopyDoneArrived = new();
     // Set when the destination echoes our latest Keepalive.
     private readonly ManualResetEventSlim _echoArrived = new();
+    // Post-copy recovery: the connection's own abort (linked to _abort), set when the link is down, and the resume asked.
+    private CancellationTokenSource _link = new();
+    private bool _linkDown;
+    private string? _linkReason;
+    private readonly ManualResetEventSlim _linkLost = new();
+    private readonly ManualResetEventSlim _resumeAsked = new();
+    private IMigrationConnector? _resumeConnector;
+    private int _recoveries;
+    private long _pushedBefore;
+    private DirtyBitmap? _populatedForPush;
     private PostcopyDoneMessage? _postcopyDone;
     private long _postcopyDoneAt;
     private Postcopy.Prepager? _prepager;
@@ -173,8 +183,18 @@ public sealed class OutgoingMigration
         return Finish(stats, paused, dirtyLogOn);
     }
 
-    /// <summary>Cancel: idempotent; no effect once <c>commit</c> was sent.</summary>
-    public void Cancel() => Cancel("cancelled by the operator");
+    /// <summary>
+    /// Cancel: idempotent; no effect once <c>commit</c> was sent, except on a post-copy paused by a lost connection,
+    /// which it abandons: the source stops keeping the VM's pages, and the VM, running at the destination without them,
+    /// is lost.
+    /// </summary>
+    public void Cancel()
+    {
+        bool paused;
+        lock (_gate) paused = _linkDown;
+        if (paused) Fail(MigrationStatus.Failed, "post-copy abandoned by the operator while paused", notify: false, ProtocolErrorCode.None);
+        else Cancel("cancelled by the operator");
+    }
 
     /// <summary>Bandwidth cap for page channels (bytes/s, 0 = unlimited); takes effect at once.</summary>
     public long MaxBandwidth
@@ -237,6 +257,7 @@ public sealed class OutgoingMigration
     {
         var regions = _guest.Regions;
         bool postcopy = _options.PostcopyPossible;
+        _link = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
         _connection = _connector.Connect(_options.PageChannels, postcopy, _abort.Token);
         // A cancel that raced with Connect found no connection to abort: honour it now.
         _abort.Token.ThrowIfCancellationRequested();
@@ -283,7 +304,7 @@ public sealed class OutgoingMigration
         for (int i = 0; i < senders.Length; i++)
         {
             channels[i] = new RateLimitedChannel(_connection.Pages[i], _limiter);
-            senders[i] = new PageSender(i, senders.Length, channels[i], regions, OnSenderFailure, _abort.Token);
+            senders[i] = new PageSender(i, senders.Length, channels[i], regions, OnSenderFailure, _link.Token);
         }
         lock (_gate)
         {
@@ -578,6 +599,7 @@ public sealed class OutgoingMigration
             bool resumed = _resumedArrived.Wait(_options.PeerTimeout, _abort.Token) && _resumed is not null;
             long pushStart = _time.GetTimestamp();
             done.Reset(_senders.Length);
+            _populatedForPush = populated;
             foreach (var sender in _senders) sender.StartPostcopy(_prepager, PostcopyFlushSequence, done, populated);
             if (resumed)
             {
@@ -602,11 +624,22 @@ public sealed class OutgoingMigration
 
             // Post-copy: until the destination has every page. Bounded only by liveness (the watchdog): a large guest
             // over a slow link takes as long as it takes, and giving up would lose the VM anyway.
-            _postcopyDoneArrived.Wait(_abort.Token);
+            while (WaitHandle.WaitAny([_postcopyDoneArrived.WaitHandle, _linkLost.WaitHandle, _abort.Token.WaitHandle]) != 0
+                   && !_postcopyDoneArrived.IsSet)
+            {
+                _abort.Token.ThrowIfCancellationRequested();
+                // postcopy-paused: the destination's guest waits for its missing pages; this side keeps them all and
+                // waits for the operator's resume (ResumePostcopy), then carries on over the new connection.
+                Report();
+                WaitHandle.WaitAny([_resumeAsked.WaitHandle, _abort.Token.WaitHandle]);
+                _abort.Token.ThrowIfCancellationRequested();
+                _resumeAsked.Reset();
+                Reconnect(done);
+            }
             var doneMessage = _postcopyDone!;
             UInt128 sourceDigest = default;
             if (_sourceDigest is { } pending) sourceDigest = pending.GetAwaiter().GetResult();
-            long pushed = 0;
+            long pushed = Volatile.Read(ref _pushedBefore);
             foreach (var sender in _senders) pushed += sender.PushedPages;
             long working = doneMessage.WorkingSetPages == ulong.MaxValue ? -1 : (long)doneMessage.WorkingSetPages;
             stats.Postcopy = new PostcopyStatistics
@@ -622,6 +655,7 @@ public sealed class OutgoingMigration
                 FaultedShare = working > 0 ? Math.Min(1.0, doneMessage.Faults / (double)working) : null,
                 Prepaging = _options.Prepaging.ToString().ToLowerInvariant(),
                 Milliseconds = _time.GetElapsedTime(pushStart, Volatile.Read(ref _postcopyDoneAt)).TotalMilliseconds,
+                Recoveries = _recoveries,
             };
             if (_options.Verify)
             {
@@ -638,6 +672,169 @@ public sealed class OutgoingMigration
         finally
         {
             JoinSourceDigest();
+        }
+    }
+
+    /// <summary>Why the post-copy link went down, while <see cref="MigrationStatus.PostcopyPaused"/>; else null.</summary>
+    public string? PausedReason
+    {
+        get
+        {
+            lock (_gate) return _linkDown ? _linkReason : null;
+        }
+    }
+
+    /// <summary>
+    /// Resume a post-copy paused by a lost connection: connect again (through <paramref name="connector"/>, or the
+    /// original one when null, e.g. to reach the destination at a new address) and carry on from what the destination
+    /// still lacks. Any thread. Throws <see cref="InvalidOperationException"/> unless the migration is postcopy-paused.
+    /// A reconnection that fails leaves it paused, with the reason in <see cref="PausedReason"/>.
+    /// </summary>
+    public void ResumePostcopy(IMigrationConnector? connector = null)
+    {
+        lock (_gate)
+        {
+            if (!_linkDown || _finished || _failure is not null)
+                throw new InvalidOperationException("the migration is not paused in post-copy");
+            _resumeConnector = connector ?? _connector;
+        }
+        _resumeAsked.Set();
+    }
+
+    /// <summary>
+    /// A connection failure (reset, closed, silent): before the post-copy commit the migration fails and the source
+    /// runs on; after it, the link is down and both sides wait for a new one (postcopy-paused). Any thread.
+    /// </summary>
+    private void OnLinkFailure(string reason)
+    {
+        MigrationConnection? connection;
+        lock (_gate)
+        {
+            if (!(_committed && _postcopyActive))
+            {
+                connection = null;
+            }
+            else
+            {
+                if (_finished || _failure is not null || _linkDown) return;
+                _linkDown = true;
+                _linkReason = reason;
+                connection = _connection;
+            }
+        }
+        if (connection is null)
+        {
+            Fail(MigrationStatus.Failed, reason, notify: false, ProtocolErrorCode.None);
+            return;
+        }
+        _status = MigrationStatus.PostcopyPaused;
+        _link.Cancel();
+        connection.Abort();
+        _linkLost.Set();
+    }
+
+    /// <summary>
+    /// Post-copy recovery on the migration thread: retire the lost connection's threads, connect again with a resuming
+    /// Hello, take the destination's missing map, and restart the push and the urgent channel from it. A failure to
+    /// reconnect leaves the migration paused (the next resume tries again).
+    /// </summary>
+    private void Reconnect(CountdownEvent done)
+    {
+        foreach (var sender in _senders)
+        {
+            sender.Stop(TimeSpan.FromSeconds(5));
+            Interlocked.Add(ref _pushedBefore, sender.PushedPages);
+        }
+        _reader?.Join(TimeSpan.FromSeconds(5));
+        IMigrationChannel[] oldChannels;
+        lock (_gate) oldChannels = _pageChannels;
+        foreach (var p in oldChannels) p.Dispose();
+        _connection?.Dispose();
+        _senders = [];
+        lock (_gate) _pageChannels = [];
+
+        IMigrationConnector connector;
+        lock (_gate) connector = _resumeConnector ?? _connector;
+        var link = CancellationTokenSource.CreateLinkedTokenSource(_abort.Token);
+        MigrationConnection? connection = null;
+        try
+        {
+            connection = connector.Connect(_options.PageChannels, true, link.Token);
+            if (connection.Urgent is null || connection.Pages.Count != _options.PageChannels)
+                throw new MigrationException("the transport did not open the channels post-copy needs");
+            var control = new ProtocolWriter(connection.Control);
+            var reader = new ProtocolReader(connection.Control);
+            var regions = _guest.Regions;
+            var layout = new (ulong, ulong)[regions.Count];
+            for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
+            var caps = ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume
+                | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None);
+            var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
+            // Bounded like the first handshake: a destination that accepts and says nothing must not hold us.
+            using var deadline = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), connection.Control, _options.PeerTimeout, Timeout.InfiniteTimeSpan);
+            control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
+                (ushort)_options.PageChannels, caps, layout, token));
+            var welcome = reader.Expect<WelcomeMessage>();
+            if ((welcome.Capabilities & ProtocolCapabilities.PostcopyResume) == 0)
+                throw new MigrationException("the destination did not accept resuming post-copy");
+            var toSend = new DirtyBitmap(_guest.TotalPages);
+            ulong[] first = new ulong[regions.Count];
+            for (int r = 1; r < regions.Count; r++) first[r] = first[r - 1] + regions[r - 1].Pages;
+            while (true)
+            {
+                var m = reader.Read() ?? throw new MigrationTransportException("destination closed the control channel while resuming");
+                if (m is KeepaliveMessage) continue;
+                if (m is ResumeReadyMessage) break;
+                if (m is not MissingPagesMessage mp) throw ProtocolReader.Unexpected(m, "MissingPages or ResumeReady");
+                mp.Validate(regions);
+                foreach (var (start, count) in mp.Runs) toSend.SetRange(first[mp.Region] + start, first[mp.Region] + start + count);
+            }
+            deadline.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+
+            var regionPages = new ulong[regions.Count];
+            for (int r = 0; r < regionPages.Length; r++) regionPages[r] = regions[r].Pages;
+            var prepager = new Postcopy.Prepager(toSend, regionPages, _options.Prepaging);
+            var senders = new PageSender[_options.PageChannels];
+            var channels = new IMigrationChannel[senders.Length];
+            for (int i = 0; i < senders.Length; i++)
+            {
+                channels[i] = new RateLimitedChannel(connection.Pages[i], _limiter);
+                senders[i] = new PageSender(i, senders.Length, channels[i], regions, OnSenderFailure, link.Token);
+            }
+            lock (_gate)
+            {
+                _connection = connection;
+                _control = control;
+                _pageChannels = channels;
+                _senders = senders;
+                _link = link;
+                _prepager = prepager;
+                Volatile.Write(ref _urgent, new Postcopy.UrgentSender(connection.Urgent, regions, prepager));
+                _linkLost.Reset();
+                _linkDown = false;
+                _linkReason = null;
+            }
+            Volatile.Write(ref _lastHeard, _time.GetTimestamp());
+            _recoveries++;
+            _status = MigrationStatus.PostcopyActive;
+            _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
+            _reader.Start();
+            done.Reset(senders.Length);
+            foreach (var sender in senders)
+            {
+                sender.StartThread();
+                sender.StartPostcopy(prepager, PostcopyFlushSequence, done, _populatedForPush);
+            }
+            Report();
+        }
+        catch (Exception e) when (e is not OperationCanceledException || !_abort.IsCancellationRequested)
+        {
+            // Still paused; say why, and wait for the next resume.
+            connection?.Abort();
+            connection?.Dispose();
+            link.Dispose();
+            lock (_gate) _linkReason = $"resume failed: {Describe(e)}";
+            _linkLost.Set();
         }
     }
 
@@ -1024,7 +1221,8 @@ public sealed class OutgoingMigration
         }
         catch (Exception e)
         {
-            Fail(MigrationStatus.Failed, $"urgent channel: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+            if (e is MigrationTransportException) OnLinkFailure($"urgent channel: {Describe(e)}");
+            else Fail(MigrationStatus.Failed, $"urgent channel: {Describe(e)}", notify: true, ProtocolErrorCode.Internal);
         }
     }
 
@@ -1032,7 +1230,7 @@ public sealed class OutgoingMigration
     {
         // After commit a closing destination is normal (it may close right after Resumed); just stop waiting.
         _resumedArrived.Set();
-        Fail(MigrationStatus.Failed, $"control channel: {reason}", notify: false, ProtocolErrorCode.None);
+        OnLinkFailure($"control channel: {reason}");
     }
 
     private void OnKeepaliveTick()
@@ -1041,8 +1239,7 @@ public sealed class OutgoingMigration
         var silent = _time.GetElapsedTime(Volatile.Read(ref _lastHeard));
         if (silent > _options.PeerTimeout)
         {
-            Fail(MigrationStatus.Failed, $"destination silent for {silent.TotalSeconds:F1} s (peer timeout {_options.PeerTimeout.TotalSeconds:F1} s)",
-                notify: false, ProtocolErrorCode.None);
+            OnLinkFailure($"destination silent for {silent.TotalSeconds:F1} s (peer timeout {_options.PeerTimeout.TotalSeconds:F1} s)");
             return;
         }
         if (!_keepalivesOn) return;
@@ -1083,7 +1280,8 @@ public sealed class OutgoingMigration
             // 250 ms to deliver it before settling for "channel lost".
             _abort.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250));
         }
-        Fail(MigrationStatus.Failed, $"{sender.Name}: {Describe(e)}", notify: e is not MigrationTransportException, ProtocolErrorCode.Internal);
+        if (e is MigrationTransportException) OnLinkFailure($"{sender.Name}: {Describe(e)}");
+        else Fail(MigrationStatus.Failed, $"{sender.Name}: {Describe(e)}", notify: true, ProtocolErrorCode.Internal);
     }
 
     /// <summary>

@@ -149,6 +149,12 @@ public sealed record MissingPagesMessage(ushort Region, (ulong First, uint Count
     }
 }
 
+/// <summary>Destination, resuming post-copy: the missing map is complete (<paramref name="MissingPages"/> pages).</summary>
+public sealed record ResumeReadyMessage(ulong MissingPages) : ControlMessage
+{
+    public override RecordKind Kind => RecordKind.ResumeReady;
+}
+
 /// <summary>
 /// Destination: every page that was missing has landed, post-copy is over. Figures of the destination's side:
 /// faults (pages a guest thread waited for), fault latency percentiles (request to installed, microseconds), time guest

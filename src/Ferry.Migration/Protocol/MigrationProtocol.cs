@@ -125,7 +125,14 @@ namespace Ferry.Migration.Protocol;
 /// has one content) and are installed only into pages still missing, after their checksum held. When the last
 /// missing page is installed the destination sends PostcopyDone (its figures, and with verification the digest of
 /// every page as installed plus the pages held at the start, against the source's of its frozen memory), and the source
-/// closes. A connection lost after Commit loses the VM: neither side has all of it.</para>
+/// closes.</para>
+/// <para><b>Post-copy recovery.</b> A connection lost after Commit (reset, closed, or silent for the peer timeout) does
+/// not end the migration: both sides pause (postcopy-paused), the destination's guest threads that need a missing page
+/// wait, and the source keeps every page. The source then connects again (the operator's resume) with a Hello that
+/// carries PostcopyResume and the same VM identity and layout; the destination answers Welcome, MissingPages for every
+/// page it still lacks, ResumeReady{missing page count u64}, and asks again for the pages its threads wait for. Whatever
+/// was in flight on the lost connection is simply sent again. A destination that sees no resume within its recovery
+/// timeout gives the VM up as lost.</para>
 ///
 /// <para><b>Landed sync</b> (capability LandedSync). A source's send returns once the bytes are in its socket buffer;
 /// the destination may still be megabytes behind (two 4 MiB buffers per channel), landing pages into memory it has to
@@ -219,7 +226,7 @@ public static class MigrationProtocol
 
     /// <summary>Capabilities a v1 receiver can honour.</summary>
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
-        | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel;
+        | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume;
 
     /// <summary>
     /// Most runs in one MissingPages record (48 KiB): a whole region missing is one run, and a hybrid's scattered
@@ -257,6 +264,7 @@ public static class MigrationProtocol
         RecordKind.PageRequest => 2 + 8 + 4,
         RecordKind.MissingPages => MissingPagesFixedSize + (MaxMissingRuns * MissingRunSize),
         RecordKind.PostcopyDone => PostcopyDoneFixedSize + 16,
+        RecordKind.ResumeReady => 8,
         _ => -1,
     };
 
@@ -398,6 +406,9 @@ public enum RecordKind : byte
     MissingPages = 15,
     /// <summary>Destination → source, control: every missing page has landed; post-copy is over (its figures and digest).</summary>
     PostcopyDone = 16,
+    /// <summary>Destination → source, control, resuming a paused post-copy: the MissingPages records before this are
+    /// everything it still lacks; the push goes on.</summary>
+    ResumeReady = 17,
 }
 
 /// <summary>
@@ -422,6 +433,11 @@ public enum ProtocolCapabilities : ulong
     Postcopy = 1UL << 32,
     /// <summary>Required: the transport's urgent channel carries faulted pages so they never queue behind bulk pages.</summary>
     UrgentChannel = 1UL << 33,
+    /// <summary>
+    /// Required: this Hello resumes a post-copy whose connection was lost (same VM identity and layout); the destination
+    /// answers with what it still lacks (MissingPages, ResumeReady) instead of waiting for a switchover.
+    /// </summary>
+    PostcopyResume = 1UL << 37,
     /// <summary>Required, reserved: zstd-compressed pages.</summary>
     CompressionZstd = 1UL << 34,
     /// <summary>Required, reserved: LZ4-compressed pages.</summary>

@@ -149,6 +149,9 @@ public sealed class ProtocolReader
                     }
                     return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), runs);
                 }
+            case RecordKind.ResumeReady:
+                Wire.ExpectLength(header, 8);
+                return new ResumeReadyMessage(BinaryPrimitives.ReadUInt64LittleEndian(payload));
             case RecordKind.PostcopyDone:
                 {
                     bool digest = (header.Flags & (byte)ReadyFlags.DigestPresent) != 0;

@@ -188,6 +188,10 @@ public sealed class ProtocolWriter
                     length += MigrationProtocol.MissingRunSize;
                 }
                 break;
+            case ResumeReadyMessage ready:
+                BinaryPrimitives.WriteUInt64LittleEndian(p, ready.MissingPages);
+                length = 8;
+                break;
             case PostcopyDoneMessage done:
                 BinaryPrimitives.WriteUInt32LittleEndian(p, done.Faults);
                 BinaryPrimitives.WriteUInt32LittleEndian(p[4..], done.LatencyP50Us);

@@ -123,7 +123,11 @@ public class PostcopyFailureTests
             var writer = new ProtocolWriter(c.Control);
             var hello = reader.Expect<HelloMessage>();
             writer.WriteWelcome(hello.Capabilities & MigrationProtocol.SupportedCapabilities);
-            while (reader.Read() is not CompleteMessage) { }
+            // Echo keepalives as a destination does: a pure post-copy source waits for one before it pauses.
+            for (var m = reader.Read(); m is not CompleteMessage; m = reader.Read())
+            {
+                if (m is KeepaliveMessage k) writer.WriteKeepalive(k.Timestamp);
+            }
             writer.WriteReady(0, 0, null);
             reader.Expect<CommitMessage>();
             writer.WriteResumed(1);
@@ -166,18 +170,63 @@ public class PostcopyFailureTests
         plan.Close(FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref die)));
         // Slow enough that post-copy is still pushing when the source dies (64 MiB at 16 MB/s: ~4 s).
         var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 16 << 20 };
-        var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options,
+        var incoming = new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30, PostcopyRecoveryTimeout = TimeSpan.FromSeconds(1) };
+        var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options, incoming: incoming,
             duringRun: source =>
             {
                 SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(10));
                 Thread.Sleep(300);
                 Volatile.Write(ref die, true);
+                // The source's side of the death: its connection is gone and it never comes back; the operator (or the
+                // process's end) gives it up once the destination has.
+                SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyPaused, TimeSpan.FromSeconds(10));
+                Thread.Sleep(3000);
+                source.Cancel();
             });
         Assert.Equal(MigrationStatus.Failed, outcome.Stats.Status);
         Assert.Contains("the VM ran only on the destination", outcome.Stats.Error, StringComparison.Ordinal);
         Assert.False(guest.IsRunning, "a source that committed to post-copy must never resume");
         var error = Assert.IsType<MigrationException>(outcome.DestinationError);
         Assert.Contains("the VM is lost", error.Message, StringComparison.Ordinal);
+        Assert.Contains("did not resume within 1 s", error.Message, StringComparison.Ordinal);
         Assert.Null(outcome.Target);
+    }
+
+    [Fact]
+    public void ANetworkCutPausesBothSidesAndAResumeOverANewConnectionFinishesWithEveryPageIntact()
+    {
+        using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        bool cut = false;
+        var plan = new FaultPlan();
+        // A partition: nothing gets through either way, and nobody closes anything.
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Send));
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Receive));
+        var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 16 << 20 };
+        IncomingMigration? destination = null;
+        bool destinationPaused = false;
+        var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options,
+            incoming: new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 },
+            onIncoming: d => destination = d,
+            duringRun: source =>
+            {
+                SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(10));
+                Thread.Sleep(300);
+                Volatile.Write(ref cut, true);
+                // Both sides notice the silence within the peer timeout and wait.
+                Assert.True(SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyPaused, TimeSpan.FromSeconds(10)), "source never paused");
+                destinationPaused = SpinWait.SpinUntil(() => destination?.PostcopyPaused == true, TimeSpan.FromSeconds(10));
+                Assert.NotNull(source.PausedReason);
+                // The network is back: resume over a new connection.
+                Volatile.Write(ref cut, false);
+                source.ResumePostcopy();
+            });
+        using var _ = outcome.Target;
+        Assert.True(destinationPaused, "the destination never reported postcopy-paused");
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify!.Match, "digests differ after the recovery");
+        Assert.Equal(1, outcome.Stats.Postcopy!.Recoveries);
+        Assert.Equal(1, destination!.PostcopyRecoveries);
+        DestinationChecks.AssertSelfCheckAfterStart(outcome.Target!);
     }
 }

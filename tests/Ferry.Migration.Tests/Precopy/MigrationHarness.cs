@@ -105,13 +105,14 @@ internal static class MigrationHarness
     public static MigrationOutcome Migrate(IMigrationSource guest, IMigrationConnector connector, IMigrationListener listener,
         MigrationOptions options, RecordingTargetFactory? factory = null, IncomingOptions? incoming = null,
         Action<OutgoingMigration>? duringRun = null, string? token = null, TimeSpan? stateTimeEstimate = null,
-        IProgress<MigrationProgress>? progress = null, TimeProvider? time = null)
+        IProgress<MigrationProgress>? progress = null, TimeProvider? time = null, Action<IncomingMigration>? onIncoming = null)
     {
         factory ??= new RecordingTargetFactory(new InProcessTargetFactory());
         incoming ??= new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 };
         Exception? destError = null;
         IMigrationTarget? destTarget = null;
         var incomingMigration = new IncomingMigration(listener, factory, incoming);
+        onIncoming?.Invoke(incomingMigration);
         var dest = new Thread(() =>
         {
             try
