@@ -45,4 +45,11 @@ public interface IVmControl
 
     /// <summary>Cancel the migration in flight (the VM runs on here); <see cref="VmStateException"/> when there is none.</summary>
     void CancelMigration() => throw new VmStateException("no migration is in progress");
+
+    /// <summary>
+    /// Resume a post-copy paused by a lost connection, over a new one (to <paramref name="destination"/>, HOST:PORT, or
+    /// the same address when null); <see cref="VmStateException"/> unless a migration is postcopy-paused,
+    /// <see cref="ArgumentException"/> for a bad address.
+    /// </summary>
+    void ResumeMigration(string? destination) => throw new VmStateException("no migration is paused in post-copy");
 }

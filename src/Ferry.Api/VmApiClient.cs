@@ -67,6 +67,11 @@ public sealed class VmApiClient : IDisposable
 
     public Task CancelMigrationAsync(CancellationToken cancellationToken = default) => SendAsync(HttpMethod.Put, "vm/migrate/cancel", cancellationToken);
 
+    /// <summary><c>PUT /vm/migrate/resume</c>: resume a postcopy-paused migration (to <paramref name="destination"/>, or the same address).</summary>
+    public Task ResumeMigrationAsync(string? destination, CancellationToken cancellationToken = default) =>
+        SendAsync(HttpMethod.Put, "vm/migrate/resume", cancellationToken,
+            System.Text.Json.JsonSerializer.Serialize(new ResumeRequest { Destination = destination }, ApiJson.Options));
+
     /// <summary>Any path (the OpenAPI document, for one); the body of a success.</summary>
     public Task<string> GetStringAsync(string path, CancellationToken cancellationToken = default) =>
         SendAsync(HttpMethod.Get, path.TrimStart('/'), cancellationToken);

@@ -17,7 +17,8 @@ namespace Ferry.Api;
 /// PUT /vm/resume     204 | 409    paused → running
 /// PUT /vm/shutdown   204 | 409    running or paused → shutdown; the VM process then exits 0
 /// PUT /vm/migrate    200 MigrationStatistics | 400 | 409   live-migrate (MigrateRequest); answers when it ends
-/// PUT /vm/migrate/cancel  204 | 409   cancel the migration in flight; the VM runs on here
+/// PUT /vm/migrate/cancel  204 | 409   cancel the migration in flight; the VM runs on here (a paused post-copy: abandon it)
+/// PUT /vm/migrate/resume  204 | 400 | 409   resume a postcopy-paused migration over a new connection
 /// GET /openapi/v1.json            this API's OpenAPI document
 /// </code>
 /// </remarks>
@@ -62,7 +63,25 @@ public static class VmApiEndpoints
             .WithSummary("Live-migrate the VM to a 'ferry vm receive' destination; answers with the statistics when the migration ends. GET /vm shows its progress.");
         group.MapPut("/migrate/cancel", () => Change(vm.CancelMigration))
             .WithName("CancelMigration")
-            .WithSummary("Cancel the migration in flight; the VM keeps running here.");
+            .WithSummary("Cancel the migration in flight; the VM keeps running here. A post-copy paused by a lost connection is abandoned (the VM is lost).");
+        group.MapPut("/migrate/resume", Results<NoContent, BadRequest<ApiError>, Conflict<ApiError>> (ResumeRequest? request) =>
+            {
+                try
+                {
+                    vm.ResumeMigration(request?.Destination);
+                    return TypedResults.NoContent();
+                }
+                catch (VmStateException e)
+                {
+                    return TypedResults.Conflict(new ApiError(e.Message));
+                }
+                catch (ArgumentException e)
+                {
+                    return TypedResults.BadRequest(new ApiError(e.Message));
+                }
+            })
+            .WithName("ResumeMigration")
+            .WithSummary("Resume a post-copy paused by a lost connection, over a new one (to 'destination' if given).");
         return routes;
     }
 

@@ -225,7 +225,8 @@ public static class FerryCommand
             "or cancelled (or the VM refused or could not be reached), 2 bad command line, 3 completed but --verify found a mismatch.");
         var mApi = ApiOption("The source VM's API socket (ferry vm run --api)", required: true);
         var mTo = new Option<string>("--to") { Description = "The destination's 'ferry vm receive --listen' address", HelpName = "HOST:PORT" };
-        var mCancel = new Option<bool>("--cancel") { Description = "Cancel the VM's migration in flight instead (the VM runs on at the source)" };
+        var mCancel = new Option<bool>("--cancel") { Description = "Cancel the VM's migration in flight instead (the VM runs on at the source; a post-copy paused by a lost connection is abandoned, and the VM lost)" };
+        var mResume = new Option<bool>("--resume") { Description = "Resume the VM's post-copy paused by a lost connection, over a new one (to --to if given, else the same address)" };
         var mDowntime = DurationOption("--downtime-limit", "Largest acceptable downtime", "50ms");
         var mBandwidth = BandwidthOption("--max-bandwidth", "Page bandwidth cap in bytes/s, e.g. 500M (MiB/s); 0 = unlimited", "0");
         var mChannels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", 2, 1, 16);
@@ -238,19 +239,22 @@ public static class FerryCommand
         var mJson = new Option<bool>("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
         var mMode = ModeOption();
         var mPrepaging = PrepagingOption();
-        foreach (var option in new Option[] { mApi, mTo, mCancel, mMode, mPrepaging, mDowntime, mBandwidth, mChannels, mRounds, mTimeout, mStrategy, mNoAuto, mVerify, mCopyDisk, mJson })
+        foreach (var option in new Option[] { mApi, mTo, mCancel, mResume, mMode, mPrepaging, mDowntime, mBandwidth, mChannels, mRounds, mTimeout, mStrategy, mNoAuto, mVerify, mCopyDisk, mJson })
             migrate.Options.Add(option);
         migrate.Validators.Add(result =>
         {
             bool cancel = result.GetValue(mCancel);
+            bool resume = result.GetValue(mResume);
             bool to = result.GetResult(mTo) is not null;
-            if (cancel && to) result.AddError("--cancel and --to: give one of them");
-            else if (!cancel && !to) result.AddError("--to HOST:PORT is required (or --cancel)");
+            if (cancel && (to || resume)) result.AddError("--cancel goes alone (without --to or --resume)");
+            else if (!cancel && !resume && !to) result.AddError("--to HOST:PORT is required (or --cancel, or --resume)");
             else if (to && !HostPort.TryParse(result.GetValue(mTo), allowPortZero: false, out _, out string reason)) result.AddError($"--to: '{result.GetValue(mTo)}' {reason}");
         });
         migrate.SetAction(parse =>
         {
             var d = new MigrationOptions();
+            if (parse.GetValue(mResume))
+                return MigrateClient.Resume(parse.GetValue(mApi)!, parse.GetResult(mTo) is null ? null : parse.GetValue(mTo), console, cancellationToken);
             MigrateRequest? request = parse.GetValue(mCancel) ? null : new MigrateRequest
             {
                 Destination = parse.GetValue(mTo)!,

@@ -152,6 +152,30 @@ internal sealed class MachineVmControl : IVmControl
         }
     }
 
+    public void ResumeMigration(string? destination)
+    {
+        IMigrationConnector? connector = null;
+        if (destination is not null)
+        {
+            if (!HostPort.TryParse(destination, allowPortZero: false, out var endpoint, out string reason))
+                throw new ArgumentException($"destination '{destination}' {reason}");
+            connector = new TcpMigrationConnector(endpoint);
+        }
+        lock (gate)
+        {
+            if (outgoing is null) throw new VmStateException("no migration is in progress");
+            try
+            {
+                outgoing.ResumePostcopy(connector);
+            }
+            catch (InvalidOperationException e)
+            {
+                throw new VmStateException(e.Message);
+            }
+            if (destination is not null) this.destination = destination;
+        }
+    }
+
     /// <summary>The guest is gone (it powered off, or Ctrl+C): the API answers "shutdown" (or "migrated") until it stops.</summary>
     public void MarkShutdown()
     {

@@ -54,6 +54,31 @@ internal static class MigrateClient
         }
     }
 
+    /// <summary>
+    /// <c>ferry migrate --resume</c>: ask the VM to resume its post-copy over a new connection; the <c>ferry migrate</c>
+    /// that started the migration reports its end. Exit 0 when the VM took the request.
+    /// </summary>
+    public static int Resume(string api, string? destination, CliConsole console, CancellationToken cancellationToken)
+    {
+        using var client = new VmApiClient(api);
+        try
+        {
+            client.ResumeMigrationAsync(destination, cancellationToken).GetAwaiter().GetResult();
+            console.Error.WriteLine($"ferry: post-copy resuming{(destination is null ? "" : $" to {destination}")}");
+            return FerryCommand.ExitCompleted;
+        }
+        catch (ApiSocketException e)
+        {
+            console.Error.WriteLine($"ferry: --api: {e.Message}");
+            return e.BadPath ? FerryCommand.ExitUsage : VmClient.ExitFailed;
+        }
+        catch (VmApiException e)
+        {
+            console.Error.WriteLine($"ferry: {e.Message}");
+            return VmClient.ExitFailed;
+        }
+    }
+
     /// <summary>Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it.</summary>
     internal static MigrationStatistics Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
         CancellationToken cancellationToken)

@@ -34,6 +34,8 @@ internal sealed class VmControlSlot : IVmControl
 
     public void CancelMigration() => current.CancelMigration();
 
+    public void ResumeMigration(string? destination) => current.ResumeMigration(destination);
+
     private sealed class Idle(VmState state, Action? shutdown) : IVmControl
     {
         public VmState State => state;

@@ -272,6 +272,9 @@ public sealed class VmApiTests : IDisposable
         Assert.Equal("channels 99 is out of range (1 to 16)", bad.Message);
         bad = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.MigrateAsync(new MigrateRequest { Destination = "nowhere" }, Ct));
         Assert.Equal("destination 'nowhere' is not HOST:PORT", bad.Message);
+        var notPaused = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.ResumeMigrationAsync(null, Ct));
+        Assert.Equal(System.Net.HttpStatusCode.Conflict, notPaused.StatusCode);
+        Assert.Equal("no migration is in progress", notPaused.Message);
         bad = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.MigrateAsync(new MigrateRequest { Destination = "127.0.0.1:1", Mode = "teleport" }, Ct));
         Assert.Equal("mode 'teleport' is not one of: precopy, postcopy, hybrid", bad.Message);
         bad = await Assert.ThrowsAsync<VmApiException>(() => vm.Client.MigrateAsync(new MigrateRequest { Destination = "127.0.0.1:1", Mode = "postcopy", CopyDisk = true }, Ct));

@@ -371,15 +371,19 @@ public sealed class VmMigrateTests : IDisposable
     }
 
     [Fact]
-    public void MigrateNeedsOneOfToAndCancelAndAValidAddress()
+    public void MigrateNeedsOneOfToCancelAndResumeAndAValidAddress()
     {
         var (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"));
         Assert.Equal(FerryCommand.ExitUsage, code);
-        Assert.Equal("ferry: --to HOST:PORT is required (or --cancel)\n", stderr);
+        Assert.Equal("ferry: --to HOST:PORT is required (or --cancel, or --resume)\n", stderr);
 
         (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"), "--to", "127.0.0.1:1", "--cancel");
         Assert.Equal(FerryCommand.ExitUsage, code);
-        Assert.Equal("ferry: --cancel and --to: give one of them\n", stderr);
+        Assert.Equal("ferry: --cancel goes alone (without --to or --resume)\n", stderr);
+
+        (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"), "--resume", "--cancel");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("ferry: --cancel goes alone (without --to or --resume)\n", stderr);
 
         (code, _, stderr) = RunCaptured("migrate", "--api", Socket("none"), "--to", "nowhere");
         Assert.Equal(FerryCommand.ExitUsage, code);
