@@ -231,7 +231,11 @@ internal static class VmRun
         // RAM sizes are bounded by the board itself (the factory refuses any other), a copied disk by the source's
         // largest; the engine's own bound is their sum, and only with a --disk to copy into.
         ulong maxBytes = VirtMachine.MaxMemory + (settings.Disk is null ? 0 : VirtMachineSource.MaxCopiedDiskBytes);
-        var incoming = new IncomingMigration(listener, factory, new IncomingOptions { MaxMemoryBytes = maxBytes });
+        var incoming = new IncomingMigration(listener, factory, new IncomingOptions
+        {
+            MaxMemoryBytes = maxBytes,
+            Notice = line => console.Error.WriteLine($"ferry: {line}"),
+        });
         // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
         var warmUp = new Thread(VirtMachine.WarmUp) { IsBackground = true, Name = "ferry warm-up" };
         warmUp.Start();

@@ -44,6 +44,13 @@ public sealed record IncomingOptions
     public TimeSpan PostcopyRecoveryTimeout { get; init; } = TimeSpan.FromSeconds(60);
 
     /// <summary>
+    /// Told, in a sentence, what an operator watching the destination should know while <see cref="IncomingMigration.Run"/>
+    /// has not returned yet: the guest started in post-copy, post-copy paused (and why), post-copy resumed. Called on an
+    /// engine thread; must return quickly.
+    /// </summary>
+    public Action<string>? Notice { get; init; }
+
+    /// <summary>
     /// During pre-copy, map in the background every 2 MiB chunk of guest memory in which at least this many of the
     /// 512 pages hold received data (collapsing chunks split to 4 KiB pages back into huge pages), so the
     /// stop-and-copy pass lands in mapped memory (see <see cref="ChunkPrefaulter"/>); 0 turns it off. Default 64 (an
@@ -338,7 +345,11 @@ public sealed class IncomingMigration
             {
                 // The guest runs here now; the source is committed and needs no answer to stay stopped.
             }
-            if (incoming is not null) RunPostcopy(incoming, reader);
+            if (incoming is not null)
+            {
+                _options.Notice?.Invoke($"the guest runs here; {incoming.Missing} of its pages follow (post-copy)");
+                RunPostcopy(incoming, reader);
+            }
             return target;
         }
         catch (Exception e) when (started && _postcopyCommitted && !_done)
@@ -525,6 +536,7 @@ public sealed class IncomingMigration
     {
         _paused = true;
         string lostBecause = _linkReason ?? "connection lost";
+        _options.Notice?.Invoke($"post-copy paused: {lostBecause}; {incoming.Missing} pages missing; waiting up to {_options.PostcopyRecoveryTimeout.TotalSeconds:F0} s for the source to resume");
         foreach (var r in _currentReceivers) _retired.Add(r);
         if (_urgentReceiver is { } u) _retired.Add(u);
         foreach (var r in _retired) r.Join();
@@ -612,6 +624,7 @@ public sealed class IncomingMigration
                 incoming.RequestPendingAgain();
                 PostcopyRecoveries++;
                 _paused = false;
+                _options.Notice?.Invoke($"post-copy resumed; {incoming.Missing} pages to come");
                 return StartPostcopyControl(reader);
             }
             catch (Exception e) when (e is MigrationException or IOException)
