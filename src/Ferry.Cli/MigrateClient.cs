@@ -24,10 +24,8 @@ internal static class MigrateClient
     /// <summary>How often progress is asked for: the engine updates it every 250 ms.</summary>
     private static readonly TimeSpan PollInterval = TimeSpan.FromMilliseconds(250);
 
-    public static int Run(MigrateSettings settings, CliConsole console, CancellationToken cancellationToken)
-    {
-        using var client = new VmApiClient(settings.Api);
-        try
+    public static int Run(MigrateSettings settings, CliConsole console, CancellationToken cancellationToken) =>
+        WithClient(settings.Api, console, client =>
         {
             if (settings.Cancel)
             {
@@ -41,31 +39,27 @@ internal static class MigrateClient
             if (settings.Json) console.Out.WriteLine(StatisticsView.ToJson(statistics));
             else StatisticsView.Write(StatisticsView.CreateConsole(console.Out, console.OutIsTerminal), statistics);
             return EngineBench.ExitCode(statistics, request.Verify);
-        }
-        catch (ApiSocketException e)
-        {
-            console.Error.WriteLine($"ferry: --api: {e.Message}");
-            return e.BadPath ? FerryCommand.ExitUsage : VmClient.ExitFailed;
-        }
-        catch (VmApiException e)
-        {
-            console.Error.WriteLine($"ferry: {e.Message}");
-            return VmClient.ExitFailed;
-        }
-    }
+        });
 
     /// <summary>
     /// <c>ferry migrate --resume</c>: ask the VM to resume its post-copy over a new connection; the <c>ferry migrate</c>
     /// that started the migration reports its end. Exit 0 when the VM took the request.
     /// </summary>
-    public static int Resume(string api, string? destination, CliConsole console, CancellationToken cancellationToken)
-    {
-        using var client = new VmApiClient(api);
-        try
+    public static int Resume(string api, string? destination, CliConsole console, CancellationToken cancellationToken) =>
+        WithClient(api, console, client =>
         {
             client.ResumeMigrationAsync(destination, cancellationToken).GetAwaiter().GetResult();
             console.Error.WriteLine($"ferry: post-copy resuming{(destination is null ? "" : $" to {destination}")}");
             return FerryCommand.ExitCompleted;
+        });
+
+    /// <summary>Run <paramref name="action"/> against the VM's API; an unreachable socket or a refusal is one line and an exit code.</summary>
+    private static int WithClient(string api, CliConsole console, Func<VmApiClient, int> action)
+    {
+        using var client = new VmApiClient(api);
+        try
+        {
+            return action(client);
         }
         catch (ApiSocketException e)
         {

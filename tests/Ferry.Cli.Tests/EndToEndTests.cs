@@ -60,7 +60,8 @@ public class EndToEndTests
         Assert.Equal(mode, root.GetProperty("mode").GetString());
         Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
         var postcopy = root.GetProperty("postcopy");
-        Assert.True(postcopy.GetProperty("missing_pages").GetInt64() > 0);
+        // Pure post-copy leaves all memory to after the switchover; hybrid whatever was dirty at the pause (maybe nothing).
+        if (mode == "postcopy") Assert.Equal(16384, postcopy.GetProperty("missing_pages").GetInt64());
         foreach (var field in new[] { "faults", "pushed_pages", "blocktime_ms", "faulted_share", "working_set_pages" })
             Assert.True(postcopy.GetProperty(field).GetDouble() >= 0, field);
         foreach (var field in new[] { "p50", "p99", "max" })

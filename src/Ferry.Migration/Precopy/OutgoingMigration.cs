@@ -271,15 +271,11 @@ public sealed class OutgoingMigration
         var tick = _options.PeerTimeout / 3;
         _keepalive = _time.CreateTimer(static s => ((OutgoingMigration)s!).OnKeepaliveTick(), this, tick, tick);
 
-        var layout = new (ulong, ulong)[regions.Count];
-        for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
         const ProtocolCapabilities PostcopyCaps = ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel;
         var caps = ProtocolCapabilities.LandedSync | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None)
             | (postcopy ? PostcopyCaps : ProtocolCapabilities.None);
-        var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
         long helloSent = _time.GetTimestamp();
-        _control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
-            (ushort)_options.PageChannels, caps, layout, token));
+        _control.WriteHello(Hello(caps));
         var welcome = reader.Expect<WelcomeMessage>();
         _controlRoundTripTicks = _time.GetElapsedTime(helloSent).Ticks;
         Volatile.Write(ref _lastHeard, _time.GetTimestamp());
@@ -299,13 +295,7 @@ public sealed class OutgoingMigration
         _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
         _reader.Start();
 
-        var senders = new PageSender[_options.PageChannels];
-        var channels = new IMigrationChannel[senders.Length];
-        for (int i = 0; i < senders.Length; i++)
-        {
-            channels[i] = new RateLimitedChannel(_connection.Pages[i], _limiter);
-            senders[i] = new PageSender(i, senders.Length, channels[i], regions, OnSenderFailure, _link.Token);
-        }
+        var (senders, channels) = CreateSenders(_connection, _link.Token);
         lock (_gate)
         {
             _pageChannels = channels;
@@ -765,15 +755,11 @@ public sealed class OutgoingMigration
             var control = new ProtocolWriter(connection.Control);
             var reader = new ProtocolReader(connection.Control);
             var regions = _guest.Regions;
-            var layout = new (ulong, ulong)[regions.Count];
-            for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
             var caps = ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume
                 | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None);
-            var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
             // Bounded like the first handshake: a destination that accepts and says nothing must not hold us.
             using var deadline = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), connection.Control, _options.PeerTimeout, Timeout.InfiniteTimeSpan);
-            control.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
-                (ushort)_options.PageChannels, caps, layout, token));
+            control.WriteHello(Hello(caps));
             var welcome = reader.Expect<WelcomeMessage>();
             if ((welcome.Capabilities & ProtocolCapabilities.PostcopyResume) == 0)
                 throw new MigrationException("the destination did not accept resuming post-copy");
@@ -794,13 +780,7 @@ public sealed class OutgoingMigration
             var regionPages = new ulong[regions.Count];
             for (int r = 0; r < regionPages.Length; r++) regionPages[r] = regions[r].Pages;
             var prepager = new Postcopy.Prepager(toSend, regionPages, _options.Prepaging);
-            var senders = new PageSender[_options.PageChannels];
-            var channels = new IMigrationChannel[senders.Length];
-            for (int i = 0; i < senders.Length; i++)
-            {
-                channels[i] = new RateLimitedChannel(connection.Pages[i], _limiter);
-                senders[i] = new PageSender(i, senders.Length, channels[i], regions, OnSenderFailure, link.Token);
-            }
+            var (senders, channels) = CreateSenders(connection, link.Token);
             lock (_gate)
             {
                 _connection = connection;
@@ -836,6 +816,30 @@ public sealed class OutgoingMigration
             lock (_gate) _linkReason = $"resume failed: {Describe(e)}";
             _linkLost.Set();
         }
+    }
+
+    /// <summary>This migration's Hello: identity, layout, channels, token, and <paramref name="capabilities"/>.</summary>
+    private HelloMessage Hello(ProtocolCapabilities capabilities)
+    {
+        var regions = _guest.Regions;
+        var layout = new (ulong, ulong)[regions.Count];
+        for (int i = 0; i < regions.Count; i++) layout[i] = (regions[i].GuestPhysicalAddress, regions[i].Size);
+        var token = Token is null ? ReadOnlyMemory<byte>.Empty : System.Text.Encoding.UTF8.GetBytes(Token);
+        return new HelloMessage(MigrationProtocol.CurrentVersion, VmId, MigrationProtocol.PageSize,
+            (ushort)_options.PageChannels, capabilities, layout, token);
+    }
+
+    /// <summary>One sender per page channel of <paramref name="connection"/>, each behind the shared rate limit.</summary>
+    private (PageSender[] Senders, IMigrationChannel[] Channels) CreateSenders(MigrationConnection connection, CancellationToken token)
+    {
+        var senders = new PageSender[_options.PageChannels];
+        var channels = new IMigrationChannel[senders.Length];
+        for (int i = 0; i < senders.Length; i++)
+        {
+            channels[i] = new RateLimitedChannel(connection.Pages[i], _limiter);
+            senders[i] = new PageSender(i, senders.Length, channels[i], _guest.Regions, OnSenderFailure, token);
+        }
+        return (senders, channels);
     }
 
     /// <summary>Sequence of the Flush that ends each page channel's post-copy push.</summary>

@@ -27,7 +27,6 @@ public class PostcopyMigrationTests
         Assert.True(verify.Match, $"digests differ: {verify.SourceDigest} vs {verify.DestDigest}");
         var pc = outcome.Stats.Postcopy;
         Assert.NotNull(pc);
-        Assert.True(pc.MissingPages > 0);
         // Every missing page reached the destination once, by the push or on request.
         Assert.True(pc.PushedPages + pc.UrgentPages - pc.DuplicatePages >= pc.MissingPages,
             $"pushed {pc.PushedPages} + urgent {pc.UrgentPages} - duplicates {pc.DuplicatePages} < missing {pc.MissingPages}");
