@@ -20,7 +20,6 @@ internal sealed class UrgentSender
     private readonly Prepager _prepager;
     private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
     private long _pages;
-    private long _duplicates;
     private long _bytes;
 
     public UrgentSender(IMigrationChannel channel, IReadOnlyList<MemoryRegion> regions, Prepager prepager)
@@ -33,9 +32,6 @@ internal sealed class UrgentSender
     /// <summary>Pages sent on the urgent channel.</summary>
     public long Pages => Interlocked.Read(ref _pages);
 
-    /// <summary>Of <see cref="Pages"/>, those the push had sent already (the destination asked before they landed).</summary>
-    public long Duplicates => Interlocked.Read(ref _duplicates);
-
     /// <summary>Wire bytes sent.</summary>
     public long BytesSent => Interlocked.Read(ref _bytes);
 
@@ -47,7 +43,8 @@ internal sealed class UrgentSender
         int runs = 0;
         for (ulong p = first; p < first + count; p++)
         {
-            if (!_prepager.Claim(bitBase + p)) Interlocked.Increment(ref _duplicates);
+            // Taken from the push; a page it sent already goes again (the destination counts what arrives twice).
+            _prepager.Claim(bitBase + p);
             var encoding = ZeroPage.IsZero(region.PageAddress(p)) ? PageEncoding.Zero : PageEncoding.Normal;
             if (runs > 0 && _runs[runs - 1].Encoding == encoding && _runs[runs - 1].FirstPage + _runs[runs - 1].Count == p
                 && _runs[runs - 1].Count < MigrationProtocol.MaxNormalPagesPerBatch)

@@ -69,7 +69,9 @@ public sealed class OutgoingMigration
     private readonly ManualResetEventSlim _resumeAsked = new();
     private IMigrationConnector? _resumeConnector;
     private int _recoveries;
-    private long _pushedBefore;
+    // The senders of connections lost in post-copy: their counts still belong to this migration's figures.
+    private readonly List<PageSender> _retiredSenders = [];
+    private readonly List<Postcopy.UrgentSender> _urgentSenders = [];
     private DirtyBitmap? _populatedForPush;
     private PostcopyDoneMessage? _postcopyDone;
     private long _postcopyDoneAt;
@@ -569,7 +571,7 @@ public sealed class OutgoingMigration
 
             // The push and the urgent channel exist before Commit, so the first fault finds them.
             _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging);
-            Volatile.Write(ref _urgent, new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
+            SetUrgent(new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
 
             // The point of no return: from here the VM runs only on the destination, and its memory only here.
             lock (_gate)
@@ -629,8 +631,9 @@ public sealed class OutgoingMigration
             var doneMessage = _postcopyDone!;
             UInt128 sourceDigest = default;
             if (_sourceDigest is { } pending) sourceDigest = pending.GetAwaiter().GetResult();
-            long pushed = Volatile.Read(ref _pushedBefore);
-            foreach (var sender in _senders) pushed += sender.PushedPages;
+            long pushed = 0, urgentPages = 0;
+            foreach (var sender in AllSenders()) pushed += sender.PushedPages;
+            lock (_gate) foreach (var u in _urgentSenders) urgentPages += u.Pages;
             long working = doneMessage.WorkingSetPages == ulong.MaxValue ? -1 : (long)doneMessage.WorkingSetPages;
             stats.Postcopy = new PostcopyStatistics
             {
@@ -638,7 +641,7 @@ public sealed class OutgoingMigration
                 Faults = doneMessage.Faults,
                 FaultLatencyUs = new LatencyPercentiles { P50 = doneMessage.LatencyP50Us, P99 = doneMessage.LatencyP99Us, Max = doneMessage.LatencyMaxUs },
                 PushedPages = pushed,
-                UrgentPages = _urgent.Pages,
+                UrgentPages = urgentPages,
                 DuplicatePages = (long)doneMessage.DuplicatePages,
                 BlocktimeMs = doneMessage.BlockedMicroseconds / 1000.0,
                 WorkingSetPages = working >= 0 ? working : null,
@@ -730,11 +733,8 @@ public sealed class OutgoingMigration
     /// </summary>
     private void Reconnect(CountdownEvent done)
     {
-        foreach (var sender in _senders)
-        {
-            sender.Stop(TimeSpan.FromSeconds(5));
-            Interlocked.Add(ref _pushedBefore, sender.PushedPages);
-        }
+        foreach (var sender in _senders) sender.Stop(TimeSpan.FromSeconds(5));
+        lock (_gate) _retiredSenders.AddRange(_senders);
         _reader?.Join(TimeSpan.FromSeconds(5));
         IMigrationChannel[] oldChannels;
         lock (_gate) oldChannels = _pageChannels;
@@ -789,11 +789,11 @@ public sealed class OutgoingMigration
                 _senders = senders;
                 _link = link;
                 _prepager = prepager;
-                Volatile.Write(ref _urgent, new Postcopy.UrgentSender(connection.Urgent, regions, prepager));
                 _linkLost.Reset();
                 _linkDown = false;
                 _linkReason = null;
             }
+            SetUrgent(new Postcopy.UrgentSender(connection.Urgent, regions, prepager));
             Volatile.Write(ref _lastHeard, _time.GetTimestamp());
             _recoveries++;
             _status = MigrationStatus.PostcopyActive;
@@ -1379,7 +1379,7 @@ public sealed class OutgoingMigration
 
         _status = failure is null ? MigrationStatus.Completed : _failureStatus;
         long normal = 0, zero = 0;
-        foreach (var s in _senders)
+        foreach (var s in AllSenders())
         {
             normal += s.NormalPages;
             zero += s.ZeroPages;
@@ -1420,17 +1420,31 @@ public sealed class OutgoingMigration
 
     // ---- helpers -----------------------------------------------------------------------------------------------
 
+    /// <summary>Every page sender of this migration: the current connection's and those of connections lost in post-copy.</summary>
+    private PageSender[] AllSenders()
+    {
+        lock (_gate) return _retiredSenders.Count == 0 ? _senders : [.. _retiredSenders, .. _senders];
+    }
+
+    /// <summary>Make <paramref name="urgent"/> the urgent channel's sender (its pages and bytes count with the others').</summary>
+    private void SetUrgent(Postcopy.UrgentSender urgent)
+    {
+        lock (_gate) _urgentSenders.Add(urgent);
+        Volatile.Write(ref _urgent, urgent);
+    }
+
     private long BytesSentNow()
     {
         long n = 0;
-        foreach (var s in _senders) n += s.BytesSent;
+        foreach (var s in AllSenders()) n += s.BytesSent;
+        lock (_gate) foreach (var u in _urgentSenders) n += u.BytesSent;
         return n;
     }
 
     private long PagesSentNow()
     {
         long n = 0;
-        foreach (var s in _senders) n += s.NormalPages + s.ZeroPages;
+        foreach (var s in AllSenders()) n += s.NormalPages + s.ZeroPages;
         return n;
     }
 

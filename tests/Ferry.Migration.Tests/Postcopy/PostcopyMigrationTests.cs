@@ -216,6 +216,11 @@ public class PostcopyFailureTests
                 Assert.True(SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyPaused, TimeSpan.FromSeconds(10)), "source never paused");
                 destinationPaused = SpinWait.SpinUntil(() => destination?.PostcopyPaused == true, TimeSpan.FromSeconds(10));
                 Assert.NotNull(source.PausedReason);
+                // A resume to a destination that cannot be reached leaves it paused, with the reason.
+                source.ResumePostcopy(new RefusingConnector());
+                Assert.True(SpinWait.SpinUntil(() => source.PausedReason?.StartsWith("resume failed", StringComparison.Ordinal) == true, TimeSpan.FromSeconds(10)),
+                    $"a failed resume must leave the migration paused with its reason, not {source.Progress.Status} / {source.PausedReason}");
+                Assert.Equal(MigrationStatus.PostcopyPaused, source.Progress.Status);
                 // The network is back: resume over a new connection.
                 Volatile.Write(ref cut, false);
                 source.ResumePostcopy();
@@ -225,7 +230,20 @@ public class PostcopyFailureTests
         Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
         Assert.True(outcome.Stats.Verify!.Match, "digests differ after the recovery");
         Assert.Equal(1, outcome.Stats.Postcopy!.Recoveries);
+        // The figures span both connections: every page left the source at least once, on one or the other.
+        var pc = outcome.Stats.Postcopy;
+        Assert.True(pc.PushedPages + pc.UrgentPages >= pc.MissingPages, $"pushed {pc.PushedPages} + urgent {pc.UrgentPages} < missing {pc.MissingPages}");
+        Assert.True(outcome.Stats.BytesSent >= 64L << 20, $"bytes_sent {outcome.Stats.BytesSent} below the memory that crossed");
         Assert.Equal(1, destination!.PostcopyRecoveries);
         DestinationChecks.AssertSelfCheckAfterStart(outcome.Target!);
+    }
+
+    private sealed class RefusingConnector : IMigrationConnector
+    {
+        public MigrationConnection Connect(int pageChannels, CancellationToken cancellationToken) =>
+            throw new MigrationTransportException("control: cannot connect: connection refused (test)");
+
+        public MigrationConnection Connect(int pageChannels, bool urgentChannel, CancellationToken cancellationToken) =>
+            Connect(pageChannels, cancellationToken);
     }
 }
