@@ -510,12 +510,16 @@ public sealed partial class VirtMachine : IDisposable
         devicesPaused = true;
     }
 
-    /// <summary>Undo <see cref="PauseDevices"/> (no effect if the devices run).</summary>
-    public void ResumeDevices()
+    /// <summary>
+    /// Undo <see cref="PauseDevices"/> (no effect if the devices run). Each device then looks at its queues for what the
+    /// guest queued meanwhile: on this thread, or, with <paramref name="kickOnPool"/>, on thread-pool threads, so that
+    /// a caller starting a post-copy guest is not held by a queue whose page has not arrived.
+    /// </summary>
+    public void ResumeDevices(bool kickOnPool = false)
     {
         if (!devicesPaused) return;
         devicesPaused = false;
-        foreach (VirtioMmio v in virtio) v.Resume();
+        foreach (VirtioMmio v in virtio) v.Resume(kickOnPool);
     }
 
     private void FlushWriteEntries()

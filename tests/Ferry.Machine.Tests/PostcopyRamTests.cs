@@ -506,6 +506,36 @@ public sealed class PostcopyRamTests
         Assert.False(d.Ram.IsPostcopy);
     }
 
+    [Fact]
+    public void ADeviceResumedWithKicksOnThePoolDoesNotHoldTheCallerForItsMissingRing()
+    {
+        // A destination starting a post-copy guest resumes its devices; a request queued before the pause has its ring
+        // still at the source. The caller (the engine's switchover, which must say Resumed) returns at once, and the
+        // device serves the request once the pages come.
+        using var d = new VirtioDriverForTests(new VirtioRng());
+        Assert.True(d.Start(VirtioDriverForTests.AllRingFeatures));
+        ulong buffer = d.Alloc(64);
+        d.Mmio.Pause();
+        d.Post(0, new VirtioDriverForTests.Buf(buffer, 64, Write: true));
+        d.Kick(0); // held: the device is paused
+        ulong[] pages = [PageOf(VirtioDriverForTests.Desc(0)), PageOf(VirtioDriverForTests.Avail(0)), PageOf(VirtioDriverForTests.Used(0)), PageOf(buffer)];
+        var contents = new Dictionary<ulong, byte[]>();
+        foreach (ulong p in pages)
+        {
+            contents[p] = d.Get(RamBase + p * PageSize, PageSize);
+            d.Ram.Write(RamBase + p * PageSize, new byte[PageSize]);
+        }
+        using var engine = new Engine(d.Ram, contents, autoInstall: false);
+        d.Ram.BeginPostcopy(Bitmap(d.Ram, pages), engine.Request);
+
+        Assert.True(new Background(() => d.Mmio.Resume(kickOnPool: true)).Finished(TimeSpan.FromSeconds(2)), "resume waited for the ring");
+        engine.WaitForRequests(1);
+        foreach (ulong p in pages) engine.InstallNow(p);
+        WaitFor(() => d.UsedIdx(0) == 1, "the request to be served");
+        Assert.Equal((0u, 64u), d.UsedElem(0, 0));
+        Assert.False(d.NeedsReset);
+    }
+
     // ---- Abort, pause, dispose ----
 
     [Fact]

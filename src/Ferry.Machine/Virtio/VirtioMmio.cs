@@ -411,8 +411,12 @@ public sealed class VirtioMmio : IMmioDevice, IDisposable
         }
     }
 
-    /// <summary>Undo <see cref="Pause"/> and let the device look at every queue.</summary>
-    public void Resume()
+    /// <summary>
+    /// Undo <see cref="Pause"/> and let the device look at every queue: on this thread, or with
+    /// <paramref name="kickOnPool"/> on a thread-pool thread (a queue in RAM that has not arrived yet, in post-copy, then
+    /// blocks that thread, not the caller).
+    /// </summary>
+    public void Resume(bool kickOnPool = false)
     {
         lock (gate)
         {
@@ -421,7 +425,21 @@ public sealed class VirtioMmio : IMmioDevice, IDisposable
             {
                 lock (q.Sync) q.Suspended = false;
             }
-            if (device is not null) KickAll();
+            if (device is null) return;
+            if (!kickOnPool)
+            {
+                KickAll();
+                return;
+            }
+        }
+        ThreadPool.UnsafeQueueUserWorkItem(static v => v.KickIfRunning(), this, preferLocal: false);
+    }
+
+    private void KickIfRunning()
+    {
+        lock (gate)
+        {
+            if (!paused && device is not null) KickAll();
         }
     }
 

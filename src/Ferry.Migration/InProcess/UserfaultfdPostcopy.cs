@@ -119,6 +119,8 @@ internal sealed class UserfaultfdPostcopy : IPostcopyMemory
     private void FaultLoop()
     {
         Span<nint> addresses = stackalloc nint[16];
+        // First hop of every fault (see LatencyPriority).
+        using var raised = Transport.LatencyPriority.Raise();
         try
         {
             while (!_stop)

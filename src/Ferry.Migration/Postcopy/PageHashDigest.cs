@@ -32,6 +32,8 @@ public sealed class PageHashDigest
             total += regions[r].Pages;
         }
         _hashes = new ulong[total];
+        // Built ahead of the switchover: backed now, not on the first installs (see PostcopyIncoming's constructor).
+        Prefault.Array<ulong>(_hashes);
     }
 
     /// <summary>Record page <paramref name="page"/> of region <paramref name="region"/> from its 4096 bytes at <paramref name="data"/>.</summary>

@@ -158,6 +158,7 @@ public sealed class IncomingMigration
         ITimer? keepalive = null;
         ProtocolReader? reader = null;
         bool started = false;
+        LatencyPriority.Raised switchoverPriority = default;
         try
         {
             _control = new ProtocolWriter(_connection.Control);
@@ -203,8 +204,25 @@ public sealed class IncomingMigration
                 receivers[i].Start();
             }
             prefaulter?.Start();
+            Postcopy.PostcopyIncoming? prepared = null;
+            Receiver? urgent = null;
+            if (_postcopyNegotiated)
+            {
+                // Everything post-copy needs on this side is built now, not at Complete inside the downtime: the
+                // missing-page bookkeeping and the urgent channel's receive thread (which installs nothing before
+                // the switchover attaches the guest's memory: a page arriving earlier is a protocol error).
+                bool verifyPossible = (decision.Capabilities & ProtocolCapabilities.Verify) != 0;
+                prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, verifyPossible ? new Postcopy.PageHashDigest(target.Regions) : null);
+                urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
+                urgent.Reader.Postcopy = prepared;
+                _urgentReceiver = urgent;
+                urgent.Start();
+            }
             SwitchoverWarmup.Destination(target);
             if (_postcopyNegotiated) SwitchoverWarmup.Postcopy(target);
+            // From here to Resumed this thread's wake-ups are the guest's downtime (see LatencyPriority): it reads
+            // Complete the moment the source sends it, and is not held by the harts it starts before it says Resumed.
+            switchoverPriority = LatencyPriority.Raise();
             var sections = new List<StateSection>();
             // Post-copy's missing pages, per region, as the MissingPages records say.
             DirtyBitmap[]? missing = null;
@@ -273,24 +291,18 @@ public sealed class IncomingMigration
                 throw new MigrationProtocolException("MissingPages records before a Complete that is not post-copy");
             Postcopy.PostcopyIncoming? incoming = null;
             DirtyBitmap[]? stillMissing = null;
-            Receiver? urgent = null;
             if (postcopy)
             {
                 missing ??= target.Regions.Select(r => new DirtyBitmap(r.Pages)).ToArray();
                 // The target gets its own copy: the engine's is cleared as pages land.
                 stillMissing = missing.Select(b => { var copy = new DirtyBitmap(b.BitCount); copy.OrFrom(b); return copy; }).ToArray();
-                bool verify = (complete.Flags & CompleteFlags.VerifyRequested) != 0;
-                incoming = new Postcopy.PostcopyIncoming(target.Regions, missing, RequestPage,
-                    verify ? new Postcopy.PageHashDigest(target.Regions) : null);
+                incoming = prepared!;
+                incoming.Begin(missing, (complete.Flags & CompleteFlags.VerifyRequested) != 0);
                 var memory = ((IPostcopyTarget)target).BeginPostcopy(stillMissing, incoming);
                 _postcopyMemory = memory;
                 incoming.Attach(memory);
                 foreach (var r in receivers) r.Reader.Postcopy = incoming;
                 _currentReceivers = receivers;
-                urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
-                urgent.Reader.Postcopy = incoming;
-                _urgentReceiver = urgent;
-                urgent.Start();
                 PostcopyMissingPages = incoming.Missing;
             }
 
@@ -345,6 +357,8 @@ public sealed class IncomingMigration
             {
                 // The guest runs here now; the source is committed and needs no answer to stay stopped.
             }
+            switchoverPriority.Dispose();
+            switchoverPriority = default;
             if (incoming is not null)
             {
                 _options.Notice?.Invoke($"the guest runs here; {incoming.Missing} of its pages follow (post-copy)");
@@ -374,7 +388,7 @@ public sealed class IncomingMigration
             // After a Refuse or an Error, wait for the source to read it and close before tearing down.
             if (Fail(reason, e) && (e is RefusedException || TellSource(reason, e)) && reader is not null) AwaitSourceClose(reader);
             _connection.Abort();
-            bool receiversOut = true;
+            bool receiversOut = _urgentReceiver?.Join() ?? true;
             foreach (var r in receivers) receiversOut &= r.Join();
             prefaulter?.Dispose(); // out of guest memory before it is unmapped
             // A receive thread still inside guest memory would fault on an unmapped page and take the process down:
@@ -385,6 +399,7 @@ public sealed class IncomingMigration
         }
         finally
         {
+            switchoverPriority.Dispose();
             _done = true;
             keepalive?.Dispose();
             foreach (var r in receivers) r.Join();
@@ -885,6 +900,8 @@ public sealed class IncomingMigration
 
         private void Loop()
         {
+            // The urgent channel carries the pages a guest thread waits for (see LatencyPriority).
+            using var raised = _urgent ? LatencyPriority.Raise() : default;
             try
             {
                 while (true)
@@ -895,7 +912,9 @@ public sealed class IncomingMigration
                     {
                         if (record.Kind == PageRecordKind.EndOfStream && (_owner._postcopyOver || _owner._done)) return;
                         bool closed = record.Kind == PageRecordKind.EndOfStream;
-                        string what = closed ? "source closed the urgent channel during post-copy" : $"{record.Kind} on the urgent channel";
+                        string what = closed
+                            ? (_owner._postcopyCommitted ? "source closed the urgent channel during post-copy" : "source closed the urgent channel")
+                            : $"{record.Kind} on the urgent channel";
                         _owner.FailFromReceiver(what, closed ? new MigrationTransportException(what) : new MigrationProtocolException(what));
                         return;
                     }

@@ -152,7 +152,8 @@ internal static class SwitchoverWarmup
             for (int i = 0; i < 40; i++)
             {
                 missing.SetAll();
-                var incoming = new Postcopy.PostcopyIncoming(regions, [missing], (_, _) => { }, new Postcopy.PageHashDigest(regions));
+                var incoming = new Postcopy.PostcopyIncoming(regions, (_, _) => { }, new Postcopy.PageHashDigest(regions));
+                incoming.Begin([missing], verify: true);
                 incoming.Attach(sink);
                 incoming.PageNeeded(0, 3);
                 reader.Postcopy = incoming;

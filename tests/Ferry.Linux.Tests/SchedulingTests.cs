@@ -1,0 +1,65 @@
+namespace Ferry.Linux.Tests;
+
+/// <summary>Per-thread scheduling (Libc.Scheduling.cs), read back from /proc/thread-self/stat (policy, nice).</summary>
+public class SchedulingTests
+{
+    // /proc/<tid>/stat: after the ")" that ends the command name, field 19 is nice and field 41 the policy.
+    private static (int Nice, int Policy) ReadStat()
+    {
+        string stat = File.ReadAllText("/proc/thread-self/stat");
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return (int.Parse(fields[19 - 3]), int.Parse(fields[41 - 3]));
+    }
+
+    private static void OnOwnThread(Action action)
+    {
+        Exception? error = null;
+        var t = new Thread(() =>
+        {
+            try
+            {
+                action();
+            }
+            catch (Exception e)
+            {
+                error = e;
+            }
+        });
+        t.Start();
+        t.Join();
+        if (error is not null) throw new Xunit.Sdk.XunitException($"on the test thread: {error}");
+    }
+
+    [Fact]
+    public void RealtimeIsTakenAndGivenBackWithTheNiceValueKept()
+    {
+        OnOwnThread(() =>
+        {
+            Assert.True(Libc.SetCurrentThreadNice(5));
+            if (!Libc.SetCurrentThreadRealtime(1))
+            {
+                // No CAP_SYS_NICE: nothing may have changed.
+                Assert.Equal((5, 0), ReadStat());
+                return;
+            }
+            Assert.Equal(1, ReadStat().Policy); // SCHED_FIFO
+            Assert.True(Libc.SetCurrentThreadRealtime(0));
+            Assert.Equal((5, 0), ReadStat());
+        });
+    }
+
+    [Fact]
+    public void ASliceKeepsPolicyAndNiceAndCanBeReset()
+    {
+        OnOwnThread(() =>
+        {
+            Assert.True(Libc.SetCurrentThreadNice(3));
+            bool taken = Libc.SetCurrentThreadSlice(TimeSpan.FromMicroseconds(100));
+            // Linux 6.12+ takes it (read back by the call itself); older kernels ignore slices.
+            if (Environment.OSVersion.Version >= new Version(6, 12)) Assert.True(taken);
+            Assert.Equal((3, 0), ReadStat());
+            Assert.True(Libc.SetCurrentThreadSlice(null));
+            Assert.Equal((3, 0), ReadStat());
+        });
+    }
+}
