@@ -115,6 +115,26 @@ public sealed class DirtyBitmap
     /// <summary>Clear bits <paramref name="start"/> .. <paramref name="end"/> - 1.</summary>
     public void ClearRange(ulong start, ulong end) => ApplyRange(start, end, set: false);
 
+    /// <summary>
+    /// Clear bits <paramref name="start"/> .. <paramref name="end"/> - 1 atomically, word by word, against threads that
+    /// clear single bits with <see cref="TestAndClearAtomic"/>; returns how many of them this call cleared (were set).
+    /// </summary>
+    public ulong ClearRangeAtomic(ulong start, ulong end)
+    {
+        CheckRange(start, end);
+        ulong cleared = 0;
+        while (start < end)
+        {
+            int w = (int)(start >> 6);
+            int from = (int)(start & 63);
+            int to = (int)Math.Min(64, (ulong)from + (end - start));
+            ulong mask = (ulong.MaxValue << from) & (to == 64 ? ulong.MaxValue : (1UL << to) - 1);
+            cleared += (ulong)BitOperations.PopCount(Interlocked.And(ref _words[w], ~mask) & mask);
+            start += (ulong)(to - from);
+        }
+        return cleared;
+    }
+
     /// <summary>Number of set bits.</summary>
     public ulong Count()
     {

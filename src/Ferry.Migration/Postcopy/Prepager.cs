@@ -6,8 +6,9 @@ namespace Ferry.Migration.Postcopy;
 public enum PrepagingStrategy
 {
     /// <summary>
-    /// Around each fault, in both directions, widening while faults keep landing nearby (Hines et al., VEE'09,
-    /// "bubbling" with several pivots); a plain sweep once no pivot has pages left.
+    /// The pages the guest used last on the source first (when the source says which: its dirty log, and its CPUs'
+    /// translations where it tracks them); around each fault, in both directions, widening while faults keep landing
+    /// nearby (Hines et al., VEE'09, "bubbling" with several pivots); a plain sweep once neither has pages left.
     /// </summary>
     Bubble = 1,
 
@@ -30,9 +31,14 @@ public enum PrepagingStrategy
 /// the pivot retires. A fault that lands inside or next to a live pivot's area widens it (its budget grows) instead
 /// of opening a new one: the guest is working through that area. Up to <see cref="MaxPivots"/> pivots live at once;
 /// the newest is served first. With no live pivot, a sweep cursor sends what is left in address order.</para>
-/// <para><b>Threads.</b> Every page channel's sender takes from one instance, and the return path's thread reports
-/// faults; one lock serialises them. A take hands out up to 1 MiB, so the lock is taken about a thousand times a
-/// second at full speed.</para>
+/// <para><b>Hot pages.</b> Bubbling starts with the pages the source saw the guest use last (written since the last
+/// dirty-log harvest, and read or executed where the source tracks it): the code, stacks, page tables and data the guest
+/// runs on when it starts at the destination, which it would otherwise fault on one round trip each. They go in address
+/// order, after any live pivot's pages, and before the sweep.</para>
+/// <para><b>Threads.</b> Every page channel's sender takes from one instance under one lock (a take hands out up to
+/// 1 MiB, so about a thousand times a second at full speed). The urgent path never takes it: the return path's thread
+/// claims a page with one atomic bit clear and queues the fault for the next take, so it never waits for a push thread
+/// (niced below everything) that a busy host has preempted while holding the lock.</para>
 /// </remarks>
 internal sealed class Prepager
 {
@@ -49,8 +55,17 @@ internal sealed class Prepager
     /// <summary>Pages a new pivot may push before it retires (8 MiB); a fault nearby adds as much again.</summary>
     public const long PivotBudget = 2048;
 
+    // Faults queued by the urgent path (one writer: the return path's thread) for the next take: global page + 1, 0 =
+    // slot not written yet. A ring: faults beyond its size between two takes overwrite the oldest (a lost hint only).
+    private const int FaultRingSize = 64;
+    private readonly ulong[] _faultRing = new ulong[FaultRingSize];
+    private long _faultHead; // next slot to write
+    private long _faultTail; // next slot to read (under the lock)
+
     private readonly Lock _lock = new();
     private readonly DirtyBitmap _toSend;
+    private DirtyBitmap? _hot;
+    private ulong _hotCursor;
     private readonly ulong[] _regionFirst;
     private readonly ulong[] _regionEnd;
     private readonly PrepagingStrategy _strategy;
@@ -75,7 +90,9 @@ internal sealed class Prepager
     /// the prepager clears bits as it hands pages out.</param>
     /// <param name="regionPages">Pages of each region, in order (region r's first bit is the sum of those before).</param>
     /// <param name="strategy">The order.</param>
-    public Prepager(DirtyBitmap toSend, IReadOnlyList<ulong> regionPages, PrepagingStrategy strategy)
+    /// <param name="hot">Pages the guest used last (global index), sent first by <see cref="PrepagingStrategy.Bubble"/>
+    /// (those still to send); taken over, or null.</param>
+    public Prepager(DirtyBitmap toSend, IReadOnlyList<ulong> regionPages, PrepagingStrategy strategy, DirtyBitmap? hot = null)
     {
         ArgumentNullException.ThrowIfNull(toSend);
         ArgumentNullException.ThrowIfNull(regionPages);
@@ -91,17 +108,33 @@ internal sealed class Prepager
             _regionEnd[r] = bit;
         }
         if (bit > toSend.BitCount) throw new ArgumentException("the bitmap is shorter than the regions", nameof(toSend));
+        if (hot is not null && hot.BitCount < bit) throw new ArgumentException("the bitmap is shorter than the regions", nameof(hot));
         _remaining = (long)toSend.Count();
+        if (strategy == PrepagingStrategy.Bubble) _hot = hot;
     }
 
     /// <summary>Pages not yet handed out.</summary>
-    public long Remaining => Volatile.Read(ref _remaining);
+    public long Remaining => Interlocked.Read(ref _remaining);
 
     /// <summary>Faults that widened a live pivot instead of opening a new one.</summary>
-    public long FaultsNearPivot => Volatile.Read(ref _faultsNearPivot);
+    public long FaultsNearPivot
+    {
+        get
+        {
+            lock (_lock) DrainFaults();
+            return _faultsNearPivot;
+        }
+    }
 
     /// <summary>Pivots opened (faults far from every live one).</summary>
-    public long PivotsOpened => Volatile.Read(ref _pivotsOpened);
+    public long PivotsOpened
+    {
+        get
+        {
+            lock (_lock) DrainFaults();
+            return _pivotsOpened;
+        }
+    }
 
     /// <summary>
     /// Take page <paramref name="bit"/> for the urgent channel. True if it was still to send (the push will not send it);
@@ -109,55 +142,73 @@ internal sealed class Prepager
     /// </summary>
     public bool Claim(ulong bit)
     {
-        lock (_lock)
+        if (!_toSend.TestAndClearAtomic(bit)) return false;
+        Interlocked.Decrement(ref _remaining);
+        return true;
+    }
+
+    /// <summary>
+    /// The destination faulted on page <paramref name="bit"/> (global index): reorder around it from the next take on.
+    /// Never blocks; one thread at a time (the return path's).
+    /// </summary>
+    public void OnFault(ulong bit)
+    {
+        if (RegionOf(bit) < 0) return;
+        long slot = Interlocked.Increment(ref _faultHead) - 1;
+        Volatile.Write(ref _faultRing[slot & (FaultRingSize - 1)], bit + 1);
+    }
+
+    // Under the lock: apply the queued faults, oldest first.
+    private void DrainFaults()
+    {
+        long head = Interlocked.Read(ref _faultHead);
+        if (head - _faultTail > FaultRingSize) _faultTail = head - FaultRingSize; // overwritten: the newest are kept
+        while (_faultTail < head)
         {
-            if (!_toSend.Test(bit)) return false;
-            _toSend.Clear(bit);
-            _remaining--;
-            return true;
+            ref ulong entry = ref _faultRing[_faultTail & (FaultRingSize - 1)];
+            ulong value = Volatile.Read(ref entry);
+            if (value == 0) break; // reserved, not yet written: next take
+            entry = 0;
+            _faultTail++;
+            ApplyFault(value - 1);
         }
     }
 
-    /// <summary>The destination faulted on page <paramref name="bit"/> (global index): reorder around it.</summary>
-    public void OnFault(ulong bit)
+    private void ApplyFault(ulong bit)
     {
         int region = RegionOf(bit);
-        if (region < 0) return;
-        lock (_lock)
+        switch (_strategy)
         {
-            switch (_strategy)
-            {
-                case PrepagingStrategy.Forward:
-                    _sweep = bit + 1;
-                    return;
-                case PrepagingStrategy.Linear:
-                    return;
-            }
-            for (int i = 0; i < _pivotCount; i++)
-            {
-                ref var p = ref _pivots[i];
-                ulong reach = (ulong)p.Step * 2;
-                if (p.Region == region && bit + reach >= p.Lo && bit < p.Hi + reach)
-                {
-                    // The guest works through this area: keep pushing around it, further and faster.
-                    p.Budget += PivotBudget;
-                    p.Step = Math.Min(MaxStep, p.Step * 2);
-                    _faultsNearPivot++;
-                    // Served first from now on.
-                    var hot = p;
-                    for (int j = i; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
-                    _pivots[_pivotCount - 1] = hot;
-                    return;
-                }
-            }
-            if (_pivotCount == MaxPivots)
-            {
-                for (int j = 0; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
-                _pivotCount--;
-            }
-            _pivots[_pivotCount++] = new Pivot { Region = region, Lo = bit, Hi = bit + 1, Step = FirstStep, Budget = PivotBudget };
-            _pivotsOpened++;
+            case PrepagingStrategy.Forward:
+                _sweep = bit + 1;
+                return;
+            case PrepagingStrategy.Linear:
+                return;
         }
+        for (int i = 0; i < _pivotCount; i++)
+        {
+            ref var p = ref _pivots[i];
+            ulong reach = (ulong)p.Step * 2;
+            if (p.Region == region && bit + reach >= p.Lo && bit < p.Hi + reach)
+            {
+                // The guest works through this area: keep pushing around it, further and faster.
+                p.Budget += PivotBudget;
+                p.Step = Math.Min(MaxStep, p.Step * 2);
+                _faultsNearPivot++;
+                // Served first from now on.
+                var hot = p;
+                for (int j = i; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
+                _pivots[_pivotCount - 1] = hot;
+                return;
+            }
+        }
+        if (_pivotCount == MaxPivots)
+        {
+            for (int j = 0; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
+            _pivotCount--;
+        }
+        _pivots[_pivotCount++] = new Pivot { Region = region, Lo = bit, Hi = bit + 1, Step = FirstStep, Budget = PivotBudget };
+        _pivotsOpened++;
     }
 
     /// <summary>
@@ -170,8 +221,9 @@ internal sealed class Prepager
         if (runs.IsEmpty || maxPages <= 0) return 0;
         lock (_lock)
         {
-            if (_remaining == 0) return 0;
-            // Pivots first, newest first; then the sweep fills what is left of the batch. A batch is filled from
+            DrainFaults();
+            if (Interlocked.Read(ref _remaining) == 0) return 0;
+            // Pivots first, newest first; then the hot pages, then the sweep fills what is left of the batch. A batch is filled from
             // several sources rather than ended where one runs dry: around a fault in an area pushed already, a pivot
             // finds only a few pages, and batches of a few pages would cut the push's throughput several times.
             int count = 0, pages = 0;
@@ -188,7 +240,10 @@ internal sealed class Prepager
                     _pivotCount--;
                 }
             }
-            if (pages < maxPages && count < runs.Length) TakeSweep(runs, ref count, maxPages - pages, ref region);
+            bool hotElsewhere = false;
+            if (_hot is not null && pages < maxPages && count < runs.Length) pages += TakeHot(runs, ref count, maxPages - pages, ref region, out hotElsewhere);
+            // Hot pages left in another region go in the next batch, not after cold ones of this region.
+            if (!hotElsewhere && pages < maxPages && count < runs.Length) TakeSweep(runs, ref count, maxPages - pages, ref region);
             return count;
         }
     }
@@ -223,6 +278,43 @@ internal sealed class Prepager
             // Each window a pivot covers grows the next one: the further from the fault, the less any single page
             // matters and the more a larger batch saves.
             if (p.Step < MaxStep && p.Backward) p.Step = Math.Min(MaxStep, p.Step * 2);
+        }
+        return pages;
+    }
+
+    // The hot pages still to send, in address order from a cursor; the bitmap is dropped once the cursor is through.
+    private int TakeHot(Span<DirtyRun> runs, ref int count, int maxPages, ref int region, out bool elsewhere)
+    {
+        elsewhere = false;
+        var hot = _hot!;
+        ulong total = _regionEnd[^1];
+        int pages = 0;
+        while (pages < maxPages && count < runs.Length)
+        {
+            bool found = false;
+            foreach (var run in hot.Runs(_hotCursor, total))
+            {
+                int r = RegionOf(run.Start);
+                if (region >= 0 && r != region)
+                {
+                    elsewhere = true; // the batch is of another region: the next take
+                    return pages;
+                }
+                found = true;
+                ulong end = Math.Min(run.End, _regionEnd[r]);
+                int before = count;
+                int taken = Collect(run.Start, end, runs, ref count, maxPages - pages);
+                pages += taken;
+                if (count > before) region = r;
+                // Collect stops early only when the batch is full: resume there next time.
+                _hotCursor = taken > 0 && (count == runs.Length || pages == maxPages) ? runs[count - 1].End : end;
+                break;
+            }
+            if (!found)
+            {
+                _hot = null;
+                break;
+            }
         }
         return pages;
     }
@@ -264,10 +356,11 @@ internal sealed class Prepager
             if (count == runs.Length || pages == maxPages) break;
             ulong length = Math.Min(run.Length, (ulong)(maxPages - pages));
             runs[count++] = new DirtyRun(run.Start, length);
-            _toSend.ClearRange(run.Start, run.Start + length);
+            // Atomically: the urgent path may claim a page of this run meanwhile. It then goes twice (the destination
+            // drops the second copy), but is counted once.
+            Interlocked.Add(ref _remaining, -(long)_toSend.ClearRangeAtomic(run.Start, run.Start + length));
             pages += (int)length;
         }
-        _remaining -= pages;
         return pages;
     }
 

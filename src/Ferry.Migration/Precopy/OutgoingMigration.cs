@@ -380,6 +380,8 @@ public sealed class OutgoingMigration
 
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
         _guest.HarvestDirtyLog(bitmap.Words);
+        // Post-copy's hot pages are those used from here to the pause (the drained bitmap is overwritten just below).
+        if (_options.PostcopyPossible && _guest is IAccessTrackingSource tracking) tracking.HarvestAccessedPages(bitmap.Words);
         bitmap.SetAll();
         // Round 0 reads only what the guest populated: the rest is sent as Zero unread. An idle 4 GiB guest would
         // otherwise be faulted in whole by the zero check, ~12 s on this host (ROUND2.md: 3.0 s per GiB of read
@@ -535,6 +537,8 @@ public sealed class OutgoingMigration
         // Allocated before the pause: the Flush-only pass needs an empty bitmap, the final harvest one of its own.
         var nothing = new DirtyBitmap(_guest.TotalPages);
         var late = new DirtyBitmap(_guest.TotalPages);
+        // Bubbling pushes the pages the guest used last first (see PrepagingStrategy.Bubble).
+        var hot = _options.Prepaging == Postcopy.PrepagingStrategy.Bubble ? new DirtyBitmap(_guest.TotalPages) : null;
         var regionPages = new ulong[_guest.Regions.Count];
         for (int r = 0; r < regionPages.Length; r++) regionPages[r] = _guest.Regions[r].Pages;
         try
@@ -545,6 +549,11 @@ public sealed class OutgoingMigration
             _guest.HarvestDirtyLog(late.Words);
             bitmap.OrFrom(late);
             populated?.OrFrom(late);
+            if (hot is not null)
+            {
+                hot.OrFrom(late);
+                if (_guest is IAccessTrackingSource tracking) tracking.HarvestAccessedPages(hot.Words);
+            }
             // The source never runs again once committed, so its memory holds still for the whole post-copy phase.
             if (_options.Verify) StartSourceDigest(stats, Postcopy.PageHashDigest.Of);
             // Every pre-copy page before the switchover lands before the missing map applies: Flush on every channel.
@@ -570,7 +579,7 @@ public sealed class OutgoingMigration
             stats.DestDigestMs = ready.DigestMicroseconds / 1000.0;
 
             // The push and the urgent channel exist before Commit, so the first fault finds them.
-            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging);
+            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot);
             SetUrgent(new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
 
             // The point of no return: from here the VM runs only on the destination, and its memory only here.
@@ -589,6 +598,7 @@ public sealed class OutgoingMigration
             // threads would compete with the destination's switchover for the cores, inside the downtime (measured on 2
             // cores, 1 GiB: commit to Resumed 40 ms with the push already running).
             bool resumed = _resumedArrived.Wait(_options.PeerTimeout, _abort.Token) && _resumed is not null;
+            EndSwitchoverPriority();
             long pushStart = _time.GetTimestamp();
             done.Reset(_senders.Length);
             _populatedForPush = populated;
@@ -664,6 +674,7 @@ public sealed class OutgoingMigration
         }
         finally
         {
+            EndSwitchoverPriority();
             JoinSourceDigest();
         }
     }
@@ -945,11 +956,22 @@ public sealed class OutgoingMigration
         }
     }
 
+    // Raised by PauseForSwitchover, lowered (on the same thread) once the switchover is over.
+    private LatencyPriority.Raised _switchoverPriority;
+
+    private void EndSwitchoverPriority()
+    {
+        _switchoverPriority.Dispose();
+        _switchoverPriority = default;
+    }
+
     /// <summary>Pause the guest for the switchover; returns when the pause began and when it was done (stats.PauseMs between).</summary>
     private (long PauseStart, long Paused) PauseForSwitchover(StatsBuilder stats, ref bool paused)
     {
         _status = MigrationStatus.Device;
         Report();
+        // From the pause until the destination runs the guest, this thread's every wake-up delay is downtime.
+        _switchoverPriority = LatencyPriority.Raise();
         long pauseStart = _time.GetTimestamp();
         _guest.Pause();
         paused = true;
@@ -1134,6 +1156,7 @@ public sealed class OutgoingMigration
         }
         finally
         {
+            EndSwitchoverPriority();
             // Never leave a digest reading guest memory that its owner may unmap after a failure.
             JoinSourceDigest();
         }
@@ -1143,6 +1166,9 @@ public sealed class OutgoingMigration
 
     private void ReadReturnPath(ProtocolReader reader)
     {
+        // This thread serves post-copy's page requests and wakes the switchover on Ready and Resumed: it must not queue
+        // behind the guest's or the push's threads each time a record arrives (see LatencyPriority).
+        using var raised = LatencyPriority.Raise();
         try
         {
             while (true)

@@ -88,6 +88,29 @@ public class DirtyBitmapTests
     }
 
     [Fact]
+    public void ClearRangeAtomicClearsTheRangeAndCountsWhatWasSet()
+    {
+        var rng = new Random(5);
+        for (int round = 0; round < 300; round++)
+        {
+            ulong bits = (ulong)rng.Next(1, 700);
+            var b = new DirtyBitmap(bits);
+            var reference = new bool[bits];
+            for (ulong i = 0; i < bits; i++)
+            {
+                if (rng.Next(3) == 0) continue;
+                b.Set(i);
+                reference[i] = true;
+            }
+            ulong start = (ulong)rng.NextInt64(0, (long)bits + 1);
+            ulong end = (ulong)rng.NextInt64((long)start, (long)bits + 1);
+            ulong expected = (ulong)reference.Skip((int)start).Take((int)(end - start)).Count(x => x);
+            Assert.Equal(expected, b.ClearRangeAtomic(start, end));
+            for (ulong i = 0; i < bits; i++) Assert.Equal(reference[i] && (i < start || i >= end), b.Test(i));
+        }
+    }
+
+    [Fact]
     public void RunsMatchANaiveScanForRandomBitmapsAndRanges()
     {
         var rng = new Random(11);

@@ -103,4 +103,87 @@ public class PrepagerTests
         var order = Drain(prepager);
         Assert.Equal(Enumerable.Range(0, 10_000).Select(i => (ulong)i), order);
     }
+
+    private static DirtyBitmap Hot(ulong total, params (ulong From, ulong To)[] ranges)
+    {
+        var hot = new DirtyBitmap(total);
+        foreach (var (from, to) in ranges) hot.SetRange(from, to);
+        return hot;
+    }
+
+    [Fact]
+    public void BubblingSendsTheHotPagesFirstInAddressOrderAcrossRegions()
+    {
+        var toSend = new DirtyBitmap(8000);
+        toSend.SetAll();
+        toSend.Clear(5001); // sent already: hot, but not to send again
+        var prepager = new Prepager(toSend, [3000UL, 5000UL], PrepagingStrategy.Bubble, Hot(8000, (100, 110), (2990, 3010), (5000, 5003)));
+        var order = Drain(prepager);
+        ulong[] expected = [.. Enumerable.Range(100, 10).Select(i => (ulong)i), .. Enumerable.Range(2990, 20).Select(i => (ulong)i), 5000, 5002];
+        Assert.Equal(expected, order.Take(expected.Length));
+        Assert.Equal(7999, order.Count);
+        Assert.Equal(order.Count, order.Distinct().Count());
+    }
+
+    [Theory]
+    [InlineData(PrepagingStrategy.Forward)]
+    [InlineData(PrepagingStrategy.Linear)]
+    public void OnlyBubblingUsesTheHotPages(PrepagingStrategy strategy)
+    {
+        var toSend = new DirtyBitmap(4000);
+        toSend.SetAll();
+        var prepager = new Prepager(toSend, [4000UL], strategy, Hot(4000, (3000, 3100)));
+        Assert.Equal(Enumerable.Range(0, 4000).Select(i => (ulong)i), Drain(prepager));
+    }
+
+    [Fact]
+    public void AFaultGoesBeforeTheHotPagesOnceQueued()
+    {
+        var toSend = new DirtyBitmap(100_000);
+        toSend.SetAll();
+        var prepager = new Prepager(toSend, [100_000UL], PrepagingStrategy.Bubble, Hot(100_000, (0, 2000)));
+        prepager.OnFault(50_000);
+        var runs = new DirtyRun[512];
+        int n = prepager.Take(runs, 256, out _);
+        Assert.True(n > 0);
+        Assert.InRange(runs[0].Start, 50_000UL - Prepager.FirstStep, 50_000UL + 1);
+        Assert.Equal(1, prepager.PivotsOpened);
+    }
+
+    [Fact]
+    public async Task ClaimsRacingTakesHandEveryPageOutAndCountThemOnce()
+    {
+        // The urgent path claims without the lock while senders take: no page is lost, Remaining reaches exactly 0,
+        // and a page may go both ways (a duplicate the destination drops) but is counted once.
+        const ulong Total = 200_000;
+        var toSend = new DirtyBitmap(Total);
+        toSend.SetAll();
+        var prepager = new Prepager(toSend, [Total], PrepagingStrategy.Bubble, Hot(Total, (1000, 9000)));
+        var seen = new int[Total];
+        using var stop = new CancellationTokenSource();
+        var claimer = Task.Run(() =>
+        {
+            var random = new Random(3);
+            while (!stop.IsCancellationRequested)
+            {
+                ulong page = (ulong)random.NextInt64((long)Total);
+                if (prepager.Claim(page)) Interlocked.Increment(ref seen[page]);
+                prepager.OnFault(page);
+            }
+        }, TestContext.Current.CancellationToken);
+        var takers = Enumerable.Range(0, 2).Select(_ => Task.Run(() =>
+        {
+            var runs = new DirtyRun[512];
+            while (prepager.Take(runs, 256, out _) is var n && n > 0)
+            {
+                for (int i = 0; i < n; i++)
+                    for (ulong p = runs[i].Start; p < runs[i].End; p++) Interlocked.Increment(ref seen[p]);
+            }
+        }, TestContext.Current.CancellationToken)).ToArray();
+        await Task.WhenAll(takers);
+        await stop.CancelAsync();
+        await claimer;
+        Assert.Equal(0, prepager.Remaining);
+        Assert.DoesNotContain(0, seen);
+    }
 }
