@@ -455,6 +455,23 @@ public sealed partial class VirtMachine : IDisposable
         spareDirty = old;
     }
 
+    /// <summary>
+    /// OR into <paramref name="bitmap"/> (bit i: RAM page i, as the dirty log; bits past its length are dropped) every
+    /// RAM page the harts used, read, written, executed or walked as a page table, since the last call (or since the
+    /// machine was built), then start a new interval. Recorded where a hart takes its slow path: a TLB fill, a
+    /// page-table walk, an atomic that missed. A page hot all interval long is never filled again, so while every
+    /// hart is paused (<see cref="Pause"/>) the pages their TLBs hold are added too; while they run, their TLBs are
+    /// theirs alone and are not read (a first call that only opens the interval needs nothing from them). A hint for
+    /// post-copy's push order: a page missed costs a fault later, never correctness. Any thread.
+    /// </summary>
+    public void HarvestAccessed(Span<ulong> bitmap)
+    {
+        ram.TakeAccessed(bitmap);
+        // A paused hart only parks or drops entries until it is released, so its TLB holds still while we read it.
+        if (!control.PauseRequested || !AllQuiescent()) return;
+        foreach (Hart h in harts) h.OrTlbPages(bitmap);
+    }
+
     private static void OrInto(Span<ulong> target, ReadOnlySpan<ulong> source)
     {
         int i = 0;

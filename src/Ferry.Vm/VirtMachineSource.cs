@@ -26,7 +26,7 @@ namespace Ferry.Vm;
 /// (<c>SEEK_DATA</c>), blocks the guest writes are logged by the device and sent again like dirty RAM. The destination
 /// must allow RAM plus the image in <c>IncomingOptions.MaxMemoryBytes</c>.</para>
 /// </remarks>
-public sealed class VirtMachineSource : IMigrationSource
+public sealed class VirtMachineSource : IMigrationSource, IAccessTrackingSource
 {
     /// <summary>Where a copied disk sits in the migration's layout: 2^56, above any RISC-V physical address.</summary>
     public const ulong DiskRegionAddress = 1UL << 56;
@@ -128,6 +128,11 @@ public sealed class VirtMachineSource : IMigrationSource
         machine.GetPopulatedPages(bitmap);
         copied?.GetPopulatedBlocks(bitmap, ramPages);
     }
+
+    /// <inheritdoc/>
+    /// <remarks>RAM is region 0, so the machine's bit for RAM page i is the engine's bit i. A copied disk's blocks get
+    /// none: only device emulation reaches them, and the guest's CPUs never run on them.</remarks>
+    public void HarvestAccessedPages(Span<ulong> bitmap) => machine.HarvestAccessed(bitmap);
 
     /// <inheritdoc/>
     public void StopDirtyLog()

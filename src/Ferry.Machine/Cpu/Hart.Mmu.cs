@@ -76,6 +76,42 @@ internal sealed unsafe partial class Hart
         }
     }
 
+    /// <summary>
+    /// Set in <paramref name="bitmap"/> (bit i: RAM page i; pages past its end are dropped) the RAM pages this hart's
+    /// TLB holds entries for: a page used all through an interval is never filled again, so these are the freshest
+    /// part of the working set. Only while the hart is quiescent under a pause: a running hart rewrites the entries
+    /// under us (a torn entry would at worst name a wrong page, as each is bounds-checked, but the set means nothing).
+    /// </summary>
+    internal void OrTlbPages(Span<ulong> bitmap)
+    {
+        byte* ramStart = ram.Host;
+        ulong ramBytes = ram.Size;
+        ulong pages = Math.Min((ulong)ram.PageCount, (ulong)bitmap.Length * 64);
+        for (int set = 0; set < TlbSets; set++)
+        {
+            TlbEntry* s = tlb + set * TlbSize;
+            bool fetch = set % 3 == AccFetch;
+            for (int i = 0; i < TlbSize; i++)
+            {
+                ulong tag = s[i].Tag;
+                if (tag == EmptyTag) continue;
+                ulong page;
+                if (fetch)
+                {
+                    page = (ulong)(s[i].Addend - ram.FirstFrame);
+                }
+                else
+                {
+                    // Read and write entries hold host minus virtual address: the host page is Addend + Tag.
+                    ulong offset = (ulong)((byte*)(s[i].Addend + (long)tag) - ramStart);
+                    if (offset >= ramBytes) continue; // the boot ROM
+                    page = offset >> MemoryRegion.PageShift;
+                }
+                if (page < pages) bitmap[(int)(page >> 6)] |= 1UL << (int)page;
+            }
+        }
+    }
+
     private void DropAllCode()
     {
         foreach (int frame in decodedFrames) codePages[frame] = null;

@@ -47,19 +47,23 @@ internal sealed unsafe partial class Hart
     /// <summary>
     /// True if the hart may use the page of <paramref name="region"/> holding <paramref name="pa"/>: always outside
     /// post-copy or outside RAM; during post-copy once the page is present (waiting for it if need be). False when
-    /// the wait was interrupted: the caller returns <see cref="CauseRetry"/>.
+    /// the wait was interrupted: the caller returns <see cref="CauseRetry"/>. A RAM page is also noted as accessed
+    /// (<see cref="GuestRam.NoteAccess"/>): every slow path that reads, writes, walks or caches a RAM page passes here,
+    /// so the accessed log sees exactly the TLB fills and walks, and the fast paths stay as they are.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private bool PageReady(MemoryRegion region, ulong pa)
     {
+        if (region != ram) return true;
+        int page = (int)((pa - ram.Base) >> MemoryRegion.PageShift);
+        ram.NoteAccess(page);
         PostcopyPages? p = ram.Postcopy;
-        return p == null || region != ram || AwaitPage(p, pa);
+        return p == null || AwaitPage(p, page);
     }
 
     [MethodImpl(MethodImplOptions.NoInlining)]
-    private bool AwaitPage(PostcopyPages p, ulong pa)
+    private bool AwaitPage(PostcopyPages p, int page)
     {
-        int page = (int)((pa - ram.Base) >> MemoryRegion.PageShift);
         if (p.Touch(page)) return true;
         if (probing) return false;
         return p.Await(page, pageWaiter);

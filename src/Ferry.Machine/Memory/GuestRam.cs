@@ -27,6 +27,9 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     private readonly GuestMemoryMapping mapping;
     // One bit per page, set by the first write after a harvest. Swapped (never cleared in place) by a harvest.
     private ulong[] dirty;
+    // One bit per page, set by a hart's slow path (TLB fill, page-table walk, atomic) that reached the page since the
+    // last TakeAccessed: with the TLBs' contents, the pages the guest runs on, which post-copy pushes first.
+    private readonly ulong[] accessed;
     // One byte per page: nonzero while some hart holds decoded instructions of the page.
     private readonly byte[] code;
     // Per page: writes seen while it was code (see NoteCpuWrite).
@@ -45,6 +48,7 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     {
         mapping = GuestMemoryMapping.Create(size);
         dirty = new ulong[(PageCount + 63) / 64];
+        accessed = new ulong[dirty.Length];
         code = new byte[PageCount];
         codeWrites = new int[PageCount];
     }
@@ -107,6 +111,32 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         ref ulong word = ref dirty[page >> 6];
         ulong bit = 1UL << page;
         if ((Volatile.Read(ref word) & bit) == 0) Interlocked.Or(ref word, bit);
+    }
+
+    /// <summary>A hart's slow path reached <paramref name="page"/> (see <see cref="TakeAccessed"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    internal void NoteAccess(int page)
+    {
+        ref ulong word = ref accessed[page >> 6];
+        ulong bit = 1UL << page;
+        // Tested first: a page reached again within an interval (a TLB conflict miss, a walk of the same table) costs
+        // a read, and only the first reach of each page per interval an interlocked OR.
+        if ((Volatile.Read(ref word) & bit) == 0) Interlocked.Or(ref word, bit);
+    }
+
+    /// <summary>
+    /// OR into <paramref name="bitmap"/> (page i in bit i of word i / 64; words past its length are dropped) the pages
+    /// a hart's slow path reached since the last call, and clear them: a new interval starts. Any thread; a hart that
+    /// reaches a page meanwhile lands in one interval or the next, never in neither.
+    /// </summary>
+    internal void TakeAccessed(Span<ulong> bitmap)
+    {
+        for (int w = 0; w < accessed.Length; w++)
+        {
+            if (Volatile.Read(ref accessed[w]) == 0) continue;
+            ulong bits = Interlocked.Exchange(ref accessed[w], 0);
+            if (w < bitmap.Length) bitmap[w] |= bits;
+        }
     }
 
     /// <summary>Start recording writes; every page starts clean. The caller drops the harts' write entries.</summary>
