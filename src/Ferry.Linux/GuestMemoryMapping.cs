@@ -170,6 +170,24 @@ public sealed class GuestMemoryMapping : SafeHandle
         return error.Errno == Libc.EINVAL ? false : throw error;
     }
 
+    /// <summary>
+    /// Whether the kernel may back this mapping's future faults with transparent huge pages (<c>MADV_HUGEPAGE</c> /
+    /// <c>MADV_NOHUGEPAGE</c>); what is mapped already stays as it is. A mapping created without them, or on a kernel
+    /// without THP, is left alone. Returns true if the advice changed.
+    /// </summary>
+    /// <remarks>
+    /// For post-copy's destination: a page installed into an untouched 2 MiB chunk first faults in (zeroes) the whole
+    /// huge page, measured here at 0.8-3.5 ms on average (7.5 ms worst) against 50-70 µs for a 4 KiB page; that is
+    /// what a guest waiting for the page would wait on top of the network. So missing pages go into small pages and
+    /// the advice comes back when post-copy ends (khugepaged merges them later).
+    /// </remarks>
+    public bool AdviseHugePages(bool huge)
+    {
+        ObjectDisposedException.ThrowIf(IsClosed, this);
+        if (!HugePagesAdvised) return false;
+        return Libc.madvise(handle, (nuint)Length, huge ? Libc.MADV_HUGEPAGE : Libc.MADV_NOHUGEPAGE) == 0;
+    }
+
     /// <inheritdoc/>
     protected override bool ReleaseHandle() => Libc.munmap(handle, (nuint)Length) == 0;
 }

@@ -247,8 +247,12 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
             if (postcopy != null) throw new InvalidOperationException("a post-copy is already in progress on this RAM");
             var p = new PostcopyPages(PageCount, missingBitmap, requestPage);
             lastPostcopy = p;
-            if (p.MissingPages != 0) postcopy = p;
+            if (p.MissingPages == 0) return;
+            postcopy = p;
         }
+        // Missing pages land in small pages: the first install into an untouched 2 MiB chunk would otherwise zero a
+        // whole huge page while the guest waits (see GuestMemoryMapping.AdviseHugePages). Back once all are in.
+        mapping.AdviseHugePages(huge: false);
     }
 
     /// <summary>True from <see cref="BeginPostcopy"/> until the last missing page is installed (or <see cref="EndPostcopy"/>); still true after <see cref="AbortPostcopy"/>.</summary>
@@ -305,7 +309,7 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         {
             // The last page: slow paths stop testing (a thread still holding p finds every bit clear). Before the
             // waiters wake, so whatever they do next happens after post-copy is over.
-            Interlocked.CompareExchange(ref postcopy, null, p);
+            if (Interlocked.CompareExchange(ref postcopy, null, p) == p) mapping.AdviseHugePages(huge: true);
         }
         p.WakeWaiters(page);
     }
