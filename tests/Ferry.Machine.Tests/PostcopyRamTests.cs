@@ -536,6 +536,24 @@ public sealed class PostcopyRamTests
         Assert.False(d.NeedsReset);
     }
 
+    [Fact]
+    public unsafe void PopulateFaultsEveryPageInWithinItsBudgetAndKeepsTheContents()
+    {
+        // A post-copy destination faults its RAM in before the switchover, so that installs are copies only.
+        using var ram = new GuestRam(RamBase, 16 << 20);
+        ram.Write(RamBase + 5 * PageSize, [1, 2, 3]);
+        using var pagemap = Ferry.Linux.Pagemap.OpenSelf();
+        Span<ulong> present = stackalloc ulong[(int)(ram.PageCount / 64)];
+        Assert.True(pagemap.OrPopulated((nint)ram.Host, ram.Size, present, 0) < (ulong)ram.PageCount);
+        Assert.False(ram.Populate(TimeSpan.Zero)); // no budget: nothing done
+        Assert.True(ram.Populate(TimeSpan.FromSeconds(30)));
+        present.Clear();
+        Assert.Equal((ulong)ram.PageCount, pagemap.OrPopulated((nint)ram.Host, ram.Size, present, 0));
+        var back = new byte[3];
+        ram.Read(RamBase + 5 * PageSize, back);
+        Assert.Equal([1, 2, 3], back);
+    }
+
     // ---- Abort, pause, dispose ----
 
     [Fact]

@@ -18,6 +18,14 @@ public interface IPostcopyTarget
     /// Every other page keeps its content. Called once, before <see cref="IMigrationTarget.LoadState"/>.
     /// </summary>
     IPostcopyMemory BeginPostcopy(IReadOnlyList<Memory.DirtyBitmap> missing, IPageFaultSink sink);
+
+    /// <summary>
+    /// Called once at the handshake when the source may use post-copy, before it can pause the guest (a source in pure
+    /// post-copy waits for this side to be ready): make the later installs cheap, e.g. fault the guest's memory in, so
+    /// that a page the guest waits for costs a copy and not a kernel allocation. At most <paramref name="budget"/>
+    /// (the engine does not read its control channel meanwhile); what is left is done on demand. Nothing by default.
+    /// </summary>
+    void PreparePostcopy(TimeSpan budget) { }
 }
 
 /// <summary>The destination guest's memory during post-copy: where arriving pages are installed.</summary>

@@ -219,7 +219,13 @@ public sealed class IncomingMigration
                 urgent.Start();
             }
             SwitchoverWarmup.Destination(target);
-            if (_postcopyNegotiated) SwitchoverWarmup.Postcopy(target);
+            if (_postcopyNegotiated)
+            {
+                SwitchoverWarmup.Postcopy(target);
+                // Before this thread reads the control channel: a pure post-copy source pauses only once its Keepalive
+                // is echoed, i.e. after this. Bounded well inside the peer timeout, which silence here would trip.
+                ((IPostcopyTarget)target).PreparePostcopy(_options.PeerTimeout / 4);
+            }
             // From here to Resumed this thread's wake-ups are the guest's downtime (see LatencyPriority): it reads
             // Complete the moment the source sends it, and is not held by the harts it starts before it says Resumed.
             switchoverPriority = LatencyPriority.Raise();
