@@ -182,10 +182,10 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
     /// <inheritdoc/>
     /// <remarks>Faults the RAM in (see <see cref="GuestRam.Populate"/>): post-copy installs every page anyway, zeros
     /// included, so this costs no memory that post-copy would not, only its time before the pause.</remarks>
-    public void PreparePostcopy(TimeSpan budget)
+    public void PreparePostcopy(TimeSpan budget, CancellationToken stop)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
-        (machine?.Ram ?? ram)?.Populate(budget);
+        (machine?.Ram ?? ram)?.Populate(budget, stop);
     }
 
     /// <inheritdoc/>

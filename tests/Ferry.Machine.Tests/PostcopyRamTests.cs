@@ -545,8 +545,13 @@ public sealed class PostcopyRamTests
         using var pagemap = Ferry.Linux.Pagemap.OpenSelf();
         Span<ulong> present = stackalloc ulong[(int)(ram.PageCount / 64)];
         Assert.True(pagemap.OrPopulated((nint)ram.Host, ram.Size, present, 0) < (ulong)ram.PageCount);
-        Assert.False(ram.Populate(TimeSpan.Zero)); // no budget: nothing done
-        Assert.True(ram.Populate(TimeSpan.FromSeconds(30)));
+        Assert.False(ram.Populate(TimeSpan.Zero, TestContext.Current.CancellationToken)); // no budget: nothing done
+        using (var stopped = new CancellationTokenSource())
+        {
+            stopped.Cancel();
+            Assert.False(ram.Populate(TimeSpan.FromSeconds(30), stopped.Token)); // pre-copy pages are coming: stop
+        }
+        Assert.True(ram.Populate(TimeSpan.FromSeconds(30), TestContext.Current.CancellationToken));
         present.Clear();
         Assert.Equal((ulong)ram.PageCount, pagemap.OrPopulated((nint)ram.Host, ram.Size, present, 0));
         var back = new byte[3];

@@ -99,6 +99,8 @@ public sealed class IncomingMigration
     private ITimer? _backstop;
     // Post-copy was negotiated: page channels go on after the switchover Flush (the push), and the urgent channel exists.
     private volatile bool _postcopyNegotiated;
+    // Cancelled by the first pre-copy page batch on any channel.
+    private readonly CancellationTokenSource _pagesArrived = new();
     // Post-copy is over (every page landed, PostcopyDone sent): the source closing its channels is the normal end.
     private volatile bool _postcopyOver;
     // Post-copy recovery: the link is down (set by whichever thread saw it first), and why.
@@ -223,8 +225,9 @@ public sealed class IncomingMigration
             {
                 SwitchoverWarmup.Postcopy(target);
                 // Before this thread reads the control channel: a pure post-copy source pauses only once its Keepalive
-                // is echoed, i.e. after this. Bounded well inside the peer timeout, which silence here would trip.
-                ((IPostcopyTarget)target).PreparePostcopy(_options.PeerTimeout / 4);
+                // is echoed, i.e. after this. Bounded well inside the peer timeout, which silence here would trip, and
+                // cut short by the first pre-copy page (a hybrid source's Complete must not wait for it).
+                ((IPostcopyTarget)target).PreparePostcopy(_options.PeerTimeout / 4, _pagesArrived.Token);
             }
             // From here to Resumed this thread's wake-ups are the guest's downtime (see LatencyPriority): it reads
             // Complete the moment the source sends it, and is not held by the harts it starts before it says Resumed.
@@ -273,6 +276,15 @@ public sealed class IncomingMigration
             {
                 foreach (var r in receivers)
                 {
+                    if (complete.FlushSequence == 0)
+                    {
+                        // Pure post-copy: nothing was sent before the switchover, so no Flush comes either.
+                        if ((complete.Flags & CompleteFlags.Postcopy) == 0)
+                            throw new MigrationProtocolException("Complete with Flush sequence 0 (no page sent) is for post-copy only");
+                        if (!r.NoSwitchoverFlush())
+                            throw new MigrationProtocolException($"{r.Name}: pages arrived before a Complete that says none were sent");
+                        continue;
+                    }
                     r.Flushed.Wait(_abort.Token);
                     if (r.FlushSequence != complete.FlushSequence)
                         throw new MigrationProtocolException($"{r.Name}: Flush {r.FlushSequence} does not match Complete's {complete.FlushSequence}");
@@ -901,6 +913,26 @@ public sealed class IncomingMigration
 
         public void Start() => _thread.Start();
 
+        /// <summary>
+        /// Complete said no page was sent before a post-copy switchover: this channel's pre-copy part is over without a
+        /// Flush (the push's Flush will end it). False if a batch or a Flush came already, which contradicts it.
+        /// </summary>
+        public bool NoSwitchoverFlush()
+        {
+            lock (_flushGate)
+            {
+                if (Flushed.IsSet || _batches != 0) return false;
+                FlushSequence = 0;
+                FlushedAt = _owner._time.GetTimestamp();
+                Flushed.Set();
+                return true;
+            }
+        }
+
+        // Orders NoSwitchoverFlush against this thread's first batch and Flush.
+        private readonly Lock _flushGate = new();
+        private long _batches;
+
         /// <summary>Wait up to 5 s for the thread to end; false if it is still running.</summary>
         public bool Join() => !_thread.IsAlive || _thread.Join(TimeSpan.FromSeconds(5));
 
@@ -932,6 +964,12 @@ public sealed class IncomingMigration
                     switch (record.Kind)
                     {
                         case PageRecordKind.PageBatch:
+                            if (!Flushed.IsSet)
+                            {
+                                // A pre-copy batch: counted under the gate, for a Complete that says none came.
+                                lock (_flushGate) _batches++;
+                                if (_batches == 1) _owner._pagesArrived.Cancel();
+                            }
                             if (_reader.LastBatchFinalPass) _owner._prefaulter?.RequestStop();
                             NormalPages += record.NormalPages;
                             ZeroPages += record.ZeroPages;
@@ -946,9 +984,13 @@ public sealed class IncomingMigration
                         case PageRecordKind.Flush:
                             // The switchover Flush is the channel's last record, except when post-copy was negotiated:
                             // the push follows it.
-                            FlushSequence = record.Value;
-                            FlushedAt = _owner._time.GetTimestamp();
-                            Flushed.Set();
+                            lock (_flushGate)
+                            {
+                                if (Flushed.IsSet) return; // NoSwitchoverFlush came first: this is the push's end
+                                FlushSequence = record.Value;
+                                FlushedAt = _owner._time.GetTimestamp();
+                                Flushed.Set();
+                            }
                             if (!_owner._postcopyNegotiated) return;
                             break;
                         case PageRecordKind.EndOfStream when Flushed.IsSet && (_owner._postcopyOver || _owner._done):

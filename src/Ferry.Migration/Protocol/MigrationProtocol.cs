@@ -116,7 +116,9 @@ namespace Ferry.Migration.Protocol;
 /// before its memory arrived refuses the handshake). The switchover changes: the source pauses, sends Flush on every
 /// page channel (everything of the pre-copy rounds, if any, lands first), then MissingPages records naming every page
 /// the destination must not use as it holds it (never sent, or dirtied since it was), the state sections, and Complete
-/// with flag Postcopy. The destination drains the Flushes, makes those pages missing, loads the state and answers Ready;
+/// with flag Postcopy. A source that sent no page before the switchover (pure post-copy) sends no Flush then and puts
+/// sequence 0 in Complete: the destination must have received no page batch at all, and every page is missing. The
+/// destination drains the Flushes, makes those pages missing, loads the state and answers Ready;
 /// Commit and Resumed as in pre-copy, and the guest runs at the destination from Commit. Then the source pushes every
 /// missing page on the page channels as PageBatch records flagged Postcopy (and DataChecksummed: the source is paused
 /// for good, so the data never changes), ended by Flush 2 on each; a page a guest thread waits for is asked for with

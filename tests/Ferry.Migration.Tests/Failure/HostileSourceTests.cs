@@ -196,6 +196,44 @@ public class HostileSourceTests
     }
 
     [Fact]
+    public void ACompleteSayingNoPageWasSentIsRefusedOutsidePostcopy()
+    {
+        // Flush sequence 0 lets a pure post-copy skip the switchover Flush; a pre-copy Complete may not claim it.
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer, _) = Handshake(transport);
+        using (c)
+        {
+            writer.WriteComplete(0, CompleteFlags.None);
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.Contains("post-copy only", e.Message);
+        }
+    }
+
+    [Fact]
+    public void APostcopyCompleteSayingNoPageWasSentAfterPagesCameIsRefused()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var c = transport.Connector.Connect(1, urgentChannel: true, CancellationToken.None);
+        using (c)
+        {
+            var writer = new ProtocolWriter(c.Control);
+            var reader = new ProtocolReader(c.Control);
+            writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
+                ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel, Layout, ReadOnlyMemory<byte>.Empty));
+            reader.Expect<WelcomeMessage>();
+            // A zero run carries no data, so the region's host address is never read.
+            new PageBatchWriter(c.Pages[0]).WriteBatch(0, new MemoryRegion(0, 1 << 20, 0), [new PageRun(3, 2, PageEncoding.Zero)], PageBatchFlags.None);
+            Thread.Sleep(200); // let the receiver take the batch
+            writer.Write(new MissingPagesMessage(0, [(0, 256)]));
+            writer.WriteComplete(0, CompleteFlags.Postcopy);
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.Contains("pages arrived before a Complete that says none were sent", e.Message);
+        }
+    }
+
+    [Fact]
     public void ADestinationThatNeverGetsCommitAfterReadyDiscardsTheGuestWithinThePeerTimeout()
     {
         // Real state for the 1 MiB layout, so the destination loads it and answers Ready.
