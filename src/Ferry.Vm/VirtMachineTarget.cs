@@ -185,6 +185,7 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
     public void PreparePostcopy(TimeSpan budget, CancellationToken stop)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
+        GuestRam.WarmUpPostcopy();
         (machine?.Ram ?? ram)?.Populate(budget, stop);
     }
 
