@@ -121,14 +121,21 @@ public class PageBatchTests
         var quietWriter = new PageBatchWriter(nullChannel);
         quietWriter.WriteBatch(0, region, runs, Flags(true));
 
-        long before = GC.GetAllocatedBytesForCurrentThread();
-        for (int i = 0; i < 100; i++)
+        // A per-batch allocation shows in every round; the runtime's own one-off work on this thread (a method's call
+        // count reaching the tier-up threshold queues its recompilation: 3.5 KB once, in one full CI run) in one only.
+        var allocated = new long[3];
+        for (int round = 0; round < allocated.Length; round++)
         {
-            quietWriter.WriteBatch(0, region, runs, Flags(i % 2 == 0));
-            input.Rewind();
-            reader.ReadNext();
+            long before = GC.GetAllocatedBytesForCurrentThread();
+            for (int i = 0; i < 100; i++)
+            {
+                quietWriter.WriteBatch(0, region, runs, Flags(i % 2 == 0));
+                input.Rewind();
+                reader.ReadNext();
+            }
+            allocated[round] = GC.GetAllocatedBytesForCurrentThread() - before;
         }
-        Assert.Equal(0, GC.GetAllocatedBytesForCurrentThread() - before);
+        Assert.Equal(0, allocated.Min());
     }
 
     private sealed class NullChannel : IMigrationChannel
