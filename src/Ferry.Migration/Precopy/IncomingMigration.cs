@@ -207,7 +207,6 @@ public sealed class IncomingMigration
             }
             prefaulter?.Start();
             Postcopy.PostcopyIncoming? prepared = null;
-            Receiver? urgent = null;
             if (_postcopyNegotiated)
             {
                 // Everything post-copy needs on this side is built now, not at Complete inside the downtime: the
@@ -215,7 +214,7 @@ public sealed class IncomingMigration
                 // the switchover attaches the guest's memory: a page arriving earlier is a protocol error).
                 bool verifyPossible = (decision.Capabilities & ProtocolCapabilities.Verify) != 0;
                 prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, verifyPossible ? new Postcopy.PageHashDigest(target.Regions) : null);
-                urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
+                var urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
                 urgent.Reader.Postcopy = prepared;
                 _urgentReceiver = urgent;
                 urgent.Start();
@@ -964,7 +963,7 @@ public sealed class IncomingMigration
                     switch (record.Kind)
                     {
                         case PageRecordKind.PageBatch:
-                            if (!Flushed.IsSet)
+                            if (_owner._postcopyNegotiated && !Flushed.IsSet)
                             {
                                 // A pre-copy batch: counted under the gate, for a Complete that says none came.
                                 lock (_flushGate) _batches++;
