@@ -113,7 +113,10 @@ internal static class SwitchoverWarmup
         {
             var writer = new ProtocolWriter(a);
             var reader = new ProtocolReader(b);
-            writer.Write(new MissingPagesMessage(0, [(0, 1), (5, 2)]));
+            var map = new DirtyBitmap(16);
+            map.SetRange(0, 1);
+            map.SetRange(5, 7);
+            OutgoingMigration.WriteMissingPages(writer, map, [new MemoryRegion(0, 16 * MemoryRegion.PageSize, 4096)], new (ulong, uint)[MigrationProtocol.MaxMissingRuns]);
             writer.Write(new PostcopyDoneMessage(1, 2, 3, 4, 5, 6, 7, 8, UInt128.One));
             writer.WritePageRequestNoAlloc(0, 1, 1);
             reader.Expect<MissingPagesMessage>().Validate([new MemoryRegion(0, 1 << 20, 4096)]);
@@ -125,7 +128,8 @@ internal static class SwitchoverWarmup
         {
             var toSend = new DirtyBitmap(4096);
             toSend.SetAll();
-            var prepager = new Postcopy.Prepager(toSend, [4096UL], strategy);
+            // An array, as the switchover passes (a collection expression would make another type, unused there).
+            var prepager = new Postcopy.Prepager(toSend, new ulong[] { 4096 }, strategy, new DirtyBitmap(4096));
             var runs = new DirtyRun[MigrationProtocol.MaxRunsPerBatch];
             prepager.Claim(100);
             prepager.OnFault(100);
