@@ -59,7 +59,23 @@ public static partial class Libc
     [LibraryImport(LibraryName, EntryPoint = "fcntl", SetLastError = true)]
     private static partial int fcntl(int fd, int cmd);
 
+    [LibraryImport(LibraryName, EntryPoint = "fcntl", SetLastError = true)]
+    private static partial int fcntl(int fd, int cmd, int arg);
+
     private const int F_GETFL = 3;
+    private const int F_SETFL = 4;
+
+    /// <summary>
+    /// Clear O_NONBLOCK on <paramref name="fd"/>: its reads and writes then wait in the kernel, and a thread blocked in
+    /// one is woken by the kernel itself when data or room arrives. Throws <see cref="LinuxException"/>.
+    /// </summary>
+    public static void ClearNonBlocking(int fd)
+    {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0) throw new LinuxException("fcntl(F_GETFL)", Marshal.GetLastPInvokeError());
+        if ((flags & O_NONBLOCK) == 0) return;
+        if (fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0) throw new LinuxException("fcntl(F_SETFL)", Marshal.GetLastPInvokeError());
+    }
 
     /// <summary>open/eventfd/userfaultfd flag: calls that would block fail with EAGAIN instead.</summary>
     public const int O_NONBLOCK = 0x800;

@@ -5,8 +5,8 @@ namespace Ferry.Migration.Transport;
 
 /// <summary>
 /// One TCP connection as a migration channel. Sends go through <c>writev(2)</c> on the socket's fd (one syscall for
-/// a whole page batch gathered from guest memory); receives use <see cref="Socket.Receive(Span{byte}, SocketFlags, out SocketError)"/>
-/// straight into the caller's span (which may be guest memory).
+/// a whole page batch gathered from guest memory), receives through <c>readv(2)</c> straight into the caller's memory
+/// (which may be guest memory). Neither goes through .NET's socket engine (see <see cref="Read"/>).
 /// </summary>
 public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
 {
@@ -31,8 +31,9 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         _sendTimeoutMs = TcpTransportOptions.ToMilliseconds(options.SendTimeout);
         _receiveTimeout = options.ReceiveTimeout;
         _socket.ReceiveTimeout = TcpTransportOptions.ToMilliseconds(options.ReceiveTimeout) is var r && r < 0 ? 0 : r;
-        // SO_SNDTIMEO bounds a writev blocked on a blocking fd (accepted sockets); poll() bounds it on a non-blocking
-        // one (sockets from TcpMigrationConnector, whose non-blocking connect leaves the fd O_NONBLOCK). Either way a peer that stops reading is detected.
+        // SO_SNDTIMEO and SO_RCVTIMEO bound a writev or readv blocked on a blocking fd (every socket the transport
+        // makes); poll() bounds them on a non-blocking one (a socket connected through .NET's engine, to a host name).
+        // Either way a peer that stops reading or writing is detected.
         _socket.SendTimeout = _sendTimeoutMs < 0 ? 0 : _sendTimeoutMs;
     }
 
@@ -41,6 +42,9 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
     public long BytesSent => Volatile.Read(ref _sent);
 
     public long BytesReceived => Volatile.Read(ref _received);
+
+    /// <summary>The socket's fd (for tests that check how it is set up).</summary>
+    internal nint Handle => _socket.Handle;
 
     /// <summary>The remote end, for logs.</summary>
     public System.Net.EndPoint? RemoteEndPoint => _socket.RemoteEndPoint;
@@ -90,32 +94,17 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         }
     }
 
-    public bool ReceiveExactly(Span<byte> buffer)
+    public unsafe bool ReceiveExactly(Span<byte> buffer)
     {
-        int got = 0;
-        while (got < buffer.Length)
+        if (buffer.IsEmpty) return true;
+        fixed (byte* p = buffer)
         {
-            int n;
-            SocketError error;
-            try
-            {
-                n = _socket.Receive(buffer[got..], SocketFlags.None, out error);
-            }
-            catch (ObjectDisposedException e)
-            {
-                throw Failure("receive on a closed channel", e);
-            }
-            if (error is SocketError.TimedOut or SocketError.WouldBlock)
-                throw Failure($"no data from the peer for {_receiveTimeout.TotalSeconds:0.###} s (receive timeout; peer hung?)");
-            if (error != SocketError.Success)
-                throw Failure(error == SocketError.ConnectionReset ? "receive failed: connection reset by the peer" : $"receive failed: {error}");
-            if (n == 0)
-            {
-                if (got == 0 && Volatile.Read(ref _aborted) == 0) return false;
-                throw Failure($"the peer closed the connection after {got} of {buffer.Length} bytes");
-            }
-            got += n;
-            Interlocked.Add(ref _received, n);
+            Span<iovec> iov = stackalloc iovec[1];
+            // SAFETY: buffer is pinned by `fixed` for the whole read.
+            iov[0] = new iovec { iov_base = (nint)p, iov_len = (nuint)buffer.Length };
+            long got = Read(iov);
+            if (got == 0 && Volatile.Read(ref _aborted) == 0) return false;
+            if (got < buffer.Length) throw Failure($"the peer closed the connection after {got} of {buffer.Length} bytes");
         }
         return true;
     }
@@ -123,6 +112,19 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
     public void ReceiveScatter(ReadOnlySpan<IoSegment> segments)
     {
         var iov = Describe(segments, ref _receiveIovecs, out long total);
+        long got = Read(iov);
+        if (got < total) throw Failure($"the peer closed the connection after {got} of {total} bytes");
+    }
+
+    /// <summary>
+    /// Fill <paramref name="iov"/> from the socket with readv(2) on its fd; returns the bytes read (fewer only at the
+    /// end of the stream). Not <see cref="Socket.Receive(Span{byte})"/>: on an fd that is (or once was) non-blocking,
+    /// .NET waits for data through its epoll thread, which then wakes the receiver, a second wake-up on every record,
+    /// by a thread of ordinary priority (measured with perf sched: the source's return path, which serves post-copy's
+    /// page requests, woke only after that thread did, behind the bulk push for up to a scheduler tick).
+    /// </summary>
+    private long Read(Span<iovec> iov)
+    {
         bool added = false;
         try
         {
@@ -133,8 +135,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
             Interlocked.Add(ref _received, got);
             if (timedOut)
                 throw Failure($"no data from the peer for {_receiveTimeout.TotalSeconds:0.###} s (receive timeout; peer hung?)");
-            if (got < total)
-                throw Failure($"the peer closed the connection after {got} of {total} bytes");
+            return got;
         }
         catch (LinuxException e)
         {

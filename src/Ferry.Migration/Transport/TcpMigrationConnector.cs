@@ -1,5 +1,6 @@
 using System.Net;
 using System.Net.Sockets;
+using Ferry.Linux;
 
 namespace Ferry.Migration.Transport;
 
@@ -95,9 +96,9 @@ public sealed class TcpMigrationConnector : IMigrationConnector
     }
 
     /// <summary>
-    /// Connect with a non-blocking <c>connect</c> and <c>poll</c>, without .NET's socket engine. (The fd stays
-    /// O_NONBLOCK, as after ConnectAsync: .NET never clears it; <see cref="Socket.Blocking"/> = true only restores
-    /// waiting in synchronous calls, and <see cref="TcpMigrationChannel"/>'s writev polls on EAGAIN itself.)
+    /// Connect with a non-blocking <c>connect</c> and <c>poll</c>, without .NET's socket engine, then make the fd
+    /// blocking again (.NET never clears O_NONBLOCK itself; <see cref="Socket.Blocking"/> = true only makes its own
+    /// synchronous calls wait, through its epoll thread).
     /// <see cref="Socket.ConnectAsync(EndPoint, CancellationToken)"/> would register the socket with .NET's epoll
     /// engine for good: every later EPOLLOUT edge of a page channel (each time its full send buffer drains) then wakes
     /// the engine's epoll thread, which hands the event, with no operation waiting for it, to a thread-pool worker that
@@ -123,5 +124,21 @@ public sealed class TcpMigrationConnector : IMigrationConnector
         }
         cancellationToken.ThrowIfCancellationRequested();
         socket.Blocking = true;
+        // .NET leaves the fd O_NONBLOCK; clear it, so the channel's readv and writev wait in the kernel (a blocked
+        // thread is then woken by the kernel, not through a poll loop), bounded by SO_RCVTIMEO and SO_SNDTIMEO.
+        bool added = false;
+        try
+        {
+            socket.SafeHandle.DangerousAddRef(ref added);
+            Libc.ClearNonBlocking((int)socket.SafeHandle.DangerousGetHandle());
+        }
+        catch (LinuxException e)
+        {
+            throw new SocketException(e.Errno);
+        }
+        finally
+        {
+            if (added) socket.SafeHandle.DangerousRelease();
+        }
     }
 }

@@ -319,7 +319,7 @@ public class TcpTransportTests
             var e = Assert.Throws<MigrationTransportException>(() => destination.Control.ReceiveExactly(new byte[1]));
             Assert.Contains("receive timeout", e.Message, StringComparison.Ordinal);
             Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
-            // The connecting side too (its socket went through ConnectAsync, which makes the fd non-blocking).
+            // The connecting side too (its connect was non-blocking; the fd is made blocking again after it).
             Assert.Contains("receive timeout", Assert.Throws<MigrationTransportException>(() => source.Pages[0].ReceiveExactly(new byte[1])).Message, StringComparison.Ordinal);
         }
     }
@@ -347,19 +347,49 @@ public class TcpTransportTests
         }
     }
 
-    [Fact]
-    public void AbortUnblocksAThreadBlockedInReceive()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AbortUnblocksAThreadBlockedInReceive(bool sourceSide)
     {
         using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
         var (source, destination) = Open(listener, 1);
         using (source)
         using (destination)
         {
-            var blocked = Task.Run(() => destination.Pages[0].ReceiveExactly(new byte[1]));
+            var side = sourceSide ? source : destination;
+            var blocked = Task.Run(() => side.Pages[0].ReceiveExactly(new byte[1]));
             Thread.Sleep(50);
-            destination.Abort();
+            side.Abort();
             var e = Assert.Throws<MigrationTransportException>(() => blocked.GetAwaiter().GetResult());
             Assert.Equal("pages-0: channel aborted", e.Message);
+        }
+    }
+
+    [Fact]
+    public void EveryChannelWaitsInTheKernelNotThroughDotNetsSocketEngine()
+    {
+        // A non-blocking fd makes a receive wait through .NET's epoll thread (or a poll loop): a second wake-up on
+        // the fault path. Both ends' fds must be blocking, the connecting side's too (its connect was non-blocking).
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 2);
+        using (source)
+        using (destination)
+        {
+            foreach (var connection in new[] { source, destination })
+            {
+                foreach (var channel in new[] { connection.Control }.Concat(connection.Pages).Cast<TcpMigrationChannel>())
+                {
+                    string info = File.ReadAllText($"/proc/self/fdinfo/{channel.Handle}");
+                    string flags = info.Split('\n').Single(l => l.StartsWith("flags:", StringComparison.Ordinal))["flags:".Length..].Trim();
+                    Assert.True((Convert.ToInt32(flags, 8) & 0x800) == 0, $"{channel.Name}: O_NONBLOCK set (flags {flags})");
+                }
+            }
+            // And a blocking receive still gets what is sent.
+            source.Control.Send([42]);
+            Assert.Equal([42], Receive(destination.Control, 1));
+            destination.Control.Send([43]);
+            Assert.Equal([43], Receive(source.Control, 1));
         }
     }
 
