@@ -128,6 +128,31 @@ public sealed unsafe partial class UserfaultfdTests
     }
 
     [Fact]
+    public void ARangeLongerThanOneCallIsInstalledWholeAcrossCallsSteppingOverPresentPages()
+    {
+        // 64 pages: four calls' worth; pages 16 (a call's first) and 40 (inside one) are present already.
+        const int Pages = 4 * (Userfaultfd.MaxBytesPerCall / Page);
+        using var guest = Guest.Open(pages: Pages, sourcePages: Pages);
+        byte* memory = (byte*)guest.Memory.Address;
+        memory[16 * Page] = 0x16;
+        memory[40 * Page] = 0x40;
+        guest.Uffd.RegisterMissing(guest.Memory.Address, (nuint)guest.Memory.Length);
+        Fill(guest.Source, Pages * Page, seed: 7);
+
+        Assert.Equal(new Userfaultfd.CopyResult((Pages - 2) * Page, 2 * Page), guest.Uffd.Copy(guest.PageAt(0), (nint)guest.Source, Pages * Page));
+
+        for (int p = 0; p < Pages; p++)
+        {
+            if (p is 16 or 40) continue;
+            Assert.True(new ReadOnlySpan<byte>(memory + (p * Page), Page).SequenceEqual(new ReadOnlySpan<byte>(guest.Source + (p * Page), Page)), $"page {p}");
+        }
+        Assert.Equal(0x16, memory[16 * Page]);
+        Assert.Equal(0x40, memory[40 * Page]);
+        // Every page is present now: a zero fill over all of them installs nothing, in as many calls.
+        Assert.Equal(new Userfaultfd.CopyResult(0, Pages * Page), guest.Uffd.Zero(guest.PageAt(0), Pages * Page));
+    }
+
+    [Fact]
     public void DroppingARegisteredPageWithDontNeedMakesItsNextAccessFaultAgain()
     {
         using var guest = Guest.Open();
@@ -314,7 +339,7 @@ public sealed unsafe partial class UserfaultfdTests
     }
 
     /// <summary>
-    /// 16 registered-able pages, a userfaultfd, page-aligned staging buffers and the helper threads touching memory.
+    /// 16 registered-able pages (or as many as asked), a userfaultfd, page-aligned staging buffers and the helper threads touching memory.
     /// Dispose closes the userfaultfd first (releasing blocked threads), joins them, and frees memory only if all ended:
     /// unmapping under a thread still inside it would kill the test host with SIGSEGV.
     /// </summary>
@@ -322,11 +347,11 @@ public sealed unsafe partial class UserfaultfdTests
     {
         private readonly List<Thread> _threads = [];
 
-        private Guest(Userfaultfd uffd)
+        private Guest(Userfaultfd uffd, int pages, int sourcePages)
         {
             Uffd = uffd;
-            Memory = GuestMemoryMapping.Create(16 * Page, transparentHugePages: false);
-            Source = (byte*)NativeMemory.AlignedAlloc(4 * Page, Page);
+            Memory = GuestMemoryMapping.Create((ulong)pages * Page, transparentHugePages: false);
+            Source = (byte*)NativeMemory.AlignedAlloc((nuint)sourcePages * Page, Page);
             Scratch = (byte*)NativeMemory.AlignedAlloc(Page, Page);
         }
 
@@ -334,18 +359,18 @@ public sealed unsafe partial class UserfaultfdTests
 
         public GuestMemoryMapping Memory { get; }
 
-        /// <summary>Four page-aligned pages to copy from.</summary>
+        /// <summary>Page-aligned pages to copy from (four unless asked otherwise).</summary>
         public byte* Source { get; }
 
         /// <summary>One page the helper threads copy into.</summary>
         public byte* Scratch { get; }
 
         /// <summary>Open a userfaultfd, or skip the test with the reason this host has none.</summary>
-        public static Guest Open()
+        public static Guest Open(int pages = 16, int sourcePages = 4)
         {
             try
             {
-                return new Guest(Userfaultfd.Open());
+                return new Guest(Userfaultfd.Open(), pages, sourcePages);
             }
             catch (UserfaultfdUnavailableException e)
             {
