@@ -427,6 +427,56 @@ public sealed class PostcopyRamTests
     }
 
     [Fact]
+    public void AThreadWaitingForAPageRunsRealTimeUntilItHasItAndThenAsBefore()
+    {
+        using var ram = new GuestRam(RamBase, 1UL << 20);
+        var engine = new Engine(ram, new() { [4] = Page((0, 0x4444)) }, autoInstall: false);
+        ram.BeginPostcopy(Bitmap(ram, [4]), engine.Request);
+        int tid = 0, policyAfter = -1;
+        ulong value = 0;
+        var reader = new Background(() =>
+        {
+            Volatile.Write(ref tid, StatField("/proc/thread-self/stat", 1));
+            value = Word(ram, RamBase + 4 * PageSize);
+            policyAfter = StatField("/proc/thread-self/stat", 41);
+        });
+        engine.WaitForRequests(1);
+        WaitFor(() => Volatile.Read(ref tid) != 0, "the reader's thread id");
+        // SCHED_FIFO (1) where this process may (root, or CAP_SYS_NICE), else it stays SCHED_OTHER (0) with a short slice.
+        int expected = RealtimeAllowed() ? 1 : 0;
+        WaitFor(() => StatField($"/proc/self/task/{tid}/stat", 41) == expected, $"policy {expected} while blocked");
+        Assert.False(reader.IsCompleted);
+
+        Assert.True(engine.InstallNow(4));
+        Assert.True(reader.Finished(Bound));
+        Assert.Null(reader.Error);
+        Assert.Equal(0x4444UL, value);
+        Assert.Equal(0, policyAfter);
+    }
+
+    /// <summary>Field <paramref name="n"/> (1-based, as in proc(5)) of a /proc stat file.</summary>
+    private static int StatField(string path, int n)
+    {
+        string stat = File.ReadAllText(path);
+        if (n == 1) return int.Parse(stat[..stat.IndexOf(' ')], System.Globalization.CultureInfo.InvariantCulture);
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return int.Parse(fields[n - 3], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    private static bool RealtimeAllowed()
+    {
+        bool allowed = false;
+        var probe = new Thread(() =>
+        {
+            allowed = Ferry.Linux.Libc.SetCurrentThreadRealtime(1);
+            if (allowed) Ferry.Linux.Libc.SetCurrentThreadRealtime(0);
+        });
+        probe.Start();
+        probe.Join();
+        return allowed;
+    }
+
+    [Fact]
     public void InstallingAPresentPageChangesNothing()
     {
         using var ram = new GuestRam(RamBase, 1UL << 20);

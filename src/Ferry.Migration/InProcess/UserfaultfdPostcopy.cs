@@ -120,7 +120,7 @@ internal sealed class UserfaultfdPostcopy : IPostcopyMemory
     {
         Span<nint> addresses = stackalloc nint[16];
         // First hop of every fault (see LatencyPriority).
-        using var raised = Transport.LatencyPriority.Raise();
+        using var raised = LatencyPriority.Raise();
         try
         {
             while (!_stop)

@@ -1,3 +1,4 @@
+using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Memory;
 using Ferry.Migration.Protocol;

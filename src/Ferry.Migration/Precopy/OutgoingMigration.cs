@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Memory;
 using Ferry.Migration.Policy;

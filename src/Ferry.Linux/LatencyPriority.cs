@@ -1,27 +1,33 @@
-using Ferry.Linux;
-
-namespace Ferry.Migration.Transport;
+namespace Ferry.Linux;
 
 /// <summary>
 /// Scheduling for the threads whose wake-up latency the guest feels: the switchover on both sides (its every
-/// millisecond is downtime) and post-copy's fault path (a page the guest waits for crosses the source's return path
-/// and the destination's urgent receiver). On a small host the guest's own threads keep every core busy, and a normal
-/// thread that wakes waits for a slice (2-5 ms measured) at each hop.
+/// millisecond is downtime), post-copy's fault path (a page the guest waits for crosses the source's return path
+/// and the destination's urgent receiver), and a guest thread (a hart) while it waits for a missing page. On a small
+/// host the guest's own threads and the bulk push keep every core busy, and a normal thread that wakes waits for a
+/// slice (1-5 ms measured) at each hop.
 /// </summary>
 /// <remarks>
 /// Real-time (SCHED_FIFO, the lowest priority, 1) where the process may (root or CAP_SYS_NICE), else a 100 µs scheduler
 /// slice (Linux 6.12+, no privilege), else nothing. Every such thread blocks on a socket or an event between short
 /// pieces of work; none spins.
 /// </remarks>
-internal static class LatencyPriority
+public static class LatencyPriority
 {
     /// <summary>Slice asked for when real-time is refused.</summary>
     public static readonly TimeSpan Slice = TimeSpan.FromMicroseconds(100);
 
+    // Set once the kernel refused real-time: later raises go straight to the slice (a raise may come per page fault).
+    private static volatile bool realtimeRefused;
+
     /// <summary>Raise the calling thread; dispose the result (on the same thread) to undo it.</summary>
     public static Raised Raise()
     {
-        if (Libc.SetCurrentThreadRealtime(1)) return new Raised(realtime: true, slice: false);
+        if (!realtimeRefused)
+        {
+            if (Libc.SetCurrentThreadRealtime(1)) return new Raised(realtime: true, slice: false);
+            realtimeRefused = true;
+        }
         return new Raised(realtime: false, slice: Libc.SetCurrentThreadSlice(Slice));
     }
 
