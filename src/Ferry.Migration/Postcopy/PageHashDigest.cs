@@ -16,6 +16,8 @@ namespace Ferry.Migration.Postcopy;
 public sealed class PageHashDigest
 {
     private static readonly ulong ZeroPageHash = XxHash3.HashToUInt64(new byte[MemoryRegion.PageSize]);
+    // A page nothing has recorded yet. A page whose hash happens to be 0 (one in 2^64) is only hashed again.
+    private const ulong Unrecorded = 0;
     private readonly ulong[] _hashes;
     private readonly IReadOnlyList<MemoryRegion> _regions;
     private readonly ulong[] _first;
@@ -47,11 +49,16 @@ public sealed class PageHashDigest
 
     /// <summary>
     /// Hash, from memory, every page of every region whose bit is clear in <paramref name="skip"/> (per region; null =
-    /// none skipped). Pages the kernel has nothing behind (private anonymous memory never written) count as zeros
-    /// without being read, which would fault them in (or, on a post-copy destination, ask the source for them).
+    /// none skipped); with <paramref name="onlyUnrecorded"/>, only those no <see cref="Set"/> or <see cref="SetZero"/>
+    /// recorded yet (a hybrid destination records pre-copy pages as they land, see PageBatchReader.LandedDigest, so
+    /// that nothing is left to read while the guest waits to start). Pages the kernel has nothing behind (private
+    /// anonymous memory never written) count as zeros without being read, which would fault them in (or, on a
+    /// post-copy destination, ask the source for them).
     /// </summary>
-    public void HashMemory(IReadOnlyList<DirtyBitmap>? skip = null)
+    public void HashMemory(IReadOnlyList<DirtyBitmap>? skip = null, bool onlyUnrecorded = false)
     {
+        // Recorded already, every page: not even the page table is read (2 MiB of /proc/self/pagemap per GiB).
+        if (onlyUnrecorded && !AnyUnrecorded(skip)) return;
         Pagemap? pagemap = null;
         try
         {
@@ -72,11 +79,34 @@ public sealed class PageHashDigest
                 for (ulong p = 0; p < region.Pages; p++)
                 {
                     if (skip is not null && skip[r].Test(p)) continue;
+                    if (onlyUnrecorded && _hashes[_first[r] + p] != Unrecorded) continue;
                     if (populated.Test(p)) Set(r, p, region.PageAddress(p));
                     else _hashes[_first[r] + p] = ZeroPageHash;
                 }
             }
         }
+    }
+
+    private bool AnyUnrecorded(IReadOnlyList<DirtyBitmap>? skip)
+    {
+        for (int r = 0; r < _regions.Count; r++)
+        {
+            ulong pages = _regions[r].Pages;
+            ReadOnlySpan<ulong> skipped = skip is null ? default : skip[r].Words;
+            for (ulong w = 0; w * 64 < pages; w++)
+            {
+                // The pages of this word that are not skipped, checked one by one (none when all are).
+                ulong candidates = skipped.IsEmpty ? ulong.MaxValue : ~skipped[(int)w];
+                if (pages - (w * 64) < 64) candidates &= (1UL << (int)(pages - (w * 64))) - 1;
+                while (candidates != 0)
+                {
+                    int bit = System.Numerics.BitOperations.TrailingZeroCount(candidates);
+                    candidates &= candidates - 1;
+                    if (_hashes[_first[r] + (w * 64) + (ulong)bit] == Unrecorded) return true;
+                }
+            }
+        }
+        return false;
     }
 
     /// <summary>The digest of the layout and every page's hash.</summary>

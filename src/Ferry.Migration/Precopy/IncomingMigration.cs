@@ -201,9 +201,15 @@ public sealed class IncomingMigration
                 prefaulter = new ChunkPrefaulter(target.Regions, received, _options.PrefaultChunkThreshold);
                 _prefaulter = prefaulter;
             }
+            // A verified migration that may end in post-copy digests the destination page by page: pre-copy pages as
+            // they land (by the one receiver each page's channel has), the missing ones as post-copy installs them.
+            // Nothing is left to read at the switchover, while the guest waits to start.
+            var pageHashes = _postcopyNegotiated && (decision.Capabilities & ProtocolCapabilities.Verify) != 0
+                ? new Postcopy.PageHashDigest(target.Regions) : null;
             for (int i = 0; i < receivers.Length; i++)
             {
                 receivers[i] = new Receiver(this, _connection.Pages[i], (i, _connection.Pages.Count), target.Regions, received);
+                receivers[i].Reader.LandedDigest = pageHashes;
                 receivers[i].Start();
             }
             prefaulter?.Start();
@@ -219,8 +225,7 @@ public sealed class IncomingMigration
                 // Everything post-copy needs on this side is built now, not at Complete inside the downtime: the
                 // missing-page bookkeeping and the urgent channel's receive thread (which installs nothing before
                 // the switchover attaches the guest's memory: a page arriving earlier is a protocol error).
-                bool verifyPossible = (decision.Capabilities & ProtocolCapabilities.Verify) != 0;
-                prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, verifyPossible ? new Postcopy.PageHashDigest(target.Regions) : null);
+                prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, pageHashes);
                 var urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
                 urgent.Reader.Postcopy = prepared;
                 _urgentReceiver = urgent;
@@ -348,8 +353,9 @@ public sealed class IncomingMigration
                 if ((decision.Capabilities & ProtocolCapabilities.Verify) == 0)
                     throw new MigrationProtocolException("Complete asks for verification, which the handshake did not negotiate");
                 long d0 = _time.GetTimestamp();
-                // Post-copy: the pages held now are hashed before the guest runs; the rest as they land.
-                if (incoming is not null) incoming.Digest!.HashMemory(stillMissing);
+                // Post-copy: the pages held now were hashed as they landed (any that were not are hashed now, before
+                // the guest runs); the rest are as post-copy installs them.
+                if (incoming is not null) incoming.Digest!.HashMemory(stillMissing, onlyUnrecorded: true);
                 else digest = VerifyDigest.Compute(target.Regions);
                 digestUs = Micros(d0);
             }
