@@ -472,6 +472,18 @@ public sealed partial class VirtMachine : IDisposable
         foreach (Hart h in harts) h.OrTlbPages(bitmap);
     }
 
+    /// <summary>
+    /// OR into <paramref name="bitmap"/> (the dirty log's layout) the RAM pages the harts' software TLBs map now; nothing
+    /// unless the machine is paused (a running hart changes its TLB under the reader). Unlike <see cref="HarvestAccessed"/>
+    /// it starts no new interval: it names what the harts were working on at the pause.
+    /// </summary>
+    public void GetTlbResidentPages(Span<ulong> bitmap)
+    {
+        if (bitmap.Length < ram.DirtyWords) throw new ArgumentException($"bitmap of {bitmap.Length} words, {ram.DirtyWords} needed", nameof(bitmap));
+        if (!control.PauseRequested || !AllQuiescent()) return;
+        foreach (Hart h in harts) h.OrTlbPages(bitmap);
+    }
+
     private static void OrInto(Span<ulong> target, ReadOnlySpan<ulong> source)
     {
         int i = 0;

@@ -106,6 +106,12 @@ public sealed record PostcopyStatistics
     /// <summary>Pages missing on the destination when the guest started there.</summary>
     [JsonPropertyName("missing_pages")] public long MissingPages { get; init; }
 
+    /// <summary>
+    /// Hybrid: dirty pages the guest's CPUs held translations for at the pause, sent inside the switchover instead of
+    /// after it (the guest touches them first); not counted in <see cref="MissingPages"/>.
+    /// </summary>
+    [JsonPropertyName("switchover_pages")] public long SwitchoverPages { get; init; }
+
     /// <summary>Distinct pages the destination's guest waited for (network faults).</summary>
     [JsonPropertyName("faults")] public long Faults { get; init; }
 

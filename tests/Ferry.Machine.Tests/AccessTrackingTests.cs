@@ -209,6 +209,21 @@ public sealed class AccessTrackingTests
     }
 
     [Fact]
+    public void ThePausedMachinesResidentPagesAreWhatItsTlbsHoldAndReadingThemStartsNoInterval()
+    {
+        using VirtMachine m = RunToPoll();
+        var bitmap = new ulong[m.Ram.DirtyWords];
+        m.GetTlbResidentPages(bitmap); // running: its TLBs change under the reader, so nothing
+        Assert.Empty(Pages(bitmap));
+        m.Pause();
+        m.GetTlbResidentPages(bitmap);
+        Assert.Equal([Boot, Code, A, B, F], Pages(bitmap));
+        // The accessed log was left alone: the walks' tables are still in it.
+        Assert.Equal([Boot, Root, L1, L0, Code, A, B, F], Pages(Harvest(m)));
+        Assert.Throws<ArgumentException>(() => m.GetTlbResidentPages(new ulong[m.Ram.DirtyWords - 1]));
+    }
+
+    [Fact]
     public void PagesPastTheBitmapAreLeftOutAndStillStartANewInterval()
     {
         using VirtMachine m = RunToPoll();

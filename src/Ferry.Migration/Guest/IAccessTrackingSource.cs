@@ -17,4 +17,12 @@ public interface IAccessTrackingSource
     /// translations for now; then start a new interval. Any thread; exact only while the guest is paused.
     /// </summary>
     void HarvestAccessedPages(Span<ulong> bitmap);
+
+    /// <summary>
+    /// OR into <paramref name="bitmap"/> (as <see cref="HarvestAccessedPages"/>) the pages the paused guest's CPUs hold
+    /// translations for now: what they were working on at the pause, and most likely touch first when the guest runs
+    /// again. Post-copy sends those that are missing inside the switchover rather than after it. Paused guest only;
+    /// a guest that cannot tell adds nothing.
+    /// </summary>
+    void GetResidentPages(Span<ulong> bitmap) { }
 }

@@ -201,6 +201,44 @@ public sealed class DirtyBitmap
         MaskTail();
     }
 
+    /// <summary>Keep only the bits also set in <paramref name="other"/> (same <see cref="BitCount"/>).</summary>
+    public void AndFrom(DirtyBitmap other)
+    {
+        if (other.BitCount != BitCount) throw new ArgumentException($"bitmap of {other.BitCount} bits AND-ed into one of {BitCount}", nameof(other));
+        for (int i = 0; i < _words.Length; i++) _words[i] &= other._words[i];
+    }
+
+    /// <summary>Clear the bits set in <paramref name="other"/> (same <see cref="BitCount"/>).</summary>
+    public void ClearFrom(DirtyBitmap other)
+    {
+        if (other.BitCount != BitCount) throw new ArgumentException($"bitmap of {other.BitCount} bits cleared from one of {BitCount}", nameof(other));
+        for (int i = 0; i < _words.Length; i++) _words[i] &= ~other._words[i];
+    }
+
+    /// <summary>Keep the lowest <paramref name="max"/> set bits and clear the others; returns how many are kept.</summary>
+    public ulong KeepFirst(ulong max)
+    {
+        ulong kept = 0;
+        for (int i = 0; i < _words.Length; i++)
+        {
+            ulong w = _words[i];
+            if (w == 0) continue;
+            ulong n = (ulong)BitOperations.PopCount(w);
+            if (kept + n <= max)
+            {
+                kept += n;
+                continue;
+            }
+            // Keep the lowest (max - kept) bits of this word, and nothing after it.
+            for (ulong k = kept; k < max; k++) w &= w - 1;
+            _words[i] &= ~w;
+            kept = max;
+            Array.Clear(_words, i + 1, _words.Length - i - 1);
+            break;
+        }
+        return kept;
+    }
+
     /// <summary>
     /// The runs of set bits inside <paramref name="start"/> .. <paramref name="end"/> - 1, in order, each clipped to the
     /// range and split so none is longer than <paramref name="maxRunLength"/> (e.g. a batch's page limit).

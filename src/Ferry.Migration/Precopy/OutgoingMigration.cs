@@ -540,6 +540,8 @@ public sealed class OutgoingMigration
         var late = new DirtyBitmap(_guest.TotalPages);
         // Bubbling pushes the pages the guest used last first (see PrepagingStrategy.Bubble).
         var hot = _options.Prepaging == Postcopy.PrepagingStrategy.Bubble ? new DirtyBitmap(_guest.TotalPages) : null;
+        // Hybrid: the missing pages the guest's CPUs were working on at the pause go in the switchover's own pass.
+        var resident = populated is null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         var regionPages = new ulong[_guest.Regions.Count];
         for (int r = 0; r < regionPages.Length; r++) regionPages[r] = _guest.Regions[r].Pages;
         try
@@ -561,7 +563,28 @@ public sealed class OutgoingMigration
             long missingStart = _time.GetTimestamp();
             bool nothingSent = populated is not null;
             ulong flushSequence = nothingSent ? NoPagesSentSequence : SwitchoverFlushSequence;
-            if (!nothingSent) SendPass(nothing, PageBatchFlags.None, SwitchoverFlushSequence, done);
+            long earlyPages = 0;
+            if (!nothingSent)
+            {
+                // The pass that flushes every channel carries, besides, the missing pages the CPUs hold translations
+                // for (their stacks, the firmware's and the kernel's per-CPU data, what the workload was writing):
+                // the guest touches those the moment it runs, and each would be a fault, one round trip after
+                // another, with the guest stalled. At most SwitchoverPages of them (2 MiB, ~1 ms on loopback).
+                var early = nothing;
+                if (resident is not null)
+                {
+                    ((IAccessTrackingSource)_guest).GetResidentPages(resident.Words);
+                    resident.AndFrom(bitmap);
+                    earlyPages = (long)resident.KeepFirst(SwitchoverPages);
+                    if (earlyPages > 0)
+                    {
+                        bitmap.ClearFrom(resident);
+                        early = resident;
+                    }
+                }
+                SendPass(early, PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None),
+                    SwitchoverFlushSequence, done);
+            }
             long missing = SendMissingPages(bitmap);
             long stateStart = _time.GetTimestamp();
             stats.FinalPagesMs = _time.GetElapsedTime(harvestStart, stateStart).TotalMilliseconds;
@@ -662,6 +685,7 @@ public sealed class OutgoingMigration
             stats.Postcopy = new PostcopyStatistics
             {
                 MissingPages = missing,
+                SwitchoverPages = earlyPages,
                 Faults = doneMessage.Faults,
                 FaultLatencyUs = new LatencyPercentiles { P50 = doneMessage.LatencyP50Us, P99 = doneMessage.LatencyP99Us, Max = doneMessage.LatencyMaxUs },
                 PushedPages = pushed,
@@ -980,6 +1004,9 @@ public sealed class OutgoingMigration
             // The migration already failed or ends with the comparison above; the digest's own fault adds nothing.
         }
     }
+
+    /// <summary>Most missing pages a hybrid switchover sends before the guest starts (see PostcopySwitchover).</summary>
+    internal const ulong SwitchoverPages = 512;
 
     // Raised by PauseForSwitchover, lowered (on the same thread) once the switchover is over.
     private LatencyPriority.Raised _switchoverPriority;

@@ -247,6 +247,51 @@ public class DirtyBitmapTests
         return list;
     }
 
+    [Fact]
+    public void AndAndClearFromCombineBitByBitAndRefuseAnotherSize()
+    {
+        var a = new DirtyBitmap(200);
+        var b = new DirtyBitmap(200);
+        foreach (ulong bit in (ulong[])[1, 63, 64, 130, 199]) a.Set(bit);
+        foreach (ulong bit in (ulong[])[63, 130, 150]) b.Set(bit);
+        var and = new DirtyBitmap(200);
+        and.OrFrom(a);
+        and.AndFrom(b);
+        Assert.Equal([63UL, 130], Bits(and));
+        a.ClearFrom(b);
+        Assert.Equal([1UL, 64, 199], Bits(a));
+        Assert.Throws<ArgumentException>(() => a.AndFrom(new DirtyBitmap(201)));
+        Assert.Throws<ArgumentException>(() => a.ClearFrom(new DirtyBitmap(64)));
+    }
+
+    [Theory]
+    [InlineData(0)]
+    [InlineData(1)]
+    [InlineData(3)]   // inside the first word
+    [InlineData(5)]   // the first word exactly
+    [InlineData(6)]   // inside a later word, with words after it to clear
+    [InlineData(100)] // more than there are: all kept
+    public void KeepFirstKeepsTheLowestBitsAndClearsTheRest(int max)
+    {
+        ulong[] set = [0, 5, 17, 40, 63, 64, 65, 128, 300, 999];
+        var b = new DirtyBitmap(1000);
+        foreach (ulong bit in set) b.Set(bit);
+        ulong kept = b.KeepFirst((ulong)max);
+        Assert.Equal((ulong)Math.Min(max, set.Length), kept);
+        Assert.Equal(set.Take(max), Bits(b));
+    }
+
+    private static List<ulong> Bits(DirtyBitmap b)
+    {
+        var bits = new List<ulong>();
+        for (ulong i = 0; i < b.BitCount; i++)
+        {
+            if (b.Test(i)) bits.Add(i);
+        }
+
+        return bits;
+    }
+
     private static List<DirtyRun> NaiveRuns(DirtyBitmap b, ulong start, ulong end, ulong max)
     {
         var runs = new List<DirtyRun>();
