@@ -90,9 +90,22 @@ public static partial class Libc
 {
     private const int SCHED_OTHER = 0;
     private const int SCHED_FIFO = 1;
+    private const int SCHED_IDLE = 5;
 
     [LibraryImport(LibraryName, SetLastError = true)]
     private static partial int sched_setscheduler(int pid, int policy, ref int priority);
+
+    /// <summary>
+    /// Put the calling thread in SCHED_IDLE: it runs only on a CPU nothing else wants, and any other thread that wakes
+    /// there preempts it at once. No privilege needed; returns false if refused. Getting out of it again may need
+    /// privilege (sched(7): RLIMIT_NICE), so use it for a thread that ends with its work.
+    /// </summary>
+    public static bool SetCurrentThreadIdle()
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        int p = 0;
+        return sched_setscheduler(0, SCHED_IDLE, ref p) == 0;
+    }
 
     /// <summary>
     /// Put the calling thread in SCHED_FIFO at <paramref name="priority"/> (1-99), or back in SCHED_OTHER with 0 (its nice

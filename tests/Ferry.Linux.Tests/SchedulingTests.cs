@@ -49,6 +49,16 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void AnIdleThreadRunsUnderSchedIdle()
+    {
+        OnOwnThread(() =>
+        {
+            Assert.True(Libc.SetCurrentThreadIdle());
+            Assert.Equal(5, ReadStat().Policy); // SCHED_IDLE
+        });
+    }
+
+    [Fact]
     public void ASliceKeepsPolicyAndNiceAndCanBeReset()
     {
         OnOwnThread(() =>

@@ -630,7 +630,9 @@ public sealed class OutgoingMigration
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has
             // landed. Begun inside the downtime it competed with it (hybrid with verify: 25-46 ms of final harvest).
-            if (_options.Verify) StartSourceDigest(stats, Postcopy.PageHashDigest.Of);
+            // On idle CPU only (SCHED_IDLE): hashing 1 GiB here took 100-200 ms of CPU right when the guest had just
+            // started over there; on a host shared with the destination (the demo) that doubled the guest's stall.
+            if (_options.Verify) StartSourceDigest(stats, Postcopy.PageHashDigest.Of, onIdleCpu: true);
             long pushStart = _time.GetTimestamp();
             done.Reset(_senders.Length);
             _populatedForPush = populated;
@@ -1033,11 +1035,13 @@ public sealed class OutgoingMigration
     }
 
     /// <summary>Digest the paused source's memory on a thread of its own, beside the switchover (joined by <see cref="JoinSourceDigest"/>).</summary>
-    private void StartSourceDigest(StatsBuilder stats, Func<IReadOnlyList<MemoryRegion>, UInt128> digest)
+    private void StartSourceDigest(StatsBuilder stats, Func<IReadOnlyList<MemoryRegion>, UInt128> digest, bool onIdleCpu = false)
     {
         long d0 = _time.GetTimestamp();
         _sourceDigest = Task.Factory.StartNew(() =>
         {
+            // A thread of its own (LongRunning), which ends with the digest: its policy dies with it.
+            if (onIdleCpu) Libc.SetCurrentThreadIdle();
             UInt128 value = digest(_guest.Regions);
             stats.SourceDigestMs = Ms(d0);
             return value;
