@@ -381,8 +381,11 @@ public sealed partial class VirtMachine : IDisposable
     {
         control.RequestPause();
         foreach (Hart h in harts) h.Kick();
+        // A running hart stops at its next block boundary, within microseconds when it has a CPU: a short spin
+        // catches that without a wake-up; otherwise wait for the last one to park (HartControl.WaitQuiescent).
         var spin = new SpinWait();
-        while (!AllQuiescent()) spin.SpinOnce();
+        for (int i = 0; i < 10 && !AllQuiescent(); i++) spin.SpinOnce(sleep1Threshold: -1);
+        if (!AllQuiescent()) control.WaitQuiescent(AllQuiescent);
     }
 
     private bool AllQuiescent()

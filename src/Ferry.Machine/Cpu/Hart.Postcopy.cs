@@ -40,7 +40,11 @@ internal sealed unsafe partial class Hart
     private PageWaiter NewPageWaiter() => new(wake, interrupted: () => Volatile.Read(ref signal) != 0);
 
     private PageWaiter NewDeviceWaiter() => new(
-        blocking: () => Volatile.Write(ref state, StateParked),
+        blocking: () =>
+        {
+            Volatile.Write(ref state, StateParked);
+            control.Parked();
+        },
         // Back to running through ServiceSignals, which marks us running before it reads the signal.
         unblocked: () => Interlocked.Or(ref signal, SigCheck));
 

@@ -183,6 +183,7 @@ internal sealed unsafe partial class Hart : IDisposable
         finally
         {
             Volatile.Write(ref state, StateStopped);
+            control.Parked();
         }
     }
 
@@ -228,6 +229,7 @@ internal sealed unsafe partial class Hart : IDisposable
             if (control.PauseRequested)
             {
                 Volatile.Write(ref state, StateParked);
+                control.Parked();
                 control.WaitWhilePaused();
                 Interlocked.Or(ref signal, SigCheck);
                 continue;
@@ -263,6 +265,7 @@ internal sealed unsafe partial class Hart : IDisposable
         // Parked while asleep: a pause or a dirty-log harvest need not wait for us, as we look at the signal before
         // running again (ServiceSignals marks us running before it reads the signal).
         Volatile.Write(ref state, StateParked);
+        control.Parked();
         Thread.Sleep(TimeSpan.FromTicks(TimeSpan.TicksPerMillisecond * ThrottleSliceMs * percent / 100));
         throttleSliceStart = Stopwatch.GetTimestamp();
         Interlocked.Or(ref signal, SigCheck);
@@ -275,6 +278,7 @@ internal sealed unsafe partial class Hart : IDisposable
         if ((ReadMip() & mie) != 0) return;
         wake.Reset();
         Volatile.Write(ref state, StateParked);
+        control.Parked();
         // With the timer interrupt enabled we wake ourselves at the deadline; otherwise only a kick can wake us.
         int timeout = clint.ParkTimer(Id, (mie & (ulong)IrqMti) != 0);
         if (Volatile.Read(ref signal) == 0 && (ReadMip() & mie) == 0)

@@ -1,0 +1,80 @@
+using System.Buffers.Binary;
+using System.Diagnostics;
+using Ferry.Machine.Cpu;
+
+namespace Ferry.Machine.Tests;
+
+/// <summary>
+/// Waiting for the harts to park (<see cref="HartControl.WaitQuiescent"/>, what <see cref="VirtMachine.Pause"/> does
+/// after a short spin): it blocks rather than spins, and a parking hart wakes it.
+/// </summary>
+public class HartControlTests
+{
+    [Fact]
+    public void AWaitForQuiescenceReturnsAtOnceWhenTheHartsAreParkedAlready()
+    {
+        using var control = new HartControl();
+        int checks = 0;
+        control.WaitQuiescent(() => ++checks > 0);
+        Assert.Equal(1, checks);
+    }
+
+    [Fact]
+    public void AParkingHartWakesTheWaiter()
+    {
+        using var control = new HartControl();
+        bool parked = false;
+        var hart = new Thread(() =>
+        {
+            Thread.Sleep(50);
+            Volatile.Write(ref parked, true);
+            control.Parked();
+        });
+        var watch = Stopwatch.StartNew();
+        hart.Start();
+        control.WaitQuiescent(() => Volatile.Read(ref parked));
+        Assert.True(Volatile.Read(ref parked));
+        Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(40), TimeSpan.FromSeconds(10));
+        hart.Join();
+    }
+
+    [Fact]
+    public void ARealTimeThreadPausesRunningHartsOverAndOver()
+    {
+        // Two harts in a tight loop, paused and resumed from a SCHED_FIFO thread where this process may make one
+        // (the migration's switchover thread is one): a spinning pauser could keep a hart off its CPU.
+        using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 2, Rng = false });
+        Span<byte> loop = stackalloc byte[8];
+        BinaryPrimitives.WriteUInt32LittleEndian(loop, 0x00108093);     // addi x1, x1, 1
+        BinaryPrimitives.WriteUInt32LittleEndian(loop[4..], 0xffdff06f); // j -4
+        machine.Ram.Write(VirtMachine.RamBase, loop);
+        machine.Start();
+        Exception? error = null;
+        var pauser = new Thread(() =>
+        {
+            try
+            {
+                bool realtime = Ferry.Linux.Libc.SetCurrentThreadRealtime(1);
+                for (int i = 0; i < 50; i++)
+                {
+                    machine.Pause();
+                    ulong retired = machine.InstructionsRetired;
+                    Thread.Sleep(1);
+                    // Paused means stopped: nothing retires until the resume.
+                    Assert.Equal(retired, machine.InstructionsRetired);
+                    machine.Resume();
+                    Thread.Sleep(1);
+                }
+                if (realtime) Ferry.Linux.Libc.SetCurrentThreadRealtime(0);
+            }
+            catch (Exception e)
+            {
+                error = e;
+            }
+        });
+        pauser.Start();
+        Assert.True(pauser.Join(TimeSpan.FromSeconds(60)), "pausing from a real-time thread hung");
+        Assert.Null(error);
+        machine.PowerOff(0);
+    }
+}
