@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Memory;
 using Ferry.Migration.Protocol;
@@ -117,6 +118,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
         if (!_requested[region].TestAndSetAtomic(page)) return;      // asked already
         Volatile.Write(ref _requestedAt[_first[region] + page], Stopwatch.GetTimestamp());
         Interlocked.Increment(ref _faults);
+        if (TraceLog.Enabled) TraceLog.Mark($"destination: fault on page {page} of region {region}");
         _request(region, page);
     }
 
@@ -171,6 +173,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
         {
             long at = Interlocked.Exchange(ref _requestedAt[_first[region] + start + i], 0);
             if (at == 0) continue;
+            if (TraceLog.Enabled) TraceLog.Mark($"destination: page {start + i} of region {region} landed, {(now - at) * 1_000_000 / Stopwatch.Frequency} us after its fault");
             long k = Interlocked.Increment(ref _sampleCount) - 1;
             if (k < MaxSamples) _samples[k] = now - at;
         }

@@ -1,3 +1,4 @@
+using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Memory;
 using Ferry.Migration.Protocol;
@@ -38,6 +39,7 @@ internal sealed class UrgentSender
     /// <summary>Send pages [first, first + count) of region <paramref name="r"/> (a validated request) now.</summary>
     public void Send(int r, ulong first, uint count)
     {
+        if (TraceLog.Enabled) TraceLog.Mark($"source: serving page {first} (+{count}) of region {r}");
         var region = _regions[r];
         ulong bitBase = _prepager.RegionFirst(r);
         int runs = 0;

@@ -276,6 +276,7 @@ public sealed class IncomingMigration
             // Flush arrived relative to Complete is reported in Ready, so the source can count the time until the
             // destination had every final page as final-page time, not device-state time.
             long completeRead = _time.GetTimestamp();
+            TraceLog.Mark("destination: complete read");
             // The source is paused: nothing may compete with the final pages from here (a receiver usually said so
             // already, on the first batch of the final pass).
             prefaulter?.RequestStop();
@@ -346,6 +347,7 @@ public sealed class IncomingMigration
                 throw new MigrationException($"device state rejected: {e.Message}", e);
             }
             uint loadUs = Micros(loadStart);
+            TraceLog.Mark("destination: state loaded");
             UInt128? digest = null;
             uint digestUs = 0;
             if ((complete.Flags & CompleteFlags.VerifyRequested) != 0)
@@ -360,6 +362,7 @@ public sealed class IncomingMigration
                 digestUs = Micros(d0);
             }
             _control.WriteReady(digestUs, loadUs, digest, flushLagUs);
+            TraceLog.Mark("destination: ready sent");
 
             // AwaitCommit, bounded: a source that keeps the link alive but never decides must not hold us forever.
             using (var commitDeadline = _time.CreateTimer(static s => ((IncomingMigration)s!).Fail(
@@ -368,6 +371,7 @@ public sealed class IncomingMigration
                 var m = Next(reader, "Commit");
                 if (m is not CommitMessage) throw ProtocolReader.Unexpected(m, "Commit");
             }
+            TraceLog.Mark("destination: commit read");
             // Commit was read: the source is committed and will never resume, so the guest must start here even if
             // the deadline or a cancel raced with its arrival (refusing now would lose the VM on both sides).
             lock (_gate)
@@ -383,6 +387,7 @@ public sealed class IncomingMigration
             try
             {
                 _control.WriteResumed(Micros(startAt));
+                TraceLog.Mark("destination: guest started, resumed sent");
             }
             catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
             {
@@ -500,6 +505,7 @@ public sealed class IncomingMigration
             (ulong)incoming.Installed, (ulong)incoming.Duplicates,
             incoming.Digest?.Compute());
         PostcopyResult = done;
+        TraceLog.Mark("destination: every page landed");
         try
         {
             _control!.Write(done);

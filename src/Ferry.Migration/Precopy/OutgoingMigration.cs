@@ -586,6 +586,7 @@ public sealed class OutgoingMigration
                     SwitchoverFlushSequence, done);
             }
             long missing = SendMissingPages(bitmap);
+            TraceLog.Mark("source: missing map sent");
             long stateStart = _time.GetTimestamp();
             stats.FinalPagesMs = _time.GetElapsedTime(harvestStart, stateStart).TotalMilliseconds;
             var sections = _guest.SaveState();
@@ -600,6 +601,7 @@ public sealed class OutgoingMigration
             _control!.WriteComplete(flushSequence,
                 CompleteFlags.Postcopy | (_options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None));
             long completeSent = _time.GetTimestamp();
+            TraceLog.Mark("source: complete sent");
             // The push and the urgent channel exist before Commit, so the first fault finds them; built while the
             // destination loads the state (0.3-0.5 ms), not after its Ready. Nothing asks for pages before it runs the
             // guest, and if it never does they are dropped with the rest of post-copy.
@@ -621,6 +623,7 @@ public sealed class OutgoingMigration
             long commitAt = _time.GetTimestamp();
             stats.DeviceStateMs = _time.GetElapsedTime(stateStart, commitAt).TotalMilliseconds - stats.DestDigestMs;
             SendCommit();
+            TraceLog.Mark("source: commit sent");
             _status = MigrationStatus.PostcopyActive;
             Interlocked.Exchange(ref _remainingBytes, missing * MemoryRegion.PageSize);
             // The push starts once the guest runs there (Resumed): until then nothing can fault, and on a small host its
@@ -1030,6 +1033,7 @@ public sealed class OutgoingMigration
         _guest.Pause();
         paused = true;
         long pausedAt = _time.GetTimestamp();
+        TraceLog.Mark("source: guest paused");
         stats.PauseMs = _time.GetElapsedTime(pauseStart, pausedAt).TotalMilliseconds;
         return (pauseStart, pausedAt);
     }
@@ -1124,6 +1128,7 @@ public sealed class OutgoingMigration
             _completeSending = true;
             _control!.WriteComplete(SwitchoverFlushSequence, _options.Verify ? CompleteFlags.VerifyRequested : CompleteFlags.None);
             long completeSent = _time.GetTimestamp();
+            TraceLog.Mark("source: complete sent");
 
             // Ready: the destination has every page and the state loaded. Bounded: a destination that keeps sending
             // keepalives but never answers must not hold the guest paused forever.
@@ -1195,6 +1200,7 @@ public sealed class OutgoingMigration
             timings = timings with { ReadyToCommit = _time.GetElapsedTime(Volatile.Read(ref _readyAt), commitAt).TotalMilliseconds - sourceDigestWaitMs };
             Switchover = timings;
             SendCommit();
+            TraceLog.Mark("source: commit sent");
             if (_resumedArrived.Wait(_options.PeerTimeout) && _resumed is not null)
             {
                 stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;
@@ -1250,11 +1256,13 @@ public sealed class OutgoingMigration
                         break;
                     case ReadyMessage r:
                         Volatile.Write(ref _readyAt, _time.GetTimestamp());
+                        TraceLog.Mark("source: ready read");
                         _ready = r;
                         _readyArrived.Set();
                         break;
                     case ResumedMessage m:
                         Volatile.Write(ref _resumedAt, _time.GetTimestamp());
+                        TraceLog.Mark("source: resumed read");
                         _resumed = m;
                         _resumedArrived.Set();
                         // Post-copy goes on: requests, then PostcopyDone.

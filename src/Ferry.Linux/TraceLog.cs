@@ -1,0 +1,84 @@
+using System.Diagnostics;
+
+namespace Ferry.Linux;
+
+/// <summary>
+/// Timestamped marks for finding where a switchover's or a fault's time goes, across processes: set
+/// <c>FERRY_TRACE=/path/file</c> and every Ferry process appends its marks there when it exits, one per line:
+/// <c>microseconds pid thread label</c>. The clock is <see cref="Stopwatch"/>'s (CLOCK_MONOTONIC on Linux), the one
+/// <c>perf sched record -k mono</c> uses, so marks line up with the scheduler's view of the same run.
+/// </summary>
+/// <remarks>
+/// Off (the default) a mark is one read of a static field, and callers build labels only inside
+/// <c>if (TraceLog.Enabled)</c>. On, marks go to a fixed ring of the last 65,536, so tracing a long run keeps its end
+/// (the switchover) and never grows.
+/// </remarks>
+public static class TraceLog
+{
+    private const int Capacity = 1 << 16;
+    private static string? path = Environment.GetEnvironmentVariable("FERRY_TRACE") is { Length: > 0 } p ? p : null;
+    private static long[]? stamps;
+    private static string?[]? labels;
+    private static long next;
+    private static int exitHooked;
+
+    static TraceLog()
+    {
+        if (path is not null) Allocate();
+    }
+
+    /// <summary>True when marks are recorded.</summary>
+    public static bool Enabled { get; private set; }
+
+    /// <summary>Record marks from now on and write them to <paramref name="file"/> at <see cref="Flush"/> or exit.</summary>
+    public static void Enable(string file)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(file);
+        path = file;
+        Allocate();
+    }
+
+    /// <summary>Stop recording and drop what was recorded (nothing is written at exit).</summary>
+    public static void Disable()
+    {
+        Enabled = false;
+        path = null;
+        Interlocked.Exchange(ref next, 0);
+        if (labels is not null) Array.Clear(labels);
+    }
+
+    private static void Allocate()
+    {
+        stamps ??= new long[Capacity];
+        labels ??= new string?[Capacity];
+        Enabled = true;
+        if (Interlocked.Exchange(ref exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => Flush();
+    }
+
+    /// <summary>Record <paramref name="label"/> now (no-op unless <see cref="Enabled"/>).</summary>
+    public static void Mark(string label)
+    {
+        if (!Enabled) return;
+        long i = (Interlocked.Increment(ref next) - 1) & (Capacity - 1);
+        stamps![i] = Stopwatch.GetTimestamp();
+        labels![i] = $"{Environment.CurrentManagedThreadId} {label}";
+    }
+
+    /// <summary>Append the recorded marks to the file, oldest first, and start over.</summary>
+    public static void Flush()
+    {
+        if (!Enabled || path is null) return;
+        long end = Interlocked.Read(ref next);
+        long start = Math.Max(0, end - Capacity);
+        var lines = new List<string>((int)(end - start));
+        int pid = Environment.ProcessId;
+        for (long n = start; n < end; n++)
+        {
+            long i = n & (Capacity - 1);
+            if (labels![i] is { } l) lines.Add($"{stamps![i] / (Stopwatch.Frequency / 1_000_000)} {pid} {l}");
+            labels[i] = null;
+        }
+        Interlocked.Exchange(ref next, 0);
+        File.AppendAllLines(path, lines);
+    }
+}
