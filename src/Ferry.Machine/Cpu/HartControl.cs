@@ -54,6 +54,9 @@ internal sealed class HartControl : IDisposable
     /// <summary>A hart has just parked or stopped: wake whoever waits in <see cref="WaitQuiescent"/>.</summary>
     public void Parked()
     {
+        // The hart's store of its state, then this load; the waiter's increment, then its load of the states. A full
+        // fence on each side, so one of them sees the other (without it the waiter only finds out a millisecond later).
+        Interlocked.MemoryBarrier();
         if (Volatile.Read(ref quiescenceWaiters) == 0) return;
         lock (quiescenceGate) Monitor.PulseAll(quiescenceGate);
     }

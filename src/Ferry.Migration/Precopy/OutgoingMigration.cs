@@ -535,9 +535,11 @@ public sealed class OutgoingMigration
     /// </summary>
     private void PostcopySwitchover(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap? populated, CountdownEvent done, ref bool paused)
     {
-        // Allocated before the pause: the Flush-only pass needs an empty bitmap, the final harvest one of its own.
+        // Allocated before the pause: the Flush-only pass needs an empty bitmap, the final harvest one of its own, the
+        // missing map's records a buffer of runs.
         var nothing = new DirtyBitmap(_guest.TotalPages);
         var late = new DirtyBitmap(_guest.TotalPages);
+        var missingRuns = new (ulong, uint)[MigrationProtocol.MaxMissingRuns];
         // Bubbling pushes the pages the guest used last first (see PrepagingStrategy.Bubble).
         var hot = _options.Prepaging == Postcopy.PrepagingStrategy.Bubble ? new DirtyBitmap(_guest.TotalPages) : null;
         // Hybrid: the missing pages the guest's CPUs were working on at the pause go in the switchover's own pass.
@@ -585,7 +587,7 @@ public sealed class OutgoingMigration
                 SendPass(early, PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None),
                     SwitchoverFlushSequence, done);
             }
-            long missing = SendMissingPages(bitmap);
+            long missing = WriteMissingPages(_control!, bitmap, _guest.Regions, missingRuns);
             TraceLog.Mark("source: missing map sent");
             long stateStart = _time.GetTimestamp();
             stats.FinalPagesMs = _time.GetElapsedTime(harvestStart, stateStart).TotalMilliseconds;
@@ -903,9 +905,6 @@ public sealed class OutgoingMigration
     private const ulong NoPagesSentSequence = 0;
 
     /// <summary>Send the missing-page map as MissingPages records of runs; returns how many pages it names.</summary>
-    private long SendMissingPages(DirtyBitmap bitmap) =>
-        WriteMissingPages(_control!, bitmap, _guest.Regions, new (ulong, uint)[MigrationProtocol.MaxMissingRuns]);
-
     /// <summary>
     /// Write <paramref name="bitmap"/> (bits numbered across <paramref name="regions"/>) as MissingPages records, using
     /// <paramref name="runs"/> (<see cref="MigrationProtocol.MaxMissingRuns"/> long) as scratch; returns the pages.
