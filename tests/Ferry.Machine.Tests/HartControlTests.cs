@@ -1,5 +1,4 @@
 using System.Buffers.Binary;
-using System.Diagnostics;
 using Ferry.Machine.Cpu;
 
 namespace Ferry.Machine.Tests;
@@ -24,18 +23,14 @@ public class HartControlTests
     {
         using var control = new HartControl();
         bool parked = false;
-        var hart = new Thread(() =>
-        {
-            Thread.Sleep(50);
-            Volatile.Write(ref parked, true);
-            control.Parked();
-        });
-        var watch = Stopwatch.StartNew();
-        hart.Start();
-        control.WaitQuiescent(() => Volatile.Read(ref parked));
-        Assert.True(Volatile.Read(ref parked));
-        Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(40), TimeSpan.FromSeconds(10));
-        hart.Join();
+        // No periodic re-check: only the hart's Parked() can end this wait.
+        var waiter = new Thread(() => control.WaitQuiescent(() => Volatile.Read(ref parked), recheckMilliseconds: Timeout.Infinite)) { IsBackground = true };
+        waiter.Start();
+        Thread.Sleep(50);
+        Assert.True(waiter.IsAlive, "the wait ended before the hart parked");
+        Volatile.Write(ref parked, true);
+        control.Parked();
+        Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "a parking hart did not wake the waiter");
     }
 
     [Fact]

@@ -65,16 +65,17 @@ internal sealed class HartControl : IDisposable
     /// Wait until <paramref name="quiescent"/> holds (every hart parked), which <see cref="Parked"/> re-checks. Blocking,
     /// not spinning: the caller may be a real-time thread (the migration's switchover), whose spinning would keep a
     /// hart that still has to reach its block boundary off that CPU (SpinWait's 1 ms sleeps were its only way in:
-    /// 0.2-1.4 ms pauses measured). Re-checked each millisecond as well, whatever parked the harts.
+    /// 0.2-1.4 ms pauses measured). Re-checked every <paramref name="recheckMilliseconds"/> as well, whatever parked
+    /// the harts (-1: only when pulsed).
     /// </summary>
-    public void WaitQuiescent(Func<bool> quiescent)
+    public void WaitQuiescent(Func<bool> quiescent, int recheckMilliseconds = 1)
     {
         Interlocked.Increment(ref quiescenceWaiters);
         try
         {
             lock (quiescenceGate)
             {
-                while (!quiescent()) Monitor.Wait(quiescenceGate, 1);
+                while (!quiescent()) Monitor.Wait(quiescenceGate, recheckMilliseconds);
             }
         }
         finally
