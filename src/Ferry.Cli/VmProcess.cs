@@ -2,6 +2,7 @@ using System.ComponentModel;
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.RegularExpressions;
+using Ferry.Linux;
 
 namespace Ferry.Cli;
 
@@ -131,6 +132,8 @@ internal sealed partial class VmProcess : IDisposable
             }
             Monitor.PulseAll(gate);
         }
+        // The guest's own lines on the engine's timeline (FERRY_TRACE): which stall came when, against the faults.
+        if (TraceLog.Enabled) TraceLog.Mark($"console: {line}");
     }
 
     private void OnErrorLine(string line)

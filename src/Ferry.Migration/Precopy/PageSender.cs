@@ -1,3 +1,4 @@
+using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Memory;
 using Ferry.Migration.Protocol;
@@ -227,6 +228,7 @@ internal sealed class PageSender
             // One take, one batch: the pages around a fault go out now, not when a batch fills.
             FlushBatch();
             Interlocked.Add(ref _pushedPages, pages);
+            if (TraceLog.Enabled) TraceLog.Mark($"source: pushed {pages} pages in {n} runs from page {_taken[0].Start}");
         }
     }
 
