@@ -467,12 +467,20 @@ public sealed partial class VirtMachine : IDisposable
     /// theirs alone and are not read (a first call that only opens the interval needs nothing from them). A hint for
     /// post-copy's push order: a page missed costs a fault later, never correctness. Any thread.
     /// </summary>
-    public void HarvestAccessed(Span<ulong> bitmap)
+    public void HarvestAccessed(Span<ulong> bitmap) => HarvestAccessed(bitmap, default);
+
+    /// <summary>
+    /// As <see cref="HarvestAccessed(Span{ulong})"/>, and OR into <paramref name="system"/> (same layout; may be empty)
+    /// the part of those pages the guest's system side used: page tables walked, code fetched in any mode, and data
+    /// loaded or stored in supervisor or machine mode (the kernel's and firmware's text, stacks, per-CPU data and
+    /// tables, not what user programs read and write). A resuming guest runs its kernel first.
+    /// </summary>
+    public void HarvestAccessed(Span<ulong> bitmap, Span<ulong> system)
     {
-        ram.TakeAccessed(bitmap);
+        ram.TakeAccessed(bitmap, system);
         // A paused hart only parks or drops entries until it is released, so its TLB holds still while we read it.
         if (!control.PauseRequested || !AllQuiescent()) return;
-        foreach (Hart h in harts) h.OrTlbPages(bitmap);
+        foreach (Hart h in harts) h.OrTlbPages(bitmap, system);
     }
 
     /// <summary>

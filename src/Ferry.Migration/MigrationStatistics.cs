@@ -112,6 +112,13 @@ public sealed record PostcopyStatistics
     /// </summary>
     [JsonPropertyName("switchover_pages")] public long SwitchoverPages { get; init; }
 
+    /// <summary>
+    /// Of <see cref="PushedPages"/>: the pages the source's guest used in privileged mode lately (its kernel's code,
+    /// page tables, stacks and data), pushed on the urgent channel the moment the guest started at the destination.
+    /// 0 for a guest that does not tell them apart.
+    /// </summary>
+    [JsonPropertyName("system_pages")] public long SystemPages { get; init; }
+
     /// <summary>Distinct pages the destination's guest waited for (network faults).</summary>
     [JsonPropertyName("faults")] public long Faults { get; init; }
 

@@ -137,6 +137,9 @@ public sealed class VirtMachineSource : IMigrationSource, IAccessTrackingSource
     public void HarvestAccessedPages(Span<ulong> bitmap) => machine.HarvestAccessed(bitmap);
 
     /// <inheritdoc/>
+    public void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system) => machine.HarvestAccessed(bitmap, system);
+
+    /// <inheritdoc/>
     public void GetResidentPages(Span<ulong> bitmap) => machine.GetTlbResidentPages(bitmap);
 
     /// <inheritdoc/>

@@ -59,14 +59,14 @@ public sealed class AccessTrackingTests
 
     private static ulong Pte(ulong page, ulong flags) => ((RamBase >> 12) + page) << 10 | flags;
 
-    private const ulong PteV = 1, PteRwxad = 2 | 4 | 8 | 64 | 128; // A and D preset: walks only read the tables
+    private const ulong PteV = 1, PteU = 16, PteRwxad = 2 | 4 | 8 | 64 | 128; // A and D preset: walks only read the tables
 
     /// <summary>
     /// A started 2 MiB machine running the program: M-mode turns Sv39 on and drops to S-mode on <see cref="Code"/>,
     /// which loads <see cref="A"/>, stores it to <see cref="B"/>, polls <see cref="F"/> until it is non-zero, then
     /// runs sfence.vma, writes the flag back to F + 8 and spins on Code. Returns once the store to B has landed.
     /// </summary>
-    private static VirtMachine RunToPoll()
+    private static VirtMachine RunToPoll(bool user = false)
     {
         var m = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Rng = false });
         Write(m, Boot, Assemble(
@@ -81,9 +81,9 @@ public sealed class AccessTrackingTests
             Rv.Lui(Rv.T0, (uint)Code),
             Rv.Add(Rv.T0, Rv.S0, Rv.T0),
             Rv.Csrw(0x341, Rv.T0),            // mepc = Code
-            Rv.Addi(Rv.T0, 0, 1),
+            Rv.Addi(Rv.T0, 0, user ? 0 : 1),
             Rv.Slli(Rv.T0, Rv.T0, 11),
-            Rv.Csrw(0x300, Rv.T0),            // mstatus.MPP = S
+            Rv.Csrw(0x300, Rv.T0),            // mstatus.MPP = S (or U)
             Rv.Mret));
         Write(m, Code, Assemble(
             Rv.Auipc(Rv.S0, 0),               // s0 = Code
@@ -104,7 +104,7 @@ public sealed class AccessTrackingTests
         var l1 = new byte[PageSize];
         BinaryPrimitives.WriteUInt64LittleEndian(l1, Pte(L0, PteV));
         var l0 = new byte[PageSize];
-        for (int i = 0; i < PageSize / 8; i++) BinaryPrimitives.WriteUInt64LittleEndian(l0.AsSpan(8 * i), Pte((ulong)i, PteV | PteRwxad));
+        for (int i = 0; i < PageSize / 8; i++) BinaryPrimitives.WriteUInt64LittleEndian(l0.AsSpan(8 * i), Pte((ulong)i, PteV | PteRwxad | (user ? PteU : 0)));
         Write(m, Root, root);
         Write(m, L1, l1);
         Write(m, L0, l0);
@@ -171,6 +171,38 @@ public sealed class AccessTrackingTests
         // The boot code, the three tables, the S-mode code, A, B, and F (polled); the boot ROM is not RAM.
         Assert.Equal([Boot, Root, L1, L0, Code, A, B, F], pages);
         Assert.DoesNotContain(Untouched, pages);
+    }
+
+    [Fact]
+    public void TheSystemPartIsTablesWalkedCodeFetchedAndPrivilegedDataNotAUserProgramsLoadsAndStores()
+    {
+        // In user mode (its pages marked U; it never gets past the poll, as sfence.vma would trap there): A, B and F
+        // are a user program's data.
+        using (VirtMachine m = RunToPoll(user: true))
+        {
+            m.Pause();
+            var all = new ulong[m.Ram.DirtyWords];
+            var system = new ulong[m.Ram.DirtyWords];
+            m.HarvestAccessed(all, system);
+            Assert.Equal([Boot, Root, L1, L0, Code, A, B, F], Pages(all));
+            Assert.Equal([Boot, Root, L1, L0, Code], Pages(system));
+            // Paused, the TLBs still hold them: the same split from what they hold.
+            Array.Clear(all);
+            Array.Clear(system);
+            m.HarvestAccessed(all, system);
+            Assert.Equal([Boot, Code, A, B, F], Pages(all));
+            Assert.Equal([Boot, Code], Pages(system));
+        }
+        // The same program in supervisor mode: its data is the kernel's, so all of it is system.
+        using (VirtMachine m = RunToPoll())
+        {
+            m.Pause();
+            var all = new ulong[m.Ram.DirtyWords];
+            var system = new ulong[m.Ram.DirtyWords];
+            m.HarvestAccessed(all, system);
+            Assert.Equal([Boot, Root, L1, L0, Code, A, B, F], Pages(system));
+            Assert.Equal(Pages(all), Pages(system));
+        }
     }
 
     [Fact]

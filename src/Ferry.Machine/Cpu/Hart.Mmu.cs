@@ -81,8 +81,10 @@ internal sealed unsafe partial class Hart
     /// TLB holds entries for: a page used all through an interval is never filled again, so these are the freshest
     /// part of the working set. Only while the hart is quiescent under a pause: a running hart rewrites the entries
     /// under us (a torn entry would at worst name a wrong page, as each is bounds-checked, but the set means nothing).
+    /// The pages of its fetch entries and its supervisor- and machine-mode data entries go into <paramref name="system"/>
+    /// too (same layout; may be empty), as <see cref="GuestRam.NoteAccess"/> counts them.
     /// </summary>
-    internal void OrTlbPages(Span<ulong> bitmap)
+    internal void OrTlbPages(Span<ulong> bitmap, Span<ulong> system = default)
     {
         byte* ramStart = ram.Host;
         ulong ramBytes = ram.Size;
@@ -91,6 +93,7 @@ internal sealed unsafe partial class Hart
         {
             TlbEntry* s = tlb + set * TlbSize;
             bool fetch = set % 3 == AccFetch;
+            bool userData = set / 3 == SetIndex(PrvU) && !fetch;
             for (int i = 0; i < TlbSize; i++)
             {
                 ulong tag = s[i].Tag;
@@ -107,7 +110,9 @@ internal sealed unsafe partial class Hart
                     if (offset >= ramBytes) continue; // the boot ROM
                     page = offset >> MemoryRegion.PageShift;
                 }
-                if (page < pages) bitmap[(int)(page >> 6)] |= 1UL << (int)page;
+                if (page >= pages) continue;
+                bitmap[(int)(page >> 6)] |= 1UL << (int)page;
+                if (!userData && (int)(page >> 6) < system.Length) system[(int)(page >> 6)] |= 1UL << (int)page;
             }
         }
     }
@@ -166,7 +171,7 @@ internal sealed unsafe partial class Hart
                 if (!PmpAllows(pteAddr, 8, AccRead, PrvS)) return AccessFault(access);
                 MemoryRegion? region = bus.RegionAt(pteAddr, 8);
                 if (region == null) return AccessFault(access);
-                if (!PageReady(region, pteAddr)) return CauseRetry;
+                if (!PageReady(region, pteAddr, system: true)) return CauseRetry;
                 ulong* ptePtr = (ulong*)(region.Host + (pteAddr - region.Base));
                 ulong pte = Volatile.Read(ref *ptePtr);
                 if ((pte & PteV) == 0 || ((pte & PteR) == 0 && (pte & PteW) != 0) || (pte >> 54) != 0) return PageFault(access);
@@ -233,7 +238,7 @@ internal sealed unsafe partial class Hart
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
         if (region != null)
         {
-            if (!PageReady(region, pa)) return CauseRetry;
+            if (!PageReady(region, pa, dataPriv != PrvU)) return CauseRetry;
             byte* host = region.Host + (pa - region.Base);
             value = size switch { 1 => *host, 2 => *(ushort*)host, 4 => *(uint*)host, _ => *(ulong*)host };
             if (PmpAllows(pa & ~0xfffUL, 0x1000, AccRead, dataPriv))
@@ -259,7 +264,7 @@ internal sealed unsafe partial class Hart
             ulong second = (va + (ulong)size - 1) & ~0xfffUL;
             int c = Translate(second, AccWrite, dataPriv, out ulong secondPa);
             if (c >= 0) { faultTval = second; return c; }
-            if (bus.RegionAt(secondPa, 1) is { } secondRegion && !PageReady(secondRegion, secondPa)) return CauseRetry;
+            if (bus.RegionAt(secondPa, 1) is { } secondRegion && !PageReady(secondRegion, secondPa, dataPriv != PrvU)) return CauseRetry;
             for (int k = 0; k < size; k++)
             {
                 c = StoreSlow(va + (ulong)k, 1, value >> (8 * k));
@@ -274,7 +279,7 @@ internal sealed unsafe partial class Hart
         if (region != null)
         {
             if (!region.Writable) { faultTval = va; return CauseStoreAccess; }
-            if (!PageReady(region, pa)) return CauseRetry;
+            if (!PageReady(region, pa, dataPriv != PrvU)) return CauseRetry;
             byte* host = region.Host + (pa - region.Base);
             switch (size)
             {
@@ -323,7 +328,7 @@ internal sealed unsafe partial class Hart
         }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
         if (region is not GuestRam) { faultTval = va; cause = CauseStoreAccess; return null; }
-        if (!PageReady(region, pa)) { cause = CauseRetry; return null; }
+        if (!PageReady(region, pa, dataPriv != PrvU)) { cause = CauseRetry; return null; }
         byte* host = region.Host + (pa - region.Base);
         InstallWrite(va, pa, host, region, size);
         return host;
@@ -341,7 +346,7 @@ internal sealed unsafe partial class Hart
         if (!PmpAllows(pa, (ulong)size, AccRead, dataPriv)) { faultTval = va; cause = CauseLoadAccess; return null; }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
         if (region is not GuestRam) { faultTval = va; cause = CauseLoadAccess; return null; }
-        if (!PageReady(region, pa)) { cause = CauseRetry; return null; }
+        if (!PageReady(region, pa, dataPriv != PrvU)) { cause = CauseRetry; return null; }
         return region.Host + (pa - region.Base);
     }
 
@@ -356,7 +361,7 @@ internal sealed unsafe partial class Hart
         MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
         if (cause < 0 && region == null) cause = CauseFetchAccess;
         // A missing post-copy page (of the tables or the code) whose wait was interrupted: back to the run loop.
-        if (cause == CauseRetry || (cause < 0 && !PageReady(region!, pa))) return null;
+        if (cause == CauseRetry || (cause < 0 && !PageReady(region!, pa, system: true))) return null;
         if (cause >= 0)
         {
             RaiseException(cause, va);
@@ -410,7 +415,7 @@ internal sealed unsafe partial class Hart
         MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
         if (cause < 0 && region == null) cause = CauseFetchAccess;
         // Interrupted waiting for the upper half's page: pc is still at the instruction, which runs again.
-        if (cause == CauseRetry || (cause < 0 && !PageReady(region!, pa))) return;
+        if (cause == CauseRetry || (cause < 0 && !PageReady(region!, pa, system: true))) return;
         if (cause >= 0)
         {
             RaiseException(cause, hiVa);

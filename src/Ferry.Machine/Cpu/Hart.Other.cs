@@ -76,7 +76,7 @@ internal sealed unsafe partial class Hart
             if (c >= 0) return c;
             Memory.MemoryRegion? r = bus.RegionAt(pa, 2);
             if (r == null) return CauseFetchAccess;
-            if (!PageReady(r, pa)) return CauseRetry;
+            if (!PageReady(r, pa, system: true)) return CauseRetry;
             bits |= (ulong)*(ushort*)(r.Host + (pa - r.Base)) << (8 * k);
         }
         return -1;

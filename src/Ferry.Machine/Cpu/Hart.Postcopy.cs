@@ -54,13 +54,15 @@ internal sealed unsafe partial class Hart
     /// the wait was interrupted: the caller returns <see cref="CauseRetry"/>. A RAM page is also noted as accessed
     /// (<see cref="GuestRam.NoteAccess"/>): every slow path that reads, writes, walks or caches a RAM page passes here,
     /// so the accessed log sees exactly the TLB fills and walks, and the fast paths stay as they are.
+    /// <paramref name="system"/>: the access is a page-table walk, an instruction fetch, or a load or store in
+    /// supervisor or machine mode (a user-mode load or store is not).
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private bool PageReady(MemoryRegion region, ulong pa)
+    private bool PageReady(MemoryRegion region, ulong pa, bool system)
     {
         if (region != ram) return true;
         int page = (int)((pa - ram.Base) >> MemoryRegion.PageShift);
-        ram.NoteAccess(page);
+        ram.NoteAccess(page, system);
         PostcopyPages? p = ram.Postcopy;
         return p == null || AwaitPage(p, page);
     }

@@ -30,6 +30,9 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     // One bit per page, set by a hart's slow path (TLB fill, page-table walk, atomic) that reached the page since the
     // last TakeAccessed: with the TLBs' contents, the pages the guest runs on, which post-copy pushes first.
     private readonly ulong[] accessed;
+    // The subset of those reached by the guest's system side: page-table walks, instruction fetches, and loads and
+    // stores in supervisor or machine mode (the kernel's and the firmware's code, stacks, per-CPU data and tables).
+    private readonly ulong[] accessedSystem;
     // One byte per page: nonzero while some hart holds decoded instructions of the page.
     private readonly byte[] code;
     // Per page: writes seen while it was code (see NoteCpuWrite).
@@ -49,6 +52,7 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         mapping = GuestMemoryMapping.Create(size);
         dirty = new ulong[(PageCount + 63) / 64];
         accessed = new ulong[dirty.Length];
+        accessedSystem = new ulong[dirty.Length];
         code = new byte[PageCount];
         codeWrites = new int[PageCount];
     }
@@ -113,29 +117,43 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         if ((Volatile.Read(ref word) & bit) == 0) Interlocked.Or(ref word, bit);
     }
 
-    /// <summary>A hart's slow path reached <paramref name="page"/> (see <see cref="TakeAccessed"/>).</summary>
+    /// <summary>
+    /// A hart's slow path reached <paramref name="page"/> (see <see cref="TakeAccessed"/>); <paramref name="system"/>:
+    /// by a page-table walk, an instruction fetch, or a load or store in supervisor or machine mode.
+    /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    internal void NoteAccess(int page)
+    internal void NoteAccess(int page, bool system)
     {
-        ref ulong word = ref accessed[page >> 6];
         ulong bit = 1UL << page;
         // Tested first: a page reached again within an interval (a TLB conflict miss, a walk of the same table) costs
         // a read, and only the first reach of each page per interval an interlocked OR.
+        ref ulong word = ref accessed[page >> 6];
         if ((Volatile.Read(ref word) & bit) == 0) Interlocked.Or(ref word, bit);
+        if (!system) return;
+        ref ulong sys = ref accessedSystem[page >> 6];
+        if ((Volatile.Read(ref sys) & bit) == 0) Interlocked.Or(ref sys, bit);
     }
 
     /// <summary>
     /// OR into <paramref name="bitmap"/> (page i in bit i of word i / 64; words past its length are dropped) the pages
-    /// a hart's slow path reached since the last call, and clear them: a new interval starts. Any thread; a hart that
-    /// reaches a page meanwhile lands in one interval or the next, never in neither.
+    /// a hart's slow path reached since the last call, and into <paramref name="system"/> (same layout; may be empty)
+    /// those of them its system side reached (see <see cref="NoteAccess"/>); clear both: a new interval starts. Any
+    /// thread; a hart that reaches a page meanwhile lands in one interval or the next, never in neither.
     /// </summary>
-    internal void TakeAccessed(Span<ulong> bitmap)
+    internal void TakeAccessed(Span<ulong> bitmap, Span<ulong> system)
     {
         for (int w = 0; w < accessed.Length; w++)
         {
-            if (Volatile.Read(ref accessed[w]) == 0) continue;
-            ulong bits = Interlocked.Exchange(ref accessed[w], 0);
-            if (w < bitmap.Length) bitmap[w] |= bits;
+            if (Volatile.Read(ref accessed[w]) != 0)
+            {
+                ulong bits = Interlocked.Exchange(ref accessed[w], 0);
+                if (w < bitmap.Length) bitmap[w] |= bits;
+            }
+            if (Volatile.Read(ref accessedSystem[w]) != 0)
+            {
+                ulong bits = Interlocked.Exchange(ref accessedSystem[w], 0);
+                if (w < system.Length) system[w] |= bits;
+            }
         }
     }
 

@@ -19,6 +19,15 @@ public interface IAccessTrackingSource
     void HarvestAccessedPages(Span<ulong> bitmap);
 
     /// <summary>
+    /// As <see cref="HarvestAccessedPages(Span{ulong})"/>, and OR into <paramref name="system"/> (same layout) the part
+    /// of those pages the guest's operating system needs to run at all: its code, page tables, stacks and data used
+    /// in privileged mode. Post-copy pushes these before everything else: a guest whose kernel waits on one page
+    /// stops as a whole (its timer interrupt, its scheduler), while a user page waited on stops one program. A guest
+    /// that cannot tell adds nothing to <paramref name="system"/>.
+    /// </summary>
+    void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system) => HarvestAccessedPages(bitmap);
+
+    /// <summary>
     /// OR into <paramref name="bitmap"/> (as <see cref="HarvestAccessedPages"/>) the pages the paused guest's CPUs hold
     /// translations for now: what they were working on at the pause, and most likely touch first when the guest runs
     /// again. Post-copy sends those that are missing inside the switchover rather than after it. Paused guest only;

@@ -542,6 +542,7 @@ public sealed class OutgoingMigration
         var missingRuns = new (ulong, uint)[MigrationProtocol.MaxMissingRuns];
         // Bubbling pushes the pages the guest used last first (see PrepagingStrategy.Bubble).
         var hot = _options.Prepaging == Postcopy.PrepagingStrategy.Bubble ? new DirtyBitmap(_guest.TotalPages) : null;
+        var system = hot is not null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         // Hybrid: the missing pages the guest's CPUs were working on at the pause go in the switchover's own pass.
         var resident = populated is null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         var regionPages = new ulong[_guest.Regions.Count];
@@ -557,7 +558,7 @@ public sealed class OutgoingMigration
             if (hot is not null)
             {
                 hot.OrFrom(late);
-                if (_guest is IAccessTrackingSource tracking) tracking.HarvestAccessedPages(hot.Words);
+                if (_guest is IAccessTrackingSource tracking) tracking.HarvestAccessedPages(hot.Words, system!.Words);
             }
             // Every pre-copy page before the switchover lands before the missing map applies: Flush on every channel.
             // Pure post-copy sent none, and says so with sequence 0 instead (waking every page channel's sender and
@@ -607,7 +608,7 @@ public sealed class OutgoingMigration
             // The push and the urgent channel exist before Commit, so the first fault finds them; built while the
             // destination loads the state (0.3-0.5 ms), not after its Ready. Nothing asks for pages before it runs the
             // guest, and if it never does they are dropped with the rest of post-copy.
-            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot);
+            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot, system);
             SetUrgent(new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
             if (!_readyArrived.Wait(_options.PeerTimeout, _abort.Token))
                 Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
@@ -632,6 +633,19 @@ public sealed class OutgoingMigration
             // threads would compete with the destination's switchover for the cores, inside the downtime (measured on 2
             // cores, 1 GiB: commit to Resumed 40 ms with the push already running).
             bool resumed = _resumedArrived.Wait(_options.PeerTimeout, _abort.Token) && _resumed is not null;
+            // The guest's system pages, on the urgent channel from this (still real-time) thread, before the push
+            // threads are even scheduled. A link that fails meanwhile is the return path's to report.
+            long systemPages = 0;
+            if (resumed)
+            {
+                try
+                {
+                    systemPages = Volatile.Read(ref _urgent)!.PushSystem();
+                }
+                catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+                {
+                }
+            }
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has
             // landed. Begun inside the downtime it competed with it (hybrid with verify: 25-46 ms of final harvest).
@@ -685,7 +699,7 @@ public sealed class OutgoingMigration
             var doneMessage = _postcopyDone!;
             UInt128 sourceDigest = default;
             if (_sourceDigest is { } pending) sourceDigest = pending.GetAwaiter().GetResult();
-            long pushed = 0, urgentPages = 0;
+            long pushed = systemPages, urgentPages = 0;
             foreach (var sender in AllSenders()) pushed += sender.PushedPages;
             lock (_gate) foreach (var u in _urgentSenders) urgentPages += u.Pages;
             long working = doneMessage.WorkingSetPages == ulong.MaxValue ? -1 : (long)doneMessage.WorkingSetPages;
@@ -693,6 +707,7 @@ public sealed class OutgoingMigration
             {
                 MissingPages = missing,
                 SwitchoverPages = earlyPages,
+                SystemPages = systemPages,
                 Faults = doneMessage.Faults,
                 FaultLatencyUs = new LatencyPercentiles { P50 = doneMessage.LatencyP50Us, P99 = doneMessage.LatencyP99Us, Max = doneMessage.LatencyMaxUs },
                 PushedPages = pushed,

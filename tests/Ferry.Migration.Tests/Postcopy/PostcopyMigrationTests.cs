@@ -86,6 +86,64 @@ public class PostcopyMigrationTests
             $"{pc.SwitchoverPages} pages sent early yet {pc.MissingPages} left missing");
     }
 
+    [Theory]
+    [InlineData(MigrationMode.Postcopy)]
+    [InlineData(MigrationMode.Hybrid)]
+    public void TheSystemPagesGoOnTheUrgentChannelAsTheGuestStartsAndArriveIntact(MigrationMode mode)
+    {
+        using var inner = NewGuest(64, pagesPerSecond: 20000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(new SystemPagesNamed(inner), transport.Connector, transport.Listener, PostcopyOptions(mode));
+        using var _ = outcome.Target;
+        AssertCompletedInPostcopy(outcome, inner);
+        var pc = outcome.Stats.Postcopy!;
+        // Pure post-copy: all of the named pages were missing, and every one went first, on the urgent channel.
+        // Hybrid: those of them still missing at the switchover did.
+        if (mode == MigrationMode.Postcopy) Assert.Equal(SystemPagesNamed.Count, pc.SystemPages);
+        else Assert.InRange(pc.SystemPages, 0, SystemPagesNamed.Count);
+        Assert.True(pc.PushedPages >= pc.SystemPages);
+    }
+
+    [Theory]
+    [InlineData(PrepagingStrategy.Forward)]
+    [InlineData(PrepagingStrategy.Linear)]
+    public void OnlyBubblingPushesTheSystemPagesFirst(PrepagingStrategy prepaging)
+    {
+        using var inner = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(new SystemPagesNamed(inner), transport.Connector, transport.Listener, PostcopyOptions(MigrationMode.Postcopy, prepaging));
+        using var _ = outcome.Target;
+        AssertCompletedInPostcopy(outcome, inner);
+        Assert.Equal(0, outcome.Stats.Postcopy!.SystemPages);
+    }
+
+    /// <summary>An in-process guest that names pages [1000, 1000 + Count) as its system's (a stand-in for the machine's kernel pages).</summary>
+    private sealed class SystemPagesNamed(InProcessGuest inner) : Guest.IMigrationSource, Guest.IAccessTrackingSource
+    {
+        public const int First = 1000, Count = 300;
+        public IReadOnlyList<Guest.MemoryRegion> Regions => inner.Regions;
+        public ulong TotalPages => inner.TotalPages;
+        public bool IsRunning => inner.IsRunning;
+        public void StartDirtyLog() => inner.StartDirtyLog();
+        public void HarvestDirtyLog(Span<ulong> bitmap) => inner.HarvestDirtyLog(bitmap);
+        public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
+        public void StopDirtyLog() => inner.StopDirtyLog();
+        public void SetThrottle(int percent) => inner.SetThrottle(percent);
+        public void Pause() => inner.Pause();
+        public void Resume() => inner.Resume();
+        public IReadOnlyList<Guest.StateSection> SaveState() => inner.SaveState();
+        public void HarvestAccessedPages(Span<ulong> bitmap) { }
+
+        public void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system)
+        {
+            for (int p = First; p < First + Count; p++)
+            {
+                bitmap[p >> 6] |= 1UL << p;
+                system[p >> 6] |= 1UL << p;
+            }
+        }
+    }
+
     /// <summary>An in-process guest that says its CPUs hold every page (a stand-in for the machine's TLBs).</summary>
     private sealed class EveryPageResident(InProcessGuest inner) : Guest.IMigrationSource, Guest.IAccessTrackingSource
     {

@@ -151,6 +151,63 @@ public class PrepagerTests
     }
 
     [Fact]
+    public void TheSystemPagesGoBeforeAFaultsPivotAndTheHotPagesAndOnlyOnce()
+    {
+        var toSend = new DirtyBitmap(8000);
+        toSend.SetAll();
+        toSend.Clear(7001); // sent already: a system page, but not to send again
+        var prepager = new Prepager(toSend, [3000UL, 5000UL], PrepagingStrategy.Bubble,
+            hot: Hot(8000, (100, 110)), system: Hot(8000, (2990, 3005), (7000, 7003)));
+        prepager.OnFault(5000);
+        var order = Drain(prepager);
+        // Region by region (a batch is of one region), in address order, before the pivot opened at 5000 and the hot
+        // pages; then the pivot, then the hot pages.
+        ulong[] system = [.. Enumerable.Range(2990, 15).Select(i => (ulong)i), 7000, 7002];
+        Assert.Equal(system, order.Take(system.Length));
+        Assert.InRange(order[system.Length], 5000UL - Prepager.FirstStep, 5000UL + Prepager.FirstStep);
+        Assert.Equal(7999, order.Count);
+        Assert.Equal(order.Count, order.Distinct().Count());
+    }
+
+    [Fact]
+    public void TakeSystemHandsOutOnlyTheSystemPagesAndTheRestIsLeftToTake()
+    {
+        var toSend = new DirtyBitmap(4000);
+        toSend.SetAll();
+        var prepager = new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, hot: null, system: Hot(4000, (10, 20), (3000, 3100)));
+        var runs = new DirtyRun[512];
+        var taken = new List<ulong>();
+        while (prepager.TakeSystem(runs, 64, out int region) is var n && n > 0)
+        {
+            Assert.Equal(0, region);
+            int pages = 0;
+            for (int i = 0; i < n; i++)
+            {
+                pages += (int)runs[i].Length;
+                for (ulong p = runs[i].Start; p < runs[i].End; p++) taken.Add(p);
+            }
+            Assert.InRange(pages, 1, 64);
+        }
+        Assert.Equal([.. Enumerable.Range(10, 10).Select(i => (ulong)i), .. Enumerable.Range(3000, 100).Select(i => (ulong)i)], taken);
+        Assert.Equal(4000 - 110, prepager.Remaining);
+        var rest = Drain(prepager);
+        Assert.Equal(4000 - 110, rest.Count);
+        Assert.Empty(rest.Intersect(taken));
+    }
+
+    [Theory]
+    [InlineData(PrepagingStrategy.Forward)]
+    [InlineData(PrepagingStrategy.Linear)]
+    public void OnlyBubblingHasSystemPages(PrepagingStrategy strategy)
+    {
+        var toSend = new DirtyBitmap(4000);
+        toSend.SetAll();
+        var prepager = new Prepager(toSend, [4000UL], strategy, hot: null, system: Hot(4000, (3000, 3100)));
+        Assert.Equal(0, prepager.TakeSystem(new DirtyRun[512], 64, out _));
+        Assert.Equal(Enumerable.Range(0, 4000).Select(i => (ulong)i), Drain(prepager));
+    }
+
+    [Fact]
     public async Task ClaimsRacingTakesHandEveryPageOutAndCountThemOnce()
     {
         // The urgent path claims without the lock while senders take: no page is lost, Remaining reaches exactly 0,
