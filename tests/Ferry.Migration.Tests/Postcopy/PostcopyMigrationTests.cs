@@ -118,23 +118,11 @@ public class PostcopyMigrationTests
     }
 
     /// <summary>An in-process guest that names pages [1000, 1000 + Count) as its system's (a stand-in for the machine's kernel pages).</summary>
-    private sealed class SystemPagesNamed(InProcessGuest inner) : Guest.IMigrationSource, Guest.IAccessTrackingSource
+    private sealed class SystemPagesNamed(InProcessGuest inner) : TrackingGuest(inner)
     {
         public const int First = 1000, Count = 300;
-        public IReadOnlyList<Guest.MemoryRegion> Regions => inner.Regions;
-        public ulong TotalPages => inner.TotalPages;
-        public bool IsRunning => inner.IsRunning;
-        public void StartDirtyLog() => inner.StartDirtyLog();
-        public void HarvestDirtyLog(Span<ulong> bitmap) => inner.HarvestDirtyLog(bitmap);
-        public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
-        public void StopDirtyLog() => inner.StopDirtyLog();
-        public void SetThrottle(int percent) => inner.SetThrottle(percent);
-        public void Pause() => inner.Pause();
-        public void Resume() => inner.Resume();
-        public IReadOnlyList<Guest.StateSection> SaveState() => inner.SaveState();
-        public void HarvestAccessedPages(Span<ulong> bitmap) { }
 
-        public void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system)
+        public override void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system)
         {
             for (int p = First; p < First + Count; p++)
             {
@@ -145,7 +133,13 @@ public class PostcopyMigrationTests
     }
 
     /// <summary>An in-process guest that says its CPUs hold every page (a stand-in for the machine's TLBs).</summary>
-    private sealed class EveryPageResident(InProcessGuest inner) : Guest.IMigrationSource, Guest.IAccessTrackingSource
+    private sealed class EveryPageResident(InProcessGuest inner) : TrackingGuest(inner)
+    {
+        public override void GetResidentPages(Span<ulong> bitmap) => bitmap.Fill(ulong.MaxValue);
+    }
+
+    /// <summary>An in-process guest with access tracking that names nothing; subclasses say what they name.</summary>
+    private abstract class TrackingGuest(InProcessGuest inner) : Guest.IMigrationSource, Guest.IAccessTrackingSource
     {
         public IReadOnlyList<Guest.MemoryRegion> Regions => inner.Regions;
         public ulong TotalPages => inner.TotalPages;
@@ -159,7 +153,8 @@ public class PostcopyMigrationTests
         public void Resume() => inner.Resume();
         public IReadOnlyList<Guest.StateSection> SaveState() => inner.SaveState();
         public void HarvestAccessedPages(Span<ulong> bitmap) { }
-        public void GetResidentPages(Span<ulong> bitmap) => bitmap.Fill(ulong.MaxValue);
+        public virtual void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system) { }
+        public virtual void GetResidentPages(Span<ulong> bitmap) { }
     }
 }
 
