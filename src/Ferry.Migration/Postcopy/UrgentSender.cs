@@ -24,7 +24,6 @@ internal sealed class UrgentSender
     // One writer at a time: the return path's faults and the system pages' push (PushSystem).
     private readonly Lock _lock = new();
     private long _pages;
-    private long _systemPages;
     private long _bytes;
 
     /// <summary>Pages of a system batch at most: the lock a fault's page may wait for is held for one such batch (256
@@ -43,9 +42,6 @@ internal sealed class UrgentSender
 
     /// <summary>Wire bytes sent.</summary>
     public long BytesSent => Interlocked.Read(ref _bytes);
-
-    /// <summary>Pages <see cref="PushSystem"/> sent.</summary>
-    public long SystemPages => Interlocked.Read(ref _systemPages);
 
     /// <summary>
     /// Send the guest's system pages (<see cref="Prepager.TakeSystem"/>) on this channel, now, on the calling thread:
@@ -76,7 +72,6 @@ internal sealed class UrgentSender
                 total += pages;
             }
         }
-        Interlocked.Add(ref _systemPages, total);
         if (TraceLog.Enabled) TraceLog.Mark($"source: {total} system pages pushed on the urgent channel");
         return total;
     }
