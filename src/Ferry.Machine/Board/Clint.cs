@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
+using Ferry.Linux;
 using Ferry.Machine.Cpu;
 
 namespace Ferry.Machine.Board;
@@ -11,8 +12,8 @@ namespace Ferry.Machine.Board;
 /// <remarks>
 /// A timer thread sleeps until the earliest armed <c>mtimecmp</c> and then kicks that hart, so a running hart never
 /// polls the clock and a hart parked in <c>wfi</c> wakes on time. MTIP itself is computed when read
-/// (<c>mtime &gt;= mtimecmp</c>), so it is exact whenever the guest looks. Wake-ups have the host's sleep granularity
-/// (about a millisecond on a loaded host): early enough for a guest kernel's timers, never early.
+/// (<c>mtime &gt;= mtimecmp</c>), so it is exact whenever the guest looks. Wake-ups are at the deadline to the host
+/// timer's precision (<see cref="WakeEvent"/>: tens of microseconds, then the host scheduler's delay), never early.
 /// </remarks>
 internal sealed class Clint : IMmioDevice, IDisposable
 {
@@ -27,6 +28,8 @@ internal sealed class Clint : IMmioDevice, IDisposable
     private readonly uint[] msip;
     private Hart[] harts = [];
     private readonly object gate = new();
+    // Set when the timer thread must look again (a compare value, mtime or a parked hart changed, or Dispose).
+    private readonly WakeEvent timerWake = new();
     private readonly Thread timerThread;
     private bool stopping;
     private readonly long origin = Stopwatch.GetTimestamp();
@@ -50,15 +53,22 @@ internal sealed class Clint : IMmioDevice, IDisposable
         timerThread.Start();
     }
 
+    // Host clock ticks per mtime tick: 100 on Linux (Stopwatch counts nanoseconds), where the scaling is exact.
+    private static readonly long HostTicksPerTick = Math.Max(1, Stopwatch.Frequency / (long)TimebaseHz);
+
     /// <summary>The current mtime.</summary>
-    public ulong Mtime
+    public ulong Mtime => MtimeAt(Stopwatch.GetTimestamp());
+
+    /// <summary>What <see cref="Mtime"/> reads at host time <paramref name="timestamp"/> (a <see cref="Stopwatch"/> value).</summary>
+    internal ulong MtimeAt(long timestamp)
     {
-        get
-        {
-            long ticks = Stopwatch.GetTimestamp() - origin;
-            long scaled = Stopwatch.Frequency == 1_000_000_000 ? ticks / 100 : (long)((Int128)ticks * (long)TimebaseHz / Stopwatch.Frequency);
-            return (ulong)(scaled + Volatile.Read(ref offset));
-        }
+        long ticks = timestamp - origin;
+        // No Int128 here or in HostDeadline: its operators have no precompiled (ReadyToRun) code, so a method using them
+        // is JIT-compiled on first use, which for HostDeadline was a hart's first wfi after a migration's resume.
+        long scaled = HostTicksPerTick * (long)TimebaseHz == Stopwatch.Frequency
+            ? ticks / HostTicksPerTick
+            : (long)Math.Floor(ticks * ((double)TimebaseHz / Stopwatch.Frequency));
+        return (ulong)(scaled + Volatile.Read(ref offset));
     }
 
     /// <summary>True while hart <paramref name="hart"/>'s timer interrupt is pending.</summary>
@@ -113,8 +123,8 @@ internal sealed class Clint : IMmioDevice, IDisposable
             {
                 mtimecmp[h] = Merge(mtimecmp[h], offsetInWindow & 7, size, value);
                 armed[h] = true;
-                Monitor.Pulse(gate);
             }
+            timerWake.Set();
             harts[h].Kick();
             return;
         }
@@ -126,27 +136,50 @@ internal sealed class Clint : IMmioDevice, IDisposable
                 ulong next = Merge(now, offsetInWindow - 0xbff8, size, value);
                 Volatile.Write(ref offset, offset + (long)(next - now));
                 for (int h = 0; h < armed.Length; h++) armed[h] = true;
-                Monitor.Pulse(gate);
             }
+            timerWake.Set();
             foreach (Hart hart in harts) hart.Kick();
         }
     }
 
     /// <summary>
-    /// Hart <paramref name="hart"/> parks in wfi: it will wait itself for its deadline, the returned timeout in
-    /// milliseconds (rounded up), or forever (-1) when its timer interrupt is disabled and cannot wake it.
+    /// Hart <paramref name="hart"/> parks in wfi: it will wait itself for its deadline, returned as a
+    /// <see cref="Stopwatch"/> timestamp, or forever (<see cref="long.MaxValue"/>) when its timer interrupt is disabled
+    /// and cannot wake it.
     /// </summary>
-    public int ParkTimer(int hart, bool timerEnabled)
+    public long ParkTimer(int hart, bool timerEnabled)
     {
         lock (gate)
         {
             selfTimed[hart] = true;
-            if (!timerEnabled) return Timeout.Infinite;
-            ulong now = Mtime;
-            if (mtimecmp[hart] <= now) return 0;
-            ulong ticks = mtimecmp[hart] - now;
-            return (int)Math.Min((ticks + TimebaseHz / 1000 - 1) / (TimebaseHz / 1000), int.MaxValue);
+            return timerEnabled ? HostDeadline(mtimecmp[hart]) : long.MaxValue;
         }
+    }
+
+    /// <summary>
+    /// The <see cref="Stopwatch"/> timestamp at which <see cref="Mtime"/> reaches <paramref name="compare"/> (never
+    /// before it), or <see cref="long.MaxValue"/> when that is too far away to say.
+    /// </summary>
+    internal long HostDeadline(ulong compare)
+    {
+        // Mtime is (host ticks since origin, scaled) + offset: the host ticks that make it reach compare, rounded up.
+        long off = Volatile.Read(ref offset);
+        ulong guest;
+        if (off >= 0)
+        {
+            if (compare <= (ulong)off) return 0;
+            guest = compare - (ulong)off;
+        }
+        else
+        {
+            guest = compare + (ulong)-off;
+            if (guest < compare) return long.MaxValue; // past the end of the counter
+        }
+        if (guest > long.MaxValue / 1000) return long.MaxValue; // centuries away
+        long host = HostTicksPerTick * (long)TimebaseHz == Stopwatch.Frequency
+            ? (long)guest * HostTicksPerTick
+            : (long)Math.Ceiling((long)guest * ((double)Stopwatch.Frequency / TimebaseHz));
+        return host > long.MaxValue - origin ? long.MaxValue : origin + host;
     }
 
     /// <summary>The hart left wfi: a deadline already passed is its own to handle; a later one is the timer thread's.</summary>
@@ -157,16 +190,20 @@ internal sealed class Clint : IMmioDevice, IDisposable
             selfTimed[hart] = false;
             if (!armed[hart]) return;
             if (mtimecmp[hart] <= Mtime) armed[hart] = false;
-            else Monitor.Pulse(gate);
+            else timerWake.Set();
         }
     }
 
     private void TimerLoop()
     {
-        lock (gate)
+        while (true)
         {
-            while (!stopping)
+            long deadline;
+            lock (gate)
             {
+                if (stopping) return;
+                // Reset before looking: a change after this sets the event again, so the wait below cannot miss it.
+                timerWake.Reset();
                 ulong now = Mtime;
                 ulong earliest = ulong.MaxValue;
                 for (int h = 0; h < mtimecmp.Length; h++)
@@ -182,18 +219,9 @@ internal sealed class Clint : IMmioDevice, IDisposable
                         earliest = mtimecmp[h];
                     }
                 }
-                if (earliest == ulong.MaxValue)
-                {
-                    Monitor.Wait(gate);
-                }
-                else
-                {
-                    ulong ticks = earliest - now;
-                    // Round up to whole milliseconds (the wait's resolution) so we never wake before the deadline.
-                    ulong ms = Math.Min((ticks + TimebaseHz / 1000 - 1) / (TimebaseHz / 1000), int.MaxValue);
-                    Monitor.Wait(gate, (int)ms);
-                }
+                deadline = earliest == ulong.MaxValue ? long.MaxValue : HostDeadline(earliest);
             }
+            timerWake.Wait(deadline);
         }
     }
 
@@ -266,8 +294,8 @@ internal sealed class Clint : IMmioDevice, IDisposable
                 Volatile.Write(ref msip[h], BinaryPrimitives.ReadUInt32LittleEndian(s[(o + 8)..]));
                 armed[h] = true;
             }
-            Monitor.Pulse(gate);
         }
+        timerWake.Set();
         for (int h = 0; h < harts.Length; h++)
         {
             harts[h].SetIrqLine(Hart.IrqMsi, Volatile.Read(ref msip[h]) != 0);
@@ -276,11 +304,8 @@ internal sealed class Clint : IMmioDevice, IDisposable
 
     public void Dispose()
     {
-        lock (gate)
-        {
-            stopping = true;
-            Monitor.Pulse(gate);
-        }
+        lock (gate) stopping = true;
+        timerWake.Set();
         if (timerThread.IsAlive) timerThread.Join();
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using Ferry.Linux;
 using Ferry.Machine.Board;
 using Ferry.Machine.Memory;
 
@@ -53,7 +54,7 @@ internal sealed unsafe partial class Hart : IDisposable
     private long flushRequested;
     private long flushDone;
     // No spinning before blocking: a parked hart must cost the host nothing.
-    private readonly ManualResetEventSlim wake = new(false, spinCount: 0);
+    private readonly WakeEvent wake = new();
     private Thread? thread;
 
     // Set by slow paths that touched a device, so the block ends after the instruction (a device may have stopped the
@@ -280,10 +281,10 @@ internal sealed unsafe partial class Hart : IDisposable
         Volatile.Write(ref state, StateParked);
         control.Parked();
         // With the timer interrupt enabled we wake ourselves at the deadline; otherwise only a kick can wake us.
-        int timeout = clint.ParkTimer(Id, (mie & (ulong)IrqMti) != 0);
+        long deadline = clint.ParkTimer(Id, (mie & (ulong)IrqMti) != 0);
         if (Volatile.Read(ref signal) == 0 && (ReadMip() & mie) == 0)
         {
-            wake.Wait(timeout);
+            wake.Wait(deadline);
         }
         clint.UnparkTimer(Id);
         // Back to running through ServiceSignals, which marks us running before it reads the signal.
@@ -301,6 +302,5 @@ internal sealed unsafe partial class Hart : IDisposable
             fr = null;
             tlb = null;
         }
-        wake.Dispose();
     }
 }

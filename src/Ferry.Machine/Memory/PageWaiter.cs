@@ -1,3 +1,5 @@
+using Ferry.Linux;
+
 namespace Ferry.Machine.Memory;
 
 /// <summary>
@@ -16,9 +18,9 @@ internal sealed class PageWaiter
     [ThreadStatic]
     private static PageWaiter? current;
 
-    public PageWaiter(ManualResetEventSlim? wake = null, Func<bool>? interrupted = null, Action? blocking = null, Action? unblocked = null)
+    public PageWaiter(WakeEvent? wake = null, Func<bool>? interrupted = null, Action? blocking = null, Action? unblocked = null)
     {
-        Event = wake ?? new ManualResetEventSlim(false, spinCount: 0);
+        Event = wake ?? new WakeEvent();
         Interrupted = interrupted;
         Blocking = blocking;
         Unblocked = unblocked;
@@ -32,7 +34,7 @@ internal sealed class PageWaiter
     }
 
     /// <summary>Set by an install of <see cref="Page"/>, by an abort, and by whatever else the owner lets wake it.</summary>
-    public ManualResetEventSlim Event { get; }
+    public WakeEvent Event { get; }
 
     /// <summary>True when the thread must stop waiting without the page (checked after each wake-up); null: never.</summary>
     public Func<bool>? Interrupted { get; }
