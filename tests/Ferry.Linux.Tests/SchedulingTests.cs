@@ -59,6 +59,21 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void LoweredForATeardownAThreadRunsIdleThenNormalAgain()
+    {
+        OnOwnThread(() =>
+        {
+            Assert.True(Libc.SetCurrentThreadNice(2));
+            using (LatencyPriority.Lower())
+            {
+                Assert.Equal(5, ReadStat().Policy); // SCHED_IDLE
+            }
+            // Leaving SCHED_IDLE needs privilege (RLIMIT_NICE); as root it is given back, nice value kept.
+            if (Environment.UserName == "root") Assert.Equal((2, 0), ReadStat());
+        });
+    }
+
+    [Fact]
     public void ASliceKeepsPolicyAndNiceAndCanBeReset()
     {
         OnOwnThread(() =>

@@ -436,6 +436,8 @@ public sealed class IncomingMigration
         finally
         {
             switchoverPriority.Dispose();
+            // Once the guest runs here, nothing below is urgent, and none of it may take a core from a hart (see Lower).
+            var teardown = started ? LatencyPriority.Lower() : default;
             _done = true;
             keepalive?.Dispose();
             foreach (var r in receivers) r.Join();
@@ -450,6 +452,7 @@ public sealed class IncomingMigration
             // After the joins: a failing receive thread arms the backstop, so disposing it earlier could miss one.
             _backstop?.Dispose();
             _connection.Dispose();
+            teardown.Dispose();
         }
     }
 
