@@ -107,6 +107,32 @@ public static partial class Libc
         return sched_setscheduler(0, SCHED_IDLE, ref p) == 0;
     }
 
+    /// <summary>Put thread <paramref name="tid"/> (of this process) in SCHED_IDLE. False if refused or gone.</summary>
+    public static bool SetThreadIdle(int tid)
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        int p = 0;
+        return sched_setscheduler(tid, SCHED_IDLE, ref p) == 0;
+    }
+
+    /// <summary>
+    /// Put every thread of this process in SCHED_IDLE; threads started later inherit it from their creator. For a
+    /// process left with nothing but its own teardown. Returns how many threads took it.
+    /// </summary>
+    public static int SetProcessIdle()
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        int n = 0;
+        foreach (string dir in Directory.EnumerateDirectories("/proc/self/task"))
+        {
+            if (int.TryParse(Path.GetFileName(dir), out int tid) && SetThreadIdle(tid)) n++;
+        }
+        return n;
+    }
+
+    /// <summary>The calling thread's kernel id (gettid(2)).</summary>
+    public static int CurrentThreadId() => gettid();
+
     /// <summary>
     /// Put the calling thread in SCHED_FIFO at <paramref name="priority"/> (1-99), or back in SCHED_OTHER with 0 (its nice
     /// value kept). Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO allowance) to raise; returns false if refused.

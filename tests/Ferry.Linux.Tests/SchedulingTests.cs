@@ -59,6 +59,35 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void AnotherThreadOfTheProcessCanBePutIdle()
+    {
+        int tid = 0;
+        using var go = new ManualResetEventSlim();
+        using var checkedIt = new ManualResetEventSlim();
+        var t = new Thread(() =>
+        {
+            Volatile.Write(ref tid, Libc.CurrentThreadId());
+            go.Set();
+            checkedIt.Wait();
+        });
+        t.Start();
+        go.Wait(TestContext.Current.CancellationToken);
+        try
+        {
+            Assert.True(Libc.SetThreadIdle(tid));
+            string stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
+            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+            Assert.Equal(5, int.Parse(fields[41 - 3])); // SCHED_IDLE
+            Assert.False(Libc.SetThreadIdle(int.MaxValue)); // no such thread
+        }
+        finally
+        {
+            checkedIt.Set();
+            t.Join();
+        }
+    }
+
+    [Fact]
     public void LoweredForATeardownAThreadRunsIdleThenNormalAgain()
     {
         OnOwnThread(() =>
