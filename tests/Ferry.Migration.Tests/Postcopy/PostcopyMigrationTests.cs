@@ -80,7 +80,9 @@ public class PostcopyMigrationTests
         using var _ = outcome.Target;
         AssertCompletedInPostcopy(outcome, inner);
         var pc = outcome.Stats.Postcopy!;
-        Assert.InRange(pc.SwitchoverPages, 1, (long)OutgoingMigration.SwitchoverPages);
+        // At most the switchover's share; none only if nothing was missing then (seen once on a loaded 2-core host: the
+        // writers starved, the last round left no page behind), which the next assertion holds it to.
+        Assert.InRange(pc.SwitchoverPages, 0, (long)OutgoingMigration.SwitchoverPages);
         // Whatever did not fit is left to post-copy; what went early is not counted missing (digests matched above).
         Assert.True(pc.MissingPages == 0 || pc.SwitchoverPages == (long)OutgoingMigration.SwitchoverPages,
             $"{pc.SwitchoverPages} pages sent early yet {pc.MissingPages} left missing");
