@@ -100,12 +100,7 @@ public static partial class Libc
     /// there preempts it at once. No privilege needed; returns false if refused. Getting out of it again may need
     /// privilege (sched(7): RLIMIT_NICE), so use it for a thread that ends with its work.
     /// </summary>
-    public static bool SetCurrentThreadIdle()
-    {
-        if (!OperatingSystem.IsLinux()) return false;
-        int p = 0;
-        return sched_setscheduler(0, SCHED_IDLE, ref p) == 0;
-    }
+    public static bool SetCurrentThreadIdle() => SetThreadIdle(0); // thread id 0: the caller
 
     /// <summary>Put thread <paramref name="tid"/> (of this process) in SCHED_IDLE. False if refused or gone.</summary>
     public static bool SetThreadIdle(int tid)
