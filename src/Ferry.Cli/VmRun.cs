@@ -237,7 +237,11 @@ internal static class VmRun
             Notice = line => console.Error.WriteLine($"ferry: {line}"),
         });
         // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
-        var warmUp = new Thread(VirtMachine.WarmUp) { IsBackground = true, Name = "ferry warm-up" };
+        var warmUp = new Thread(() =>
+        {
+            VirtMachine.WarmUp();
+            VirtMachine.ReserveDecodedCode(VmRunSettings.LinuxHarts);
+        }) { IsBackground = true, Name = "ferry warm-up" };
         warmUp.Start();
         console.Error.WriteLine($"ferry: waiting for an incoming migration on {listener.LocalEndPoint}");
         VirtMachineTarget target;

@@ -1,5 +1,3 @@
-using System.Runtime.InteropServices;
-
 namespace Ferry.Machine.Cpu;
 
 /// <summary>
@@ -9,7 +7,8 @@ namespace Ferry.Machine.Cpu;
 /// boot, a migrated guest's first milliseconds on the destination, a new program) counted against the large-object
 /// budget and set off blocking gen2 collections that stopped every hart (measured on a destination: one such pause of
 /// 2-8 ms in the 30 ms after the guest resumed). The interpreter keeps a reference to the page while it runs it, so a
-/// page dropped meanwhile stays valid until then: the slots are freed only when the page object itself is collected.
+/// page dropped meanwhile stays valid until then: the slots go back to the <see cref="CodeSlab"/> only when the page
+/// object itself is collected.
 /// </summary>
 internal sealed unsafe class CodePage
 {
@@ -17,12 +16,12 @@ internal sealed unsafe class CodePage
 
     public CodePage(int frame, byte* host)
     {
-        Insns = (Insn*)NativeMemory.AllocZeroed((nuint)Slots, (nuint)sizeof(Insn));
+        Insns = CodeSlab.Rent();
         Frame = frame;
         Host = host;
     }
 
-    ~CodePage() => NativeMemory.Free(Insns);
+    ~CodePage() => CodeSlab.Return(Insns);
 
     /// <summary>Global frame number (see <see cref="Memory.MemoryRegion.FirstFrame"/>); -1 for the scratch page.</summary>
     public int Frame { get; }
