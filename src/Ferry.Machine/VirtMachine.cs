@@ -636,7 +636,6 @@ public sealed partial class VirtMachine : IDisposable
         if (!keepRam) ram.AbortPostcopy(new ObjectDisposedException(null, "the machine was disposed during post-copy"));
         foreach (Hart h in harts) h.Join();
         uart.Flush();
-        clint.Dispose();
         foreach (VirtioMmio v in virtio) v.Dispose();
         rtc.Dispose();
         foreach (Hart h in harts) h.Dispose();

@@ -3,8 +3,8 @@ using Ferry.Machine.Board;
 namespace Ferry.Machine.Tests;
 
 /// <summary>
-/// The CLINT's conversion of a compare value to the host instant a timer is due: harts parked in wfi and the timer
-/// thread sleep exactly until then (never before: a guest that finds its timer not yet due goes back to sleep).
+/// The CLINT's conversion of a compare value to the host instant a timer is due: harts parked in wfi sleep exactly
+/// until then (never before: a guest that finds its timer not yet due goes back to sleep).
 /// </summary>
 public class ClintTests
 {
@@ -16,7 +16,7 @@ public class ClintTests
     [InlineData(123_456_789_000UL)]          // the guest (or a migration) set it far ahead
     public void AComparesDeadlineIsTheFirstHostInstantMtimeReachesIt(ulong? written)
     {
-        using var clint = new Clint(1);
+        var clint = new Clint(1);
         if (written is { } value) clint.Write(Mtime, 8, value);
         foreach (ulong ahead in new ulong[] { 1, 7, 12_345, 10_000_000 })
         {
@@ -30,7 +30,7 @@ public class ClintTests
     [Fact]
     public void APassedCompareIsDueNowAndTheLargestNever()
     {
-        using var clint = new Clint(1);
+        var clint = new Clint(1);
         clint.Write(Mtime, 8, 1_000_000);
         Assert.True(clint.HostDeadline(999_999) <= System.Diagnostics.Stopwatch.GetTimestamp());
         Assert.True(clint.HostDeadline(0) <= System.Diagnostics.Stopwatch.GetTimestamp());

@@ -1,6 +1,5 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
-using Ferry.Linux;
 using Ferry.Machine.Cpu;
 
 namespace Ferry.Machine.Board;
@@ -10,28 +9,25 @@ namespace Ferry.Machine.Board;
 /// <c>mtimecmp</c> per hart at +0x4000, <c>mtime</c> at +0xbff8, counting at 10 MHz with the host's monotonic clock.
 /// </summary>
 /// <remarks>
-/// A timer thread sleeps until the earliest armed <c>mtimecmp</c> and then kicks that hart, so a running hart never
-/// polls the clock and a hart parked in <c>wfi</c> wakes on time. MTIP itself is computed when read
-/// (<c>mtime &gt;= mtimecmp</c>), so it is exact whenever the guest looks. Wake-ups are at the deadline to the host
-/// timer's precision (<see cref="WakeEvent"/>: tens of microseconds, then the host scheduler's delay), never early.
+/// MTIP is computed when read (<c>mtime &gt;= mtimecmp</c>), so it is exact whenever the guest looks, and no thread
+/// of the CLINT's own raises it: a running hart reads it every few thousand instructions
+/// (<see cref="Hart.TimerPollInstructions"/>), and a hart parked in <c>wfi</c> sleeps until its deadline
+/// (<see cref="ParkTimer"/>, to the host timer's precision: tens of microseconds, never early). A timer thread that
+/// kicked running harts did this before; it woke at every compare write and every deadline (~10,000 times a second
+/// for a 2-hart Linux guest with a 1 ms tick, measured with <c>perf sched</c>), and while the host was busy it waited
+/// for a CPU behind the very harts it was to interrupt (1.5-3.6 ms measured), delaying the guest's timer by as much.
 /// </remarks>
-internal sealed class Clint : IMmioDevice, IDisposable
+internal sealed class Clint : IMmioDevice
 {
     public const ulong ClintBase = 0x200_0000;
     public const ulong ClintSize = 0x1_0000;
     public const ulong TimebaseHz = 10_000_000;
 
     private readonly ulong[] mtimecmp;
-    private readonly bool[] armed;
-    // Harts parked in wfi that wait for their own deadline (the timer thread leaves them alone: one wake-up, not two).
-    private readonly bool[] selfTimed;
     private readonly uint[] msip;
     private Hart[] harts = [];
+    // Serialises writes of mtimecmp (a partial write merges into the old value) and of mtime.
     private readonly object gate = new();
-    // Set when the timer thread must look again (a compare value, mtime or a parked hart changed, or Dispose).
-    private readonly WakeEvent timerWake = new();
-    private readonly Thread timerThread;
-    private bool stopping;
     private readonly long origin = Stopwatch.GetTimestamp();
     // mtime = host ticks since origin (scaled) + offset; the offset changes when the guest writes mtime or a
     // migration carries the guest's time base over.
@@ -39,19 +35,12 @@ internal sealed class Clint : IMmioDevice, IDisposable
 
     public Clint(int hartCount)
     {
-        mtimecmp = new ulong[hartCount];
         // mtimecmp resets to 0, so MTIP is pending until the guest programs a compare value (as QEMU 7.2).
-        armed = new bool[hartCount];
-        selfTimed = new bool[hartCount];
+        mtimecmp = new ulong[hartCount];
         msip = new uint[hartCount];
-        timerThread = new Thread(TimerLoop) { IsBackground = true, Name = "clint-timer" };
     }
 
-    public void Attach(Hart[] attached)
-    {
-        harts = attached;
-        timerThread.Start();
-    }
+    public void Attach(Hart[] attached) => harts = attached;
 
     // Host clock ticks per mtime tick: 100 on Linux (Stopwatch counts nanoseconds), where the scaling is exact.
     private static readonly long HostTicksPerTick = Math.Max(1, Stopwatch.Frequency / (long)TimebaseHz);
@@ -119,12 +108,8 @@ internal sealed class Clint : IMmioDevice, IDisposable
         if (offsetInWindow >= 0x4000 && offsetInWindow < 0x4000 + 8 * (ulong)mtimecmp.Length)
         {
             int h = (int)((offsetInWindow - 0x4000) / 8);
-            lock (gate)
-            {
-                mtimecmp[h] = Merge(mtimecmp[h], offsetInWindow & 7, size, value);
-                armed[h] = true;
-            }
-            timerWake.Set();
+            lock (gate) Volatile.Write(ref mtimecmp[h], Merge(mtimecmp[h], offsetInWindow & 7, size, value));
+            // MTIP may have changed: the hart looks now, and one parked in wfi takes its new deadline.
             harts[h].Kick();
             return;
         }
@@ -135,26 +120,18 @@ internal sealed class Clint : IMmioDevice, IDisposable
                 ulong now = Mtime;
                 ulong next = Merge(now, offsetInWindow - 0xbff8, size, value);
                 Volatile.Write(ref offset, offset + (long)(next - now));
-                for (int h = 0; h < armed.Length; h++) armed[h] = true;
             }
-            timerWake.Set();
             foreach (Hart hart in harts) hart.Kick();
         }
     }
 
     /// <summary>
-    /// Hart <paramref name="hart"/> parks in wfi: it will wait itself for its deadline, returned as a
-    /// <see cref="Stopwatch"/> timestamp, or forever (<see cref="long.MaxValue"/>) when its timer interrupt is disabled
-    /// and cannot wake it.
+    /// Hart <paramref name="hart"/> parks in wfi: the <see cref="Stopwatch"/> timestamp to wake at for its timer, or
+    /// <see cref="long.MaxValue"/> (forever) when its timer interrupt is disabled and cannot wake it. A compare or mtime
+    /// written meanwhile kicks the hart, which then parks again with the new deadline.
     /// </summary>
-    public long ParkTimer(int hart, bool timerEnabled)
-    {
-        lock (gate)
-        {
-            selfTimed[hart] = true;
-            return timerEnabled ? HostDeadline(mtimecmp[hart]) : long.MaxValue;
-        }
-    }
+    public long ParkTimer(int hart, bool timerEnabled) =>
+        timerEnabled ? HostDeadline(Volatile.Read(ref mtimecmp[hart])) : long.MaxValue;
 
     /// <summary>
     /// The <see cref="Stopwatch"/> timestamp at which <see cref="Mtime"/> reaches <paramref name="compare"/> (never
@@ -180,49 +157,6 @@ internal sealed class Clint : IMmioDevice, IDisposable
             ? (long)guest * HostTicksPerTick
             : (long)Math.Ceiling((long)guest * ((double)Stopwatch.Frequency / TimebaseHz));
         return host > long.MaxValue - origin ? long.MaxValue : origin + host;
-    }
-
-    /// <summary>The hart left wfi: a deadline already passed is its own to handle; a later one is the timer thread's.</summary>
-    public void UnparkTimer(int hart)
-    {
-        lock (gate)
-        {
-            selfTimed[hart] = false;
-            if (!armed[hart]) return;
-            if (mtimecmp[hart] <= Mtime) armed[hart] = false;
-            else timerWake.Set();
-        }
-    }
-
-    private void TimerLoop()
-    {
-        while (true)
-        {
-            long deadline;
-            lock (gate)
-            {
-                if (stopping) return;
-                // Reset before looking: a change after this sets the event again, so the wait below cannot miss it.
-                timerWake.Reset();
-                ulong now = Mtime;
-                ulong earliest = ulong.MaxValue;
-                for (int h = 0; h < mtimecmp.Length; h++)
-                {
-                    if (!armed[h] || selfTimed[h]) continue;
-                    if (mtimecmp[h] <= now)
-                    {
-                        armed[h] = false;
-                        harts[h].Kick();
-                    }
-                    else if (mtimecmp[h] < earliest)
-                    {
-                        earliest = mtimecmp[h];
-                    }
-                }
-                deadline = earliest == ulong.MaxValue ? long.MaxValue : HostDeadline(earliest);
-            }
-            timerWake.Wait(deadline);
-        }
     }
 
     private const uint StateMagic = 0x544e4c43; // "CLNT"
@@ -266,7 +200,7 @@ internal sealed class Clint : IMmioDevice, IDisposable
     /// <see cref="InvalidDataException"/> naming the problem; the CLINT is unchanged then. <c>mtime</c> goes on from
     /// the saved value plus the host wall-clock time since the save (never less: a wall clock that went back counts as
     /// no time), so the guest sees a migration's downtime as time that passed and never a backward jump. Every
-    /// compare value is armed again (QEMU 7.2 loses armed timers here), and <c>msip</c> drives the harts' lines.
+    /// compare value counts at once (QEMU 7.2 loses armed timers here), and <c>msip</c> drives the harts' lines.
     /// </summary>
     public void LoadState(ReadOnlySpan<byte> s)
     {
@@ -290,22 +224,13 @@ internal sealed class Clint : IMmioDevice, IDisposable
             for (int h = 0; h < mtimecmp.Length; h++)
             {
                 int o = StateFixedSize + h * StateHartSize;
-                mtimecmp[h] = BinaryPrimitives.ReadUInt64LittleEndian(s[o..]);
+                Volatile.Write(ref mtimecmp[h], BinaryPrimitives.ReadUInt64LittleEndian(s[o..]));
                 Volatile.Write(ref msip[h], BinaryPrimitives.ReadUInt32LittleEndian(s[(o + 8)..]));
-                armed[h] = true;
             }
         }
-        timerWake.Set();
         for (int h = 0; h < harts.Length; h++)
         {
             harts[h].SetIrqLine(Hart.IrqMsi, Volatile.Read(ref msip[h]) != 0);
         }
-    }
-
-    public void Dispose()
-    {
-        lock (gate) stopping = true;
-        timerWake.Set();
-        if (timerThread.IsAlive) timerThread.Join();
     }
 }
