@@ -153,9 +153,9 @@ public static class Demo
 
         if (settings.Json)
         {
-            JsonObject document = JsonSerializer.SerializeToNode(statistics)!.AsObject();
-            if (guest is not null) document["guest"] = JsonSerializer.SerializeToNode(guest);
-            console.Out.WriteLine(document.ToJsonString(JsonOptions));
+            JsonObject document = JsonSerializer.SerializeToNode(statistics, CliJson.Options)!.AsObject();
+            if (guest is not null) document["guest"] = JsonSerializer.SerializeToNode(guest, CliJson.Options);
+            console.Out.WriteLine(document.ToJsonString(CliJson.Options));
         }
         else
         {
@@ -251,12 +251,6 @@ public static class Demo
             : new Markup(string.Create(CultureInfo.InvariantCulture, $"[red]still there or failed[/] (exit {g.SourceExitCode})")));
         return table;
     }
-
-    private static readonly JsonSerializerOptions JsonOptions = new()
-    {
-        WriteIndented = true,
-        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
-    };
 
     /// <summary>What the guest saw, as <c>--json</c>'s <c>guest</c> object.</summary>
     public sealed record GuestReport(

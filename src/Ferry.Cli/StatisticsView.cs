@@ -9,15 +9,8 @@ namespace Ferry.Cli;
 /// <summary>Renders <see cref="MigrationStatistics"/> as the <c>--json</c> document or as tables.</summary>
 public static class StatisticsView
 {
-    private static readonly JsonSerializerOptions JsonOptions = new()
-    {
-        WriteIndented = true,
-        // Terminal and file output, never embedded in HTML: print "caller's", not "caller\u0027s".
-        Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping,
-    };
-
     /// <summary>The JSON document: exactly <see cref="MigrationStatistics"/>'s fields (QEMU query-migrate style names).</summary>
-    public static string ToJson(MigrationStatistics statistics) => JsonSerializer.Serialize(statistics, JsonOptions);
+    public static string ToJson(MigrationStatistics statistics) => JsonSerializer.Serialize(statistics, CliJson.Options);
 
     /// <summary>A Spectre console writing to <paramref name="writer"/>; colours only on a terminal.</summary>
     public static IAnsiConsole CreateConsole(TextWriter writer, bool isTerminal)
@@ -119,5 +112,5 @@ public static class StatisticsView
     }
 
     /// <summary>The status as the JSON spells it ("completed", ...).</summary>
-    public static string Name(MigrationStatus status) => JsonSerializer.Serialize(status).Trim('"');
+    public static string Name(MigrationStatus status) => JsonSerializer.Serialize(status, CliJson.Options).Trim('"');
 }
