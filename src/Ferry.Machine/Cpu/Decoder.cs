@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 namespace Ferry.Machine.Cpu;
 
 /// <summary>
@@ -21,6 +22,7 @@ internal static class Decoder
 
     private static Insn Illegal(uint raw, byte len) => new() { Op = Op.Illegal, Imm = raw, Len = len, Rd = Sink };
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static Insn Decode32(uint raw)
     {
         uint opcode = raw & 0x7f;
@@ -163,6 +165,7 @@ internal static class Decoder
 
     private static bool ValidRm(uint rm) => rm is not 5 and not 6;
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static Insn DecodeSystem(uint raw, uint rd, uint f3, uint rs1, uint rs2, uint f7)
     {
         if (f3 == 0)
@@ -305,6 +308,7 @@ internal static class Decoder
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static Insn Decode16(uint raw)
     {
         uint f3 = (raw >> 13) & 7;

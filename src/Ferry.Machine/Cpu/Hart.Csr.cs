@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 namespace Ferry.Machine.Cpu;
 
 internal sealed unsafe partial class Hart
@@ -66,6 +67,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>Read a CSR; false if it does not exist or may not be read at this privilege (beyond the number's own check).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool CsrRead(uint csr, out ulong v)
     {
         v = 0;
@@ -123,6 +125,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>Write a CSR (WARL fields legalised as QEMU does); false if the write is illegal.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool CsrWrite(uint csr, ulong v, ulong writeMask = ulong.MaxValue)
     {
         switch (csr)
@@ -212,6 +215,7 @@ internal sealed unsafe partial class Hart
         FlushTlb();
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void WriteMstatus(ulong v)
     {
         ulong old = mstatus;

@@ -12,6 +12,7 @@ internal sealed unsafe partial class Hart
     /// budget ends, an instruction needs the hart's attention, or a trap. Updates <see cref="pc"/> and instret.
     /// </summary>
     [SkipLocalsInit]
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void ExecuteBlock(CodePage page, ulong start)
     {
         ulong* x = this.x;

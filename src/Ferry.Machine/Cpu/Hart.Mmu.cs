@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using Ferry.Machine.Memory;
 
@@ -154,6 +155,7 @@ internal sealed unsafe partial class Hart
     /// or the exception cause. Walks Sv39/Sv48 tables and sets A and D as QEMU does (atomically, so two harts walking
     /// the same table agree). <paramref name="cacheable"/> says whether the whole 4 KiB page may be cached in a TLB.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int Translate(ulong va, int access, int level, out ulong pa)
     {
         pa = va;
@@ -218,6 +220,7 @@ internal sealed unsafe partial class Hart
     /// The slow path of a load of <paramref name="size"/> bytes (1, 2, 4, 8): translation, PMP, RAM or a device, and a
     /// TLB fill. -1 and the zero-extended value, or a cause with <see cref="faultTval"/> set.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int LoadSlow(ulong va, int size, out ulong value)
     {
         value = 0;
@@ -255,6 +258,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>The slow path of a store (see <see cref="LoadSlow"/>): marks the page dirty and drops decoded code in it.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int StoreSlow(ulong va, int size, ulong value)
     {
         if ((va & 0xfff) + (ulong)size > 0x1000)
@@ -297,6 +301,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>After a store reached RAM by the slow path: log it, and cache the page for writes when that is safe.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void InstallWrite(ulong va, ulong pa, byte* host, MemoryRegion region, int size)
     {
         if (region is not GuestRam r) return;
@@ -314,6 +319,7 @@ internal sealed unsafe partial class Hart
     /// Host address for an atomic access (AMO, sc) of <paramref name="size"/> bytes: must be aligned, in RAM, writable.
     /// Null with <paramref name="cause"/> set otherwise. Logs the write like a store.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private byte* AtomicAddress(ulong va, int size, out int cause)
     {
         cause = -1;
@@ -335,6 +341,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>Host address for lr: aligned, in RAM (reservations on devices are not supported: an access fault).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private byte* ReserveAddress(ulong va, int size, out int cause)
     {
         cause = -1;
@@ -354,6 +361,7 @@ internal sealed unsafe partial class Hart
     /// Fetch slow path for the block starting at <paramref name="va"/>: translate, check, fill the fetch TLB and return
     /// the frame's decoded page; or raise the fetch fault and return null.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private CodePage? FetchSlow(ulong va)
     {
         int cause = Translate(va, AccFetch, priv, out ulong pa);
@@ -395,6 +403,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>Decode the slot for <paramref name="pcv"/> in <paramref name="page"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static void DecodeSlot(CodePage page, ulong pcv)
     {
         int offset = (int)(pcv & 0xfff);
@@ -438,6 +447,7 @@ internal sealed unsafe partial class Hart
     /// entry matching any byte decides, and it must match all of them; with no active entry everything is allowed (as
     /// QEMU does), otherwise an unmatched S/U access fails and an unmatched M access succeeds.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool PmpAllows(ulong addr, ulong size, int access, int level)
     {
         if (pmpActive == 0) return true;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 namespace Ferry.Machine.Cpu;
 
 internal sealed unsafe partial class Hart
@@ -7,6 +8,7 @@ internal sealed unsafe partial class Hart
     /// Returns <see cref="ResultNext"/>, <see cref="ResultLeave"/>, <see cref="ResultJumped"/> or an exception cause
     /// (with <see cref="faultTval"/> set).
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int ExecuteOther(Insn* i)
     {
         switch (i->Op)
@@ -82,6 +84,7 @@ internal sealed unsafe partial class Hart
         return -1;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int ExecuteCsr(Insn* i)
     {
         uint csr = (uint)i->Imm;
@@ -106,6 +109,7 @@ internal sealed unsafe partial class Hart
         return ResultLeave;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int ExecuteAtomic(Insn* i)
     {
         ulong va = x[i->Rs1];
@@ -213,6 +217,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>A load of <paramref name="size"/> bytes through the TLB or the slow path (for FP loads).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int LoadData(ulong va, int size, out ulong v)
     {
         TlbEntry* e = tlbRead + ((va >> 12) & TlbMask);
@@ -259,6 +264,7 @@ internal sealed unsafe partial class Hart
         mstatus |= MstatusFs | MstatusSd;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int ExecuteFloat(Insn* i)
     {
         int cause;

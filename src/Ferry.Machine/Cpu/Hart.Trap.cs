@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 namespace Ferry.Machine.Cpu;
 
 internal sealed unsafe partial class Hart
@@ -6,6 +7,7 @@ internal sealed unsafe partial class Hart
     private void RaiseException(int cause, ulong tval) => EnterTrap((ulong)cause, tval, interrupt: false);
 
     /// <summary>Take the highest-priority pending interrupt that is enabled at the current privilege, if any.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void CheckInterrupts()
     {
         ulong pending = ReadMip() & mie;
@@ -34,6 +36,7 @@ internal sealed unsafe partial class Hart
         return 0;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void EnterTrap(ulong cause, ulong tval, bool interrupt)
     {
         ulong deleg = interrupt ? mideleg : medeleg;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using Ferry.Linux;
@@ -203,6 +204,7 @@ internal sealed unsafe partial class Hart : IDisposable
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Run()
     {
         while (true)
@@ -238,6 +240,7 @@ internal sealed unsafe partial class Hart : IDisposable
     }
 
     /// <summary>Handle what other threads asked for. False when the hart must stop.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool ServiceSignals()
     {
         while (true)
