@@ -165,6 +165,9 @@ public sealed class PostcopyRamTests
         public static uint Sd(int rs2, int rs1, int imm) => S(imm, rs2, rs1, 3);
         public static uint Sw(int rs2, int rs1, int imm) => S(imm, rs2, rs1, 2);
         public static uint AmoaddD(int rd, int rs2, int rs1) => R(0, rs2, rs1, 3, rd, 0x2f);
+        public static uint Csrw(int csr, int rs1) => I(csr, rs1, 1, 0, 0x73);
+        public static uint Csrs(int csr, int rs1) => I(csr, rs1, 2, 0, 0x73);
+        public const uint Mret = 0x30200073;
         public const uint JumpToSelf = 0x0000006f; // jal x0, 0
     }
 
@@ -668,6 +671,72 @@ public sealed class PostcopyRamTests
             m.Resume();
             AssertTinyProgramFinished(m);
             Assert.Equal([P1], engine.Requested); // asked once, though the load ran twice
+        }
+    }
+
+    [Fact]
+    public void AHartBlockedOnAMissingPageTakesItsTimerInterruptOnTimeAndThenWaitsAgain()
+    {
+        const int Handler = 64; // instruction index of the trap handler (byte offset 0x100)
+        const ulong Tick = 0x5a5;
+        var code = new uint[Handler + 8];
+        uint[] main =
+        [
+            Rv.Auipc(Rv.S0, 0),              // s0 = P0
+            Rv.Lui(Rv.T0, 1),                // t0 = 4096
+            Rv.Add(Rv.S1, Rv.S0, Rv.T0),     // s1 = P1 (missing)
+            Rv.Add(Rv.S3, Rv.S1, Rv.T0),
+            Rv.Add(Rv.S3, Rv.S3, Rv.T0),     // s3 = P3
+            Rv.Addi(Rv.T1, Rv.S0, Handler * 4),
+            Rv.Csrw(0x305, Rv.T1),           // mtvec = handler
+            Rv.Lui(Rv.T1, 0x200c),
+            Rv.Ld(Rv.T2, Rv.T1, -8),         // t2 = mtime
+            Rv.Lui(Rv.A0, 49),               // 200,704 ticks: ~20 ms at 10 MHz
+            Rv.Add(Rv.T2, Rv.T2, Rv.A0),
+            Rv.Lui(Rv.T1, 0x2004),
+            Rv.Sd(Rv.T2, Rv.T1, 0),          // mtimecmp = mtime + 20 ms
+            Rv.Addi(Rv.A0, 0, 0x80),
+            Rv.Csrw(0x304, Rv.A0),           // mie = MTIE
+            Rv.Addi(Rv.A0, 0, 8),
+            Rv.Csrs(0x300, Rv.A0),           // mstatus.MIE
+            Rv.Ld(Rv.A1, Rv.S1, 0),          // blocks on P1; the timer falls due meanwhile
+            Rv.Sd(Rv.A1, Rv.S3, 8),          // P3[8] = V1
+            Rv.Lui(Rv.T1, 0x100),            // the test device
+            Rv.Lui(Rv.T2, 5),
+            Rv.Addi(Rv.T2, Rv.T2, 0x555),
+            Rv.Sw(Rv.T2, Rv.T1, 0),          // power off, 0
+            Rv.JumpToSelf,
+        ];
+        main.CopyTo(code, 0);
+        uint[] handler =
+        [
+            Rv.Ld(Rv.A2, Rv.S3, 32),
+            Rv.Addi(Rv.A2, Rv.A2, (int)Tick),
+            Rv.Sd(Rv.A2, Rv.S3, 32),         // P3[32] += Tick: once per interrupt taken
+            Rv.Addi(Rv.T2, 0, -1),
+            Rv.Lui(Rv.T1, 0x2004),
+            Rv.Sd(Rv.T2, Rv.T1, 0),          // mtimecmp = never
+            Rv.Mret,                         // back to the load, which waits again
+        ];
+        handler.CopyTo(code, Handler);
+        var contents = new Dictionary<ulong, byte[]> { [P0] = Assemble(code), [P1] = Page((0, V1)), [P3] = Page() };
+        (VirtMachine m, Engine engine) = TinyMachine([P1], autoInstall: false, contents: contents);
+        using (m)
+        using (engine)
+        {
+            m.Start();
+            engine.WaitForRequests(1);
+            // Without a deadline of its own the blocked hart would sleep until the page came.
+            WaitFor(() => Word(m.Ram, RamBase + P3 * PageSize + 32) != 0, "the timer interrupt while the hart waits for P1");
+            Assert.Equal(Tick, Word(m.Ram, RamBase + P3 * PageSize + 32));
+            Assert.False(m.WaitForExit(TimeSpan.FromMilliseconds(50), out _), "the hart ran past a missing page");
+
+            Assert.True(engine.InstallNow(P1));
+            Assert.True(m.WaitForExit(Bound, out int exit), "the program did not finish");
+            Assert.Equal(0, exit);
+            Assert.Equal(V1, Word(m.Ram, RamBase + P3 * PageSize + 8));
+            Assert.Equal(Tick, Word(m.Ram, RamBase + P3 * PageSize + 32)); // taken once: no retry loop after it
+            Assert.Equal([P1], engine.Requested);
         }
     }
 

@@ -12,7 +12,7 @@ namespace Ferry.Machine.Board;
 /// MTIP is computed when read (<c>mtime &gt;= mtimecmp</c>), so it is exact whenever the guest looks, and no thread
 /// of the CLINT's own raises it: a running hart reads it every few thousand instructions
 /// (<see cref="Hart.TimerPollInstructions"/>), and a hart parked in <c>wfi</c> sleeps until its deadline
-/// (<see cref="ParkTimer"/>, to the host timer's precision: tens of microseconds, never early). A timer thread that
+/// (<see cref="WakeDeadline"/>, to the host timer's precision: tens of microseconds, never early). A timer thread that
 /// kicked running harts did this before; it woke at every compare write and every deadline (~10,000 times a second
 /// for a 2-hart Linux guest with a 1 ms tick, measured with <c>perf sched</c>), and while the host was busy it waited
 /// for a CPU behind the very harts it was to interrupt (1.5-3.6 ms measured), delaying the guest's timer by as much.
@@ -126,11 +126,12 @@ internal sealed class Clint : IMmioDevice
     }
 
     /// <summary>
-    /// Hart <paramref name="hart"/> parks in wfi: the <see cref="Stopwatch"/> timestamp to wake at for its timer, or
-    /// <see cref="long.MaxValue"/> (forever) when its timer interrupt is disabled and cannot wake it. A compare or mtime
-    /// written meanwhile kicks the hart, which then parks again with the new deadline.
+    /// Hart <paramref name="hart"/> blocks (in wfi, or on a missing post-copy page): the <see cref="Stopwatch"/>
+    /// timestamp to wake at for its timer, or <see cref="long.MaxValue"/> (forever) when its timer interrupt is disabled
+    /// and cannot wake it. A compare or mtime written meanwhile kicks the hart, which then blocks again with the new
+    /// deadline.
     /// </summary>
-    public long ParkTimer(int hart, bool timerEnabled) =>
+    public long WakeDeadline(int hart, bool timerEnabled) =>
         timerEnabled ? HostDeadline(Volatile.Read(ref mtimecmp[hart])) : long.MaxValue;
 
     /// <summary>

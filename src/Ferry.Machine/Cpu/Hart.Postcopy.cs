@@ -37,7 +37,28 @@ internal sealed unsafe partial class Hart
     // Set while LoadState looks up the lr reservation from another thread: a missing page only fails the lookup.
     private bool probing;
 
-    private PageWaiter NewPageWaiter() => new(wake, interrupted: () => Volatile.Read(ref signal) != 0);
+    private PageWaiter NewPageWaiter() => new(wake, interrupted: () => Volatile.Read(ref signal) != 0 || TimerDueWhileBlocked(),
+        deadline: TimerDeadlineWhileBlocked);
+
+    /// <summary>
+    /// When a hart blocked on a missing page wakes for its timer: the deadline of a timer interrupt it would take now
+    /// (enabled in <c>mie</c>, and not masked by <c>mstatus.MIE</c> in M-mode); else never. The wait then ends without the
+    /// page and the interrupt is taken before the instruction runs again, as a kick's would be: the guest's timer
+    /// keeps its time while one of its threads waits for the network (its tick handler, its real-time threads), where
+    /// the faulting thread alone would otherwise hold the hart. A masked interrupt sets no deadline, so a wait in a
+    /// masked section cannot turn into a loop of retries.
+    /// </summary>
+    private long TimerDeadlineWhileBlocked() => TimerTakeable() ? clint.WakeDeadline(Id, timerEnabled: true) : long.MaxValue;
+
+    /// <summary>True (and the hart's signal raised, so the run loop takes it) when a takeable timer interrupt is due.</summary>
+    private bool TimerDueWhileBlocked()
+    {
+        if (!TimerTakeable() || !clint.TimerPending(Id)) return false;
+        Interlocked.Or(ref signal, SigCheck);
+        return true;
+    }
+
+    private bool TimerTakeable() => (mie & (ulong)IrqMti) != 0 && (priv < PrvM || (mstatus & MstatusMie) != 0);
 
     private PageWaiter NewDeviceWaiter() => new(
         blocking: () =>

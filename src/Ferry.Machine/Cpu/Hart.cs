@@ -307,7 +307,7 @@ internal sealed unsafe partial class Hart : IDisposable
         Volatile.Write(ref state, StateParked);
         control.Parked();
         // With the timer interrupt enabled we wake ourselves at the deadline; otherwise only a kick can wake us.
-        long deadline = clint.ParkTimer(Id, (mie & (ulong)IrqMti) != 0);
+        long deadline = clint.WakeDeadline(Id, (mie & (ulong)IrqMti) != 0);
         if (Volatile.Read(ref signal) == 0 && (ReadMip() & mie) == 0)
         {
             wake.Wait(deadline);

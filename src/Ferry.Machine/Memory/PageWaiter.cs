@@ -18,12 +18,13 @@ internal sealed class PageWaiter
     [ThreadStatic]
     private static PageWaiter? current;
 
-    public PageWaiter(WakeEvent? wake = null, Func<bool>? interrupted = null, Action? blocking = null, Action? unblocked = null)
+    public PageWaiter(WakeEvent? wake = null, Func<bool>? interrupted = null, Action? blocking = null, Action? unblocked = null, Func<long>? deadline = null)
     {
         Event = wake ?? new WakeEvent();
         Interrupted = interrupted;
         Blocking = blocking;
         Unblocked = unblocked;
+        Deadline = deadline;
     }
 
     /// <summary>The waiter device paths of the calling thread use (<see cref="GuestRam.WaitPresent"/>); a plain one unless the thread set its own.</summary>
@@ -38,6 +39,12 @@ internal sealed class PageWaiter
 
     /// <summary>True when the thread must stop waiting without the page (checked after each wake-up); null: never.</summary>
     public Func<bool>? Interrupted { get; }
+
+    /// <summary>
+    /// The <see cref="System.Diagnostics.Stopwatch"/> timestamp at which a blocked wait wakes by itself to ask
+    /// <see cref="Interrupted"/> again (asked before each block); null: only <see cref="Event"/> wakes it.
+    /// </summary>
+    public Func<long>? Deadline { get; }
 
     /// <summary>Called once before the thread first blocks in a wait.</summary>
     public Action? Blocking { get; }

@@ -125,7 +125,7 @@ internal sealed class PostcopyPages
                         w.Blocking?.Invoke();
                     }
                     Request(page);
-                    w.Event.Wait();
+                    w.Event.Wait(w.Deadline?.Invoke() ?? long.MaxValue);
                 }
                 finally
                 {
