@@ -12,6 +12,9 @@ public sealed record IncomingOptions
     /// <summary>Largest total guest memory accepted in a handshake.</summary>
     public ulong MaxMemoryBytes { get; init; } = 64UL << 30;
 
+    /// <summary>The capabilities this receiver honours (tests play an older receiver by leaving some out).</summary>
+    internal ProtocolCapabilities Capabilities { get; init; } = MigrationProtocol.SupportedCapabilities;
+
     /// <summary>Token the source must present, or null for none.</summary>
     public string? Token { get; init; }
 
@@ -173,7 +176,7 @@ public sealed class IncomingMigration
             // AwaitHello: nothing is allocated for the guest before the handshake is fully validated.
             var hello = ReadHello(reader);
             _hello = hello;
-            var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, _connection.Pages.Count);
+            var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, _connection.Pages.Count, _options.Capabilities);
             if (!decision.Accepted) Refuse(decision.Reason!);
 
             target = _factory.Create(hello.VmId, hello.Regions);
@@ -204,7 +207,9 @@ public sealed class IncomingMigration
             // A verified migration that may end in post-copy digests the destination page by page: pre-copy pages as
             // they land (by the one receiver each page's channel has), the missing ones as post-copy installs them.
             // Nothing is left to read at the switchover, while the guest waits to start.
-            var pageHashes = _postcopyNegotiated && (decision.Capabilities & ProtocolCapabilities.Verify) != 0
+            // So does a verified pre-copy that negotiated VerifyPageHashes: its digest is then ready at Complete.
+            bool pageHashVerify = (decision.Capabilities & ProtocolCapabilities.VerifyPageHashes) != 0;
+            var pageHashes = (_postcopyNegotiated || pageHashVerify) && (decision.Capabilities & ProtocolCapabilities.Verify) != 0
                 ? new Postcopy.PageHashDigest(target.Regions) : null;
             for (int i = 0; i < receivers.Length; i++)
             {
@@ -358,6 +363,11 @@ public sealed class IncomingMigration
                 // Post-copy: the pages held now were hashed as they landed (any that were not are hashed now, before
                 // the guest runs); the rest are as post-copy installs them.
                 if (incoming is not null) incoming.Digest!.HashMemory(stillMissing, onlyUnrecorded: true);
+                else if (pageHashVerify && pageHashes is not null)
+                {
+                    pageHashes.HashMemory(onlyUnrecorded: true);
+                    digest = pageHashes.Compute();
+                }
                 else digest = VerifyDigest.Compute(target.Regions);
                 digestUs = Micros(d0);
             }
@@ -626,7 +636,7 @@ public sealed class IncomingMigration
                 if ((hello.Capabilities & ProtocolCapabilities.PostcopyResume) == 0) refusal = "a post-copy is paused here; only its source may resume it";
                 else if (hello.VmId != _hello!.VmId) refusal = $"VM {hello.VmId} is not the one paused here ({_hello.VmId})";
                 else if (!hello.Regions.SequenceEqual(_hello.Regions)) refusal = "the memory layout differs from the paused VM's";
-                var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, connection.Pages.Count);
+                var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, connection.Pages.Count, _options.Capabilities);
                 refusal ??= decision.Accepted ? null : decision.Reason;
                 if (refusal is null && connection.Urgent is null) refusal = "post-copy needs the urgent channel, and the connection has none";
                 if (refusal is not null)

@@ -89,6 +89,8 @@ public sealed class OutgoingMigration
     private MigrationConnection? _connection;
     private ProtocolWriter? _control;
     private PageSender[] _senders = [];
+    // With VerifyPageHashes: the hash of every page as last sent, kept by the senders (null otherwise).
+    private Postcopy.PageHashDigest? _sentHashes;
     // Counts senders still in the current pass. Never disposed: a sender may signal it after the migration thread
     // gave up waiting (failure), and it holds no OS handle unless a wait needed one.
     private readonly CountdownEvent _passDone = new(1);
@@ -275,8 +277,10 @@ public sealed class OutgoingMigration
         _keepalive = _time.CreateTimer(static s => ((OutgoingMigration)s!).OnKeepaliveTick(), this, tick, tick);
 
         const ProtocolCapabilities PostcopyCaps = ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel;
-        var caps = ProtocolCapabilities.LandedSync | (_options.Verify ? ProtocolCapabilities.Verify : ProtocolCapabilities.None)
-            | (postcopy ? PostcopyCaps : ProtocolCapabilities.None);
+        // Page hashes for pre-copy's verification only: a migration that may end in post-copy digests its own way.
+        var verifyCaps = !_options.Verify ? ProtocolCapabilities.None
+            : ProtocolCapabilities.Verify | (postcopy ? ProtocolCapabilities.None : ProtocolCapabilities.VerifyPageHashes);
+        var caps = ProtocolCapabilities.LandedSync | verifyCaps | (postcopy ? PostcopyCaps : ProtocolCapabilities.None);
         long helloSent = _time.GetTimestamp();
         _control.WriteHello(Hello(caps));
         var welcome = reader.Expect<WelcomeMessage>();
@@ -293,12 +297,14 @@ public sealed class OutgoingMigration
         if (postcopy && _connection.Urgent is null)
             throw new MigrationException("the transport opened no urgent channel for post-copy");
         _landedSync = (welcome.Capabilities & ProtocolCapabilities.LandedSync) != 0;
+        if ((welcome.Capabilities & ProtocolCapabilities.VerifyPageHashes) != 0) _sentHashes = new Postcopy.PageHashDigest(_guest.Regions);
         _keepalivesOn = true;
 
         _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
         _reader.Start();
 
         var (senders, channels) = CreateSenders(_connection, _link.Token);
+        foreach (var s in senders) s.SentDigest = _sentHashes;
         lock (_gate)
         {
             _pageChannels = channels;
@@ -1106,7 +1112,7 @@ public sealed class OutgoingMigration
             _guest.HarvestDirtyLog(bitmap.Words);
             double harvestMs = Ms(harvestStart);
 
-            if (_options.Verify)
+            if (_options.Verify && _sentHashes is null)
             {
                 // The source stays paused until Commit, so its memory holds still while the final pages, the state and
                 // the destination's load and digest go on: digest it meanwhile, on its own thread, and wait for it only
@@ -1119,6 +1125,9 @@ public sealed class OutgoingMigration
             harvestMs = _time.GetElapsedTime(harvestStart, finalStart).TotalMilliseconds;
             var finalFlags = PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None);
             var (pages, bytes) = SendPass(bitmap, finalFlags, SwitchoverFlushSequence, done);
+            // Every page's hash as it went out (VerifyPageHashes): the final pass has recorded the last copies, and the
+            // digest is one read of the hashes (2 MiB per GiB), not of memory.
+            if (_sentHashes is { } sent) StartSourceDigest(stats, _ => { sent.HashMemory(onlyUnrecorded: true); return sent.Compute(); });
             long finalSent = _time.GetTimestamp();
             double finalSendMs = _time.GetElapsedTime(finalStart, finalSent).TotalMilliseconds;
             stats.Rounds.Add(new RoundStatistics

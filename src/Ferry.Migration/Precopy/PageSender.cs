@@ -341,6 +341,27 @@ internal sealed class PageSender
         }
     }
 
+    /// <summary>
+    /// Verified pre-copy (VerifyPageHashes): each page's hash is recorded here as it goes out. Read again after the send,
+    /// so a page the guest was writing meanwhile may not hash as sent; but that write marked it dirty, so a later pass
+    /// (at the latest the final one, with the guest paused) sends it and records it again.
+    /// </summary>
+    public Postcopy.PageHashDigest? SentDigest { get; set; }
+
+    private void Record(Postcopy.PageHashDigest digest, ReadOnlySpan<PageRun> runs)
+    {
+        var region = _regions[_batchRegion];
+        foreach (ref readonly var run in runs)
+        {
+            if (run.Encoding == PageEncoding.Zero)
+            {
+                digest.SetZero(_batchRegion, run.FirstPage, run.Count);
+                continue;
+            }
+            for (ulong p = run.FirstPage; p < run.FirstPage + run.Count; p++) digest.Set(_batchRegion, p, region.PageAddress(p));
+        }
+    }
+
     private void FlushBatch()
     {
         if (_runCount == 0) return;
@@ -352,6 +373,7 @@ internal sealed class PageSender
             else zero += run.Count;
         }
         long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _flags);
+        if (SentDigest is { } digest) Record(digest, runs);
         Interlocked.Add(ref _bytesSent, bytes);
         NormalPages += normal;
         ZeroPages += zero;

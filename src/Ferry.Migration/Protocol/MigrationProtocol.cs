@@ -24,7 +24,8 @@ namespace Ferry.Migration.Protocol;
 ///     |  ... pause guest ...                              |
 ///     | pgN  PageBatch*{FinalPass} , Flush{seq}          ->|  per page channel: "all before this was sent"
 ///     | ctl  StateSection*  , Complete{seq,flags}        ->|  wait for Flush{seq} on every page channel,
-///     |                                                   |  then load state (and digest memory if Verify)
+///     |                                                   |  then load state (and digest memory if Verify;
+///     |                                                   |  with VerifyPageHashes: the pages' landed hashes)
 ///     | ctl  &lt;- Ready{digest-us,load-us,lag-us,digest?}  |  -- or Error/Cancel: source resumes its guest
 ///     | ctl  Commit                                      ->|  POINT OF NO RETURN: source never runs the VM again
 ///     | ctl  &lt;- Resumed{resume-us}                      |  guest runs on the destination
@@ -228,6 +229,7 @@ public static class MigrationProtocol
 
     /// <summary>Capabilities a v1 receiver can honour.</summary>
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
+        | ProtocolCapabilities.VerifyPageHashes
         | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume;
 
     /// <summary>
@@ -318,8 +320,9 @@ public static class MigrationProtocol
     /// On success the Welcome carries <see cref="HandshakeDecision.Capabilities"/>; otherwise send Refuse with
     /// <see cref="HandshakeDecision.Reason"/>.
     /// </summary>
-    public static HandshakeDecision Evaluate(HelloMessage hello, ulong maxMemoryBytes, string? expectedToken, int connectedPageChannels)
-        => Evaluate(hello, maxMemoryBytes, System.Text.Encoding.UTF8.GetBytes(expectedToken ?? ""), connectedPageChannels);
+    public static HandshakeDecision Evaluate(HelloMessage hello, ulong maxMemoryBytes, string? expectedToken, int connectedPageChannels,
+        ProtocolCapabilities supported = SupportedCapabilities)
+        => Evaluate(hello, maxMemoryBytes, System.Text.Encoding.UTF8.GetBytes(expectedToken ?? ""), connectedPageChannels, supported);
 
     /// <summary>As above, with the token as bytes (empty = no token required).</summary>
     public static HandshakeDecision Evaluate(
@@ -431,6 +434,13 @@ public enum ProtocolCapabilities : ulong
     /// record before it on that channel has landed in guest memory: the source's round marker (see "Landed sync").
     /// </summary>
     LandedSync = 1UL << 1,
+    /// <summary>
+    /// Optional, with Verify, pre-copy: the digest in Ready is <c>PageHashDigest</c>'s (XxHash128 over the layout and
+    /// each page's XxHash3, as post-copy's always is), which each side keeps as pages go out and land, instead of a
+    /// read of all memory at the switchover while the guest stands paused (~40 ms per GiB on each side, measured).
+    /// A receiver without it leaves it out of Welcome and both sides digest memory as before.
+    /// </summary>
+    VerifyPageHashes = 1UL << 2,
     /// <summary>Required: post-copy (the destination runs first and faults missing pages in; see "Post-copy").</summary>
     Postcopy = 1UL << 32,
     /// <summary>Required: the transport's urgent channel carries faulted pages so they never queue behind bulk pages.</summary>

@@ -23,6 +23,35 @@ public class PrecopyMigrationTests
     }
 
     [Fact]
+    public void VerifiedPrecopyDigestsEachPageAsItIsSentAndLandsWhenBothSidesCan()
+    {
+        // A busy guest: pages go out more than once, and only the copy sent last may count on either side.
+        using var guest = NewGuest(16, pagesPerSecond: 20_000, writers: 2);
+        using var transport = new InMemoryTransport();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options());
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        // The source stays paused after commit, so its memory is what both digests describe: the per-page scheme's.
+        Assert.Equal(Ferry.Migration.Memory.MemoryDigest.ToHex(Ferry.Migration.Postcopy.PageHashDigest.Of(guest.Regions)), outcome.Stats.Verify!.SourceDigest);
+    }
+
+    [Fact]
+    public void VerifiedPrecopyWithAReceiverWithoutPageHashesDigestsMemoryAsBefore()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 20_000, writers: 2);
+        using var transport = new InMemoryTransport();
+        var older = new IncomingOptions
+        {
+            PeerTimeout = TestPeerTimeout, MaxMemoryBytes = 1UL << 30,
+            Capabilities = Ferry.Migration.Protocol.MigrationProtocol.SupportedCapabilities & ~Ferry.Migration.Protocol.ProtocolCapabilities.VerifyPageHashes,
+        };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options(), incoming: older);
+        using var _ = outcome.Target;
+        AssertCompletedAndIntact(outcome);
+        Assert.Equal(Ferry.Migration.Memory.MemoryDigest.ToHex(Ferry.Migration.Precopy.VerifyDigest.Compute(guest.Regions)), outcome.Stats.Verify!.SourceDigest);
+    }
+
+    [Fact]
     public void IdleGuestMigratesInOneRoundPlusStopAndCopyWithMatchingDigests()
     {
         using var guest = NewGuest(16, fill: MemoryFill.Random, writers: 1);
