@@ -35,7 +35,7 @@ public sealed record MigrateRequest
     /// <summary><c>cancel</c> (the source runs on), <c>force</c> (switch over anyway) or <c>postcopy</c> at the round or time limit.</summary>
     [JsonPropertyName("timeout_strategy")] public string? TimeoutStrategy { get; init; }
 
-    /// <summary>Digest all memory at the pause and after the destination loaded it.</summary>
+    /// <summary>Check that all memory arrived intact: both sides' digests must match (see the CLI's --verify).</summary>
     [JsonPropertyName("verify")] public bool Verify { get; init; }
 
     [JsonPropertyName("auto_converge")] public bool AutoConverge { get; init; } = true;

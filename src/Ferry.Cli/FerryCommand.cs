@@ -72,7 +72,7 @@ public static class FerryCommand
         var demoMemory = MachineMemoryOption("--memory", "SIZE", "Guest RAM, e.g. 256M, 1G", "1G");
         var demoHarts = CountOption("--harts", "N", $"Guest harts, 1 to {VirtMachine.MaxHarts}", DemoSettings.Default.Harts, 1, VirtMachine.MaxHarts);
         var demoRate = CountOption("--dirty-rate", "PAGES/S", "Pages the guest dirties per second; 0 = idle", DemoSettings.Default.DirtyRate, 0, 10_000_000);
-        var demoNoVerify = new Option<bool>("--no-verify") { Description = "Skip the memory digests at the switchover (they hold the guest paused beyond the downtime); the guest's own self-check still runs" };
+        var demoNoVerify = new Option<bool>("--no-verify") { Description = "Skip the memory digests (each side hashes every page it sends or receives); the guest's own self-check still runs" };
         var demoMode = ModeOption();
         foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoMode, demoNoVerify, demoJson }) demo.Options.Add(option);
         demo.SetAction(parse => Demo.Run(new DemoSettings(
@@ -234,7 +234,7 @@ public static class FerryCommand
         var mTimeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
         var mStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", StrategyHelp, TimeoutStrategy.Cancel);
         var mNoAuto = new Option<bool>("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
-        var mVerify = new Option<bool>("--verify") { Description = "Digest all memory at the pause and after the destination loaded it; exit 3 unless they match" };
+        var mVerify = new Option<bool>("--verify") { Description = "Check that all memory arrived intact: a digest of each side (pages hashed as they go out and land) must match, before the commit in pre-copy, once every page is in for post-copy; exit 3 unless they do" };
         var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk into the destination's --disk file, which is overwritten (a disk local to each host); without it the disk must be storage both hosts share" };
         var mJson = new Option<bool>("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
         var mMode = ModeOption();
@@ -355,7 +355,7 @@ public static class FerryCommand
         private readonly Option<TimeoutStrategy> _timeoutStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", StrategyHelp, D.TimeoutStrategy);
         private readonly Option<TimeSpan> _warmup = DurationOption("--warmup", "How long the guest dirties memory before the migration starts", "1s");
         private readonly Option<bool> _noAutoConverge = new("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
-        private readonly Option<bool> _verify = new("--verify") { Description = "Digest all memory at pause and after load; exit 3 unless they match" };
+        private readonly Option<bool> _verify = new("--verify") { Description = "Check that all memory arrived intact: a digest of each side (pages hashed as they go out and land) must match, before the commit in pre-copy, once every page is in for post-copy; exit 3 unless they do" };
         private readonly Option<bool> _checksumFinalPass = new("--checksum-final-pass") { Description = "Checksum the page data of the stop-and-copy pass too (costs downtime)" };
         private readonly Option<bool> _json = new("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
         private readonly Option<MigrationMode> _mode = ModeOption();
