@@ -298,16 +298,26 @@ public sealed class VmApiTests : IDisposable
     [Fact]
     public async Task BytesTypedAtTheConsoleReachTheGuestsUart()
     {
-        using var keyboard = new AnonymousPipeServerStream(PipeDirection.Out);
-        using var stdin = new AnonymousPipeClientStream(PipeDirection.In, keyboard.ClientSafePipeHandle);
-        await using var vm = await RunningVm.StartAsync(this, input: stdin);
+        // Closed writer first, then reader, whatever happens: the console's reader sees the end of input and stops
+        // (disposing the reader while a read is blocked on it does not return: a failure here once hung the run).
+        var keyboard = new AnonymousPipeServerStream(PipeDirection.Out);
+        var stdin = new AnonymousPipeClientStream(PipeDirection.In, keyboard.ClientSafePipeHandle);
+        try
+        {
+            await using var vm = await RunningVm.StartAsync(this, input: stdin);
 
-        keyboard.Write("echo me\n"u8);
-        keyboard.Flush();
+            keyboard.Write("echo me\n"u8);
+            keyboard.Flush();
 
-        await WaitForAsync(() => vm.Serial.Contains("echo me\n", StringComparison.Ordinal), "the guest to echo the typed line");
-        keyboard.Dispose(); // end of input: the reader stops, the guest runs on
-        Assert.Equal(VmState.Running, (await vm.Client.GetInfoAsync(Ct)).State);
+            await WaitForAsync(() => vm.Serial.Contains("echo me\n", StringComparison.Ordinal), "the guest to echo the typed line");
+            keyboard.Dispose(); // end of input: the reader stops, the guest runs on
+            Assert.Equal(VmState.Running, (await vm.Client.GetInfoAsync(Ct)).State);
+        }
+        finally
+        {
+            keyboard.Dispose();
+            stdin.Dispose();
+        }
     }
 
     /// <summary>Leave a socket file behind with nobody listening, as a VM process that was killed would.</summary>
