@@ -42,12 +42,6 @@ internal static unsafe class CodeSlab
         get { lock (gate) return free.Count; }
     }
 
-    /// <summary>Blocks made so far, in use or free.</summary>
-    public static int TotalBlocks
-    {
-        get { lock (gate) return chunks.Count * BlocksPerChunk; }
-    }
-
     /// <summary>A zeroed block of <see cref="BlockBytes"/>. Any thread.</summary>
     public static Insn* Rent()
     {

@@ -43,6 +43,23 @@ public sealed class PageHashDigest
         // SAFETY: the caller passes one page of readable memory.
         _hashes[_first[region] + page] = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)data, MemoryRegion.PageSize));
 
+    /// <summary>
+    /// Record the pages of a batch's <paramref name="runs"/> in region <paramref name="regionIndex"/>: Zero runs as
+    /// zeros, the others from <paramref name="region"/>'s memory (where the batch's data is, on either side).
+    /// </summary>
+    public void Record(int regionIndex, MemoryRegion region, ReadOnlySpan<Protocol.PageRun> runs)
+    {
+        foreach (ref readonly var run in runs)
+        {
+            if (run.Encoding == Protocol.PageEncoding.Zero)
+            {
+                SetZero(regionIndex, run.FirstPage, run.Count);
+                continue;
+            }
+            for (ulong p = run.FirstPage; p < run.FirstPage + run.Count; p++) Set(regionIndex, p, region.PageAddress(p));
+        }
+    }
+
     /// <summary>Record pages [first, first + count) of region <paramref name="region"/> as zeros.</summary>
     public void SetZero(int region, ulong first, ulong count) =>
         _hashes.AsSpan((int)(_first[region] + first), (int)count).Fill(ZeroPageHash);

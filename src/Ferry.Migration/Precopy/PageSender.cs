@@ -348,20 +348,6 @@ internal sealed class PageSender
     /// </summary>
     public Postcopy.PageHashDigest? SentDigest { get; set; }
 
-    private void Record(Postcopy.PageHashDigest digest, ReadOnlySpan<PageRun> runs)
-    {
-        var region = _regions[_batchRegion];
-        foreach (ref readonly var run in runs)
-        {
-            if (run.Encoding == PageEncoding.Zero)
-            {
-                digest.SetZero(_batchRegion, run.FirstPage, run.Count);
-                continue;
-            }
-            for (ulong p = run.FirstPage; p < run.FirstPage + run.Count; p++) digest.Set(_batchRegion, p, region.PageAddress(p));
-        }
-    }
-
     private void FlushBatch()
     {
         if (_runCount == 0) return;
@@ -373,7 +359,7 @@ internal sealed class PageSender
             else zero += run.Count;
         }
         long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _flags);
-        if (SentDigest is { } digest) Record(digest, runs);
+        SentDigest?.Record(_batchRegion, _regions[_batchRegion], runs);
         Interlocked.Add(ref _bytesSent, bytes);
         NormalPages += normal;
         ZeroPages += zero;

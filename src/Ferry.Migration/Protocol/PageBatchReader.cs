@@ -244,7 +244,7 @@ public sealed class PageBatchReader
         hash = ReceiveGroup(pending, groupStart, runCount, region, checksumData, hash);
         if (hash != BinaryPrimitives.ReadUInt64LittleEndian(_table.AsSpan(trailerOffset, T)))
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
-        if (LandedDigest is { } digest) Record(digest, regionIndex, region, runCount);
+        LandedDigest?.Record(regionIndex, region, _runs.AsSpan(0, runCount));
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
     }
 
@@ -253,20 +253,6 @@ public sealed class PageBatchReader
     /// the last one wins, as in memory). Every page travels on one channel in every round, so this thread is the only
     /// one that writes it or its hash before the switchover.
     /// </summary>
-    private void Record(Postcopy.PageHashDigest digest, int regionIndex, in MemoryRegion region, int runCount)
-    {
-        for (int i = 0; i < runCount; i++)
-        {
-            var run = _runs[i];
-            if (run.Encoding == PageEncoding.Zero)
-            {
-                digest.SetZero(regionIndex, run.FirstPage, run.Count);
-                continue;
-            }
-            for (ulong p = run.FirstPage; p < run.FirstPage + run.Count; p++) digest.Set(regionIndex, p, region.PageAddress(p));
-        }
-    }
-
     /// <summary>
     /// A post-copy batch: all of its data into the staging buffer with the trailer in one receive, the checksum checked,
     /// and only then each run installed into the guest (pages still missing only).
