@@ -47,7 +47,7 @@ public sealed partial class VirtMachine
     /// </summary>
     private static void CompileInterpreter()
     {
-        foreach (Type type in new[] { typeof(Cpu.Hart), typeof(Cpu.Decoder) })
+        foreach (Type type in new[] { typeof(Cpu.Hart), typeof(Cpu.Decoder), typeof(Board.Clint), typeof(Board.Plic), typeof(Board.Uart16550), typeof(Board.AddressSpace), typeof(Memory.GuestRam) })
         {
             foreach (MethodInfo method in type.GetMethods(BindingFlags.Instance | BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly))
             {

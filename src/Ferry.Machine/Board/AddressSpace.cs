@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using Ferry.Machine.Memory;
 
 namespace Ferry.Machine.Board;
@@ -47,6 +48,7 @@ public sealed class AddressSpace
     }
 
     /// <summary>The memory region holding [<paramref name="pa"/>, +<paramref name="length"/>), or null.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public MemoryRegion? RegionAt(ulong pa, ulong length = 1)
     {
         foreach (MemoryRegion r in regions)
@@ -70,6 +72,7 @@ public sealed class AddressSpace
     /// A device read. False (an access fault for the hart) when no device is there, or the access is not naturally
     /// aligned or crosses the window's end.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public bool Read(ulong pa, int size, out ulong value)
     {
         foreach (Window w in windows)
@@ -87,6 +90,7 @@ public sealed class AddressSpace
     }
 
     /// <summary>A device write; false as for <see cref="Read"/>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public bool Write(ulong pa, int size, ulong value)
     {
         foreach (Window w in windows)

@@ -1,5 +1,6 @@
 using System.Buffers.Binary;
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Ferry.Machine.Cpu;
 
 namespace Ferry.Machine.Board;
@@ -49,6 +50,7 @@ internal sealed class Clint : IMmioDevice
     public ulong Mtime => MtimeAt(Stopwatch.GetTimestamp());
 
     /// <summary>What <see cref="Mtime"/> reads at host time <paramref name="timestamp"/> (a <see cref="Stopwatch"/> value).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal ulong MtimeAt(long timestamp)
     {
         long ticks = timestamp - origin;
@@ -61,10 +63,12 @@ internal sealed class Clint : IMmioDevice
     }
 
     /// <summary>True while hart <paramref name="hart"/>'s timer interrupt is pending.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public bool TimerPending(int hart) => Mtime >= Volatile.Read(ref mtimecmp[hart]);
 
     public ulong ReadMtimecmp(int hart) => Volatile.Read(ref mtimecmp[hart]);
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public ulong Read(ulong offsetInWindow, int size)
     {
         if (offsetInWindow < 0x4000)
@@ -95,6 +99,7 @@ internal sealed class Clint : IMmioDevice
         return (old & ~mask) | ((value << shift) & mask);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Write(ulong offsetInWindow, int size, ulong value)
     {
         if (offsetInWindow < 0x4000)
@@ -131,6 +136,7 @@ internal sealed class Clint : IMmioDevice
     /// and cannot wake it. A compare or mtime written meanwhile kicks the hart, which then blocks again with the new
     /// deadline.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public long WakeDeadline(int hart, bool timerEnabled) =>
         timerEnabled ? HostDeadline(Volatile.Read(ref mtimecmp[hart])) : long.MaxValue;
 
@@ -138,6 +144,7 @@ internal sealed class Clint : IMmioDevice
     /// The <see cref="Stopwatch"/> timestamp at which <see cref="Mtime"/> reaches <paramref name="compare"/> (never
     /// before it), or <see cref="long.MaxValue"/> when that is too far away to say.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal long HostDeadline(ulong compare)
     {
         // Mtime is (host ticks since origin, scaled) + offset: the host ticks that make it reach compare, rounded up.

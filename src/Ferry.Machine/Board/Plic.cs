@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 using Ferry.Machine.Cpu;
 
 namespace Ferry.Machine.Board;
@@ -113,6 +114,7 @@ public sealed class Plic : IMmioDevice
     /// Drive source <paramref name="source"/>'s input line (1 to <see cref="SourceCount"/> - 1) to
     /// <paramref name="level"/>. Thread-safe; devices call it from their own threads. Out-of-range sources are ignored.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void SetLevel(int source, bool level)
     {
         if (source <= 0 || source >= SourceCount) return;
@@ -135,6 +137,7 @@ public sealed class Plic : IMmioDevice
         lock (gate) return output[context];
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public ulong Read(ulong offset, int size)
     {
         if (size != 4 || (offset & 3) != 0) return 0;
@@ -152,6 +155,7 @@ public sealed class Plic : IMmioDevice
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Write(ulong offset, int size, ulong value)
     {
         if (size != 4 || (offset & 3) != 0) return;
@@ -210,6 +214,7 @@ public sealed class Plic : IMmioDevice
 
     // The best claimable source for a context: pending, enabled, not in service, priority above the threshold; the
     // lowest id among equals. 0 if none.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private int Best(int ctx)
     {
         int best = 0;
@@ -232,6 +237,7 @@ public sealed class Plic : IMmioDevice
         return best;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private uint Claim(int ctx)
     {
         int source = Best(ctx);
@@ -246,6 +252,7 @@ public sealed class Plic : IMmioDevice
         return (uint)source;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Complete(uint source)
     {
         if (source == 0 || source >= SourceCount) return;
@@ -259,6 +266,7 @@ public sealed class Plic : IMmioDevice
     }
 
     // Recompute every context's output and drive the ones that changed.
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Update()
     {
         for (int ctx = 0; ctx < contexts; ctx++)

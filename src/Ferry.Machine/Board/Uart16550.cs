@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using System.Runtime.CompilerServices;
 
 namespace Ferry.Machine.Board;
 
@@ -112,6 +113,7 @@ public sealed class Uart16550 : IMmioDevice
     public long DroppedInputBytes { get; private set; }
 
     /// <summary>Read register <c>offset &amp; 7</c>; every access size reads the one byte register.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public ulong Read(ulong offset, int size)
     {
         lock (gate)
@@ -158,6 +160,7 @@ public sealed class Uart16550 : IMmioDevice
     }
 
     /// <summary>Write the low byte of <paramref name="value"/> to register <c>offset &amp; 7</c>.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public void Write(ulong offset, int size, ulong value)
     {
         byte b = (byte)value;
@@ -226,6 +229,7 @@ public sealed class Uart16550 : IMmioDevice
         return lastRbr;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Transmit(byte b)
     {
         if ((mcr & McrLoop) != 0)
@@ -300,6 +304,7 @@ public sealed class Uart16550 : IMmioDevice
     }
 
     /// <summary>Recompute IIR in the chip's priority order and drive the line (QEMU's <c>serial_update_irq</c>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void UpdateInterrupt()
     {
         bool fifo = (fcr & FcrEnable) != 0;
@@ -323,6 +328,7 @@ public sealed class Uart16550 : IMmioDevice
         if (now != was) InterruptChanged?.Invoke(now);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Emit(byte b)
     {
         if (output is null || outputFailed) return;
@@ -339,6 +345,7 @@ public sealed class Uart16550 : IMmioDevice
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushOutput()
     {
         if (outTimerArmed)

@@ -52,6 +52,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>mip as software sees it: device lines, the timer comparison, and the software-written bits.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private ulong ReadMip()
     {
         ulong v = mipSoft | (uint)Volatile.Read(ref irqLines);

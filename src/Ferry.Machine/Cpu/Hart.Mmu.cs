@@ -50,6 +50,7 @@ internal sealed unsafe partial class Hart
         tlbWrite = tlb + (SetIndex(dataPriv) * 3 + AccWrite) * TlbSize;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushTlb()
     {
         for (int i = 0; i < TlbSets * TlbSize; i++) tlb[i].Tag = EmptyTag;
@@ -65,6 +66,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>Drop write entries that point into the host page <paramref name="hostPage"/> (it just became code).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void FlushWriteTlbFor(byte* hostPage)
     {
         for (int set = 0; set < 3; set++)
@@ -386,6 +388,7 @@ internal sealed unsafe partial class Hart
         return page;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private CodePage NewCodePage(int frame, MemoryRegion region, ulong pa)
     {
         byte* hostPage = region.Host + ((pa & ~0xfffUL) - region.Base);

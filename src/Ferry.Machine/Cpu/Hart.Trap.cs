@@ -26,6 +26,7 @@ internal sealed unsafe partial class Hart
     }
 
     /// <summary>The spec's order: MEI, MSI, MTI, SEI, SSI, STI.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private static ulong HighestPriority(ulong bits)
     {
         ReadOnlySpan<int> order = [11, 3, 7, 9, 1, 5];
@@ -70,6 +71,7 @@ internal sealed unsafe partial class Hart
         UpdateMode();
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Mret()
     {
         int next = (int)((mstatus >> 11) & 3);
@@ -85,6 +87,7 @@ internal sealed unsafe partial class Hart
         Interlocked.Or(ref signal, SigCheck);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void Sret()
     {
         int next = (mstatus & MstatusSpp) != 0 ? PrvS : PrvU;

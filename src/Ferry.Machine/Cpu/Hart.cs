@@ -300,6 +300,7 @@ internal sealed unsafe partial class Hart : IDisposable
     }
 
     /// <summary>wfi: park the thread until an enabled interrupt is pending or someone kicks the hart.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private void WaitForInterrupt()
     {
         if ((ReadMip() & mie) != 0) return;

@@ -85,6 +85,7 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     /// instructions the bytes overlap. A code page written over and over without being run again (data sharing a page
     /// with code, or a code page reused for data) stops being code, so its stores regain the fast path.
     /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     internal void NoteCpuWrite(int page, int offset, int length)
     {
         if (tracking) MarkDirty(page);
