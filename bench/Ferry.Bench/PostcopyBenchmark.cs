@@ -23,7 +23,7 @@ internal static class PostcopyBenchmark
 
     public static int Run(string[] args, TextWriter output, TextWriter error)
     {
-        if (!BenchArguments.TrySplit(args, new HashSet<string>(), out var flags, out var problem))
+        if (!BenchArguments.TrySplit(args, new HashSet<string> { "--model-only" }, out var flags, out var problem))
         {
             error.WriteLine($"Ferry.Bench postcopy: {problem}");
             return 2;
@@ -32,6 +32,7 @@ internal static class PostcopyBenchmark
         int repetitions = 3;
         long rate = 20_000;
         string? json = null;
+        bool modelOnly = false;
         foreach (var (flag, value) in flags)
         {
             switch (flag)
@@ -40,11 +41,14 @@ internal static class PostcopyBenchmark
                 case "--repetitions" when int.TryParse(value, CultureInfo.InvariantCulture, out var r) && r > 0: repetitions = r; break;
                 case "--dirty-rate" when long.TryParse(value, CultureInfo.InvariantCulture, out var d) && d > 0: rate = d; break;
                 case "--json": json = value; break;
+                case "--model-only": modelOnly = true; break;
                 default:
                     error.WriteLine($"Ferry.Bench postcopy: bad flag {flag} {value}");
                     return 2;
             }
         }
+        WriteModel(output, memory, rate, repetitions);
+        if (modelOnly) return 0;
         output.WriteLine($"post-copy: {Units.FormatBytes(memory)}, {rate} pages/s, 2 writers, {repetitions} repetitions (medians), loopback TCP, 2 page channels + urgent");
         output.WriteLine($"{"workload",-11} {"order",-8} {"faults",7} {"working set",12} {"faulted",8} {"p50 us",7} {"p99 us",7} {"max us",7} {"downtime",9} {"post-copy",10} {"verify",6}");
         var rows = new List<object>();
@@ -90,5 +94,23 @@ internal static class PostcopyBenchmark
             output.WriteLine($"wrote {json}");
         }
         return 0;
+    }
+
+    // The same orders in PrepagingSimulation: no network, no clock, the same writes for every order (seeds 1..n).
+    private static void WriteModel(TextWriter output, ulong memory, long rate, int repetitions)
+    {
+        output.WriteLine($"model (PrepagingSimulation, deterministic): {Units.FormatBytes(memory)}, {rate} pages/s, 2 writers, seeds 1-{repetitions} (medians)");
+        output.WriteLine($"{"workload",-11} {"order",-8} {"faults",7} {"working set",12} {"faulted",8} {"post-copy",10}");
+        foreach (var pattern in new[] { SimulatedPattern.Hotset, SimulatedPattern.Sequential })
+        {
+            foreach (var order in Orders)
+            {
+                var runs = Enumerable.Range(1, repetitions)
+                    .Select(seed => PrepagingSimulation.Run(order, pattern, (ulong)seed, memory / 4096, writesPerSecond: rate)).ToList();
+                double Median(Func<SimulatedPostcopy, double> f) => runs.Select(f).Order().ElementAt(runs.Count / 2);
+                output.WriteLine(string.Create(CultureInfo.InvariantCulture,
+                    $"{pattern.ToString().ToLowerInvariant(),-11} {order.ToString().ToLowerInvariant(),-8} {Median(r => r.Faults),7:F0} {Median(r => r.WorkingSet),12:F0} {Median(r => r.FaultedShare),8:P1} {Median(r => r.Milliseconds),8:F0}ms"));
+            }
+        }
     }
 }

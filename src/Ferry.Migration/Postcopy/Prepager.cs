@@ -31,6 +31,13 @@ public enum PrepagingStrategy
 /// the pivot retires. A fault that lands inside or next to a live pivot's area widens it (its budget grows) instead
 /// of opening a new one: the guest is working through that area. Up to <see cref="MaxPivots"/> pivots live at once;
 /// the newest is served first. With no live pivot, a sweep cursor sends what is left in address order.</para>
+/// <para><b>Lone faults.</b> Only a fault in or next to a 2 MiB block where one of the last <see cref="FaultHistory"/>
+/// faults landed opens a pivot with the full budget; any other opens a small one (<see cref="LoneStep"/> pages each
+/// side). A guest touching pages at random (the cold part of a hot-set workload) faults far from all the others, and
+/// 8 MiB pushed around each such fault only delays the pages it will touch next. In the deterministic model
+/// (<see cref="PrepagingSimulation"/>, 1 GiB, hot set, mean of seeds 1-5) faults fell from 1,265 to 1,130 with it
+/// (1,283 to 1,175 with the hot tenth in the middle of memory), QEMU's forward scan faults 1,274, and pushing the hot
+/// tenth first, knowing where it is, 1,108.</para>
 /// <para><b>Hot pages.</b> Bubbling starts with the pages the source saw the guest use last (written since the last
 /// dirty-log harvest, and read or executed where the source tracks it), which it would otherwise fault on one round trip
 /// each. The part its operating system used (code, page tables, kernel stacks and data, where the source tells them
@@ -58,6 +65,15 @@ internal sealed class Prepager
     /// <summary>Pages a new pivot may push before it retires (8 MiB); a fault nearby adds as much again.</summary>
     public const long PivotBudget = 2048;
 
+    /// <summary>First step, and budget each side, of a pivot opened by a lone fault (32 KiB).</summary>
+    public const int LoneStep = 8;
+
+    /// <summary>Pages of a block (2 MiB), the unit in which faults count as near each other.</summary>
+    public const ulong BlockPages = 512;
+
+    /// <summary>Recent faults whose blocks are remembered.</summary>
+    public const int FaultHistory = 64;
+
     // Faults queued by the urgent path (one writer: the return path's thread) for the next take: global page + 1, 0 =
     // slot not written yet. A ring: faults beyond its size between two takes overwrite the oldest (a lost hint only).
     private const int FaultRingSize = 64;
@@ -74,6 +90,8 @@ internal sealed class Prepager
     private readonly PrepagingStrategy _strategy;
     private readonly Pivot[] _pivots = new Pivot[MaxPivots];
     private int _pivotCount;
+    private readonly ulong[] _recentBlocks = new ulong[FaultHistory]; // block + 1 of the last faults (0: none yet), a ring
+    private int _recentNext;
     private ulong _sweep;
     private long _remaining;
     private long _faultsNearPivot;
@@ -204,6 +222,7 @@ internal sealed class Prepager
             case PrepagingStrategy.Linear:
                 return;
         }
+        bool local = NearRecentFault(bit);
         for (int i = 0; i < _pivotCount; i++)
         {
             ref var p = ref _pivots[i];
@@ -226,8 +245,21 @@ internal sealed class Prepager
             for (int j = 0; j < _pivotCount - 1; j++) _pivots[j] = _pivots[j + 1];
             _pivotCount--;
         }
-        _pivots[_pivotCount++] = new Pivot { Region = region, Lo = bit, Hi = bit + 1, Step = FirstStep, Budget = PivotBudget };
+        int step = local ? FirstStep : LoneStep;
+        _pivots[_pivotCount++] = new Pivot { Region = region, Lo = bit, Hi = bit + 1, Step = step, Budget = local ? PivotBudget : 2 * step };
         _pivotsOpened++;
+    }
+
+    // Whether one of the last faults landed in bit's 2 MiB block or a block next to it; bit's block joins them.
+    private bool NearRecentFault(ulong bit)
+    {
+        ulong block = (bit / BlockPages) + 1;
+        bool near = false;
+        foreach (ulong recent in _recentBlocks)
+            near |= recent != 0 && recent + 1 >= block && recent <= block + 1;
+        _recentBlocks[_recentNext] = block;
+        _recentNext = (_recentNext + 1) % FaultHistory;
+        return near;
     }
 
     /// <summary>

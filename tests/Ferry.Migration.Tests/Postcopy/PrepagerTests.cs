@@ -60,9 +60,12 @@ public class PrepagerTests
     }
 
     [Fact]
-    public void BubblePushesBothSidesOfAFaultFirstAndWidens()
+    public void BubblePushesBothSidesOfAFaultNearARecentOneFirstAndWidens()
     {
         var prepager = Make(PrepagingStrategy.Bubble, 100_000);
+        // Two faults in one 2 MiB block: the guest works there.
+        Assert.True(prepager.Claim(49_900));
+        prepager.OnFault(49_900);
         Assert.True(prepager.Claim(50_000));
         prepager.OnFault(50_000);
         var runs = new DirtyRun[512];
@@ -75,13 +78,53 @@ public class PrepagerTests
         }
         // The first 1,024 pages handed out surround the fault on both sides, nothing from the start of memory.
         Assert.Equal(1024, first.Count);
-        Assert.Contains(first, p => p < 50_000);
+        Assert.Contains(first, p => p < 49_900);
         Assert.Contains(first, p => p > 50_000);
         Assert.All(first, p => Assert.InRange(p, 50_000UL - 1024, 50_000UL + 1024));
-        // A second fault next to the area widens the same pivot instead of opening another.
+        // A further fault next to the area widens the same pivot instead of opening another.
         prepager.OnFault(first.Max() + 10);
-        Assert.Equal(1, prepager.PivotsOpened);
+        Assert.Equal(2, prepager.PivotsOpened);
         Assert.Equal(1, prepager.FaultsNearPivot);
+    }
+
+    [Fact]
+    public void ALoneFaultGetsOnlyAFewPagesAroundItAndTheSweepGoesOn()
+    {
+        var prepager = Make(PrepagingStrategy.Bubble, 100_000);
+        Assert.True(prepager.Claim(50_000));
+        prepager.OnFault(50_000);
+        var runs = new DirtyRun[512];
+        int n = prepager.Take(runs, 256, out _);
+        var taken = new List<ulong>();
+        for (int k = 0; k < n; k++)
+            for (ulong p = runs[k].Start; p < runs[k].End; p++) taken.Add(p);
+        var around = taken.Where(p => p >= 40_000).ToList();
+        // Both sides of the fault, a few pages each, then the batch is filled from the start of memory.
+        Assert.Contains(around, p => p < 50_000);
+        Assert.Contains(around, p => p > 50_000);
+        Assert.InRange(around.Count, 2, 4 * Prepager.LoneStep);
+        Assert.All(around, p => Assert.InRange(p, 50_000UL - (4 * Prepager.LoneStep), 50_000UL + (4 * Prepager.LoneStep)));
+        Assert.Equal(Enumerable.Range(0, 256 - around.Count).Select(i => (ulong)i), taken.Where(p => p < 40_000));
+    }
+
+    [Fact]
+    public void AFaultFarFromTheRecentOnesIsLoneEvenAfterManyFaults()
+    {
+        var prepager = Make(PrepagingStrategy.Bubble, 1_000_000);
+        // A cluster of faults in one area, then one far away: its pivot is small.
+        for (ulong p = 0; p < 8; p++)
+        {
+            Assert.True(prepager.Claim(100_000 + (p * 100)));
+            prepager.OnFault(100_000 + (p * 100));
+        }
+        Assert.True(prepager.Claim(700_000));
+        prepager.OnFault(700_000);
+        var runs = new DirtyRun[512];
+        int n = prepager.Take(runs, 256, out _);
+        ulong nearLone = 0;
+        for (int k = 0; k < n; k++)
+            for (ulong p = runs[k].Start; p < runs[k].End; p++) if (p >= 600_000) nearLone++;
+        Assert.InRange(nearLone, 2UL, 4UL * Prepager.LoneStep);
     }
 
     [Fact]
