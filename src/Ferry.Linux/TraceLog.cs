@@ -21,6 +21,7 @@ public static class TraceLog
     private static string?[]? labels;
     private static long next;
     private static int exitHooked;
+    private static int watching;
 
     static TraceLog()
     {
@@ -53,6 +54,26 @@ public static class TraceLog
         labels ??= new string?[Capacity];
         Enabled = true;
         if (Interlocked.Exchange(ref exitHooked, 1) == 0) AppDomain.CurrentDomain.ProcessExit += (_, _) => Flush();
+        if (Interlocked.Exchange(ref watching, 1) == 0) new Thread(WatchCollections) { IsBackground = true, Name = "ferry-trace-gc" }.Start();
+    }
+
+    // A collection stops every managed thread, a VM's harts included: mark each one seen, with the pause it added, so
+    // that a stall in a trace can be told from one. Polled every millisecond (a pause shorter than the poll still shows
+    // in the total).
+    private static void WatchCollections()
+    {
+        int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
+        var paused = GC.GetTotalPauseDuration();
+        while (Enabled)
+        {
+            Thread.Sleep(1);
+            int g0 = GC.CollectionCount(0), g1 = GC.CollectionCount(1), g2 = GC.CollectionCount(2);
+            if (g0 == gen0 && g1 == gen1 && g2 == gen2) continue;
+            var total = GC.GetTotalPauseDuration();
+            Mark($"gc: {g0 - gen0} gen0, {g1 - gen1} gen1, {g2 - gen2} gen2, paused {(total - paused).TotalMilliseconds:F2} ms");
+            (gen0, gen1, gen2, paused) = (g0, g1, g2, total);
+        }
+        Volatile.Write(ref watching, 0);
     }
 
     /// <summary>Record <paramref name="label"/> now (no-op unless <see cref="Enabled"/>).</summary>
