@@ -32,6 +32,17 @@ internal readonly record struct SimulatedPostcopy(long Faults, long WorkingSet, 
 /// </summary>
 internal static class PrepagingSimulation
 {
+    /// <param name="strategy">The order under test.</param>
+    /// <param name="pattern">The writes.</param>
+    /// <param name="seed">Picks the writes (and the sequential writers' starting pages).</param>
+    /// <param name="pages">Guest memory in pages, one region.</param>
+    /// <param name="pushPagesPerSecond">The push's rate with no fault to serve.</param>
+    /// <param name="writesPerSecond">Writes by all writers together while none waits.</param>
+    /// <param name="writers">Writer threads; each waits alone for its faults.</param>
+    /// <param name="faultSeconds">How long a faulting writer waits.</param>
+    /// <param name="pushPagesLostPerFault">Pages the push does not send for each fault served.</param>
+    /// <param name="hotStart">Where the hot tenth begins, as a share of memory (0: the first page, as in the in-process
+    /// guest).</param>
     public static SimulatedPostcopy Run(PrepagingStrategy strategy, SimulatedPattern pattern, ulong seed,
         ulong pages = 1UL << 18, double pushPagesPerSecond = 600_000, double writesPerSecond = 20_000, int writers = 2,
         double faultSeconds = 150e-6, double pushPagesLostPerFault = 60, double hotStart = 0)
