@@ -148,6 +148,51 @@ public class PostcopyMigrationTests
         public virtual void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system) { }
         public virtual void GetResidentPages(Span<ulong> bitmap) { }
     }
+
+    /// <summary>A destination that notes where and how its preparation for post-copy ran.</summary>
+    private sealed class ObservedPreparationFactory : Guest.IMigrationTargetFactory
+    {
+        private readonly InProcessTargetFactory _inner = new();
+        public string? ThreadName;
+        public int? Nice;
+
+        public Guest.IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions) =>
+            new Target(this, (InProcessTarget)_inner.Create(vmId, regions));
+
+        private sealed class Target(ObservedPreparationFactory owner, InProcessTarget inner) : Guest.IMigrationTarget, Guest.IPostcopyTarget
+        {
+            public IReadOnlyList<Guest.MemoryRegion> Regions => inner.Regions;
+            public void LoadState(IReadOnlyList<Guest.StateSection> sections) => inner.LoadState(sections);
+            public void Start() => inner.Start();
+            public void Dispose() => inner.Dispose();
+            public Guest.IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, Guest.IPageFaultSink sink) =>
+                inner.BeginPostcopy(missing, sink);
+
+            public void PreparePostcopy(TimeSpan budget, CancellationToken stop)
+            {
+                owner.ThreadName = Thread.CurrentThread.Name;
+                // /proc/thread-self/stat: the 19th field is the nice value; fields 3 on follow the command's ")".
+                string stat = File.ReadAllText("/proc/thread-self/stat");
+                owner.Nice = int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[16], System.Globalization.CultureInfo.InvariantCulture);
+                ((Guest.IPostcopyTarget)inner).PreparePostcopy(budget, stop);
+            }
+        }
+    }
+
+    [Fact]
+    public void TheDestinationPreparesForPostcopyOnANicedThreadNotTheOneThatRunsTheSwitchover()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 1000);
+        using var transport = new InMemoryTransport();
+        var observed = new ObservedPreparationFactory();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, PostcopyOptions(MigrationMode.Postcopy), new RecordingTargetFactory(observed));
+        using var _ = outcome.Target;
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        Assert.NotNull(observed.ThreadName);
+        Assert.NotEqual("test-destination", observed.ThreadName); // the harness runs the destination's control on that one
+        Assert.Equal(PageSender.PostcopyBulkNice, observed.Nice);
+    }
 }
 
 [Collection(MigrationCollection.Name)]

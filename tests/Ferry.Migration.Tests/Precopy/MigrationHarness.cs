@@ -33,6 +33,8 @@ internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejec
 {
     public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink) =>
         ((IPostcopyTarget)Inner).BeginPostcopy(missing, sink);
+
+    public void PreparePostcopy(TimeSpan budget, CancellationToken stop) => ((IPostcopyTarget)Inner).PreparePostcopy(budget, stop);
 }
 
 internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget
