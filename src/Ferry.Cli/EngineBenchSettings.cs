@@ -27,6 +27,9 @@ public sealed record EngineBenchSettings
     /// <summary>Bytes the writers touch (from the start of memory); null = all of it.</summary>
     public ulong? WorkingSetBytes { get; init; }
 
+    /// <summary><see cref="DirtyPattern.Hotset"/>: where the hot pages begin, as a share of the working set.</summary>
+    public double HotsetStart { get; init; }
+
     /// <summary>Writer threads (the guest's "vCPUs").</summary>
     public int Writers { get; init; } = 2;
 
@@ -91,6 +94,7 @@ public sealed record EngineBenchSettings
         DirtyRatePagesPerSecond = DirtyRatePagesPerSecond,
         Pattern = Pattern,
         WorkingSetBytes = WorkingSetBytes,
+        HotsetStart = HotsetStart,
         WriterThreads = Writers,
         Seed = Seed,
     };

@@ -700,6 +700,7 @@ public sealed class InProcessGuest : IMigrationSource, IDisposable
                 ulong hot = Math.Clamp((ulong)(own * Options.HotsetFraction), 1, own);
                 bool toHot = hot == own || writer.NextDouble() < Options.HotsetWriteShare;
                 k = toHot ? writer.NextBelow(hot) : hot + writer.NextBelow(own - hot);
+                k = (k + (ulong)(own * Options.HotsetStart)) % own; // HotsetStart < 1: the offset is below own
                 break;
             default:
                 k = writer.NextBelow(own);

@@ -70,6 +70,12 @@ public sealed record InProcessGuestOptions
     /// <summary><see cref="DirtyPattern.Hotset"/>: share of writes that go to the hot pages (default 0.9).</summary>
     public double HotsetWriteShare { get; init; } = 0.9;
 
+    /// <summary>
+    /// <see cref="DirtyPattern.Hotset"/>: where the hot pages begin, as a share of the working set (default 0, its
+    /// first pages; they wrap around its end). At 0 a first-to-last push order meets them first, which flatters it.
+    /// </summary>
+    public double HotsetStart { get; init; }
+
     /// <summary>Initial memory contents.</summary>
     public MemoryFill Fill { get; init; } = MemoryFill.Zero;
 
@@ -169,9 +175,9 @@ public sealed record InProcessGuestOptions
             throw new ArgumentException($"working set of {WorkingSetPages} pages (after the counter pages) is smaller than {WriterThreads} writers");
         }
 
-        if (!(HotsetFraction > 0 && HotsetFraction <= 1) || !(HotsetWriteShare >= 0 && HotsetWriteShare <= 1))
+        if (!(HotsetFraction > 0 && HotsetFraction <= 1) || !(HotsetWriteShare >= 0 && HotsetWriteShare <= 1) || !(HotsetStart >= 0 && HotsetStart < 1))
         {
-            throw new ArgumentException($"HotsetFraction {HotsetFraction} must be in (0, 1] and HotsetWriteShare {HotsetWriteShare} in [0, 1]");
+            throw new ArgumentException($"HotsetFraction {HotsetFraction} must be in (0, 1], HotsetWriteShare {HotsetWriteShare} in [0, 1] and HotsetStart {HotsetStart} in [0, 1)");
         }
     }
 }

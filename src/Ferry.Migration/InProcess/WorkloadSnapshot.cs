@@ -10,26 +10,27 @@ namespace Ferry.Migration.InProcess;
 /// (<see cref="InProcessGuestOptions.CounterPages"/>) and migrates as pages, as a real guest's own state would.
 /// </summary>
 /// <remarks>
-/// <para>Section "workload", version 2, little endian:
+/// <para>Section "workload", version 3, little endian:
 /// <code>
 ///   0 u32 magic "FWKL"      4 u32 flags (bit 0: split regions)   8 u64 memory bytes
 ///  16 i32 writer threads   20 i32 pattern                      24 i64 dirty rate (pages/s)
 ///  32 u64 working-set bytes 40 f64 hotset fraction              48 f64 hotset write share
 ///  56 i32 fill             60 i32 logical writers L            64 u64 seed
-///  72 u64 working-set pages W (cross-checks the options)         80 L x { u64 s0..s3, u64 cursor, i64 written }
+///  72 u64 working-set pages W (cross-checks the options)         80 f64 hotset start
+///  88 L x { u64 s0..s3, u64 cursor, i64 written }
 ///  last u32 CRC-32 of everything before it
 /// </code>
-/// 132 bytes for one writer, 12.4 KiB for the 256-writer maximum, whatever the guest's size. Version 1 carried a
-/// u32 per tracked page (up to 3.75 MiB, ~4 ms of downtime per 4 MiB at 1 GB/s) and capped tracking at a 3.75 GiB
-/// working set; version 1 sections are refused (the counters they carry have no place in version 2 memory).</para>
+/// 140 bytes for one writer, 12.1 KiB for the 256-writer maximum, whatever the guest's size. Version 2 was this
+/// without the hotset start; version 1 carried a u32 per tracked page (up to 3.75 MiB, ~4 ms of downtime per 4 MiB
+/// at 1 GB/s) and capped tracking at a 3.75 GiB working set. Both are refused.</para>
 /// </remarks>
 internal sealed class WorkloadSnapshot
 {
     public const string SectionName = "workload";
-    public const uint SectionVersion = 2;
+    public const uint SectionVersion = 3;
 
     private const uint Magic = 0x4C4B5746; // "FWKL"
-    private const int HeaderSize = 80;
+    private const int HeaderSize = 88;
 
     public required InProcessGuestOptions Options { get; init; }
 
@@ -69,6 +70,7 @@ internal sealed class WorkloadSnapshot
         BinaryPrimitives.WriteInt32LittleEndian(s[60..], Writers.Length);
         BinaryPrimitives.WriteUInt64LittleEndian(s[64..], o.Seed);
         BinaryPrimitives.WriteUInt64LittleEndian(s[72..], o.WorkingSetPages);
+        BinaryPrimitives.WriteDoubleLittleEndian(s[80..], o.HotsetStart);
         int at = HeaderSize;
         foreach (var w in Writers)
         {
@@ -120,6 +122,7 @@ internal sealed class WorkloadSnapshot
             WorkingSetBytes = BinaryPrimitives.ReadUInt64LittleEndian(s[32..]),
             HotsetFraction = BinaryPrimitives.ReadDoubleLittleEndian(s[40..]),
             HotsetWriteShare = BinaryPrimitives.ReadDoubleLittleEndian(s[48..]),
+            HotsetStart = BinaryPrimitives.ReadDoubleLittleEndian(s[80..]),
             Fill = (MemoryFill)BinaryPrimitives.ReadInt32LittleEndian(s[56..]),
             Seed = BinaryPrimitives.ReadUInt64LittleEndian(s[64..]),
         };

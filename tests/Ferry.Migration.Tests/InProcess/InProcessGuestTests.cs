@@ -207,6 +207,30 @@ public class InProcessGuestTests
     }
 
     [Fact]
+    public void AHotSetStartingMidMemoryGetsItsShareOfWritesThere()
+    {
+        const ulong pages = 4000;
+        using var guest = new InProcessGuest(new()
+        {
+            MemoryBytes = pages * 4096, WriterThreads = 0, Pattern = DirtyPattern.Hotset, HotsetStart = 0.5, Seed = 9,
+        });
+        guest.Step(40_000);
+        ulong workingSet = guest.Options.WorkingSetPages;
+        ulong hot = 0, first = 0, all = 0;
+        for (ulong p = 0; p < workingSet; p++)
+        {
+            ulong seq = Seq(guest.Regions, p);
+            all += seq;
+            hot += p >= workingSet / 2 && p < (workingSet / 2) + (workingSet / 10) ? seq : 0;
+            first += p < workingSet / 10 ? seq : 0;
+        }
+
+        Assert.Equal(40_000UL, all);
+        Assert.InRange(hot / (double)all, 0.88, 0.92);
+        Assert.InRange(first / (double)all, 0, 0.02); // the first tenth is cold now: ~1 % of the writes
+    }
+
+    [Fact]
     public void UniformWritesStayInsideTheWorkingSetAndSpreadOverIt()
     {
         using var guest = new InProcessGuest(new() { MemoryBytes = 2000 * 4096, WorkingSetBytes = 500 * 4096, WriterThreads = 0, SplitRegions = true });
@@ -342,7 +366,7 @@ public class InProcessGuestTests
         int small = SizeFor(MiB);
         // 16 GiB: version 1 of the section carried 3.75 MiB of counters for it; now they are guest pages.
         Assert.Equal(small, SizeFor(16UL << 30));
-        Assert.Equal(80 + 48 + 4, small);
+        Assert.Equal(88 + 48 + 4, small);
     }
 
     [Fact]
@@ -395,6 +419,8 @@ public class InProcessGuestTests
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = 4097 }));
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, WorkingSetBytes = 2 * MiB }));
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, HotsetFraction = 0 }));
+        Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, HotsetStart = 1 }));
+        Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, HotsetStart = -0.1 }));
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = MiB, DirtyRatePagesPerSecond = -1 }));
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = 4096, WriterThreads = 0 })); // no room for the counters
         Assert.Throws<ArgumentException>(() => new InProcessGuest(new() { MemoryBytes = 3 * 4096, WriterThreads = 3 })); // 2 pages to write

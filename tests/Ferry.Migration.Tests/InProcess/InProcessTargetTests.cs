@@ -42,10 +42,12 @@ public class InProcessTargetTests
         Assert.True(guest.PagesWritten > writtenAtPause);
     }
 
-    [Fact]
-    public void MigratedDeterministicWorkloadContinuesExactlyWhereTheSourceStopped()
+    [Theory]
+    [InlineData(0.0)]
+    [InlineData(0.3)] // the hot set's place travels with the workload: else the destination writes elsewhere
+    public void MigratedDeterministicWorkloadContinuesExactlyWhereTheSourceStopped(double hotsetStart)
     {
-        var options = new InProcessGuestOptions { MemoryBytes = 400 * 4096, WriterThreads = 0, Pattern = DirtyPattern.Hotset, SplitRegions = true, Seed = 3 };
+        var options = new InProcessGuestOptions { MemoryBytes = 400 * 4096, WriterThreads = 0, Pattern = DirtyPattern.Hotset, SplitRegions = true, Seed = 3, HotsetStart = hotsetStart };
         using var reference = new InProcessGuest(options);
         reference.Step(3000);
 
@@ -139,7 +141,7 @@ public class InProcessTargetTests
 
     public static TheoryData<string> BadSectionCases() =>
     [
-        "missing device", "missing workload", "unknown section", "duplicate workload", "workload version 1", "workload version 3", "device version 0",
+        "missing device", "missing workload", "unknown section", "duplicate workload", "workload version 2", "workload version 4", "device version 0",
         "workload truncated", "workload byte flipped", "workload extended", "device short", "device byte flipped",
         "different layout", "empty",
     ];
@@ -161,8 +163,8 @@ public class InProcessTargetTests
             "missing workload" => [device],
             "unknown section" => [workload, device, new StateSection("vcpu0", 1, new byte[16])],
             "duplicate workload" => [workload, device, workload],
-            "workload version 1" => [workload with { Version = 1 }, device],
-            "workload version 3" => [workload with { Version = 3 }, device],
+            "workload version 2" => [workload with { Version = 2 }, device],
+            "workload version 4" => [workload with { Version = 4 }, device],
             "device version 0" => [workload, device with { Version = 0 }],
             "workload truncated" => [workload with { Data = workload.Data[..^8] }, device],
             "workload byte flipped" => [workload with { Data = Flip(workload.Data, 100) }, device],
