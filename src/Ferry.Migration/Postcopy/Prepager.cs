@@ -35,9 +35,9 @@ public enum PrepagingStrategy
 /// faults landed opens a pivot with the full budget; any other opens a small one (<see cref="LoneStep"/> pages each
 /// side). A guest touching pages at random (the cold part of a hot-set workload) faults far from all the others, and
 /// 8 MiB pushed around each such fault only delays the pages it will touch next. In the deterministic model
-/// (<see cref="PrepagingSimulation"/>, 1 GiB, hot set, mean of seeds 1-5) faults fell from 1,265 to 1,130 with it
-/// (1,283 to 1,175 with the hot tenth in the middle of memory), QEMU's forward scan faults 1,274, and pushing the hot
-/// tenth first, knowing where it is, 1,108.</para>
+/// (<see cref="PrepagingSimulation"/>, 1 GiB, hot set, mean of seeds 1-5) faults fell from 1,277 to 1,180 with it
+/// (1,306 to 1,200 with the hot tenth in the middle of memory), QEMU's forward scan faults 1,263 (1,313), and pushing
+/// the hot tenth first, knowing where it is, 1,160.</para>
 /// <para><b>Hot pages.</b> Bubbling starts with the pages the source saw the guest use last (written since the last
 /// dirty-log harvest, and read or executed where the source tracks it), which it would otherwise fault on one round trip
 /// each. The part its operating system used (code, page tables, kernel stacks and data, where the source tells them

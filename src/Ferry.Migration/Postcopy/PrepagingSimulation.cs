@@ -10,7 +10,8 @@ internal enum SimulatedPattern
     /// <summary>90 % of the writes to the first 10 % of memory, the rest anywhere else, uniformly.</summary>
     Hotset,
 
-    /// <summary>Each writer walks its own pages (every writers-th one) upwards from where it was at the pause.</summary>
+    /// <summary>Each writer walks its own pages (every writers-th one) upwards, side by side from where they were at the
+    /// pause.</summary>
     Sequential,
 }
 
@@ -34,7 +35,7 @@ internal static class PrepagingSimulation
 {
     /// <param name="strategy">The order under test.</param>
     /// <param name="pattern">The writes.</param>
-    /// <param name="seed">Picks the writes (and the sequential writers' starting pages).</param>
+    /// <param name="seed">Picks the writes (and the sequential writers' starting page).</param>
     /// <param name="pages">Guest memory in pages, one region.</param>
     /// <param name="pushPagesPerSecond">The push's rate with no fault to serve.</param>
     /// <param name="writesPerSecond">Writes by all writers together while none waits.</param>
@@ -43,9 +44,11 @@ internal static class PrepagingSimulation
     /// <param name="pushPagesLostPerFault">Pages the push does not send for each fault served.</param>
     /// <param name="hotStart">Where the hot tenth begins, as a share of memory (0: the first page, as in the in-process
     /// guest).</param>
+    /// <param name="inFlightSeconds">How long a pushed page takes to land (the page channels' socket buffers): a write
+    /// to a page on its way faults too, and waits for whichever comes first, it or the urgent copy.</param>
     public static SimulatedPostcopy Run(PrepagingStrategy strategy, SimulatedPattern pattern, ulong seed,
         ulong pages = 1UL << 18, double pushPagesPerSecond = 600_000, double writesPerSecond = 20_000, int writers = 2,
-        double faultSeconds = 150e-6, double pushPagesLostPerFault = 60, double hotStart = 0)
+        double faultSeconds = 150e-6, double pushPagesLostPerFault = 60, double hotStart = 0, double inFlightSeconds = 2e-3)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(pages, 1024UL);
         ArgumentOutOfRangeException.ThrowIfLessThan(writers, 1);
@@ -59,12 +62,15 @@ internal static class PrepagingSimulation
         var cursor = new ulong[writers];
         var next = new double[writers];
         double interval = writers / writesPerSecond;
+        // Sequential writers walk side by side, as the in-process guest's do (same rate, same start).
+        ulong start = random.NextBelow(pages / (ulong)writers);
         for (int w = 0; w < writers; w++)
         {
-            cursor[w] = random.NextBelow(pages / (ulong)writers);
+            cursor[w] = start;
             next[w] = interval * (w + 1) / writers;
         }
         var runs = new DirtyRun[MigrationProtocol.MaxRunsPerBatch];
+        var landsAt = new double[pages]; // when a pushed page lands
         double push = 0;
         long faults = 0, workingSet = 0;
         while (prepager.Remaining > 0)
@@ -77,6 +83,7 @@ internal static class PrepagingSimulation
                 ulong taken = 0;
                 for (int i = 0; i < n; i++) taken += runs[i].Length;
                 push += Math.Max(taken, 1) / pushPagesPerSecond;
+                for (int i = 0; i < n; i++) Array.Fill(landsAt, push + inFlightSeconds, (int)runs[i].Start, (int)runs[i].Length);
                 continue;
             }
             ulong page = pattern switch
@@ -85,11 +92,20 @@ internal static class PrepagingSimulation
                 _ => ((cursor[w]++ % (pages / (ulong)writers)) * (ulong)writers) + (ulong)w,
             };
             if (written.TestAndSetAtomic(page)) workingSet++; // newly set
+            double now = next[w];
             if (toSend.TestAtomic(page) && prepager.Claim(page))
             {
                 faults++;
                 prepager.OnFault(page);
                 next[w] += faultSeconds;
+                push += pushPagesLostPerFault / pushPagesPerSecond;
+            }
+            else if (landsAt[page] > now)
+            {
+                // Pushed, not landed: the destination asks for it all the same (the source sends it again).
+                faults++;
+                prepager.OnFault(page);
+                next[w] += Math.Min(faultSeconds, landsAt[page] - now);
                 push += pushPagesLostPerFault / pushPagesPerSecond;
             }
             next[w] += interval;
