@@ -30,7 +30,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     private readonly ulong[] _first;
     private readonly long[] _requestedAt;
     private readonly long[] _samples = new long[MaxSamples];
-    private readonly Action<int, ulong> _request;
+    private readonly Action<int, ulong, uint> _request;
     private PageHashDigest? _digest;
     private IPostcopyMemory? _memory;
     private long _missingCount;
@@ -40,13 +40,13 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     private long _installed;
 
     /// <param name="regions">The destination guest's memory.</param>
-    /// <param name="request">Sends a PageRequest for (region, page) to the source.</param>
+    /// <param name="request">Sends a PageRequest for (region, first page, count) to the source.</param>
     /// <param name="digest">Per-page hashes for verification, or null (<see cref="Begin"/> may still drop it).</param>
     /// <remarks>Built at the handshake, long before the switchover: its per-page arrays are written through here once,
     /// so the kernel backs them now and not inside the downtime (a fresh page costs ~11 µs on this kind of host, and
     /// the arrays of a 1 GiB guest are 2 MiB, 4 with the digest: 6-17 ms measured when they were allocated at
     /// Complete).</remarks>
-    public PostcopyIncoming(IReadOnlyList<MemoryRegion> regions, Action<int, ulong> request, PageHashDigest? digest)
+    public PostcopyIncoming(IReadOnlyList<MemoryRegion> regions, Action<int, ulong, uint> request, PageHashDigest? digest)
     {
         _regions = regions;
         _request = request;
@@ -111,15 +111,69 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     }
 
     /// <inheritdoc/>
+    /// <remarks>
+    /// A fault just past the run an earlier request asked for continues a stream (a guest thread walking through
+    /// memory, or several interleaving their pages): it asks for a run twice as long as that one's, up to
+    /// <see cref="MaxFaultAround"/> pages, of pages still missing and not asked for (Linux's readahead, for faults).
+    /// Traced on the 1 GiB sequential benchmark: before the push had sent its first batch, the two writers faulted on
+    /// each of their pages in turn, some 120 round trips in the first 14 ms.
+    /// </remarks>
     public void PageNeeded(int region, ulong page)
     {
         if ((uint)region >= (uint)_regions.Count || page >= _regions[region].Pages) return; // not ours to ask for
         if (!_missing[region].TestAtomic(page)) return;              // landed meanwhile
-        if (!_requested[region].TestAndSetAtomic(page)) return;      // asked already
-        Volatile.Write(ref _requestedAt[_first[region] + page], Stopwatch.GetTimestamp());
+        ref long requestedAt = ref _requestedAt[_first[region] + page];
+        if (!_requested[region].TestAndSetAtomic(page))
+        {
+            // Asked for already: by a fault, or ahead of one as part of a run. In the second case a guest thread waits
+            // for it only now: a fault from here (counted, timed, and asked for again after a reconnect).
+            if (Interlocked.CompareExchange(ref requestedAt, Stopwatch.GetTimestamp(), 0) == 0) Interlocked.Increment(ref _faults);
+            return;
+        }
+        Volatile.Write(ref requestedAt, Stopwatch.GetTimestamp());
         Interlocked.Increment(ref _faults);
-        if (TraceLog.Enabled) TraceLog.Mark($"destination: fault on page {page} of region {region}");
-        _request(region, page);
+        uint count = RunFrom(region, page);
+        if (TraceLog.Enabled) TraceLog.Mark($"destination: fault on page {page} of region {region}, asking for {count}");
+        _request(region, page, count);
+    }
+
+    /// <summary>Most pages one request asks for (256 KiB, ~0.1 ms on loopback).</summary>
+    public const int MaxFaultAround = 64;
+
+    /// <summary>How far past a stream's last run a fault may land and still continue it, pages.</summary>
+    public const int StreamGap = 4;
+
+    // The last few requests' runs, as streams: where each ended (global page index, 0 = free) and how long it was.
+    private const int Streams = 8;
+    private readonly ulong[] _streamEnd = new ulong[Streams];
+    private readonly int[] _streamRun = new int[Streams];
+    private int _streamNext;
+    private readonly Lock _streamLock = new();
+
+    // Pages to ask for from page (requested already, by the caller): 1, or a stream's next run (marked requested here).
+    private uint RunFrom(int region, ulong page)
+    {
+        ulong at = _first[region] + page;
+        lock (_streamLock)
+        {
+            int stream = -1;
+            for (int i = 0; i < Streams && stream < 0; i++)
+                if (_streamEnd[i] != 0 && at >= _streamEnd[i] && at < _streamEnd[i] + StreamGap) stream = i;
+            int want = stream < 0 ? 1 : Math.Min(MaxFaultAround, Math.Max(2, _streamRun[stream] * 2));
+            uint count = 1;
+            ulong pages = _regions[region].Pages;
+            while (count < want && page + count < pages && _missing[region].TestAtomic(page + count)
+                   && _requested[region].TestAndSetAtomic(page + count))
+                count++;
+            if (stream < 0)
+            {
+                stream = _streamNext;
+                _streamNext = (_streamNext + 1) % Streams;
+            }
+            _streamEnd[stream] = at + count;
+            _streamRun[stream] = want;
+            return count;
+        }
     }
 
     /// <summary>
@@ -186,7 +240,8 @@ internal sealed class PostcopyIncoming : IPageFaultSink
 
     /// <summary>
     /// Ask again for every page a guest thread waits for and that has not landed: after a reconnect, requests and pages in
-    /// flight on the lost connection are gone. Returns how many.
+    /// flight on the lost connection are gone (pages asked for ahead of a fault are forgotten instead: the push brings
+    /// them, or a fault asks again). Returns how many.
     /// </summary>
     public int RequestPendingAgain()
     {
@@ -195,8 +250,14 @@ internal sealed class PostcopyIncoming : IPageFaultSink
         {
             for (ulong p = 0; p < _regions[r].Pages; p++)
             {
-                if (Volatile.Read(ref _requestedAt[_first[r] + p]) == 0 || !_missing[r].TestAtomic(p)) continue;
-                _request(r, p);
+                if (!_missing[r].TestAtomic(p)) continue;
+                if (Volatile.Read(ref _requestedAt[_first[r] + p]) == 0)
+                {
+                    // Asked for ahead of a fault, and lost with the connection: a later fault must ask again.
+                    _requested[r].TestAndClearAtomic(p);
+                    continue;
+                }
+                _request(r, p, 1);
                 n++;
             }
         }

@@ -87,7 +87,8 @@ internal sealed class UrgentSender
             _runs[runs++] = new PageRun(p, 1, encoding);
     }
 
-    /// <summary>Send pages [first, first + count) of region <paramref name="r"/> (a validated request) now.</summary>
+    /// <summary>Send pages [first, first + count) of region <paramref name="r"/> (a validated request) now: the first (the
+    /// one faulted on) in a batch of its own, then the rest.</summary>
     public void Send(int r, ulong first, uint count)
     {
         if (TraceLog.Enabled) TraceLog.Mark($"source: serving page {first} (+{count}) of region {r}");
@@ -101,6 +102,12 @@ internal sealed class UrgentSender
                 // Taken from the push; a page it sent already goes again (the destination counts what arrives twice).
                 _prepager.Claim(bitBase + p);
                 Append(ref runs, region, p);
+                if (p == first && count > 1)
+                {
+                    // The page a guest thread waits for goes alone, ahead of the rest of the run asked for with it.
+                    Write(r, region, 0, runs);
+                    runs = 0;
+                }
             }
             // A request is at most 512 pages; a batch carries at most 256 of data: split when needed.
             int from = 0, normal = 0;

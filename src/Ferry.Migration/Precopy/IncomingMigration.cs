@@ -502,11 +502,11 @@ public sealed class IncomingMigration
     private bool _postcopyCommitted;
 
     /// <summary>A guest thread waits for a page: ask the source (any thread; the control writer serialises records).</summary>
-    private void RequestPage(int region, ulong page)
+    private void RequestPage(int region, ulong page, uint count)
     {
         try
         {
-            _control!.WritePageRequestNoAlloc((ushort)region, page, 1);
+            _control!.WritePageRequestNoAlloc((ushort)region, page, count);
         }
         catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
         {

@@ -165,7 +165,7 @@ internal static class SwitchoverWarmup
             {
                 missing.SetAll();
                 toPush.SetAll();
-                var incoming = new Postcopy.PostcopyIncoming(regions, (_, _) => { }, new Postcopy.PageHashDigest(regions));
+                var incoming = new Postcopy.PostcopyIncoming(regions, (_, _, _) => { }, new Postcopy.PageHashDigest(regions));
                 incoming.Begin([missing], verify: true);
                 incoming.Attach(sink);
                 incoming.PageNeeded(0, 3);
