@@ -43,6 +43,12 @@ public interface IVmControl
     Task<MigrationStatistics> MigrateAsync(MigrateRequest request) =>
         throw new VmStateException("this VM cannot migrate");
 
+    /// <summary>
+    /// The answer to <see cref="MigrateAsync"/> has been sent (or its client went away): what is left of a VM that
+    /// migrated is its teardown, which nobody waits for.
+    /// </summary>
+    void MigrationAnswered() { }
+
     /// <summary>Cancel the migration in flight (the VM runs on here); <see cref="VmStateException"/> when there is none.</summary>
     void CancelMigration() => throw new VmStateException("no migration is in progress");
 

@@ -92,7 +92,10 @@ public sealed class VmApiClient : IDisposable
         }
         catch (HttpRequestException e)
         {
-            throw new ApiSocketException($"{SocketPath}: {method} /{path} failed: {e.Message}", e);
+            // HttpClient's own message ("An error occurred while sending the request") says nothing; what it wraps does.
+            string why = e.Message;
+            for (var inner = e.InnerException; inner is not null; inner = inner.InnerException) why += $" ({inner.Message})";
+            throw new ApiSocketException($"{SocketPath}: {method} /{path} failed: {why}", e);
         }
         catch (TaskCanceledException e) when (!cancellationToken.IsCancellationRequested)
         {

@@ -41,7 +41,7 @@ public static class VmApiEndpoints
         group.MapPut("/shutdown", () => Change(vm.Shutdown))
             .WithName("ShutdownVm")
             .WithSummary("Power the guest off; the VM process exits 0 once the response is sent.");
-        group.MapPut("/migrate", async Task<Results<Ok<MigrationStatistics>, BadRequest<ApiError>, Conflict<ApiError>>> (MigrateRequest request) =>
+        group.MapPut("/migrate", async Task<Results<Ok<MigrationStatistics>, BadRequest<ApiError>, Conflict<ApiError>>> (MigrateRequest request, HttpContext context) =>
             {
                 Task<MigrationStatistics> migration;
                 try
@@ -57,7 +57,13 @@ public static class VmApiEndpoints
                     return TypedResults.BadRequest(new ApiError(e.Message));
                 }
                 // Not tied to the request: a client that goes away does not stop the migration (ferry migrate --cancel does).
-                return TypedResults.Ok(await migration.ConfigureAwait(false));
+                var statistics = await migration.ConfigureAwait(false);
+                context.Response.OnCompleted(() =>
+                {
+                    vm.MigrationAnswered();
+                    return Task.CompletedTask;
+                });
+                return TypedResults.Ok(statistics);
             })
             .WithName("MigrateVm")
             .WithSummary("Live-migrate the VM to a 'ferry vm receive' destination; answers with the statistics when the migration ends. GET /vm shows its progress.");
