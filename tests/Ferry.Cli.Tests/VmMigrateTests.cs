@@ -174,7 +174,7 @@ public sealed class VmMigrateTests : IDisposable
         int at = b.LineCount;
         b.Type("diskcheck");
         var answer = b.WaitForLine(l => l.StartsWith("diskcheck ", StringComparison.Ordinal), Step, at);
-        Assert.True(answer is not null, "no disk check answer");
+        Assert.True(answer is not null, $"no disk check answer; destination console: {string.Join(" | ", b.LastLines(20))}; stderr: {string.Join(" | ", b.ErrorLines)}");
         Assert.StartsWith("diskcheck ok", answer.Value.Line, StringComparison.Ordinal);
         AssertSelfcheck(b);
     }
@@ -204,7 +204,7 @@ public sealed class VmMigrateTests : IDisposable
         int at = b.LineCount;
         b.Type("diskcheck");
         var answer = b.WaitForLine(l => l.StartsWith("diskcheck ", StringComparison.Ordinal), Step, at);
-        Assert.True(answer is not null, "no disk check answer");
+        Assert.True(answer is not null, $"no disk check answer; destination console: {string.Join(" | ", b.LastLines(20))}; stderr: {string.Join(" | ", b.ErrorLines)}");
         Assert.StartsWith("diskcheck ok", answer.Value.Line, StringComparison.Ordinal);
         AssertSelfcheck(b);
     }
