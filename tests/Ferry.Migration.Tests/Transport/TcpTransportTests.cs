@@ -248,6 +248,9 @@ public class TcpTransportTests
             source.Dispose();
             var closed = Assert.Throws<MigrationTransportException>(() => destination.Pages[0].ReceiveScatter(segments));
             Assert.Equal("pages-0: the peer closed the connection after 130 of 200 bytes", closed.Message);
+            // The segments point into it: collected earlier (a pinned array is still collectable once unreferenced), a
+            // receive found its memory gone ("readv failed: Bad address", once in a CI run).
+            GC.KeepAlive(buffer);
         }
     }
 
