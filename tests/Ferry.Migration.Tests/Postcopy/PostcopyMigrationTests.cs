@@ -131,19 +131,8 @@ public class PostcopyMigrationTests
     }
 
     /// <summary>An in-process guest with access tracking that names nothing; subclasses say what they name.</summary>
-    private abstract class TrackingGuest(InProcessGuest inner) : Guest.IMigrationSource, Guest.IAccessTrackingSource
+    private abstract class TrackingGuest(InProcessGuest inner) : DelegatingSource(inner), Guest.IAccessTrackingSource
     {
-        public IReadOnlyList<Guest.MemoryRegion> Regions => inner.Regions;
-        public ulong TotalPages => inner.TotalPages;
-        public bool IsRunning => inner.IsRunning;
-        public void StartDirtyLog() => inner.StartDirtyLog();
-        public void HarvestDirtyLog(Span<ulong> bitmap) => inner.HarvestDirtyLog(bitmap);
-        public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
-        public void StopDirtyLog() => inner.StopDirtyLog();
-        public void SetThrottle(int percent) => inner.SetThrottle(percent);
-        public void Pause() => inner.Pause();
-        public void Resume() => inner.Resume();
-        public IReadOnlyList<Guest.StateSection> SaveState() => inner.SaveState();
         public void HarvestAccessedPages(Span<ulong> bitmap) { }
         public virtual void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system) { }
         public virtual void GetResidentPages(Span<ulong> bitmap) { }

@@ -37,6 +37,23 @@ internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejec
     public void PreparePostcopy(TimeSpan budget, CancellationToken stop) => ((IPostcopyTarget)Inner).PreparePostcopy(budget, stop);
 }
 
+/// <summary>An in-process guest seen through a wrapper, for tests that change one of its answers.</summary>
+internal class DelegatingSource(InProcessGuest inner) : IMigrationSource
+{
+    public InProcessGuest Inner => inner;
+    public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
+    public ulong TotalPages => inner.TotalPages;
+    public bool IsRunning => inner.IsRunning;
+    public void StartDirtyLog() => inner.StartDirtyLog();
+    public virtual void HarvestDirtyLog(Span<ulong> bitmap) => inner.HarvestDirtyLog(bitmap);
+    public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
+    public void StopDirtyLog() => inner.StopDirtyLog();
+    public void SetThrottle(int percent) => inner.SetThrottle(percent);
+    public void Pause() => inner.Pause();
+    public void Resume() => inner.Resume();
+    public IReadOnlyList<StateSection> SaveState() => inner.SaveState();
+}
+
 internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget
 {
     private int _started;
