@@ -231,26 +231,15 @@ public class PrecopyMigrationTests
     }
 
     /// <summary>An in-process guest whose harvested dirty log the test adds pages to; everything else passes through.</summary>
-    internal abstract class DirtyLogOverlay(InProcessGuest inner) : IMigrationSource
+    internal abstract class DirtyLogOverlay(InProcessGuest inner) : DelegatingSource(inner)
     {
-        public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
-        public ulong TotalPages => inner.TotalPages;
-        public bool IsRunning => inner.IsRunning;
-        public void StartDirtyLog() => inner.StartDirtyLog();
-
-        public void HarvestDirtyLog(Span<ulong> bitmap)
+        public override void HarvestDirtyLog(Span<ulong> bitmap)
         {
-            inner.HarvestDirtyLog(bitmap);
+            base.HarvestDirtyLog(bitmap);
             AddDirty(bitmap);
         }
 
         protected abstract void AddDirty(Span<ulong> bitmap);
-        public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
-        public void StopDirtyLog() => inner.StopDirtyLog();
-        public void SetThrottle(int percent) => inner.SetThrottle(percent);
-        public void Pause() => inner.Pause();
-        public void Resume() => inner.Resume();
-        public IReadOnlyList<StateSection> SaveState() => inner.SaveState();
     }
 
     [Fact]
