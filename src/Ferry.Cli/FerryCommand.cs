@@ -161,7 +161,7 @@ public static class FerryCommand
             "Start a VM process that waits for a VM migrating in (as QEMU's -incoming), builds it from the stream in the " +
             "source's shape (harts, memory, devices) with this side's --serial, --disk and --net, and runs it from the " +
             "moment the source commits. One migration per process. Exit code: the arrived guest's, as 'ferry vm run'; " +
-            "1 the migration failed on the way (the reason on stderr; nothing ran here); 2 bad command line, address, " +
+            "1 the migration failed on the way (the reason on stderr: nothing ran here, or a post-copy lost the VM); 2 bad command line, address, " +
             "disk, tap or API socket; 130 interrupted.");
         var listenOption = ParsedOption("--listen", "HOST:PORT", "Address to accept the migration on; port 0 picks a free one, printed on stderr",
             (string? text, out System.Net.IPEndPoint value, out string reason) => HostPort.TryParse(text, allowPortZero: true, out value, out reason));
@@ -174,7 +174,10 @@ public static class FerryCommand
         var rxFirmware = new Option<string>("--firmware") { Description = $"What a reboot loads: with a kernel the raw firmware, alone a bare-metal ELF, as 'vm run' [default: {BuiltInGuest.Firmware}]", HelpName = "FILE" };
         var rxInitrd = new Option<string>("--initrd") { Description = "The initial RAM disk a reboot loads [default: none]", HelpName = "FILE" };
         var rxCmdline = new Option<string>("--cmdline") { Description = $"The kernel command line a reboot uses [default: {VmRunSettings.DefaultCmdline}]", HelpName = "TEXT" };
-        foreach (var option in new Option[] { listenOption, rxApi, rxSerial, rxDisk, rxNet, rxKernel, rxFirmware, rxInitrd, rxCmdline }) receive.Options.Add(option);
+        var rxRecovery = DurationOption("--recovery-timeout",
+            "How long a post-copy that lost its connection waits for the source's 'ferry migrate --resume' before it gives the VM up as lost (exit 1)",
+            "60s");
+        foreach (var option in new Option[] { listenOption, rxApi, rxSerial, rxDisk, rxNet, rxKernel, rxFirmware, rxInitrd, rxCmdline, rxRecovery }) receive.Options.Add(option);
         receive.SetAction(parse =>
         {
             string? serialPath = parse.GetValue(rxSerial);
@@ -188,6 +191,7 @@ public static class FerryCommand
                 Disk = parse.GetResult(rxDisk) is null ? null : parse.GetValue(rxDisk).Path,
                 DiskReadOnly = parse.GetResult(rxDisk) is not null && parse.GetValue(rxDisk).ReadOnly,
                 Tap = parse.GetResult(rxNet) is null ? null : parse.GetValue(rxNet),
+                RecoveryTimeout = parse.GetResult(rxRecovery) is null ? null : parse.GetValue(rxRecovery),
             };
             return VmRun.Run(settings, console, cancellationToken);
         });

@@ -58,6 +58,12 @@ internal sealed record VmRunSettings(string? Firmware, string? Serial, ulong Mem
     /// </summary>
     public System.Net.IPEndPoint? Listen { get; init; }
 
+    /// <summary>
+    /// <c>ferry vm receive</c>: how long a post-copy that lost its connection waits for the source to resume it before
+    /// the VM is given up as lost; null: the engine's default.
+    /// </summary>
+    public TimeSpan? RecoveryTimeout { get; init; }
+
     /// <summary>A firmware ELF and no kernel: run it bare-metal in M-mode, as before Linux booted.</summary>
     public bool BareMetal => Firmware is not null && Kernel is null;
 }
@@ -213,7 +219,7 @@ internal static class VmRun
 
     /// <summary>
     /// Wait for one incoming migration, then run the VM that arrived until it stops. Exit code 1 when the migration
-    /// failed on the way (a clear line on stderr; nothing ran here), 0 when a shutdown came before any VM did.
+    /// failed on the way (a clear line on stderr: nothing ran here, or a post-copy that lost its source lost the VM), 0 when a shutdown came before any VM did.
     /// </summary>
     private static int Receive(VmRunSettings settings, TcpMigrationListener listener, Stream serial, CurrentMachine current, VmControlSlot slot,
         CliConsole console, CancellationTokenSource stopReceiving, CancellationToken cancellationToken, out bool reboot)
@@ -235,6 +241,7 @@ internal static class VmRun
         {
             MaxMemoryBytes = maxBytes,
             Notice = line => console.Error.WriteLine($"ferry: {line}"),
+            PostcopyRecoveryTimeout = settings.RecoveryTimeout ?? new IncomingOptions().PostcopyRecoveryTimeout,
         });
         // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
         var warmUp = new Thread(() =>

@@ -289,6 +289,73 @@ public sealed class VmMigrateTests : IDisposable
     }
 
     [Fact]
+    public async Task APostcopyCutOffByTheNetworkPausesBothSidesAndResumesOverANewConnectionWithEveryPageIntact()
+    {
+        var ct = TestContext.Current.CancellationToken;
+        var a = StartSource("a");
+        var (b, toB) = StartDestination("b");
+        using var relay = new CuttableRelay(toB);
+        // 16 MiB/s: the push of the guest's memory takes seconds, time to cut the link in the middle of it.
+        var migration = Task.Run(() => Migrate(Socket("a"), "--to", relay.Address, "--mode", "postcopy", "--max-bandwidth", "16M", "--verify", "--json"), ct);
+        await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.PostcopyActive && m.BytesSent > (4 << 20));
+        Assert.True(b.WaitForErrorLine(l => l.StartsWith("ferry: the guest runs here; ", StringComparison.Ordinal), Step) is not null,
+            string.Join(" | ", b.ErrorLines));
+        relay.Cut();
+
+        // Both sides pause; neither gives the VM up, and the guest keeps whatever it can do with the pages it has.
+        await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.PostcopyPaused);
+        Assert.True(b.WaitForErrorLine(l => l.StartsWith("ferry: post-copy paused: ", StringComparison.Ordinal), Step) is not null,
+            string.Join(" | ", b.ErrorLines));
+        Assert.False(migration.IsCompleted, "ferry migrate ended while the migration was paused");
+        Assert.False(a.HasExited);
+        Assert.False(b.HasExited);
+
+        // The operator resumes it over a new connection, straight to the destination this time.
+        var (resumeCode, resumeOut, resumeErr) = Migrate(Socket("a"), "--resume", "--to", toB);
+        Assert.True(resumeCode == 0, $"exit {resumeCode}; stderr: {resumeErr}");
+        Assert.Equal(("", $"ferry: post-copy resuming to {toB}\n"), (resumeOut, resumeErr));
+        Assert.True(b.WaitForErrorLine(l => l.StartsWith("ferry: post-copy resumed; ", StringComparison.Ordinal), Step) is not null,
+            string.Join(" | ", b.ErrorLines));
+
+        var (code, stdout, stderr) = await migration;
+        Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}; destination: {string.Join(" | ", b.ErrorLines)}");
+        using (var doc = JsonDocument.Parse(stdout))
+        {
+            var root = doc.RootElement;
+            Assert.Equal("completed", root.GetProperty("status").GetString());
+            Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
+            Assert.Equal(1, root.GetProperty("postcopy").GetProperty("recoveries").GetInt32());
+        }
+        Assert.True(a.WaitForExit(Step), "the source process did not exit after the migration");
+        Assert.Equal(0, a.ExitCode);
+        AssertHeartbeatContinues(b);
+        AssertSelfcheck(b);
+    }
+
+    [Fact]
+    public async Task TheSourceDyingMidPostcopyLosesTheVmAtTheDestinationWithAClearErrorNotAHang()
+    {
+        var a = StartSource("a");
+        var (b, toB) = StartDestination("b", "--recovery-timeout", "2s");
+        var migration = Task.Run(() => Migrate(Socket("a"), "--to", toB, "--mode", "postcopy", "--max-bandwidth", "16M", "--json"),
+            TestContext.Current.CancellationToken);
+        await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.PostcopyActive && m.BytesSent > (4 << 20));
+        a.Kill();
+
+        // The destination cannot tell a dead source from a cut link: it waits for a resume, then gives the VM up.
+        Assert.True(b.WaitForExit(Step), $"the destination hung: {string.Join(" | ", b.ErrorLines)}");
+        Assert.Equal(1, b.ExitCode);
+        Assert.Contains(b.ErrorLines, l => l.StartsWith("ferry: post-copy paused: ", StringComparison.Ordinal));
+        Assert.Contains(b.ErrorLines, l => l.StartsWith("ferry: incoming migration failed: post-copy failed after the guest started here: ", StringComparison.Ordinal) &&
+                                           l.Contains("the source did not resume within 2 s", StringComparison.Ordinal) &&
+                                           l.EndsWith("; the VM is lost", StringComparison.Ordinal));
+        Assert.DoesNotContain(b.ErrorLines, l => l.Contains("   at ", StringComparison.Ordinal));
+        Assert.False(File.Exists(Socket("b")), "the API socket outlived the process");
+        var (code, _, stderr) = await migration;
+        Assert.True(code == VmClient.ExitFailed, $"exit {code}; stderr: {stderr}");
+    }
+
+    [Fact]
     public async Task VmReceiveDropsAStrayConnectionWithALineAndFailsClearlyOnACorruptMigrationStream()
     {
         var (b, address) = StartDestination("b");
