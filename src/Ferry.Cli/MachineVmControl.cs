@@ -33,11 +33,13 @@ internal sealed class MachineVmControl : IVmControl
     // The last migration's outcome, shown by Info until the next one starts.
     private MigrationInfo? lastMigration;
 
-    public MachineVmControl(VirtMachine machine, TimeProvider time)
+    /// <param name="startedAt">When the harts started (<paramref name="time"/>'s ticks), if before now: a VM that ran
+    /// here in post-copy before this control took over.</param>
+    public MachineVmControl(VirtMachine machine, TimeProvider time, long? startedAt = null)
     {
         this.machine = machine;
         this.time = time;
-        startedAt = time.GetTimestamp();
+        this.startedAt = startedAt ?? time.GetTimestamp();
     }
 
     public VmState State => state;

@@ -48,10 +48,15 @@ internal static class VmClient
         yield return ("instructions", info.Instructions.ToString("N0", CultureInfo.InvariantCulture));
         if (info.Migration is { } m)
         {
-            string line = m.Status is Migration.MigrationStatus.Setup or Migration.MigrationStatus.Active or Migration.MigrationStatus.Device
-                ? ProgressView.Describe(m.ToProgress())
-                : $"{StatisticsView.Name(m.Status)}{(m.Error is null ? "" : ": " + m.Error)}";
-            yield return ("migration", $"{line} (to {m.Destination})");
+            string line = m.Status switch
+            {
+                Migration.MigrationStatus.Setup or Migration.MigrationStatus.Active or Migration.MigrationStatus.Device => ProgressView.Describe(m.ToProgress()),
+                // A destination's post-copy: what it still waits for.
+                Migration.MigrationStatus.PostcopyActive or Migration.MigrationStatus.PostcopyPaused when m.Destination.Length == 0 =>
+                    $"{StatisticsView.Name(m.Status)}, {Units.FormatBytes((ulong)m.RemainingBytes)} of memory still to come",
+                _ => $"{StatisticsView.Name(m.Status)}{(m.Error is null ? "" : ": " + m.Error)}",
+            };
+            yield return ("migration", m.Destination.Length == 0 ? $"{line} (incoming)" : $"{line} (to {m.Destination})");
         }
     }
 

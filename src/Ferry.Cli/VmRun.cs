@@ -237,10 +237,20 @@ internal static class VmRun
         // RAM sizes are bounded by the board itself (the factory refuses any other), a copied disk by the source's
         // largest; the engine's own bound is their sum, and only with a --disk to copy into.
         ulong maxBytes = VirtMachine.MaxMemory + (settings.Disk is null ? 0 : VirtMachineSource.MaxCopiedDiskBytes);
-        var incoming = new IncomingMigration(listener, factory, new IncomingOptions
+        IncomingMigration? incoming = null;
+        PostcopyVmControl? postcopy = null;
+        incoming = new IncomingMigration(listener, factory, new IncomingOptions
         {
             MaxMemoryBytes = maxBytes,
             Notice = line => console.Error.WriteLine($"ferry: {line}"),
+            // Post-copy: the guest runs here before its memory is all here; the API and the console serve it from now.
+            PostcopyStarted = t =>
+            {
+                VirtMachine arrived = ((VirtMachineTarget)t).Machine!;
+                postcopy = new PostcopyVmControl(arrived, incoming!, TimeProvider.System);
+                slot.Set(postcopy);
+                current.Set(arrived);
+            },
             PostcopyRecoveryTimeout = settings.RecoveryTimeout ?? new IncomingOptions().PostcopyRecoveryTimeout,
         });
         // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
@@ -258,6 +268,8 @@ internal static class VmRun
         }
         catch (Exception e) when (e is MigrationException or OperationCanceledException or IOException)
         {
+            current.Set(null);
+            if (postcopy is not null) slot.SetIdle(VmState.Shutdown);
             if (cancellationToken.IsCancellationRequested) return ExitInterrupted;
             if (stopReceiving.IsCancellationRequested) return 0; // shut down through the API before anything arrived
             console.Error.WriteLine($"ferry: incoming migration failed: {e.Message}");
@@ -272,7 +284,7 @@ internal static class VmRun
         {
             VirtMachine machine = target.Machine!;
             console.Error.WriteLine($"ferry: the VM arrived ({machine.HartCount} harts, {Units.FormatBytes(machine.Ram.Size)}): running");
-            return Serve(machine, started: true, slot, current, console, cancellationToken, out reboot);
+            return Serve(machine, started: true, slot, current, console, cancellationToken, out reboot, postcopy?.StartedAt);
         }
     }
     /// <summary>Build a board, load it, run it until it stops; <paramref name="reboot"/>: the guest asked for a reset.</summary>
@@ -316,10 +328,10 @@ internal static class VmRun
 
     /// <summary>Run <paramref name="machine"/> (started here unless <paramref name="started"/>) until it stops, with the API and the console on it.</summary>
     private static int Serve(VirtMachine machine, bool started, VmControlSlot slot, CurrentMachine current, CliConsole console,
-        CancellationToken cancellationToken, out bool reboot)
+        CancellationToken cancellationToken, out bool reboot, long? startedAt = null)
     {
         reboot = false;
-        var control = new MachineVmControl(machine, TimeProvider.System);
+        var control = new MachineVmControl(machine, TimeProvider.System, startedAt);
         slot.Set(control);
         current.Set(machine);
         try

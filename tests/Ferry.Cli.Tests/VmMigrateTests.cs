@@ -300,6 +300,13 @@ public sealed class VmMigrateTests : IDisposable
         await WaitForMigrationAsync(Socket("a"), m => m.Status == Migration.MigrationStatus.PostcopyActive && m.BytesSent > (4 << 20));
         Assert.True(b.WaitForErrorLine(l => l.StartsWith("ferry: the guest runs here; ", StringComparison.Ordinal), Step) is not null,
             string.Join(" | ", b.ErrorLines));
+        using var destination = new VmApiClient(Socket("b"));
+        // The destination's API serves the VM that runs there, and says its memory is still arriving.
+        var info = await destination.GetInfoAsync(ct);
+        Assert.Equal(VmState.Running, info.State);
+        Assert.Equal(2, info.Harts);
+        Assert.Equal(Migration.MigrationStatus.PostcopyActive, info.Migration?.Status);
+        Assert.True(info.Migration!.RemainingBytes > 0);
         relay.Cut();
 
         // Both sides pause; neither gives the VM up, and the guest keeps whatever it can do with the pages it has.
@@ -309,6 +316,15 @@ public sealed class VmMigrateTests : IDisposable
         Assert.False(migration.IsCompleted, "ferry migrate ended while the migration was paused");
         Assert.False(a.HasExited);
         Assert.False(b.HasExited);
+        info = await destination.GetInfoAsync(ct);
+        Assert.Equal(VmState.Running, info.State);
+        Assert.Equal(Migration.MigrationStatus.PostcopyPaused, info.Migration?.Status);
+        // Nothing may stop the one copy that runs while its memory is split between two hosts.
+        var refused = await Assert.ThrowsAsync<VmApiException>(() => destination.ShutdownAsync(ct));
+        Assert.Equal("cannot shut down: the VM's memory is still arriving (post-copy)", refused.Message);
+        var (statusCode, status, _) = RunCaptured("vm", "status", "--api", Socket("b"));
+        Assert.Equal(0, statusCode);
+        Assert.Matches(@"(?m)^migration: +postcopy-paused, [0-9.]+ [KMG]iB of memory still to come \(incoming\)$", status);
 
         // The operator resumes it over a new connection, straight to the destination this time.
         var (resumeCode, resumeOut, resumeErr) = Migrate(Socket("a"), "--resume", "--to", toB);
@@ -328,6 +344,9 @@ public sealed class VmMigrateTests : IDisposable
         }
         Assert.True(a.WaitForExit(Step), "the source process did not exit after the migration");
         Assert.Equal(0, a.ExitCode);
+        info = await destination.GetInfoAsync(ct);
+        Assert.Equal(VmState.Running, info.State);
+        Assert.Null(info.Migration);
         AssertHeartbeatContinues(b);
         AssertSelfcheck(b);
     }

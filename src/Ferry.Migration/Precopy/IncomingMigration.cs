@@ -55,6 +55,13 @@ public sealed record IncomingOptions
     public Action<string>? Notice { get; init; }
 
     /// <summary>
+    /// Called once, on the engine's thread, when the guest has started here while post-copy still brings its memory
+    /// (<see cref="IncomingMigration.Run"/> returns only once every page landed): from then on it runs here, and
+    /// <see cref="IncomingMigration.PostcopyStatus"/> says how its memory is coming. Must return quickly.
+    /// </summary>
+    public Action<IMigrationTarget>? PostcopyStarted { get; init; }
+
+    /// <summary>
     /// During pre-copy, map in the background every 2 MiB chunk of guest memory in which at least this many of the
     /// 512 pages hold received data (collapsing chunks split to 4 KiB pages back into huge pages), so the
     /// stop-and-copy pass lands in mapped memory (see <see cref="ChunkPrefaulter"/>); 0 turns it off. Default 64 (an
@@ -431,7 +438,9 @@ public sealed class IncomingMigration
             switchoverPriority = default;
             if (incoming is not null)
             {
+                _postcopyIncoming = incoming;
                 _options.Notice?.Invoke($"the guest runs here; {incoming.Missing} of its pages follow (post-copy)");
+                _options.PostcopyStarted?.Invoke(target);
                 RunPostcopy(incoming, reader);
             }
             return target;
@@ -489,6 +498,20 @@ public sealed class IncomingMigration
             teardown.Dispose();
         }
     }
+
+    /// <summary>
+    /// While the guest runs here and post-copy still brings its memory: <see cref="MigrationStatus.PostcopyActive"/>,
+    /// or <see cref="MigrationStatus.PostcopyPaused"/> while the connection is lost; null before the guest started here
+    /// and once every page landed (or the VM was lost). Any thread.
+    /// </summary>
+    public MigrationStatus? PostcopyStatus =>
+        _postcopyIncoming is null || _postcopyOver || _abort.IsCancellationRequested ? null
+        : _linkDown || _paused ? MigrationStatus.PostcopyPaused : MigrationStatus.PostcopyActive;
+
+    /// <summary>Pages the guest here still lacks, while <see cref="PostcopyStatus"/> is set; 0 otherwise.</summary>
+    public long PostcopyPagesToCome => PostcopyStatus is null ? 0 : _postcopyIncoming!.Missing;
+
+    private volatile Postcopy.PostcopyIncoming? _postcopyIncoming;
 
     /// <summary>Pages missing when the guest started here (post-copy); valid after <see cref="Run"/>.</summary>
     public long PostcopyMissingPages { get; private set; }

@@ -318,17 +318,27 @@ public class PostcopyFailureTests
         var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 16 << 20 };
         IncomingMigration? destination = null;
         bool destinationPaused = false;
+        MigrationStatus? destinationBefore = null, destinationPausedStatus = null;
+        long toCome = 0;
+        int startedCalls = 0;
         var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options,
-            incoming: new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 },
+            incoming: new IncomingOptions
+            {
+                PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30,
+                PostcopyStarted = _ => Interlocked.Increment(ref startedCalls),
+            },
             onIncoming: d => destination = d,
             duringRun: source =>
             {
                 SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(10));
                 Thread.Sleep(300);
+                destinationBefore = destination?.PostcopyStatus;
                 Volatile.Write(ref cut, true);
                 // Both sides notice the silence within the peer timeout and wait.
                 Assert.True(SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyPaused, TimeSpan.FromSeconds(10)), "source never paused");
                 destinationPaused = SpinWait.SpinUntil(() => destination?.PostcopyPaused == true, TimeSpan.FromSeconds(10));
+                destinationPausedStatus = destination?.PostcopyStatus;
+                toCome = destination?.PostcopyPagesToCome ?? 0;
                 Assert.NotNull(source.PausedReason);
                 // A resume to a destination that cannot be reached leaves it paused, with the reason.
                 source.ResumePostcopy(new RefusingConnector());
@@ -349,6 +359,13 @@ public class PostcopyFailureTests
         Assert.True(pc.PushedPages + pc.UrgentPages >= pc.MissingPages, $"pushed {pc.PushedPages} + urgent {pc.UrgentPages} < missing {pc.MissingPages}");
         Assert.True(outcome.Stats.BytesSent >= 64L << 20, $"bytes_sent {outcome.Stats.BytesSent} below the memory that crossed");
         Assert.Equal(1, destination!.PostcopyRecoveries);
+        // What the destination's API shows: the guest started here once, memory coming, then paused, then over.
+        Assert.Equal(1, startedCalls);
+        Assert.Equal(MigrationStatus.PostcopyActive, destinationBefore);
+        Assert.Equal(MigrationStatus.PostcopyPaused, destinationPausedStatus);
+        Assert.InRange(toCome, 1, pc.MissingPages);
+        Assert.Null(destination.PostcopyStatus);
+        Assert.Equal(0, destination.PostcopyPagesToCome);
         DestinationChecks.AssertSelfCheckAfterStart(outcome.Target!);
     }
 
