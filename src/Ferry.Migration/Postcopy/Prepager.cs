@@ -43,8 +43,9 @@ public enum PrepagingStrategy
 /// each. The part its operating system used (code, page tables, kernel stacks and data, where the source tells them
 /// apart) goes before everything, pivots included: until those are in, each fault stops the kernel, its timer interrupt
 /// and scheduler with it, so the whole guest (traced on the demo VM: some 60 faults back to back in the first 30 ms,
-/// the guest's clock interrupt 30 ms late). The rest go in address order after any live pivot's pages and before the
-/// sweep.</para>
+/// the guest's clock interrupt 30 ms late). So do the pages the guest used in every recent interval, user pages
+/// included (see <see cref="Precopy.OutgoingMigration.SteadyIntervals"/>). The rest go in address order after any live
+/// pivot's pages and before the sweep.</para>
 /// <para><b>Threads.</b> Every page channel's sender takes from one instance under one lock (a take hands out up to
 /// 1 MiB, so about a thousand times a second at full speed). The urgent path never takes it: the return path's thread
 /// claims a page with one atomic bit clear and queues the fault for the next take, so it never waits for a push thread

@@ -124,6 +124,61 @@ public class PostcopyMigrationTests
         }
     }
 
+    [Fact]
+    public void PagesTheGuestUsesInEveryIntervalAndPagesOnlyItsCpusHoldGoFirstWithItsSystemPages()
+    {
+        // Idle: the pages it writes in every interval would be steady too, and the count below exact no more.
+        using var inner = NewGuest(64, pagesPerSecond: 0);
+        using var transport = new InMemoryTransport();
+        var source = new SteadyAndHeldPages(inner);
+        // The destination's preparation outlasts the intervals that make a page steady.
+        var slow = new ObservedPreparationFactory { Delay = OutgoingMigration.RecentUseInterval * (OutgoingMigration.SteadyIntervals + 4) };
+        var outcome = Migrate(source, transport.Connector, transport.Listener, PostcopyOptions(MigrationMode.Postcopy), new RecordingTargetFactory(slow));
+        using var _ = outcome.Target;
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        Assert.True(source.Harvests >= OutgoingMigration.SteadyIntervals, $"only {source.Harvests} harvests before the pause");
+        // Both kinds went on the urgent channel before everything else: the steady user pages, and the pages the
+        // CPUs held at the pause, read before the dirty log's harvest dropped them.
+        Assert.Equal(2 * SteadyAndHeldPages.Count, outcome.Stats.Postcopy!.SystemPages);
+    }
+
+    /// <summary>
+    /// An in-process guest whose pages [2000, 2000 + Count) its user side used in every interval (a sampler thread's
+    /// stack and data), and whose CPUs hold translations for [3000, 3000 + Count) that only a pause shows, until a
+    /// dirty-log harvest drops them (as the machine's write entries: a page written all the time is in its TLB only).
+    /// </summary>
+    private sealed class SteadyAndHeldPages(InProcessGuest inner) : TrackingGuest(inner)
+    {
+        public const int Steady = 2000, Held = 3000, Count = 40;
+        private volatile bool _paused, _dropped;
+        public int Harvests;
+
+        public override void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system)
+        {
+            Harvests++;
+            for (int p = Steady; p < Steady + Count; p++) bitmap[p >> 6] |= 1UL << p;
+            if (!_paused || _dropped) return;
+            for (int p = Held; p < Held + Count; p++)
+            {
+                bitmap[p >> 6] |= 1UL << p;
+                system[p >> 6] |= 1UL << p;
+            }
+        }
+
+        public override void HarvestDirtyLog(Span<ulong> bitmap)
+        {
+            base.HarvestDirtyLog(bitmap);
+            if (_paused) _dropped = true;
+        }
+
+        public override void Pause()
+        {
+            base.Pause();
+            _paused = true;
+        }
+    }
+
     /// <summary>An in-process guest that says its CPUs hold every page (a stand-in for the machine's TLBs).</summary>
     private sealed class EveryPageResident(InProcessGuest inner) : TrackingGuest(inner)
     {
@@ -144,6 +199,8 @@ public class PostcopyMigrationTests
         private readonly InProcessTargetFactory _inner = new();
         public string? ThreadName;
         public int? Nice;
+        /// <summary>How much longer the preparation takes.</summary>
+        public TimeSpan Delay { get; init; }
 
         public Guest.IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions) =>
             new Target(this, (InProcessTarget)_inner.Create(vmId, regions));
@@ -164,6 +221,7 @@ public class PostcopyMigrationTests
                 string stat = File.ReadAllText("/proc/thread-self/stat");
                 owner.Nice = int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[16], System.Globalization.CultureInfo.InvariantCulture);
                 ((Guest.IPostcopyTarget)inner).PreparePostcopy(budget, stop);
+                stop.WaitHandle.WaitOne(owner.Delay);
             }
         }
     }

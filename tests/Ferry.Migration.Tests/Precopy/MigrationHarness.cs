@@ -49,7 +49,7 @@ internal class DelegatingSource(InProcessGuest inner) : IMigrationSource
     public void GetPopulatedPages(Span<ulong> bitmap) => inner.GetPopulatedPages(bitmap);
     public void StopDirtyLog() => inner.StopDirtyLog();
     public void SetThrottle(int percent) => inner.SetThrottle(percent);
-    public void Pause() => inner.Pause();
+    public virtual void Pause() => inner.Pause();
     public void Resume() => inner.Resume();
     public IReadOnlyList<StateSection> SaveState() => inner.SaveState();
 }
