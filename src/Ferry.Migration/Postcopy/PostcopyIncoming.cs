@@ -108,6 +108,32 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     {
         _memory = memory;
         if (Missing == 0) AllLanded.Set();
+        _attached.Set();
+    }
+
+    /// <summary>
+    /// The migration failed before <see cref="Attach"/>: an install waiting for it (see <see cref="Apply"/>) gives up.
+    /// Any thread.
+    /// </summary>
+    public void Abandon()
+    {
+        _abandoned = true;
+        _attached.Set();
+    }
+
+    // Set by Attach (or Abandon): the source pushes its first pages right after Complete, which may reach the urgent
+    // channel's thread before the control thread has read Complete and attached the guest's memory.
+    private readonly ManualResetEventSlim _attached = new();
+    private volatile bool _abandoned;
+
+    /// <summary>How long an install waits for the switchover to attach the guest's memory.</summary>
+    private static readonly TimeSpan AttachWait = TimeSpan.FromSeconds(10);
+
+    private IPostcopyMemory AwaitAttach()
+    {
+        if (!_attached.Wait(AttachWait) || _abandoned || _memory is not { } memory)
+            throw new MigrationProtocolException("post-copy pages arrived, and no switchover to post-copy followed");
+        return memory;
     }
 
     /// <inheritdoc/>
@@ -187,7 +213,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
 
     private void Apply(int region, ulong first, ulong count, nint data)
     {
-        var memory = _memory ?? throw new MigrationProtocolException("post-copy pages arrived before the switchover");
+        var memory = _memory ?? AwaitAttach();
         var missing = _missing[region];
         ulong end = first + count;
         ulong p = first;

@@ -238,6 +238,7 @@ public sealed class IncomingMigration
                 // missing-page bookkeeping and the urgent channel's receive thread (which installs nothing before
                 // the switchover attaches the guest's memory: a page arriving earlier is a protocol error).
                 prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, pageHashes);
+                _prepared = prepared;
                 var urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
                 urgent.Reader.Postcopy = prepared;
                 _urgentReceiver = urgent;
@@ -512,6 +513,8 @@ public sealed class IncomingMigration
     public long PostcopyPagesToCome => PostcopyStatus is null ? 0 : _postcopyIncoming!.Missing;
 
     private volatile Postcopy.PostcopyIncoming? _postcopyIncoming;
+    // Post-copy's receiving side, built at the handshake (installs wait for the switchover to attach memory).
+    private volatile Postcopy.PostcopyIncoming? _prepared;
 
     /// <summary>Pages missing when the guest started here (post-copy); valid after <see cref="Run"/>.</summary>
     public long PostcopyMissingPages { get; private set; }
@@ -836,6 +839,7 @@ public sealed class IncomingMigration
             _failure = reason;
         }
         _abort.Cancel();
+        _prepared?.Abandon();
         if (_connection is { } c)
         {
             foreach (var p in c.Pages) p.Abort();

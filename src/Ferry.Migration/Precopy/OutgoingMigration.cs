@@ -691,6 +691,14 @@ public sealed class OutgoingMigration
             // guest, and if it never does they are dropped with the rest of post-copy.
             _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot, system);
             SetUrgent(new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
+            long systemPages = 0;
+            try
+            {
+                systemPages = Volatile.Read(ref _urgent)!.PushSystem();
+            }
+            catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
+            {
+            }
             if (!_readyArrived.Wait(_options.PeerTimeout, _abort.Token))
                 Fail(MigrationStatus.Failed, $"destination did not answer Ready within {_options.PeerTimeout.TotalSeconds:F1} s of Complete", notify: true, ProtocolErrorCode.Timeout);
             _abort.Token.ThrowIfCancellationRequested();
@@ -714,19 +722,6 @@ public sealed class OutgoingMigration
             // threads would compete with the destination's switchover for the cores, inside the downtime (measured on 2
             // cores, 1 GiB: commit to Resumed 40 ms with the push already running).
             bool resumed = _resumedArrived.Wait(_options.PeerTimeout, _abort.Token) && _resumed is not null;
-            // The guest's system pages, on the urgent channel from this (still real-time) thread, before the push
-            // threads are even scheduled. A link that fails meanwhile is the return path's to report.
-            long systemPages = 0;
-            if (resumed)
-            {
-                try
-                {
-                    systemPages = Volatile.Read(ref _urgent)!.PushSystem();
-                }
-                catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
-                {
-                }
-            }
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has
             // landed. Begun inside the downtime it competed with it (hybrid with verify: 25-46 ms of final harvest).

@@ -120,7 +120,10 @@ namespace Ferry.Migration.Protocol;
 /// with flag Postcopy. A source that sent no page before the switchover (pure post-copy) sends no Flush then and puts
 /// sequence 0 in Complete: the destination must have received no page batch at all, and every page is missing. The
 /// destination drains the Flushes, makes those pages missing, loads the state and answers Ready;
-/// Commit and Resumed as in pre-copy, and the guest runs at the destination from Commit. Then the source pushes every
+/// Commit and Resumed as in pre-copy, and the guest runs at the destination from Commit. From Complete on (while
+/// the destination loads the state) the source may send the pages the guest will need first on the urgent channel,
+/// as PageBatch records flagged Postcopy; the destination installs them once it has read Complete, and if no Commit
+/// follows they go with the rest of the half-built guest. Then the source pushes every
 /// missing page on the page channels as PageBatch records flagged Postcopy (and DataChecksummed: the source is paused
 /// for good, so the data never changes), ended by Flush 2 on each; a page a guest thread waits for is asked for with
 /// PageRequest on the control channel and sent at once on the urgent channel (a connection of the transport's own, so
