@@ -114,8 +114,8 @@ public sealed record PostcopyStatistics
 
     /// <summary>
     /// Of <see cref="PushedPages"/>: the pages the source's guest used in privileged mode lately (its kernel's code,
-    /// page tables, stacks and data), pushed on the urgent channel the moment the guest started at the destination.
-    /// 0 for a guest that does not tell them apart.
+    /// page tables, stacks and data) and, in pure post-copy, those it used all the time, pushed on the urgent channel
+    /// during the switchover (after Complete). 0 for a guest that names none.
     /// </summary>
     [JsonPropertyName("system_pages")] public long SystemPages { get; init; }
 
