@@ -435,6 +435,10 @@ public sealed class VmMigrateTests : IDisposable
         Assert.Equal(FerryCommand.ExitUsage, code);
         Assert.Equal("ferry: --listen: '127.0.0.1:99999' has a port that is not a number from 0 to 65535\n", stderr);
 
+        (code, _, stderr) = RunCaptured("vm", "receive", "--listen", "127.0.0.1:0", "--recovery-timeout", "0s");
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("ferry: --recovery-timeout: '0s' must be greater than zero\n", stderr);
+
 
         using var busy = new TcpListener(IPAddress.Loopback, 0);
         busy.Start();
