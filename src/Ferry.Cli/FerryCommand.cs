@@ -161,8 +161,8 @@ public static class FerryCommand
             "Start a VM process that waits for a VM migrating in (as QEMU's -incoming), builds it from the stream in the " +
             "source's shape (harts, memory, devices) with this side's --serial, --disk and --net, and runs it from the " +
             "moment the source commits. One migration per process. Exit code: the arrived guest's, as 'ferry vm run'; " +
-            "1 the migration failed on the way (the reason on stderr: nothing ran here, or a post-copy lost the VM); 2 bad command line, address, " +
-            "disk, tap or API socket; 130 interrupted.");
+            "1 the migration failed on the way (the reason on stderr: nothing ran here, or a post-copy lost the VM); " +
+            "2 bad command line, address, disk, tap or API socket; 130 interrupted.");
         var listenOption = ParsedOption("--listen", "HOST:PORT", "Address to accept the migration on; port 0 picks a free one, printed on stderr",
             (string? text, out System.Net.IPEndPoint value, out string reason) => HostPort.TryParse(text, allowPortZero: true, out value, out reason));
         listenOption.Required = true;

@@ -219,7 +219,8 @@ internal static class VmRun
 
     /// <summary>
     /// Wait for one incoming migration, then run the VM that arrived until it stops. Exit code 1 when the migration
-    /// failed on the way (a clear line on stderr: nothing ran here, or a post-copy that lost its source lost the VM), 0 when a shutdown came before any VM did.
+    /// failed on the way (a clear line on stderr: nothing ran here, or a post-copy that lost its source lost the VM),
+    /// 0 when a shutdown came before any VM did.
     /// </summary>
     private static int Receive(VmRunSettings settings, TcpMigrationListener listener, Stream serial, CurrentMachine current, VmControlSlot slot,
         CliConsole console, CancellationTokenSource stopReceiving, CancellationToken cancellationToken, out bool reboot)

@@ -236,7 +236,8 @@ public sealed class IncomingMigration
                 targetMissing = NewPageMaps(target.Regions);
                 // Everything post-copy needs on this side is built now, not at Complete inside the downtime: the
                 // missing-page bookkeeping and the urgent channel's receive thread (which installs nothing before
-                // the switchover attaches the guest's memory: a page arriving earlier is a protocol error).
+                // the switchover attaches the guest's memory: a page the source sends right after Complete waits
+                // for that, and one with no switchover after it fails the migration).
                 prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, pageHashes);
                 _prepared = prepared;
                 var urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
