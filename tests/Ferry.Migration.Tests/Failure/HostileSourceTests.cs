@@ -234,6 +234,29 @@ public class HostileSourceTests
     }
 
     [Fact]
+    public void PostcopyPagesWithNoSwitchoverAfterThemEndWithTheSourcesSilenceNotLater()
+    {
+        // The urgent channel's thread holds pages sent before Complete until the switchover attaches the guest's
+        // memory; a source that never gets there must not keep it (or the destination) waiting past the peer timeout.
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var c = transport.Connector.Connect(1, urgentChannel: true, CancellationToken.None);
+        using (c)
+        {
+            var writer = new ProtocolWriter(c.Control);
+            var reader = new ProtocolReader(c.Control);
+            writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
+                ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel, Layout, ReadOnlyMemory<byte>.Empty));
+            reader.Expect<WelcomeMessage>();
+            // A zero run carries no data, so the region's host address is never read.
+            new PageBatchWriter(c.Urgent!).WriteBatch(0, new MemoryRegion(0, 1 << 20, 0), [new PageRun(3, 2, PageEncoding.Zero)], PageBatchFlags.Postcopy);
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.True(destination.Clock.Elapsed < PeerTimeout * 4, $"gave up after {destination.Clock.Elapsed.TotalSeconds:F1} s");
+            Assert.Contains("silent", e.Message);
+        }
+    }
+
+    [Fact]
     public void ADestinationThatNeverGetsCommitAfterReadyDiscardsTheGuestWithinThePeerTimeout()
     {
         // Real state for the 1 MiB layout, so the destination loads it and answers Ready.
