@@ -12,7 +12,9 @@ namespace Ferry.Bench;
 /// same run on the same workloads: how much of what the guest needed it had to fault for (faulted share: faults over the
 /// pages it wrote during post-copy), and the fault latency (request to page installed) while the bulk push runs beside
 /// it. Orders: bubble (Ferry: around each fault, both ways, widening), forward (QEMU: on from the last fault), linear
-/// (Cloud Hypervisor: first to last page). Orders take turns going first across repetitions.
+/// (Cloud Hypervisor: first to last page), and off (no background push for the first <see cref="OffWindow"/> of
+/// post-copy: only the pages the guest faults on move, the reference every order is measured against; then the push
+/// is let go so the run completes). Orders take turns going first across repetitions.
 /// </summary>
 internal static class PostcopyBenchmark
 {
@@ -22,7 +24,14 @@ internal static class PostcopyBenchmark
     // set in the middle of memory too.
     private static readonly Case[] Cases =
         [new("hotset", DirtyPattern.Hotset), new("hotset-mid", DirtyPattern.Hotset, 0.45), new("sequential", DirtyPattern.Sequential)];
-    private static readonly PrepagingStrategy[] Orders = [PrepagingStrategy.Bubble, PrepagingStrategy.Forward, PrepagingStrategy.Linear];
+    private sealed record Order(string Name, PrepagingStrategy Strategy, bool PushOff = false);
+
+    private static readonly Order[] Orders =
+        [new("bubble", PrepagingStrategy.Bubble), new("forward", PrepagingStrategy.Forward), new("linear", PrepagingStrategy.Linear),
+         new("off", PrepagingStrategy.Linear, PushOff: true)];
+
+    /// <summary>How long "off" holds the push back once the guest runs at the destination: longer than any other order's post-copy here.</summary>
+    private static readonly TimeSpan OffWindow = TimeSpan.FromSeconds(1);
 
     public static int Run(string[] args, TextWriter output, TextWriter error)
     {
@@ -66,9 +75,12 @@ internal static class PostcopyBenchmark
                     var settings = new EngineBenchSettings
                     {
                         MemoryBytes = memory, Fill = MemoryFill.Random, DirtyRatePagesPerSecond = rate, Pattern = c.Pattern, HotsetStart = c.HotsetStart,
-                        Writers = 2, Mode = MigrationMode.Postcopy, Prepaging = order, Verify = true,
+                        Writers = 2, Mode = MigrationMode.Postcopy, Prepaging = order.Strategy, Verify = true,
+                        // Off: a cap of a byte a second on the page channels (the urgent channel has none) lets a batch
+                        // per channel out, then holds the push until ReleasePush lifts it.
+                        MaxBandwidth = order.PushOff ? 1 : 0,
                     };
-                    using var result = LoopbackMigration.Run(settings, null, CancellationToken.None);
+                    using var result = LoopbackMigration.Run(settings, null, CancellationToken.None, order.PushOff ? ReleasePush : null);
                     results[order].Add(result.Statistics);
                 }
             }
@@ -80,7 +92,7 @@ internal static class PostcopyBenchmark
                 bool ok = runs.All(s => s.Status == MigrationStatus.Completed && s.Verify?.Match == true);
                 var row = new
                 {
-                    workload = c.Name, order = order.ToString().ToLowerInvariant(),
+                    workload = c.Name, order = order.Name,
                     faults = Median(s => pc(s).Faults), working_set = Median(s => pc(s).WorkingSetPages ?? 0),
                     faulted_share = Median(s => pc(s).FaultedShare ?? 0),
                     p50_us = Median(s => pc(s).FaultLatencyUs.P50), p99_us = Median(s => pc(s).FaultLatencyUs.P99), max_us = Median(s => pc(s).FaultLatencyUs.Max),
@@ -99,6 +111,16 @@ internal static class PostcopyBenchmark
         return 0;
     }
 
+    /// <summary>"Off": once post-copy runs, wait <see cref="OffWindow"/>, then lift the page channels' cap.</summary>
+    private static void ReleasePush(Ferry.Migration.Precopy.OutgoingMigration migration) =>
+        new Thread(() =>
+        {
+            while (migration.Progress.Status is not (MigrationStatus.PostcopyActive or MigrationStatus.Completed or MigrationStatus.Failed or MigrationStatus.Cancelled))
+                Thread.Sleep(1);
+            Thread.Sleep(OffWindow);
+            migration.MaxBandwidth = 0;
+        }) { IsBackground = true, Name = "bench-release-push" }.Start();
+
     // The same orders in PrepagingSimulation: no network, no clock, the same writes for every order (seeds 1..n).
     private static void WriteModel(TextWriter output, ulong memory, long rate, int repetitions)
     {
@@ -107,7 +129,7 @@ internal static class PostcopyBenchmark
         foreach (var c in Cases)
         {
             var pattern = c.Pattern == DirtyPattern.Sequential ? SimulatedPattern.Sequential : SimulatedPattern.Hotset;
-            foreach (var order in Orders)
+            foreach (var order in Orders.Where(o => !o.PushOff).Select(o => o.Strategy))
             {
                 var runs = Enumerable.Range(1, repetitions)
                     .Select(seed => PrepagingSimulation.Run(order, pattern, (ulong)seed, memory / 4096, writesPerSecond: rate, hotStart: c.HotsetStart)).ToList();

@@ -15,8 +15,12 @@ namespace Ferry.Cli;
 /// </summary>
 public static class LoopbackMigration
 {
-    /// <summary>Create the guest from <paramref name="settings"/> and migrate it.</summary>
-    public static LoopbackResult Run(EngineBenchSettings settings, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken)
+    /// <summary>
+    /// Create the guest from <paramref name="settings"/> and migrate it; <paramref name="started"/> is given the source's
+    /// engine just before it runs (on another thread it may change its bandwidth or watch its progress).
+    /// </summary>
+    public static LoopbackResult Run(EngineBenchSettings settings, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken,
+        Action<OutgoingMigration>? started = null)
     {
         ArgumentNullException.ThrowIfNull(settings);
         var source = new InProcessGuest(settings.ToGuestOptions());
@@ -28,7 +32,7 @@ public static class LoopbackMigration
                 cancellationToken.WaitHandle.WaitOne(settings.Warmup);
                 cancellationToken.ThrowIfCancellationRequested();
             }
-            return Run(source, settings.ToMigrationOptions(), progress, cancellationToken);
+            return Run(source, settings.ToMigrationOptions(), progress, cancellationToken, started: started);
         }
         catch
         {
@@ -64,7 +68,7 @@ public static class LoopbackMigration
     /// migration completed, the started destination; dispose it.
     /// </summary>
     public static LoopbackResult Run(InProcessGuest source, MigrationOptions options, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken,
-        InProcessTargetFactory? targetFactory = null)
+        InProcessTargetFactory? targetFactory = null, Action<OutgoingMigration>? started = null)
     {
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(options);
@@ -96,6 +100,7 @@ public static class LoopbackMigration
         try
         {
             var outgoing = new OutgoingMigration(source, new TcpMigrationConnector(listener.LocalEndPoint), options);
+            started?.Invoke(outgoing);
             using (cancellationToken.Register(outgoing.Cancel))
                 statistics = outgoing.Run(progress, cancellationToken);
         }
