@@ -151,4 +151,39 @@ public class UrgentRunTests
             System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)memory);
         }
     }
+
+    [Fact]
+    public unsafe void TheSystemPagesPushStopsBetweenBatchesWhenAskedAndTheRestGoesLater()
+    {
+        // As the switchover runs it: until Ready, then once the guest runs. Zero pages: batches of runs only.
+        const int Pages = 1024;
+        nint memory = (nint)System.Runtime.InteropServices.NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
+        try
+        {
+            new Span<byte>((void*)memory, Pages * MemoryRegion.PageSize).Clear();
+            PushSystemInSteps(new MemoryRegion(0, Pages * MemoryRegion.PageSize, memory), Pages);
+        }
+        finally
+        {
+            System.Runtime.InteropServices.NativeMemory.AlignedFree((void*)memory);
+        }
+    }
+
+    private static void PushSystemInSteps(MemoryRegion region, ulong pages)
+    {
+        MemoryRegion[] regions = [region];
+        var (send, receive) = Ferry.Migration.Transport.InMemoryTransport.CreatePair("urgent", capacity: 1 << 20);
+        var toSend = new DirtyBitmap(pages);
+        toSend.SetAll();
+        var system = new DirtyBitmap(pages);
+        system.SetRange(0, 200); // four batches' worth
+        var urgent = new UrgentSender(send, regions, new Prepager(toSend, new ulong[] { pages }, PrepagingStrategy.Bubble, system: system));
+        int asked = 0;
+        long first = urgent.PushSystem(() => ++asked > 1); // Ready after the first batch
+        Assert.Equal(UrgentSender.SystemBatchPages, first);
+        Assert.Equal(0, urgent.PushSystem(() => true)); // Ready already in: not one more batch
+        Assert.Equal(200 - UrgentSender.SystemBatchPages, urgent.PushSystem());
+        Assert.Equal(pages - 200, toSend.Count()); // the system pages went once, the rest is the push's
+        receive.Dispose();
+    }
 }
