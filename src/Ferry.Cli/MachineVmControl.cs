@@ -53,7 +53,9 @@ internal sealed class MachineVmControl : IVmControl
         {
             lock (gate)
             {
-                MigrationInfo? migration = outgoing is null ? lastMigration : MigrationInfo.From(destination, outgoing.Progress);
+                // While a post-copy is paused, why (the lost connection) is its error.
+                MigrationInfo? migration = outgoing is null ? lastMigration
+                    : MigrationInfo.From(destination, outgoing.Progress) with { Error = outgoing.PausedReason };
                 return new VmInfo(state, machine.HartCount, machine.Ram.Size,
                     (long)time.GetElapsedTime(startedAt).TotalMilliseconds, machine.InstructionsRetired, migration);
             }

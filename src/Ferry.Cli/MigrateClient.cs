@@ -35,7 +35,9 @@ internal static class MigrateClient
             MigrateRequest request = settings.Request ?? throw new ArgumentException("no request", nameof(settings));
             var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
             var statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
-                () => Migrate(client, request, progress, cancellationToken));
+                () => Migrate(client, request, progress, cancellationToken,
+                    paused => console.Error.WriteLine($"ferry: post-copy paused{(paused is null ? "" : $" ({paused})")}: the VM waits on both " +
+                        $"hosts for its memory; resume with 'ferry migrate --api {settings.Api} --resume [--to HOST:PORT]'")));
             if (settings.Json) console.Out.WriteLine(StatisticsView.ToJson(statistics));
             else StatisticsView.Write(StatisticsView.CreateConsole(console.Out, console.OutIsTerminal), statistics);
             return EngineBench.ExitCode(statistics, request.Verify);
@@ -73,10 +75,14 @@ internal static class MigrateClient
         }
     }
 
-    /// <summary>Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it.</summary>
+    /// <summary>
+    /// Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it. <paramref name="paused"/>
+    /// is told (with the reason) each time a post-copy pauses for a lost connection, which only a resume ends.
+    /// </summary>
     internal static MigrationStatistics Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
-        CancellationToken cancellationToken)
+        CancellationToken cancellationToken, Action<string?>? paused = null)
     {
+        bool pausedTold = false;
         // The answer is awaited without the caller's token: a Ctrl+C cancels the migration, and its statistics still come.
         var migration = client.MigrateAsync(request, CancellationToken.None);
         bool cancelSent = false;
@@ -97,7 +103,13 @@ internal static class MigrateClient
             try
             {
                 VmInfo info = client.GetInfoAsync(CancellationToken.None).GetAwaiter().GetResult();
-                if (info.Migration is { } m && !migration.IsCompleted) progress.Report(m.ToProgress());
+                if (info.Migration is { } m && !migration.IsCompleted)
+                {
+                    progress.Report(m.ToProgress());
+                    bool isPaused = m.Status == MigrationStatus.PostcopyPaused;
+                    if (isPaused && !pausedTold) paused?.Invoke(m.Error);
+                    pausedTold = isPaused;
+                }
             }
             catch (Exception e) when (e is VmApiException or ApiSocketException)
             {

@@ -319,6 +319,11 @@ public sealed class VmMigrateTests : IDisposable
         info = await destination.GetInfoAsync(ct);
         Assert.Equal(VmState.Running, info.State);
         Assert.Equal(Migration.MigrationStatus.PostcopyPaused, info.Migration?.Status);
+        using (var sourceApi = new VmApiClient(Socket("a")))
+        {
+            var sourceInfo = await sourceApi.GetInfoAsync(ct);
+            Assert.False(string.IsNullOrEmpty(sourceInfo.Migration?.Error), "the source's API says why it paused");
+        }
         // Nothing may stop the one copy that runs while its memory is split between two hosts.
         var refused = await Assert.ThrowsAsync<VmApiException>(() => destination.ShutdownAsync(ct));
         Assert.Equal("cannot shut down: the VM's memory is still arriving (post-copy)", refused.Message);
@@ -342,6 +347,9 @@ public sealed class VmMigrateTests : IDisposable
             Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
             Assert.Equal(1, root.GetProperty("postcopy").GetProperty("recoveries").GetInt32());
         }
+        // The ferry migrate that was waiting said what happened and what to do, once.
+        Assert.Single(stderr.Split('\n'), l => l.StartsWith("ferry: post-copy paused (", StringComparison.Ordinal) &&
+                                                l.EndsWith($"resume with 'ferry migrate --api {Socket("a")} --resume [--to HOST:PORT]'", StringComparison.Ordinal));
         Assert.True(a.WaitForExit(Step), "the source process did not exit after the migration");
         Assert.Equal(0, a.ExitCode);
         info = await destination.GetInfoAsync(ct);
