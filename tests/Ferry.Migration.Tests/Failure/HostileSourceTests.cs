@@ -79,6 +79,17 @@ public class HostileSourceTests
         return (c, writer, reader);
     }
 
+    /// <summary>Connect one page channel and the urgent one, and complete a post-copy handshake for a 1 MiB guest.</summary>
+    private static (MigrationConnection Connection, ProtocolWriter Writer) PostcopyHandshake(InMemoryTransport transport)
+    {
+        var c = transport.Connector.Connect(1, urgentChannel: true, CancellationToken.None);
+        var writer = new ProtocolWriter(c.Control);
+        writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
+            ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel, Layout, ReadOnlyMemory<byte>.Empty));
+        new ProtocolReader(c.Control).Expect<WelcomeMessage>();
+        return (c, writer);
+    }
+
     /// <summary>Keepalives on the control and the page channel every 100 ms, so only a deadline can end the wait.</summary>
     private static Thread KeepAlive(MigrationConnection c, CancellationToken stop)
     {
@@ -215,14 +226,9 @@ public class HostileSourceTests
     {
         using var transport = new InMemoryTransport();
         var destination = new Destination(transport.Listener, Options());
-        var c = transport.Connector.Connect(1, urgentChannel: true, CancellationToken.None);
+        var (c, writer) = PostcopyHandshake(transport);
         using (c)
         {
-            var writer = new ProtocolWriter(c.Control);
-            var reader = new ProtocolReader(c.Control);
-            writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
-                ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel, Layout, ReadOnlyMemory<byte>.Empty));
-            reader.Expect<WelcomeMessage>();
             // A zero run carries no data, so the region's host address is never read.
             new PageBatchWriter(c.Pages[0]).WriteBatch(0, new MemoryRegion(0, 1 << 20, 0), [new PageRun(3, 2, PageEncoding.Zero)], PageBatchFlags.None);
             Thread.Sleep(200); // let the receiver take the batch
@@ -240,14 +246,9 @@ public class HostileSourceTests
         // memory; a source that never gets there must not keep it (or the destination) waiting past the peer timeout.
         using var transport = new InMemoryTransport();
         var destination = new Destination(transport.Listener, Options());
-        var c = transport.Connector.Connect(1, urgentChannel: true, CancellationToken.None);
+        var (c, writer) = PostcopyHandshake(transport);
         using (c)
         {
-            var writer = new ProtocolWriter(c.Control);
-            var reader = new ProtocolReader(c.Control);
-            writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
-                ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel, Layout, ReadOnlyMemory<byte>.Empty));
-            reader.Expect<WelcomeMessage>();
             // A zero run carries no data, so the region's host address is never read.
             new PageBatchWriter(c.Urgent!).WriteBatch(0, new MemoryRegion(0, 1 << 20, 0), [new PageRun(3, 2, PageEncoding.Zero)], PageBatchFlags.Postcopy);
             var e = destination.AssertFailedAndDiscarded();
