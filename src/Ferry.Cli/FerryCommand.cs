@@ -4,6 +4,7 @@ using Ferry.Api;
 using Ferry.Machine;
 using Ferry.Migration;
 using Ferry.Migration.InProcess;
+using Ferry.Migration.Precopy;
 
 namespace Ferry.Cli;
 
@@ -176,7 +177,7 @@ public static class FerryCommand
         var rxCmdline = new Option<string>("--cmdline") { Description = $"The kernel command line a reboot uses [default: {VmRunSettings.DefaultCmdline}]", HelpName = "TEXT" };
         var rxRecovery = DurationOption("--recovery-timeout",
             "How long a post-copy that lost its connection waits for the source's 'ferry migrate --resume' before it gives the VM up as lost (exit 1)",
-            "60s");
+            $"{IncomingOptions.DefaultPostcopyRecoveryTimeout.TotalSeconds:0}s");
         foreach (var option in new Option[] { listenOption, rxApi, rxSerial, rxDisk, rxNet, rxKernel, rxFirmware, rxInitrd, rxCmdline, rxRecovery }) receive.Options.Add(option);
         receive.SetAction(parse =>
         {

@@ -252,7 +252,7 @@ internal static class VmRun
                 slot.Set(postcopy);
                 current.Set(arrived);
             },
-            PostcopyRecoveryTimeout = settings.RecoveryTimeout ?? new IncomingOptions().PostcopyRecoveryTimeout,
+            PostcopyRecoveryTimeout = settings.RecoveryTimeout ?? IncomingOptions.DefaultPostcopyRecoveryTimeout,
         });
         // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
         var warmUp = new Thread(() =>

@@ -45,7 +45,10 @@ public sealed record IncomingOptions
     /// How long a post-copy destination whose connection was lost waits for the source to resume (postcopy-paused)
     /// before it gives the VM up as lost. The guest's threads that need a missing page wait meanwhile; the others run.
     /// </summary>
-    public TimeSpan PostcopyRecoveryTimeout { get; init; } = TimeSpan.FromSeconds(60);
+    public TimeSpan PostcopyRecoveryTimeout { get; init; } = DefaultPostcopyRecoveryTimeout;
+
+    /// <summary>The default of <see cref="PostcopyRecoveryTimeout"/>.</summary>
+    public static readonly TimeSpan DefaultPostcopyRecoveryTimeout = TimeSpan.FromSeconds(60);
 
     /// <summary>
     /// Told, in a sentence, what an operator watching the destination should know while <see cref="IncomingMigration.Run"/>

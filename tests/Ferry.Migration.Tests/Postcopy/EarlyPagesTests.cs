@@ -1,5 +1,3 @@
-using Ferry.Migration.Guest;
-using Ferry.Migration.Memory;
 using Ferry.Migration.Postcopy;
 using Ferry.Migration.Protocol;
 
@@ -11,27 +9,8 @@ namespace Ferry.Migration.Tests.Postcopy;
 /// </summary>
 public class EarlyPagesTests
 {
-    private const ulong Pages = 16;
-
-    private sealed class CountingMemory : IPostcopyMemory
-    {
-        public int Installed;
-        public void Install(int region, ulong firstPage, int count, nint source) => Interlocked.Add(ref Installed, count);
-        public void InstallZero(int region, ulong firstPage, ulong count) => Interlocked.Add(ref Installed, (int)count);
-        public long BlockedTicks => 0;
-        public long WorkingSetPages => 0;
-        public void Abort(string reason) { }
-        public void Dispose() { }
-    }
-
-    private static PostcopyIncoming Begun()
-    {
-        var incoming = new PostcopyIncoming([new MemoryRegion(0, Pages * MemoryRegion.PageSize, 0)], (_, _, _) => { }, null);
-        var missing = new DirtyBitmap(Pages);
-        missing.SetAll();
-        incoming.Begin([missing], verify: false);
-        return incoming;
-    }
+    // A guest whose every page is missing (regions only counted: nothing is read from host memory).
+    private static PostcopyIncoming Begun() => FaultAroundTests.Make().Incoming;
 
     /// <summary>Run <paramref name="install"/> on a thread of its own, as the urgent channel's receiver would.</summary>
     private static (Thread Thread, Func<Exception?> Error) Installing(Action install)
@@ -58,12 +37,12 @@ public class EarlyPagesTests
         var incoming = Begun();
         var (thread, error) = Installing(() => incoming.InstallZero(0, 2, 3));
         Assert.False(thread.Join(TimeSpan.FromMilliseconds(100)), "installed with nothing attached");
-        var memory = new CountingMemory();
+        var memory = new RecordingMemory();
         incoming.Attach(memory);
         Assert.True(thread.Join(TimeSpan.FromSeconds(10)));
         Assert.Null(error());
-        Assert.Equal(3, memory.Installed);
-        Assert.Equal((long)Pages - 3, incoming.Missing);
+        Assert.Equal([(2UL, 3)], memory.Installs);
+        Assert.Equal((long)FaultAroundTests.Pages - 3, incoming.Missing);
     }
 
     [Fact]

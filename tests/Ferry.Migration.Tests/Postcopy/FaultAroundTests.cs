@@ -7,10 +7,10 @@ namespace Ferry.Migration.Tests.Postcopy;
 /// <summary>The destination's requests: one page for a lone fault, growing runs for faults that walk through memory.</summary>
 public class FaultAroundTests
 {
-    private const ulong Pages = 10_000;
+    internal const ulong Pages = 10_000;
 
     // Regions are only counted here (nothing is installed): no host memory behind them.
-    private static (PostcopyIncoming Incoming, List<(int Region, ulong First, uint Count)> Requests) Make()
+    internal static (PostcopyIncoming Incoming, List<(int Region, ulong First, uint Count)> Requests) Make()
     {
         var requests = new List<(int, ulong, uint)>();
         var incoming = new PostcopyIncoming([new MemoryRegion(0, Pages * MemoryRegion.PageSize, 0)], (r, p, n) => requests.Add((r, p, n)), null);
@@ -103,20 +103,21 @@ public class FaultAroundTests
     }
 }
 
+/// <summary>Guest memory that only notes what was installed where (one installing thread at a time).</summary>
+internal sealed class RecordingMemory : IPostcopyMemory
+{
+    public readonly List<(ulong First, int Count)> Installs = [];
+    public void Install(int region, ulong firstPage, int count, nint source) => Installs.Add((firstPage, count));
+    public void InstallZero(int region, ulong firstPage, ulong count) => Installs.Add((firstPage, (int)count));
+    public long BlockedTicks => 0;
+    public long WorkingSetPages => 0;
+    public void Abort(string reason) { }
+    public void Dispose() { }
+}
+
 /// <summary>The source's side of a run asked for with a fault.</summary>
 public class UrgentRunTests
 {
-    private sealed class RecordingMemory : IPostcopyMemory
-    {
-        public readonly List<(ulong First, int Count)> Installs = [];
-        public void Install(int region, ulong firstPage, int count, nint source) => Installs.Add((firstPage, count));
-        public void InstallZero(int region, ulong firstPage, ulong count) => Installs.Add((firstPage, (int)count));
-        public long BlockedTicks => 0;
-        public long WorkingSetPages => 0;
-        public void Abort(string reason) { }
-        public void Dispose() { }
-    }
-
     [Fact]
     public unsafe void TheFaultedPageGoesInABatchOfItsOwnAheadOfTheRestOfItsRun()
     {
