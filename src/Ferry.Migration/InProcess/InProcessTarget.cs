@@ -150,6 +150,15 @@ public sealed class InProcessTarget : IMigrationTarget, IPostcopyTarget
         postcopy?.Attach(Guest);
     }
 
+    // Post-copy's per-page fault stamps (8 bytes per page, 2 MiB per GiB), allocated at the handshake
+    // (PreparePostcopy): at BeginPostcopy, inside the downtime, the large-object allocation could set off a background
+    // collection running into the guest's first milliseconds here.
+    private long[]? _faultStamps;
+
+    /// <inheritdoc/>
+    /// <remarks>Only the fault stamps' allocation: this guest's memory is faulted in by <see cref="Preallocate"/>.</remarks>
+    public void PreparePostcopy(TimeSpan budget, CancellationToken stop) => _faultStamps ??= UserfaultfdPostcopy.NewFaultStamps(_regions);
+
     /// <inheritdoc/>
     /// <remarks>Guest memory is registered with a userfaultfd in MISSING mode; the missing pages are dropped
     /// (<c>MADV_DONTNEED</c>), so the first touch of each waits for the engine to install it.</remarks>
@@ -157,7 +166,7 @@ public sealed class InProcessTarget : IMigrationTarget, IPostcopyTarget
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         if (_postcopy is not null || Guest is not null) throw new InvalidOperationException("post-copy begins once, before Start");
-        _postcopy = new UserfaultfdPostcopy(_regions, missing, sink);
+        _postcopy = new UserfaultfdPostcopy(_regions, missing, sink, _faultStamps);
         return _postcopy;
     }
 

@@ -32,7 +32,18 @@ internal sealed class UserfaultfdPostcopy : IPostcopyMemory
     private InProcessGuest? _guest;
     private int _disposed;
 
-    public UserfaultfdPostcopy(MemoryRegion[] regions, IReadOnlyList<DirtyBitmap> missing, IPageFaultSink sink)
+    /// <summary>Per-page fault stamps for <paramref name="regions"/>, zeroed and faulted in.</summary>
+    public static long[] NewFaultStamps(MemoryRegion[] regions)
+    {
+        ulong total = 0;
+        foreach (var region in regions) total += region.Pages;
+        var stamps = new long[total];
+        Prefault.Array<long>(stamps);
+        return stamps;
+    }
+
+    /// <param name="faultStamps">From <see cref="NewFaultStamps"/> for these regions, all zero; null: allocated here.</param>
+    public UserfaultfdPostcopy(MemoryRegion[] regions, IReadOnlyList<DirtyBitmap> missing, IPageFaultSink sink, long[]? faultStamps = null)
     {
         _regions = regions;
         _sink = sink;
@@ -46,7 +57,8 @@ internal sealed class UserfaultfdPostcopy : IPostcopyMemory
             _first[r] = total;
             total += regions[r].Pages;
         }
-        _faultedAt = new long[total];
+        _faultedAt = faultStamps ?? NewFaultStamps(regions);
+        if ((ulong)_faultedAt.Length != total) throw new ArgumentException("fault stamps for other regions", nameof(faultStamps));
         _uffd = Userfaultfd.Open();
         try
         {

@@ -29,7 +29,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     private readonly DirtyBitmap[] _requested;
     private readonly ulong[] _first;
     private readonly long[] _requestedAt;
-    private readonly long[] _samples = new long[MaxSamples];
+    private readonly long[] _samples;
     private readonly Action<int, ulong, uint> _request;
     private PageHashDigest? _digest;
     private IPostcopyMemory? _memory;
@@ -61,6 +61,10 @@ internal sealed class PostcopyIncoming : IPageFaultSink
             total += regions[r].Pages;
         }
         _requestedAt = new long[total];
+        // No more samples than pages (a page's fault is sampled once it lands): a small guest, such as the switchover
+        // warm-up's 40 of 4 pages, allocates next to nothing. 40 full arrays (512 KiB each, the large-object heap) set
+        // off a chain of background collections that ran on into the guest's first milliseconds after the resume.
+        _samples = new long[(int)Math.Min((ulong)MaxSamples, total)];
         Prefault.Array(_requestedAt);
         Prefault.Array(_samples);
         foreach (var b in _requested) Prefault.Array(b.Words);
@@ -255,7 +259,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
             if (at == 0) continue;
             if (TraceLog.Enabled) TraceLog.Mark($"destination: page {start + i} of region {region} landed, {(now - at) * 1_000_000 / Stopwatch.Frequency} us after its fault");
             long k = Interlocked.Increment(ref _sampleCount) - 1;
-            if (k < MaxSamples) _samples[k] = now - at;
+            if (k < _samples.Length) _samples[k] = now - at;
         }
         Interlocked.Add(ref _installed, (long)count);
         if (Interlocked.Add(ref _missingCount, -(long)count) == 0) AllLanded.Set();
@@ -293,7 +297,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     /// <summary>Fault latency percentiles in microseconds (p50, p99, max); zeros with no fault.</summary>
     public (uint P50, uint P99, uint Max) Latency()
     {
-        int n = (int)Math.Min(Interlocked.Read(ref _sampleCount), MaxSamples);
+        int n = (int)Math.Min(Interlocked.Read(ref _sampleCount), _samples.Length);
         return Percentiles(_samples.AsSpan(0, n).ToArray());
     }
 

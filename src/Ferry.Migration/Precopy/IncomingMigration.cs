@@ -243,7 +243,9 @@ public sealed class IncomingMigration
                 // for that, and one with no switchover after it fails the migration).
                 prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, pageHashes);
                 _prepared = prepared;
+                foreach (var r in receivers) r.Reader.PreparePostcopy();
                 var urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);
+                urgent.Reader.PreparePostcopy();
                 urgent.Reader.Postcopy = prepared;
                 _urgentReceiver = urgent;
                 urgent.Start();

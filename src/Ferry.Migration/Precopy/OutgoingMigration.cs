@@ -77,6 +77,7 @@ public sealed class OutgoingMigration
     private PostcopyDoneMessage? _postcopyDone;
     private long _postcopyDoneAt;
     private Postcopy.Prepager? _prepager;
+    private Postcopy.PageHashDigest? _postcopyHashes;
     private Postcopy.UrgentSender? _urgent;
     private string? _switchReasonText;
     private bool _finished;
@@ -314,6 +315,10 @@ public sealed class OutgoingMigration
         foreach (var s in senders) s.StartThread();
         // A failure recorded before the channels were published did not abort them.
         _abort.Token.ThrowIfCancellationRequested();
+        // Post-copy's digest of this side (8 bytes per page, 2 MiB per GiB: the large-object heap) is needed only after
+        // the resume, but allocated then it set off a background collection in the guest's first milliseconds there,
+        // whose pauses stop the push and the fault path alike (traced: the push's first batch 10-40 ms late).
+        if (postcopy && _options.Verify) _postcopyHashes = new Postcopy.PageHashDigest(_guest.Regions);
         SwitchoverWarmup.Source(_guest);
         if (postcopy) SwitchoverWarmup.Postcopy(_guest);
         // Probe the control round trip now that both sides run warm code: the destination echoes this at once.
@@ -733,18 +738,22 @@ public sealed class OutgoingMigration
             // threads would compete with the destination's switchover for the cores, inside the downtime (measured on 2
             // cores, 1 GiB: commit to Resumed 40 ms with the push already running).
             bool resumed = _resumedArrived.Wait(_options.PeerTimeout, _abort.Token) && _resumed is not null;
-            // What Ready cut short, from this (still real-time) thread before the push threads are even scheduled.
+            long pushStart = _time.GetTimestamp();
+            done.Reset(_senders.Length);
+            _populatedForPush = populated;
+            foreach (var sender in _senders) sender.StartPostcopy(_prepager, PostcopyFlushSequence, done, populated);
+            // What Ready cut short, from this (still real-time) thread, ahead of the niced push threads just woken.
             if (resumed) systemPages += PushSystemPages(urgent, null);
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has
             // landed. Begun inside the downtime it competed with it (hybrid with verify: 25-46 ms of final harvest).
             // On idle CPU only (SCHED_IDLE): hashing 1 GiB here took 100-200 ms of CPU right when the guest had just
             // started over there; on a host shared with the destination (the demo) that doubled the guest's stall.
-            if (_options.Verify) StartSourceDigest(stats, Postcopy.PageHashDigest.Of, onIdleCpu: true);
-            long pushStart = _time.GetTimestamp();
-            done.Reset(_senders.Length);
-            _populatedForPush = populated;
-            foreach (var sender in _senders) sender.StartPostcopy(_prepager, PostcopyFlushSequence, done, populated);
+            if (_options.Verify)
+            {
+                var hashes = _postcopyHashes ?? new Postcopy.PageHashDigest(_guest.Regions);
+                StartSourceDigest(stats, _ => { hashes.HashMemory(); return hashes.Compute(); }, onIdleCpu: true);
+            }
             if (resumed)
             {
                 stats.ResumeMs = _time.GetElapsedTime(commitAt, Volatile.Read(ref _resumedAt)).TotalMilliseconds;

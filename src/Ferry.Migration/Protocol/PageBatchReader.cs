@@ -257,6 +257,26 @@ public sealed class PageBatchReader
     /// A post-copy batch: all of its data into the staging buffer with the trailer in one receive, the checksum checked,
     /// and only then each run installed into the guest (pages still missing only).
     /// </summary>
+    /// <summary>
+    /// Allocate the post-copy staging buffer (1 MiB, the pinned object heap) now, when post-copy is agreed at the
+    /// handshake: allocated at the first post-copy batch, the channels' buffers set off a background collection in the
+    /// guest's first milliseconds after the resume, whose pauses stop the fault path and the push (traced, in-process).
+    /// </summary>
+    internal void PreparePostcopy()
+    {
+        if (_staging is not null) return;
+        const int T = MigrationProtocol.TrailerSize;
+        // Page aligned within (UFFDIO_COPY copies whole pages from aligned memory): one page more than needed.
+        _staging = GC.AllocateArray<byte>((MigrationProtocol.MaxNormalPagesPerBatch << MemoryRegion.PageShift) + T + MemoryRegion.PageSize, pinned: true);
+        unsafe
+        {
+            // SAFETY: allocated on the pinned object heap; it never moves.
+            nint start = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_staging));
+            _stagingOffset = (int)(((start + MemoryRegion.PageSize - 1) & ~(nint)(MemoryRegion.PageSize - 1)) - start);
+            _stagingAddress = start + _stagingOffset;
+        }
+    }
+
     private PageRecord ReadPostcopyBatch(RecordHeader h, int regionIndex, int runCount, int tableBytes, int normal, long zero)
     {
         const int H = MigrationProtocol.HeaderSize;
@@ -268,18 +288,7 @@ public sealed class PageBatchReader
         long expected = BH + tableBytes + ((long)normal << MemoryRegion.PageShift) + T;
         if (h.PayloadLength != expected)
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");
-        if (_staging is null)
-        {
-            // Page aligned within (UFFDIO_COPY copies whole pages from aligned memory): one page more than needed.
-            _staging = GC.AllocateArray<byte>((MigrationProtocol.MaxNormalPagesPerBatch << MemoryRegion.PageShift) + T + MemoryRegion.PageSize, pinned: true);
-            unsafe
-            {
-                // SAFETY: allocated on the pinned object heap; it never moves.
-                nint start = (nint)System.Runtime.CompilerServices.Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_staging));
-                _stagingOffset = (int)(((start + MemoryRegion.PageSize - 1) & ~(nint)(MemoryRegion.PageSize - 1)) - start);
-                _stagingAddress = start + _stagingOffset;
-            }
-        }
+        PreparePostcopy();
         int dataBytes = normal << MemoryRegion.PageShift;
         var staging = _staging.AsSpan(_stagingOffset);
         Wire.ReceiveBody(_channel, staging[..(dataBytes + T)], h.Kind);
