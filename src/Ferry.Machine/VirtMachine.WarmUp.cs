@@ -54,6 +54,15 @@ public sealed partial class VirtMachine
                 if ((method.MethodImplementationFlags & MethodImplAttributes.AggressiveOptimization) != 0) RuntimeHelpers.PrepareMethod(method.MethodHandle);
             }
         }
+        // Every device's register accesses: the warm-up program touches none, and a migrated guest's first timer,
+        // console and interrupt-controller accesses come in its first milliseconds on the destination. There the
+        // harts compiled them on first call (the runtime's JIT events: the CLINT's, UART's and PLIC's Read and Write,
+        // optimised because they loop, 3-10 ms after the resume), each a stall of the guest.
+        foreach (Type type in typeof(VirtMachine).Assembly.GetTypes())
+        {
+            if (type.IsAbstract || type.ContainsGenericParameters || !typeof(Board.IMmioDevice).IsAssignableFrom(type)) continue;
+            foreach (MethodInfo method in type.GetInterfaceMap(typeof(Board.IMmioDevice)).TargetMethods) RuntimeHelpers.PrepareMethod(method.MethodHandle);
+        }
     }
 
     /// <summary>

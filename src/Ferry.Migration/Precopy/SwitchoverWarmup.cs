@@ -140,6 +140,31 @@ internal static class SwitchoverWarmup
         for (int i = 0; i < samples.Length; i++) samples[i] = (i * 37) % samples.Length;
         Ferry.Migration.Postcopy.PostcopyIncoming.Percentiles(samples);
         if (guestSide is IPostcopyTarget target) Prepare(target, typeof(IPostcopyTarget), nameof(IPostcopyTarget.BeginPostcopy));
+        if (guestSide is IMigrationSource)
+        {
+            // The source's switchover itself, run once per migration, and the push, which a pure post-copy runs for the
+            // first time right after the resume (no pre-copy pass came first): compiled on first call, the runtime's JIT
+            // events had the switchover compiled as the pause began and the push's page collection 10 ms after the
+            // resume, ahead of its first batch.
+            PrepareDeclared(typeof(OutgoingMigration), "PostcopySwitchover", "PushSystemPages", "StartSourceDigest");
+            PrepareDeclared(typeof(PageSender), "Push", "AddPages", "AddPagesPopulatedOnly", "FlushBatch");
+            // A socket's gathered send, whose first use in a pure post-copy was the urgent channel's first batch,
+            // inside the downtime (three generic instantiations over iovec compiled there).
+            var iovecs = new Ferry.Linux.iovec[1];
+            TcpMigrationChannel.Describe([new IoSegment(0, 0)], ref iovecs, out _);
+            // The source digest's task type (a thread of its own, as StartSourceDigest makes it).
+            Task.Factory.StartNew(static () => UInt128.One, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).Wait();
+        }
+    }
+
+    /// <summary>JIT-compile <paramref name="type"/>'s own methods named <paramref name="names"/> (every overload).</summary>
+    private static void PrepareDeclared(Type type, params string[] names)
+    {
+        const BindingFlags All = BindingFlags.Instance | BindingFlags.Static | BindingFlags.Public | BindingFlags.NonPublic | BindingFlags.DeclaredOnly;
+        foreach (MethodInfo method in type.GetMethods(All))
+        {
+            if (Array.IndexOf(names, method.Name) >= 0 && !method.ContainsGenericParameters) RuntimeHelpers.PrepareMethod(method.MethodHandle);
+        }
     }
 
     private static unsafe void DryRunPostcopyBatches(IMigrationChannel send, IMigrationChannel receive)

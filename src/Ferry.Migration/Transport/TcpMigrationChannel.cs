@@ -155,7 +155,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
     /// Describe <paramref name="segments"/> as iovecs in <paramref name="buffer"/> (grown if too small: once, for a
     /// gather beyond a batch's 258 segments), with their total length.
     /// </summary>
-    private static Span<iovec> Describe(ReadOnlySpan<IoSegment> segments, ref iovec[] buffer, out long total)
+    internal static Span<iovec> Describe(ReadOnlySpan<IoSegment> segments, ref iovec[] buffer, out long total)
     {
         if (buffer.Length < segments.Length) buffer = new iovec[segments.Length];
         var iov = buffer.AsSpan(0, segments.Length);
