@@ -104,6 +104,9 @@ public sealed class VmMigrateTests : IDisposable
         Assert.True(guest.GetProperty("first_heartbeat_on_destination").GetInt64() > guest.GetProperty("last_heartbeat_on_source").GetInt64());
         Assert.True(guest.GetProperty("heartbeat_max_gap_ms").GetDouble() > 0);
         Assert.True(guest.GetProperty("max_stall_ms").GetDouble() >= 0);
+        // The switchover's lines are among those of the first second.
+        double switchover = guest.GetProperty("switchover_stall_ms").GetDouble();
+        Assert.InRange(switchover, 0, guest.GetProperty("max_stall_ms").GetDouble());
         // The demo waits a second after the workload starts: its heartbeat lines are the baseline.
         Assert.True(guest.GetProperty("baseline_stall_ms").GetDouble() >= 0);
     }
