@@ -249,15 +249,6 @@ public sealed class PageBatchReader
     }
 
     /// <summary>
-    /// Record the pages of the batch just landed in <paramref name="digest"/>, in the sender's order (runs may overlap:
-    /// the last one wins, as in memory). Every page travels on one channel in every round, so this thread is the only
-    /// one that writes it or its hash before the switchover.
-    /// </summary>
-    /// <summary>
-    /// A post-copy batch: all of its data into the staging buffer with the trailer in one receive, the checksum checked,
-    /// and only then each run installed into the guest (pages still missing only).
-    /// </summary>
-    /// <summary>
     /// Allocate the post-copy staging buffer (1 MiB, the pinned object heap) now, when post-copy is agreed at the
     /// handshake: allocated at the first post-copy batch, the channels' buffers set off a background collection in the
     /// guest's first milliseconds after the resume, whose pauses stop the fault path and the push (traced, in-process).
@@ -277,6 +268,10 @@ public sealed class PageBatchReader
         }
     }
 
+    /// <summary>
+    /// A post-copy batch: all of its data into the staging buffer with the trailer in one receive, the checksum checked,
+    /// and only then each run installed into the guest (pages still missing only).
+    /// </summary>
     private PageRecord ReadPostcopyBatch(RecordHeader h, int regionIndex, int runCount, int tableBytes, int normal, long zero)
     {
         const int H = MigrationProtocol.HeaderSize;
