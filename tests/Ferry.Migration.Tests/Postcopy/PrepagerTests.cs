@@ -168,6 +168,44 @@ public class PrepagerTests
         Assert.Equal(order.Count, order.Distinct().Count());
     }
 
+    [Fact]
+    public void SmallHolesBetweenHotRunsGoWithThemAndWiderGapsDoNot()
+    {
+        Assert.Equal(4UL, Prepager.HoleFill); // the gaps below are 2, 4 and 5 pages
+        var toSend = new DirtyBitmap(4000);
+        toSend.SetAll();
+        toSend.Clear(110); // in a hole, but sent already
+        var prepager = new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, Hot(4000, (100, 102), (104, 108), (112, 115), (120, 122)));
+        var runs = new DirtyRun[512];
+        int n = prepager.Take(runs, 256, out _);
+        Assert.True(n >= 3);
+        Assert.Equal(new DirtyRun(100, 10), runs[0]); // 100..109: both holes up to 111 filled, 110 skipped
+        Assert.Equal(new DirtyRun(111, 4), runs[1]);
+        Assert.Equal(new DirtyRun(120, 2), runs[2]); // 115..119, five pages, are not filled: the sweep's
+        Assert.Equal(new DirtyRun(0, 100), runs[3]);
+    }
+
+    [Fact]
+    public void TheSystemPagesHolesAreNotFilled()
+    {
+        var toSend = new DirtyBitmap(4000);
+        toSend.SetAll();
+        var prepager = new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, hot: null, system: Hot(4000, (10, 12), (13, 15)));
+        var runs = new DirtyRun[512];
+        int n = prepager.TakeSystem(runs, 64, out _);
+        Assert.Equal(2, n);
+        Assert.Equal(new DirtyRun(10, 2), runs[0]);
+        Assert.Equal(new DirtyRun(13, 2), runs[1]);
+
+        // Nor in a bulk take, where the system pages come first too.
+        toSend = new DirtyBitmap(4000);
+        toSend.SetAll();
+        prepager = new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, hot: null, system: Hot(4000, (10, 12), (13, 15)));
+        Assert.True(prepager.Take(runs, 256, out _) >= 2);
+        Assert.Equal(new DirtyRun(10, 2), runs[0]);
+        Assert.Equal(new DirtyRun(13, 2), runs[1]);
+    }
+
     [Theory]
     [InlineData(PrepagingStrategy.Forward)]
     [InlineData(PrepagingStrategy.Linear)]
