@@ -188,20 +188,19 @@ public class PrepagerTests
     [Fact]
     public void TheSystemPagesHolesAreNotFilled()
     {
-        var toSend = new DirtyBitmap(4000);
-        toSend.SetAll();
-        var prepager = new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, hot: null, system: Hot(4000, (10, 12), (13, 15)));
+        static Prepager WithSystemPages()
+        {
+            var toSend = new DirtyBitmap(4000);
+            toSend.SetAll();
+            return new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, hot: null, system: Hot(4000, (10, 12), (13, 15)));
+        }
         var runs = new DirtyRun[512];
-        int n = prepager.TakeSystem(runs, 64, out _);
-        Assert.Equal(2, n);
+        Assert.Equal(2, WithSystemPages().TakeSystem(runs, 64, out _));
         Assert.Equal(new DirtyRun(10, 2), runs[0]);
         Assert.Equal(new DirtyRun(13, 2), runs[1]);
 
         // Nor in a bulk take, where the system pages come first too.
-        toSend = new DirtyBitmap(4000);
-        toSend.SetAll();
-        prepager = new Prepager(toSend, [4000UL], PrepagingStrategy.Bubble, hot: null, system: Hot(4000, (10, 12), (13, 15)));
-        Assert.True(prepager.Take(runs, 256, out _) >= 2);
+        Assert.True(WithSystemPages().Take(runs, 256, out _) >= 2);
         Assert.Equal(new DirtyRun(10, 2), runs[0]);
         Assert.Equal(new DirtyRun(13, 2), runs[1]);
     }
