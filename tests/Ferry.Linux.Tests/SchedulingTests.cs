@@ -116,4 +116,21 @@ public class SchedulingTests
             Assert.Equal((3, 0), ReadStat());
         });
     }
+
+    [Fact]
+    public void AHandoffRaiseIsANormalThreadAtTheTopWeightUntilDisposed()
+    {
+        OnOwnThread(() =>
+        {
+            using (var raised = LatencyPriority.RaiseHandoff())
+            {
+                Assert.False(raised.Realtime);
+                // Never real-time: the kernel would then wake it away from its waker's CPU. Nice -20 needs CAP_SYS_NICE.
+                var (nice, policy) = ReadStat();
+                Assert.Equal(0, policy);
+                if (Environment.UserName == "root") Assert.Equal(-20, nice);
+            }
+            Assert.Equal((0, 0), ReadStat());
+        });
+    }
 }

@@ -131,8 +131,8 @@ internal sealed class UserfaultfdPostcopy : IPostcopyMemory
     private void FaultLoop()
     {
         Span<nint> addresses = stackalloc nint[16];
-        // First hop of every fault (see LatencyPriority).
-        using var raised = LatencyPriority.Raise();
+        // First hop of every fault, woken by the faulting writer, which then sleeps (see LatencyPriority.RaiseHandoff).
+        using var raised = LatencyPriority.RaiseHandoff();
         try
         {
             while (!_stop)
