@@ -82,6 +82,13 @@ internal static class PostcopyBenchmark
                     };
                     using var result = LoopbackMigration.Run(settings, null, CancellationToken.None, order.PushOff ? ReleasePush : null);
                     results[order].Add(result.Statistics);
+                    var s = result.Statistics;
+                    if (s.Status != MigrationStatus.Completed || s.Verify?.Match != true)
+                    {
+                        // A failed run is a finding, not a figure: say what failed, on stderr, beside the table.
+                        error.WriteLine($"{c.Name} {order.Name} run {i + 1}: {s.Status}{(s.Error is { } e ? $": {e}" : "")}; "
+                            + (s.Verify is { } v ? $"digests source {v.SourceDigest}, destination {v.DestDigest}" : "no verification result"));
+                    }
                 }
             }
             foreach (var order in Orders)
