@@ -74,7 +74,7 @@ internal static class SwitchoverWarmup
     /// (The `ferry` command compiles methods with loops optimised on their first call, where one call would do; a VMM
     /// embedding the engine may not.)
     /// </summary>
-    private static void DryRunChecksummedBatches()
+    internal static void DryRunChecksummedBatches()
     {
         // 64 KiB pipe: one batch of 3 pages is written, then read, so the writer never blocks on a full pipe.
         var (a, b) = InMemoryTransport.CreatePair("warmup-pages", capacity: 64 << 10);
@@ -86,16 +86,27 @@ internal static class SwitchoverWarmup
     private static unsafe void DryRunBatches(IMigrationChannel send, IMigrationChannel receive)
     {
         const int Batches = 40;
-        var pages = GC.AllocateArray<byte>(4 * MemoryRegion.PageSize, pinned: true);
-        // SAFETY: the array is pinned (allocated on the pinned heap) and outlives the call.
-        var region = new MemoryRegion(0, (ulong)pages.Length, (nint)Unsafe.AsPointer(ref pages[0]));
-        var writer = new PageBatchWriter(send);
-        var reader = new PageBatchReader(receive, [region]);
-        PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
-        for (int i = 0; i < Batches; i++)
+        const int Pages = 4;
+        // Native scratch "guest memory", freed at the end. Not a pinned array: the region holds only its address, and
+        // optimised code let the collector free an array no longer referenced while the batches still went through it
+        // (other pinned allocations took its place: "checksum mismatch" here, in a long benchmark process).
+        nint memory = (nint)NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
+        try
         {
-            writer.WriteBatch(0, region, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
-            reader.ReadNext();
+            new Span<byte>((void*)memory, Pages * MemoryRegion.PageSize).Clear();
+            var region = new MemoryRegion(0, Pages * MemoryRegion.PageSize, memory);
+            var writer = new PageBatchWriter(send);
+            var reader = new PageBatchReader(receive, [region]);
+            PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
+            for (int i = 0; i < Batches; i++)
+            {
+                writer.WriteBatch(0, region, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
+                reader.ReadNext();
+            }
+        }
+        finally
+        {
+            NativeMemory.AlignedFree((void*)memory);
         }
     }
 
