@@ -96,6 +96,8 @@ internal sealed class UrgentSender
         if (TraceLog.Enabled) TraceLog.Mark($"source: serving page {first} (+{count}) of region {r}");
         var region = _regions[r];
         ulong bitBase = _prepager.RegionFirst(r);
+        // Counted before they go, as the push counts its pages (PageSender.Push).
+        Interlocked.Add(ref _pages, count);
         lock (_lock)
         {
             int runs = 0;
@@ -126,7 +128,6 @@ internal sealed class UrgentSender
             }
             Write(r, region, from, runs);
         }
-        Interlocked.Add(ref _pages, count);
         _prepager.OnFault(bitBase + first);
     }
 

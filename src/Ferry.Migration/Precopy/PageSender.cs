@@ -225,9 +225,11 @@ internal sealed class PageSender
                 else AddPagesPopulatedOnly(r, bitBase, run.Start, run.End);
                 pages += (long)run.Length;
             }
+            // Counted before they go: the destination may have them all and the source read its PostcopyDone (and
+            // this count) before this thread is back from the send (a hybrid's 53 pages were reported as 0 pushed).
+            Interlocked.Add(ref _pushedPages, pages);
             // One take, one batch: the pages around a fault go out now, not when a batch fills.
             FlushBatch();
-            Interlocked.Add(ref _pushedPages, pages);
             if (TraceLog.Enabled) TraceLog.Mark($"source: pushed {pages} pages in {n} runs from page {_taken[0].Start}");
         }
     }
