@@ -83,30 +83,18 @@ internal static class SwitchoverWarmup
             DryRunBatches(a, b);
     }
 
-    private static unsafe void DryRunBatches(IMigrationChannel send, IMigrationChannel receive)
+    private static void DryRunBatches(IMigrationChannel send, IMigrationChannel receive)
     {
         const int Batches = 40;
-        const int Pages = 4;
-        // Native scratch "guest memory", freed at the end. Not a pinned array: the region holds only its address, and
-        // optimised code let the collector free an array no longer referenced while the batches still went through it
-        // (other pinned allocations took its place: "checksum mismatch" here, in a long benchmark process).
-        nint memory = (nint)NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
-        try
+        using var scratch = new ScratchPages(4, fill: 0);
+        var region = scratch.Region;
+        var writer = new PageBatchWriter(send);
+        var reader = new PageBatchReader(receive, [region]);
+        PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
+        for (int i = 0; i < Batches; i++)
         {
-            new Span<byte>((void*)memory, Pages * MemoryRegion.PageSize).Clear();
-            var region = new MemoryRegion(0, Pages * MemoryRegion.PageSize, memory);
-            var writer = new PageBatchWriter(send);
-            var reader = new PageBatchReader(receive, [region]);
-            PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
-            for (int i = 0; i < Batches; i++)
-            {
-                writer.WriteBatch(0, region, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
-                reader.ReadNext();
-            }
-        }
-        finally
-        {
-            NativeMemory.AlignedFree((void*)memory);
+            writer.WriteBatch(0, region, runs, PageBatchFlags.FinalPass | PageBatchFlags.DataChecksummed);
+            reader.ReadNext();
         }
     }
 
@@ -178,45 +166,62 @@ internal static class SwitchoverWarmup
         }
     }
 
-    private static unsafe void DryRunPostcopyBatches(IMigrationChannel send, IMigrationChannel receive)
+    private static void DryRunPostcopyBatches(IMigrationChannel send, IMigrationChannel receive)
     {
-        // Page aligned scratch "guest memory" (installs copy whole pages), freed at the end.
         const int Pages = 4;
-        nint memory = (nint)NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
-        try
+        using var scratch = new ScratchPages(Pages, fill: 1);
+        var region = scratch.Region;
+        MemoryRegion[] regions = [region];
+        var missing = new DirtyBitmap(Pages);
+        var writer = new PageBatchWriter(send);
+        var reader = new PageBatchReader(receive, regions);
+        var sink = new ScratchMemory(region);
+        PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
+        // The source's urgent sender, which its return path runs for the first fault (measured: 2.5 ms of JIT there
+        // before the first page went out, the zero-page test among it).
+        var toPush = new DirtyBitmap(Pages);
+        var urgent = new Postcopy.UrgentSender(send, regions, new Postcopy.Prepager(toPush, new ulong[] { Pages }, Ferry.Migration.Postcopy.PrepagingStrategy.Bubble, new DirtyBitmap(Pages)));
+        for (int i = 0; i < 40; i++)
         {
-            new Span<byte>((void*)memory, Pages * MemoryRegion.PageSize).Fill(1);
-            var region = new MemoryRegion(0, Pages * MemoryRegion.PageSize, memory);
-            MemoryRegion[] regions = [region];
-            var missing = new DirtyBitmap(Pages);
-            var writer = new PageBatchWriter(send);
-            var reader = new PageBatchReader(receive, regions);
-            var sink = new ScratchMemory(region);
-            PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
-            // The source's urgent sender, which its return path runs for the first fault (measured: 2.5 ms of JIT there
-            // before the first page went out, the zero-page test among it).
-            var toPush = new DirtyBitmap(Pages);
-            var urgent = new Postcopy.UrgentSender(send, regions, new Postcopy.Prepager(toPush, new ulong[] { Pages }, Ferry.Migration.Postcopy.PrepagingStrategy.Bubble, new DirtyBitmap(Pages)));
-            for (int i = 0; i < 40; i++)
-            {
-                missing.SetAll();
-                toPush.SetAll();
-                var incoming = new Postcopy.PostcopyIncoming(regions, (_, _, _) => { }, new Postcopy.PageHashDigest(regions));
-                incoming.Begin([missing], verify: true);
-                incoming.Attach(sink);
-                incoming.PageNeeded(0, 3);
-                reader.Postcopy = incoming;
-                urgent.Send(0, (ulong)(i % Pages), 1);
-                reader.ReadNext();
-                writer.WriteBatch(0, region, runs, PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed);
-                reader.ReadNext();
-                incoming.Latency();
-                incoming.Digest!.Compute();
-            }
+            missing.SetAll();
+            toPush.SetAll();
+            var incoming = new Postcopy.PostcopyIncoming(regions, (_, _, _) => { }, new Postcopy.PageHashDigest(regions));
+            incoming.Begin([missing], verify: true);
+            incoming.Attach(sink);
+            incoming.PageNeeded(0, 3);
+            reader.Postcopy = incoming;
+            urgent.Send(0, (ulong)(i % Pages), 1);
+            reader.ReadNext();
+            writer.WriteBatch(0, region, runs, PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed);
+            reader.ReadNext();
+            incoming.Latency();
+            incoming.Digest!.Compute();
         }
-        finally
+    }
+
+    /// <summary>
+    /// Page-aligned native scratch "guest memory" for the dry runs (installs copy whole pages), freed on dispose. Not a
+    /// pinned array: a region holds only an address, and optimised code let the collector free an array its method no
+    /// longer referenced while batches still went through it, other pinned allocations taking its place ("checksum
+    /// mismatch" on the warm-up's channel, in a long benchmark process).
+    /// </summary>
+    private sealed unsafe class ScratchPages : IDisposable
+    {
+        private nint _memory;
+
+        public ScratchPages(int pages, byte fill)
         {
-            NativeMemory.AlignedFree((void*)memory);
+            _memory = (nint)NativeMemory.AlignedAlloc((nuint)pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
+            new Span<byte>((void*)_memory, pages * (int)MemoryRegion.PageSize).Fill(fill);
+            Region = new MemoryRegion(0, (ulong)pages * MemoryRegion.PageSize, _memory);
+        }
+
+        public MemoryRegion Region { get; }
+
+        public void Dispose()
+        {
+            NativeMemory.AlignedFree((void*)_memory);
+            _memory = 0;
         }
     }
 
