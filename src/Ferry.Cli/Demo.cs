@@ -22,6 +22,9 @@ public sealed record DemoSettings(ulong MemoryBytes, int Harts, long DirtyRate, 
 {
     /// <summary>The demo: 1 GiB, 2 harts, 20,000 pages/s (a moderately busy VM: ~80 MiB/s of writes).</summary>
     public static DemoSettings Default { get; } = new(1UL << 30, 2, 20_000, false);
+
+    /// <summary>The destination's <c>--fault-poll</c> (zero: off).</summary>
+    public TimeSpan FaultPoll { get; init; }
 }
 
 /// <summary>
@@ -97,7 +100,10 @@ public static class Demo
             if (!settings.Json) console.Error.WriteLine($"ferry demo: {line}");
         }
 
-        using var destination = VmProcess.Start("destination", ["vm", "receive", "--listen", "127.0.0.1:0", "--api", destinationApi]);
+        string[] receive = ["vm", "receive", "--listen", "127.0.0.1:0", "--api", destinationApi];
+        if (settings.FaultPoll > TimeSpan.Zero)
+            receive = [.. receive, "--fault-poll", $"{settings.FaultPoll.TotalMicroseconds.ToString(CultureInfo.InvariantCulture)}us"];
+        using var destination = VmProcess.Start("destination", receive);
         const string waiting = "ferry: waiting for an incoming migration on ";
         var listening = destination.WaitForErrorLine(l => l.StartsWith(waiting, StringComparison.Ordinal), StepTimeout);
         if (listening is null) return Failed(console, "the destination VM process did not start listening", destination);

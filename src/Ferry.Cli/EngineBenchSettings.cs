@@ -45,6 +45,9 @@ public sealed record EngineBenchSettings
     public MigrationMode Mode { get; init; } = EngineDefaults.Mode;
     public Ferry.Migration.Postcopy.PrepagingStrategy Prepaging { get; init; } = EngineDefaults.Prepaging;
 
+    /// <summary>The destination's <see cref="IncomingOptions.FaultPoll"/> (zero: off).</summary>
+    public TimeSpan FaultPoll { get; init; }
+
     /// <summary>Print the statistics as JSON on stdout and nothing else.</summary>
     public bool Json { get; init; }
 

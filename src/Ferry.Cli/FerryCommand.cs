@@ -75,14 +75,16 @@ public static class FerryCommand
         var demoRate = CountOption("--dirty-rate", "PAGES/S", "Pages the guest dirties per second; 0 = idle", DemoSettings.Default.DirtyRate, 0, 10_000_000);
         var demoNoVerify = new Option<bool>("--no-verify") { Description = "Skip the memory digests (each side hashes every page it sends or receives); the guest's own self-check still runs" };
         var demoMode = ModeOption();
-        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoMode, demoNoVerify, demoJson }) demo.Options.Add(option);
+        var demoFaultPoll = FaultPollOption();
+        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoMode, demoFaultPoll, demoNoVerify, demoJson }) demo.Options.Add(option);
         demo.SetAction(parse => Demo.Run(new DemoSettings(
                 Get(parse, demoMemory, DemoSettings.Default.MemoryBytes),
                 (int)Get(parse, demoHarts, DemoSettings.Default.Harts),
                 Get(parse, demoRate, DemoSettings.Default.DirtyRate),
                 parse.GetValue(demoJson),
                 !parse.GetValue(demoNoVerify),
-                Get(parse, demoMode, MigrationMode.Precopy)),
+                Get(parse, demoMode, MigrationMode.Precopy))
+            { FaultPoll = Get(parse, demoFaultPoll, TimeSpan.Zero) },
             console, cancellationToken));
         root.Subcommands.Add(demo);
 
@@ -178,7 +180,8 @@ public static class FerryCommand
         var rxRecovery = DurationOption("--recovery-timeout",
             "How long a post-copy that lost its connection waits for the source's 'ferry migrate --resume' before it gives the VM up as lost (exit 1)",
             $"{IncomingOptions.DefaultPostcopyRecoveryTimeout.TotalSeconds:0}s");
-        foreach (var option in new Option[] { listenOption, rxApi, rxSerial, rxDisk, rxNet, rxKernel, rxFirmware, rxInitrd, rxCmdline, rxRecovery }) receive.Options.Add(option);
+        var rxFaultPoll = FaultPollOption();
+        foreach (var option in new Option[] { listenOption, rxApi, rxSerial, rxDisk, rxNet, rxKernel, rxFirmware, rxInitrd, rxCmdline, rxRecovery, rxFaultPoll }) receive.Options.Add(option);
         receive.SetAction(parse =>
         {
             string? serialPath = parse.GetValue(rxSerial);
@@ -193,6 +196,7 @@ public static class FerryCommand
                 DiskReadOnly = parse.GetResult(rxDisk) is not null && parse.GetValue(rxDisk).ReadOnly,
                 Tap = parse.GetResult(rxNet) is null ? null : parse.GetValue(rxNet),
                 RecoveryTimeout = parse.GetResult(rxRecovery) is null ? null : parse.GetValue(rxRecovery),
+                FaultPoll = Get(parse, rxFaultPoll, TimeSpan.Zero),
             };
             return VmRun.Run(settings, console, cancellationToken);
         });
@@ -365,12 +369,13 @@ public static class FerryCommand
         private readonly Option<bool> _json = new("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
         private readonly Option<MigrationMode> _mode = ModeOption();
         private readonly Option<Migration.Postcopy.PrepagingStrategy> _prepaging = PrepagingOption();
+        private readonly Option<TimeSpan> _faultPoll = FaultPollOption();
 
         public EngineCommandOptions(Command command)
         {
             foreach (var option in new Option[]
                      {
-                         _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _mode, _prepaging, _downtimeLimit, _maxBandwidth,
+                         _memory, _fill, _dirtyRate, _pattern, _workingSet, _writers, _mode, _prepaging, _faultPoll, _downtimeLimit, _maxBandwidth,
                          _channels, _maxRounds, _timeout, _timeoutStrategy, _warmup, _noAutoConverge, _verify, _checksumFinalPass, _json,
                      })
                 command.Options.Add(option);
@@ -397,6 +402,7 @@ public static class FerryCommand
             Json = parse.GetValue(_json),
             Mode = Get(parse, _mode, D.Mode),
             Prepaging = Get(parse, _prepaging, D.Prepaging),
+            FaultPoll = Get(parse, _faultPoll, D.FaultPoll),
         };
     }
 
@@ -460,6 +466,20 @@ public static class FerryCommand
             reason = "must be greater than zero";
             return false;
         });
+
+    /// <summary>The destination's <c>--fault-poll</c> (<see cref="IncomingOptions.FaultPoll"/>): 0 or a duration up to its maximum.</summary>
+    private static Option<TimeSpan> FaultPollOption() =>
+        ParsedOption("--fault-poll", "DURATION",
+            "Post-copy: while the guest waits for a page, poll for it up to this long (e.g. 300us) instead of sleeping until it comes. " +
+            "Lowers fault latency where the destination has a CPU to spare; spends one while a fault lasts [default: 0, off]",
+            (string? text, out TimeSpan value, out string reason) =>
+            {
+                if (text is "0") { value = TimeSpan.Zero; reason = ""; return true; }
+                if (!Units.TryParseDuration(text, out value, out reason)) return false;
+                if (value <= IncomingOptions.MaxFaultPoll) return true;
+                reason = $"is longer than {IncomingOptions.MaxFaultPoll.TotalMilliseconds:0}ms";
+                return false;
+            });
 
     private static Option<long> BandwidthOption(string name, string description, string defaultText) =>
         ParsedOption<long>(name, "BYTES/S", $"{description} [default: {defaultText}]", Units.TryParseBandwidth);

@@ -32,7 +32,7 @@ public static class LoopbackMigration
                 cancellationToken.WaitHandle.WaitOne(settings.Warmup);
                 cancellationToken.ThrowIfCancellationRequested();
             }
-            return Run(source, settings.ToMigrationOptions(), progress, cancellationToken, started: started);
+            return Run(source, settings.ToMigrationOptions(), progress, cancellationToken, started: started, faultPoll: settings.FaultPoll);
         }
         catch
         {
@@ -68,7 +68,7 @@ public static class LoopbackMigration
     /// migration completed, the started destination; dispose it.
     /// </summary>
     public static LoopbackResult Run(InProcessGuest source, MigrationOptions options, IProgress<MigrationProgress>? progress, CancellationToken cancellationToken,
-        InProcessTargetFactory? targetFactory = null, Action<OutgoingMigration>? started = null)
+        InProcessTargetFactory? targetFactory = null, Action<OutgoingMigration>? started = null, TimeSpan faultPoll = default)
     {
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(options);
@@ -79,7 +79,7 @@ public static class LoopbackMigration
         var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0));
         using var stopDestination = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         var incoming = new IncomingMigration(listener, targetFactory ?? new InProcessTargetFactory(),
-            new IncomingOptions { MaxMemoryBytes = memory, PeerTimeout = options.PeerTimeout });
+            new IncomingOptions { MaxMemoryBytes = memory, PeerTimeout = options.PeerTimeout, FaultPoll = faultPoll });
         IMigrationTarget? destination = null;
         Exception? destinationError = null;
         var destinationThread = new Thread(() =>

@@ -64,6 +64,9 @@ internal sealed record VmRunSettings(string? Firmware, string? Serial, ulong Mem
     /// </summary>
     public TimeSpan? RecoveryTimeout { get; init; }
 
+    /// <summary><c>ferry vm receive</c>: the engine's <see cref="IncomingOptions.FaultPoll"/> (zero: off).</summary>
+    public TimeSpan FaultPoll { get; init; }
+
     /// <summary>A firmware ELF and no kernel: run it bare-metal in M-mode, as before Linux booted.</summary>
     public bool BareMetal => Firmware is not null && Kernel is null;
 }
@@ -253,6 +256,7 @@ internal static class VmRun
                 current.Set(arrived);
             },
             PostcopyRecoveryTimeout = settings.RecoveryTimeout ?? IncomingOptions.DefaultPostcopyRecoveryTimeout,
+            FaultPoll = settings.FaultPoll,
         });
         // While nobody has connected yet: compile what would otherwise be compiled inside the downtime.
         var warmUp = new Thread(() =>

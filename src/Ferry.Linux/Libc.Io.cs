@@ -105,6 +105,23 @@ public static partial class Libc
     public static unsafe partial int poll(pollfd* fds, nuint nfds, int timeout);
 
     /// <summary>
+    /// poll(2) until <paramref name="deadline"/> (<see cref="Environment.TickCount64"/> milliseconds; long.MaxValue:
+    /// none): the count of ready fds, 0 when the time is up. EINTR (the runtime's own signals, GC suspension among
+    /// them, interrupt poll) waits out the rest of the time; any other error throws <see cref="LinuxException"/>.
+    /// </summary>
+    public static unsafe int PollUntil(pollfd* fds, nuint nfds, long deadline)
+    {
+        while (true)
+        {
+            int wait = deadline == long.MaxValue ? -1 : (int)Math.Clamp(deadline - Environment.TickCount64, 0, int.MaxValue);
+            int ready = poll(fds, nfds, wait);
+            if (ready >= 0) return ready;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != EINTR) throw new LinuxException("poll", errno);
+        }
+    }
+
+    /// <summary>
     /// Write every byte described by <paramref name="iov"/> to <paramref name="fd"/>: chunks of at most
     /// <see cref="IOV_MAX"/> vectors, resumes after partial writes (advancing <paramref name="iov"/> in place, so the
     /// caller's vector is consumed), retries on EINTR, and on EAGAIN (a non-blocking fd) waits with <c>poll</c> for at

@@ -223,17 +223,8 @@ public sealed class Userfaultfd : IDisposable
             {
                 set[0] = new pollfd { fd = fd, events = Libc.POLLIN };
                 set[1] = new pollfd { fd = (int)_wake.DangerousGetHandle(), events = Libc.POLLIN };
-                int wait = timeoutMilliseconds < 0 ? -1 : (int)Math.Max(0, deadline - Environment.TickCount64);
                 // SAFETY: set is two initialized pollfds on this stack frame.
-                int ready = Libc.poll(set, 2, wait);
-                if (ready < 0)
-                {
-                    // EINTR: the runtime's own signals (GC suspension) interrupt poll; wait out the rest of the time.
-                    int errno = Marshal.GetLastPInvokeError();
-                    if (errno == Libc.EINTR) continue;
-                    throw new LinuxException("poll", errno);
-                }
-
+                int ready = Libc.PollUntil(set, 2, deadline);
                 if (ready == 0 || set[1].revents != 0)
                 {
                     return 0;

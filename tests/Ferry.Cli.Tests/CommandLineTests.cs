@@ -80,6 +80,8 @@ public class CommandLineTests
     [InlineData("--max-rounds", "0")]
     [InlineData("--timeout", "soon")]
     [InlineData("--timeout-strategy", "retry")]
+    [InlineData("--fault-poll", "300")]
+    [InlineData("--fault-poll", "11ms")]
     public void ABadValueExitsWithCode2AndOneLineNamingTheFlagAndTheValue(string flag, string value)
     {
         var (code, stdout, stderr) = RunCaptured("bench", "engine", flag, value);

@@ -112,11 +112,14 @@ public sealed class VmMigrateTests : IDisposable
     }
 
     [Theory]
-    [InlineData("postcopy")]
-    [InlineData("hybrid")]
-    public void TheDemoMovesTheLinuxGuestInPostcopyAndHybridWithEveryPageIntact(string mode)
+    [InlineData("postcopy", false)]
+    [InlineData("postcopy", true)]
+    [InlineData("hybrid", false)]
+    public void TheDemoMovesTheLinuxGuestInPostcopyAndHybridWithEveryPageIntact(string mode, bool faultPoll)
     {
-        var (code, stdout, stderr) = RunCaptured("demo", "--memory", "256M", "--mode", mode, "--json");
+        // --fault-poll reaches the destination process ('vm receive'), whose urgent receiver then polls for replies.
+        string[] poll = faultPoll ? ["--fault-poll", "300us"] : [];
+        var (code, stdout, stderr) = RunCaptured(["demo", "--memory", "256M", "--mode", mode, .. poll, "--json"]);
 
         Assert.True(code == 0, $"exit {code}; stdout: {stdout}; stderr: {stderr}");
         using var doc = JsonDocument.Parse(stdout);

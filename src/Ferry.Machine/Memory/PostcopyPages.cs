@@ -112,7 +112,12 @@ internal sealed class PostcopyPages
                 Register(w, page);
                 try
                 {
-                    if (!IsMissing(page)) return true;
+                    if (!IsMissing(page))
+                    {
+                        // With the engine's marks (serving, sent, applying, landed): where a fault's time goes.
+                        if (blocked && TraceLog.Enabled) TraceLog.Mark($"hart: resumed on page {page}");
+                        return true;
+                    }
                     if (lost is { } reason) throw new VmLostException(reason);
                     if (w.Interrupted?.Invoke() == true) return false;
                     if (!blocked)
@@ -121,6 +126,7 @@ internal sealed class PostcopyPages
                         // writer, and the loser, still a normal thread, was woken a scheduler tick (4 ms) late on a
                         // busy host (traced: 3.6-5.7 ms from the fault to the source reading the request).
                         blocked = true;
+                        if (TraceLog.Enabled) TraceLog.Mark($"hart: blocked on page {page}");
                         raised = LatencyPriority.Raise();
                         w.Blocking?.Invoke();
                     }

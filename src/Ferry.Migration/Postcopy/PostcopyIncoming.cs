@@ -35,6 +35,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     private IPostcopyMemory? _memory;
     private long _missingCount;
     private long _faults;
+    private long _awaited;
     private long _sampleCount;
     private long _duplicates;
     private long _installed;
@@ -98,6 +99,9 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     /// <summary>Distinct pages the guest asked for.</summary>
     public long Faults => Interlocked.Read(ref _faults);
 
+    /// <summary>Faults outstanding: pages a guest thread waits for that have not landed (a reply is due for each).</summary>
+    public long Awaited => Interlocked.Read(ref _awaited);
+
     /// <summary>Pages that arrived after they had been installed already.</summary>
     public long Duplicates => Interlocked.Read(ref _duplicates);
 
@@ -157,14 +161,23 @@ internal sealed class PostcopyIncoming : IPageFaultSink
         {
             // Asked for already: by a fault, or ahead of one as part of a run. In the second case a guest thread waits
             // for it only now: a fault from here (counted, timed, and asked for again after a reconnect).
-            if (Interlocked.CompareExchange(ref requestedAt, Stopwatch.GetTimestamp(), 0) == 0) Interlocked.Increment(ref _faults);
+            if (Interlocked.CompareExchange(ref requestedAt, Stopwatch.GetTimestamp(), 0) == 0) Awaiting(region, page, ref requestedAt);
             return;
         }
         Volatile.Write(ref requestedAt, Stopwatch.GetTimestamp());
-        Interlocked.Increment(ref _faults);
+        Awaiting(region, page, ref requestedAt);
         uint count = RunFrom(region, page);
         if (TraceLog.Enabled) TraceLog.Mark($"destination: fault on page {page} of region {region}, asking for {count}");
         _request(region, page, count);
+    }
+
+    // A guest thread waits for the page from now (its request time is set): a fault, and a reply due until it lands.
+    private void Awaiting(int region, ulong page, ref long requestedAt)
+    {
+        Interlocked.Increment(ref _faults);
+        Interlocked.Increment(ref _awaited);
+        // Landed between the caller's test and the stamp: Landed saw no stamp, so the count comes back down here.
+        if (!_missing[region].TestAtomic(page) && Interlocked.Exchange(ref requestedAt, 0) != 0) Interlocked.Decrement(ref _awaited);
     }
 
     /// <summary>Most pages one request asks for (256 KiB, ~0.1 ms on loopback).</summary>
@@ -218,6 +231,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     private void Apply(int region, ulong first, ulong count, nint data)
     {
         var memory = _memory ?? AwaitAttach();
+        if (TraceLog.Enabled) TraceLog.Mark($"destination: applying page {first} of region {region}");
         var missing = _missing[region];
         ulong end = first + count;
         ulong p = first;
@@ -257,6 +271,7 @@ internal sealed class PostcopyIncoming : IPageFaultSink
         {
             long at = Interlocked.Exchange(ref _requestedAt[_first[region] + start + i], 0);
             if (at == 0) continue;
+            Interlocked.Decrement(ref _awaited);
             if (TraceLog.Enabled) TraceLog.Mark($"destination: page {start + i} of region {region} landed, {(now - at) * 1_000_000 / Stopwatch.Frequency} us after its fault");
             long k = Interlocked.Increment(ref _sampleCount) - 1;
             if (k < _samples.Length) _samples[k] = now - at;

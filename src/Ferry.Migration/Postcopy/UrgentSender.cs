@@ -135,6 +135,7 @@ internal sealed class UrgentSender
     {
         if (to <= from) return;
         long bytes = _writer.WriteBatch(r, region, _runs.AsSpan(from, to - from), PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed);
+        if (TraceLog.Enabled) TraceLog.Mark($"source: sent page {_runs[from].FirstPage}");
         Interlocked.Add(ref _bytes, bytes);
     }
 }

@@ -8,7 +8,7 @@ namespace Ferry.Migration.Transport;
 /// a whole page batch gathered from guest memory), receives through <c>readv(2)</c> straight into the caller's memory
 /// (which may be guest memory). Neither goes through .NET's socket engine (see <see cref="Read"/>).
 /// </summary>
-public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
+public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPollableChannel
 {
     // iovec arrays for gathered sends and scattered receives, one per direction (one thread each, as the interface
     // allows), reused: a batch needs at most 258 (header and runs, up to 256 data runs, trailer).
@@ -144,6 +144,43 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter
         catch (ObjectDisposedException e)
         {
             throw Failure("receive on a closed channel", e);
+        }
+        finally
+        {
+            if (added) _socket.SafeHandle.DangerousRelease();
+        }
+    }
+
+    public bool HasData()
+    {
+        bool added = false;
+        try
+        {
+            // A reference on the fd so a concurrent Dispose cannot close it (and let it be reused) mid-poll.
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            return ReadinessWait.HasData((int)_socket.SafeHandle.DangerousGetHandle());
+        }
+        catch (ObjectDisposedException)
+        {
+            return true; // closed: the receive that follows reports it
+        }
+        finally
+        {
+            if (added) _socket.SafeHandle.DangerousRelease();
+        }
+    }
+
+    public ReadinessWait.Result WaitForData(ReadinessWait wait)
+    {
+        bool added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            return wait.Wait((int)_socket.SafeHandle.DangerousGetHandle(), TcpTransportOptions.ToMilliseconds(_receiveTimeout));
+        }
+        catch (ObjectDisposedException)
+        {
+            return ReadinessWait.Result.Ready; // closed: the receive that follows reports it
         }
         finally
         {

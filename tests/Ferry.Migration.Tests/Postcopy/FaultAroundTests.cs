@@ -103,6 +103,31 @@ public class FaultAroundTests
     }
 }
 
+/// <summary>The count of faults a reply is due for (what the urgent receiver polls for: UrgentPoll).</summary>
+public class AwaitedFaultTests
+{
+    [Fact]
+    public void AFaultIsAwaitedUntilItsPageLandsByWhicheverChannel()
+    {
+        var (incoming, requests) = FaultAroundTests.Make();
+        incoming.Attach(new RecordingMemory());
+        incoming.PageNeeded(0, 100);
+        incoming.PageNeeded(0, 101);           // asks for 101 and 102
+        Assert.Equal(2, incoming.Awaited);
+        incoming.PageNeeded(0, 101);           // the same page again: one fault
+        Assert.Equal(2, incoming.Awaited);
+        incoming.InstallZero(0, 100, 1);       // the urgent reply
+        Assert.Equal(1, incoming.Awaited);
+        incoming.InstallZero(0, 102, 1);       // asked for ahead of a fault: nobody waits for it
+        Assert.Equal(1, incoming.Awaited);
+        incoming.InstallZero(0, 96, 8);        // the push brings 101 (again 100, 102: duplicates)
+        Assert.Equal(0, incoming.Awaited);
+        incoming.PageNeeded(0, 101);           // present: no fault
+        Assert.Equal(0, incoming.Awaited);
+        Assert.Equal(2, requests.Count);       // 100, then 101 with 102; nothing after
+    }
+}
+
 /// <summary>Guest memory that only notes what was installed where (one installing thread at a time).</summary>
 internal sealed class RecordingMemory : IPostcopyMemory
 {

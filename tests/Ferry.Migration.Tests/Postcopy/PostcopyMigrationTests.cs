@@ -55,6 +55,24 @@ public class PostcopyMigrationTests
     }
 
     [Fact]
+    public void WithFaultPollingOverTcpRepliesAreFoundPollingAndEveryPageArrivesIntact()
+    {
+        using var guest = NewGuest(64, pagesPerSecond: 20_000, pattern: DirtyPattern.Hotset, writers: 2);
+        using var listener = new TcpMigrationListener(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, 0));
+        var connector = new TcpMigrationConnector(listener.LocalEndPoint);
+        var options = PostcopyOptions(MigrationMode.Postcopy);
+        IncomingMigration? destination = null;
+        var outcome = Migrate(guest, connector, listener, options,
+            incoming: new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30, FaultPoll = TimeSpan.FromMilliseconds(1) },
+            onIncoming: d => destination = d);
+        using var _ = outcome.Target;
+        AssertCompletedInPostcopy(outcome, guest);
+        Assert.True(outcome.Stats.Postcopy!.Faults > 0, "a writing guest must fault on pages not pushed yet");
+        Assert.True(destination!.UrgentNudges > 0, $"no request of {outcome.Stats.Postcopy.Faults} faults woke the receiver to poll");
+        Assert.True(destination.UrgentFoundPolling > 0, $"no reply of {outcome.Stats.Postcopy.Faults} faults was found polling");
+    }
+
+    [Fact]
     public void HybridCopiesInRoundsThenFinishesInPostcopy()
     {
         using var guest = NewGuest(64, pagesPerSecond: 20000, pattern: DirtyPattern.Hotset);
