@@ -14,7 +14,9 @@ namespace Ferry.Bench;
 /// it. Orders: bubble (Ferry: around each fault, both ways, widening), forward (QEMU: on from the last fault), linear
 /// (Cloud Hypervisor: first to last page), and off (no background push for the first <see cref="OffWindow"/> of
 /// post-copy: only the pages the guest faults on move, the reference every order is measured against; then the push
-/// is let go so the run completes). Orders take turns going first across repetitions.
+/// is let go so the run completes); and bubble+poll, bubble with the destination polling for fault replies
+/// (<c>--fault-poll</c>), for its latency and what its CPU costs the push. Orders take turns going first across
+/// repetitions.
 /// </summary>
 internal static class PostcopyBenchmark
 {
@@ -24,11 +26,16 @@ internal static class PostcopyBenchmark
     // set in the middle of memory too.
     private static readonly Case[] Cases =
         [new("hotset", DirtyPattern.Hotset), new("hotset-mid", DirtyPattern.Hotset, 0.45), new("sequential", DirtyPattern.Sequential)];
-    private sealed record Order(string Name, PrepagingStrategy Strategy, bool PushOff = false);
+    private sealed record Order(string Name, PrepagingStrategy Strategy, bool PushOff = false, bool FaultPoll = false);
 
+    // bubble+poll: bubble with the destination polling for fault replies (--fault-poll, FaultPollBudget).
     private static readonly Order[] Orders =
-        [new("bubble", PrepagingStrategy.Bubble), new("forward", PrepagingStrategy.Forward), new("linear", PrepagingStrategy.Linear),
+        [new("bubble", PrepagingStrategy.Bubble), new("bubble+poll", PrepagingStrategy.Bubble, FaultPoll: true),
+         new("forward", PrepagingStrategy.Forward), new("linear", PrepagingStrategy.Linear),
          new("off", PrepagingStrategy.Linear, PushOff: true)];
+
+    /// <summary>The fault poll of "bubble+poll".</summary>
+    private static readonly TimeSpan FaultPollBudget = TimeSpan.FromMicroseconds(300);
 
     /// <summary>How long "off" holds the push back once the guest runs at the destination: longer than any other order's post-copy here.</summary>
     private static readonly TimeSpan OffWindow = TimeSpan.FromSeconds(1);
@@ -62,7 +69,7 @@ internal static class PostcopyBenchmark
         WriteModel(output, memory, rate, repetitions);
         if (modelOnly) return 0;
         output.WriteLine($"post-copy: {Units.FormatBytes(memory)}, {rate} pages/s, 2 writers, {repetitions} repetitions (medians), loopback TCP, 2 page channels + urgent");
-        output.WriteLine($"{"workload",-11} {"order",-8} {"faults",7} {"working set",12} {"faulted",8} {"p50 us",7} {"p99 us",7} {"max us",7} {"downtime",9} {"post-copy",10} {"verify",6}");
+        output.WriteLine($"{"workload",-11} {"order",-11} {"faults",7} {"working set",12} {"faulted",8} {"p50 us",7} {"p99 us",7} {"max us",7} {"downtime",9} {"post-copy",10} {"verify",6}");
         var rows = new List<object>();
         foreach (var c in Cases)
         {
@@ -79,6 +86,7 @@ internal static class PostcopyBenchmark
                         // Off: a cap of a byte a second on the page channels (the urgent channel has none) lets a batch
                         // per channel out, then holds the push until ReleasePush lifts it.
                         MaxBandwidth = order.PushOff ? 1 : 0,
+                        FaultPoll = order.FaultPoll ? FaultPollBudget : TimeSpan.Zero,
                     };
                     using var result = LoopbackMigration.Run(settings, null, CancellationToken.None, order.PushOff ? ReleasePush : null);
                     results[order].Add(result.Statistics);
@@ -107,7 +115,7 @@ internal static class PostcopyBenchmark
                 };
                 rows.Add(row);
                 output.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                    $"{row.workload,-11} {row.order,-8} {row.faults,7:F0} {row.working_set,12:F0} {row.faulted_share,8:P1} {row.p50_us,7:F0} {row.p99_us,7:F0} {row.max_us,7:F0} {row.downtime_ms,7:F1}ms {row.postcopy_ms,8:F0}ms {(ok ? "ok" : "FAIL"),6}"));
+                    $"{row.workload,-11} {row.order,-11} {row.faults,7:F0} {row.working_set,12:F0} {row.faulted_share,8:P1} {row.p50_us,7:F0} {row.p99_us,7:F0} {row.max_us,7:F0} {row.downtime_ms,7:F1}ms {row.postcopy_ms,8:F0}ms {(ok ? "ok" : "FAIL"),6}"));
             }
         }
         if (json is not null)
@@ -136,7 +144,7 @@ internal static class PostcopyBenchmark
         foreach (var c in Cases)
         {
             var pattern = c.Pattern == DirtyPattern.Sequential ? SimulatedPattern.Sequential : SimulatedPattern.Hotset;
-            foreach (var order in Orders.Where(o => !o.PushOff).Select(o => o.Strategy))
+            foreach (var order in Orders.Where(o => !o.PushOff && !o.FaultPoll).Select(o => o.Strategy))
             {
                 var runs = Enumerable.Range(1, repetitions)
                     .Select(seed => PrepagingSimulation.Run(order, pattern, (ulong)seed, memory / 4096, writesPerSecond: rate, hotStart: c.HotsetStart)).ToList();
