@@ -63,6 +63,9 @@ public static class LoopbackMigration
         }
     }
 
+    /// <summary>How long a cancelled destination may take to stop.</summary>
+    private static readonly TimeSpan StopWait = TimeSpan.FromSeconds(30);
+
     /// <summary>
     /// Migrate <paramref name="source"/> to a destination in this process. The result owns the source and, when the
     /// migration completed, the started destination; dispose it.
@@ -111,7 +114,9 @@ public static class LoopbackMigration
             if (!destinationThread.Join(options.PeerTimeout))
                 stopDestination.Cancel();
             listener.Dispose();
-            destinationThread.Join();
+            // Cancelled, the destination fails at once; if it ever did not, report it rather than hang the command.
+            if (!destinationThread.Join(StopWait))
+                destinationError ??= new TimeoutException($"the destination did not stop within {StopWait.TotalSeconds:0} s of being cancelled");
         }
         if (statistics.Status != MigrationStatus.Completed && destination is not null)
         {
