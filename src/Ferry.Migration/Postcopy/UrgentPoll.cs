@@ -7,9 +7,9 @@ namespace Ferry.Migration.Postcopy;
 /// <summary>
 /// How the destination's urgent receiver waits for its next record when <see cref="Precopy.IncomingOptions.FaultPoll"/>
 /// is set: asleep while no guest thread waits for a page, and, while one does, polling the socket without sleeping
-/// (for up to that long a record). The thread
-/// that asks for a page nudges a sleeping receiver right after its request has gone, so the receiver's wake-up
-/// overlaps the source's work, and the reply finds it polling: the source's send wakes nobody.
+/// (for up to that long a record). The thread that asks for a page nudges a sleeping receiver right after its request
+/// has gone, so the receiver's wake-up overlaps the source's work, and the reply finds it polling: the source's send
+/// wakes nobody.
 /// </summary>
 /// <remarks>
 /// <para>Why: a wake-up on the other CPU is the dearest step of a fault here (an inter-processor interrupt, which a
@@ -23,7 +23,6 @@ namespace Ferry.Migration.Postcopy;
 /// </remarks>
 internal sealed class UrgentPoll : IDisposable
 {
-
     private readonly IPollableChannel _channel;
     // Longest poll for one record, in Stopwatch ticks.
     private readonly long _budgetTicks;
@@ -51,8 +50,8 @@ internal sealed class UrgentPoll : IDisposable
     public long Nudges => Interlocked.Read(ref _nudges);
 
     /// <summary>
-    /// A page request has gone to the source (any thread, after the fault was counted as awaited): wake
-    /// the receiver if it sleeps, so that it polls for the reply.
+    /// A page request has gone to the source (any thread, after the fault was counted as awaited): wake the receiver
+    /// if it sleeps, so that it polls for the reply.
     /// </summary>
     public void RequestSent()
     {
@@ -81,8 +80,8 @@ internal sealed class UrgentPoll : IDisposable
                         Interlocked.Increment(ref _foundPolling);
                         return;
                     }
-                    if (_awaited() == 0) break;                 // it came by the push: sleep again
-                    if (Stopwatch.GetTimestamp() >= end) return;      // late: the read sleeps until it comes
+                    if (_awaited() == 0) break;                  // it came by the push: sleep again
+                    if (Stopwatch.GetTimestamp() >= end) return; // late: the read sleeps until it comes
                     Thread.Yield();
                 }
             }

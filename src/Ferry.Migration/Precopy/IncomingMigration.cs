@@ -55,8 +55,8 @@ public sealed record IncomingOptions
     /// without sleeping, instead of being woken by it (<see cref="Postcopy.UrgentPoll"/>); zero (the default) sleeps.
     /// It takes a wake-up across CPUs off each fault's path and spends a CPU while the fault lasts: worth it where the
     /// destination has a CPU to spare, not where the guest and the incoming push keep every one busy. Measured on this
-    /// 2-core host with both ends on it (docs/BENCH-POSTCOPY.md): fault p50 93-101 against 126-135 µs, but the push
-    /// slowed and faults rose by a fifth to a third.
+    /// 2-core host with both ends on it (docs/BENCH-POSTCOPY.md): fault p50 69-93 against 108-138 µs, but the push
+    /// slowed and the guest faulted more (its faulted share up 1-7 points).
     /// </summary>
     public TimeSpan FaultPoll { get; init; }
 
@@ -545,14 +545,14 @@ public sealed class IncomingMigration
 
     private IPostcopyMemory? _postcopyMemory;
     private Receiver? _urgentReceiver;
+    private Receiver[] _currentReceivers = [];
+    private bool _postcopyCommitted;
 
     /// <summary>Urgent records (fault replies) the current urgent receiver found while polling (<see cref="IncomingOptions.FaultPoll"/>).</summary>
     internal long UrgentFoundPolling => _urgentReceiver?.FoundPolling ?? 0;
 
     /// <summary>Times a page request woke the current urgent receiver to poll for its reply.</summary>
     internal long UrgentNudges => _urgentReceiver?.Nudges ?? 0;
-    private Receiver[] _currentReceivers = [];
-    private bool _postcopyCommitted;
 
     /// <summary>A guest thread waits for a page: ask the source (any thread; the control writer serialises records).</summary>
     private void RequestPage(int region, ulong page, uint count)
