@@ -117,6 +117,20 @@ public sealed class UrgentPollTests : IDisposable
     }
 
     [Fact]
+    public void AChannelShutDownWhileTheReceiverSleepsOrPollsEndsTheWaitSoTheReadReportsIt()
+    {
+        using var poll = Poll(TimeSpan.FromSeconds(5));
+        var t = BeforeRead(poll);
+        Until(() => Interlocked.Read(ref _channel.Sleeps) == 1, "the receiver to sleep");
+        _receiver.Shutdown(SocketShutdown.Both); // as TcpMigrationChannel.Abort does
+        Assert.True(t.Join(TimeSpan.FromSeconds(10)), "a sleeping receiver stayed asleep on a shut-down channel");
+
+        Interlocked.Increment(ref _awaited);
+        poll.BeforeRead(); // polling: the shut-down socket reads as ready at once
+        Assert.Equal(1, poll.FoundPolling);
+    }
+
+    [Fact]
     public void APageThatLandsByThePushSendsThePollingReceiverBackToSleep()
     {
         Interlocked.Increment(ref _awaited);
