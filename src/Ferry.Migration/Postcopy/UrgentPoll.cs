@@ -64,7 +64,7 @@ internal sealed class UrgentPoll : IDisposable
 
     /// <summary>
     /// Before the receiver reads its next record: return once there is data, or a read is the right place to wait
-    /// (the poll budget ran out, or the channel's receive timeout passed: the read then reports it).
+    /// (the poll budget ran out). Throws as the read would when the channel's receive timeout passes.
     /// </summary>
     public void BeforeRead()
     {

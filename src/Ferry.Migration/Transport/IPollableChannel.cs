@@ -12,8 +12,9 @@ public interface IPollableChannel
     bool HasData();
 
     /// <summary>
-    /// Block until a receive would find data (or the end), <paramref name="wait"/> is nudged, or the channel's receive
-    /// timeout passes. The receiving thread only.
+    /// Block until a receive would find data (or the end) or <paramref name="wait"/> is nudged; the receiving thread
+    /// only. Throws <see cref="MigrationTransportException"/> when the channel's receive timeout passes first, as a
+    /// receive would.
     /// </summary>
     ReadinessWait.Result WaitForData(ReadinessWait wait);
 }

@@ -133,8 +133,7 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPoll
             int fd = (int)_socket.SafeHandle.DangerousGetHandle();
             long got = Libc.ReadVectorFully(fd, iov, TcpTransportOptions.ToMilliseconds(_receiveTimeout), out bool timedOut);
             Interlocked.Add(ref _received, got);
-            if (timedOut)
-                throw Failure($"no data from the peer for {_receiveTimeout.TotalSeconds:0.###} s (receive timeout; peer hung?)");
+            if (timedOut) throw ReceiveTimedOut();
             return got;
         }
         catch (LinuxException e)
@@ -176,7 +175,9 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPoll
         try
         {
             _socket.SafeHandle.DangerousAddRef(ref added);
-            return wait.Wait((int)_socket.SafeHandle.DangerousGetHandle(), TcpTransportOptions.ToMilliseconds(_receiveTimeout));
+            var woke = wait.Wait((int)_socket.SafeHandle.DangerousGetHandle(), TcpTransportOptions.ToMilliseconds(_receiveTimeout));
+            // As a receive that waited as long: a wait and the read after it must not take the timeout twice.
+            return woke == ReadinessWait.Result.TimedOut ? throw ReceiveTimedOut() : woke;
         }
         catch (ObjectDisposedException)
         {
@@ -205,6 +206,9 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPoll
         }
         return iov;
     }
+
+    private MigrationTransportException ReceiveTimedOut() =>
+        Failure($"no data from the peer for {_receiveTimeout.TotalSeconds:0.###} s (receive timeout; peer hung?)");
 
     private MigrationTransportException Failure(string what, Exception? inner = null)
     {

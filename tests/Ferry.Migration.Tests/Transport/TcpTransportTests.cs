@@ -324,6 +324,12 @@ public class TcpTransportTests
             Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
             // The connecting side too (its connect was non-blocking; the fd is made blocking again after it).
             Assert.Contains("receive timeout", Assert.Throws<MigrationTransportException>(() => source.Pages[0].ReceiveExactly(new byte[1])).Message, StringComparison.Ordinal);
+            // A wait for data (the urgent receiver's, with --fault-poll) times out as a receive does, once.
+            using var wait = new Ferry.Linux.ReadinessWait();
+            watch.Restart();
+            e = Assert.Throws<MigrationTransportException>(() => ((IPollableChannel)destination.Control).WaitForData(wait));
+            Assert.Contains("receive timeout", e.Message, StringComparison.Ordinal);
+            Assert.InRange(watch.Elapsed, TimeSpan.FromMilliseconds(150), TimeSpan.FromSeconds(5));
         }
     }
 
