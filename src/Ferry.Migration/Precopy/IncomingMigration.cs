@@ -1013,6 +1013,9 @@ public sealed class IncomingMigration
             if (resumed) Flushed.Set();
             _reader = new PageBatchReader(channel, regions, received) { PopulateFreshRuns = owner._options.PopulateFreshRuns, Shard = shard };
             _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
+            // Quiet by nature (no record through a whole pre-copy phase, nor while the guest faults on nothing): only the
+            // watchdog, which hears the source's keepalives, decides that the source is gone.
+            if (_urgent) channel.ReceiveWithoutTimeout();
             if (_urgent && owner._options.FaultPoll > TimeSpan.Zero && channel is IPollableChannel pollable)
                 _poll = new Postcopy.UrgentPoll(pollable, () => owner._postcopyIncoming?.Awaited ?? 0, owner._options.FaultPoll);
         }

@@ -158,6 +158,8 @@ public sealed class RateLimitedChannel : IMigrationChannel, IByteCounter
         return ok;
     }
 
+    public void ReceiveWithoutTimeout() => _inner.ReceiveWithoutTimeout();
+
     public void Abort()
     {
         try

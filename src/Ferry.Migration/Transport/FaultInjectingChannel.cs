@@ -227,5 +227,7 @@ public sealed class FaultInjectingChannel : IMigrationChannel, IByteCounter
 
     public void Abort() => _inner.Abort();
 
+    public void ReceiveWithoutTimeout() => _inner.ReceiveWithoutTimeout();
+
     public void Dispose() => _inner.Dispose();
 }

@@ -46,5 +46,7 @@ public sealed class CountingChannel(IMigrationChannel inner) : IMigrationChannel
 
     public void Abort() => inner.Abort();
 
+    public void ReceiveWithoutTimeout() => inner.ReceiveWithoutTimeout();
+
     public void Dispose() => inner.Dispose();
 }

@@ -53,6 +53,15 @@ public interface IMigrationChannel : IDisposable
 
     /// <summary>Fail every pending and future operation on this channel (any thread, idempotent).</summary>
     void Abort();
+
+    /// <summary>
+    /// From now on a receive waits for data as long as it takes instead of failing after the transport's receive
+    /// timeout: for a channel that is quiet by nature and whose peer is watched by other means (post-copy's urgent
+    /// channel carries only the replies to page requests, none through a whole pre-copy phase or while the guest
+    /// faults on nothing, and the destination hears the source's keepalives on the control channel). Call before the
+    /// receiving thread starts. A transport without a receive timeout has nothing to change.
+    /// </summary>
+    void ReceiveWithoutTimeout() { }
 }
 
 /// <summary>A transport failure: connection lost, reset, timed out, or aborted.</summary>

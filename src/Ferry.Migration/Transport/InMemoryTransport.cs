@@ -100,6 +100,7 @@ public sealed class InMemoryChannel : IMigrationChannel, IByteCounter
     private readonly InMemoryPipe _send;
     private readonly InMemoryPipe _receive;
     private readonly TimeSpan _timeout;
+    private TimeSpan _receiveTimeout;
     private long _sent;
     private long _received;
 
@@ -109,6 +110,7 @@ public sealed class InMemoryChannel : IMigrationChannel, IByteCounter
         _send = send;
         _receive = receive;
         _timeout = timeout;
+        _receiveTimeout = timeout;
     }
 
     public string Name { get; }
@@ -120,6 +122,8 @@ public sealed class InMemoryChannel : IMigrationChannel, IByteCounter
         _send.Write(data, _timeout, Name);
         Interlocked.Add(ref _sent, data.Length);
     }
+
+    public void ReceiveWithoutTimeout() => _receiveTimeout = Timeout.InfiniteTimeSpan;
 
     public void SendGather(ReadOnlySpan<IoSegment> segments)
     {
@@ -138,7 +142,7 @@ public sealed class InMemoryChannel : IMigrationChannel, IByteCounter
         int got = 0;
         while (got < buffer.Length)
         {
-            int n = _receive.Read(buffer[got..], _timeout, Name);
+            int n = _receive.Read(buffer[got..], _receiveTimeout, Name);
             if (n == 0)
             {
                 if (got == 0) return false;

@@ -18,7 +18,8 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPoll
     private readonly Socket _socket;
     // SendTimeout in ms for poll() when the fd is non-blocking and the peer does not read; -1 = forever.
     private readonly int _sendTimeoutMs;
-    private readonly TimeSpan _receiveTimeout;
+    // The bound on a receive: the transport's, or infinite once ReceiveWithoutTimeout was called.
+    private TimeSpan _receiveTimeout;
     private long _sent;
     private long _received;
     // 1 once Abort or Dispose ran: later failures are reported as "aborted", not as a network error.
@@ -148,6 +149,12 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPoll
         {
             if (added) _socket.SafeHandle.DangerousRelease();
         }
+    }
+
+    public void ReceiveWithoutTimeout()
+    {
+        _receiveTimeout = Timeout.InfiniteTimeSpan;
+        _socket.ReceiveTimeout = 0; // SO_RCVTIMEO off: a readv on the blocking fd waits for data
     }
 
     public bool HasData()

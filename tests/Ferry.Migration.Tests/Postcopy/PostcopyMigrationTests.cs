@@ -73,6 +73,23 @@ public class PostcopyMigrationTests
     }
 
     [Fact]
+    public void AHybridWhosePrecopyOutlastsTheReceiveTimeoutCompletes()
+    {
+        // The urgent channel carries nothing until post-copy: a pre-copy longer than the transport's receive timeout
+        // once failed the migration ("destination closed the control channel", ~10 s into a hybrid over TCP). The
+        // keepalives every PeerTimeout/3 keep the control channel inside the timeout; the page channels carry pages.
+        var receiveTimeout = TimeSpan.FromSeconds(1.5);
+        using var guest = NewGuest(64, pagesPerSecond: 2000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport(receiveTimeout: receiveTimeout);
+        var options = PostcopyOptions(MigrationMode.Hybrid) with { PeerTimeout = TimeSpan.FromSeconds(2.4), MaxBandwidth = 20 << 20 };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, options,
+            incoming: new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30 });
+        using var _ = outcome.Target;
+        AssertCompletedInPostcopy(outcome, guest);
+        Assert.True(outcome.Stats.TotalMs > 2 * receiveTimeout.TotalMilliseconds, $"the migration took {outcome.Stats.TotalMs:F0} ms: too short to test anything");
+    }
+
+    [Fact]
     public void HybridCopiesInRoundsThenFinishesInPostcopy()
     {
         using var guest = NewGuest(64, pagesPerSecond: 20000, pattern: DirtyPattern.Hotset);

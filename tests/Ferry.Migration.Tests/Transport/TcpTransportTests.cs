@@ -333,6 +333,27 @@ public class TcpTransportTests
         }
     }
 
+    [Fact]
+    public void AChannelToldToWaitWithoutTimeoutOutlastsTheReceiveTimeout()
+    {
+        var options = Quick with { ReceiveTimeout = TimeSpan.FromMilliseconds(200) };
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), options);
+        var (source, destination) = Open(listener, 1, options);
+        using (source)
+        using (destination)
+        {
+            destination.Pages[0].ReceiveWithoutTimeout();
+            var got = new byte[1];
+            var receive = Task.Run(() => destination.Pages[0].ReceiveExactly(got));
+            Assert.False(receive.Wait(TimeSpan.FromMilliseconds(800)), "the receive ended before any data came");
+            source.Pages[0].Send([7]);
+            Assert.True(receive.Wait(TimeSpan.FromSeconds(10)) && receive.Result);
+            Assert.Equal(7, got[0]);
+            // The other channels keep their timeout.
+            Assert.Contains("receive timeout", Assert.Throws<MigrationTransportException>(() => destination.Control.ReceiveExactly(new byte[1])).Message, StringComparison.Ordinal);
+        }
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
