@@ -132,8 +132,16 @@ public static class Demo
             var request = new MigrateRequest { Destination = address, Verify = settings.Verify, Mode = settings.Mode.ToString().ToLowerInvariant() };
             try
             {
+                // A post-copy whose destination died pauses on the source for a resume that nobody here will send.
                 statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
-                    () => MigrateClient.Migrate(client, request, progress, cancellationToken));
+                    () => MigrateClient.Migrate(client, request, progress, cancellationToken, abandon: status =>
+                        status == MigrationStatus.PostcopyPaused && destination.HasExited
+                            ? $"the destination VM process exited (code {destination.ExitCode}) during post-copy: the guest is lost"
+                            : null));
+            }
+            catch (MigrationAbandonedException e)
+            {
+                return Failed(console, e.Message, source, destination);
             }
             catch (Exception e) when (e is VmApiException or ApiSocketException)
             {
