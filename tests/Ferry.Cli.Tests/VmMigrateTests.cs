@@ -294,12 +294,15 @@ public sealed class VmMigrateTests : IDisposable
         AssertHeartbeatContinues(a);
     }
 
-    [Fact]
-    public async Task APostcopyCutOffByTheNetworkPausesBothSidesAndResumesOverANewConnectionWithEveryPageIntact()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task APostcopyCutOffByTheNetworkPausesBothSidesAndResumesOverANewConnectionWithEveryPageIntact(bool faultPoll)
     {
         var ct = TestContext.Current.CancellationToken;
         var a = StartSource("a");
-        var (b, toB) = StartDestination("b");
+        // With --fault-poll the urgent receiver that polls is replaced by the resumed connection's.
+        var (b, toB) = StartDestination("b", faultPoll ? ["--fault-poll", "300us"] : []);
         using var relay = new CuttableRelay(toB);
         // 16 MiB/s: the push of the guest's memory takes seconds, time to cut the link in the middle of it.
         var migration = Task.Run(() => Migrate(Socket("a"), "--to", relay.Address, "--mode", "postcopy", "--max-bandwidth", "16M", "--verify", "--json"), ct);
