@@ -19,12 +19,30 @@ kmake=(make ARCH=riscv CROSS_COMPILE=riscv64-linux-gnu- KBUILD_BUILD_USER=ferry 
 die() { echo "guest-linux/build.sh: error: $*" >&2; exit 1; }
 say() { echo "guest-linux: $*" >&2; }
 
-# Fail early, naming the package, rather than halfway through a 5-minute build.
-missing=()
-command -v riscv64-linux-gnu-gcc >/dev/null || missing+=(gcc-riscv64-linux-gnu)
-[[ -f /usr/riscv64-linux-gnu/lib/libc.a ]] || missing+=(libc6-dev-riscv64-cross)
-[[ -f $src_tar ]] || missing+=("$src_pkg")
-for tool in flex bison bc cpio make sha256sum; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+# What the build and the guest need, as Debian packages: checked first, rather than failing halfway through a 5-minute
+# build. OpenSBI is the guest's firmware (the VM loads it, the build does not).
+find_missing() {
+    missing=()
+    command -v gcc >/dev/null || missing+=(gcc)
+    command -v riscv64-linux-gnu-gcc >/dev/null || missing+=(gcc-riscv64-linux-gnu)
+    [[ -f /usr/riscv64-linux-gnu/lib/libc.a ]] || missing+=(libc6-dev-riscv64-cross)
+    [[ -f $src_tar ]] || missing+=("$src_pkg")
+    [[ -f /usr/lib/riscv64-linux-gnu/opensbi/generic/fw_dynamic.bin ]] || missing+=(opensbi)
+    for tool in flex bison bc cpio make; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+    command -v sha256sum >/dev/null || missing+=(coreutils)
+}
+find_missing
+# On a fresh Debian machine, as root, the first `./ferry demo` installs them (FERRY_NO_INSTALL=1: only name them).
+if ((${#missing[@]} > 0)) && [[ $(id -u) == 0 && -z ${FERRY_NO_INSTALL:-} ]] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]} (a minute or two; FERRY_NO_INSTALL=1 to only name them)"
+    mkdir -p "$out"
+    apt_log=$out/apt-get.log
+    if ! { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$apt_log" 2>&1; then
+        tail -n 5 "$apt_log" >&2
+        die "apt-get install ${missing[*]} failed (full log: $apt_log)"
+    fi
+    find_missing
+fi
 ((${#missing[@]} == 0)) || die "missing: ${missing[*]} (install with: apt-get install -y ${missing[*]})"
 
 src_version=$(dpkg-query -W -f='${Version}' "$src_pkg" 2>/dev/null) || die "cannot read the version of $src_pkg"
