@@ -18,9 +18,8 @@ public static partial class Libc
     /// privilege; lowering it below the current value needs CAP_SYS_NICE. Returns false if the kernel refused.
     /// </summary>
     /// <remarks>
-    /// Post-copy uses it to keep its bulk push out of the way of the fault path on a small host: the push threads are
-    /// always runnable, and a page the guest waits for crosses four thread wake-ups (fault reader, source return path,
-    /// urgent send, urgent receive), each of which otherwise queues behind them for a scheduler slice.
+    /// Post-copy uses it for the destination's populate of guest memory before the switchover, which on a host shared
+    /// with other guests (or the source, in a migration within one host) would otherwise take their CPU.
     /// </remarks>
     public static bool SetCurrentThreadNice(int nice) => setpriority(PRIO_PROCESS, gettid(), Math.Clamp(nice, -20, 19)) == 0;
 }

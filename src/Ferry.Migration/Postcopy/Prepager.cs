@@ -49,7 +49,7 @@ public enum PrepagingStrategy
 /// <para><b>Threads.</b> Every page channel's sender takes from one instance under one lock (a take hands out up to
 /// 1 MiB, so about a thousand times a second at full speed). The urgent path never takes it: the return path's thread
 /// claims a page with one atomic bit clear and queues the fault for the next take, so it never waits for a push thread
-/// (niced below everything) that a busy host has preempted while holding the lock.</para>
+/// that a busy host has preempted while holding the lock.</para>
 /// </remarks>
 internal sealed class Prepager
 {

@@ -45,8 +45,8 @@ internal sealed class UrgentSender
 
     /// <summary>
     /// Send the guest's system pages (<see cref="Prepager.TakeSystem"/>) on this channel, now, on the calling thread:
-    /// the moment the guest runs at the destination its kernel needs them, and the bulk push's threads, niced below
-    /// the guest, were measured to take their first pages 7-8 ms after the guest started (by then the kernel had
+    /// the moment the guest runs at the destination its kernel needs them, and the bulk push's threads (niced below
+    /// the guest then) were measured to take their first pages 7-8 ms after the guest started (by then the kernel had
     /// faulted on some 30 of them, one round trip each, and run little else). The switchover calls it right after
     /// Complete, so they land while the destination loads the state, and stops between batches once
     /// <paramref name="stop"/> says so (Ready came: Commit must not wait), sending the rest once the guest runs.

@@ -102,6 +102,9 @@ public sealed record IncomingOptions
 /// </remarks>
 public sealed class IncomingMigration
 {
+    /// <summary>Nice value of the thread that faults a pure post-copy's memory in before the switchover (see its use).</summary>
+    internal const int PopulateNice = 10;
+
     private readonly IMigrationListener _listener;
     private readonly IMigrationTargetFactory _factory;
     private readonly IncomingOptions _options;
@@ -283,7 +286,7 @@ public sealed class IncomingMigration
                 Exception? failure = null;
                 var populate = new Thread(() =>
                 {
-                    Ferry.Linux.Libc.SetCurrentThreadNice(PageSender.PostcopyBulkNice);
+                    Ferry.Linux.Libc.SetCurrentThreadNice(PopulateNice);
                     try
                     {
                         postcopyTarget.PreparePostcopy(_options.PeerTimeout / 4, token);
@@ -1039,7 +1042,6 @@ public sealed class IncomingMigration
 
         // The urgent channel: post-copy batches only, until the source closes it.
         private readonly bool _urgent;
-        private bool _niced;
 
         /// <summary>Set when this channel's Flush arrived.</summary>
         public ManualResetEventSlim Flushed { get; } = new();
@@ -1096,11 +1098,6 @@ public sealed class IncomingMigration
                             : $"{record.Kind} on the urgent channel";
                         _owner.FailFromReceiver(what, closed ? new MigrationTransportException(what) : new MigrationProtocolException(what));
                         return;
-                    }
-                    if (!_niced && _reader.Postcopy is not null && !_urgent)
-                    {
-                        // Post-copy: the bulk push yields to the urgent path (see Libc.SetCurrentThreadNice).
-                        _niced = Ferry.Linux.Libc.SetCurrentThreadNice(PageSender.PostcopyBulkNice);
                     }
                     switch (record.Kind)
                     {

@@ -742,7 +742,7 @@ public sealed class OutgoingMigration
             done.Reset(_senders.Length);
             _populatedForPush = populated;
             foreach (var sender in _senders) sender.StartPostcopy(_prepager, PostcopyFlushSequence, done, populated);
-            // What Ready cut short, from this (still real-time) thread, ahead of the niced push threads just woken.
+            // What Ready cut short, from this (still real-time) thread, ahead of the push threads just woken.
             if (resumed) systemPages += PushSystemPages(urgent, null);
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has

@@ -273,7 +273,7 @@ public class PostcopyMigrationTests
         Assert.True(outcome.Stats.Verify?.Match, "digests differ");
         Assert.NotNull(observed.ThreadName);
         Assert.NotEqual("test-destination", observed.ThreadName); // the harness runs the destination's control on that one
-        Assert.Equal(PageSender.PostcopyBulkNice, observed.Nice);
+        Assert.Equal(IncomingMigration.PopulateNice, observed.Nice);
     }
 }
 
