@@ -26,6 +26,11 @@ internal sealed class MachinePostcopyMemory(GuestRam ram) : IPostcopyMemory
         for (ulong i = 0; i < count; i++) ram.InstallZeroPage(firstPage + i);
     }
 
+    public void InstallFreshZero(int region, ulong firstPage, ulong count)
+    {
+        for (ulong i = 0; i < count; i++) ram.InstallZeroPage(firstPage + i, fresh: true);
+    }
+
     public long BlockedTicks => ram.BlockedTicks;
 
     public long WorkingSetPages => ram.WorkingSetPages;

@@ -504,6 +504,24 @@ public sealed class PostcopyRamTests
     }
 
     [Fact]
+    public void AFreshZeroPageIsMadePresentWithoutBeingWritten()
+    {
+        using var ram = new GuestRam(RamBase, 1UL << 20);
+        // Marks where nothing may be written: a fresh zero install leaves them, a plain one clears them.
+        ram.Write(RamBase + 3 * PageSize, Page((0, 0x3333)));
+        ram.Write(RamBase + 4 * PageSize, Page((0, 0x4444)));
+        var engine = new Engine(ram, [], autoInstall: false);
+        ram.BeginPostcopy(Bitmap(ram, [3, 4]), engine.Request);
+
+        Assert.True(ram.InstallZeroPage(3, fresh: true));
+        Assert.Equal(0x3333UL, Word(ram, RamBase + 3 * PageSize));
+        Assert.True(ram.InstallZeroPage(4));
+        Assert.Equal(0UL, Word(ram, RamBase + 4 * PageSize));
+        Assert.False(ram.IsPostcopy); // both counted as landed: post-copy is over
+        Assert.False(ram.InstallZeroPage(3, fresh: true));
+    }
+
+    [Fact]
     public void BeginTakesOnlyRamPagesAndEndRefusesWhilePagesAreMissing()
     {
         using var ram = new GuestRam(RamBase, 1UL << 20); // 256 pages: four bitmap words

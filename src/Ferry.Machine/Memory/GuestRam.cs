@@ -349,11 +349,14 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         return true;
     }
 
-    /// <summary>As <see cref="InstallPage"/> with a page of zeros.</summary>
-    public bool InstallZeroPage(ulong pageIndex)
+    /// <summary>
+    /// As <see cref="InstallPage"/> with a page of zeros. <paramref name="fresh"/>: the caller knows nothing wrote the
+    /// page since this RAM was mapped (fresh RAM is zero), so it is only made present, not written.
+    /// </summary>
+    public bool InstallZeroPage(ulong pageIndex, bool fresh = false)
     {
         if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
-        new Span<byte>(Host + (pageIndex << PageShift), (int)PageSize).Clear();
+        if (!fresh) new Span<byte>(Host + (pageIndex << PageShift), (int)PageSize).Clear();
         Publish(p, (int)pageIndex);
         return true;
     }

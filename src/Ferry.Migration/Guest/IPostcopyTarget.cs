@@ -45,6 +45,13 @@ public interface IPostcopyMemory : IDisposable
     /// <summary>As <see cref="Install"/>, with zeros.</summary>
     void InstallZero(int region, ulong firstPage, ulong count);
 
+    /// <summary>
+    /// As <see cref="InstallZero"/>, for pages this side never wrote since its memory was made (fresh target memory is
+    /// zero by contract, <see cref="IMigrationTarget.Regions"/>): they read as zero already and need only be made
+    /// present. A memory that must still map them (userfaultfd) installs them as <see cref="InstallZero"/>, the default.
+    /// </summary>
+    void InstallFreshZero(int region, ulong firstPage, ulong count) => InstallZero(region, firstPage, count);
+
     /// <summary>Time guest threads have spent waiting for missing pages so far, in <see cref="System.Diagnostics.Stopwatch"/> ticks.</summary>
     long BlockedTicks { get; }
 

@@ -259,7 +259,7 @@ public sealed class IncomingMigration
                 // missing-page bookkeeping and the urgent channel's receive thread (which installs nothing before
                 // the switchover attaches the guest's memory: a page the source sends right after Complete waits
                 // for that, and one with no switchover after it fails the migration).
-                prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, pageHashes);
+                prepared = new Postcopy.PostcopyIncoming(target.Regions, RequestPage, pageHashes, received);
                 _prepared = prepared;
                 foreach (var r in receivers) r.Reader.PreparePostcopy();
                 var urgent = new Receiver(this, _connection.Urgent!, null, target.Regions, received);

@@ -132,8 +132,15 @@ public class AwaitedFaultTests
 internal sealed class RecordingMemory : IPostcopyMemory
 {
     public readonly List<(ulong First, int Count)> Installs = [];
+    /// <summary>Zero runs over pages that never received data, which need no write (also in <see cref="Installs"/>).</summary>
+    public readonly List<(ulong First, int Count)> FreshZeros = [];
     public void Install(int region, ulong firstPage, int count, nint source) => Installs.Add((firstPage, count));
     public void InstallZero(int region, ulong firstPage, ulong count) => Installs.Add((firstPage, (int)count));
+    public void InstallFreshZero(int region, ulong firstPage, ulong count)
+    {
+        Installs.Add((firstPage, (int)count));
+        FreshZeros.Add((firstPage, (int)count));
+    }
     public long BlockedTicks => 0;
     public long WorkingSetPages => 0;
     public void Abort(string reason) { }
