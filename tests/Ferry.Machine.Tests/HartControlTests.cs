@@ -73,3 +73,44 @@ public class HartControlTests
         machine.PowerOff(0);
     }
 }
+
+/// <summary>
+/// A block's budget counts instructions; a request from another thread (a pause, a TLB flush, an interrupt) must not
+/// wait for 4,096 of them when each takes the slow path (a guest touching a new page every few instructions).
+/// </summary>
+public class HartSignalTests
+{
+    // auipc x2, 0x100 (x2 = RAM + 1 MiB); lui x3, 1 (x3 = 4096); loop: sd x0, 0(x2); add x2, x2, x3; j loop.
+    private static readonly uint[] StoreToANewPageEveryIteration = [0x00100117, 0x000011b7, 0x00013023, 0x00310133, 0xff9ff06f];
+
+    private static Hart HartAtTheLoop(VirtMachine machine)
+    {
+        var code = new byte[StoreToANewPageEveryIteration.Length * 4];
+        for (int i = 0; i < StoreToANewPageEveryIteration.Length; i++)
+            BinaryPrimitives.WriteUInt32LittleEndian(code.AsSpan(i * 4), StoreToANewPageEveryIteration[i]);
+        machine.Ram.Write(VirtMachine.RamBase, code);
+        Hart hart = machine.GetHart(0);
+        hart.Reset(VirtMachine.RamBase);
+        return hart;
+    }
+
+    [Fact]
+    public void WithNothingAskedABlockOfSlowStoresRunsToItsBudget()
+    {
+        using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 16UL << 20, Harts = 1, Rng = false });
+        Hart hart = HartAtTheLoop(machine);
+        hart.StepBlock();
+        Assert.InRange(hart.Instret, 4096UL, 4100UL);
+    }
+
+    [Fact]
+    public void ARequestPendingEndsTheBlockAtTheNextSlowPath()
+    {
+        using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 16UL << 20, Harts = 1, Rng = false });
+        Hart hart = HartAtTheLoop(machine);
+        hart.Kick(); // as Pause, a flush request or an interrupt line does
+        hart.StepBlock();
+        Assert.Equal(3UL, hart.Instret); // auipc, lui, and the first store: the block ends after it
+        Assert.Equal(VirtMachine.RamBase + 12, hart.Pc);
+    }
+}

@@ -239,6 +239,16 @@ internal sealed unsafe partial class Hart : IDisposable
         }
     }
 
+    /// <summary>
+    /// Run one block from the current pc on the calling thread, as the hart's own loop does, without looking at the
+    /// signal first: for tests, on a hart whose thread is not running.
+    /// </summary>
+    internal void StepBlock()
+    {
+        CodePage? page = FetchSlow(pc);
+        if (page != null) ExecuteBlock(page, pc);
+    }
+
     /// <summary>Handle what other threads asked for. False when the hart must stop.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private bool ServiceSignals()
