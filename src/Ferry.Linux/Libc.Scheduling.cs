@@ -89,7 +89,20 @@ public static partial class Libc
 {
     private const int SCHED_OTHER = 0;
     private const int SCHED_FIFO = 1;
+    private const int SCHED_BATCH = 3;
     private const int SCHED_IDLE = 5;
+
+    /// <summary>
+    /// Put the calling thread in SCHED_BATCH (<paramref name="batch"/>) or back in SCHED_OTHER, its nice value kept.
+    /// A batch thread keeps a normal thread's share of the CPU, but a thread that wakes preempts it at once, and it
+    /// never preempts another on its own wake-up. No privilege needed either way; returns false if refused.
+    /// </summary>
+    public static bool SetCurrentThreadBatch(bool batch)
+    {
+        if (!OperatingSystem.IsLinux()) return false;
+        int p = 0;
+        return sched_setscheduler(0, batch ? SCHED_BATCH : SCHED_OTHER, ref p) == 0;
+    }
 
     [LibraryImport(LibraryName, SetLastError = true)]
     private static partial int sched_setscheduler(int pid, int policy, ref int priority);

@@ -31,6 +31,19 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void BatchIsTakenAndGivenBackWithTheNiceValueKept()
+    {
+        OnOwnThread(() =>
+        {
+            Assert.True(Libc.SetCurrentThreadNice(3));
+            Assert.True(Libc.SetCurrentThreadBatch(true));
+            Assert.Equal((3, 3), ReadStat()); // SCHED_BATCH is policy 3
+            Assert.True(Libc.SetCurrentThreadBatch(false));
+            Assert.Equal((3, 0), ReadStat());
+        });
+    }
+
+    [Fact]
     public void RealtimeIsTakenAndGivenBackWithTheNiceValueKept()
     {
         OnOwnThread(() =>

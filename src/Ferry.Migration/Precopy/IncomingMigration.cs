@@ -1042,6 +1042,7 @@ public sealed class IncomingMigration
 
         // The urgent channel: post-copy batches only, until the source closes it.
         private readonly bool _urgent;
+        private bool _batched;
 
         /// <summary>Set when this channel's Flush arrived.</summary>
         public ManualResetEventSlim Flushed { get; } = new();
@@ -1098,6 +1099,12 @@ public sealed class IncomingMigration
                             : $"{record.Kind} on the urgent channel";
                         _owner.FailFromReceiver(what, closed ? new MigrationTransportException(what) : new MigrationProtocolException(what));
                         return;
+                    }
+                    if (!_batched && _reader.Postcopy is not null && !_urgent)
+                    {
+                        // Post-copy's bulk receive yields to any thread that wakes (see PageSender.SendPostcopy).
+                        _batched = true;
+                        Ferry.Linux.Libc.SetCurrentThreadBatch(true);
                     }
                     switch (record.Kind)
                     {

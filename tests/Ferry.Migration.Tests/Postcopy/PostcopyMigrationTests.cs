@@ -228,12 +228,41 @@ public class PostcopyMigrationTests
         public virtual void GetResidentPages(Span<ulong> bitmap) { }
     }
 
-    /// <summary>A destination that notes where and how its preparation for post-copy ran.</summary>
+    /// <summary>A destination that notes where and how its preparation for post-copy ran, and which threads installed pages.</summary>
     private sealed class ObservedPreparationFactory : Guest.IMigrationTargetFactory
     {
         private readonly InProcessTargetFactory _inner = new();
         public string? ThreadName;
         public int? Nice;
+        /// <summary>Scheduling policy (sched(7)) of the threads that installed post-copy pages at their last install, by thread name.</summary>
+        public readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> InstallPolicies = new();
+
+        private static int CurrentPolicy()
+        {
+            // /proc/thread-self/stat: the 41st field is the policy; fields 3 on follow the command's ")".
+            string stat = File.ReadAllText("/proc/thread-self/stat");
+            return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[38], System.Globalization.CultureInfo.InvariantCulture);
+        }
+
+        private sealed class Memory(ObservedPreparationFactory owner, Guest.IPostcopyMemory inner) : Guest.IPostcopyMemory
+        {
+            public void Install(int region, ulong firstPage, int count, nint source)
+            {
+                owner.InstallPolicies[Thread.CurrentThread.Name ?? "?"] = CurrentPolicy();
+                inner.Install(region, firstPage, count, source);
+            }
+
+            public void InstallZero(int region, ulong firstPage, ulong count)
+            {
+                owner.InstallPolicies[Thread.CurrentThread.Name ?? "?"] = CurrentPolicy();
+                inner.InstallZero(region, firstPage, count);
+            }
+
+            public long BlockedTicks => inner.BlockedTicks;
+            public long WorkingSetPages => inner.WorkingSetPages;
+            public void Abort(string reason) => inner.Abort(reason);
+            public void Dispose() => inner.Dispose();
+        }
         /// <summary>How much longer the preparation takes.</summary>
         public TimeSpan Delay { get; init; }
 
@@ -247,7 +276,7 @@ public class PostcopyMigrationTests
             public void Start() => inner.Start();
             public void Dispose() => inner.Dispose();
             public Guest.IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, Guest.IPageFaultSink sink) =>
-                inner.BeginPostcopy(missing, sink);
+                new Memory(owner, inner.BeginPostcopy(missing, sink));
 
             public void PreparePostcopy(TimeSpan budget, CancellationToken stop)
             {
@@ -262,7 +291,7 @@ public class PostcopyMigrationTests
     }
 
     [Fact]
-    public void TheDestinationPreparesForPostcopyOnANicedThreadNotTheOneThatRunsTheSwitchover()
+    public void TheDestinationPreparesOnANicedThreadAndReceivesThePushOnBatchThreads()
     {
         using var guest = NewGuest(16, pagesPerSecond: 1000);
         using var transport = new InMemoryTransport();
@@ -274,6 +303,11 @@ public class PostcopyMigrationTests
         Assert.NotNull(observed.ThreadName);
         Assert.NotEqual("test-destination", observed.ThreadName); // the harness runs the destination's control on that one
         Assert.Equal(IncomingMigration.PopulateNice, observed.Nice);
+        // The push lands through the page channels' receivers, batch threads (SCHED_BATCH = 3) once post-copy runs (a
+        // channel's first post-copy batch may be read just before the switch).
+        var bulk = observed.InstallPolicies.Where(p => p.Key.StartsWith("ferry-recv-page", StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(bulk);
+        Assert.All(bulk, p => Assert.Equal(3, p.Value));
     }
 }
 
