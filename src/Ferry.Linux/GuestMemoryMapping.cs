@@ -181,11 +181,19 @@ public sealed class GuestMemoryMapping : SafeHandle
     /// what a guest waiting for the page would wait on top of the network. So missing pages go into small pages and
     /// the advice comes back when post-copy ends (khugepaged merges them later).
     /// </remarks>
-    public bool AdviseHugePages(bool huge)
+    public bool AdviseHugePages(bool huge) => AdviseHugePages(0, Length, huge);
+
+    /// <summary>As <see cref="AdviseHugePages(bool)"/> for the page-aligned part [<paramref name="offset"/>, +<paramref name="length"/>).</summary>
+    public bool AdviseHugePages(ulong offset, ulong length, bool huge)
     {
+        if ((offset & 4095) != 0 || (length & 4095) != 0 || offset > Length || length > Length - offset)
+        {
+            throw new ArgumentOutOfRangeException(nameof(offset), $"range {offset}+{length} not page aligned inside {Length}");
+        }
+
         ObjectDisposedException.ThrowIf(IsClosed, this);
         if (!HugePagesAdvised) return false;
-        return Libc.madvise(handle, (nuint)Length, huge ? Libc.MADV_HUGEPAGE : Libc.MADV_NOHUGEPAGE) == 0;
+        return Libc.madvise(handle + (nint)offset, (nuint)length, huge ? Libc.MADV_HUGEPAGE : Libc.MADV_NOHUGEPAGE) == 0;
     }
 
     /// <inheritdoc/>

@@ -3,6 +3,7 @@ using Ferry.Machine.Board;
 using Ferry.Machine.Virtio;
 using GuestRam = Ferry.Machine.Memory.GuestRam;
 using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
 
 namespace Ferry.Vm;
 
@@ -180,13 +181,19 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
     }
 
     /// <inheritdoc/>
-    /// <remarks>Faults the RAM in (see <see cref="GuestRam.Populate"/>): post-copy installs every page anyway, zeros
-    /// included, so this costs no memory that post-copy would not, only its time before the pause.</remarks>
-    public void PreparePostcopy(TimeSpan budget, CancellationToken stop)
+    /// <remarks>Faults the RAM in, with the source's map only the pages that will receive data (<see
+    /// cref="GuestRam.Populate(TimeSpan, ReadOnlySpan{ulong}, CancellationToken)"/>): the demo's 1 GiB guest holds
+    /// data in about a quarter of its memory, and the rest, arriving as zeros that are only marked present, then takes
+    /// no memory here (its destination process peaked at ~405 MiB against 485-880 MiB with all of RAM faulted in).
+    /// Without a map, all of RAM (<see cref="GuestRam.Populate(TimeSpan, CancellationToken)"/>).</remarks>
+    public void PreparePostcopy(TimeSpan budget, IReadOnlyList<DirtyBitmap>? holdsData, CancellationToken stop)
     {
         ObjectDisposedException.ThrowIf(disposed, this);
         GuestRam.WarmUpPostcopy();
-        (machine?.Ram ?? ram)?.Populate(budget, stop);
+        GuestRam? target = machine?.Ram ?? ram;
+        if (target is null) return;
+        if (holdsData is { Count: > 0 }) target.Populate(budget, holdsData[0].Words, stop);
+        else target.Populate(budget, stop);
     }
 
     /// <inheritdoc/>

@@ -504,6 +504,27 @@ public sealed class PostcopyRamTests
     }
 
     [Fact]
+    public unsafe void PopulatingByTheSourcesMapFaultsInOnlyWhatItNames()
+    {
+        using var ram = new GuestRam(RamBase, 16UL << 20); // 4096 pages, 8 chunks of 2 MiB
+        var map = new ulong[4096 / 64];
+        void Name(ulong p) => map[p >> 6] |= 1UL << (int)(p & 63);
+        Name(3);                                               // a lone page in chunk 0
+        Name(1100);                                            // and one in chunk 2
+        for (ulong p = 2048; p < 2048 + 300; p++) Name(p);     // most of chunk 4: faulted in whole
+        Assert.True(ram.Populate(TimeSpan.FromSeconds(30), map, TestContext.Current.CancellationToken));
+
+        var resident = new ulong[4096 / 64];
+        using (var pagemap = Ferry.Linux.Pagemap.OpenSelf()) pagemap.OrPopulated((nint)ram.Host, ram.Size, resident, 0);
+        bool Resident(ulong p) => (resident[p >> 6] & (1UL << (int)(p & 63))) != 0;
+        Assert.True(Resident(3) && Resident(1100) && Resident(2048) && Resident(2347));
+        Assert.True(Resident(2500), "a dense chunk is faulted in whole");
+        Assert.False(Resident(4), "a sparse chunk's other pages stay untouched (no huge page)");
+        Assert.False(Resident(700), "a chunk the map does not name stays untouched");
+        Assert.InRange(resident.Sum(w => (long)System.Numerics.BitOperations.PopCount(w)), 514, 600);
+    }
+
+    [Fact]
     public void AFreshZeroPageIsMadePresentWithoutBeingWritten()
     {
         using var ram = new GuestRam(RamBase, 1UL << 20);

@@ -294,6 +294,47 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     }
 
     /// <summary>
+    /// As <see cref="Populate(TimeSpan, CancellationToken)"/> for the pages whose bits are set in <paramref name="pages"/>
+    /// (bit p = page p of RAM; bits past RAM's end ignored) only. A 2 MiB chunk at least half of whose pages are named
+    /// is faulted in whole (a huge page, where advised, costs as much as ~300 small ones here); in a sparser one the
+    /// named pages are faulted in as small pages, the rest left untouched (the chunk is advised no huge pages, else
+    /// the first touch would fault the whole 2 MiB in). The advice comes back when post-copy ends.
+    /// </summary>
+    public bool Populate(TimeSpan budget, ReadOnlySpan<ulong> pages, CancellationToken stop = default)
+    {
+        const int ChunkWords = 512 / 64;
+        const int Dense = 256;
+        long start = System.Diagnostics.Stopwatch.GetTimestamp();
+        ulong ramPages = (ulong)PageCount;
+        for (int w = 0; w < pages.Length && (ulong)w * 64 < ramPages; w += ChunkWords)
+        {
+            // Each chunk ~1-4 ms at most here (a huge page's first touch): look at the clock between chunks.
+            if (stop.IsCancellationRequested || System.Diagnostics.Stopwatch.GetElapsedTime(start) > budget) return false;
+            var chunk = pages.Slice(w, Math.Min(ChunkWords, pages.Length - w));
+            int named = 0;
+            foreach (ulong word in chunk) named += System.Numerics.BitOperations.PopCount(word);
+            if (named == 0) continue;
+            ulong first = (ulong)w * 64;
+            ulong end = Math.Min(ramPages, first + 512);
+            if (named >= Dense)
+            {
+                if (!mapping.Populate(first << PageShift, (end - first) << PageShift)) return false;
+                continue;
+            }
+            mapping.AdviseHugePages(first << PageShift, (end - first) << PageShift, huge: false);
+            ulong p = first;
+            while (p < end)
+            {
+                while (p < end && (chunk[(int)((p - first) >> 6)] & (1UL << (int)(p & 63))) == 0) p++;
+                ulong run = p;
+                while (p < end && (chunk[(int)((p - first) >> 6)] & (1UL << (int)(p & 63))) != 0) p++;
+                if (p > run && !mapping.Populate(run << PageShift, (p - run) << PageShift)) return false;
+            }
+        }
+        return true;
+    }
+
+    /// <summary>
     /// Run post-copy's begin and install code once, on a small RAM of its own: a destination's first call of each
     /// would otherwise pay its cold start inside the downtime (as <c>VirtMachine.WarmUpSaveState</c> on the source).
     /// </summary>

@@ -22,12 +22,14 @@ public interface IPostcopyTarget
     /// <summary>
     /// Called once at the handshake when the source may use post-copy, before it can pause the guest (a source in pure
     /// post-copy waits for this side to be ready): make the later installs cheap, e.g. fault the guest's memory in, so
-    /// that a page the guest waits for costs a copy and not a kernel allocation. At most <paramref name="budget"/>
-    /// (the engine does not read its control channel meanwhile), and stop soon after <paramref name="stop"/> fires
-    /// (pre-copy pages are arriving: a hybrid source, whose rounds fault the memory in anyway and whose Complete must
-    /// not wait); what is left is done on demand. Nothing by default.
+    /// that a page the guest waits for costs a copy and not a kernel allocation. <paramref name="holdsData"/> (one
+    /// bitmap per region, or null when the source did not say) names the pages that will receive data: the others
+    /// arrive as zeros, which need no memory (<see cref="IPostcopyMemory.InstallFreshZero"/>), so only these need
+    /// faulting in. At most <paramref name="budget"/> (the engine does not read its control channel meanwhile), and
+    /// stop soon after <paramref name="stop"/> fires (pre-copy pages are arriving: a hybrid source, whose rounds fault
+    /// the memory in anyway and whose Complete must not wait); what is left is done on demand. Nothing by default.
     /// </summary>
-    void PreparePostcopy(TimeSpan budget, CancellationToken stop) { }
+    void PreparePostcopy(TimeSpan budget, IReadOnlyList<Memory.DirtyBitmap>? holdsData, CancellationToken stop) { }
 }
 
 /// <summary>The destination guest's memory during post-copy: where arriving pages are installed.</summary>

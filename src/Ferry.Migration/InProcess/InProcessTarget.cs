@@ -1,5 +1,6 @@
 using Ferry.Linux;
 using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
 
 namespace Ferry.Migration.InProcess;
 
@@ -157,7 +158,7 @@ public sealed class InProcessTarget : IMigrationTarget, IPostcopyTarget
 
     /// <inheritdoc/>
     /// <remarks>Only the fault stamps' allocation: this guest's memory is faulted in by <see cref="Preallocate"/>.</remarks>
-    public void PreparePostcopy(TimeSpan budget, CancellationToken stop) => _faultStamps ??= UserfaultfdPostcopy.NewFaultStamps(_regions);
+    public void PreparePostcopy(TimeSpan budget, IReadOnlyList<DirtyBitmap>? holdsData, CancellationToken stop) => _faultStamps ??= UserfaultfdPostcopy.NewFaultStamps(_regions);
 
     /// <inheritdoc/>
     /// <remarks>Guest memory is registered with a userfaultfd in MISSING mode; the missing pages are dropped

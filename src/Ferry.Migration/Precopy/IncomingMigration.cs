@@ -280,6 +280,8 @@ public sealed class IncomingMigration
                 // source's guest up to 26 ms at a time (3 paired demo runs: 26 / 18 / 23 ms, niced 19 / 17 / 16 ms;
                 // the populate itself no slower). On a thread of its own: without privilege a thread cannot undo a
                 // nice, and this one goes on to run the switchover.
+                // A pure post-copy source names the pages it holds data in first (PopulatedMap): only those need faulting in.
+                var holdsData = (decision.Capabilities & ProtocolCapabilities.PopulatedMap) != 0 ? ReadPopulatedMap(reader, target.Regions) : null;
                 if (TraceLog.Enabled) TraceLog.Mark("destination: populating memory");
                 var postcopyTarget = (IPostcopyTarget)target;
                 var token = _pagesArrived.Token;
@@ -289,7 +291,7 @@ public sealed class IncomingMigration
                     Ferry.Linux.Libc.SetCurrentThreadNice(PopulateNice);
                     try
                     {
-                        postcopyTarget.PreparePostcopy(_options.PeerTimeout / 4, token);
+                        postcopyTarget.PreparePostcopy(_options.PeerTimeout / 4, holdsData, token);
                     }
                     catch (Exception e)
                     {
@@ -831,6 +833,34 @@ public sealed class IncomingMigration
             }
             if (m is CancelMessage or ErrorMessage) throw ProtocolReader.Unexpected(m, expected);
             return m;
+        }
+    }
+
+    /// <summary>
+    /// The source's populated map (PopulatedPages records up to the one flagged Last), as one bitmap per region.
+    /// Keepalives read meanwhile are not echoed: an echo tells a pure post-copy source this side is ready, which it is
+    /// only once the populate is done (the source's next Keepalive is echoed then). Hostile input: every run is checked
+    /// against the layout, and any other record fails the migration.
+    /// </summary>
+    private DirtyBitmap[] ReadPopulatedMap(ProtocolReader reader, IReadOnlyList<MemoryRegion> regions)
+    {
+        var maps = NewPageMaps(regions);
+        while (true)
+        {
+            var m = reader.Read() ?? throw new MigrationTransportException("source closed the control channel while its populated map was expected");
+            Heard();
+            switch (m)
+            {
+                case KeepaliveMessage:
+                    continue;
+                case PopulatedPagesMessage p:
+                    p.Validate(regions);
+                    foreach (var (first, count) in p.Runs) maps[p.Region].SetRange(first, first + count);
+                    if (p.Last) return maps;
+                    continue;
+                default:
+                    throw ProtocolReader.Unexpected(m, "PopulatedPages");
+            }
         }
     }
 

@@ -74,6 +74,8 @@ public sealed class OutgoingMigration
     private readonly List<PageSender> _retiredSenders = [];
     private readonly List<Postcopy.UrgentSender> _urgentSenders = [];
     private DirtyBitmap? _populatedForPush;
+    // The destination takes the populated map before a pure post-copy (capability PopulatedMap).
+    private bool _populatedMap;
     private PostcopyDoneMessage? _postcopyDone;
     private long _postcopyDoneAt;
     private Postcopy.Prepager? _prepager;
@@ -281,7 +283,8 @@ public sealed class OutgoingMigration
         // Page hashes for pre-copy's verification only: a migration that may end in post-copy digests its own way.
         var verifyCaps = !_options.Verify ? ProtocolCapabilities.None
             : ProtocolCapabilities.Verify | (postcopy ? ProtocolCapabilities.None : ProtocolCapabilities.VerifyPageHashes);
-        var caps = ProtocolCapabilities.LandedSync | verifyCaps | (postcopy ? PostcopyCaps : ProtocolCapabilities.None);
+        var caps = ProtocolCapabilities.LandedSync | verifyCaps | (postcopy ? PostcopyCaps : ProtocolCapabilities.None)
+            | (_options.Mode == MigrationMode.Postcopy ? ProtocolCapabilities.PopulatedMap : ProtocolCapabilities.None);
         long helloSent = _time.GetTimestamp();
         _control.WriteHello(Hello(caps));
         var welcome = reader.Expect<WelcomeMessage>();
@@ -298,6 +301,7 @@ public sealed class OutgoingMigration
         if (postcopy && _connection.Urgent is null)
             throw new MigrationException("the transport opened no urgent channel for post-copy");
         _landedSync = (welcome.Capabilities & ProtocolCapabilities.LandedSync) != 0;
+        _populatedMap = (welcome.Capabilities & ProtocolCapabilities.PopulatedMap) != 0;
         if ((welcome.Capabilities & ProtocolCapabilities.VerifyPageHashes) != 0) _sentHashes = new Postcopy.PageHashDigest(_guest.Regions);
         _keepalivesOn = true;
 
@@ -406,7 +410,9 @@ public sealed class OutgoingMigration
         {
             // Nothing moves before the switchover: every page is missing on the destination. It reads control records
             // only once its own warm-up is done, so one echoed Keepalive says it is ready: pausing earlier would spend
-            // the guest's downtime on the destination's JIT.
+            // the guest's downtime on the destination's JIT. With PopulatedMap it first learns which pages hold data,
+            // and faults in only those (the rest arrive as Zero runs, which take no memory there).
+            if (_populatedMap) WritePopulatedPages(_control!, populated, _guest.Regions);
             _echoArrived.Reset();
             SendKeepalive();
             var (used, steady) = AwaitEchoAgingUse(populated);
@@ -1025,6 +1031,22 @@ public sealed class OutgoingMigration
     /// (~1 ms for a List of tuples); <see cref="SwitchoverWarmup.Postcopy"/> runs it once before the pause.
     /// </summary>
     internal static long WriteMissingPages(ProtocolWriter writer, DirtyBitmap bitmap, IReadOnlyList<MemoryRegion> regions, (ulong First, uint Count)[] runs)
+        => WriteRuns(writer, bitmap, regions, runs, static (region, slice) => new MissingPagesMessage(region, slice));
+
+    /// <summary>
+    /// Pure post-copy with PopulatedMap: the pages <paramref name="populated"/> names (those holding data), as
+    /// PopulatedPages records, then an empty one flagged Last. Returns how many pages.
+    /// </summary>
+    internal static long WritePopulatedPages(ProtocolWriter writer, DirtyBitmap populated, IReadOnlyList<MemoryRegion> regions)
+    {
+        long total = WriteRuns(writer, populated, regions, new (ulong, uint)[MigrationProtocol.MaxMissingRuns],
+            static (region, slice) => new PopulatedPagesMessage(region, slice, Last: false));
+        writer.Write(new PopulatedPagesMessage(0, [], Last: true));
+        return total;
+    }
+
+    private static long WriteRuns(ProtocolWriter writer, DirtyBitmap bitmap, IReadOnlyList<MemoryRegion> regions, (ulong First, uint Count)[] runs,
+        Func<ushort, (ulong First, uint Count)[], ControlMessage> record)
     {
         long total = 0;
         ulong bitBase = 0;
@@ -1046,7 +1068,7 @@ public sealed class OutgoingMigration
         void Flush(int region)
         {
             if (n == 0) return;
-            writer.Write(new MissingPagesMessage((ushort)region, runs.AsSpan(0, n).ToArray()));
+            writer.Write(record((ushort)region, runs.AsSpan(0, n).ToArray()));
             n = 0;
         }
     }

@@ -135,18 +135,36 @@ public sealed record MissingPagesMessage(ushort Region, (ulong First, uint Count
     public override RecordKind Kind => RecordKind.MissingPages;
 
     /// <summary>Throw <see cref="MigrationProtocolException"/> unless every run lies inside <paramref name="regions"/>.</summary>
-    public void Validate(IReadOnlyList<Guest.MemoryRegion> regions)
+    public void Validate(IReadOnlyList<Guest.MemoryRegion> regions) => ValidateRuns("MissingPages", Region, Runs, regions);
+
+    internal static void ValidateRuns(string what, ushort region, (ulong First, uint Count)[] runs, IReadOnlyList<Guest.MemoryRegion> regions)
     {
         ArgumentNullException.ThrowIfNull(regions);
-        if (Region >= regions.Count)
-            throw new MigrationProtocolException($"MissingPages: region {Region} does not exist ({regions.Count} regions)");
-        ulong pages = regions[Region].Pages;
-        foreach (var (first, count) in Runs)
+        if (region >= regions.Count)
+            throw new MigrationProtocolException($"{what}: region {region} does not exist ({regions.Count} regions)");
+        ulong pages = regions[region].Pages;
+        foreach (var (first, count) in runs)
         {
             if (count == 0 || first >= pages || count > pages - first)
-                throw new MigrationProtocolException($"MissingPages: pages {first}+{count} outside region {Region} of {pages} pages");
+                throw new MigrationProtocolException($"{what}: pages {first}+{count} outside region {region} of {pages} pages");
         }
     }
+}
+
+/// <summary>
+/// Source, pure post-copy with PopulatedMap, before the switchover: the pages of <paramref name="Runs"/> of
+/// <paramref name="Region"/> hold data on the source (the others read as zero); <paramref name="Last"/> ends the map
+/// (a Last record may carry no run). Check them against the layout with <see cref="Validate"/>.
+/// </summary>
+public sealed record PopulatedPagesMessage(ushort Region, (ulong First, uint Count)[] Runs, bool Last) : ControlMessage
+{
+    /// <summary>Header flag: the map's final record.</summary>
+    public const byte LastFlag = 1;
+
+    public override RecordKind Kind => RecordKind.PopulatedPages;
+
+    /// <summary>Throw <see cref="MigrationProtocolException"/> unless every run lies inside <paramref name="regions"/>.</summary>
+    public void Validate(IReadOnlyList<Guest.MemoryRegion> regions) => MissingPagesMessage.ValidateRuns("PopulatedPages", Region, Runs, regions);
 }
 
 /// <summary>Destination, resuming post-copy: the missing map is complete (<paramref name="MissingPages"/> pages).</summary>

@@ -86,6 +86,8 @@ namespace Ferry.Migration.Protocol;
 ///   Cancel       reason: string
 ///   Error        code u16 | message: string
 ///   MissingPages region u16 | run count u16 (1..4096) | runs {first page u64, count u32 (>0)}*  (post-copy)
+///   PopulatedPages  as MissingPages, run count 0..4096   flags: bit0 Last   (capability PopulatedMap, pure post-copy:
+///                the pages the source holds data in, sent after the handshake; the destination faults only those in)
 ///   PostcopyDone faults u32 | latency p50 u32 | p99 u32 | max u32 (us) | blocked-us u64 | working set u64
 ///                (u64 max = unknown) | installed u64 | duplicates u64 | [digest 16]   flags: bit0 DigestPresent
 ///   Keepalive    sender timestamp u64 (sender's clock, opaque to the receiver; the destination echoes a source
@@ -118,7 +120,10 @@ namespace Ferry.Migration.Protocol;
 /// page channel (everything of the pre-copy rounds, if any, lands first), then MissingPages records naming every page
 /// the destination must not use as it holds it (never sent, or dirtied since it was), the state sections, and Complete
 /// with flag Postcopy. A source that sent no page before the switchover (pure post-copy) sends no Flush then and puts
-/// sequence 0 in Complete: the destination must have received no page batch at all, and every page is missing. The
+/// sequence 0 in Complete: the destination must have received no page batch at all, and every page is missing. With
+/// PopulatedMap negotiated (optional; a pure post-copy source offers it) such a source first sends, right after the
+/// handshake, PopulatedPages records naming the pages it holds data in, the last flagged Last; the destination reads
+/// them (and nothing else but Keepalives, which it does not echo yet) before it prepares its memory. The
 /// destination drains the Flushes, makes those pages missing, loads the state and answers Ready;
 /// Commit and Resumed as in pre-copy, and the guest runs at the destination from Commit. From Complete on (while
 /// the destination loads the state) the source may send the pages the guest will need first on the urgent channel,
@@ -232,7 +237,7 @@ public static class MigrationProtocol
 
     /// <summary>Capabilities a v1 receiver can honour.</summary>
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
-        | ProtocolCapabilities.VerifyPageHashes
+        | ProtocolCapabilities.VerifyPageHashes | ProtocolCapabilities.PopulatedMap
         | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume;
 
     /// <summary>
@@ -270,6 +275,7 @@ public static class MigrationProtocol
         RecordKind.Keepalive => 8,
         RecordKind.PageRequest => 2 + 8 + 4,
         RecordKind.MissingPages => MissingPagesFixedSize + (MaxMissingRuns * MissingRunSize),
+        RecordKind.PopulatedPages => MissingPagesFixedSize + (MaxMissingRuns * MissingRunSize),
         RecordKind.PostcopyDone => PostcopyDoneFixedSize + 16,
         RecordKind.ResumeReady => 8,
         _ => -1,
@@ -282,6 +288,7 @@ public static class MigrationProtocol
         RecordKind.Complete => (byte)(CompleteFlags.VerifyRequested | CompleteFlags.Postcopy),
         RecordKind.Ready => (byte)ReadyFlags.DigestPresent,
         RecordKind.PostcopyDone => (byte)ReadyFlags.DigestPresent,
+        RecordKind.PopulatedPages => PopulatedPagesMessage.LastFlag,
         _ => 0,
     };
 
@@ -417,6 +424,9 @@ public enum RecordKind : byte
     /// <summary>Destination → source, control, resuming a paused post-copy: the MissingPages records before this are
     /// everything it still lacks; the push goes on.</summary>
     ResumeReady = 17,
+    /// <summary>Source → destination, control, pure post-copy with PopulatedMap: a slice of the map of pages the source
+    /// holds data in (flag Last on the final record), before the switchover.</summary>
+    PopulatedPages = 18,
 }
 
 /// <summary>
@@ -444,6 +454,13 @@ public enum ProtocolCapabilities : ulong
     /// A receiver without it leaves it out of Welcome and both sides digest memory as before.
     /// </summary>
     VerifyPageHashes = 1UL << 2,
+    /// <summary>
+    /// Optional, pure post-copy: right after the handshake the source sends PopulatedPages records naming the pages it
+    /// holds data in (the rest of its memory was never written: zero), the last flagged Last, and the destination
+    /// faults only those in before it echoes the Keepalive that lets the source pause: the rest arrive as Zero runs,
+    /// which need no memory. A receiver without it faults all of memory in, as before.
+    /// </summary>
+    PopulatedMap = 1UL << 3,
     /// <summary>Required: post-copy (the destination runs first and faults missing pages in; see "Post-copy").</summary>
     Postcopy = 1UL << 32,
     /// <summary>Required: the transport's urgent channel carries faulted pages so they never queue behind bulk pages.</summary>

@@ -73,6 +73,24 @@ public sealed class ProtocolReader
         };
     }
 
+    /// <summary>The runs of a MissingPages or PopulatedPages payload (region u16, count u16, runs), each non-empty.</summary>
+    private static (ulong, uint)[] ReadRuns(string what, RecordHeader header, ReadOnlySpan<byte> payload, bool allowNone)
+    {
+        if (payload.Length < MigrationProtocol.MissingPagesFixedSize)
+            throw new MigrationProtocolException($"{what} record: payload of {payload.Length} bytes is too short");
+        int count = BinaryPrimitives.ReadUInt16LittleEndian(payload[2..]);
+        if ((count == 0 && !allowNone) || count > MigrationProtocol.MaxMissingRuns)
+            throw new MigrationProtocolException($"{what} record: {count} runs; {(allowNone ? 0 : 1)}..{MigrationProtocol.MaxMissingRuns} allowed");
+        Wire.ExpectLength(header, MigrationProtocol.MissingPagesFixedSize + (count * MigrationProtocol.MissingRunSize));
+        var runs = new (ulong, uint)[count];
+        for (int i = 0, o = MigrationProtocol.MissingPagesFixedSize; i < count; i++, o += MigrationProtocol.MissingRunSize)
+        {
+            runs[i] = (BinaryPrimitives.ReadUInt64LittleEndian(payload[o..]), BinaryPrimitives.ReadUInt32LittleEndian(payload[(o + 8)..]));
+            if (runs[i].Item2 == 0) throw new MigrationProtocolException($"{what} record: run {i} is empty");
+        }
+        return runs;
+    }
+
     /// <summary>
     /// Decode a complete control payload (any kind but PageBatch and Flush). Used by <see cref="Read"/>; public for
     /// tests and tools that hold a record in memory.
@@ -134,20 +152,11 @@ public sealed class ProtocolReader
                     return new PageRequestMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]), count);
                 }
             case RecordKind.MissingPages:
+                return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), ReadRuns("MissingPages", header, payload, allowNone: false));
+            case RecordKind.PopulatedPages:
                 {
-                    if (payload.Length < MigrationProtocol.MissingPagesFixedSize)
-                        throw new MigrationProtocolException($"MissingPages record: payload of {payload.Length} bytes is too short");
-                    int count = BinaryPrimitives.ReadUInt16LittleEndian(payload[2..]);
-                    if (count is 0 or > MigrationProtocol.MaxMissingRuns)
-                        throw new MigrationProtocolException($"MissingPages record: {count} runs; 1..{MigrationProtocol.MaxMissingRuns} allowed");
-                    Wire.ExpectLength(header, MigrationProtocol.MissingPagesFixedSize + (count * MigrationProtocol.MissingRunSize));
-                    var runs = new (ulong, uint)[count];
-                    for (int i = 0, o = MigrationProtocol.MissingPagesFixedSize; i < count; i++, o += MigrationProtocol.MissingRunSize)
-                    {
-                        runs[i] = (BinaryPrimitives.ReadUInt64LittleEndian(payload[o..]), BinaryPrimitives.ReadUInt32LittleEndian(payload[(o + 8)..]));
-                        if (runs[i].Item2 == 0) throw new MigrationProtocolException($"MissingPages record: run {i} is empty");
-                    }
-                    return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), runs);
+                    bool last = (header.Flags & PopulatedPagesMessage.LastFlag) != 0;
+                    return new PopulatedPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), ReadRuns("PopulatedPages", header, payload, allowNone: last), last);
                 }
             case RecordKind.ResumeReady:
                 Wire.ExpectLength(header, 8);

@@ -175,18 +175,11 @@ public sealed class ProtocolWriter
                 length = 14;
                 break;
             case MissingPagesMessage m:
-                if (m.Runs.Length is 0 or > MigrationProtocol.MaxMissingRuns)
-                    throw new ArgumentException($"MissingPages of {m.Runs.Length} runs; 1..{MigrationProtocol.MaxMissingRuns}", nameof(message));
-                BinaryPrimitives.WriteUInt16LittleEndian(p, m.Region);
-                BinaryPrimitives.WriteUInt16LittleEndian(p[2..], (ushort)m.Runs.Length);
-                length = MigrationProtocol.MissingPagesFixedSize;
-                foreach (var (first, count) in m.Runs)
-                {
-                    if (count == 0) throw new ArgumentException("MissingPages run of 0 pages", nameof(message));
-                    BinaryPrimitives.WriteUInt64LittleEndian(p[length..], first);
-                    BinaryPrimitives.WriteUInt32LittleEndian(p[(length + 8)..], count);
-                    length += MigrationProtocol.MissingRunSize;
-                }
+                length = EncodeRuns("MissingPages", m.Region, m.Runs, allowNone: false, p, nameof(message));
+                break;
+            case PopulatedPagesMessage populated:
+                length = EncodeRuns("PopulatedPages", populated.Region, populated.Runs, allowNone: populated.Last, p, nameof(message));
+                if (populated.Last) flags = PopulatedPagesMessage.LastFlag;
                 break;
             case ResumeReadyMessage ready:
                 BinaryPrimitives.WriteUInt64LittleEndian(p, ready.MissingPages);
@@ -250,6 +243,24 @@ public sealed class ProtocolWriter
         BinaryPrimitives.WriteUInt16LittleEndian(p[o..], (ushort)h.Token.Length);
         h.Token.Span.CopyTo(p[(o + 2)..]);
         return o + 2 + h.Token.Length;
+    }
+
+    /// <summary>Region, run count and runs (MissingPages, PopulatedPages). Returns the payload's length.</summary>
+    private static int EncodeRuns(string what, ushort region, (ulong First, uint Count)[] runs, bool allowNone, Span<byte> p, string paramName)
+    {
+        if ((runs.Length == 0 && !allowNone) || runs.Length > MigrationProtocol.MaxMissingRuns)
+            throw new ArgumentException($"{what} of {runs.Length} runs; {(allowNone ? 0 : 1)}..{MigrationProtocol.MaxMissingRuns}", paramName);
+        BinaryPrimitives.WriteUInt16LittleEndian(p, region);
+        BinaryPrimitives.WriteUInt16LittleEndian(p[2..], (ushort)runs.Length);
+        int length = MigrationProtocol.MissingPagesFixedSize;
+        foreach (var (first, count) in runs)
+        {
+            if (count == 0) throw new ArgumentException($"{what} run of 0 pages", paramName);
+            BinaryPrimitives.WriteUInt64LittleEndian(p[length..], first);
+            BinaryPrimitives.WriteUInt32LittleEndian(p[(length + 8)..], count);
+            length += MigrationProtocol.MissingRunSize;
+        }
+        return length;
     }
 
     /// <summary>Record header, name length, name, version, data length. Returns bytes written.</summary>

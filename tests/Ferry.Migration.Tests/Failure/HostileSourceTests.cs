@@ -80,12 +80,13 @@ public class HostileSourceTests
     }
 
     /// <summary>Connect one page channel and the urgent one, and complete a post-copy handshake for a 1 MiB guest.</summary>
-    private static (MigrationConnection Connection, ProtocolWriter Writer) PostcopyHandshake(InMemoryTransport transport)
+    private static (MigrationConnection Connection, ProtocolWriter Writer) PostcopyHandshake(InMemoryTransport transport,
+        ProtocolCapabilities more = ProtocolCapabilities.None)
     {
         var c = transport.Connector.Connect(1, urgentChannel: true, CancellationToken.None);
         var writer = new ProtocolWriter(c.Control);
         writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
-            ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel, Layout, ReadOnlyMemory<byte>.Empty));
+            ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | more, Layout, ReadOnlyMemory<byte>.Empty));
         new ProtocolReader(c.Control).Expect<WelcomeMessage>();
         return (c, writer);
     }
@@ -236,6 +237,36 @@ public class HostileSourceTests
             writer.WriteComplete(0, CompleteFlags.Postcopy);
             var e = destination.AssertFailedAndDiscarded();
             Assert.Contains("pages arrived before a Complete that says none were sent", e.Message);
+        }
+    }
+
+    [Fact]
+    public void APopulatedMapRunOutsideGuestMemoryFailsTheMigration()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer) = PostcopyHandshake(transport, ProtocolCapabilities.PopulatedMap);
+        using (c)
+        {
+            writer.WriteKeepalive(1); // read past, not echoed: the map comes first
+            writer.Write(new PopulatedPagesMessage(0, [(3, 2)], Last: false));
+            writer.Write(new PopulatedPagesMessage(0, [(250, 7)], Last: true)); // the guest has 256 pages
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.Contains("PopulatedPages: pages 250+7 outside region 0 of 256 pages", e.Message);
+        }
+    }
+
+    [Fact]
+    public void AnythingButThePopulatedMapWhereItIsDueFailsTheMigration()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer) = PostcopyHandshake(transport, ProtocolCapabilities.PopulatedMap);
+        using (c)
+        {
+            writer.Write(new MissingPagesMessage(0, [(0, 256)]));
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.Contains("PopulatedPages", e.Message);
         }
     }
 

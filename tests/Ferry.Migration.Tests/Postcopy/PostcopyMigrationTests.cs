@@ -234,6 +234,9 @@ public class PostcopyMigrationTests
         private readonly InProcessTargetFactory _inner = new();
         public string? ThreadName;
         public int? Nice;
+        public bool Prepared;
+        /// <summary>Pages the source's populated map named (null: it sent none).</summary>
+        public long? PagesHoldingData;
         /// <summary>Scheduling policy (sched(7)) of the threads that installed post-copy pages at their last install, by thread name.</summary>
         public readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> InstallPolicies = new();
 
@@ -278,13 +281,15 @@ public class PostcopyMigrationTests
             public Guest.IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, Guest.IPageFaultSink sink) =>
                 new Memory(owner, inner.BeginPostcopy(missing, sink));
 
-            public void PreparePostcopy(TimeSpan budget, CancellationToken stop)
+            public void PreparePostcopy(TimeSpan budget, IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap>? holdsData, CancellationToken stop)
             {
+                owner.Prepared = true;
+                owner.PagesHoldingData = holdsData?.Sum(b => (long)b.Count());
                 owner.ThreadName = Thread.CurrentThread.Name;
                 // /proc/thread-self/stat: the 19th field is the nice value; fields 3 on follow the command's ")".
                 string stat = File.ReadAllText("/proc/thread-self/stat");
                 owner.Nice = int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[16], System.Globalization.CultureInfo.InvariantCulture);
-                ((Guest.IPostcopyTarget)inner).PreparePostcopy(budget, stop);
+                ((Guest.IPostcopyTarget)inner).PreparePostcopy(budget, holdsData, stop);
                 stop.WaitHandle.WaitOne(owner.Delay);
             }
         }
@@ -308,6 +313,23 @@ public class PostcopyMigrationTests
         var bulk = observed.InstallPolicies.Where(p => p.Key.StartsWith("ferry-recv-page", StringComparison.Ordinal)).ToList();
         Assert.NotEmpty(bulk);
         Assert.All(bulk, p => Assert.Equal(3, p.Value));
+    }
+
+    [Theory]
+    [InlineData(MigrationMode.Postcopy, MemoryFill.Random, 4096L)] // every page written: all of them named
+    [InlineData(MigrationMode.Postcopy, MemoryFill.Zero, 0L)]      // an idle guest that never wrote: none
+    [InlineData(MigrationMode.Hybrid, MemoryFill.Random, null)]    // pre-copy rounds fault memory in: no map
+    public void APurePostcopyDestinationLearnsWhichPagesHoldDataBeforeItPrepares(MigrationMode mode, MemoryFill fill, long? named)
+    {
+        using var guest = NewGuest(16, fill: fill);
+        using var transport = new InMemoryTransport();
+        var observed = new ObservedPreparationFactory();
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, PostcopyOptions(mode), new RecordingTargetFactory(observed));
+        using var _ = outcome.Target;
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        Assert.True(observed.Prepared);
+        Assert.Equal(named, observed.PagesHoldingData);
     }
 }
 

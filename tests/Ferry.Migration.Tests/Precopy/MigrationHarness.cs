@@ -34,7 +34,8 @@ internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejec
     public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink) =>
         ((IPostcopyTarget)Inner).BeginPostcopy(missing, sink);
 
-    public void PreparePostcopy(TimeSpan budget, CancellationToken stop) => ((IPostcopyTarget)Inner).PreparePostcopy(budget, stop);
+    public void PreparePostcopy(TimeSpan budget, IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap>? holdsData, CancellationToken stop) =>
+        ((IPostcopyTarget)Inner).PreparePostcopy(budget, holdsData, stop);
 }
 
 /// <summary>An in-process guest seen through a wrapper, for tests that change one of its answers.</summary>

@@ -63,4 +63,32 @@ public class PostcopyRecordTests
         Assert.Contains("does not exist", Assert.Throws<MigrationProtocolException>(() => new MissingPagesMessage(1, [(0, 1)]).Validate(regions)).Message, StringComparison.Ordinal);
         Assert.Contains("outside region 0", Assert.Throws<MigrationProtocolException>(() => new PageRequestMessage(0, 256, 1).Validate(regions)).Message, StringComparison.Ordinal);
     }
+
+    [Fact]
+    public void PopulatedPagesRoundTripAndOnlyTheLastMayBeEmpty()
+    {
+        var map = RoundTrip<PopulatedPagesMessage>(new PopulatedPagesMessage(2, [(5, 1), (1UL << 30, 512)], Last: false));
+        Assert.Equal(2, map.Region);
+        Assert.Equal([(5UL, 1U), (1UL << 30, 512U)], map.Runs);
+        Assert.False(map.Last);
+        var last = RoundTrip<PopulatedPagesMessage>(new PopulatedPagesMessage(0, [], Last: true));
+        Assert.True(last.Last);
+        Assert.Empty(last.Runs);
+        Assert.Throws<ArgumentException>(() => RoundTrip<PopulatedPagesMessage>(new PopulatedPagesMessage(0, [], Last: false)));
+
+        var bytes = new byte[8 + 4];
+        new RecordHeader(RecordKind.PopulatedPages, 0, 4).Write(bytes); // no run, and not the last record
+        Assert.Contains("PopulatedPages record: 0 runs", Rejects(bytes).Message, StringComparison.Ordinal);
+        bytes[1] = 2; // a flag bit PopulatedPages does not define
+        Assert.Contains("flag", Rejects(bytes).Message, StringComparison.OrdinalIgnoreCase);
+    }
+
+    [Fact]
+    public void PopulatedPagesOutsideGuestMemoryAreRefused()
+    {
+        MemoryRegion[] regions = [new(0, 1 << 20, 4096)];
+        new PopulatedPagesMessage(0, [(0, 256)], Last: true).Validate(regions);
+        Assert.Contains("PopulatedPages: pages 200+57 outside region 0", Assert.Throws<MigrationProtocolException>(() => new PopulatedPagesMessage(0, [(200, 57)], Last: false).Validate(regions)).Message, StringComparison.Ordinal);
+        Assert.Contains("does not exist", Assert.Throws<MigrationProtocolException>(() => new PopulatedPagesMessage(1, [(0, 1)], Last: true).Validate(regions)).Message, StringComparison.Ordinal);
+    }
 }
