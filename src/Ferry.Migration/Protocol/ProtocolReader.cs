@@ -152,11 +152,16 @@ public sealed class ProtocolReader
                     return new PageRequestMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), BinaryPrimitives.ReadUInt64LittleEndian(payload[2..]), count);
                 }
             case RecordKind.MissingPages:
-                return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), ReadRuns("MissingPages", header, payload, allowNone: false));
+                {
+                    // The runs first: they check the payload's length before anything is read from it.
+                    var runs = ReadRuns("MissingPages", header, payload, allowNone: false);
+                    return new MissingPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), runs);
+                }
             case RecordKind.PopulatedPages:
                 {
                     bool last = (header.Flags & PopulatedPagesMessage.LastFlag) != 0;
-                    return new PopulatedPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), ReadRuns("PopulatedPages", header, payload, allowNone: last), last);
+                    var runs = ReadRuns("PopulatedPages", header, payload, allowNone: last);
+                    return new PopulatedPagesMessage(BinaryPrimitives.ReadUInt16LittleEndian(payload), runs, last);
                 }
             case RecordKind.ResumeReady:
                 Wire.ExpectLength(header, 8);

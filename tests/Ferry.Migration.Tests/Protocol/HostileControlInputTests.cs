@@ -69,7 +69,7 @@ public class HostileControlInputTests
 
     [Theory]
     [InlineData(0)]
-    [InlineData(18)]
+    [InlineData(19)]
     [InlineData(255)]
     public void UnknownRecordKindsAreRefused(byte kind)
     {

@@ -83,6 +83,19 @@ public class PostcopyRecordTests
         Assert.Contains("flag", Rejects(bytes).Message, StringComparison.OrdinalIgnoreCase);
     }
 
+    [Theory]
+    [InlineData(RecordKind.MissingPages)]
+    [InlineData(RecordKind.PopulatedPages)]
+    public void ARunRecordTooShortForItsFixedPartIsRefused(RecordKind kind)
+    {
+        var bytes = new byte[8 + 1];
+        new RecordHeader(kind, 0, 1).Write(bytes);
+        Assert.Contains("too short", Rejects(bytes).Message, StringComparison.Ordinal);
+        bytes = new byte[8];
+        new RecordHeader(kind, 0, 0).Write(bytes);
+        Assert.Contains("too short", Rejects(bytes).Message, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void PopulatedPagesOutsideGuestMemoryAreRefused()
     {
