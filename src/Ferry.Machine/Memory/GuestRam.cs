@@ -315,7 +315,7 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
             foreach (ulong word in chunk) named += System.Numerics.BitOperations.PopCount(word);
             if (named == 0) continue;
             ulong first = (ulong)w * 64;
-            ulong end = Math.Min(ramPages, first + 512);
+            ulong end = Math.Min(ramPages, first + ((ulong)chunk.Length * 64));
             if (named >= Dense)
             {
                 if (!mapping.Populate(first << PageShift, (end - first) << PageShift)) return false;

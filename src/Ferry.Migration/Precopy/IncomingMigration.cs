@@ -845,6 +845,9 @@ public sealed class IncomingMigration
     private DirtyBitmap[] ReadPopulatedMap(ProtocolReader reader, IReadOnlyList<MemoryRegion> regions)
     {
         var maps = NewPageMaps(regions);
+        // No map has more runs than pages: a source that goes on past that is not sending one.
+        ulong pages = 0, runs = 0;
+        foreach (var r in regions) pages += r.Pages;
         while (true)
         {
             var m = reader.Read() ?? throw new MigrationTransportException("source closed the control channel while its populated map was expected");
@@ -855,6 +858,8 @@ public sealed class IncomingMigration
                     continue;
                 case PopulatedPagesMessage p:
                     p.Validate(regions);
+                    runs += (ulong)p.Runs.Length;
+                    if (runs > pages) throw new MigrationProtocolException($"PopulatedPages: more runs than the guest's {pages} pages");
                     foreach (var (first, count) in p.Runs) maps[p.Region].SetRange(first, first + count);
                     if (p.Last) return maps;
                     continue;

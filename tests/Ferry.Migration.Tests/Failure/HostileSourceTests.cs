@@ -257,6 +257,28 @@ public class HostileSourceTests
     }
 
     [Fact]
+    public void APopulatedMapThatNeverEndsFailsTheMigration()
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer) = PostcopyHandshake(transport, ProtocolCapabilities.PopulatedMap);
+        using (c)
+        {
+            try
+            {
+                // The same page again and again, never Last: more runs than the guest has pages.
+                for (int i = 0; i < 300; i++) writer.Write(new PopulatedPagesMessage(0, [(1, 1)], Last: false));
+            }
+            catch (MigrationTransportException)
+            {
+                // The destination gave up and closed.
+            }
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.Contains("more runs than the guest's 256 pages", e.Message);
+        }
+    }
+
+    [Fact]
     public void AnythingButThePopulatedMapWhereItIsDueFailsTheMigration()
     {
         using var transport = new InMemoryTransport();
