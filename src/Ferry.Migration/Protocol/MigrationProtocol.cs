@@ -86,7 +86,7 @@ namespace Ferry.Migration.Protocol;
 ///   Cancel       reason: string
 ///   Error        code u16 | message: string
 ///   MissingPages region u16 | run count u16 (1..4096) | runs {first page u64, count u32 (>0)}*  (post-copy)
-///   PopulatedPages  as MissingPages, run count 0..4096   flags: bit0 Last   (capability PopulatedMap, pure post-copy:
+///   PopulatedPages  as MissingPages (0 runs only on the Last record)   flags: bit0 Last   (capability PopulatedMap, pure post-copy:
 ///                the pages the source holds data in, sent after the handshake; the destination faults only those in)
 ///   PostcopyDone faults u32 | latency p50 u32 | p99 u32 | max u32 (us) | blocked-us u64 | working set u64
 ///                (u64 max = unknown) | installed u64 | duplicates u64 | [digest 16]   flags: bit0 DigestPresent
