@@ -240,24 +240,8 @@ public class HostileSourceTests
         }
     }
 
-    [Fact]
-    public void APopulatedMapRunOutsideGuestMemoryFailsTheMigration()
-    {
-        using var transport = new InMemoryTransport();
-        var destination = new Destination(transport.Listener, Options());
-        var (c, writer) = PostcopyHandshake(transport, ProtocolCapabilities.PopulatedMap);
-        using (c)
-        {
-            writer.WriteKeepalive(1); // read past, not echoed: the map comes first
-            writer.Write(new PopulatedPagesMessage(0, [(3, 2)], Last: false));
-            writer.Write(new PopulatedPagesMessage(0, [(250, 7)], Last: true)); // the guest has 256 pages
-            var e = destination.AssertFailedAndDiscarded();
-            Assert.Contains("PopulatedPages: pages 250+7 outside region 0 of 256 pages", e.Message);
-        }
-    }
-
-    [Fact]
-    public void APopulatedMapThatNeverEndsFailsTheMigration()
+    /// <summary>A pure post-copy source that sends <paramref name="map"/> where its populated map is due; the failure.</summary>
+    private static MigrationException FailsOnThePopulatedMap(Action<ProtocolWriter> map)
     {
         using var transport = new InMemoryTransport();
         var destination = new Destination(transport.Listener, Options());
@@ -266,30 +250,44 @@ public class HostileSourceTests
         {
             try
             {
-                // The same page again and again, never Last: more runs than the guest has pages.
-                for (int i = 0; i < 300; i++) writer.Write(new PopulatedPagesMessage(0, [(1, 1)], Last: false));
+                map(writer);
             }
             catch (MigrationTransportException)
             {
-                // The destination gave up and closed.
+                // The destination gave up and closed before the source was done.
             }
-            var e = destination.AssertFailedAndDiscarded();
-            Assert.Contains("more runs than the guest's 256 pages", e.Message);
+            return destination.AssertFailedAndDiscarded();
         }
+    }
+
+    [Fact]
+    public void APopulatedMapRunOutsideGuestMemoryFailsTheMigration()
+    {
+        var e = FailsOnThePopulatedMap(writer =>
+        {
+            writer.WriteKeepalive(1); // read past, not echoed: the map comes first
+            writer.Write(new PopulatedPagesMessage(0, [(3, 2)], Last: false));
+            writer.Write(new PopulatedPagesMessage(0, [(250, 7)], Last: true)); // the guest has 256 pages
+        });
+        Assert.Contains("PopulatedPages: pages 250+7 outside region 0 of 256 pages", e.Message);
+    }
+
+    [Fact]
+    public void APopulatedMapThatNeverEndsFailsTheMigration()
+    {
+        // The same page again and again, never Last: more runs than the guest has pages.
+        var e = FailsOnThePopulatedMap(writer =>
+        {
+            for (int i = 0; i < 300; i++) writer.Write(new PopulatedPagesMessage(0, [(1, 1)], Last: false));
+        });
+        Assert.Contains("more runs than the guest's 256 pages", e.Message);
     }
 
     [Fact]
     public void AnythingButThePopulatedMapWhereItIsDueFailsTheMigration()
     {
-        using var transport = new InMemoryTransport();
-        var destination = new Destination(transport.Listener, Options());
-        var (c, writer) = PostcopyHandshake(transport, ProtocolCapabilities.PopulatedMap);
-        using (c)
-        {
-            writer.Write(new MissingPagesMessage(0, [(0, 256)]));
-            var e = destination.AssertFailedAndDiscarded();
-            Assert.Contains("PopulatedPages", e.Message);
-        }
+        var e = FailsOnThePopulatedMap(writer => writer.Write(new MissingPagesMessage(0, [(0, 256)])));
+        Assert.Contains("PopulatedPages", e.Message);
     }
 
     [Fact]
