@@ -35,14 +35,15 @@ internal sealed class VmControlSlot : IVmControl
     /// <inheritdoc/>
     /// <remarks>
     /// Once the VM migrated, this process has only its teardown left (unmapping the guest's memory, the API's last
-    /// replies), and runs it on idle CPU: measured on a 2-core host migrating to itself (a local migration, as for a VMM
-    /// upgrade), that work took 33 ms of CPU in the destination guest's first 60 ms. Not before the answer is out: on a
-    /// busy host an idle process did not write it within the API's 5 s of grace, and the client saw the response end
-    /// prematurely (two CPU-bound loops beside a migration with --copy-disk: 8 of 17 runs failed so, none of 6 after).
+    /// replies), and runs it lowered (LatencyPriority.LowerProcess): measured on a 2-core host migrating to itself (a
+    /// local migration, as for a VMM upgrade), that work took 33 ms of CPU in the destination guest's first 60 ms. Not
+    /// before the answer is out: on a busy host a process on idle CPU did not write it within the API's 5 s of grace,
+    /// and the client saw the response end prematurely (two CPU-bound loops beside a migration with --copy-disk: 8 of 17
+    /// runs failed so, none of 6 after).
     /// </remarks>
     public void MigrationAnswered()
     {
-        if (State == VmState.Migrated) Ferry.Linux.Libc.SetProcessIdle();
+        if (State == VmState.Migrated) Ferry.Linux.LatencyPriority.LowerProcess();
     }
 
     public void CancelMigration() => current.CancelMigration();

@@ -61,18 +61,43 @@ public class SchedulingTests
         });
     }
 
+    // /proc/<tid>/sched names the thread's slice (se.slice, ns) on kernels that have one.
+    private static ulong? ReadSlice(string procThread)
+    {
+        foreach (string line in File.ReadLines($"{procThread}/sched"))
+        {
+            if (line.StartsWith("se.slice ", StringComparison.Ordinal)) return ulong.Parse(line[(line.IndexOf(':') + 1)..].Trim());
+        }
+        return null;
+    }
+
+    private static bool Privileged => Environment.UserName == "root";
+
     [Fact]
     public void AnIdleThreadRunsUnderSchedIdle()
     {
         OnOwnThread(() =>
         {
-            Assert.True(Libc.SetCurrentThreadIdle());
+            Assert.True(Libc.SetThreadIdle(0));
             Assert.Equal(5, ReadStat().Policy); // SCHED_IDLE
+            Assert.Equal(Libc.SchedIdle, Libc.ThreadPolicy(0));
         });
     }
 
     [Fact]
-    public void AnotherThreadOfTheProcessCanBePutIdle()
+    public void ABackgroundThreadIsBatchAtNice19WithTheShortSlice()
+    {
+        OnOwnThread(() =>
+        {
+            Assert.True(Libc.SetThreadBackground(0));
+            Assert.Equal((19, 3), ReadStat()); // SCHED_BATCH
+            // Linux 6.12+ keeps the slice asked for (100 µs); older kernels have none to read.
+            if (Environment.OSVersion.Version >= new Version(6, 12)) Assert.Equal(100_000UL, ReadSlice("/proc/thread-self"));
+        });
+    }
+
+    [Fact]
+    public void AnotherThreadOfTheProcessCanBeLoweredAndMovedToTheBackground()
     {
         int tid = 0;
         using var go = new ManualResetEventSlim();
@@ -88,10 +113,17 @@ public class SchedulingTests
         try
         {
             Assert.True(Libc.SetThreadIdle(tid));
-            string stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
-            string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-            Assert.Equal(5, int.Parse(fields[41 - 3])); // SCHED_IDLE
+            Assert.Equal(Libc.SchedIdle, Libc.ThreadPolicy(tid));
+            // Out of SCHED_IDLE takes privilege.
+            Assert.Equal(Privileged, Libc.SetThreadBackground(tid));
+            if (Privileged)
+            {
+                string stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
+                string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+                Assert.Equal((19, 3), (int.Parse(fields[19 - 3]), int.Parse(fields[41 - 3])));
+            }
             Assert.False(Libc.SetThreadIdle(int.MaxValue)); // no such thread
+            Assert.Null(Libc.ThreadPolicy(int.MaxValue));
         }
         finally
         {
@@ -101,17 +133,37 @@ public class SchedulingTests
     }
 
     [Fact]
-    public void LoweredForATeardownAThreadRunsIdleThenNormalAgain()
+    public void LoweredForATeardownAThreadRunsIdleThenInTheBackgroundThenAsBefore()
     {
         OnOwnThread(() =>
         {
             Assert.True(Libc.SetCurrentThreadNice(2));
             using (LatencyPriority.Lower())
             {
-                Assert.Equal(5, ReadStat().Policy); // SCHED_IDLE
+                Assert.Equal(5, ReadStat().Policy); // SCHED_IDLE for the grace
+                if (Privileged)
+                {
+                    // Then in the background, where a guest that keeps every CPU busy cannot starve it.
+                    var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
+                    while (ReadStat().Policy == 5 && DateTime.UtcNow < until) Thread.Sleep(20);
+                    Assert.Equal((19, 3), ReadStat());
+                }
             }
-            // Leaving SCHED_IDLE needs privilege (RLIMIT_NICE); as root it is given back, nice value kept.
-            if (Environment.UserName == "root") Assert.Equal((2, 0), ReadStat());
+            // Back to nice 2 and SCHED_OTHER needs privilege (RLIMIT_NICE); as root they are given back.
+            if (Privileged) Assert.Equal((2, 0), ReadStat());
+        });
+    }
+
+    [Fact]
+    public void AThreadGivenBackBeforeTheGraceIsNotMovedAfterIt()
+    {
+        if (!Privileged) Assert.Skip("giving SCHED_IDLE back takes privilege");
+        OnOwnThread(() =>
+        {
+            LatencyPriority.Lower().Dispose();
+            Assert.Equal(0, ReadStat().Policy);
+            Thread.Sleep(LatencyPriority.IdleGrace + TimeSpan.FromMilliseconds(300));
+            Assert.Equal(0, ReadStat().Policy); // the promotion was called off with the give-back
         });
     }
 

@@ -753,12 +753,12 @@ public sealed class OutgoingMigration
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has
             // landed. Begun inside the downtime it competed with it (hybrid with verify: 25-46 ms of final harvest).
-            // On idle CPU only (SCHED_IDLE): hashing 1 GiB here took 100-200 ms of CPU right when the guest had just
+            // Lowered (LatencyPriority.Lower): hashing 1 GiB here took 100-200 ms of CPU right when the guest had just
             // started over there; on a host shared with the destination (the demo) that doubled the guest's stall.
             if (_options.Verify)
             {
                 var hashes = _postcopyHashes ?? new Postcopy.PageHashDigest(_guest.Regions);
-                StartSourceDigest(stats, _ => { hashes.HashMemory(); return hashes.Compute(); }, onIdleCpu: true);
+                StartSourceDigest(stats, _ => { hashes.HashMemory(); return hashes.Compute(); }, lower: true);
             }
             if (resumed)
             {
@@ -1173,13 +1173,13 @@ public sealed class OutgoingMigration
     }
 
     /// <summary>Digest the paused source's memory on a thread of its own, beside the switchover (joined by <see cref="JoinSourceDigest"/>).</summary>
-    private void StartSourceDigest(StatsBuilder stats, Func<IReadOnlyList<MemoryRegion>, UInt128> digest, bool onIdleCpu = false)
+    private void StartSourceDigest(StatsBuilder stats, Func<IReadOnlyList<MemoryRegion>, UInt128> digest, bool lower = false)
     {
         long d0 = _time.GetTimestamp();
         _sourceDigest = Task.Factory.StartNew(() =>
         {
             // A thread of its own (LongRunning), which ends with the digest: its policy dies with it.
-            if (onIdleCpu) Libc.SetCurrentThreadIdle();
+            using var lowered = lower ? LatencyPriority.Lower() : default;
             UInt128 value = digest(_guest.Regions);
             stats.SourceDigestMs = Ms(d0);
             return value;
@@ -1366,14 +1366,15 @@ public sealed class OutgoingMigration
     /// VerifyPageHashes, after the commit: the digests compared before it were of what went out and what landed, which
     /// agree even when a page changed on the source after it was last sent without its write reaching the dirty log (a
     /// dirty-tracking bug: the destination runs on a stale page). The source's memory has held still since the pause,
-    /// so its digest now, read on idle CPU while the guest runs on at the destination, is what should have arrived.
+    /// so its digest now, read at lowered priority (LatencyPriority.Lower) while the guest runs on at the destination,
+    /// is what should have arrived.
     /// A difference cannot undo the commit; it is reported as post-copy's is, and the statistics say no match.
     /// </summary>
     private void CheckFrozenMemory(StatsBuilder stats, VerifyResult verified)
     {
         UInt128 frozen = Task.Factory.StartNew(() =>
         {
-            Libc.SetCurrentThreadIdle();
+            using var lowered = LatencyPriority.Lower();
             return Postcopy.PageHashDigest.Of(_guest.Regions);
         }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).GetAwaiter().GetResult();
         string hex = MemoryDigest.ToHex(frozen);
