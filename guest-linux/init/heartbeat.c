@@ -16,6 +16,8 @@
 #include <time.h>
 
 static _Atomic uint64_t max_stall_ns;     // largest wake-up lateness since the last heartbeat line
+static _Atomic uint64_t sampler_deadline; // the sampler's next deadline
+static _Atomic uint64_t sampler_wakes;    // wake-ups the sampler has recorded
 static _Atomic uint64_t period_ns;        // heartbeat period; 0 = off (the thread then waits for a change)
 static pthread_mutex_t period_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t period_changed;     // on CLOCK_MONOTONIC, set up in heartbeat_start
@@ -36,15 +38,30 @@ static void *sampler(void *arg)
     uint64_t deadline = now_ns();
     for (;;) {
         deadline += cfg.tick_ns;
+        atomic_store(&sampler_deadline, deadline);
         sleep_until(deadline);
         uint64_t now = now_ns();
         uint64_t late = now - deadline;
         uint64_t old = atomic_load(&max_stall_ns);
         while (late > old && !atomic_compare_exchange_weak(&max_stall_ns, &old, late)) {}
+        atomic_fetch_add(&sampler_wakes, 1);
         // After a stall, restart the cadence from now instead of catching up with a burst of short sleeps.
         if (now > deadline + cfg.tick_ns) deadline = now;
     }
     return NULL;
+}
+
+// A line reports the stall that covers its own moment: when the sampler is overdue (the guest was stopped and
+// this thread ran first after it, as on a migration's destination), its late wake-up would otherwise land in a
+// later line, and the line printed right after a stall would report none. Waits for that wake-up (1 s at most).
+static void await_overdue_sampler(void)
+{
+    uint64_t wakes = atomic_load(&sampler_wakes);
+    uint64_t due = atomic_load(&sampler_deadline);
+    uint64_t start = now_ns();
+    if (due == 0 || start <= due) return;
+    struct timespec pause = { .tv_sec = 0, .tv_nsec = 50000 };
+    while (atomic_load(&sampler_wakes) == wakes && now_ns() - start < 1000000000u) nanosleep(&pause, NULL);
 }
 
 // Sleeps until `deadline` or until the period changes; returns true when the period changed.
@@ -73,6 +90,7 @@ static void *beat(void *arg)
             next = now_ns() + period;
             continue;
         }
+        await_overdue_sampler();
         uint64_t stall = atomic_exchange(&max_stall_ns, 0);
         out("heartbeat %llu maxstall_us=%llu", (unsigned long long)++seq, (unsigned long long)(stall / 1000));
         // Missed lines are skipped, not printed in a burst: the cadence restarts after a long stall.
