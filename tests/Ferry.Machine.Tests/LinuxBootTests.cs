@@ -82,6 +82,38 @@ public sealed partial class LinuxBootTests(ITestOutputHelper output)
         Assert.Equal(0, code);
     }
 
+    [GeneratedRegex(@"^heartbeat \d+ maxstall_us=(\d+)\r?\n", RegexOptions.Multiline)]
+    private static partial Regex HeartbeatLine();
+
+    [Fact]
+    public void TheFirstHeartbeatAfterEachPauseReportsThePause()
+    {
+        // The guest's stall measure is what the demo and the migration figures report: the line printed right after
+        // the guest was stopped must carry the stop, whichever of its threads (heartbeat or sampler) runs first then.
+        var console = new SerialLog();
+        using VirtMachine m = LinuxGuest.Boot(console, "console=ttyS0 ferry.heartbeat=20 ferry.ws=8M ferry.rate=20000");
+        console.WaitFor("heartbeat 3 ", Boot);
+        var reported = new List<long>();
+        for (int i = 0; i < 8; i++)
+        {
+            Thread.Sleep(40 + 7 * i); // stopped at other points of the 20 ms period each time
+            m.Pause();
+            Thread.Sleep(150);
+            // A line the guest had begun before the pause was measured before it: the first line begun after counts.
+            string text = console.Text;
+            int from = text.EndsWith('\n') ? text.Length : text.LastIndexOf('\n') + 1;
+            m.Resume();
+            console.WaitFor("\n", TimeSpan.FromSeconds(10), console.WaitFor("heartbeat ", TimeSpan.FromSeconds(10), from));
+            Match line = HeartbeatLine().Match(console.Text, from);
+            Assert.True(line.Success, console.Text[from..]);
+            reported.Add(long.Parse(line.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+        }
+        output.WriteLine($"maxstall_us in the first line after each 150 ms pause: {string.Join(", ", reported)}");
+        Assert.All(reported, us => Assert.InRange(us, 130_000, 10_000_000));
+        LinuxGuest.Type(m, "poweroff");
+        Assert.True(m.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the guest did not power off");
+    }
+
     [GeneratedRegex(@"machine: [^\r\n]*")]
     private static partial Regex MachineLine();
 
