@@ -130,7 +130,10 @@ public sealed class VmMigrateTests : IDisposable
         Assert.True(root.GetProperty("verify").GetProperty("match").GetBoolean());
         var postcopy = root.GetProperty("postcopy");
         if (mode == "postcopy") Assert.Equal(65536, postcopy.GetProperty("missing_pages").GetInt64());
-        if (postcopy.GetProperty("missing_pages").GetInt64() > 0)
+        // The machine counts the pages its slow paths touched while pages were missing. A hybrid's few missing pages
+        // may all land within a millisecond or two of the resume, before the harts touch anything (CI: 0 with post-copy
+        // over in ~3 ms); a pure post-copy lasts long enough.
+        if (mode == "postcopy")
             Assert.True(postcopy.GetProperty("working_set_pages").GetInt64() > 0, "the machine counts the pages its slow paths touched");
         var guest = root.GetProperty("guest");
         Assert.Equal("ok", guest.GetProperty("selfcheck").GetString());

@@ -86,29 +86,32 @@ public sealed partial class LinuxBootTests(ITestOutputHelper output)
     private static partial Regex HeartbeatLine();
 
     [Fact]
-    public void TheFirstHeartbeatAfterEachPauseReportsThePause()
+    public void TheHeartbeatAfterEachPauseReportsThePause()
     {
-        // The guest's stall measure is what the demo and the migration figures report: the line printed right after
+        // The guest's stall measure is what the demo and the migration figures report: the lines printed right after
         // the guest was stopped must carry the stop, whichever of its threads (heartbeat or sampler) runs first then.
+        // A pause of one and a half periods leaves two lines due at the resume, printed back to back; the first may
+        // have taken its figure just before the pause, so the stop must be in one of the two.
         var console = new SerialLog();
-        using VirtMachine m = LinuxGuest.Boot(console, "console=ttyS0 ferry.heartbeat=20 ferry.ws=8M ferry.rate=20000");
-        console.WaitFor("heartbeat 3 ", Boot);
+        using VirtMachine m = LinuxGuest.Boot(console, "console=ttyS0 ferry.heartbeat=100 ferry.ws=8M ferry.rate=20000");
+        console.WaitFor("heartbeat 2 ", Boot);
         var reported = new List<long>();
-        for (int i = 0; i < 8; i++)
+        for (int i = 0; i < 12; i++)
         {
-            Thread.Sleep(40 + 7 * i); // stopped at other points of the 20 ms period each time
+            Thread.Sleep(60 + 31 * i); // stopped at other points of the 100 ms period each time
             m.Pause();
             Thread.Sleep(150);
-            // A line the guest had begun before the pause was measured before it: the first line begun after counts.
+            // A line the guest had begun before the pause was measured before it: the lines begun after count.
             string text = console.Text;
             int from = text.EndsWith('\n') ? text.Length : text.LastIndexOf('\n') + 1;
             m.Resume();
-            console.WaitFor("\n", TimeSpan.FromSeconds(10), console.WaitFor("heartbeat ", TimeSpan.FromSeconds(10), from));
-            Match line = HeartbeatLine().Match(console.Text, from);
-            Assert.True(line.Success, console.Text[from..]);
-            reported.Add(long.Parse(line.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+            int next = console.WaitFor("\n", TimeSpan.FromSeconds(10), console.WaitFor("heartbeat ", TimeSpan.FromSeconds(10), from));
+            console.WaitFor("\n", TimeSpan.FromSeconds(10), console.WaitFor("heartbeat ", TimeSpan.FromSeconds(10), next));
+            var lines = HeartbeatLine().Matches(console.Text, from).Take(2).ToList();
+            Assert.True(lines.Count == 2, console.Text[from..]);
+            reported.Add(lines.Max(l => long.Parse(l.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture)));
         }
-        output.WriteLine($"maxstall_us in the first line after each 150 ms pause: {string.Join(", ", reported)}");
+        output.WriteLine($"largest maxstall_us in the two lines after each 150 ms pause: {string.Join(", ", reported)}");
         Assert.All(reported, us => Assert.InRange(us, 130_000, 10_000_000));
         LinuxGuest.Type(m, "poweroff");
         Assert.True(m.WaitForExit(TimeSpan.FromSeconds(30), out int code), "the guest did not power off");
