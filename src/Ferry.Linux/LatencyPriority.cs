@@ -66,7 +66,7 @@ public static class LatencyPriority
     /// started on the destination, a digest of the source's frozen memory): on idle CPU only (SCHED_IDLE) for
     /// <see cref="IdleGrace"/>, then in the background. Dispose the result, on the same thread, to give it back the
     /// policy, nice value and slice it had, where the kernel allows it (without privilege it stays where it is, which
-    /// suits a thread that only waits afterwards).
+    /// suits a thread that only waits afterwards); dispose it before the thread ends.
     /// </summary>
     /// <remarks>
     /// Idle first: a CPU that runs only idle threads counts as free when the kernel places a waking thread, so the
@@ -98,7 +98,7 @@ public static class LatencyPriority
         {
             if (Libc.SetThreadIdle(tid)) n++;
         }
-        if (n > 0)
+        if (n > 0 && processPromotion is null)
         {
             processPromotion = new Timer(static _ =>
             {
@@ -141,11 +141,11 @@ public static class LatencyPriority
 
         private void Promote()
         {
-            // Under the lock: the thread, given back and gone on to other work, must not be lowered again (nor a thread
-            // that has ended and whose id was reused).
+            // Under the lock: the thread, given back and gone on to other work, must not be lowered again. Only a thread
+            // of this process: one that ended without giving back may have left its id to another process's thread.
             lock (_gate)
             {
-                if (!_over) Libc.SetThreadBackground(_tid);
+                if (!_over && Directory.Exists($"/proc/self/task/{_tid}")) Libc.SetThreadBackground(_tid);
             }
         }
 
