@@ -1392,8 +1392,9 @@ public sealed class OutgoingMigration
     private void ReadReturnPath(ProtocolReader reader)
     {
         // This thread serves post-copy's page requests and wakes the switchover on Ready and Resumed: it must not queue
-        // behind the guest's or the push's threads each time a record arrives (see LatencyPriority).
-        using var raised = LatencyPriority.Raise();
+        // behind the guest's or the push's threads each time a record arrives (see LatencyPriority), nor behind the
+        // switchover thread's own push of system pages, which only the Ready read here stops.
+        using var raised = LatencyPriority.RaiseAboveOthers();
         try
         {
             while (true)
