@@ -168,6 +168,31 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void RaisedAboveOthersAThreadRunsOneRealTimeRankHigherUntilDisposed()
+    {
+        OnOwnThread(() =>
+        {
+            // /proc/<tid>/stat field 40 is the real-time priority.
+            static int RtPriority()
+            {
+                string stat = File.ReadAllText("/proc/thread-self/stat");
+                return int.Parse(stat[(stat.LastIndexOf(')') + 2)..].Split(' ')[40 - 3]);
+            }
+            using (var other = LatencyPriority.Raise())
+            {
+                if (!other.Realtime) return; // no CAP_SYS_NICE: both are the same slice
+                Assert.Equal((1, 1), (ReadStat().Policy, RtPriority()));
+            }
+            using (var above = LatencyPriority.RaiseAboveOthers())
+            {
+                Assert.True(above.Realtime);
+                Assert.Equal((1, 2), (ReadStat().Policy, RtPriority()));
+            }
+            Assert.Equal((0, 0), (ReadStat().Policy, RtPriority()));
+        });
+    }
+
+    [Fact]
     public void ASliceKeepsPolicyAndNiceAndCanBeReset()
     {
         OnOwnThread(() =>
