@@ -85,12 +85,12 @@ public class SchedulingTests
     }
 
     [Fact]
-    public void ABackgroundThreadIsBatchAtNice19WithTheShortSlice()
+    public void ABackgroundThreadIsBatchAtNice10WithTheShortSlice()
     {
         OnOwnThread(() =>
         {
             Assert.True(Libc.SetThreadBackground(0));
-            Assert.Equal((19, 3), ReadStat()); // SCHED_BATCH
+            Assert.Equal((Libc.BackgroundNice, 3), ReadStat()); // SCHED_BATCH
             // Linux 6.12+ keeps the slice asked for (100 µs); older kernels have none to read.
             if (Environment.OSVersion.Version >= new Version(6, 12)) Assert.Equal(100_000UL, ReadSlice("/proc/thread-self"));
         });
@@ -120,7 +120,7 @@ public class SchedulingTests
             {
                 string stat = File.ReadAllText($"/proc/self/task/{tid}/stat");
                 string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
-                Assert.Equal((19, 3), (int.Parse(fields[19 - 3]), int.Parse(fields[41 - 3])));
+                Assert.Equal((Libc.BackgroundNice, 3), (int.Parse(fields[19 - 3]), int.Parse(fields[41 - 3])));
             }
             Assert.False(Libc.SetThreadIdle(int.MaxValue)); // no such thread
             Assert.Null(Libc.ThreadPolicy(int.MaxValue));
@@ -146,7 +146,7 @@ public class SchedulingTests
                     // Then in the background, where a guest that keeps every CPU busy cannot starve it.
                     var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
                     while (ReadStat().Policy == 5 && DateTime.UtcNow < until) Thread.Sleep(20);
-                    Assert.Equal((19, 3), ReadStat());
+                    Assert.Equal((Libc.BackgroundNice, 3), ReadStat());
                 }
             }
             // Back to nice 2 and SCHED_OTHER needs privilege (RLIMIT_NICE); as root they are given back.
