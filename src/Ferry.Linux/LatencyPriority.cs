@@ -105,21 +105,32 @@ public static class LatencyPriority
     /// </summary>
     public static int LowerProcess()
     {
+        int n = LowerThreads(OwnThreads, out var promotion, startPromotion: processPromotion is null);
+        processPromotion ??= promotion;
+        return n;
+    }
+
+    /// <summary>
+    /// Put the threads <paramref name="threads"/> names in SCHED_IDLE, and (<paramref name="startPromotion"/>) after
+    /// <see cref="IdleGrace"/> move those it names then that are still idle to the background. Returns how many took
+    /// it; <paramref name="promotion"/> is the timer to keep alive until it fires (null if none was started).
+    /// </summary>
+    internal static int LowerThreads(Func<IEnumerable<int>> threads, out Timer? promotion, bool startPromotion = true)
+    {
         int n = 0;
-        foreach (int tid in OwnThreads())
+        foreach (int tid in threads())
         {
             if (Libc.SetThreadIdle(tid)) n++;
         }
-        if (n > 0 && processPromotion is null)
-        {
-            processPromotion = new Timer(static _ =>
+        promotion = n > 0 && startPromotion
+            ? new Timer(static s =>
             {
-                foreach (int tid in OwnThreads())
+                foreach (int tid in ((Func<IEnumerable<int>>)s!)())
                 {
                     if (Libc.ThreadPolicy(tid) == Libc.SchedIdle) Libc.SetThreadBackground(tid);
                 }
-            }, null, IdleGrace, Timeout.InfiniteTimeSpan);
-        }
+            }, threads, IdleGrace, Timeout.InfiniteTimeSpan)
+            : null;
         return n;
     }
 

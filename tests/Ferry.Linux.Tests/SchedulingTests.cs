@@ -155,6 +155,41 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void LoweredThreadsRunIdleThenInTheBackground()
+    {
+        // LowerProcess's path on threads of the test's own (the whole test process would be lowered otherwise).
+        const int Count = 3;
+        var tids = new int[Count];
+        using var started = new CountdownEvent(Count);
+        using var release = new ManualResetEventSlim();
+        var threads = Enumerable.Range(0, Count).Select(i => new Thread(() =>
+        {
+            tids[i] = Libc.CurrentThreadId();
+            started.Signal();
+            release.Wait();
+        })).ToArray();
+        foreach (var t in threads) t.Start();
+        started.Wait(TestContext.Current.CancellationToken);
+        try
+        {
+            Assert.Equal(Count, LatencyPriority.LowerThreads(() => tids, out var promotion));
+            using (promotion)
+            {
+                Assert.All(tids, tid => Assert.Equal(Libc.SchedIdle, Libc.ThreadPolicy(tid)));
+                if (!Privileged) return; // leaving SCHED_IDLE takes privilege: they stay idle
+                var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
+                while (tids.Any(tid => Libc.ThreadPolicy(tid) == Libc.SchedIdle) && DateTime.UtcNow < until) Thread.Sleep(20);
+                Assert.All(tids, tid => Assert.Equal(3, Libc.ThreadPolicy(tid))); // SCHED_BATCH
+            }
+        }
+        finally
+        {
+            release.Set();
+            foreach (var t in threads) t.Join();
+        }
+    }
+
+    [Fact]
     public void AThreadGivenBackBeforeTheGraceIsNotMovedAfterIt()
     {
         if (!Privileged) Assert.Skip("giving SCHED_IDLE back takes privilege");
