@@ -105,37 +105,61 @@ public static class LatencyPriority
     /// </summary>
     public static int LowerProcess()
     {
-        int n = LowerThreads(OwnThreads, out var promotion, startPromotion: processPromotion is null);
-        processPromotion ??= promotion;
-        return n;
+        lock (ProcessGate)
+        {
+            // Once: the first call's promoter moves every idle thread of the process, those lowered again since included.
+            if (processLowered) return 0;
+            processLowered = true;
+        }
+        return LowerThreads(OwnThreads);
     }
+
+    private static readonly Lock ProcessGate = new();
+    private static bool processLowered;
 
     /// <summary>
-    /// Put the threads <paramref name="threads"/> names in SCHED_IDLE, and (<paramref name="startPromotion"/>) after
-    /// <see cref="IdleGrace"/> move those it names then that are still idle to the background. Returns how many took
-    /// it; <paramref name="promotion"/> is the timer to keep alive until it fires (null if none was started).
+    /// Put the threads <paramref name="threads"/> names in SCHED_IDLE, and after <see cref="IdleGrace"/> move those it
+    /// names then that are still idle to the background. Returns how many took it.
     /// </summary>
-    internal static int LowerThreads(Func<IEnumerable<int>> threads, out Timer? promotion, bool startPromotion = true)
+    /// <remarks>
+    /// Both are done by a thread of its own, which <paramref name="threads"/> is called on and which never lowers itself:
+    /// the promotion must not wait for a thread it would lower. A timer's callback did (the runtime's timer thread and
+    /// its pool's workers are the process's threads too): with the destination guest busy on both CPUs of the demo's
+    /// host, nothing of the lowered source ran, its promotion included, and it had not exited 30 s after its answer
+    /// (`./ferry demo --mode postcopy --dirty-rate 1000000`, 1 run in 8; its <c>.NET Timer</c> thread seen idle).
+    /// </remarks>
+    internal static int LowerThreads(Func<IEnumerable<int>> threads)
     {
-        int n = 0;
-        foreach (int tid in threads())
+        int lowered = -1;
+        using var done = new ManualResetEventSlim();
+        var promoter = new Thread(() =>
         {
-            if (Libc.SetThreadIdle(tid)) n++;
-        }
-        promotion = n > 0 && startPromotion
-            ? new Timer(static s =>
+            int self = Libc.CurrentThreadId();
+            int n = 0;
+            try
             {
-                foreach (int tid in ((Func<IEnumerable<int>>)s!)())
+                foreach (int tid in threads())
                 {
-                    if (Libc.ThreadPolicy(tid) == Libc.SchedIdle) Libc.SetThreadBackground(tid);
+                    if (tid != self && Libc.SetThreadIdle(tid)) n++;
                 }
-            }, threads, IdleGrace, Timeout.InfiniteTimeSpan)
-            : null;
-        return n;
+            }
+            finally
+            {
+                lowered = n;
+                done.Set();
+            }
+            if (n == 0) return;
+            Thread.Sleep(IdleGrace);
+            foreach (int tid in threads())
+            {
+                if (tid != self && Libc.ThreadPolicy(tid) == Libc.SchedIdle) Libc.SetThreadBackground(tid);
+            }
+        })
+        { IsBackground = true, Name = "ferry-promote" };
+        promoter.Start();
+        done.Wait();
+        return lowered;
     }
-
-    // Kept from collection until it fires.
-    private static Timer? processPromotion;
 
     private static IEnumerable<int> OwnThreads()
     {

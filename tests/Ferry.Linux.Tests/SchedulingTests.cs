@@ -172,15 +172,20 @@ public class SchedulingTests
         started.Wait(TestContext.Current.CancellationToken);
         try
         {
-            Assert.Equal(Count, LatencyPriority.LowerThreads(() => tids, out var promotion));
-            using (promotion)
+            // The list names the thread that reads it, too: for the whole process it would, and the thread that
+            // promotes must not lower itself (else it waits behind what it lowered, as a timer's callback did).
+            int reader = 0;
+            Assert.Equal(Count, LatencyPriority.LowerThreads(() =>
             {
-                Assert.All(tids, tid => Assert.Equal(Libc.SchedIdle, Libc.ThreadPolicy(tid)));
-                if (!Privileged) return; // leaving SCHED_IDLE takes privilege: they stay idle
-                var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
-                while (tids.Any(tid => Libc.ThreadPolicy(tid) == Libc.SchedIdle) && DateTime.UtcNow < until) Thread.Sleep(20);
-                Assert.All(tids, tid => Assert.Equal(3, Libc.ThreadPolicy(tid))); // SCHED_BATCH
-            }
+                reader = Libc.CurrentThreadId();
+                return tids.Append(reader);
+            }));
+            Assert.All(tids, tid => Assert.Equal(Libc.SchedIdle, Libc.ThreadPolicy(tid)));
+            Assert.NotEqual(Libc.CurrentThreadId(), reader);
+            if (!Privileged) return; // leaving SCHED_IDLE takes privilege: they stay idle
+            var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
+            while (tids.Any(tid => Libc.ThreadPolicy(tid) == Libc.SchedIdle) && DateTime.UtcNow < until) Thread.Sleep(20);
+            Assert.All(tids, tid => Assert.Equal(3, Libc.ThreadPolicy(tid))); // SCHED_BATCH
         }
         finally
         {
