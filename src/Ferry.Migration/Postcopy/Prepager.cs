@@ -93,6 +93,7 @@ internal sealed class Prepager
     private readonly Lock _lock = new();
     private readonly DirtyBitmap _toSend;
     private HotPages _system; // the guest's system pages: before everything
+    private HotPages _steady; // the pages it used in every recent interval: right after them
     private HotPages _hot;    // the other pages it used last: after the pivots
     private readonly ulong[] _regionFirst;
     private readonly ulong[] _regionEnd;
@@ -132,8 +133,10 @@ internal sealed class Prepager
     /// <param name="system">Pages the guest's operating system used last (see
     /// <see cref="Guest.IAccessTrackingSource.HarvestAccessedPages(Span{ulong}, Span{ulong})"/>), sent by
     /// <see cref="PrepagingStrategy.Bubble"/> before everything else; taken over, or null.</param>
+    /// <param name="steady">Pages the guest used in each of its last intervals (its user side included), sent by
+    /// <see cref="PrepagingStrategy.Bubble"/> right after the system pages; taken over, or null.</param>
     public Prepager(DirtyBitmap toSend, IReadOnlyList<ulong> regionPages, PrepagingStrategy strategy, DirtyBitmap? hot = null,
-        DirtyBitmap? system = null)
+        DirtyBitmap? system = null, DirtyBitmap? steady = null)
     {
         ArgumentNullException.ThrowIfNull(toSend);
         ArgumentNullException.ThrowIfNull(regionPages);
@@ -151,11 +154,13 @@ internal sealed class Prepager
         if (bit > toSend.BitCount) throw new ArgumentException("the bitmap is shorter than the regions", nameof(toSend));
         if (hot is not null && hot.BitCount < bit) throw new ArgumentException("the bitmap is shorter than the regions", nameof(hot));
         if (system is not null && system.BitCount < bit) throw new ArgumentException("the bitmap is shorter than the regions", nameof(system));
+        if (steady is not null && steady.BitCount < bit) throw new ArgumentException("the bitmap is shorter than the regions", nameof(steady));
         _remaining = (long)toSend.Count();
         if (strategy == PrepagingStrategy.Bubble)
         {
             _hot.Bits = hot;
             _system.Bits = system;
+            _steady.Bits = steady;
         }
     }
 
@@ -290,7 +295,7 @@ internal sealed class Prepager
             // after less urgent ones of this region.
             int count = 0, pages = 0;
             bool elsewhere = false;
-            if (_system.Bits is not null) pages += TakeHot(ref _system, runs, ref count, maxPages, ref region, out elsewhere, fillHoles: false);
+            pages += TakeSystemPages(runs, ref count, maxPages, ref region, steady: true, out elsewhere);
             if (elsewhere) return count;
             for (int i = _pivotCount - 1; i >= 0 && pages < maxPages && count < runs.Length; i--)
             {
@@ -312,19 +317,31 @@ internal sealed class Prepager
     }
 
     /// <summary>
-    /// Hand out up to <paramref name="maxPages"/> of the system pages still to send (see the constructor), all of one
-    /// region, as <see cref="Take"/> does; 0 once none is left (or the strategy has none).
+    /// Hand out up to <paramref name="maxPages"/> of the system pages still to send (see the constructor), then (with
+    /// <paramref name="steady"/>) of the steady ones, all of one region, as <see cref="Take"/> does; 0 once none is left
+    /// (or the strategy has none).
     /// </summary>
-    public int TakeSystem(Span<DirtyRun> runs, int maxPages, out int region)
+    public int TakeSystem(Span<DirtyRun> runs, int maxPages, out int region, bool steady = true)
     {
         region = -1;
         if (runs.IsEmpty || maxPages <= 0) return 0;
         lock (_lock)
         {
             int count = 0;
-            if (_system.Bits is not null) TakeHot(ref _system, runs, ref count, maxPages, ref region, out _, fillHoles: false);
+            TakeSystemPages(runs, ref count, maxPages, ref region, steady, out _);
             return count;
         }
+    }
+
+    // The system pages, then the steady ones: the kernel's first, since every thread the guest runs goes through it.
+    private int TakeSystemPages(Span<DirtyRun> runs, ref int count, int maxPages, ref int region, bool steady, out bool elsewhere)
+    {
+        elsewhere = false;
+        int pages = 0;
+        if (_system.Bits is not null) pages += TakeHot(ref _system, runs, ref count, maxPages, ref region, out elsewhere, fillHoles: false);
+        if (steady && !elsewhere && _system.Bits is null && _steady.Bits is not null && pages < maxPages && count < runs.Length)
+            pages += TakeHot(ref _steady, runs, ref count, maxPages - pages, ref region, out elsewhere, fillHoles: false);
+        return pages;
     }
 
     private bool Exhausted(in Pivot p) => p.Budget <= 0 || (p.Lo <= _regionFirst[p.Region] && p.Hi >= _regionEnd[p.Region]);

@@ -50,16 +50,17 @@ internal sealed class UrgentSender
     /// faulted on some 30 of them, one round trip each, and run little else). The switchover calls it right after
     /// Complete, so they land while the destination loads the state, and stops between batches once
     /// <paramref name="stop"/> says so (Ready came: Commit must not wait), sending the rest once the guest runs.
-    /// Faults are served between batches. Returns the pages sent.
+    /// Faults are served between batches. Returns the pages sent. <paramref name="steady"/>: the steady pages too,
+    /// after the system ones (<see cref="Prepager.TakeSystem"/>).
     /// </summary>
-    public long PushSystem(Func<bool>? stop = null)
+    public long PushSystem(Func<bool>? stop = null, bool steady = true)
     {
         long total = 0;
         while (stop?.Invoke() != true)
         {
             lock (_lock)
             {
-                int n = _prepager.TakeSystem(_taken, SystemBatchPages, out int r);
+                int n = _prepager.TakeSystem(_taken, SystemBatchPages, out int r, steady);
                 if (n == 0) break;
                 var region = _regions[r];
                 ulong bitBase = _prepager.RegionFirst(r);

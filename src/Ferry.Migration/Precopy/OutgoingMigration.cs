@@ -415,9 +415,9 @@ public sealed class OutgoingMigration
             if (_populatedMap) WritePopulatedPages(_control!, populated, _guest.Regions);
             _echoArrived.Reset();
             SendKeepalive();
-            var (used, steady) = AwaitEchoAgingUse(populated);
+            var (used, steady, system) = AwaitEchoAgingUse(populated);
             _switchReasonText = "postcopy";
-            PostcopySwitchover(stats, bitmap, populated, done, ref paused, used, steady);
+            PostcopySwitchover(stats, bitmap, populated, done, ref paused, used, steady, system);
             return;
         }
 
@@ -544,11 +544,11 @@ public sealed class OutgoingMigration
     }
 
     /// <summary>The system pages still to send, on the urgent channel, until <paramref name="stop"/> says so; the pages sent.</summary>
-    private static long PushSystemPages(Postcopy.UrgentSender urgent, Func<bool>? stop)
+    private static long PushSystemPages(Postcopy.UrgentSender urgent, Func<bool>? stop, bool steady = true)
     {
         try
         {
-            return urgent.PushSystem(stop);
+            return urgent.PushSystem(stop, steady);
         }
         catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
         {
@@ -575,18 +575,18 @@ public sealed class OutgoingMigration
     /// Pure post-copy, before the pause: wait for the destination's echo (at most the peer timeout, as before), and
     /// with bubbling, every <see cref="RecentUseInterval"/> harvest what the guest wrote (and used, where the source
     /// tracks it): all of it is returned as used, the pages used in each of the last <see cref="SteadyIntervals"/> as
-    /// steady (null before that many; with the system side's pages of the whole wait). Written pages go into
+    /// steady (null before that many), the system side's pages of the whole wait as system. Written pages go into
     /// <paramref name="populated"/> too: a page first written after that map was taken holds data. The dirty log's
     /// harvest is what makes a page the guest writes all the time show in each interval: it drops the CPUs' write
     /// translations, and the next write fills one again.
     /// </summary>
-    private (DirtyBitmap? Used, DirtyBitmap? Steady) AwaitEchoAgingUse(DirtyBitmap populated)
+    private (DirtyBitmap? Used, DirtyBitmap? Steady, DirtyBitmap? System) AwaitEchoAgingUse(DirtyBitmap populated)
     {
         long start = _time.GetTimestamp();
         if (_options.Prepaging != Postcopy.PrepagingStrategy.Bubble)
         {
             _echoArrived.Wait(_options.PeerTimeout, _abort.Token);
-            return (null, null);
+            return (null, null, null);
         }
         var tracking = _guest as IAccessTrackingSource;
         DirtyBitmap? used = null, system = null;
@@ -617,12 +617,7 @@ public sealed class OutgoingMigration
             steady.OrFrom(recent[0]!);
             for (int i = 1; i < recent.Length; i++) steady.AndFrom(recent[i]!);
         }
-        if (system is not null)
-        {
-            steady ??= new DirtyBitmap(_guest.TotalPages);
-            steady.OrFrom(system);
-        }
-        return (used, steady);
+        return (used, steady, system);
     }
 
     /// <summary>
@@ -631,10 +626,11 @@ public sealed class OutgoingMigration
     /// guest runs at the destination and the push begins, the urgent channel serving its faults; the migration ends when
     /// the destination has every page (PostcopyDone). <paramref name="populated"/> (null: read every page) lets pages the
     /// guest never populated go out as Zero unread. Bubbling pushes <paramref name="used"/> (what the guest used before
-    /// the last harvest) with the hot pages, <paramref name="steady"/> with the system ones.
+    /// the last harvest) with the hot pages, <paramref name="system"/> (the system side's pages before the pause) with
+    /// the system ones, and <paramref name="steady"/> right after them.
     /// </summary>
     private void PostcopySwitchover(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap? populated, CountdownEvent done, ref bool paused,
-        DirtyBitmap? used = null, DirtyBitmap? steady = null)
+        DirtyBitmap? used = null, DirtyBitmap? steady = null, DirtyBitmap? systemBefore = null)
     {
         // Allocated before the pause: the Flush-only pass needs an empty bitmap, the final harvest one of its own, the
         // missing map's records a buffer of runs.
@@ -643,7 +639,7 @@ public sealed class OutgoingMigration
         var missingRuns = new (ulong, uint)[MigrationProtocol.MaxMissingRuns];
         // Bubbling pushes the pages the guest used last first (see PrepagingStrategy.Bubble).
         var hot = _options.Prepaging == Postcopy.PrepagingStrategy.Bubble ? new DirtyBitmap(_guest.TotalPages) : null;
-        var system = hot is not null && (_guest is IAccessTrackingSource || steady is not null) ? new DirtyBitmap(_guest.TotalPages) : null;
+        var system = hot is not null && (_guest is IAccessTrackingSource || systemBefore is not null) ? new DirtyBitmap(_guest.TotalPages) : null;
         // Hybrid: the missing pages the guest's CPUs were working on at the pause go in the switchover's own pass.
         var resident = populated is null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         var regionPages = new ulong[_guest.Regions.Count];
@@ -658,7 +654,7 @@ public sealed class OutgoingMigration
             {
                 if (_guest is IAccessTrackingSource tracking) tracking.HarvestAccessedPages(hot.Words, system!.Words);
                 if (used is not null) hot.OrFrom(used);
-                if (steady is not null) system!.OrFrom(steady);
+                if (systemBefore is not null) system!.OrFrom(systemBefore);
             }
             // What was written since the last harvest is missing too; and a page first written after the populated map
             // was taken holds data, so it must be read, not sent as Zero unread.
@@ -713,7 +709,7 @@ public sealed class OutgoingMigration
             // The push and the urgent channel exist before Commit, so the first fault finds them; built while the
             // destination loads the state (0.3-0.5 ms), not after its Ready. Nothing asks for pages before it runs the
             // guest, and if it never does they are dropped with the rest of post-copy.
-            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot, system);
+            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot, system, hot is not null ? steady : null);
             SetUrgent(new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
             // The guest's system pages, now: they land while the destination loads the state. Between batches until
             // Ready arrives, no longer: Commit must not wait for them (2 MiB is 16 ms of a 1 Gb/s link); the rest go
@@ -748,8 +744,12 @@ public sealed class OutgoingMigration
             done.Reset(_senders.Length);
             _populatedForPush = populated;
             foreach (var sender in _senders) sender.StartPostcopy(_prepager, PostcopyFlushSequence, done, populated);
-            // What Ready cut short, from this (still real-time) thread, ahead of the push threads just woken.
-            if (resumed) systemPages += PushSystemPages(urgent, null);
+            // What Ready cut short of the system pages, from this (still real-time) thread, ahead of the push threads
+            // just woken. Not the steady ones: at 1M pages/s those are the guest's whole hot set (~4,500 pages), and
+            // pushed and installed at real-time they held both CPUs of a shared host for ~8 ms after the resume while
+            // the harts waited (`perf sched`); the push threads send them first instead, as batch threads the harts
+            // preempt.
+            if (resumed) systemPages += PushSystemPages(urgent, null, steady: false);
             EndSwitchoverPriority();
             // Committed: this memory holds still for good, and its digest is needed only when the last page has
             // landed. Begun inside the downtime it competed with it (hybrid with verify: 25-46 ms of final harvest).

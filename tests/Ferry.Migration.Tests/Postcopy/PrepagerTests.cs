@@ -275,6 +275,50 @@ public class PrepagerTests
         Assert.Empty(rest.Intersect(taken));
     }
 
+    [Fact]
+    public void TheSteadyPagesGoRightAfterTheSystemPagesAndOnlyWhenAskedFor()
+    {
+        static Prepager Make()
+        {
+            var toSend = new DirtyBitmap(8000);
+            toSend.SetAll();
+            // The steady pages lie below the system ones, and one is a system page too: the kernel's come first
+            // whatever their address, and a page goes once.
+            return new Prepager(toSend, [8000UL], PrepagingStrategy.Bubble, hot: Hot(8000, (6000, 6010)),
+                system: Hot(8000, (5000, 5020)), steady: Hot(8000, (100, 150), (5010, 5011)));
+        }
+        ulong[] system = [.. Enumerable.Range(5000, 20).Select(i => (ulong)i)];
+        ulong[] steady = [.. Enumerable.Range(100, 50).Select(i => (ulong)i)];
+
+        // The switchover's push after the resume: the system pages only.
+        var prepager = Make();
+        Assert.Equal(system, TakeAllSystem(prepager, steady: false));
+        Assert.Empty(TakeAllSystem(prepager, steady: false));
+        // The push threads then begin with the steady pages, before the hot ones.
+        var rest = Drain(prepager);
+        Assert.Equal(steady, rest.Take(steady.Length));
+        Assert.Equal(Enumerable.Range(6000, 10).Select(i => (ulong)i), rest.Skip(steady.Length).Take(10));
+
+        // Before Ready: the system pages, then the steady ones.
+        Assert.Equal([.. system, .. steady], TakeAllSystem(Make(), steady: true));
+        // A bulk take alone: the same order.
+        Assert.Equal([.. system, .. steady], Drain(Make()).Take(system.Length + steady.Length));
+    }
+
+    private static List<ulong> TakeAllSystem(Prepager prepager, bool steady)
+    {
+        var runs = new DirtyRun[512];
+        var taken = new List<ulong>();
+        while (prepager.TakeSystem(runs, 64, out _, steady) is var n && n > 0)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                for (ulong p = runs[i].Start; p < runs[i].End; p++) taken.Add(p);
+            }
+        }
+        return taken;
+    }
+
     [Theory]
     [InlineData(PrepagingStrategy.Forward)]
     [InlineData(PrepagingStrategy.Linear)]
