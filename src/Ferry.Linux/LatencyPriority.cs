@@ -37,11 +37,28 @@ public static class LatencyPriority
     {
         if (!realtimeRefused)
         {
-            if (Libc.SetCurrentThreadRealtime(rank)) return new Raised(realtime: true, slice: false);
+            // What a normal thread had (a batch policy, a nice value, a slice of its own: a hart's GuestCpuSlice) comes
+            // back with it; leaving real-time through sched_setscheduler would reset all of it.
+            var before = Libc.CurrentThreadScheduling();
+            if (Libc.SetCurrentThreadRealtime(rank)) return new Raised(realtime: true, slice: false, before: before);
             realtimeRefused = true;
         }
         return new Raised(realtime: false, slice: Libc.SetCurrentThreadSlice(Slice));
     }
+
+    /// <summary>
+    /// The slice of a thread that runs a guest CPU (a hart of Ferry's machine), against the kernel's default of ~3 ms
+    /// (EEVDF, Linux 6.12+; older kernels ignore it). A thread with a shorter slice than the running one preempts it
+    /// when it wakes, where an equal one waits until that slice is used up: on a small host a hart resumed on the
+    /// destination, or woken by an install, waited behind the bulk push's batch threads while the guest's timer went
+    /// unserved (`perf sched`, post-copy at 1M pages/s: a hart's wake-up delay up to 7-11 ms in its first 50 ms,
+    /// 0.8-2.6 ms with this slice). Short enough to preempt, not so short that two harts sharing a CPU switch every
+    /// 100 µs.
+    /// </summary>
+    public static readonly TimeSpan GuestCpuSlice = TimeSpan.FromMicroseconds(300);
+
+    /// <summary>Give the calling thread, which runs a guest CPU, <see cref="GuestCpuSlice"/>; false where the kernel has no slices.</summary>
+    public static bool ForGuestCpu() => Libc.SetCurrentThreadSlice(GuestCpuSlice);
 
     /// <summary>
     /// Raise the calling thread for hand-offs: a thread that one of this process's threads wakes and then blocks for
@@ -219,15 +236,18 @@ public static class LatencyPriority
     }
 
     /// <summary>What <see cref="Raise"/> changed.</summary>
-    public readonly struct Raised(bool realtime, bool slice, bool niced = false) : IDisposable
+    public readonly struct Raised(bool realtime, bool slice, bool niced = false, (int Policy, int Nice, ulong SliceNs)? before = null) : IDisposable
     {
         /// <summary>True if the thread runs real-time.</summary>
         public bool Realtime => realtime;
 
-        /// <summary>Back to a normal thread with the default slice and nice 0.</summary>
+        /// <summary>
+        /// Back to what a thread raised to real-time had before (its normal or batch policy, nice value and slice),
+        /// else to a normal thread with the default slice and nice 0.
+        /// </summary>
         public void Dispose()
         {
-            if (realtime) Libc.SetCurrentThreadRealtime(0);
+            if (realtime && !(before is { } b && Libc.SetCurrentThreadScheduling(b.Policy, b.Nice, b.SliceNs))) Libc.SetCurrentThreadRealtime(0);
             if (slice) Libc.SetCurrentThreadSlice(null);
             if (niced) Libc.SetCurrentThreadNice(0);
         }

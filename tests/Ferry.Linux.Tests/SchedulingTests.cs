@@ -208,6 +208,39 @@ public class SchedulingTests
     }
 
     [Fact]
+    public void ARaisedThreadGetsItsPolicyNiceAndSliceBack()
+    {
+        if (!Privileged) Assert.Skip("real-time takes privilege");
+        OnOwnThread(() =>
+        {
+            // A batch thread at nice 5 with a slice of its own, as a hart has one (LatencyPriority.ForGuestCpu).
+            Assert.True(Libc.SetCurrentThreadScheduling(3, 5, 300_000));
+            ulong? slice = ReadSlice("/proc/thread-self");
+            using (var raised = LatencyPriority.Raise())
+            {
+                Assert.True(raised.Realtime);
+                Assert.Equal(1, ReadStat().Policy); // SCHED_FIFO
+            }
+            Assert.Equal((5, 3), ReadStat());
+            if (slice is not null) Assert.Equal(300_000UL, ReadSlice("/proc/thread-self"));
+        });
+    }
+
+    [Fact]
+    public void AGuestCpuThreadHasTheShortSlice()
+    {
+        if (ReadSlice("/proc/thread-self") is null) Assert.Skip("this kernel names no slice");
+        OnOwnThread(() =>
+        {
+            ulong before = ReadSlice("/proc/thread-self")!.Value;
+            Assert.True(LatencyPriority.ForGuestCpu());
+            ulong slice = ReadSlice("/proc/thread-self")!.Value;
+            Assert.Equal((ulong)LatencyPriority.GuestCpuSlice.Ticks * 100, slice);
+            Assert.True(slice < before, $"the default slice {before} ns is not longer");
+        });
+    }
+
+    [Fact]
     public void RaisedAboveOthersAThreadRunsOneRealTimeRankHigherUntilDisposed()
     {
         OnOwnThread(() =>

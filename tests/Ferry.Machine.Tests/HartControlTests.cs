@@ -33,17 +33,67 @@ public class HartControlTests
         Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "a parking hart did not wake the waiter");
     }
 
-    [Fact]
-    public void ARealTimeThreadPausesRunningHartsOverAndOver()
+    // Two harts in a tight loop, started.
+    private static VirtMachine LoopingMachine()
     {
-        // Two harts in a tight loop, paused and resumed from a SCHED_FIFO thread where this process may make one
-        // (the migration's switchover thread is one): a spinning pauser could keep a hart off its CPU.
-        using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 2, Rng = false });
+        var machine = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 2, Rng = false });
         Span<byte> loop = stackalloc byte[8];
         BinaryPrimitives.WriteUInt32LittleEndian(loop, 0x00108093);     // addi x1, x1, 1
         BinaryPrimitives.WriteUInt32LittleEndian(loop[4..], 0xffdff06f); // j -4
         machine.Ram.Write(VirtMachine.RamBase, loop);
         machine.Start();
+        return machine;
+    }
+
+    [Fact]
+    public void AHartRunsWithTheGuestCpuSlice()
+    {
+        // /proc/<tid>/sched names the slice (se.slice, ns) on kernels that have one (EEVDF, 6.6+).
+        static ulong? Slice(string task)
+        {
+            try
+            {
+                foreach (string line in File.ReadLines($"{task}/sched"))
+                {
+                    if (line.StartsWith("se.slice ", StringComparison.Ordinal)) return ulong.Parse(line[(line.IndexOf(':') + 1)..].Trim());
+                }
+            }
+            catch (IOException)
+            {
+                // The thread ended meanwhile.
+            }
+            return null;
+        }
+        if (Slice("/proc/thread-self") is null) Assert.Skip("this kernel names no slice");
+        using var machine = LoopingMachine();
+        while (machine.InstructionsRetired == 0) Thread.Sleep(1);
+        // Every hart of the process (other tests' machines run beside this one): one just started may not have set it yet.
+        ulong want = (ulong)Ferry.Linux.LatencyPriority.GuestCpuSlice.Ticks * 100;
+        var until = DateTime.UtcNow + TimeSpan.FromSeconds(5);
+        List<(string Task, ulong? Slice)> harts;
+        do
+        {
+            harts = [.. Directory.EnumerateDirectories("/proc/self/task")
+                .Where(t => File.Exists($"{t}/comm") && File.ReadAllText($"{t}/comm").StartsWith("hart", StringComparison.Ordinal))
+                .Select(t => (t, Slice(t)))];
+        }
+        while (harts.Any(h => h.Slice is { } s && s != want) && DateTime.UtcNow < until && Sleep());
+        Assert.True(harts.Count >= 2);
+        Assert.All(harts, h => Assert.True(h.Slice is null || h.Slice == want, $"{h.Task}: slice {h.Slice} ns"));
+
+        static bool Sleep()
+        {
+            Thread.Sleep(20);
+            return true;
+        }
+    }
+
+    [Fact]
+    public void ARealTimeThreadPausesRunningHartsOverAndOver()
+    {
+        // Two harts in a tight loop, paused and resumed from a SCHED_FIFO thread where this process may make one
+        // (the migration's switchover thread is one): a spinning pauser could keep a hart off its CPU.
+        using var machine = LoopingMachine();
         Exception? error = null;
         var pauser = new Thread(() =>
         {

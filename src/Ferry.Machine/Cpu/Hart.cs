@@ -190,6 +190,7 @@ internal sealed unsafe partial class Hart : IDisposable
         try
         {
             PageWaiter.Current = deviceWaiter;
+            Ferry.Linux.LatencyPriority.ForGuestCpu();
             Run();
         }
         catch (Exception e)
