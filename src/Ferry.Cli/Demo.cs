@@ -154,6 +154,8 @@ public static class Demo
         if (statistics.Status == MigrationStatus.Completed)
         {
             guest = Observe(source, destination, migrationStart, out sourceExit);
+            if (sourceExit == -1 && !source.HasExited)
+                console.Error.WriteLine($"ferry demo: the source VM process ({source.Id}) has not exited 30 s after the migration; its threads: {source.ThreadStates()}");
             // The demo is over: power the guest off through the destination's API.
             try
             {

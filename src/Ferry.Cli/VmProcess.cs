@@ -225,6 +225,34 @@ internal sealed partial class VmProcess : IDisposable
 
     public bool WaitForExit(TimeSpan timeout) => process.WaitForExit(timeout);
 
+    /// <summary>
+    /// What each thread of the running process is doing, from /proc: name, state, policy, nice value and CPU time, for
+    /// a report on a process that should have ended by now. Empty if it is gone.
+    /// </summary>
+    public string ThreadStates()
+    {
+        var threads = new List<string>();
+        try
+        {
+            foreach (string task in Directory.EnumerateDirectories($"/proc/{process.Id}/task"))
+            {
+                string stat = File.ReadAllText($"{task}/stat");
+                int open = stat.IndexOf('('), close = stat.LastIndexOf(')');
+                if (open < 0 || close < open) continue;
+                string[] f = stat[(close + 2)..].Split(' ');
+                if (f.Length < 39) continue;
+                // Fields from 3 on: state (3), utime and stime (14, 15, in ticks of 10 ms), nice (19), policy (41).
+                long ms = (long.Parse(f[11], CultureInfo.InvariantCulture) + long.Parse(f[12], CultureInfo.InvariantCulture)) * 10;
+                threads.Add($"{stat[(open + 1)..close]} {f[0]} policy {f[38]} nice {f[16]} cpu {ms} ms");
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException)
+        {
+            // Gone meanwhile, or not ours to read: what was read so far.
+        }
+        return string.Join("; ", threads);
+    }
+
     /// <summary>SIGKILL this child (as a host failure would end it) and reap it.</summary>
     public void Kill()
     {
