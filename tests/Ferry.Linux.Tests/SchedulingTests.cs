@@ -138,9 +138,14 @@ public class SchedulingTests
         OnOwnThread(() =>
         {
             Assert.True(Libc.SetCurrentThreadNice(2));
+            long lowered = System.Diagnostics.Stopwatch.GetTimestamp();
             using (LatencyPriority.Lower())
             {
-                Assert.Equal(5, ReadStat().Policy); // SCHED_IDLE for the grace
+                // SCHED_IDLE for the grace. An idle thread on a busy host may first run again after it (CI: 3 s), by
+                // when it may be in the background already.
+                int policy = ReadStat().Policy;
+                if (System.Diagnostics.Stopwatch.GetElapsedTime(lowered) < LatencyPriority.IdleGrace) Assert.Equal(5, policy);
+                else Assert.Contains(policy, new[] { 5, 3 });
                 if (Privileged)
                 {
                     // Then in the background, where a guest that keeps every CPU busy cannot starve it.
