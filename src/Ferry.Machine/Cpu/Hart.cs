@@ -148,6 +148,9 @@ internal sealed unsafe partial class Hart : IDisposable
         Kick();
     }
 
+    /// <summary>For tests: called on the hart's thread right after it took its signal, before it reads the flush ticket.</summary>
+    internal Action? SignalTaken { get; set; }
+
     /// <summary>Ask the hart to drop its write TLB entries; returns the ticket <see cref="WriteFlushDone"/> compares to.</summary>
     public long RequestWriteFlush()
     {
@@ -258,8 +261,14 @@ internal sealed unsafe partial class Hart : IDisposable
         {
             // Running first, then take the signal: a requester that saw us parked relies on us reading its bit now.
             Volatile.Write(ref state, StateRunning);
-            long flushTicket = Volatile.Read(ref flushRequested);
             int s = Interlocked.Exchange(ref signal, 0);
+            // The ticket after the signal, not before: a requester counts its request, then sets the bit. Read before,
+            // a request counted in between, whose bit this exchange took, was flushed for but never marked done, and
+            // its harvest waited for good (a post-copy demo's source spun 12 minutes in FlushWriteEntries). Read after,
+            // it counts every request whose bit was taken (and perhaps one whose bit is still to come: the flush below
+            // is after its count too, which is all a harvest needs).
+            SignalTaken?.Invoke();
+            long flushTicket = Volatile.Read(ref flushRequested);
             if ((s & SigFlushAll) != 0) FlushTlb();
             else if ((s & SigFlushWrite) != 0) FlushWriteTlb();
             if ((s & SigFlushWrite) != 0) Volatile.Write(ref flushDone, flushTicket);
