@@ -118,7 +118,8 @@ public static class LatencyPriority
 
     /// <summary>
     /// Lower every thread of this process as <see cref="Lower"/> does, for good: for a process left with nothing but its
-    /// own teardown. Threads started later inherit the policy from their creator. Returns how many threads took it.
+    /// own teardown. Threads started later run as normal threads: a .NET thread does not take an idle creator's policy
+    /// (checked here: a thread an idle thread starts runs SCHED_OTHER). Returns how many threads took it.
     /// </summary>
     public static int LowerProcess()
     {
