@@ -33,14 +33,15 @@ public class HartControlTests
         Assert.True(waiter.Join(TimeSpan.FromSeconds(10)), "a parking hart did not wake the waiter");
     }
 
-    // Two harts in a tight loop, started.
-    private static VirtMachine LoopingMachine()
+    // Harts in a tight loop, started (after beforeStart).
+    internal static VirtMachine LoopingMachine(int harts = 2, Action<VirtMachine>? beforeStart = null)
     {
-        var machine = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 2, Rng = false });
+        var machine = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = harts, Rng = false });
         Span<byte> loop = stackalloc byte[8];
         BinaryPrimitives.WriteUInt32LittleEndian(loop, 0x00108093);     // addi x1, x1, 1
         BinaryPrimitives.WriteUInt32LittleEndian(loop[4..], 0xffdff06f); // j -4
         machine.Ram.Write(VirtMachine.RamBase, loop);
+        beforeStart?.Invoke(machine);
         machine.Start();
         return machine;
     }
@@ -151,23 +152,21 @@ public class HartSignalTests
         // lands while the hart is taking its signal for something else (a kick: a timer, an interrupt line) must be
         // marked done: with the ticket read before the signal, its bit was taken and flushed for, an older ticket
         // marked done, and the harvest waited for good (a post-copy demo's source spun 12 minutes).
-        using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 2UL << 20, Harts = 1, Rng = false });
-        Span<byte> loop = stackalloc byte[8];
-        BinaryPrimitives.WriteUInt32LittleEndian(loop, 0x00108093);     // addi x1, x1, 1
-        BinaryPrimitives.WriteUInt32LittleEndian(loop[4..], 0xffdff06f); // j -4
-        machine.Ram.Write(VirtMachine.RamBase, loop);
-        Hart hart = machine.GetHart(0);
         long ticket = 0;
         int armed = 0;
         using var requested = new ManualResetEventSlim();
-        hart.SignalTaken = () =>
+        Hart hart = null!;
+        using var machine = HartControlTests.LoopingMachine(harts: 1, beforeStart: m =>
         {
-            // Once, from the hart's own signal-taking: the harvest's request lands right there.
-            if (Interlocked.Exchange(ref armed, 0) != 1) return;
-            ticket = hart.RequestWriteFlush();
-            requested.Set();
-        };
-        machine.Start();
+            hart = m.GetHart(0);
+            hart.SignalTaken = () =>
+            {
+                // Once, from the hart's own signal-taking: the harvest's request lands right there.
+                if (Interlocked.Exchange(ref armed, 0) != 1) return;
+                ticket = hart.RequestWriteFlush();
+                requested.Set();
+            };
+        });
         Volatile.Write(ref armed, 1);
         hart.Kick();
         Assert.True(requested.Wait(TimeSpan.FromSeconds(10), TestContext.Current.CancellationToken));
