@@ -639,7 +639,7 @@ public sealed class OutgoingMigration
         var missingRuns = new (ulong, uint)[MigrationProtocol.MaxMissingRuns];
         // Bubbling pushes the pages the guest used last first (see PrepagingStrategy.Bubble).
         var hot = _options.Prepaging == Postcopy.PrepagingStrategy.Bubble ? new DirtyBitmap(_guest.TotalPages) : null;
-        var system = hot is not null && (_guest is IAccessTrackingSource || systemBefore is not null) ? new DirtyBitmap(_guest.TotalPages) : null;
+        var system = hot is not null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         // Hybrid: the missing pages the guest's CPUs were working on at the pause go in the switchover's own pass.
         var resident = populated is null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         var regionPages = new ulong[_guest.Regions.Count];
@@ -709,7 +709,7 @@ public sealed class OutgoingMigration
             // The push and the urgent channel exist before Commit, so the first fault finds them; built while the
             // destination loads the state (0.3-0.5 ms), not after its Ready. Nothing asks for pages before it runs the
             // guest, and if it never does they are dropped with the rest of post-copy.
-            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot, system, hot is not null ? steady : null);
+            _prepager = new Postcopy.Prepager(bitmap, regionPages, _options.Prepaging, hot, system, steady);
             SetUrgent(new Postcopy.UrgentSender(_connection!.Urgent!, _guest.Regions, _prepager));
             // The guest's system pages, now: they land while the destination loads the state. Between batches until
             // Ready arrives, no longer: Commit must not wait for them (2 MiB is 16 ms of a 1 Gb/s link); the rest go
