@@ -63,8 +63,10 @@ public sealed class AccessTrackingTests
 
     /// <summary>
     /// A started 2 MiB machine running the program: M-mode turns Sv39 on and drops to S-mode on <see cref="Code"/>,
-    /// which loads <see cref="A"/>, stores it to <see cref="B"/>, polls <see cref="F"/> until it is non-zero, then
-    /// runs sfence.vma, writes the flag back to F + 8 and spins on Code. Returns once the store to B has landed.
+    /// which loads <see cref="A"/> and <see cref="F"/>, stores A's value to <see cref="B"/>, polls F until it is
+    /// non-zero, then runs sfence.vma, writes the flag back to F + 8 and spins on Code. Returns once the store to B has
+    /// landed, so every page the program reaches before its poll has been reached (F's read comes first: a pause just
+    /// after the store once caught the hart before its first poll).
     /// </summary>
     private static VirtMachine RunToPoll(bool user = false)
     {
@@ -93,6 +95,7 @@ public sealed class AccessTrackingTests
             Rv.Add(Rv.S2, Rv.S1, Rv.T0),      // s2 = B
             Rv.Add(Rv.S3, Rv.S2, Rv.T0),      // s3 = F
             Rv.Ld(Rv.A0, Rv.S1, 0),
+            Rv.Ld(Rv.T1, Rv.S3, 0),           // F's first read, before the store RunToPoll waits for
             Rv.Sd(Rv.A0, Rv.S2, 0),
             Rv.Ld(Rv.T1, Rv.S3, 0),           // poll F
             Rv.Beq(Rv.T1, 0, -4),
