@@ -129,19 +129,31 @@ public static class Demo
         using (var client = new VmApiClient(sourceApi))
         {
             var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
+            var watchdog = new ProgressWatchdog(StepTimeout);
             var request = new MigrateRequest { Destination = address, Verify = settings.Verify, Mode = settings.Mode.ToString().ToLowerInvariant() };
             try
             {
                 // A post-copy whose destination died pauses on the source for a resume that nobody here will send.
                 statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
-                    () => MigrateClient.Migrate(client, request, progress, cancellationToken, abandon: status =>
-                        status == MigrationStatus.PostcopyPaused && destination.HasExited
+                    () => MigrateClient.Migrate(client, request, progress, cancellationToken, abandon: info =>
+                        info?.Status == MigrationStatus.PostcopyPaused && destination.HasExited
                             ? $"the destination VM process exited (code {destination.ExitCode}) during post-copy: the guest is lost"
-                            : null));
+                            : watchdog.Check(info, Stopwatch.GetTimestamp())));
             }
             catch (MigrationAbandonedException e)
             {
-                return Failed(console, e.Message, source, destination);
+                // A stuck migration is cancelled first (before the pause the guest runs on at the source); what the
+                // source's threads were doing is the lead to why it stuck.
+                string threads = source.HasExited ? "" : $"; the source's threads: {source.ThreadStates()}";
+                try
+                {
+                    client.CancelMigrationAsync(CancellationToken.None).GetAwaiter().GetResult();
+                }
+                catch (Exception c) when (c is VmApiException or ApiSocketException)
+                {
+                    // Ended meanwhile, or the source is gone: the failure below says enough.
+                }
+                return Failed(console, e.Message + threads, source, destination);
             }
             catch (Exception e) when (e is VmApiException or ApiSocketException)
             {
@@ -253,7 +265,7 @@ public static class Demo
             FirstHeartbeatOnDestination: after.Length > 0 ? after[0].Seq : 0,
             Selfcheck: selfcheck.StartsWith("selfcheck ok", StringComparison.Ordinal) ? "ok" : selfcheck,
             SourceExitCode: sourceExit,
-            ArrivedWithinMs: first is null ? null : Math.Round(Stopwatch.GetElapsedTime(migrationStart).TotalMilliseconds, 1));
+            ArrivedWithinMs: first is { } f ? Math.Round(Stopwatch.GetElapsedTime(migrationStart, f.At).TotalMilliseconds, 1) : null);
     }
 
     private static int Failed(CliConsole console, string what, params VmProcess[] processes)
