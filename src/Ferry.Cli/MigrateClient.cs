@@ -78,11 +78,12 @@ internal static class MigrateClient
     /// <summary>
     /// Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it. <paramref name="paused"/>
     /// is told (with the reason) each time a post-copy pauses for a lost connection, which only a resume ends.
-    /// <paramref name="abandon"/>, asked at each poll with the migration's state, may give a reason to stop waiting for
-    /// an answer that cannot come (a post-copy paused whose destination is gone): <see cref="MigrationAbandonedException"/>.
+    /// <paramref name="abandon"/>, asked at each poll with the migration as the VM shows it, may give a reason to stop
+    /// waiting for an answer that cannot come (a post-copy paused whose destination is gone, a migration that stopped
+    /// moving): <see cref="MigrationAbandonedException"/>.
     /// </summary>
     internal static MigrationStatistics Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
-        CancellationToken cancellationToken, Action<string?>? paused = null, Func<MigrationStatus?, string?>? abandon = null)
+        CancellationToken cancellationToken, Action<string?>? paused = null, Func<MigrationInfo?, string?>? abandon = null)
     {
         bool pausedTold = false;
         // The answer is awaited without the caller's token: a Ctrl+C cancels the migration, and its statistics still come.
@@ -112,7 +113,7 @@ internal static class MigrateClient
                     if (isPaused && !pausedTold) paused?.Invoke(m.Error);
                     pausedTold = isPaused;
                 }
-                if (!migration.IsCompleted && abandon?.Invoke(info.Migration?.Status) is { } why)
+                if (!migration.IsCompleted && abandon?.Invoke(info.Migration) is { } why)
                     throw new MigrationAbandonedException(why);
             }
             catch (Exception e) when (e is VmApiException or ApiSocketException)
