@@ -165,9 +165,9 @@ public static class Demo
         int sourceExit = -1;
         if (statistics.Status == MigrationStatus.Completed)
         {
-            guest = Observe(source, destination, migrationStart, out sourceExit);
-            if (sourceExit == -1 && !source.HasExited)
-                console.Error.WriteLine($"ferry demo: the source VM process ({source.Id}) has not exited 30 s after the migration; its threads: {source.ThreadStates()}");
+            guest = Observe(source, destination, migrationStart, out sourceExit, out string? lingering);
+            if (lingering is not null)
+                console.Error.WriteLine($"ferry demo: the source VM process ({source.Id}) has not exited 30 s after the migration; its threads then: {lingering}");
             // The demo is over: power the guest off through the destination's API.
             try
             {
@@ -203,10 +203,12 @@ public static class Demo
     }
 
     /// <summary>Watch the guest on the destination for a while, then ask for its self-check; and see the source go.</summary>
-    private static GuestReport Observe(VmProcess source, VmProcess destination, long migrationStart, out int sourceExit)
+    private static GuestReport Observe(VmProcess source, VmProcess destination, long migrationStart, out int sourceExit, out string? lingering)
     {
-        // The source exits 0 once the destination runs the VM.
+        // The source exits 0 once the destination runs the VM. If it has not, what its threads do, at once: it may yet
+        // go before the report is written.
         sourceExit = source.WaitForExit(TimeSpan.FromSeconds(30)) ? source.ExitCode : -1;
+        lingering = sourceExit == -1 && !source.HasExited ? source.ThreadStates() : null;
         var first = destination.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal), StepTimeout);
         Thread.Sleep(Settle);
         int at = destination.LineCount;
