@@ -125,11 +125,11 @@ public static class LatencyPriority
     {
         lock (ProcessGate)
         {
-            // Once: the first call's promoter moves every idle thread of the process, those lowered again since included.
+            // Once: the first call's promoter looks at every thread of the process for as long as it lives.
             if (processLowered) return 0;
             processLowered = true;
         }
-        return LowerThreads(OwnThreads);
+        return LowerThreads(OwnThreads, CancellationToken.None);
     }
 
     private static readonly Lock ProcessGate = new();
@@ -137,7 +137,8 @@ public static class LatencyPriority
 
     /// <summary>
     /// Put the threads <paramref name="threads"/> names in SCHED_IDLE, and after <see cref="IdleGrace"/> move those it
-    /// names then that are still idle to the background. Returns how many took it.
+    /// names then that are still idle to the background; then look again every <see cref="IdleGrace"/> until
+    /// <paramref name="stop"/>. Returns how many took it.
     /// </summary>
     /// <remarks>
     /// Both are done by a thread of its own, which <paramref name="threads"/> is called on and which never lowers itself:
@@ -145,8 +146,10 @@ public static class LatencyPriority
     /// its pool's workers are the process's threads too): with the destination guest busy on both CPUs of the demo's
     /// host, nothing of the lowered source ran, its promotion included, and it had not exited 30 s after its answer
     /// (`./ferry demo --mode postcopy --dirty-rate 1000000`, 1 run in 8; its <c>.NET Timer</c> thread seen idle).
+    /// Not once but for good: a thread that saved its policy while idle (a <see cref="Raise"/> or <see cref="Lower"/>
+    /// begun before the first promotion) gives SCHED_IDLE back to itself when it ends after it, and would stay there.
     /// </remarks>
-    internal static int LowerThreads(Func<IEnumerable<int>> threads)
+    internal static int LowerThreads(Func<IEnumerable<int>> threads, CancellationToken stop)
     {
         int lowered = -1;
         using var done = new ManualResetEventSlim();
@@ -167,15 +170,17 @@ public static class LatencyPriority
                 done.Set();
             }
             if (n == 0) return;
-            Thread.Sleep(IdleGrace);
-            foreach (int tid in threads())
+            while (!stop.WaitHandle.WaitOne(IdleGrace))
             {
-                if (tid != self && Libc.ThreadPolicy(tid) == Libc.SchedIdle) Libc.SetThreadBackground(tid);
+                foreach (int tid in threads())
+                {
+                    if (tid != self && Libc.ThreadPolicy(tid) == Libc.SchedIdle) Libc.SetThreadBackground(tid);
+                }
             }
         })
         { IsBackground = true, Name = "ferry-promote" };
         promoter.Start();
-        done.Wait();
+        done.Wait(CancellationToken.None);
         return lowered;
     }
 

@@ -167,6 +167,7 @@ public class SchedulingTests
         var tids = new int[Count];
         using var started = new CountdownEvent(Count);
         using var release = new ManualResetEventSlim();
+        using var watching = new CancellationTokenSource();
         var threads = Enumerable.Range(0, Count).Select(i => new Thread(() =>
         {
             tids[i] = Libc.CurrentThreadId();
@@ -184,7 +185,7 @@ public class SchedulingTests
             {
                 reader = Libc.CurrentThreadId();
                 return tids.Append(reader);
-            }));
+            }, watching.Token));
             Assert.All(tids, tid => Assert.Equal(Libc.SchedIdle, Libc.ThreadPolicy(tid)));
             Assert.NotEqual(Libc.CurrentThreadId(), reader);
             if (!Privileged) return; // leaving SCHED_IDLE takes privilege: they stay idle
@@ -194,9 +195,49 @@ public class SchedulingTests
         }
         finally
         {
+            watching.Cancel();
             release.Set();
             foreach (var t in threads) t.Join();
         }
+    }
+
+    [Fact]
+    public void AThreadIdleAgainAfterThePromotionIsPromotedAtTheNextLook()
+    {
+        if (!Privileged) Assert.Skip("leaving SCHED_IDLE takes privilege");
+        using var started = new ManualResetEventSlim();
+        using var release = new ManualResetEventSlim();
+        using var watching = new CancellationTokenSource();
+        int tid = 0;
+        var thread = new Thread(() =>
+        {
+            tid = Libc.CurrentThreadId();
+            started.Set();
+            release.Wait();
+        });
+        thread.Start();
+        started.Wait(TestContext.Current.CancellationToken);
+        try
+        {
+            Assert.Equal(1, LatencyPriority.LowerThreads(() => [tid], watching.Token));
+            Assert.True(WaitForPolicy(tid, 3), "promoted to SCHED_BATCH after the grace");
+            // What a Raise begun while the thread was idle and ended after the promotion gives back.
+            Assert.True(Libc.SetThreadIdle(tid));
+            Assert.True(WaitForPolicy(tid, 3), "promoted again: the promoter keeps looking");
+        }
+        finally
+        {
+            watching.Cancel();
+            release.Set();
+            thread.Join();
+        }
+    }
+
+    private static bool WaitForPolicy(int tid, int policy)
+    {
+        var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
+        while (Libc.ThreadPolicy(tid) != policy && DateTime.UtcNow < until) Thread.Sleep(20);
+        return Libc.ThreadPolicy(tid) == policy;
     }
 
     [Fact]
