@@ -59,14 +59,24 @@ public static class TraceLog
 
     // A collection stops every managed thread, a VM's harts included: mark each one seen, with the pause it added, so
     // that a stall in a trace can be told from one. Polled every millisecond (a pause shorter than the poll still shows
-    // in the total).
+    // in the total). The runtime's JIT too (first calls, and the background re-compilation of hot methods): what it
+    // compiled in each millisecond and the time that took, a CPU the guest's harts did not have.
     private static void WatchCollections()
     {
         int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
         var paused = GC.GetTotalPauseDuration();
+        long jitted = System.Runtime.JitInfo.GetCompiledMethodCount();
+        var jitTime = System.Runtime.JitInfo.GetCompilationTime();
         while (Enabled)
         {
             Thread.Sleep(1);
+            long j = System.Runtime.JitInfo.GetCompiledMethodCount();
+            if (j != jitted)
+            {
+                var t = System.Runtime.JitInfo.GetCompilationTime();
+                Mark($"jit: {j - jitted} methods, {(t - jitTime).TotalMilliseconds:F2} ms");
+                (jitted, jitTime) = (j, t);
+            }
             int g0 = GC.CollectionCount(0), g1 = GC.CollectionCount(1), g2 = GC.CollectionCount(2);
             if (g0 == gen0 && g1 == gen1 && g2 == gen2) continue;
             var total = GC.GetTotalPauseDuration();

@@ -119,7 +119,11 @@ internal sealed class PostcopyPages
                         return true;
                     }
                     if (lost is { } reason) throw new VmLostException(reason);
-                    if (w.Interrupted?.Invoke() == true) return false;
+                    if (w.Interrupted?.Invoke() == true)
+                    {
+                        if (blocked && TraceLog.Enabled) TraceLog.Mark($"hart: interrupted on page {page}");
+                        return false;
+                    }
                     if (!blocked)
                     {
                         // Raised before the request: two threads faulting at once contend for the control channel's
@@ -141,7 +145,10 @@ internal sealed class PostcopyPages
         }
         finally
         {
+            // Traced: how long leaving real-time took, a CPU the woken thread had to wait for again.
+            long lowering = TraceLog.Enabled && blocked ? Stopwatch.GetTimestamp() : 0;
             raised.Dispose();
+            if (lowering != 0) TraceLog.Mark($"hart: lowered after page {page} in {Stopwatch.GetElapsedTime(lowering).TotalMicroseconds:F0} us");
             if (blocked) w.Unblocked?.Invoke();
             Interlocked.Add(ref blockedTicks, Stopwatch.GetTimestamp() - start);
         }
