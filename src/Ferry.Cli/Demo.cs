@@ -207,8 +207,12 @@ public static class Demo
     {
         // The source exits 0 once the destination runs the VM. If it has not, what its threads do, at once: it may yet
         // go before the report is written.
+        long waitStart = Stopwatch.GetTimestamp();
         sourceExit = source.WaitForExit(TimeSpan.FromSeconds(30)) ? source.ExitCode : -1;
-        lingering = sourceExit == -1 && !source.HasExited ? source.ThreadStates() : null;
+        lingering = sourceExit != -1 ? null
+            : source.HasExited ? string.Create(CultureInfo.InvariantCulture,
+                $"none: it exited (code {source.ExitCode}) as the wait for it gave up after {Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds:F0} ms")
+            : source.ThreadStates();
         var first = destination.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal), StepTimeout);
         Thread.Sleep(Settle);
         int at = destination.LineCount;
