@@ -26,7 +26,7 @@ namespace Ferry.Vm;
 /// (<c>SEEK_DATA</c>), blocks the guest writes are logged by the device and sent again like dirty RAM. The destination
 /// must allow RAM plus the image in <c>IncomingOptions.MaxMemoryBytes</c>.</para>
 /// </remarks>
-public sealed class VirtMachineSource : IMigrationSource, IAccessTrackingSource
+public sealed class VirtMachineSource : IMigrationSource, IAccessTrackingSource, IShapedMigrationSource
 {
     /// <summary>Where a copied disk sits in the migration's layout: 2^56, above any RISC-V physical address.</summary>
     public const ulong DiskRegionAddress = 1UL << 56;
@@ -192,6 +192,10 @@ public sealed class VirtMachineSource : IMigrationSource, IAccessTrackingSource
         machine.Resume();
         running = true;
     }
+
+    /// <inheritdoc/>
+    /// <remarks>The board's hart count (<see cref="VirtMachineTarget.ShapeSectionName"/>); memory and the disk come with the layout.</remarks>
+    public StateSection GetShape() => VirtMachineTarget.Shape(machine.HartCount);
 
     /// <inheritdoc/>
     public IReadOnlyList<StateSection> SaveState()

@@ -1,3 +1,4 @@
+using System.Buffers.Binary;
 using Ferry.Machine;
 using Ferry.Machine.Board;
 using Ferry.Machine.Virtio;
@@ -20,7 +21,7 @@ namespace Ferry.Vm;
 /// migration before <c>ready</c>, where the source resumes, rather than after <c>commit</c>, where neither side
 /// could run the guest any more.
 /// </remarks>
-public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
+public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShapedMigrationTarget
 {
     /// <summary>How long <see cref="LoadState"/> waits for the disk's lock (a source on another host may take a
     /// moment to let go of a lock on shared storage).</summary>
@@ -81,6 +82,39 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
     /// (a tap that cannot be opened) is an <see cref="InvalidDataException"/> too. Last, the disk's lock is taken
     /// (after a copy, once the image is durable); <see cref="IOException"/> if it stays busy for
     /// <see cref="DiskLockWait"/> or the copy cannot be flushed.</remarks>
+    /// <summary>The shape section's name (version 1: the hart count, u32 little-endian).</summary>
+    public const string ShapeSectionName = "virt-shape";
+
+    /// <summary>The shape section of a board with <paramref name="harts"/> harts.</summary>
+    public static StateSection Shape(int harts)
+    {
+        var data = new byte[4];
+        BinaryPrimitives.WriteUInt32LittleEndian(data, (uint)harts);
+        return new StateSection(ShapeSectionName, 1, data);
+    }
+
+    /// <summary>True when <see cref="LoadState"/> had to build the board again (in the downtime): its shape differed from the one built ahead.</summary>
+    public bool RebuiltAtLoad { get; private set; }
+
+    /// <inheritdoc/>
+    /// <remarks>Rebuilds the board built ahead with the factory's guess when the source has another hart count: the
+    /// cost (~8 ms of building, the hart threads started) is paid now, not in <see cref="LoadState"/>.</remarks>
+    public void Reshape(StateSection shape)
+    {
+        ArgumentNullException.ThrowIfNull(shape);
+        ObjectDisposedException.ThrowIf(disposed, this);
+        if (started || loaded) throw new InvalidOperationException("the machine's state is already in");
+        if (shape.Name != ShapeSectionName) throw new InvalidDataException($"a '{shape.Name}' section, not this board's '{ShapeSectionName}'");
+        if (shape.Version != 1) throw new InvalidDataException($"{ShapeSectionName} version {shape.Version}, this build reads 1");
+        if (shape.Data.Length != 4) throw new InvalidDataException($"{ShapeSectionName} is {shape.Data.Length} bytes, not 4");
+        uint harts = BinaryPrimitives.ReadUInt32LittleEndian(shape.Data.Span);
+        if (harts < 1 || harts > VirtMachine.MaxHarts) throw new InvalidDataException($"{ShapeSectionName}: {harts} harts, this build runs 1 to {VirtMachine.MaxHarts}");
+        if (machine is not null && machine.HartCount == (int)harts) return;
+        if (machine is not null) ram = machine.DisposeKeepingRam();
+        machine = null;
+        BuildAhead((int)harts);
+    }
+
     public void LoadState(IReadOnlyList<StateSection> sections)
     {
         ArgumentNullException.ThrowIfNull(sections);
@@ -95,9 +129,11 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget
         int harts = VirtMachine.HartsOfSource(converted);
         if (machine is not null && machine.HartCount != harts)
         {
-            // The board built ahead guessed another shape: rebuild around the same RAM (inside the downtime, rarely).
+            // The board built ahead guessed another shape (a source without the Shape section): rebuild around the
+            // same RAM, inside the downtime.
             ram = machine.DisposeKeepingRam();
             machine = null;
+            RebuiltAtLoad = true;
         }
         if (machine is null)
         {

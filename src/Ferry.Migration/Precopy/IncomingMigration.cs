@@ -220,6 +220,7 @@ public sealed class IncomingMigration
             _landedSync = (decision.Capabilities & ProtocolCapabilities.LandedSync) != 0;
             _control.WriteWelcome(decision.Capabilities);
             _keepalivesOn = true;
+            if ((decision.Capabilities & ProtocolCapabilities.Shape) != 0) ReadShape(reader, target);
 
             // Receiving: page channels on their own threads, control here.
             receivers = new Receiver[_connection.Pages.Count];
@@ -833,6 +834,27 @@ public sealed class IncomingMigration
             }
             if (m is CancelMessage or ErrorMessage) throw ProtocolReader.Unexpected(m, expected);
             return m;
+        }
+    }
+
+    /// <summary>
+    /// The source's shape (capability Shape): the first record after Welcome, one StateSection within this receiver's
+    /// bounds, handed to a target that builds ahead in it (<see cref="IShapedMigrationTarget"/>), before any page is read.
+    /// </summary>
+    private void ReadShape(ProtocolReader reader, IMigrationTarget target)
+    {
+        if (Next(reader, "the source's shape") is not StateSectionMessage { Section: var shape })
+            throw new MigrationProtocolException("the source's shape (a StateSection) was due first after Welcome");
+        if (shape.Name.Length + shape.Data.Length > _options.MaxStateBytes)
+            throw new MigrationProtocolException($"the source's shape '{shape.Name}' exceeds this receiver's limit of {_options.MaxStateBytes} state bytes");
+        if (target is not IShapedMigrationTarget shaped) return;
+        try
+        {
+            shaped.Reshape(shape);
+        }
+        catch (InvalidDataException e)
+        {
+            throw new MigrationProtocolException($"the source's shape: {e.Message}", e);
         }
     }
 

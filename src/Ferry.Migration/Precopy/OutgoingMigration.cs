@@ -283,8 +283,11 @@ public sealed class OutgoingMigration
         // Page hashes for pre-copy's verification only: a migration that may end in post-copy digests its own way.
         var verifyCaps = !_options.Verify ? ProtocolCapabilities.None
             : ProtocolCapabilities.Verify | (postcopy ? ProtocolCapabilities.None : ProtocolCapabilities.VerifyPageHashes);
+        // The guest's shape, for a destination that builds ahead (see IShapedMigrationSource): offered when there is one.
+        StateSection? shape = (_guest as IShapedMigrationSource)?.GetShape();
         var caps = ProtocolCapabilities.LandedSync | verifyCaps | (postcopy ? PostcopyCaps : ProtocolCapabilities.None)
-            | (_options.Mode == MigrationMode.Postcopy ? ProtocolCapabilities.PopulatedMap : ProtocolCapabilities.None);
+            | (_options.Mode == MigrationMode.Postcopy ? ProtocolCapabilities.PopulatedMap : ProtocolCapabilities.None)
+            | (shape is null ? ProtocolCapabilities.None : ProtocolCapabilities.Shape);
         long helloSent = _time.GetTimestamp();
         _control.WriteHello(Hello(caps));
         var welcome = reader.Expect<WelcomeMessage>();
@@ -303,6 +306,8 @@ public sealed class OutgoingMigration
         _landedSync = (welcome.Capabilities & ProtocolCapabilities.LandedSync) != 0;
         _populatedMap = (welcome.Capabilities & ProtocolCapabilities.PopulatedMap) != 0;
         if ((welcome.Capabilities & ProtocolCapabilities.VerifyPageHashes) != 0) _sentHashes = new Postcopy.PageHashDigest(_guest.Regions);
+        // First after Welcome, before any Keepalive: the destination reads it before anything else.
+        if ((welcome.Capabilities & ProtocolCapabilities.Shape) != 0) _control.WriteStateSection(shape!);
         _keepalivesOn = true;
 
         _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };

@@ -37,6 +37,8 @@ namespace Ferry.Migration.Protocol;
 /// <code>
 ///   AwaitHello --Hello ok--> Welcome sent: Receiving --Complete--> Draining (wait for Flush{seq} on all page channels)
 ///   AwaitHello --bad/unsupported--> Refuse sent, closed
+///   (Shape negotiated: the first record after Welcome must be one StateSection, the guest's shape, handed to the
+///   target before the page channels are read; anything else there, or a shape the target cannot take, fails it)
 ///   Receiving: StateSection* accumulated (at most 4 MiB each, and a receiver's total bound), Keepalive echoed,
 ///              MissingPages accumulated when post-copy was negotiated, any other record answered with Error
 ///   Draining (at most PeerTimeout) --state loaded--> Ready sent: AwaitCommit (at most PeerTimeout) --Commit--> start
@@ -237,7 +239,7 @@ public static class MigrationProtocol
 
     /// <summary>Capabilities a v1 receiver can honour.</summary>
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
-        | ProtocolCapabilities.VerifyPageHashes | ProtocolCapabilities.PopulatedMap
+        | ProtocolCapabilities.VerifyPageHashes | ProtocolCapabilities.PopulatedMap | ProtocolCapabilities.Shape
         | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume;
 
     /// <summary>
@@ -461,6 +463,13 @@ public enum ProtocolCapabilities : ulong
     /// which need no memory. A receiver without it faults all of memory in, as before.
     /// </summary>
     PopulatedMap = 1UL << 3,
+    /// <summary>
+    /// Optional: right after the handshake the source sends one StateSection, its guest's shape
+    /// (<see cref="Guest.IShapedMigrationSource"/>), before anything else on the control channel; the destination hands
+    /// it to its target, which builds itself in that shape ahead of the switchover. Offered by a source whose guest has
+    /// a shape to send.
+    /// </summary>
+    Shape = 1UL << 4,
     /// <summary>Required: post-copy (the destination runs first and faults missing pages in; see "Post-copy").</summary>
     Postcopy = 1UL << 32,
     /// <summary>Required: the transport's urgent channel carries faulted pages so they never queue behind bulk pages.</summary>

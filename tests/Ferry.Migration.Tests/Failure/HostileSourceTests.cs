@@ -68,13 +68,14 @@ public class HostileSourceTests
     };
 
     /// <summary>Connect one page channel and complete the handshake for a 1 MiB guest.</summary>
-    private static (MigrationConnection Connection, ProtocolWriter Writer, ProtocolReader Reader) Handshake(InMemoryTransport transport, IReadOnlyList<(ulong, ulong)>? layout = null)
+    private static (MigrationConnection Connection, ProtocolWriter Writer, ProtocolReader Reader) Handshake(InMemoryTransport transport,
+        IReadOnlyList<(ulong, ulong)>? layout = null, ProtocolCapabilities capabilities = ProtocolCapabilities.None)
     {
         var c = transport.Connector.Connect(1, CancellationToken.None);
         var writer = new ProtocolWriter(c.Control);
         var reader = new ProtocolReader(c.Control);
         writer.WriteHello(new HelloMessage(MigrationProtocol.CurrentVersion, Guid.NewGuid(), MigrationProtocol.PageSize, 1,
-            ProtocolCapabilities.None, layout ?? Layout, ReadOnlyMemory<byte>.Empty));
+            capabilities, layout ?? Layout, ReadOnlyMemory<byte>.Empty));
         reader.Expect<WelcomeMessage>();
         return (c, writer, reader);
     }
@@ -281,6 +282,44 @@ public class HostileSourceTests
             for (int i = 0; i < 300; i++) writer.Write(new PopulatedPagesMessage(0, [(1, 1)], Last: false));
         });
         Assert.Contains("more runs than the guest's 256 pages", e.Message);
+    }
+
+    /// <summary>A source that negotiated Shape and sends <paramref name="first"/> where its shape is due; the failure.</summary>
+    private static MigrationException FailsOnTheShape(Action<ProtocolWriter> first, long maxStateBytes = 16L << 20)
+    {
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options(maxStateBytes));
+        var (c, writer, _) = Handshake(transport, capabilities: ProtocolCapabilities.Shape);
+        using (c)
+        {
+            try
+            {
+                first(writer);
+            }
+            catch (MigrationTransportException)
+            {
+                // The destination gave up and closed before the source was done.
+            }
+            return destination.AssertFailedAndDiscarded();
+        }
+    }
+
+    [Fact]
+    public void AnythingButAStateSectionWhereTheShapeIsDueFailsTheMigration()
+    {
+        var e = FailsOnTheShape(writer =>
+        {
+            writer.WriteKeepalive(1); // echoed and read past
+            writer.WriteComplete(0, CompleteFlags.None);
+        });
+        Assert.Contains("the source's shape (a StateSection) was due first after Welcome", e.Message);
+    }
+
+    [Fact]
+    public void AShapeOverTheReceiversStateLimitFailsTheMigration()
+    {
+        var e = FailsOnTheShape(writer => writer.WriteStateSection(new StateSection("huge-shape", 1, new byte[4096])), maxStateBytes: 1024);
+        Assert.Contains("the source's shape 'huge-shape' exceeds this receiver's limit of 1024 state bytes", e.Message);
     }
 
     [Fact]

@@ -55,7 +55,7 @@ internal class DelegatingSource(InProcessGuest inner) : IMigrationSource
     public IReadOnlyList<StateSection> SaveState() => inner.SaveState();
 }
 
-internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget
+internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget, IShapedMigrationTarget
 {
     private int _started;
     private int _disposed;
@@ -73,6 +73,9 @@ internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigr
         if (rejectState) throw new InvalidDataException("test: state rejected by the destination");
         inner.LoadState(sections);
     }
+
+    /// <summary>Forwarded to a target that takes a shape; for any other, what the engine does: nothing.</summary>
+    public void Reshape(StateSection shape) => (inner as IShapedMigrationTarget)?.Reshape(shape);
 
     public void Start()
     {
