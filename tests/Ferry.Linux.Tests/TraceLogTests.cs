@@ -67,7 +67,40 @@ public class TraceLogTests
         }
     }
 
-    // The marks of the test's own thread (a collection the runtime chose to run may add a "gc:" mark of another thread).
+    [Fact]
+    public void CompilationsAreMarkedWithTheirMethodsAndTime()
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"ferry-trace-{Guid.NewGuid():N}.txt");
+        try
+        {
+            TraceLog.Enable(file);
+            Thread.Sleep(20); // the watcher has read the counts before this compilation
+            Assert.Equal(42, FirstCalledHere(new Probe(41)));
+            string[] marks = [];
+            for (int i = 0; i < 200 && marks.Length == 0; i++)
+            {
+                Thread.Sleep(5);
+                TraceLog.Flush();
+                marks = File.Exists(file) ? File.ReadAllLines(file).Select(l => l.Split(' ', 4)[3]).Where(l => l.StartsWith("jit: ", StringComparison.Ordinal)).ToArray() : [];
+            }
+            Assert.NotEmpty(marks);
+            Assert.All(marks, m => Assert.Matches(@"^jit: [1-9]\d* methods, \d+\.\d\d ms$", m));
+        }
+        finally
+        {
+            TraceLog.Disable();
+            File.Delete(file);
+        }
+    }
+
+    // A generic method over a value type of this test's own: compiled on its first call, which is here.
+    private readonly record struct Probe(int Value);
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static int FirstCalledHere<T>(T probe) where T : struct => probe is Probe p ? p.Value + 1 : 0;
+
+    // The marks of the test's own thread (the watcher may add "gc:" and "jit:" marks of its own, for what the runtime
+    // did meanwhile).
     private static string[] Marks(string file) =>
-        File.ReadAllLines(file).Where(l => !l.Split(' ', 4)[3].StartsWith("gc: ", StringComparison.Ordinal)).ToArray();
+        File.ReadAllLines(file).Where(l => l.Split(' ', 4)[3] is var m && !m.StartsWith("gc: ", StringComparison.Ordinal) && !m.StartsWith("jit: ", StringComparison.Ordinal)).ToArray();
 }
