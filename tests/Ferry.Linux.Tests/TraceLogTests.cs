@@ -49,13 +49,7 @@ public class TraceLogTests
             // The runtime may collect on its own meanwhile (tests run in parallel): the forced one is the mark that
             // counts a gen2 collection; every mark has the same form.
             static bool Forced(string mark) => System.Text.RegularExpressions.Regex.IsMatch(mark, @" [1-9]\d* gen2, ");
-            string[] marks = [];
-            for (int i = 0; i < 200 && !marks.Any(Forced); i++)
-            {
-                Thread.Sleep(5);
-                TraceLog.Flush();
-                marks = File.Exists(file) ? File.ReadAllLines(file).Select(l => l.Split(' ', 4)[3]).Where(l => l.StartsWith("gc: ", StringComparison.Ordinal)).ToArray() : [];
-            }
+            string[] marks = AwaitMarks(file, "gc: ", m => m.Any(Forced));
             Assert.NotEmpty(marks);
             Assert.All(marks, m => Assert.Matches(@"^gc: \d+ gen0, \d+ gen1, \d+ gen2, paused \d+\.\d\d ms$", m));
             Assert.Contains(marks, Forced);
@@ -76,13 +70,7 @@ public class TraceLogTests
             TraceLog.Enable(file);
             Thread.Sleep(20); // the watcher has read the counts before this compilation
             Assert.Equal(42, FirstCalledHere(new Probe(41)));
-            string[] marks = [];
-            for (int i = 0; i < 200 && marks.Length == 0; i++)
-            {
-                Thread.Sleep(5);
-                TraceLog.Flush();
-                marks = File.Exists(file) ? File.ReadAllLines(file).Select(l => l.Split(' ', 4)[3]).Where(l => l.StartsWith("jit: ", StringComparison.Ordinal)).ToArray() : [];
-            }
+            string[] marks = AwaitMarks(file, "jit: ", m => m.Length > 0);
             Assert.NotEmpty(marks);
             Assert.All(marks, m => Assert.Matches(@"^jit: [1-9]\d* methods, \d+\.\d\d ms$", m));
         }
@@ -91,6 +79,19 @@ public class TraceLogTests
             TraceLog.Disable();
             File.Delete(file);
         }
+    }
+
+    /// <summary>The watcher's marks starting with <paramref name="prefix"/>, flushed until <paramref name="enough"/> (at most ~1 s).</summary>
+    private static string[] AwaitMarks(string file, string prefix, Func<string[], bool> enough)
+    {
+        string[] marks = [];
+        for (int i = 0; i < 200 && !enough(marks); i++)
+        {
+            Thread.Sleep(5);
+            TraceLog.Flush();
+            marks = File.Exists(file) ? File.ReadAllLines(file).Select(l => l.Split(' ', 4)[3]).Where(l => l.StartsWith(prefix, StringComparison.Ordinal)).ToArray() : [];
+        }
+        return marks;
     }
 
     // A generic method over a value type of this test's own: compiled on its first call, which is here.

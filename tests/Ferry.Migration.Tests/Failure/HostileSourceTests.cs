@@ -242,16 +242,24 @@ public class HostileSourceTests
     }
 
     /// <summary>A pure post-copy source that sends <paramref name="map"/> where its populated map is due; the failure.</summary>
-    private static MigrationException FailsOnThePopulatedMap(Action<ProtocolWriter> map)
+    private static MigrationException FailsOnThePopulatedMap(Action<ProtocolWriter> map) =>
+        FailsAfterHandshake(t => PostcopyHandshake(t, ProtocolCapabilities.PopulatedMap), map);
+
+    /// <summary>
+    /// A source that completes <paramref name="handshake"/> and then sends <paramref name="records"/>; the destination's
+    /// failure, once it discarded the half-built guest.
+    /// </summary>
+    private static MigrationException FailsAfterHandshake(Func<InMemoryTransport, (MigrationConnection, ProtocolWriter)> handshake,
+        Action<ProtocolWriter> records, long maxStateBytes = 16L << 20)
     {
         using var transport = new InMemoryTransport();
-        var destination = new Destination(transport.Listener, Options());
-        var (c, writer) = PostcopyHandshake(transport, ProtocolCapabilities.PopulatedMap);
+        var destination = new Destination(transport.Listener, Options(maxStateBytes));
+        var (c, writer) = handshake(transport);
         using (c)
         {
             try
             {
-                map(writer);
+                records(writer);
             }
             catch (MigrationTransportException)
             {
@@ -285,24 +293,12 @@ public class HostileSourceTests
     }
 
     /// <summary>A source that negotiated Shape and sends <paramref name="first"/> where its shape is due; the failure.</summary>
-    private static MigrationException FailsOnTheShape(Action<ProtocolWriter> first, long maxStateBytes = 16L << 20)
-    {
-        using var transport = new InMemoryTransport();
-        var destination = new Destination(transport.Listener, Options(maxStateBytes));
-        var (c, writer, _) = Handshake(transport, capabilities: ProtocolCapabilities.Shape);
-        using (c)
+    private static MigrationException FailsOnTheShape(Action<ProtocolWriter> first, long maxStateBytes = 16L << 20) =>
+        FailsAfterHandshake(t =>
         {
-            try
-            {
-                first(writer);
-            }
-            catch (MigrationTransportException)
-            {
-                // The destination gave up and closed before the source was done.
-            }
-            return destination.AssertFailedAndDiscarded();
-        }
-    }
+            var (c, writer, _) = Handshake(t, capabilities: ProtocolCapabilities.Shape);
+            return (c, writer);
+        }, first, maxStateBytes);
 
     [Fact]
     public void AnythingButAStateSectionWhereTheShapeIsDueFailsTheMigration()
