@@ -40,10 +40,8 @@ public class TraceLogTests
     [Fact]
     public void ACollectionIsMarkedWithItsGenerationsAndPause()
     {
-        string file = Path.Combine(Path.GetTempPath(), $"ferry-trace-{Guid.NewGuid():N}.txt");
-        try
+        WithTrace(file =>
         {
-            TraceLog.Enable(file);
             Thread.Sleep(20); // the watcher has read the counts before this collection
             GC.Collect(2, GCCollectionMode.Forced, blocking: true);
             // The runtime may collect on its own meanwhile (tests run in parallel): the forced one is the mark that
@@ -53,26 +51,30 @@ public class TraceLogTests
             Assert.NotEmpty(marks);
             Assert.All(marks, m => Assert.Matches(@"^gc: \d+ gen0, \d+ gen1, \d+ gen2, paused \d+\.\d\d ms$", m));
             Assert.Contains(marks, Forced);
-        }
-        finally
-        {
-            TraceLog.Disable();
-            File.Delete(file);
-        }
+        });
     }
 
     [Fact]
     public void CompilationsAreMarkedWithTheirMethodsAndTime()
     {
-        string file = Path.Combine(Path.GetTempPath(), $"ferry-trace-{Guid.NewGuid():N}.txt");
-        try
+        WithTrace(file =>
         {
-            TraceLog.Enable(file);
             Thread.Sleep(20); // the watcher has read the counts before this compilation
             Assert.Equal(42, FirstCalledHere(new Probe(41)));
             string[] marks = AwaitMarks(file, "jit: ", m => m.Length > 0);
             Assert.NotEmpty(marks);
             Assert.All(marks, m => Assert.Matches(@"^jit: [1-9]\d* methods, \d+\.\d\d ms$", m));
+        });
+    }
+
+    /// <summary>Run <paramref name="body"/> with marks recorded to a file of its own, then stop recording and delete it.</summary>
+    private static void WithTrace(Action<string> body)
+    {
+        string file = Path.Combine(Path.GetTempPath(), $"ferry-trace-{Guid.NewGuid():N}.txt");
+        try
+        {
+            TraceLog.Enable(file);
+            body(file);
         }
         finally
         {
