@@ -185,6 +185,25 @@ public class HartSignalTests
     }
 
     [Fact]
+    public void ALoopWithAnAtomicInItEndsItsBlockAtTheBudget()
+    {
+        // auipc x2, 0x100; li x3, 1; lui x4, 25 (102,400 turns); loop: amoadd.w x0, x3, (x2); addi x4, x4, -1;
+        // bnez x4, loop; self: j self. The atomic runs out of line: the block's count of instructions must go on across
+        // it (the guest's dirtier loops like this, and its block once ran 300,000 instructions without a look at the
+        // timer or a pause).
+        using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 16UL << 20, Harts = 1, Rng = false });
+        uint[] program = [0x00100117, 0x00100193, 0x00019237, 0x0031202f, 0xfff20213, 0xfe021ce3, 0x0000006f];
+        var code = new byte[program.Length * 4];
+        for (int i = 0; i < program.Length; i++) BinaryPrimitives.WriteUInt32LittleEndian(code.AsSpan(i * 4), program[i]);
+        machine.Ram.Write(VirtMachine.RamBase, code);
+        Hart hart = machine.GetHart(0);
+        hart.Reset(VirtMachine.RamBase);
+        hart.StepBlock();
+        Assert.InRange(hart.Instret, 4096UL, 4100UL);
+        Assert.InRange(hart.Pc, VirtMachine.RamBase + 12, VirtMachine.RamBase + 20); // still in the loop
+    }
+
+    [Fact]
     public void ARequestPendingEndsTheBlockAtTheNextSlowPath()
     {
         using var machine = new VirtMachine(new MachineOptions { MemoryBytes = 16UL << 20, Harts = 1, Rng = false });
