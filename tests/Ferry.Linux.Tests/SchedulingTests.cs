@@ -233,6 +233,40 @@ public class SchedulingTests
         }
     }
 
+    [Fact]
+    public void AtExitEveryIdleThreadMovesToTheBackgroundAndNoOtherIsTouched()
+    {
+        // What a lowered process does as it exits: an idle thread must not be the one that ends it (its parent's reap
+        // waits for it in the kernel).
+        if (!Privileged) Assert.Skip("leaving SCHED_IDLE takes privilege");
+        var tids = new int[3];
+        using var started = new CountdownEvent(tids.Length);
+        using var release = new ManualResetEventSlim();
+        var threads = Enumerable.Range(0, tids.Length).Select(i => new Thread(() =>
+        {
+            tids[i] = Libc.CurrentThreadId();
+            started.Signal();
+            release.Wait();
+        })).ToArray();
+        foreach (var t in threads) t.Start();
+        started.Wait(TestContext.Current.CancellationToken);
+        try
+        {
+            Assert.True(Libc.SetThreadIdle(tids[0]));
+            Assert.True(Libc.SetThreadIdle(tids[1]));
+            Assert.Equal(2, LatencyPriority.PromoteIdle(tids));
+            Assert.Equal(3, Libc.ThreadPolicy(tids[0])); // SCHED_BATCH
+            Assert.Equal(3, Libc.ThreadPolicy(tids[1]));
+            Assert.Equal(0, Libc.ThreadPolicy(tids[2])); // SCHED_OTHER, as it was
+            Assert.Equal(0, LatencyPriority.PromoteIdle(tids));
+        }
+        finally
+        {
+            release.Set();
+            foreach (var t in threads) t.Join();
+        }
+    }
+
     private static bool WaitForPolicy(int tid, int policy)
     {
         var until = DateTime.UtcNow + LatencyPriority.IdleGrace + TimeSpan.FromSeconds(10);
