@@ -164,18 +164,9 @@ public class SchedulingTests
     {
         // LowerProcess's path on threads of the test's own (the whole test process would be lowered otherwise).
         const int Count = 3;
-        var tids = new int[Count];
-        using var started = new CountdownEvent(Count);
-        using var release = new ManualResetEventSlim();
+        using var parked = new ParkedThreads(Count);
+        int[] tids = parked.Tids;
         using var watching = new CancellationTokenSource();
-        var threads = Enumerable.Range(0, Count).Select(i => new Thread(() =>
-        {
-            tids[i] = Libc.CurrentThreadId();
-            started.Signal();
-            release.Wait();
-        })).ToArray();
-        foreach (var t in threads) t.Start();
-        started.Wait(TestContext.Current.CancellationToken);
         try
         {
             // The list names the thread that reads it, too: for the whole process it would, and the thread that
@@ -196,8 +187,6 @@ public class SchedulingTests
         finally
         {
             watching.Cancel();
-            release.Set();
-            foreach (var t in threads) t.Join();
         }
     }
 
@@ -239,31 +228,44 @@ public class SchedulingTests
         // What a lowered process does as it exits: an idle thread must not be the one that ends it (its parent's reap
         // waits for it in the kernel).
         if (!Privileged) Assert.Skip("leaving SCHED_IDLE takes privilege");
-        var tids = new int[3];
-        using var started = new CountdownEvent(tids.Length);
-        using var release = new ManualResetEventSlim();
-        var threads = Enumerable.Range(0, tids.Length).Select(i => new Thread(() =>
+        using var parked = new ParkedThreads(3);
+        int[] tids = parked.Tids;
+        Assert.True(Libc.SetThreadIdle(tids[0]));
+        Assert.True(Libc.SetThreadIdle(tids[1]));
+        Assert.Equal(2, LatencyPriority.PromoteIdle(tids));
+        Assert.Equal(3, Libc.ThreadPolicy(tids[0])); // SCHED_BATCH
+        Assert.Equal(3, Libc.ThreadPolicy(tids[1]));
+        Assert.Equal(0, Libc.ThreadPolicy(tids[2])); // SCHED_OTHER, as it was
+        Assert.Equal(0, LatencyPriority.PromoteIdle(tids));
+    }
+
+    /// <summary>Threads of the test's own, each waiting until disposed: their ids, for policies to be set on.</summary>
+    private sealed class ParkedThreads : IDisposable
+    {
+        private readonly ManualResetEventSlim release = new();
+        private readonly Thread[] threads;
+
+        public ParkedThreads(int count)
         {
-            tids[i] = Libc.CurrentThreadId();
-            started.Signal();
-            release.Wait();
-        })).ToArray();
-        foreach (var t in threads) t.Start();
-        started.Wait(TestContext.Current.CancellationToken);
-        try
-        {
-            Assert.True(Libc.SetThreadIdle(tids[0]));
-            Assert.True(Libc.SetThreadIdle(tids[1]));
-            Assert.Equal(2, LatencyPriority.PromoteIdle(tids));
-            Assert.Equal(3, Libc.ThreadPolicy(tids[0])); // SCHED_BATCH
-            Assert.Equal(3, Libc.ThreadPolicy(tids[1]));
-            Assert.Equal(0, Libc.ThreadPolicy(tids[2])); // SCHED_OTHER, as it was
-            Assert.Equal(0, LatencyPriority.PromoteIdle(tids));
+            Tids = new int[count];
+            using var started = new CountdownEvent(count);
+            threads = Enumerable.Range(0, count).Select(i => new Thread(() =>
+            {
+                Tids[i] = Libc.CurrentThreadId();
+                started.Signal();
+                release.Wait();
+            })).ToArray();
+            foreach (var t in threads) t.Start();
+            started.Wait(TestContext.Current.CancellationToken);
         }
-        finally
+
+        public int[] Tids { get; }
+
+        public void Dispose()
         {
             release.Set();
             foreach (var t in threads) t.Join();
+            release.Dispose();
         }
     }
 
