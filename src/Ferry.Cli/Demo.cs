@@ -209,6 +209,9 @@ public static class Demo
         // go before the report is written.
         long waitStart = Stopwatch.GetTimestamp();
         sourceExit = source.WaitForExit(TimeSpan.FromSeconds(30)) ? source.ExitCode : -1;
+        // How long its teardown and reap took: a regression there once held demos for minutes (an idle thread the reap
+        // waited for, see LatencyPriority.PromoteIdle).
+        double? sourceExitMs = sourceExit != -1 ? Math.Round(Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds, 1) : null;
         lingering = sourceExit != -1 ? null
             : source.HasExited ? string.Create(CultureInfo.InvariantCulture,
                 $"none: it exited (code {source.ExitCode}) as the wait for it gave up after {Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds:F0} ms")
@@ -271,6 +274,7 @@ public static class Demo
             FirstHeartbeatOnDestination: after.Length > 0 ? after[0].Seq : 0,
             Selfcheck: selfcheck.StartsWith("selfcheck ok", StringComparison.Ordinal) ? "ok" : selfcheck,
             SourceExitCode: sourceExit,
+            SourceExitMs: sourceExitMs,
             ArrivedWithinMs: first is { } f ? Math.Round(Stopwatch.GetElapsedTime(migrationStart, f.At).TotalMilliseconds, 1) : null);
     }
 
@@ -302,7 +306,7 @@ public static class Demo
             ? new Markup("[green]ok[/]: every page of the dirtier's working set holds what it last wrote")
             : new Markup($"[red]FAILED[/]: {Markup.Escape(g.Selfcheck)}"));
         table.AddRow(new Text("source"), g.SourceExitCode == 0
-            ? new Markup("[green]gone[/]: its VM process exited 0")
+            ? new Markup(string.Create(CultureInfo.InvariantCulture, $"[green]gone[/]: its VM process exited 0, {g.SourceExitMs:0} ms after the migration ended"))
             : new Markup(string.Create(CultureInfo.InvariantCulture, $"[red]still there or failed[/] (exit {g.SourceExitCode})")));
         return table;
     }
@@ -320,5 +324,6 @@ public static class Demo
         [property: JsonPropertyName("first_heartbeat_on_destination")] long FirstHeartbeatOnDestination,
         [property: JsonPropertyName("selfcheck")] string Selfcheck,
         [property: JsonPropertyName("source_exit_code")] int SourceExitCode,
+        [property: JsonPropertyName("source_exit_ms")] double? SourceExitMs,
         [property: JsonPropertyName("arrived_within_ms")] double? ArrivedWithinMs);
 }

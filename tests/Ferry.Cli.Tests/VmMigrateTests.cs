@@ -100,6 +100,8 @@ public sealed class VmMigrateTests : IDisposable
         Assert.Equal("ok", guest.GetProperty("selfcheck").GetString());
         Assert.True(guest.GetProperty("heartbeats_after_resume").GetInt32() > 0);
         Assert.Equal(0, guest.GetProperty("source_exit_code").GetInt32());
+        // How long the source took to go, within the demo's 30 s wait for it.
+        Assert.InRange(guest.GetProperty("source_exit_ms").GetDouble(), 0, 30_000);
         // The destination goes on from the source's last line: nothing lost, nothing repeated.
         Assert.True(guest.GetProperty("first_heartbeat_on_destination").GetInt64() > guest.GetProperty("last_heartbeat_on_source").GetInt64());
         Assert.True(guest.GetProperty("heartbeat_max_gap_ms").GetDouble() > 0);
