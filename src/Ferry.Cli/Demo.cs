@@ -211,10 +211,11 @@ public static class Demo
         sourceExit = source.WaitForExit(TimeSpan.FromSeconds(30)) ? source.ExitCode : -1;
         // How long its teardown and reap took: a regression there once held demos for minutes (an idle thread the reap
         // waited for, see LatencyPriority.PromoteIdle).
-        double? sourceExitMs = sourceExit != -1 ? Math.Round(Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds, 1) : null;
+        double waitedMs = Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds;
+        double? sourceExitMs = sourceExit != -1 ? Math.Round(waitedMs, 1) : null;
         lingering = sourceExit != -1 ? null
             : source.HasExited ? string.Create(CultureInfo.InvariantCulture,
-                $"none: it exited (code {source.ExitCode}) as the wait for it gave up after {Stopwatch.GetElapsedTime(waitStart).TotalMilliseconds:F0} ms")
+                $"none: it exited (code {source.ExitCode}) as the wait for it gave up after {waitedMs:F0} ms")
             : source.ThreadStates();
         var first = destination.WaitForLine(l => l.StartsWith("heartbeat ", StringComparison.Ordinal), StepTimeout);
         Thread.Sleep(Settle);

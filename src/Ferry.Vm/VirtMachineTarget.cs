@@ -75,13 +75,6 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
     /// <remarks>Valid until <see cref="Start"/>: a copied disk's mapping is given back then.</remarks>
     public IReadOnlyList<MemoryRegion> Regions => regions;
 
-    /// <inheritdoc/>
-    /// <remarks>Throws <see cref="InvalidDataException"/> naming the section for anything the machine rejects: a foreign,
-    /// corrupt, missing or duplicated section, or a source board this side cannot match (a disk or network card the
-    /// source has and this side was given no backend for, or the other way round). A board that could not be built
-    /// (a tap that cannot be opened) is an <see cref="InvalidDataException"/> too. Last, the disk's lock is taken
-    /// (after a copy, once the image is durable); <see cref="IOException"/> if it stays busy for
-    /// <see cref="DiskLockWait"/> or the copy cannot be flushed.</remarks>
     /// <summary>The shape section's name (version 1: the hart count, u32 little-endian).</summary>
     public const string ShapeSectionName = "virt-shape";
 
@@ -109,12 +102,16 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
         if (shape.Data.Length != 4) throw new InvalidDataException($"{ShapeSectionName} is {shape.Data.Length} bytes, not 4");
         uint harts = BinaryPrimitives.ReadUInt32LittleEndian(shape.Data.Span);
         if (harts < 1 || harts > VirtMachine.MaxHarts) throw new InvalidDataException($"{ShapeSectionName}: {harts} harts, this build runs 1 to {VirtMachine.MaxHarts}");
-        if (machine is not null && machine.HartCount == (int)harts) return;
-        if (machine is not null) ram = machine.DisposeKeepingRam();
-        machine = null;
-        BuildAhead((int)harts);
+        BuildIn((int)harts);
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Throws <see cref="InvalidDataException"/> naming the section for anything the machine rejects: a foreign,
+    /// corrupt, missing or duplicated section, or a source board this side cannot match (a disk or network card the
+    /// source has and this side was given no backend for, or the other way round). A board that could not be built
+    /// (a tap that cannot be opened) is an <see cref="InvalidDataException"/> too. Last, the disk's lock is taken
+    /// (after a copy, once the image is durable); <see cref="IOException"/> if it stays busy for
+    /// <see cref="DiskLockWait"/> or the copy cannot be flushed.</remarks>
     public void LoadState(IReadOnlyList<StateSection> sections)
     {
         ArgumentNullException.ThrowIfNull(sections);
@@ -126,23 +123,25 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
             StateSection s = sections[i];
             converted[i] = new MachineStateSection(s.Name, s.Version, s.Data);
         }
-        int harts = VirtMachine.HartsOfSource(converted);
-        if (machine is not null && machine.HartCount != harts)
-        {
-            // The board built ahead guessed another shape (a source without the Shape section): rebuild around the
-            // same RAM, inside the downtime.
-            ram = machine.DisposeKeepingRam();
-            machine = null;
-            RebuiltAtLoad = true;
-        }
-        if (machine is null)
-        {
-            machine = Build(harts);
-            machine.StartPaused();
-        }
-        machine.LoadState(converted);
+        // A board built ahead in another shape (a source without the Shape section) is rebuilt here, inside the downtime.
+        if (BuildIn(VirtMachine.HartsOfSource(converted))) RebuiltAtLoad = true;
+        machine!.LoadState(converted);
         TakeDisk(machine);
         loaded = true;
+    }
+
+    /// <summary>
+    /// Have the board in <paramref name="harts"/> harts: one built in another shape goes (its RAM kept) and is built
+    /// again. True when a board was there and had to go.
+    /// </summary>
+    private bool BuildIn(int harts)
+    {
+        if (machine is not null && machine.HartCount == harts) return false;
+        bool rebuilt = machine is not null;
+        if (rebuilt) ram = machine!.DisposeKeepingRam();
+        machine = null;
+        BuildAhead(harts);
+        return rebuilt;
     }
 
     internal void BuildAhead(int harts)
