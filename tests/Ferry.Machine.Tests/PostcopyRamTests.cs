@@ -524,6 +524,42 @@ public sealed class PostcopyRamTests
         Assert.InRange(resident.Sum(w => (long)System.Numerics.BitOperations.PopCount(w)), 514, 600);
     }
 
+    /// <summary>Minor page faults the calling thread has taken (<c>/proc/thread-self/stat</c>, field 10).</summary>
+    private static long ThreadMinorFaults()
+    {
+        string stat = File.ReadAllText("/proc/thread-self/stat");
+        // After "pid (comm) ": state ppid pgrp session tty_nr tpgid flags minflt ...
+        string[] fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        return long.Parse(fields[7], System.Globalization.CultureInfo.InvariantCulture);
+    }
+
+    [Fact]
+    public void InstallingIntoUntouchedRamFaultsEachPageInOnceByWritingIt()
+    {
+        // A read before the write would map the shared zero page first, and the write would then replace it with a
+        // second fault and a TLB flush on every CPU the process runs on: two faults a page, not one.
+        GuestRam.WarmUpPostcopy();
+        const int Pages = 512;
+        using var ram = new GuestRam(RamBase, Pages * (ulong)PageSize);
+        var engine = new Engine(ram, [], autoInstall: false);
+        ram.BeginPostcopy(Bitmap(ram, Enumerable.Range(0, Pages).Select(p => (ulong)p)), engine.Request);
+        byte[] data = Page((0, 0x5a5a), (PageSize - 8, 0xa5a5));
+
+        long before = ThreadMinorFaults();
+        for (ulong p = 0; p < Pages; p += 2)
+        {
+            Assert.True(ram.InstallPage(p, data));
+            Assert.True(ram.InstallZeroPage(p + 1));
+        }
+        long faults = ThreadMinorFaults() - before;
+
+        Assert.False(ram.IsPostcopy);
+        Assert.Equal(0x5a5aUL, Word(ram, RamBase + 10 * PageSize));
+        Assert.Equal(0xa5a5UL, Word(ram, RamBase + 11 * PageSize - 8));
+        Assert.Equal(0UL, Word(ram, RamBase + 11 * PageSize));
+        Assert.InRange(faults, Pages, Pages + 64);
+    }
+
     [Fact]
     public void AFreshZeroPageIsMadePresentWithoutBeingWritten()
     {

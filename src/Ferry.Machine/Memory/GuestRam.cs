@@ -385,7 +385,8 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     {
         if (data.Length != (int)PageSize) throw new ArgumentException($"a page is {PageSize} bytes, not {data.Length}", nameof(data));
         if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
-        data.CopyTo(new Span<byte>(Host + (pageIndex << PageShift), (int)PageSize));
+        // Natively: a managed copy reads the untouched page before it writes it (see Libc.CopyMemory).
+        fixed (byte* source = data) Ferry.Linux.Libc.CopyMemory((nint)(Host + (pageIndex << PageShift)), (nint)source, (nuint)PageSize);
         Publish(p, (int)pageIndex);
         return true;
     }
@@ -397,7 +398,7 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     public bool InstallZeroPage(ulong pageIndex, bool fresh = false)
     {
         if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
-        if (!fresh) new Span<byte>(Host + (pageIndex << PageShift), (int)PageSize).Clear();
+        if (!fresh) Ferry.Linux.Libc.ZeroMemory((nint)(Host + (pageIndex << PageShift)), (nuint)PageSize);
         Publish(p, (int)pageIndex);
         return true;
     }
