@@ -25,6 +25,9 @@ public sealed record DemoSettings(ulong MemoryBytes, int Harts, long DirtyRate, 
 
     /// <summary>The destination's <c>--fault-poll</c> (zero: off).</summary>
     public TimeSpan FaultPoll { get; init; }
+
+    /// <summary>The migration's page bandwidth cap in bytes/s (<c>--max-bandwidth</c>; zero: none).</summary>
+    public long MaxBandwidth { get; init; }
 }
 
 /// <summary>
@@ -130,7 +133,8 @@ public static class Demo
         {
             var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
             var watchdog = new ProgressWatchdog(StepTimeout);
-            var request = new MigrateRequest { Destination = address, Verify = settings.Verify, Mode = settings.Mode.ToString().ToLowerInvariant() };
+            var request = new MigrateRequest { Destination = address, Verify = settings.Verify, Mode = settings.Mode.ToString().ToLowerInvariant(),
+                MaxBandwidth = settings.MaxBandwidth > 0 ? settings.MaxBandwidth : null };
             try
             {
                 // A post-copy whose destination died pauses on the source for a resume that nobody here will send.

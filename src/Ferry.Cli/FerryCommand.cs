@@ -76,7 +76,8 @@ public static class FerryCommand
         var demoNoVerify = new Option<bool>("--no-verify") { Description = "Skip the memory digests (each side hashes every page it sends or receives); the guest's own self-check still runs" };
         var demoMode = ModeOption();
         var demoFaultPoll = FaultPollOption();
-        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoMode, demoFaultPoll, demoNoVerify, demoJson }) demo.Options.Add(option);
+        var demoBandwidth = BandwidthOption("--max-bandwidth", BandwidthHelp, "0");
+        foreach (var option in new Option[] { demoMemory, demoHarts, demoRate, demoMode, demoFaultPoll, demoBandwidth, demoNoVerify, demoJson }) demo.Options.Add(option);
         demo.SetAction(parse => Demo.Run(new DemoSettings(
                 Get(parse, demoMemory, DemoSettings.Default.MemoryBytes),
                 (int)Get(parse, demoHarts, DemoSettings.Default.Harts),
@@ -84,7 +85,7 @@ public static class FerryCommand
                 parse.GetValue(demoJson),
                 !parse.GetValue(demoNoVerify),
                 Get(parse, demoMode, MigrationMode.Precopy))
-            { FaultPoll = Get(parse, demoFaultPoll, TimeSpan.Zero) },
+            { FaultPoll = Get(parse, demoFaultPoll, TimeSpan.Zero), MaxBandwidth = Get(parse, demoBandwidth, 0L) },
             console, cancellationToken));
         root.Subcommands.Add(demo);
 
@@ -237,7 +238,7 @@ public static class FerryCommand
         var mCancel = new Option<bool>("--cancel") { Description = "Cancel the VM's migration in flight instead (the VM runs on at the source; a post-copy paused by a lost connection is abandoned, and the VM lost)" };
         var mResume = new Option<bool>("--resume") { Description = "Resume the VM's post-copy paused by a lost connection, over a new one (to --to if given, else the same address)" };
         var mDowntime = DurationOption("--downtime-limit", "Largest acceptable downtime", "50ms");
-        var mBandwidth = BandwidthOption("--max-bandwidth", "Page bandwidth cap in bytes/s, e.g. 500M (MiB/s); 0 = unlimited", "0");
+        var mBandwidth = BandwidthOption("--max-bandwidth", BandwidthHelp, "0");
         var mChannels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", 2, 1, 16);
         var mRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", 30, 1, 100_000);
         var mTimeout = DurationOption("--timeout", "Longest pre-copy phase before the timeout strategy applies", "60s");
@@ -319,6 +320,8 @@ public static class FerryCommand
         Required = required,
     };
 
+    private const string BandwidthHelp = "Page bandwidth cap in bytes/s, e.g. 500M (MiB/s), for pre-copy's rounds and post-copy's push alike (pages a post-copy guest waits for are not held back); 0 = unlimited";
+
     private const string StrategyHelp =
         "At the round or time limit: cancel (the source keeps running), force (switch over anyway, a longer downtime) " +
         "or postcopy (switch to post-copy: see --mode for its risk)";
@@ -356,7 +359,7 @@ public static class FerryCommand
         private readonly Option<ulong> _workingSet = PageSizeOption("--working-set", "SIZE", "Memory the writers touch, from the start", "all of it");
         private readonly Option<long> _writers = CountOption("--writers", "N", "Writer threads (the guest's vCPUs)", D.Writers, 1, 64);
         private readonly Option<TimeSpan> _downtimeLimit = DurationOption("--downtime-limit", "Largest acceptable downtime", "50ms");
-        private readonly Option<long> _maxBandwidth = BandwidthOption("--max-bandwidth", "Page bandwidth cap in bytes/s, e.g. 500M (MiB/s); 0 = unlimited", "0");
+        private readonly Option<long> _maxBandwidth = BandwidthOption("--max-bandwidth", BandwidthHelp, "0");
         // 16: the protocol's page channel limit.
         private readonly Option<long> _channels = CountOption("--channels", "N", "Page channels (TCP connections for pages), 1 to 16", D.Channels, 1, 16);
         private readonly Option<long> _maxRounds = CountOption("--max-rounds", "N", "Most pre-copy rounds before the timeout strategy applies", D.MaxRounds, 1, 100_000);
