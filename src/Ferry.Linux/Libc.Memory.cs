@@ -83,19 +83,16 @@ public static partial class Libc
     public static void TouchForWrite(nint address, nuint length) => memmove(address, address, length);
 
     [LibraryImport(LibraryName)]
-    private static partial nint memcpy(nint destination, nint source, nuint length);
-
-    [LibraryImport(LibraryName)]
     private static partial nint memset(nint destination, int value, nuint length);
 
     /// <summary>
-    /// Copy <paramref name="length"/> bytes (the ranges must not overlap) with the C library's memcpy(3), which only
-    /// writes the destination. For memory that may never have been touched: the runtime's managed copy and clear read
-    /// their destination's first byte before writing it (a null check), and that read maps the kernel's shared zero
-    /// page, so the write that follows is a second fault that replaces it and flushes the TLB of every CPU running
-    /// the process (an inter-processor interrupt each; ~20 µs a page on this VM host, docs/BENCH-POSTCOPY.md).
+    /// Copy <paramref name="length"/> bytes with the C library's memmove(3), which only writes the destination. For
+    /// memory that may never have been touched: the runtime's managed copy and clear read their destination's first
+    /// byte before writing it (a null check), and that read maps the kernel's shared zero page, so the write that
+    /// follows is a second fault that replaces it and flushes the TLB of every CPU running the process (an
+    /// inter-processor interrupt each; ~20 µs a page on this VM host, docs/BENCH-POSTCOPY.md).
     /// </summary>
-    public static void CopyMemory(nint destination, nint source, nuint length) => memcpy(destination, source, length);
+    public static void CopyMemory(nint destination, nint source, nuint length) => memmove(destination, source, length);
 
     /// <summary>Zero <paramref name="length"/> bytes with memset(3), for the reason <see cref="CopyMemory"/> gives.</summary>
     public static void ZeroMemory(nint destination, nuint length) => memset(destination, 0, length);
