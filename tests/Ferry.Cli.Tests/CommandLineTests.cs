@@ -94,6 +94,21 @@ public class CommandLineTests
         Assert.DoesNotContain("Exception", stderr, StringComparison.Ordinal);
     }
 
+    [Theory]
+    [InlineData("--max-bandwidth", "fast")]
+    [InlineData("--harts", "9")]
+    [InlineData("--mode", "sideways")]
+    [InlineData("--fault-poll", "300")]
+    public void TheDemoRefusesABadValueBeforeStartingAnything(string flag, string value)
+    {
+        var (code, stdout, stderr) = RunCaptured("demo", flag, value);
+
+        Assert.Equal(FerryCommand.ExitUsage, code);
+        Assert.Equal("", stdout);
+        var line = Assert.Single(stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"ferry: {flag}: '{value}' ", line, StringComparison.Ordinal);
+    }
+
     [Fact]
     public void AWorkingSetLargerThanMemoryIsAUsageError()
     {
