@@ -266,6 +266,13 @@ public static class Demo
             if (h.At < migrationStart && Stopwatch.GetElapsedTime(h.At, migrationStart) <= TimeSpan.FromSeconds(1))
                 baselineUs = Math.Max(baselineUs ?? 0, h.MaxStallUs);
         }
+        // While the migration ran on the source (its start to the line before the switchover's): what pre-copy's
+        // rounds, and the destination's preparation on a shared host, cost the guest before the pause.
+        long? sourceUs = null;
+        for (int i = 0; i + 1 < before.Length; i++)
+        {
+            if (before[i].At >= migrationStart) sourceUs = Math.Max(sourceUs ?? 0, before[i].MaxStallUs);
+        }
         double? switchoverGapMs = before.Length > 0 && after.Length > 0 ? Math.Round(Stopwatch.GetElapsedTime(before[^1].At, after[0].At).TotalMilliseconds, 2) : null;
         return new GuestReport(
             HeartbeatMaxGapMs: Math.Round(maxGapMs, 2),
@@ -274,6 +281,7 @@ public static class Demo
             MaxStallMs: stallUs / 1000.0,
             SwitchoverStallMs: switchoverUs / 1000.0,
             BaselineStallMs: baselineUs / 1000.0,
+            SourceStallMs: sourceUs / 1000.0,
             HeartbeatsAfterResume: after.Length,
             LastHeartbeatOnSource: before.Length > 0 ? before[^1].Seq : 0,
             FirstHeartbeatOnDestination: after.Length > 0 ? after[0].Seq : 0,
@@ -306,6 +314,7 @@ public static class Demo
                 $", of which {t.SourceDigest + t.DestDigest:0.0} ms are the verification's memory digests, taken while the guest is paused and left out of the downtime"))));
         table.AddRow(new Text("guest stall"), new Text(string.Create(CultureInfo.InvariantCulture,
             $"{g.SwitchoverStallMs:0.0} ms: the longest the guest's own clock saw it not run at the switchover; {g.MaxStallMs:0.0} ms in the destination's first second") +
+            (g.SourceStallMs is { } m ? string.Create(CultureInfo.InvariantCulture, $"; {m:0.0} ms on the source while the migration ran there") : "") +
             (g.BaselineStallMs is { } b ? string.Create(CultureInfo.InvariantCulture, $"; {b:0.0} ms in the last second before the migration began") : "")));
         table.AddRow(new Text("self-check"), g.Selfcheck == "ok"
             ? new Markup("[green]ok[/]: every page of the dirtier's working set holds what it last wrote")
@@ -324,6 +333,7 @@ public static class Demo
         [property: JsonPropertyName("max_stall_ms")] double MaxStallMs,
         [property: JsonPropertyName("switchover_stall_ms")] double SwitchoverStallMs,
         [property: JsonPropertyName("baseline_stall_ms")] double? BaselineStallMs,
+        [property: JsonPropertyName("source_stall_ms")] double? SourceStallMs,
         [property: JsonPropertyName("heartbeats_after_resume")] int HeartbeatsAfterResume,
         [property: JsonPropertyName("last_heartbeat_on_source")] long LastHeartbeatOnSource,
         [property: JsonPropertyName("first_heartbeat_on_destination")] long FirstHeartbeatOnDestination,

@@ -102,8 +102,8 @@ public sealed record IncomingOptions
 /// </remarks>
 public sealed class IncomingMigration
 {
-    /// <summary>Nice value of the thread that faults a pure post-copy's memory in before the switchover (see its use).</summary>
-    internal const int PopulateNice = 10;
+    /// <summary>Scheduler slice of the thread that faults a post-copy's memory in before the switchover (see its use).</summary>
+    internal static readonly TimeSpan PopulateSlice = TimeSpan.FromMicroseconds(100);
 
     private readonly IMigrationListener _listener;
     private readonly IMigrationTargetFactory _factory;
@@ -276,11 +276,15 @@ public sealed class IncomingMigration
                 // Before this thread reads the control channel: a pure post-copy source pauses only once its Keepalive
                 // is echoed, i.e. after this. Bounded well inside the peer timeout, which silence here would trip, and
                 // cut short by the first pre-copy page (a hybrid source's Complete must not wait for it).
-                // Below whatever else runs on this host (other guests; in a migration within one host, the source's
-                // harts): faulting all of memory in took 1.6-2.5 s per GiB here, and at normal weight it stalled the
-                // source's guest up to 26 ms at a time (3 paired demo runs: 26 / 18 / 23 ms, niced 19 / 17 / 16 ms;
-                // the populate itself no slower). On a thread of its own: without privilege a thread cannot undo a
-                // nice, and this one goes on to run the switchover.
+                // At normal weight with a short slice (a thread of its own, so that the slice is not the switchover's):
+                // it takes its share of a busy host and gives the CPU back every 100 µs. Niced 10, the demo's populate
+                // (the source's harts busy on the same two cores) reached its budget with 21-65 % of the pages named
+                // still untouched, and the bulk receivers then paid their first touch (~14 µs per 4 KiB on this host,
+                // docs/BENCH-POSTCOPY.md) beside the running guest. `./ferry demo --mode postcopy --dirty-rate 1000000`,
+                // two sets of alternated pairs (10 with a 300 µs slice, 8 with this one): post-copy median 403 / 388 ms
+                // against 245 / 266, harts blocked 394 / 390 ms against 237 / 251, while the source guest's largest
+                // stall from the migration's start to the pause stayed 11.0 / 12.1 ms against 13.5 / 12.1 (every
+                // populate finished, in 1.1-2.0 s).
                 // A pure post-copy source names the pages it holds data in first (PopulatedMap): only those need faulting in.
                 var holdsData = (decision.Capabilities & ProtocolCapabilities.PopulatedMap) != 0 ? ReadPopulatedMap(reader, target.Regions) : null;
                 if (TraceLog.Enabled) TraceLog.Mark("destination: populating memory");
@@ -289,7 +293,7 @@ public sealed class IncomingMigration
                 Exception? failure = null;
                 var populate = new Thread(() =>
                 {
-                    Ferry.Linux.Libc.SetCurrentThreadNice(PopulateNice);
+                    Ferry.Linux.Libc.SetCurrentThreadSlice(PopulateSlice);
                     try
                     {
                         postcopyTarget.PreparePostcopy(_options.PeerTimeout / 4, holdsData, token);
