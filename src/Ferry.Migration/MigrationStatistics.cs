@@ -113,6 +113,12 @@ public sealed record PostcopyStatistics
     [JsonPropertyName("switchover_pages")] public long SwitchoverPages { get; init; }
 
     /// <summary>
+    /// Pages of the regions that must be whole before the guest runs (<see cref="Guest.MemoryRegion.PrecopyOnly"/>: a
+    /// copied disk) that the guest dirtied after the last pre-copy round, sent inside the switchover; never missing.
+    /// </summary>
+    [JsonPropertyName("precopy_only_pages")] public long PrecopyOnlyPages { get; init; }
+
+    /// <summary>
     /// Of <see cref="PushedPages"/>: the pages the source's guest used in privileged mode lately (its kernel's code,
     /// page tables, stacks and data) and, in pure post-copy, those it used all the time, pushed on the urgent channel
     /// during the switchover (after Complete). 0 for a guest that names none.

@@ -73,7 +73,8 @@ public sealed class VirtMachineSource : IMigrationSource, IAccessTrackingSource,
             {
                 copied = CheckCopyable(machine.Disk);
                 // SAFETY: the view is the device's, unmapped only when the machine is disposed.
-                regions = [ram, new MemoryRegion(DiskRegionAddress, copied.ImageBytes, copied.MapImage())];
+                // Pre-copy only: its device reads the image file, where a post-copy destination could not catch a missing block.
+                regions = [ram, new MemoryRegion(DiskRegionAddress, copied.ImageBytes, copied.MapImage()) { FileBacked = true, PrecopyOnly = true }];
             }
         }
         TotalPages = ramPages + (copied?.ImageBlocks ?? 0);

@@ -157,7 +157,21 @@ public sealed class OutgoingMigration
         _options = options;
         _time = time ?? TimeProvider.System;
         _limiter = new BandwidthLimiter(options.MaxBandwidth, _time);
+        var precopyOnly = new List<(ulong, ulong)>();
+        ulong first = 0;
+        foreach (var region in guest.Regions)
+        {
+            if (region.PrecopyOnly) precopyOnly.Add((first, first + region.Pages));
+            first += region.Pages;
+        }
+        _precopyOnly = [.. precopyOnly];
+        // Pure post-copy sends no page before the guest runs at the destination.
+        if (options.Mode == MigrationMode.Postcopy && _precopyOnly.Length > 0)
+            throw new ArgumentException("pure post-copy cannot move this guest: part of its memory (a copied disk) must be whole at the destination before the guest runs there; hybrid moves that part in its pre-copy rounds", nameof(options));
     }
+
+    // Bit ranges [start, end) of the regions that must be whole before the guest runs (MemoryRegion.PrecopyOnly).
+    private readonly (ulong Start, ulong End)[] _precopyOnly;
 
     /// <summary>Run the migration to its end.</summary>
     public MigrationStatistics Run(IProgress<MigrationProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -485,7 +499,7 @@ public sealed class OutgoingMigration
                 decision = ConvergencePolicy.Decide(input with { BandwidthBytesPerSecond = roundBandwidth });
             }
             Report();
-            string? toPostcopy = PostcopyTrigger(decision, round, dirtyBytes, priorDirtyBytes);
+            string? toPostcopy = PostcopyTrigger(decision, round, dirtyBytes, priorDirtyBytes, PrecopyOnlyBytes(bitmap), bandwidth);
             if (toPostcopy is not null)
             {
                 _switchReasonText = toPostcopy;
@@ -534,7 +548,12 @@ public sealed class OutgoingMigration
     /// a quarter), or after <see cref="MigrationOptions.HybridMaxRounds"/> rounds; the post-copy timeout strategy
     /// switches where force would have. Null: pre-copy goes on (or ends its own way).
     /// </summary>
-    private string? PostcopyTrigger(ConvergenceDecision decision, int round, long dirtyBytes, long priorDirtyBytes)
+    /// <remarks>The switchover sends what is dirty of the pre-copy-only regions inside the downtime
+    /// (<paramref name="precopyOnlyBytes"/>): while that does not fit the limit at <paramref name="bandwidth"/>, a
+    /// pre-copy that stops converging goes on instead (the round limit and the convergence policy's limits still end
+    /// it).</remarks>
+    private string? PostcopyTrigger(ConvergenceDecision decision, int round, long dirtyBytes, long priorDirtyBytes,
+        long precopyOnlyBytes = 0, double bandwidth = 0)
     {
         bool forced = decision.Action == ConvergenceAction.SwitchOver && decision.SwitchOver != SwitchOverReason.Converged;
         if (_options.TimeoutStrategy == TimeoutStrategy.Postcopy && forced)
@@ -543,9 +562,19 @@ public sealed class OutgoingMigration
         if (decision.Action == ConvergenceAction.SwitchOver) return decision.SwitchOver == SwitchOverReason.Converged ? "converged" : "postcopy_on_limit";
         if (decision.Action == ConvergenceAction.Abort) return "postcopy_on_limit";
         if (round + 1 >= _options.HybridMaxRounds) return "hybrid_max_rounds";
-        if (round >= 1 && priorDirtyBytes >= 0 && dirtyBytes > priorDirtyBytes * (1 - ConvergencePolicy.ConvergingShrink))
+        bool precopyOnlyFits = precopyOnlyBytes == 0
+            || (bandwidth > 0 && TimeSpan.FromSeconds(precopyOnlyBytes / bandwidth) <= _options.DowntimeLimit);
+        if (round >= 1 && priorDirtyBytes >= 0 && dirtyBytes > priorDirtyBytes * (1 - ConvergencePolicy.ConvergingShrink) && precopyOnlyFits)
             return "not_converging";
         return null;
+    }
+
+    /// <summary>Bytes set in <paramref name="bitmap"/> within the pre-copy-only regions.</summary>
+    private long PrecopyOnlyBytes(DirtyBitmap bitmap)
+    {
+        ulong pages = 0;
+        foreach (var (start, end) in _precopyOnly) pages += bitmap.Count(start, end);
+        return (long)pages * MemoryRegion.PageSize;
     }
 
     /// <summary>The system pages still to send, on the urgent channel, until <paramref name="stop"/> says so; the pages sent.</summary>
@@ -647,6 +676,8 @@ public sealed class OutgoingMigration
         var system = hot is not null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
         // Hybrid: the missing pages the guest's CPUs were working on at the pause go in the switchover's own pass.
         var resident = populated is null && _guest is IAccessTrackingSource ? new DirtyBitmap(_guest.TotalPages) : null;
+        // And what is dirty of the regions that must be whole before the guest runs (a copied disk): all of it.
+        var wholeBefore = _precopyOnly.Length > 0 ? new DirtyBitmap(_guest.TotalPages) : null;
         var regionPages = new ulong[_guest.Regions.Count];
         for (int r = 0; r < regionPages.Length; r++) regionPages[r] = _guest.Regions[r].Pages;
         try
@@ -673,7 +704,7 @@ public sealed class OutgoingMigration
             long missingStart = _time.GetTimestamp();
             bool nothingSent = populated is not null;
             ulong flushSequence = nothingSent ? NoPagesSentSequence : SwitchoverFlushSequence;
-            long earlyPages = 0;
+            long earlyPages = 0, precopyOnlyPages = 0;
             if (!nothingSent)
             {
                 // The pass that flushes every channel carries, besides, the missing pages the CPUs hold translations
@@ -689,6 +720,23 @@ public sealed class OutgoingMigration
                     {
                         bitmap.ClearFrom(resident);
                         early = resident;
+                    }
+                }
+                if (wholeBefore is not null)
+                {
+                    foreach (var (start, end) in _precopyOnly)
+                    {
+                        foreach (var run in bitmap.Runs(start, end))
+                        {
+                            wholeBefore.SetRange(run.Start, run.End);
+                            precopyOnlyPages += (long)run.Length;
+                        }
+                    }
+                    if (precopyOnlyPages > 0)
+                    {
+                        bitmap.ClearFrom(wholeBefore);
+                        if (early != nothing) wholeBefore.OrFrom(early);
+                        early = wholeBefore;
                     }
                 }
                 SendPass(early, PageBatchFlags.FinalPass | (_options.ChecksumFinalPass ? PageBatchFlags.DataChecksummed : PageBatchFlags.None),
@@ -816,6 +864,7 @@ public sealed class OutgoingMigration
             {
                 MissingPages = missing,
                 SwitchoverPages = earlyPages,
+                PrecopyOnlyPages = precopyOnlyPages,
                 SystemPages = systemPages,
                 Faults = doneMessage.Faults,
                 FaultLatencyUs = new LatencyPercentiles { P50 = doneMessage.LatencyP50Us, P99 = doneMessage.LatencyP99Us, Max = doneMessage.LatencyMaxUs },

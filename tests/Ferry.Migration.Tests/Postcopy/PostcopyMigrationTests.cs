@@ -14,7 +14,7 @@ public class PostcopyMigrationTests
     private static MigrationOptions PostcopyOptions(MigrationMode mode, PrepagingStrategy prepaging = PrepagingStrategy.Bubble) =>
         Options() with { Mode = mode, Prepaging = prepaging };
 
-    private static void AssertCompletedInPostcopy(MigrationOutcome outcome, InProcessGuest source)
+    internal static void AssertCompletedInPostcopy(MigrationOutcome outcome, InProcessGuest source)
     {
         Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
         Assert.Null(outcome.Stats.Error);

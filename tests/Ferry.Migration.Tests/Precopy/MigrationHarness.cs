@@ -31,8 +31,14 @@ internal sealed class RecordingTargetFactory(IMigrationTargetFactory inner) : IM
 /// <summary>A recording target over one that can run post-copy, so the engine sees that it can.</summary>
 internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejectState) : RecordingTarget(inner, rejectState), IPostcopyTarget
 {
-    public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink) =>
-        ((IPostcopyTarget)Inner).BeginPostcopy(missing, sink);
+    /// <summary>Pages missing per region when post-copy began (null before).</summary>
+    public ulong[]? MissingPerRegion { get; private set; }
+
+    public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink)
+    {
+        MissingPerRegion = [.. missing.Select(m => m.Count())];
+        return ((IPostcopyTarget)Inner).BeginPostcopy(missing, sink);
+    }
 
     public void PreparePostcopy(TimeSpan budget, IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap>? holdsData, CancellationToken stop) =>
         ((IPostcopyTarget)Inner).PreparePostcopy(budget, holdsData, stop);
@@ -42,7 +48,7 @@ internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejec
 internal class DelegatingSource(InProcessGuest inner) : IMigrationSource
 {
     public InProcessGuest Inner => inner;
-    public IReadOnlyList<MemoryRegion> Regions => inner.Regions;
+    public virtual IReadOnlyList<MemoryRegion> Regions => inner.Regions;
     public ulong TotalPages => inner.TotalPages;
     public bool IsRunning => inner.IsRunning;
     public void StartDirtyLog() => inner.StartDirtyLog();
