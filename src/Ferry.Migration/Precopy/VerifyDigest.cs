@@ -17,7 +17,7 @@ internal static class VerifyDigest
     /// <summary>Zeros hashed in place of unpopulated pages (64 KiB: large enough that a long run costs few calls).</summary>
     private static readonly byte[] Zeros = new byte[64 << 10];
 
-    /// <summary>Digest of <paramref name="regions"/> (private anonymous memory), equal to <see cref="MemoryDigest.Compute"/>.</summary>
+    /// <summary>Digest of <paramref name="regions"/> (private anonymous memory, or files' mappings, read whole), equal to <see cref="MemoryDigest.Compute"/>.</summary>
     public static UInt128 Compute(IReadOnlyList<MemoryRegion> regions)
     {
         Pagemap pagemap;
@@ -36,7 +36,9 @@ internal static class VerifyDigest
             {
                 MemoryDigest.AppendLayout(hash, region);
                 var populated = new DirtyBitmap(region.Pages);
-                pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
+                // A file's mapping has nothing behind a page this process never touched, yet the file may hold data there.
+                if (region.FileBacked) populated.SetAll();
+                else pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
                 ulong next = 0;
                 foreach (var run in populated.Runs(0, region.Pages))
                 {

@@ -46,4 +46,38 @@ public class VerifyDigestTests
         foreach (var (region, p, _) in protectedRuns) Assert.Equal(0, Libc.mprotect(region.PageAddress(p), 4096, Libc.PROT_READ | Libc.PROT_WRITE));
         Assert.Equal(MemoryDigest.Compute(regions), digest);
     }
+
+    [Fact]
+    public void AFileBackedRegionIsReadWholeSinceItsPageTableDoesNotSayWhatTheFileHolds()
+    {
+        // A copied disk's view: data written to the file (as its device writes, not through the mapping), mapped
+        // shared and read-only, so that no page of it is in this process's page table yet.
+        string path = Path.Combine(Path.GetTempPath(), $"ferry-verify-{Environment.ProcessId}-{Guid.NewGuid():N}.img");
+        try
+        {
+            var data = new byte[1 << 20];
+            new Random(5).NextBytes(data.AsSpan(3 * 4096, 8 * 4096));
+            File.WriteAllBytes(path, data);
+            using var file = File.OpenHandle(path);
+            nint at = Libc.mmap(0, (nuint)data.Length, Libc.PROT_READ, Libc.MAP_SHARED, (int)file.DangerousGetHandle(), 0);
+            Assert.NotEqual(Libc.MAP_FAILED, at);
+            try
+            {
+                var region = new MemoryRegion(1UL << 56, (ulong)data.Length, at);
+                var pageTableOnly = VerifyDigest.Compute([region]);
+                var fileBacked = VerifyDigest.Compute([region with { FileBacked = true }]);
+                // The page table alone says zeros: the test would prove nothing if it did not.
+                Assert.NotEqual(MemoryDigest.Compute([region]), pageTableOnly);
+                Assert.Equal(MemoryDigest.Compute([region with { FileBacked = true }]), fileBacked);
+            }
+            finally
+            {
+                Libc.munmap(at, (nuint)data.Length);
+            }
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
 }
