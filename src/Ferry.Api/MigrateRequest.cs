@@ -80,10 +80,6 @@ public sealed record MigrateRequest
             Verify = Verify,
             AutoConverge = AutoConverge,
         };
-        // A copied disk is read by the guest's device from the file, which post-copy cannot fill after the guest: it
-        // travels with pre-copy's rounds (hybrid, or the post-copy timeout strategy), and pure post-copy has none.
-        if (CopyDisk && options.Mode == MigrationMode.Postcopy)
-            throw Bad("copy_disk needs pre-copy rounds: pure post-copy cannot bring the disk after the guest (use mode hybrid, which copies the disk before it switches, or share the disk)");
         return options;
     }
 

@@ -245,7 +245,7 @@ public static class FerryCommand
         var mStrategy = ChoiceOption<TimeoutStrategy>("--timeout-strategy", StrategyHelp, TimeoutStrategy.Cancel);
         var mNoAuto = new Option<bool>("--no-auto-converge") { Description = "Never throttle the guest to make pre-copy converge" };
         var mVerify = new Option<bool>("--verify") { Description = "Check that all memory arrived intact: a digest of each side (pages hashed as they go out and land) must match, before the commit in pre-copy, once every page is in for post-copy; exit 3 unless they do" };
-        var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk into the destination's --disk file, which is overwritten (a disk local to each host); without it the disk must be storage both hosts share. The disk moves with pre-copy's rounds: precopy or hybrid (whose switchover sends what was written to it since), not pure postcopy" };
+        var mCopyDisk = new Option<bool>("--copy-disk") { Description = "Copy the VM's disk into the destination's --disk file, which is overwritten (a disk local to each host); without it the disk must be storage both hosts share. The disk is whole before the guest runs there: every mode copies it in pre-copy rounds (pure postcopy in rounds of the disk alone) and its switchover sends what was written to it since" };
         var mJson = new Option<bool>("--json") { Description = "Print the statistics as JSON on stdout, nothing else" };
         var mMode = ModeOption();
         var mPrepaging = PrepagingOption();

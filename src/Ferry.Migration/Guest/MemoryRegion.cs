@@ -26,9 +26,9 @@ public readonly record struct MemoryRegion(ulong GuestPhysicalAddress, ulong Siz
     /// <summary>
     /// Every page of the region must be on the destination before its guest runs there, because nothing there could
     /// catch a touch of a missing one (a copied disk image, which the guest's disk device reads from the file). A
-    /// migration that ends in post-copy moves such a region with its pre-copy rounds, and its switchover sends what
-    /// the guest dirtied of it since, with the state, instead of naming it missing; pure post-copy, which sends nothing
-    /// before the pause, refuses a source that has one. Set by the source; not part of the stream.
+    /// migration that ends in post-copy moves such a region with its pre-copy rounds (pure post-copy in rounds of such
+    /// regions alone), and its switchover sends what the guest dirtied of it since, with the state, instead of naming
+    /// it missing. Set by the source; not part of the stream.
     /// </summary>
     public bool PrecopyOnly { get; init; }
 

@@ -165,9 +165,6 @@ public sealed class OutgoingMigration
             first += region.Pages;
         }
         _precopyOnly = [.. precopyOnly];
-        // Pure post-copy sends no page before the guest runs at the destination.
-        if (options.Mode == MigrationMode.Postcopy && _precopyOnly.Length > 0)
-            throw new ArgumentException("pure post-copy cannot move this guest: part of its memory (a copied disk) must be whole at the destination before the guest runs there; hybrid moves that part in its pre-copy rounds", nameof(options));
     }
 
     // Bit ranges [start, end) of the regions that must be whole before the guest runs (MemoryRegion.PrecopyOnly).
@@ -435,8 +432,10 @@ public sealed class OutgoingMigration
             _echoArrived.Reset();
             SendKeepalive();
             var (used, steady, system) = AwaitEchoAgingUse(populated);
+            // Its pre-copy-only regions (a copied disk) go first, in rounds of their own; RAM stays all missing.
+            if (_precopyOnly.Length > 0) PrecopyOnlyRounds(stats, bitmap, populated, used, done);
             _switchReasonText = "postcopy";
-            PostcopySwitchover(stats, bitmap, populated, done, ref paused, used, steady, system);
+            PostcopySwitchover(stats, bitmap, populated, done, ref paused, used, steady, system, sentBefore: _precopyOnly.Length > 0);
             return;
         }
 
@@ -569,6 +568,53 @@ public sealed class OutgoingMigration
         return null;
     }
 
+    /// <summary>
+    /// Pure post-copy of a guest with pre-copy-only regions (a copied disk, <see cref="MemoryRegion.PrecopyOnly"/>):
+    /// those regions alone go in pre-copy rounds, after the destination is ready, until what the guest dirtied of them
+    /// fits the downtime limit at the rounds' bandwidth (or after <see cref="MigrationOptions.HybridMaxRounds"/>); their
+    /// rest then goes inside the switchover. On return <paramref name="bitmap"/> (all set on entry) holds all of RAM and
+    /// that rest. What the guest wrote to RAM meanwhile is added to <paramref name="populated"/> (it holds data now, so
+    /// the push must read it) and to <paramref name="used"/> (bubbling's hot pages).
+    /// </summary>
+    private void PrecopyOnlyRounds(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap populated, DirtyBitmap? used, CountdownEvent done)
+    {
+        var send = new DirtyBitmap(_guest.TotalPages);
+        foreach (var (start, end) in _precopyOnly) send.SetRange(start, end);
+        var log = new DirtyBitmap(_guest.TotalPages);
+        var meter = new BandwidthMeter();
+        for (int round = 0; ; round++)
+        {
+            Volatile.Write(ref _round, round);
+            long roundStart = _time.GetTimestamp();
+            var (pages, bytes) = SendPass(send, PageBatchFlags.None, 0, done, round == 0 ? populated : null, round);
+            double roundMs = Ms(roundStart);
+            if (round > 0) meter.AddSample(bytes, TimeSpan.FromMilliseconds(roundMs));
+            log.ClearAll();
+            _guest.HarvestDirtyLog(log.Words);
+            populated.OrFrom(log);
+            used?.OrFrom(log);
+            send.ClearAll();
+            foreach (var (start, end) in _precopyOnly)
+                foreach (var run in log.Runs(start, end)) send.SetRange(run.Start, run.End);
+            long rest = (long)send.Count();
+            double roundBandwidth = roundMs > 0 ? bytes / (roundMs / 1000) : 0;
+            double bandwidth = meter.BytesPerSecond > 0 ? meter.BytesPerSecond : roundBandwidth;
+            stats.Rounds.Add(new RoundStatistics
+            {
+                Round = round, Pages = pages, Bytes = bytes, Milliseconds = roundMs,
+                DirtyPagesPerSecond = roundMs > 0 ? rest / (roundMs / 1000) : 0, BandwidthBytesPerSecond = roundBandwidth, ThrottlePercent = _throttle,
+            });
+            Interlocked.Exchange(ref _remainingBytes, rest * MemoryRegion.PageSize);
+            Volatile.Write(ref _bandwidth, bandwidth);
+            Report();
+            bool fits = bandwidth > 0 && TimeSpan.FromSeconds(rest * MemoryRegion.PageSize / bandwidth) <= _options.DowntimeLimit;
+            if (rest == 0 || fits || round + 1 >= _options.HybridMaxRounds) break;
+            _abort.Token.ThrowIfCancellationRequested();
+        }
+        foreach (var (start, end) in _precopyOnly) bitmap.ClearRange(start, end);
+        bitmap.OrFrom(send);
+    }
+
     /// <summary>Bytes set in <paramref name="bitmap"/> within the pre-copy-only regions.</summary>
     private long PrecopyOnlyBytes(DirtyBitmap bitmap)
     {
@@ -661,10 +707,11 @@ public sealed class OutgoingMigration
     /// the destination has every page (PostcopyDone). <paramref name="populated"/> (null: read every page) lets pages the
     /// guest never populated go out as Zero unread. Bubbling pushes <paramref name="used"/> (what the guest used before
     /// the last harvest) with the hot pages, <paramref name="system"/> (the system side's pages before the pause) with
-    /// the system ones, and <paramref name="steady"/> right after them.
+    /// the system ones, and <paramref name="steady"/> right after them. <paramref name="sentBefore"/>: a pure post-copy
+    /// that sent its pre-copy-only regions in rounds first (<see cref="PrecopyOnlyRounds"/>).
     /// </summary>
     private void PostcopySwitchover(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap? populated, CountdownEvent done, ref bool paused,
-        DirtyBitmap? used = null, DirtyBitmap? steady = null, DirtyBitmap? systemBefore = null)
+        DirtyBitmap? used = null, DirtyBitmap? steady = null, DirtyBitmap? systemBefore = null, bool sentBefore = false)
     {
         // Allocated before the pause: the Flush-only pass needs an empty bitmap, the final harvest one of its own, the
         // missing map's records a buffer of runs.
@@ -699,10 +746,10 @@ public sealed class OutgoingMigration
             populated?.OrFrom(late);
             hot?.OrFrom(late);
             // Every pre-copy page before the switchover lands before the missing map applies: Flush on every channel.
-            // Pure post-copy sent none, and says so with sequence 0 instead (waking every page channel's sender and
+            // Pure post-copy sent none (unless its pre-copy-only regions went in rounds), and says so with sequence 0 instead (waking every page channel's sender and
             // receiver for an empty pass cost ~2 ms of the downtime).
             long missingStart = _time.GetTimestamp();
-            bool nothingSent = populated is not null;
+            bool nothingSent = populated is not null && !sentBefore;
             ulong flushSequence = nothingSent ? NoPagesSentSequence : SwitchoverFlushSequence;
             long earlyPages = 0, precopyOnlyPages = 0;
             if (!nothingSent)
