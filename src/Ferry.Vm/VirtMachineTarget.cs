@@ -27,9 +27,11 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
     /// moment to let go of a lock on shared storage).</summary>
     public static readonly TimeSpan DiskLockWait = TimeSpan.FromSeconds(2);
 
-    // How often the copied image's landed blocks are pushed to the disk during pre-copy, so the flush at the
-    // switchover (inside the downtime) has little left to write.
-    private static readonly TimeSpan WritebackInterval = TimeSpan.FromMilliseconds(500);
+    // How long the copied image's sync thread rests between syncs of what landed (DiskImageCopy.SyncLanded), so that
+    // the flush at the switchover (inside the downtime) has little left to write. Started writeback every 500 ms
+    // (sync_file_range) instead, that flush still wrote back the last half second and committed every allocation of the
+    // whole copy: 8-21 ms of the downtime here (strace; a 256 MiB disk the guest wrote at 500 blocks/s).
+    private static readonly TimeSpan WritebackInterval = TimeSpan.FromMilliseconds(100);
 
     private readonly MachineOptions options;
     private readonly MemoryRegion[] regions;
@@ -37,9 +39,9 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
     private GuestRam? ram;
     // The image being received (copied disk), until Start hands it to the board's disk device.
     private DiskImageCopy? diskCopy;
-    // Starts writeback of the copied image during pre-copy; guarded by writebackGate against Dispose.
-    private Timer? writeback;
-    private readonly Lock writebackGate = new();
+    // Syncs the copied image while its blocks land, until the switchover (StopWriteback) or Dispose.
+    private Thread? writeback;
+    private readonly ManualResetEventSlim writebackStop = new();
     private VirtMachine? machine;
     private bool loaded;
     private bool started;
@@ -59,7 +61,11 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
             // LoadState); a shared file mapping, which the engine must not zero with MADV_DONTNEED.
             regions = diskCopy is null ? [r] : [r, new MemoryRegion(VirtMachineSource.DiskRegionAddress, diskCopy.Bytes, diskCopy.Address) { FileBacked = true }];
         }
-        if (diskCopy is not null) writeback = new Timer(static s => ((VirtMachineTarget)s!).Writeback(), this, WritebackInterval, WritebackInterval);
+        if (diskCopy is not null)
+        {
+            writeback = new Thread(() => Writeback(diskCopy)) { IsBackground = true, Name = "ferry-disk-sync" };
+            writeback.Start();
+        }
     }
 
     /// <summary>The VM identity from the handshake.</summary>
@@ -259,21 +265,17 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
         diskCopy?.Dispose();
     }
 
-    private void Writeback()
+    private void Writeback(DiskImageCopy copy)
     {
-        lock (writebackGate)
-        {
-            if (writeback is not null) diskCopy?.StartWriteback();
-        }
+        // A normal thread: it mostly waits for the disk (the kernel's flusher threads do the writing).
+        while (!writebackStop.Wait(WritebackInterval)) copy.SyncLanded();
     }
 
+    /// <summary>Stop the sync thread and wait for a sync in progress: the switchover's own must not run beside it.</summary>
     private void StopWriteback()
     {
-        lock (writebackGate)
-        {
-            writeback?.Dispose();
-            writeback = null;
-        }
+        writebackStop.Set();
+        writeback?.Join();
     }
 }
 

@@ -12,7 +12,7 @@ namespace Ferry.Machine.Virtio;
 /// mapped shared and writable for the engine's receive threads to write into.
 /// </summary>
 /// <remarks>
-/// Call order: <see cref="Create"/> → pages land in <see cref="Address"/> (with <see cref="StartWriteback"/> now and
+/// Call order: <see cref="Create"/> → pages land in <see cref="Address"/> (with <see cref="SyncLanded"/> now and
 /// then) → <see cref="Flush"/> and <see cref="ReleaseLock"/> once every page has landed (the board's
 /// <see cref="VirtioBlk"/>, opened on the same file with its lock deferred, takes the lock next) → <see cref="Unmap"/>
 /// before the guest runs → <see cref="Dispose"/>. The page cache keeps the mapping and the device's
@@ -76,22 +76,34 @@ public sealed partial class DiskImageCopy : IDisposable
         }
     }
 
+    // The first error of a background sync, for Flush to report.
+    private IOException? backgroundError;
+
     /// <summary>
-    /// Start writing back what has landed so far, without waiting (<c>sync_file_range(SYNC_FILE_RANGE_WRITE)</c>), so
-    /// that <see cref="Flush"/> at the switchover has only the last rounds' blocks left to write. Failures are ignored:
-    /// <see cref="Flush"/> reports them.
+    /// Make what has landed so far durable (<c>fdatasync</c>: the data and the allocations behind it), one thread at a
+    /// time, while pages still land, so that <see cref="Flush"/> at the switchover, inside the downtime, has only the
+    /// last blocks left. A failure is kept for <see cref="Flush"/> to throw: the kernel reports a write-back error once
+    /// per open file, so the switchover's own <c>fdatasync</c> would not see it again. Not concurrently with
+    /// <see cref="Flush"/>, for the same reason.
     /// </summary>
-    public void StartWriteback()
+    public void SyncLanded()
     {
-        if (address != 0) _ = sync_file_range((int)file.DangerousGetHandle(), 0, 0, SYNC_FILE_RANGE_WRITE);
+        if (address == 0 || Volatile.Read(ref backgroundError) is not null) return;
+        if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            Volatile.Write(ref backgroundError, new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno)));
+        }
     }
 
     /// <summary>
     /// Make the copy durable (<c>fdatasync</c>): the guest's flushes completed on the source's image, and must hold on
-    /// this one before the guest runs here. Throws <see cref="IOException"/>.
+    /// this one before the guest runs here. Throws <see cref="IOException"/>, also for a failure of an earlier
+    /// <see cref="SyncLanded"/>.
     /// </summary>
     public void Flush()
     {
+        if (Volatile.Read(ref backgroundError) is { } earlier) throw earlier;
         if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
         {
             int errno = Marshal.GetLastPInvokeError();
@@ -123,11 +135,7 @@ public sealed partial class DiskImageCopy : IDisposable
     }
 
     private const int LOCK_UN = 8;
-    private const uint SYNC_FILE_RANGE_WRITE = 2;
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ftruncate(int fd, long length);
-
-    [LibraryImport("libc", SetLastError = true)]
-    private static partial int sync_file_range(int fd, long offset, long nbytes, uint flags);
 }
