@@ -265,6 +265,12 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
         diskCopy?.Dispose();
     }
 
+    /// <inheritdoc/>
+    /// <remarks>Syncs the copied disk's image: a pass of the disk then counts as landed once it is durable, and the
+    /// switchover's flush has only the last pass to write (in pure post-copy the disk's rounds end right before the
+    /// pause, where the sync thread alone left all of the copy to that flush).</remarks>
+    public void SyncLanded() => diskCopy?.SyncLanded();
+
     private void Writeback(DiskImageCopy copy)
     {
         // A normal thread: it mostly waits for the disk (the kernel's flusher threads do the writing).

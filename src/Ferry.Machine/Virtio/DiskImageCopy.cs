@@ -76,23 +76,27 @@ public sealed partial class DiskImageCopy : IDisposable
         }
     }
 
-    // The first error of a background sync, for Flush to report.
+    // The first error of a background sync, for Flush to report; syncs one at a time, so that the one that reads the
+    // kernel's error (reported once per open file) records it before any other sync can return success.
     private IOException? backgroundError;
+    private readonly Lock syncGate = new();
 
     /// <summary>
-    /// Make what has landed so far durable (<c>fdatasync</c>: the data and the allocations behind it), one thread at a
-    /// time, while pages still land, so that <see cref="Flush"/> at the switchover, inside the downtime, has only the
-    /// last blocks left. A failure is kept for <see cref="Flush"/> to throw: the kernel reports a write-back error once
-    /// per open file, so the switchover's own <c>fdatasync</c> would not see it again. Not concurrently with
-    /// <see cref="Flush"/>, for the same reason.
+    /// Make what has landed so far durable (<c>fdatasync</c>: the data and the allocations behind it) while pages still
+    /// land, so that <see cref="Flush"/> at the switchover, inside the downtime, has only the last blocks left. Any
+    /// thread. A failure is kept for <see cref="Flush"/> to throw: the kernel reports a write-back error once per open
+    /// file, so the switchover's own <c>fdatasync</c> would not see it again.
     /// </summary>
     public void SyncLanded()
     {
-        if (address == 0 || Volatile.Read(ref backgroundError) is not null) return;
-        if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+        lock (syncGate)
         {
-            int errno = Marshal.GetLastPInvokeError();
-            Volatile.Write(ref backgroundError, new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno)));
+            if (address == 0 || backgroundError is not null) return;
+            if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                backgroundError = new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno));
+            }
         }
     }
 
@@ -103,11 +107,14 @@ public sealed partial class DiskImageCopy : IDisposable
     /// </summary>
     public void Flush()
     {
-        if (Volatile.Read(ref backgroundError) is { } earlier) throw earlier;
-        if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+        lock (syncGate)
         {
-            int errno = Marshal.GetLastPInvokeError();
-            throw new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno));
+            if (backgroundError is { } earlier) throw earlier;
+            if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno));
+            }
         }
     }
 

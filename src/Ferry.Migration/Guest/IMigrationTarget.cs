@@ -37,6 +37,15 @@ public interface IMigrationTarget : IDisposable
 
     /// <summary>Run the guest. Called once, after <c>commit</c>.</summary>
     void Start();
+
+    /// <summary>
+    /// The source asks whether a pre-copy pass has landed (landed sync), and the pages before its question have: make
+    /// them as durable as the switchover will need them, before the answer goes out. A target whose memory includes a
+    /// file it must flush before the guest runs (a copied disk) syncs it here, so that the source's measure of the
+    /// pass counts the flush, and the flush inside the downtime has only the last pass left. Called from page-channel
+    /// threads, possibly several at once, never together with <see cref="LoadState"/>. Nothing by default.
+    /// </summary>
+    void SyncLanded() { }
 }
 
 /// <summary>Creates a destination guest once the incoming handshake says what memory it needs.</summary>

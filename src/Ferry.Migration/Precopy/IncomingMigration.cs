@@ -1181,8 +1181,11 @@ public sealed class IncomingMigration
                             ZeroPages += record.ZeroPages;
                             break;
                         case PageRecordKind.Keepalive:
-                            // Landed sync: every record before this one was applied; tell the source.
-                            if (_owner._landedSync) _owner.Echo(record.Value);
+                            // Landed sync: every record before this one was applied (and, for a pass's marker, made
+                            // durable where the target needs it to be); tell the source.
+                            if (!_owner._landedSync) break;
+                            if ((record.Value & MigrationProtocol.LandedMarkerMask) == MigrationProtocol.LandedMarkerTag) _owner._target?.SyncLanded();
+                            _owner.Echo(record.Value);
                             break;
                         case PageRecordKind.Flush when Flushed.IsSet:
                             // Post-copy: the push on this channel is over.

@@ -130,8 +130,8 @@ public sealed class OutgoingMigration
     private long _syncEchoed;
     // Never disposed, like _passDone: the return-path thread may signal it after the migration thread stopped waiting.
     private readonly CountdownEvent _landed = new(1);
-    private const ulong MarkerTag = 1UL << 62;
-    private const ulong MarkerTagMask = 3UL << 62;
+    private const ulong MarkerTag = MigrationProtocol.LandedMarkerTag;
+    private const ulong MarkerTagMask = MigrationProtocol.LandedMarkerMask;
 
     // Progress figures, updated by the migration thread at each round end.
     private long _startTimestamp;

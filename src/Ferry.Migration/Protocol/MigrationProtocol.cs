@@ -155,7 +155,10 @@ namespace Ferry.Migration.Protocol;
 /// the source sends on each page channel a Keepalive whose value has bit 62 set (bit 63 clear: the value is not a
 /// timestamp), the pass's round number in bits 8..47 and the channel index in bits 0..7, and waits until the
 /// destination has echoed all of them on the control channel before it measures the round and decides. The round's
-/// figures then count pages landed, and the pause finds the destination caught up. The wait is bounded by the peer
+/// figures then count pages landed, and the pause finds the destination caught up. A destination whose memory includes
+/// a file it must flush before its guest runs (a copied disk) flushes it before it echoes a marker
+/// (IMigrationTarget.SyncLanded): the pass counts as landed once durable, and the flush inside the downtime has only the
+/// last pass left (pure post-copy with a copied disk, 512 MiB guest: downtime 13.5-16.2 -> 4.4-5.1 ms). The wait is bounded by the peer
 /// timeout; a destination that did not accept the capability is not waited for. (QEMU's multifd sync at each
 /// iteration's end has the same purpose, without the destination's acknowledgement.)</para>
 ///
@@ -172,6 +175,12 @@ public static class MigrationProtocol
 {
     /// <summary>The version this build speaks.</summary>
     public const ushort CurrentVersion = 1;
+
+    /// <summary>A landed-sync Keepalive's value: bit 62 set, bit 63 clear (see Landed sync above).</summary>
+    public const ulong LandedMarkerTag = 1UL << 62;
+
+    /// <summary>The bits of a Keepalive's value that tell a landed-sync marker (<see cref="LandedMarkerTag"/>) from a timestamp.</summary>
+    public const ulong LandedMarkerMask = 3UL << 62;
 
     /// <summary>Oldest version this build accepts (current and previous; v1 is the first).</summary>
     public const ushort OldestSupportedVersion = 1;

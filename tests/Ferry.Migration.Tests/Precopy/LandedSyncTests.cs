@@ -71,6 +71,27 @@ public class LandedSyncTests
     }
 
     [Fact]
+    public void EveryPassIsMadeDurableOnEachPageChannelBeforeItCountsAsLandedAndTheRoundMeasuresIt()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000);
+        using var transport = new InMemoryTransport();
+        // A target whose landed sync takes 150 ms, as flushing a copied disk's image may.
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory()) { OnSyncLanded = () => Thread.Sleep(150) };
+        var options = Options() with { PageChannels = 2 };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, options, factory);
+        using var _ = outcome.Target;
+        Assert.Equal(MigrationStatus.Completed, outcome.Stats.Status);
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        // One marker per channel per pre-copy pass, each synced before its echo (the last entry is the stop-and-copy
+        // pass, which is flushed instead) ...
+        var passes = outcome.Stats.Rounds.SkipLast(1).ToList();
+        Assert.NotEmpty(passes);
+        Assert.Equal(passes.Count * options.PageChannels, outcome.Target!.SyncLandedCalls);
+        // ... so a round lasts at least as long as its sync.
+        Assert.All(passes, r => Assert.True(r.Milliseconds >= 150, $"round {r.Round} took {r.Milliseconds:F1} ms"));
+    }
+
+    [Fact]
     public void ADestinationThatNeverConfirmsARoundFailsTheMigrationAndTheSourceKeepsRunning()
     {
         using var guest = NewGuest(4, pagesPerSecond: 2_000);

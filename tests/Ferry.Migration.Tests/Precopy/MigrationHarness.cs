@@ -19,10 +19,14 @@ internal sealed class RecordingTargetFactory(IMigrationTargetFactory inner) : IM
     /// <summary>When set, LoadState of every target created throws this (a destination that rejects the state).</summary>
     public bool RejectState { get; init; }
 
+    /// <summary>Run by every target created before it forwards a landed sync, or null.</summary>
+    public Action? OnSyncLanded { get; init; }
+
     public IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions)
     {
         var created = inner.Create(vmId, regions);
         var t = created is IPostcopyTarget ? new RecordingPostcopyTarget(created, RejectState) : new RecordingTarget(created, RejectState);
+        t.OnSyncLanded = OnSyncLanded;
         lock (_created) _created.Add(t);
         return t;
     }
@@ -87,6 +91,20 @@ internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigr
     {
         Interlocked.Exchange(ref _started, 1);
         inner.Start();
+    }
+
+    /// <summary>Landed syncs the engine asked for so far.</summary>
+    public int SyncLandedCalls => Volatile.Read(ref _syncLanded);
+    private int _syncLanded;
+
+    /// <summary>Run before each landed sync is forwarded (a target whose sync takes time), or null.</summary>
+    public Action? OnSyncLanded { get; set; }
+
+    public void SyncLanded()
+    {
+        Interlocked.Increment(ref _syncLanded);
+        OnSyncLanded?.Invoke();
+        inner.SyncLanded();
     }
 
     public void Dispose()
