@@ -138,6 +138,9 @@ public sealed class OutgoingMigration
     private volatile MigrationStatus _status = MigrationStatus.Setup;
     private int _round;
     private long _remainingBytes;
+    // Bytes no pass sends that are still to move, counted in the remainder during a pass: pure post-copy's RAM while
+    // its pre-copy-only regions go in rounds.
+    private long _remainingBeyondPass;
     private double _bandwidth;
     private double _dirtyRate;
     private int _throttle;
@@ -255,7 +258,7 @@ public sealed class OutgoingMigration
             if (pass is not null)
             {
                 long done = PagesSentNow() - pass.StartPages;
-                remaining = Math.Max(0, pass.Pages - done) * MemoryRegion.PageSize;
+                remaining = Math.Max(0, pass.Pages - done) * MemoryRegion.PageSize + Interlocked.Read(ref _remainingBeyondPass);
                 var elapsed = _time.GetElapsedTime(pass.StartTimestamp);
                 if (elapsed >= TimeSpan.FromMilliseconds(50))
                     bandwidth = (sent - pass.StartBytes) / elapsed.TotalSeconds;
@@ -579,9 +582,15 @@ public sealed class OutgoingMigration
     private void PrecopyOnlyRounds(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap populated, DirtyBitmap? used, CountdownEvent done)
     {
         var send = new DirtyBitmap(_guest.TotalPages);
-        foreach (var (start, end) in _precopyOnly) send.SetRange(start, end);
+        ulong precopyOnlyPages = 0;
+        foreach (var (start, end) in _precopyOnly)
+        {
+            send.SetRange(start, end);
+            precopyOnlyPages += end - start;
+        }
         var log = new DirtyBitmap(_guest.TotalPages);
         var meter = new BandwidthMeter();
+        Interlocked.Exchange(ref _remainingBeyondPass, (long)(_guest.TotalPages - precopyOnlyPages) * MemoryRegion.PageSize);
         for (int round = 0; ; round++)
         {
             Volatile.Write(ref _round, round);
@@ -604,13 +613,15 @@ public sealed class OutgoingMigration
                 Round = round, Pages = pages, Bytes = bytes, Milliseconds = roundMs,
                 DirtyPagesPerSecond = roundMs > 0 ? rest / (roundMs / 1000) : 0, BandwidthBytesPerSecond = roundBandwidth, ThrottlePercent = _throttle,
             });
-            Interlocked.Exchange(ref _remainingBytes, rest * MemoryRegion.PageSize);
+            // Still to move: that rest, and all of RAM (post-copy's).
+            Interlocked.Exchange(ref _remainingBytes, (long)(_guest.TotalPages - precopyOnlyPages + (ulong)rest) * MemoryRegion.PageSize);
             Volatile.Write(ref _bandwidth, bandwidth);
             Report();
             bool fits = bandwidth > 0 && TimeSpan.FromSeconds(rest * MemoryRegion.PageSize / bandwidth) <= _options.DowntimeLimit;
             if (rest == 0 || fits || round + 1 >= _options.HybridMaxRounds) break;
             _abort.Token.ThrowIfCancellationRequested();
         }
+        Interlocked.Exchange(ref _remainingBeyondPass, 0);
         foreach (var (start, end) in _precopyOnly) bitmap.ClearRange(start, end);
         bitmap.OrFrom(send);
     }

@@ -48,7 +48,9 @@ public class PrecopyOnlyRegionTests
         var source = new SecondRegionPrecopyOnly(inner);
         var factory = new RecordingTargetFactory(new InProcessTargetFactory());
         var options = Options() with { Mode = mode, TimeoutStrategy = strategy, MaxRounds = 3, DowntimeLimit = TimeSpan.FromMicroseconds(1) };
-        var outcome = Migrate(source, transport.Connector, transport.Listener, options, factory);
+        var reports = new List<MigrationProgress>();
+        var progress = new SynchronousProgress(p => { lock (reports) reports.Add(p); });
+        var outcome = Migrate(source, transport.Connector, transport.Listener, options, factory, progress: progress);
         using var _ = outcome.Target;
         PostcopyMigrationTests.AssertCompletedInPostcopy(outcome, inner);
         var pc = outcome.Stats.Postcopy!;
@@ -67,6 +69,19 @@ public class PrecopyOnlyRegionTests
             Assert.NotEmpty(rounds);
             Assert.Equal((long)source.Regions[1].Pages, rounds[0].Pages);
             Assert.Equal((long)source.Regions[0].Pages, pc.MissingPages);
+            // While that region went, all of RAM was still to move too: progress said so.
+            lock (reports)
+            {
+                var before = reports.Where(r => r.Status == MigrationStatus.Active).ToList();
+                Assert.NotEmpty(before);
+                Assert.All(before, r => Assert.True(r.RemainingBytes >= (long)source.Regions[0].Size, $"round {r.Round}: {r.RemainingBytes} bytes remaining"));
+            }
         }
+    }
+
+    /// <summary>Reports on the reporting thread, in order (Progress&lt;T&gt; would post them to the thread pool).</summary>
+    private sealed class SynchronousProgress(Action<MigrationProgress> report) : IProgress<MigrationProgress>
+    {
+        public void Report(MigrationProgress value) => report(value);
     }
 }
