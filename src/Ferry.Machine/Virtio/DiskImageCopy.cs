@@ -138,7 +138,8 @@ public sealed partial class DiskImageCopy : IDisposable
     public void Dispose()
     {
         Unmap();
-        file.Dispose();
+        // Not under a sync (a page channel's, on a migration that failed): its fd number must not be reused meanwhile.
+        lock (syncGate) file.Dispose();
     }
 
     private const int LOCK_UN = 8;

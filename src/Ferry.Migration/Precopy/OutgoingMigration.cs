@@ -757,8 +757,8 @@ public sealed class OutgoingMigration
             populated?.OrFrom(late);
             hot?.OrFrom(late);
             // Every pre-copy page before the switchover lands before the missing map applies: Flush on every channel.
-            // Pure post-copy sent none (unless its pre-copy-only regions went in rounds), and says so with sequence 0 instead (waking every page channel's sender and
-            // receiver for an empty pass cost ~2 ms of the downtime).
+            // Pure post-copy sent none (unless its pre-copy-only regions went in rounds), and says so with sequence 0
+            // instead (waking every page channel's sender and receiver for an empty pass cost ~2 ms of the downtime).
             long missingStart = _time.GetTimestamp();
             bool nothingSent = populated is not null && !sentBefore;
             ulong flushSequence = nothingSent ? NoPagesSentSequence : SwitchoverFlushSequence;
