@@ -78,10 +78,4 @@ public class PrecopyOnlyRegionTests
             }
         }
     }
-
-    /// <summary>Reports on the reporting thread, in order (Progress&lt;T&gt; would post them to the thread pool).</summary>
-    private sealed class SynchronousProgress(Action<MigrationProgress> report) : IProgress<MigrationProgress>
-    {
-        public void Report(MigrationProgress value) => report(value);
-    }
 }

@@ -113,6 +113,12 @@ internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigr
     }
 }
 
+/// <summary>IProgress that reports on the caller's thread (Progress&lt;T&gt; would post to the thread pool, out of order).</summary>
+internal sealed class SynchronousProgress(Action<MigrationProgress> report) : IProgress<MigrationProgress>
+{
+    public void Report(MigrationProgress value) => report(value);
+}
+
 /// <summary>The outcome of one migration run by <see cref="MigrationHarness.Migrate"/>.</summary>
 internal sealed record MigrationOutcome(MigrationStatistics Stats, RecordingTarget? Target, Exception? DestinationError, TimeSpan Elapsed)
 {

@@ -327,7 +327,7 @@ public class PrecopyMigrationTests
         using var transport = new InMemoryTransport();
         var factory = new RecordingTargetFactory(new InProcessTargetFactory());
         int runThread = Environment.CurrentManagedThreadId;
-        var sink = new CallbackSink(p =>
+        var sink = new SynchronousProgress(p =>
         {
             if (Environment.CurrentManagedThreadId != runThread) throw new IOException("Broken pipe");
         });
@@ -335,11 +335,6 @@ public class PrecopyMigrationTests
             factory, progress: sink);
         AssertFailedBeforeCommit(outcome, guest, factory);
         Assert.Contains("progress report failed: Broken pipe", outcome.Stats.Error, StringComparison.Ordinal);
-    }
-
-    private sealed class CallbackSink(Action<MigrationProgress> report) : IProgress<MigrationProgress>
-    {
-        public void Report(MigrationProgress value) => report(value);
     }
 
     /// <summary>Holds the first report from a thread other than the migration's until another report begins.</summary>
@@ -567,12 +562,6 @@ public class PrecopyMigrationTests
         var json = System.Text.Json.JsonSerializer.Serialize(s);
         Assert.Contains("\"status\":\"completed\"", json, StringComparison.Ordinal);
         Assert.Contains("\"downtime_breakdown_ms\"", json, StringComparison.Ordinal);
-    }
-
-    /// <summary>IProgress that reports on the caller's thread (Progress&lt;T&gt; would post to the thread pool, out of order).</summary>
-    private sealed class SynchronousProgress(Action<MigrationProgress> report) : IProgress<MigrationProgress>
-    {
-        public void Report(MigrationProgress value) => report(value);
     }
 
     /// <summary>
