@@ -573,11 +573,13 @@ public sealed class OutgoingMigration
 
     /// <summary>
     /// Pure post-copy of a guest with pre-copy-only regions (a copied disk, <see cref="MemoryRegion.PrecopyOnly"/>):
-    /// those regions alone go in pre-copy rounds, after the destination is ready, until what the guest dirtied of them
-    /// fits the downtime limit at the rounds' bandwidth (or after <see cref="MigrationOptions.HybridMaxRounds"/>); their
-    /// rest then goes inside the switchover. On return <paramref name="bitmap"/> (all set on entry) holds all of RAM and
-    /// that rest. What the guest wrote to RAM meanwhile is added to <paramref name="populated"/> (it holds data now, so
-    /// the push must read it) and to <paramref name="used"/> (bubbling's hot pages).
+    /// those regions alone go in pre-copy rounds, after the destination is ready, decided by the convergence policy on
+    /// what the guest dirtied of them: until that fits the downtime limit, or until the round or time limit, where the
+    /// timeout strategy applies (cancel: the migration fails and the guest runs on at the source; force or post-copy:
+    /// the rest goes anyway). Their rest then goes inside the switchover. On return <paramref name="bitmap"/> (all set
+    /// on entry) holds all of RAM and that rest. What the guest wrote to RAM meanwhile is added to
+    /// <paramref name="populated"/> (it holds data now, so the push must read it) and to <paramref name="used"/>
+    /// (bubbling's hot pages).
     /// </summary>
     private void PrecopyOnlyRounds(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap populated, DirtyBitmap? used, CountdownEvent done)
     {
@@ -590,6 +592,8 @@ public sealed class OutgoingMigration
         }
         var log = new DirtyBitmap(_guest.TotalPages);
         var meter = new BandwidthMeter();
+        long roundsStart = _time.GetTimestamp(), previousRest = -1;
+        bool fittedEarlier = false;
         Interlocked.Exchange(ref _remainingBeyondPass, (long)(_guest.TotalPages - precopyOnlyPages) * MemoryRegion.PageSize);
         for (int round = 0; ; round++)
         {
@@ -617,8 +621,20 @@ public sealed class OutgoingMigration
             Interlocked.Exchange(ref _remainingBytes, (long)(_guest.TotalPages - precopyOnlyPages + (ulong)rest) * MemoryRegion.PageSize);
             Volatile.Write(ref _bandwidth, bandwidth);
             Report();
-            bool fits = bandwidth > 0 && TimeSpan.FromSeconds(rest * MemoryRegion.PageSize / bandwidth) <= _options.DowntimeLimit;
-            if (rest == 0 || fits || round + 1 >= _options.HybridMaxRounds) break;
+            // Post-copy is where this goes anyway: at a limit its strategy forces the rest through.
+            var strategy = _options.TimeoutStrategy == TimeoutStrategy.Postcopy ? TimeoutStrategy.Force : _options.TimeoutStrategy;
+            long restBytes = rest * MemoryRegion.PageSize;
+            var decision = ConvergencePolicy.Decide(new ConvergenceInput(
+                restBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round, _time.GetElapsedTime(roundsStart),
+                _options.MaxRounds, _options.Timeout, strategy, previousRest, fittedEarlier));
+            previousRest = restBytes;
+            fittedEarlier |= decision.ExpectedDowntime <= _options.DowntimeLimit;
+            if (decision.Action == ConvergenceAction.Abort)
+            {
+                Fail(MigrationStatus.Failed, decision.Reason!, notify: true, ProtocolErrorCode.None);
+                _abort.Token.ThrowIfCancellationRequested();
+            }
+            if (decision.Action == ConvergenceAction.SwitchOver) break;
             _abort.Token.ThrowIfCancellationRequested();
         }
         Interlocked.Exchange(ref _remainingBeyondPass, 0);

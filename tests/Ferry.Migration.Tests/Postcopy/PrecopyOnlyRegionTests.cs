@@ -21,6 +21,20 @@ public class PrecopyOnlyRegionTests
     /// leaves nothing dirty (pre-copy cannot converge before its round limit however the writers were scheduled), and
     /// the switchover always has pages of that region to carry.
     /// </summary>
+    [Fact]
+    public void PurePostcopyWhosePrecopyOnlyRegionNeverConvergesFailsAtTheRoundLimitAndTheGuestRunsOn()
+    {
+        using var inner = NewGuest(64, pagesPerSecond: 2_000, split: true);
+        using var transport = new InMemoryTransport();
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory());
+        var options = Options() with { Mode = MigrationMode.Postcopy, MaxRounds = 3, DowntimeLimit = TimeSpan.FromMicroseconds(1) };
+        var outcome = Migrate(new SecondRegionPrecopyOnly(inner), transport.Connector, transport.Listener, options, factory);
+        // The cancel strategy at the round limit, before any pause: as pre-copy's, the source runs on.
+        AssertFailedBeforeCommit(outcome, inner, factory);
+        Assert.Equal(3, outcome.Stats.Rounds.Count);
+        AssertWorkloadContinues(inner);
+    }
+
     private sealed class SecondRegionPrecopyOnly(InProcessGuest inner) : DelegatingSource(inner)
     {
         public const int LastMinute = 50;
@@ -39,10 +53,11 @@ public class PrecopyOnlyRegionTests
     [Theory]
     [InlineData(MigrationMode.Hybrid, TimeoutStrategy.Cancel)]
     [InlineData(MigrationMode.Precopy, TimeoutStrategy.Postcopy)]
-    [InlineData(MigrationMode.Postcopy, TimeoutStrategy.Cancel)]
+    [InlineData(MigrationMode.Postcopy, TimeoutStrategy.Force)]
     public void AMigrationEndingInPostcopyBringsThePrecopyOnlyRegionWholeBeforeTheGuestRuns(MigrationMode mode, TimeoutStrategy strategy)
     {
-        // Uniform writes over both regions, and a limit no rest fits: pre-copy ends at its round limit, in post-copy.
+        // Uniform writes over both regions, and a limit no rest fits: pre-copy ends at its round limit, in post-copy
+        // (pure post-copy's rounds of that region alone there by the force strategy).
         using var inner = NewGuest(64, pagesPerSecond: 20_000, split: true);
         using var transport = new InMemoryTransport();
         var source = new SecondRegionPrecopyOnly(inner);
@@ -66,7 +81,7 @@ public class PrecopyOnlyRegionTests
             // Pure post-copy: rounds of that region alone, the first all of it (written pages read, the rest as zeros);
             // all of RAM after the guest.
             var rounds = outcome.Stats.Rounds;
-            Assert.NotEmpty(rounds);
+            Assert.Equal(options.MaxRounds, rounds.Count);
             Assert.Equal((long)source.Regions[1].Pages, rounds[0].Pages);
             Assert.Equal((long)source.Regions[0].Pages, pc.MissingPages);
             // While that region went, all of RAM was still to move too: progress said so.
