@@ -164,14 +164,20 @@ public sealed class OutgoingMigration
         ulong first = 0;
         foreach (var region in guest.Regions)
         {
-            if (region.PrecopyOnly) precopyOnly.Add((first, first + region.Pages));
+            if (region.PrecopyOnly)
+            {
+                precopyOnly.Add((first, first + region.Pages));
+                _precopyOnlyPages += region.Pages;
+            }
             first += region.Pages;
         }
         _precopyOnly = [.. precopyOnly];
     }
 
-    // Bit ranges [start, end) of the regions that must be whole before the guest runs (MemoryRegion.PrecopyOnly).
+    // Bit ranges [start, end) of the regions that must be whole before the guest runs (MemoryRegion.PrecopyOnly), and
+    // their pages in all.
     private readonly (ulong Start, ulong End)[] _precopyOnly;
+    private readonly ulong _precopyOnlyPages;
 
     /// <summary>Run the migration to its end.</summary>
     public MigrationStatistics Run(IProgress<MigrationProgress>? progress = null, CancellationToken cancellationToken = default)
@@ -482,8 +488,7 @@ public sealed class OutgoingMigration
             Volatile.Write(ref _bandwidth, round > 0 ? bandwidth : roundBandwidth);
             Volatile.Write(ref _dirtyRate, dirtyRate);
 
-            // The policy knows cancel and force; post-copy on a limit is a forced switchover done another way.
-            var strategy = _options.TimeoutStrategy == TimeoutStrategy.Postcopy ? TimeoutStrategy.Force : _options.TimeoutStrategy;
+            var strategy = PolicyStrategy;
             var input = new ConvergenceInput(
                 dirtyBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round,
                 _time.GetElapsedTime(precopyStart), _options.MaxRounds, _options.Timeout, strategy,
@@ -584,17 +589,13 @@ public sealed class OutgoingMigration
     private void PrecopyOnlyRounds(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap populated, DirtyBitmap? used, CountdownEvent done)
     {
         var send = new DirtyBitmap(_guest.TotalPages);
-        ulong precopyOnlyPages = 0;
-        foreach (var (start, end) in _precopyOnly)
-        {
-            send.SetRange(start, end);
-            precopyOnlyPages += end - start;
-        }
+        foreach (var (start, end) in _precopyOnly) send.SetRange(start, end);
+        ulong ramPages = _guest.TotalPages - _precopyOnlyPages;
         var log = new DirtyBitmap(_guest.TotalPages);
         var meter = new BandwidthMeter();
         long roundsStart = _time.GetTimestamp(), previousRest = -1;
         bool fittedEarlier = false;
-        Interlocked.Exchange(ref _remainingBeyondPass, (long)(_guest.TotalPages - precopyOnlyPages) * MemoryRegion.PageSize);
+        Interlocked.Exchange(ref _remainingBeyondPass, (long)ramPages * MemoryRegion.PageSize);
         for (int round = 0; ; round++)
         {
             Volatile.Write(ref _round, round);
@@ -607,9 +608,7 @@ public sealed class OutgoingMigration
             populated.OrFrom(log);
             used?.OrFrom(log);
             send.ClearAll();
-            foreach (var (start, end) in _precopyOnly)
-                foreach (var run in log.Runs(start, end)) send.SetRange(run.Start, run.End);
-            long rest = (long)send.Count();
+            long rest = TakePrecopyOnly(log, send);
             double roundBandwidth = roundMs > 0 ? bytes / (roundMs / 1000) : 0;
             double bandwidth = meter.BytesPerSecond > 0 ? meter.BytesPerSecond : roundBandwidth;
             stats.Rounds.Add(new RoundStatistics
@@ -618,11 +617,10 @@ public sealed class OutgoingMigration
                 DirtyPagesPerSecond = roundMs > 0 ? rest / (roundMs / 1000) : 0, BandwidthBytesPerSecond = roundBandwidth, ThrottlePercent = _throttle,
             });
             // Still to move: that rest, and all of RAM (post-copy's).
-            Interlocked.Exchange(ref _remainingBytes, (long)(_guest.TotalPages - precopyOnlyPages + (ulong)rest) * MemoryRegion.PageSize);
+            Interlocked.Exchange(ref _remainingBytes, ((long)ramPages + rest) * MemoryRegion.PageSize);
             Volatile.Write(ref _bandwidth, bandwidth);
             Report();
-            // Post-copy is where this goes anyway: at a limit its strategy forces the rest through.
-            var strategy = _options.TimeoutStrategy == TimeoutStrategy.Postcopy ? TimeoutStrategy.Force : _options.TimeoutStrategy;
+            var strategy = PolicyStrategy;
             long restBytes = rest * MemoryRegion.PageSize;
             var decision = ConvergencePolicy.Decide(new ConvergenceInput(
                 restBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round, _time.GetElapsedTime(roundsStart),
@@ -640,6 +638,26 @@ public sealed class OutgoingMigration
         Interlocked.Exchange(ref _remainingBeyondPass, 0);
         foreach (var (start, end) in _precopyOnly) bitmap.ClearRange(start, end);
         bitmap.OrFrom(send);
+    }
+
+    /// <summary>The timeout strategy as the convergence policy knows it: cancel or force; post-copy at a limit is a
+    /// forced switchover done another way.</summary>
+    private TimeoutStrategy PolicyStrategy =>
+        _options.TimeoutStrategy == TimeoutStrategy.Postcopy ? TimeoutStrategy.Force : _options.TimeoutStrategy;
+
+    /// <summary>Set in <paramref name="into"/> the pages of the pre-copy-only regions set in <paramref name="from"/>; returns how many.</summary>
+    private long TakePrecopyOnly(DirtyBitmap from, DirtyBitmap into)
+    {
+        long pages = 0;
+        foreach (var (start, end) in _precopyOnly)
+        {
+            foreach (var run in from.Runs(start, end))
+            {
+                into.SetRange(run.Start, run.End);
+                pages += (long)run.Length;
+            }
+        }
+        return pages;
     }
 
     /// <summary>Bytes set in <paramref name="bitmap"/> within the pre-copy-only regions.</summary>
@@ -798,14 +816,7 @@ public sealed class OutgoingMigration
                 }
                 if (wholeBefore is not null)
                 {
-                    foreach (var (start, end) in _precopyOnly)
-                    {
-                        foreach (var run in bitmap.Runs(start, end))
-                        {
-                            wholeBefore.SetRange(run.Start, run.End);
-                            precopyOnlyPages += (long)run.Length;
-                        }
-                    }
+                    precopyOnlyPages = TakePrecopyOnly(bitmap, wholeBefore);
                     if (precopyOnlyPages > 0)
                     {
                         bitmap.ClearFrom(wholeBefore);
