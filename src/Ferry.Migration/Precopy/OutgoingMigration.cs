@@ -440,11 +440,12 @@ public sealed class OutgoingMigration
             if (_populatedMap) WritePopulatedPages(_control!, populated, _guest.Regions);
             _echoArrived.Reset();
             SendKeepalive();
-            var (used, steady, system) = AwaitEchoAgingUse(populated);
-            // Its pre-copy-only regions (a copied disk) go first, in rounds of their own; RAM stays all missing.
-            if (_precopyOnly.Length > 0) PrecopyOnlyRounds(stats, bitmap, populated, used, done);
+            var use = AwaitEchoAgingUse(populated);
+            // Its pre-copy-only regions (a copied disk) go first, in rounds of their own; RAM stays all missing. The
+            // guest's use goes on being aged meanwhile, so that its steady pages are those of the last intervals.
+            if (_precopyOnly.Length > 0) PrecopyOnlyRounds(stats, bitmap, populated, use, done);
             _switchReasonText = "postcopy";
-            PostcopySwitchover(stats, bitmap, populated, done, ref paused, used, steady, system, sentBefore: _precopyOnly.Length > 0);
+            PostcopySwitchover(stats, bitmap, populated, done, ref paused, use?.Used, use?.Steady(), use?.System, sentBefore: _precopyOnly.Length > 0);
             return;
         }
 
@@ -526,27 +527,32 @@ public sealed class OutgoingMigration
                 if (decision.ExpectedDowntime != TimeSpan.MaxValue) stats.ExpectedDowntimeMs = decision.ExpectedDowntime.TotalMilliseconds;
                 break;
             }
-            // A rest that already fits (another round only buys headroom) is no reason to slow the guest down.
             bool fits = decision.ExpectedDowntime <= _options.DowntimeLimit;
             fittedEarlier |= fits;
-            if (autoConverge is not null && fits)
-            {
-                autoConverge.OnRoundThatFits();
-            }
-            else if (autoConverge is not null)
-            {
-                // Transferred = the page bytes sent this round; dirtied = what must be re-sent because of this round.
-                int throttle = autoConverge.OnRoundEnd(dirtyBytes, bytes);
-                if (throttle != _throttle)
-                {
-                    _guest.SetThrottle(throttle);
-                    Volatile.Write(ref _throttle, throttle);
-                }
-            }
+            StepAutoConverge(autoConverge, fits, dirtyBytes, bytes);
             _abort.Token.ThrowIfCancellationRequested();
         }
 
         StopAndCopy(stats, bitmap, done, ref paused);
+    }
+
+    /// <summary>
+    /// Account a round that did not end the rounds with auto-converge (null: off), and throttle the guest if a step is
+    /// due: <paramref name="dirtiedBytes"/> must be re-sent because of the round, which sent <paramref name="sentBytes"/>.
+    /// A rest that already fits the limit (another round only buys headroom) is no reason to slow the guest down.
+    /// </summary>
+    private void StepAutoConverge(AutoConverge? autoConverge, bool fits, long dirtiedBytes, long sentBytes)
+    {
+        if (autoConverge is null) return;
+        if (fits)
+        {
+            autoConverge.OnRoundThatFits();
+            return;
+        }
+        int throttle = autoConverge.OnRoundEnd(dirtiedBytes, sentBytes);
+        if (throttle == _throttle) return;
+        _guest.SetThrottle(throttle);
+        Volatile.Write(ref _throttle, throttle);
     }
 
     /// <summary>
@@ -583,16 +589,28 @@ public sealed class OutgoingMigration
     /// timeout strategy applies (cancel: the migration fails and the guest runs on at the source; force or post-copy:
     /// the rest goes anyway). Their rest then goes inside the switchover. On return <paramref name="bitmap"/> (all set
     /// on entry) holds all of RAM and that rest. What the guest wrote to RAM meanwhile is added to
-    /// <paramref name="populated"/> (it holds data now, so the push must read it) and to <paramref name="used"/>
-    /// (bubbling's hot pages).
+    /// <paramref name="populated"/> (it holds data now, so the push must read it); with bubbling, <paramref name="use"/>
+    /// goes on aging what the guest used, every interval through the passes too, so that its steady pages at the pause
+    /// are those of the intervals just before it.
     /// </summary>
-    private void PrecopyOnlyRounds(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap populated, DirtyBitmap? used, CountdownEvent done)
+    private void PrecopyOnlyRounds(StatsBuilder stats, DirtyBitmap bitmap, DirtyBitmap populated, Postcopy.RecentUse? use, CountdownEvent done)
     {
         var send = new DirtyBitmap(_guest.TotalPages);
         foreach (var (start, end) in _precopyOnly) send.SetRange(start, end);
         ulong ramPages = _guest.TotalPages - _precopyOnlyPages;
         var log = new DirtyBitmap(_guest.TotalPages);
+        // With bubbling, the guest's use is harvested every interval while a pass goes too: the pre-copy-only pages
+        // such a harvest finds dirty wait here for the next round (the pass in flight reads `send`).
+        var tickLog = use is null ? null : new DirtyBitmap(_guest.TotalPages);
+        var pending = use is null ? null : new DirtyBitmap(_guest.TotalPages);
+        Action? tick = use is null ? null : () =>
+        {
+            if (use.UntilDue > TimeSpan.Zero) return;
+            use.Harvest(tickLog!, populated);
+            TakePrecopyOnly(tickLog!, pending!);
+        };
         var meter = new BandwidthMeter();
+        var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
         long roundsStart = _time.GetTimestamp(), previousRest = -1;
         bool fittedEarlier = false;
         Interlocked.Exchange(ref _remainingBeyondPass, (long)ramPages * MemoryRegion.PageSize);
@@ -600,15 +618,24 @@ public sealed class OutgoingMigration
         {
             Volatile.Write(ref _round, round);
             long roundStart = _time.GetTimestamp();
-            var (pages, bytes) = SendPass(send, PageBatchFlags.None, 0, done, round == 0 ? populated : null, round);
+            var (pages, bytes) = SendPass(send, PageBatchFlags.None, 0, done, round == 0 ? populated : null, round, tick);
             double roundMs = Ms(roundStart);
             if (round > 0) meter.AddSample(bytes, TimeSpan.FromMilliseconds(roundMs));
-            log.ClearAll();
-            _guest.HarvestDirtyLog(log.Words);
-            populated.OrFrom(log);
-            used?.OrFrom(log);
+            if (use is not null) use.Harvest(log, populated);
+            else
+            {
+                log.ClearAll();
+                _guest.HarvestDirtyLog(log.Words);
+                populated.OrFrom(log);
+            }
             send.ClearAll();
-            long rest = TakePrecopyOnly(log, send);
+            TakePrecopyOnly(log, send);
+            if (pending is not null)
+            {
+                send.OrFrom(pending);
+                pending.ClearAll();
+            }
+            long rest = (long)PrecopyOnlyPagesIn(send);
             double roundBandwidth = roundMs > 0 ? bytes / (roundMs / 1000) : 0;
             double bandwidth = meter.BytesPerSecond > 0 ? meter.BytesPerSecond : roundBandwidth;
             stats.Rounds.Add(new RoundStatistics
@@ -626,13 +653,16 @@ public sealed class OutgoingMigration
                 restBytes, bandwidth, EffectiveStateTimeEstimate, _options.DowntimeLimit, round, _time.GetElapsedTime(roundsStart),
                 _options.MaxRounds, _options.Timeout, strategy, previousRest, fittedEarlier));
             previousRest = restBytes;
-            fittedEarlier |= decision.ExpectedDowntime <= _options.DowntimeLimit;
+            bool fits = decision.ExpectedDowntime <= _options.DowntimeLimit;
+            fittedEarlier |= fits;
             if (decision.Action == ConvergenceAction.Abort)
             {
                 Fail(MigrationStatus.Failed, decision.Reason!, notify: true, ProtocolErrorCode.None);
                 _abort.Token.ThrowIfCancellationRequested();
             }
             if (decision.Action == ConvergenceAction.SwitchOver) break;
+            // A guest writing its disk faster than it copies is slowed down as in pre-copy.
+            StepAutoConverge(autoConverge, fits, restBytes, bytes);
             _abort.Token.ThrowIfCancellationRequested();
         }
         Interlocked.Exchange(ref _remainingBeyondPass, 0);
@@ -661,11 +691,14 @@ public sealed class OutgoingMigration
     }
 
     /// <summary>Bytes set in <paramref name="bitmap"/> within the pre-copy-only regions.</summary>
-    private long PrecopyOnlyBytes(DirtyBitmap bitmap)
+    private long PrecopyOnlyBytes(DirtyBitmap bitmap) => (long)PrecopyOnlyPagesIn(bitmap) * MemoryRegion.PageSize;
+
+    /// <summary>Pages set in <paramref name="bitmap"/> within the pre-copy-only regions.</summary>
+    private ulong PrecopyOnlyPagesIn(DirtyBitmap bitmap)
     {
         ulong pages = 0;
         foreach (var (start, end) in _precopyOnly) pages += bitmap.Count(start, end);
-        return (long)pages * MemoryRegion.PageSize;
+        return pages;
     }
 
     /// <summary>The system pages still to send, on the urgent channel, until <paramref name="stop"/> says so; the pages sent.</summary>
@@ -699,50 +732,22 @@ public sealed class OutgoingMigration
     /// <summary>
     /// Pure post-copy, before the pause: wait for the destination's echo (at most the peer timeout, as before), and
     /// with bubbling, every <see cref="RecentUseInterval"/> harvest what the guest wrote (and used, where the source
-    /// tracks it): all of it is returned as used, the pages used in each of the last <see cref="SteadyIntervals"/> as
-    /// steady (null before that many), the system side's pages of the whole wait as system. Written pages go into
-    /// <paramref name="populated"/> too: a page first written after that map was taken holds data. The dirty log's
-    /// harvest is what makes a page the guest writes all the time show in each interval: it drops the CPUs' write
-    /// translations, and the next write fills one again.
+    /// tracks it) into the returned <see cref="Postcopy.RecentUse"/> (null without bubbling), which later harvests up
+    /// to the pause go on feeding. Written pages go into <paramref name="populated"/> too.
     /// </summary>
-    private (DirtyBitmap? Used, DirtyBitmap? Steady, DirtyBitmap? System) AwaitEchoAgingUse(DirtyBitmap populated)
+    private Postcopy.RecentUse? AwaitEchoAgingUse(DirtyBitmap populated)
     {
         long start = _time.GetTimestamp();
         if (_options.Prepaging != Postcopy.PrepagingStrategy.Bubble)
         {
             _echoArrived.Wait(_options.PeerTimeout, _abort.Token);
-            return (null, null, null);
+            return null;
         }
-        var tracking = _guest as IAccessTrackingSource;
-        DirtyBitmap? used = null, system = null;
-        // The last intervals' pages, newest at (taken - 1) % length.
-        var recent = new DirtyBitmap?[SteadyIntervals];
-        int taken = 0;
-        while (!_echoArrived.Wait(RecentUseInterval, _abort.Token) && _time.GetElapsedTime(start) < _options.PeerTimeout)
-        {
-            used ??= new DirtyBitmap(_guest.TotalPages);
-            var interval = recent[taken % recent.Length] ??= new DirtyBitmap(_guest.TotalPages);
-            interval.ClearAll();
-            _guest.HarvestDirtyLog(interval.Words);
-            populated.OrFrom(interval);
-            if (tracking is not null)
-            {
-                // The system side's pages stay in one set over the whole wait: a kernel page used once a second is as
-                // needed at the resume as one used every tick, and the set is small (~450 pages on the demo guest).
-                system ??= new DirtyBitmap(_guest.TotalPages);
-                tracking.HarvestAccessedPages(interval.Words, system.Words);
-            }
-            used.OrFrom(interval);
-            taken++;
-        }
-        DirtyBitmap? steady = null;
-        if (taken >= recent.Length)
-        {
-            steady = new DirtyBitmap(_guest.TotalPages);
-            steady.OrFrom(recent[0]!);
-            for (int i = 1; i < recent.Length; i++) steady.AndFrom(recent[i]!);
-        }
-        return (used, steady, system);
+        var use = new Postcopy.RecentUse(_guest, SteadyIntervals, RecentUseInterval, _time);
+        var log = new DirtyBitmap(_guest.TotalPages);
+        while (!_echoArrived.Wait(use.UntilDue, _abort.Token) && _time.GetElapsedTime(start) < _options.PeerTimeout)
+            use.Harvest(log, populated);
+        return use;
     }
 
     /// <summary>
@@ -1217,7 +1222,8 @@ public sealed class OutgoingMigration
     /// <paramref name="round"/> given and landed sync negotiated, it returns only once the destination confirmed it
     /// landed everything sent (MigrationProtocol.cs, "Landed sync").
     /// </summary>
-    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, PageBatchFlags flags, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1)
+    private (long Pages, long Bytes) SendPass(DirtyBitmap bitmap, PageBatchFlags flags, ulong flush, CountdownEvent done, DirtyBitmap? populated = null, int round = -1,
+        Action? tick = null)
     {
         long pagesBefore = PagesSentNow(), bytesBefore = BytesSentNow();
         _pass = new PassProgress((long)bitmap.Count(), pagesBefore, bytesBefore, _time.GetTimestamp());
@@ -1236,9 +1242,9 @@ public sealed class OutgoingMigration
         done.Reset(_senders.Length);
         for (int i = 0; i < _senders.Length; i++)
             _senders[i].Start(bitmap, flags, flush, done, populated, sync ? Marker(round, i) : 0);
-        done.Wait(_abort.Token);
+        WaitTicking(done, Timeout.InfiniteTimeSpan, tick);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
-        if (sync && !_landed.Wait(_options.PeerTimeout, _abort.Token))
+        if (sync && !WaitTicking(_landed, _options.PeerTimeout, tick))
         {
             Fail(MigrationStatus.Failed, $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s",
                 notify: true, ProtocolErrorCode.Timeout);
@@ -1246,6 +1252,29 @@ public sealed class OutgoingMigration
         }
         _pass = null;
         return (PagesSentNow() - pagesBefore, BytesSentNow() - bytesBefore);
+    }
+
+    /// <summary>How often a pass's wait calls its tick (which decides itself whether it is due).</summary>
+    private static readonly TimeSpan TickPeriod = TimeSpan.FromMilliseconds(10);
+
+    /// <summary><paramref name="wait"/>'s Wait (infinite: <see cref="Timeout.InfiniteTimeSpan"/>), calling
+    /// <paramref name="tick"/> every <see cref="TickPeriod"/> meanwhile; whether it was set.</summary>
+    private bool WaitTicking(CountdownEvent wait, TimeSpan timeout, Action? tick)
+    {
+        if (tick is null) return wait.Wait(timeout, _abort.Token);
+        long start = _time.GetTimestamp();
+        while (true)
+        {
+            var slice = TickPeriod;
+            if (timeout != Timeout.InfiniteTimeSpan)
+            {
+                var left = timeout - _time.GetElapsedTime(start);
+                if (left <= TimeSpan.Zero) return wait.IsSet;
+                if (left < slice) slice = left;
+            }
+            if (wait.Wait(slice, _abort.Token)) return true;
+            tick();
+        }
     }
 
     /// <summary>The landed-sync marker of <paramref name="round"/> on channel <paramref name="channel"/>.</summary>

@@ -1,3 +1,4 @@
+using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
 using Ferry.Migration.Protocol;
 using Ferry.Migration.Postcopy;
@@ -211,6 +212,58 @@ public class PostcopyMigrationTests
         {
             base.Pause();
             _paused = true;
+        }
+    }
+
+    [Fact]
+    public void WithAPrecopyOnlyRegionTheSteadyPagesAreThoseOfTheIntervalsBeforeThePauseNotBeforeItsRounds()
+    {
+        // Idle, as above: only the named pages are used in every interval.
+        using var inner = NewGuest(64, pagesPerSecond: 0, split: true);
+        using var transport = new InMemoryTransport();
+        var source = new SteadyUseMoves(inner);
+        // Enough intervals pass before the destination is ready for the first set to be steady, and the first round's
+        // landing (where the guest's use moves) takes as long again: its rounds outlast what made the first set steady.
+        var slow = new ObservedPreparationFactory { Delay = OutgoingMigration.RecentUseInterval * (OutgoingMigration.SteadyIntervals + 4) };
+        int synced = 0;
+        var factory = new RecordingTargetFactory(slow)
+        {
+            OnSyncLanded = () =>
+            {
+                if (Interlocked.Exchange(ref synced, 1) != 0) return;
+                source.Moved = true;
+                Thread.Sleep(OutgoingMigration.RecentUseInterval * (OutgoingMigration.SteadyIntervals + 4));
+            },
+        };
+        var outcome = Migrate(source, transport.Connector, transport.Listener, PostcopyOptions(MigrationMode.Postcopy), factory);
+        using var _ = outcome.Target;
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        Assert.True(source.HarvestsBefore >= OutgoingMigration.SteadyIntervals, $"only {source.HarvestsBefore} harvests before the rounds");
+        Assert.NotEmpty(outcome.Stats.Rounds);
+        // What went first on the urgent channel was what the guest used in the intervals before the pause.
+        Assert.Equal(SteadyUseMoves.AfterCount, outcome.Stats.Postcopy!.SystemPages);
+    }
+
+    /// <summary>
+    /// A two-region guest whose second region is pre-copy only (a copied disk) and whose user side used pages
+    /// [2000, 2000 + BeforeCount) in every interval until <see cref="Moved"/>, and [3000, 3000 + AfterCount) since.
+    /// </summary>
+    private sealed class SteadyUseMoves(InProcessGuest inner) : TrackingGuest(inner)
+    {
+        public const int BeforeCount = 30, AfterCount = 50;
+        private readonly IReadOnlyList<MemoryRegion> _regions = [inner.Regions[0], inner.Regions[1] with { PrecopyOnly = true }];
+        public volatile bool Moved;
+        public int HarvestsBefore;
+
+        public override IReadOnlyList<MemoryRegion> Regions => _regions;
+
+        public override void HarvestAccessedPages(Span<ulong> bitmap, Span<ulong> system)
+        {
+            bool moved = Moved;
+            if (!moved) HarvestsBefore++;
+            int first = moved ? 3000 : 2000, count = moved ? AfterCount : BeforeCount;
+            for (int p = first; p < first + count; p++) bitmap[p >> 6] |= 1UL << p;
         }
     }
 

@@ -35,6 +35,34 @@ public class PrecopyOnlyRegionTests
         AssertWorkloadContinues(inner);
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void PurePostcopysRoundsOfThePrecopyOnlyRegionSlowAGuestThatOutrunsThemAsPrecopyDoes(bool autoConverge)
+    {
+        // Every round after the first re-sends the always-dirty pages and finds them dirty again: a rest that never
+        // shrinks, dirtied faster than half of what each round moved. Two such rounds in a row are a throttle step.
+        // The writers idle, so that those pages are all each round finds.
+        using var inner = NewGuest(64, pagesPerSecond: 0, split: true);
+        using var transport = new InMemoryTransport();
+        var options = Options() with
+        {
+            Mode = MigrationMode.Postcopy, MaxRounds = 5, TimeoutStrategy = TimeoutStrategy.Force,
+            DowntimeLimit = TimeSpan.FromMicroseconds(1), AutoConverge = autoConverge,
+        };
+        var outcome = Migrate(new SecondRegionPrecopyOnly(inner), transport.Connector, transport.Listener, options);
+        using var _ = outcome.Target;
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        var rounds = outcome.Stats.Rounds;
+        Assert.Equal(5, rounds.Count);
+        Assert.All(rounds, r => Assert.True(r.Pages > 0));
+        Assert.All(rounds.Take(3), r => Assert.Equal(0, r.ThrottlePercent));
+        // Rounds 1 and 2 were high: from round 3 the guest ran at the first step, as pre-copy's auto-converge sets it.
+        int step = autoConverge ? options.ThrottleInitial : 0;
+        Assert.Equal([step, step], rounds.Skip(3).Select(r => r.ThrottlePercent));
+    }
+
     private sealed class SecondRegionPrecopyOnly(InProcessGuest inner) : DelegatingSource(inner)
     {
         public const int LastMinute = 50;
