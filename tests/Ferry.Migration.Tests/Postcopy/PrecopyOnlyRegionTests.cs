@@ -35,6 +35,30 @@ public class PrecopyOnlyRegionTests
         AssertWorkloadContinues(inner);
     }
 
+    [Fact]
+    public void ADestinationThatDiesDuringPurePostcopysRoundsOfThePrecopyOnlyRegionLeavesTheGuestRunningAtTheSource()
+    {
+        // Nothing has paused yet: pre-copy's failure case, whatever mode was asked for.
+        using var inner = NewGuest(64, pagesPerSecond: 2_000, split: true);
+        using var transport = new InMemoryTransport();
+        var plan = new FaultPlan();
+        // The destination's end of page channel 1 goes away 1 MiB into its share of that region's first round.
+        var fault = plan.Close(FaultTarget.Page(1), FaultTrigger.AtOffset(1 << 20), FaultDirection.Receive);
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory());
+        var options = Options() with { Mode = MigrationMode.Postcopy };
+        var outcome = Migrate(new SecondRegionPrecopyOnly(inner), transport.Connector, new FaultInjectingListener(transport.Listener, plan), options, factory);
+        Assert.Equal(1, fault.TimesFired);
+        AssertFailedBeforeCommit(outcome, inner, factory);
+        Assert.Null(outcome.Stats.Postcopy);
+        AssertWorkloadContinues(inner);
+
+        // And it migrates again at once, the same way.
+        using var again = new InMemoryTransport();
+        var retry = Migrate(new SecondRegionPrecopyOnly(inner), again.Connector, again.Listener, options);
+        using var _ = retry.Target;
+        PostcopyMigrationTests.AssertCompletedInPostcopy(retry, inner);
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
