@@ -164,28 +164,8 @@ internal sealed partial class NetworkNamespace : IDisposable
         Run("ip", $"netns del {Name}");
     }
 
-    /// <summary>Run a tool and return its stdout; throws with its stderr when it fails or is missing.</summary>
-    public static string Run(string tool, string arguments)
-    {
-        var psi = new ProcessStartInfo(tool, arguments) { RedirectStandardOutput = true, RedirectStandardError = true };
-        Process p;
-        try
-        {
-            p = Process.Start(psi)!;
-        }
-        catch (Win32Exception e)
-        {
-            throw new InvalidOperationException($"network tests need iproute2's '{tool}' ({e.Message}): apt-get install iproute2", e);
-        }
-        using (p)
-        {
-            Task<string> error = p.StandardError.ReadToEndAsync();
-            string output = p.StandardOutput.ReadToEnd();
-            p.WaitForExit();
-            if (p.ExitCode != 0) throw new InvalidOperationException($"{tool} {arguments}: exit code {p.ExitCode}: {error.Result.Trim()}");
-            return output;
-        }
-    }
+    /// <summary>Run an iproute2 tool; its standard output. Throws, with its standard error, if it fails.</summary>
+    public static string Run(string tool, string arguments) => HostCommand.Run(tool, arguments, "network tests need iproute2 (apt-get install iproute2)");
 
     private const int CLONE_NEWNET = 0x40000000;
 

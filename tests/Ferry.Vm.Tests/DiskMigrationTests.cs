@@ -263,7 +263,7 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
     }
 
     [Fact]
-    public void ACopyIntoADestinationWithoutAWritableDiskIsRefusedAndTheSourceRunsOn()
+    public void ACopyIntoADestinationWithoutAWritableDiskOrRoomForItIsRefusedAndTheSourceRunsOn()
     {
         string image = Image("source.img", 64L << 20);
         string readOnly = Image("readonly.img", 64L << 20);
@@ -280,6 +280,21 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
         Assert.Equal(MigrationStatus.Failed, ro.Statistics.Status);
         Assert.Contains("read-only here", ro.Statistics.Error ?? "", StringComparison.Ordinal);
         Assert.True(new FileInfo(readOnly).Length == 64L << 20, "a refused destination changed its image");
+
+        // A destination whose file system has no room for the copy: refused at the handshake, saying so, before any
+        // block moved (it found out halfway before, with a receive failing on EFAULT: "Bad address").
+        using (var small = SmallFilesystem.Tmpfs(16L << 20))
+        {
+            string full = Path.Combine(small.Path, "full.img");
+            File.WriteAllBytes(full, new byte[4096]);
+            LoopbackVmMigration.Result noRoom = Migrate(source, new MachineOptions { DiskPath = full, SerialOut = new SerialLog() }, copyDisk: true);
+            Assert.Equal(MigrationStatus.Failed, noRoom.Statistics.Status);
+            Assert.Contains($"peer sent Refuse: cannot receive the source's disk: {full}: no room for the copied disk image (64 MiB)",
+                noRoom.Statistics.Error ?? "", StringComparison.Ordinal);
+            Assert.Equal(0, noRoom.Statistics.Pages.Normal);
+            Assert.Null(noRoom.Destination);
+            Assert.True(noRoom.Source.IsRunning);
+        }
 
         Assert.True(source.Disk!.LockHeld);
         WaitForWrites(source, sourceConsole, before.Writes + 20);

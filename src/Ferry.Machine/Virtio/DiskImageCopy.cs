@@ -61,6 +61,20 @@ public sealed partial class DiskImageCopy : IDisposable
                 int errno = Marshal.GetLastPInvokeError();
                 throw new MachineConfigException($"{imagePath}: cannot resize the disk image to {bytes} bytes", new LinuxException("ftruncate", errno));
             }
+            // Reserve the room now: stores into a shared mapping of a file its file system cannot extend fail as
+            // EFAULT in a receive's readv and as SIGBUS in a copy (a full disk found halfway through the migration,
+            // with a cryptic error or a crashed destination). Refused here, the source has moved nothing yet. A file
+            // system without fallocate (EOPNOTSUPP) gets the image sparse, as before. The price: the copy is not
+            // sparse where the source's image is (the guest's discards punch holes again afterwards).
+            if (VirtioBlk.fallocate(fd, 0, 0, (long)bytes) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno != EOPNOTSUPP)
+                {
+                    string why = errno == ENOSPC ? $"no room for the copied disk image ({bytes >> 20} MiB)" : "cannot reserve room for the copied disk image";
+                    throw new MachineConfigException($"{imagePath}: {why}", new LinuxException("fallocate", errno));
+                }
+            }
             nint at = Libc.mmap(0, (nuint)bytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, 0);
             if (at == Libc.MAP_FAILED)
             {
@@ -143,6 +157,7 @@ public sealed partial class DiskImageCopy : IDisposable
     }
 
     private const int LOCK_UN = 8;
+    private const int ENOSPC = 28, EOPNOTSUPP = 95;
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial int ftruncate(int fd, long length);

@@ -432,5 +432,5 @@ public sealed partial class VirtioBlk : IVirtioDevice
     internal static partial int fdatasync(int fd);
 
     [LibraryImport("libc", SetLastError = true)]
-    private static partial int fallocate(int fd, int mode, long offset, long len);
+    internal static partial int fallocate(int fd, int mode, long offset, long len);
 }

@@ -54,7 +54,8 @@ public interface IMigrationTargetFactory
     /// <summary>
     /// Build an empty guest whose regions have exactly the given guest-physical bases and sizes.
     /// <paramref name="regions"/> has already been validated (page aligned, non-overlapping, within the
-    /// receiver's configured limit). Throws if this host cannot provide it.
+    /// receiver's configured limit). Throws if this host cannot provide it: <see cref="InvalidDataException"/> or
+    /// <see cref="IOException"/>, whose message the source is sent as the handshake's refusal.
     /// </summary>
     IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions);
 }

@@ -207,7 +207,17 @@ public sealed class IncomingMigration
             var decision = MigrationProtocol.Evaluate(hello, _options.MaxMemoryBytes, _options.Token, _connection.Pages.Count, _options.Capabilities);
             if (!decision.Accepted) Refuse(decision.Reason!);
 
-            target = _factory.Create(hello.VmId, hello.Regions);
+            try
+            {
+                target = _factory.Create(hello.VmId, hello.Regions);
+            }
+            catch (Exception e) when (e is InvalidDataException or IOException)
+            {
+                // This host cannot provide that guest (its memory, its devices, its disk, as the factory said why): a
+                // refusal, which the source reports as such and runs on, not a fault of this side's.
+                Refuse(e.Message);
+                throw;
+            }
             CheckLayout(target.Regions, hello.Regions);
             if ((decision.Capabilities & ProtocolCapabilities.Postcopy) != 0)
             {

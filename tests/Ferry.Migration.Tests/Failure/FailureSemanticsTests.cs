@@ -270,4 +270,28 @@ public class FailureSemanticsTests
         Assert.Contains("limit", outcome.Stats.Error, StringComparison.Ordinal);
         Assert.Empty(factory.Created);
     }
+
+    [Theory]
+    [InlineData(typeof(IOException))]
+    [InlineData(typeof(InvalidDataException))]
+    public void ADestinationThatCannotBuildTheGuestRefusesItSayingWhyAndTheSourceRunsOn(Type thrown)
+    {
+        using var guest = Busy();
+        using var transport = new InMemoryTransport();
+        const string Why = "/var/lib/vm/disk.img: no room for the copied disk image (64 MiB)";
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options(),
+            new RecordingTargetFactory(new FailingFactory((Exception)Activator.CreateInstance(thrown, Why)!)));
+        Assert.Equal(MigrationStatus.Failed, outcome.Stats.Status);
+        // A refusal at the handshake, in the destination's words, as for a guest over its limit: not an internal error.
+        Assert.Equal($"peer sent Refuse: {Why}", outcome.Stats.Error);
+        Assert.Contains(Why, outcome.DestinationError?.Message, StringComparison.Ordinal);
+        Assert.True(guest.IsRunning);
+        Assert.Equal(0, outcome.Stats.Pages.Normal);
+        AssertWorkloadContinues(guest);
+    }
+
+    private sealed class FailingFactory(Exception failure) : Guest.IMigrationTargetFactory
+    {
+        public Guest.IMigrationTarget Create(Guid vmId, IReadOnlyList<(ulong GuestPhysicalAddress, ulong Size)> regions) => throw failure;
+    }
 }

@@ -1,0 +1,68 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using Ferry.Machine.Board;
+using Ferry.Machine.Virtio;
+
+namespace Ferry.Machine.Tests;
+
+/// <summary>
+/// The destination's image while a migration copies a disk into it, on file systems that run out of room: found when
+/// the copy begins (before the source moves anything) where the file system knows, and at the switchover's flush where
+/// only the device does.
+/// </summary>
+public sealed class DiskImageCopyTests : IDisposable
+{
+    private readonly string dir = Directory.CreateTempSubdirectory("ferry-diskcopy-").FullName;
+
+    public void Dispose() => Directory.Delete(dir, recursive: true);
+
+    [Fact]
+    public void TheCopyReservesItsWholeImageWhenItBegins()
+    {
+        string path = Path.Combine(dir, "copy.img");
+        File.WriteAllBytes(path, new byte[4096]);
+        using var copy = DiskImageCopy.Create(path, 8UL << 20);
+        Assert.Equal(8L << 20, new FileInfo(path).Length);
+        // Allocated, not merely sized: no store into the mapping can find the file system full any more.
+        string[] stat = HostCommand.Run("stat", $"-c \"%b %B\" {path}", "coreutils").Split(' ');
+        long allocated = long.Parse(stat[0], CultureInfo.InvariantCulture) * long.Parse(stat[1], CultureInfo.InvariantCulture);
+        Assert.True(allocated >= 8L << 20, $"{allocated} bytes allocated");
+        // And it still reads as zeros, as the engine assumes of fresh memory.
+        byte[] head = new byte[4096];
+        Marshal.Copy(copy.Address, head, 0, head.Length);
+        Assert.All(head, b => Assert.Equal(0, b));
+    }
+
+    [Fact]
+    public void ACopyLargerThanItsFileSystemHasRoomForIsRefusedWhenItBegins()
+    {
+        using var fs = SmallFilesystem.Tmpfs(4L << 20);
+        string path = Path.Combine(fs.Path, "copy.img");
+        File.WriteAllBytes(path, new byte[4096]);
+        // Without the reservation the copy began, and the first page past the room failed the receive with EFAULT
+        // (a store by readv) or killed the destination with SIGBUS (a store by a copy).
+        var e = Assert.Throws<MachineConfigException>(() => DiskImageCopy.Create(path, 16UL << 20));
+        Assert.Contains("no room for the copied disk image (16 MiB)", e.Message, StringComparison.Ordinal);
+        Assert.Contains(path, e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void AWriteBackErrorABackgroundSyncMetIsReportedByTheSwitchoversFlush()
+    {
+        // The file system grants the room; its device cannot write it. The kernel reports such an error to one fdatasync
+        // per open file: the one the background sync makes. The switchover's own would succeed.
+        using var fs = SmallFilesystem.Ext4OnFullDevice(apparentBytes: 64L << 20, deviceBytes: 6L << 20);
+        string path = Path.Combine(fs.Path, "copy.img");
+        File.WriteAllBytes(path, new byte[4096]);
+        using var copy = DiskImageCopy.Create(path, 32UL << 20);
+        byte[] data = new byte[1 << 20];
+        new Random(7).NextBytes(data);
+        for (int mib = 0; mib < 16; mib++) Marshal.Copy(data, 0, copy.Address + (mib << 20), data.Length);
+
+        copy.SyncLanded(); // as the sync thread and the landed markers call it: no throw there
+        var e = Assert.Throws<IOException>(copy.Flush);
+        Assert.Contains("cannot flush the copied disk image", e.Message, StringComparison.Ordinal);
+        // Still failed on a second try: the error is the copy's, not one sync's.
+        Assert.Throws<IOException>(copy.Flush);
+    }
+}
