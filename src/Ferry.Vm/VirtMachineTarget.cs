@@ -268,13 +268,14 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
     /// <inheritdoc/>
     /// <remarks>Syncs the copied disk's image: a pass of the disk then counts as landed once it is durable, and the
     /// switchover's flush has only the last pass to write (in pure post-copy the disk's rounds end right before the
-    /// pause, where the sync thread alone left all of the copy to that flush).</remarks>
+    /// pause, where the sync thread alone left all of the copy to that flush). A failed sync, this one or the sync
+    /// thread's, fails the migration here, before the pause, rather than at the switchover's flush after every round.</remarks>
     public void SyncLanded() => diskCopy?.SyncLanded();
 
     private void Writeback(DiskImageCopy copy)
     {
         // A normal thread: it mostly waits for the disk (the kernel's flusher threads do the writing).
-        while (!writebackStop.Wait(WritebackInterval)) copy.SyncLanded();
+        while (!writebackStop.Wait(WritebackInterval)) copy.SyncLanded(throwOnError: false);
     }
 
     /// <summary>Stop the sync thread and wait for a sync in progress: the switchover's own must not run beside it.</summary>

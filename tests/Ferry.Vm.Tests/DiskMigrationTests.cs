@@ -299,4 +299,37 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
         Assert.True(source.Disk!.LockHeld);
         WaitForWrites(source, sourceConsole, before.Writes + 20);
     }
+
+    [Fact]
+    public void ACopyWhoseDestinationDeviceFailsAtWriteBackFailsAtTheFirstPassSayingWhyAndTheSourceRunsOn()
+    {
+        // Data in every block, so that the copy has 64 MiB to write.
+        string image = Image("source.img", 64L << 20);
+        byte[] chunk = new byte[1 << 20];
+        var random = new Random(3);
+        using (var f = new FileStream(image, FileMode.Open, FileAccess.Write))
+        {
+            for (int i = 0; i < 64; i++)
+            {
+                random.NextBytes(chunk);
+                f.Write(chunk);
+            }
+        }
+        var sourceConsole = new SerialLog();
+        using VirtMachine source = BootWriting(sourceConsole, image, 10, out var before);
+
+        // The destination's file system grants the room but its device cannot write it: the first pass's sync meets
+        // the write-back error, and the migration fails there, in the kernel's words, not after every round.
+        using var failing = SmallFilesystem.Ext4OnFullDevice(apparentBytes: 128L << 20, deviceBytes: 12L << 20);
+        string full = Path.Combine(failing.Path, "failing.img");
+        File.WriteAllBytes(full, new byte[4096]);
+        LoopbackVmMigration.Result r = Migrate(source, new MachineOptions { DiskPath = full, SerialOut = new SerialLog() }, copyDisk: true);
+        Assert.Equal(MigrationStatus.Failed, r.Statistics.Status);
+        Assert.Matches($@"{Regex.Escape(full)}: cannot flush the copied disk image: fdatasync failed: .* \(errno (28|5)\)", r.Statistics.Error ?? "");
+        Assert.Empty(r.Statistics.Rounds);
+        Assert.Null(r.Destination);
+        Assert.True(r.Source.IsRunning);
+        Assert.True(source.Disk!.LockHeld);
+        WaitForWrites(source, sourceConsole, before.Writes + 20);
+    }
 }

@@ -98,19 +98,21 @@ public sealed partial class DiskImageCopy : IDisposable
     /// <summary>
     /// Make what has landed so far durable (<c>fdatasync</c>: the data and the allocations behind it) while pages still
     /// land, so that <see cref="Flush"/> at the switchover, inside the downtime, has only the last blocks left. Any
-    /// thread. A failure is kept for <see cref="Flush"/> to throw: the kernel reports a write-back error once per open
-    /// file, so the switchover's own <c>fdatasync</c> would not see it again.
+    /// thread. A failure is kept for every later call and <see cref="Flush"/> to throw: the kernel reports a write-back
+    /// error once per open file, so the switchover's own <c>fdatasync</c> would not see it again. Throws
+    /// <see cref="IOException"/> for this sync's failure or an earlier one, unless <paramref name="throwOnError"/> is
+    /// false (a background thread, which has no one to tell: the next caller that may throw does).
     /// </summary>
-    public void SyncLanded()
+    public void SyncLanded(bool throwOnError = true)
     {
         lock (syncGate)
         {
-            if (address == 0 || backgroundError is not null) return;
-            if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
+            if (backgroundError is null && address != 0 && VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                backgroundError = new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno));
+                backgroundError = FlushFailed(errno);
             }
+            if (throwOnError && backgroundError is { } failed) throw failed;
         }
     }
 
@@ -127,9 +129,15 @@ public sealed partial class DiskImageCopy : IDisposable
             if (VirtioBlk.fdatasync((int)file.DangerousGetHandle()) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                throw new IOException($"{path}: cannot flush the copied disk image", new LinuxException("fdatasync", errno));
+                throw FlushFailed(errno);
             }
         }
+    }
+
+    private IOException FlushFailed(int errno)
+    {
+        var cause = new LinuxException("fdatasync", errno);
+        return new IOException($"{path}: cannot flush the copied disk image: {cause.Message}", cause);
     }
 
     /// <summary>Drop this handle's lock so the board's disk device can take it.</summary>

@@ -43,7 +43,9 @@ public interface IMigrationTarget : IDisposable
     /// them as durable as the switchover will need them, before the answer goes out. A target whose memory includes a
     /// file it must flush before the guest runs (a copied disk) syncs it here, so that the source's measure of the
     /// pass counts the flush, and the flush inside the downtime has only the last pass left. Called from page-channel
-    /// threads, possibly several at once, never together with <see cref="LoadState"/>. Nothing by default.
+    /// threads, possibly several at once, never together with <see cref="LoadState"/>. Nothing by default. Throws
+    /// <see cref="IOException"/> if the target cannot make them durable: the migration fails with its message, before
+    /// the pause, and the source runs on.
     /// </summary>
     void SyncLanded() { }
 }

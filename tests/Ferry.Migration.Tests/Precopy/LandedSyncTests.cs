@@ -92,6 +92,22 @@ public class LandedSyncTests
     }
 
     [Fact]
+    public void ADestinationThatCannotMakeAPassDurableFailsTheMigrationThereSayingWhyAndTheSourceKeepsRunning()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000);
+        using var transport = new InMemoryTransport();
+        // A copied disk whose image meets a write-back error: found by the first pass's sync, not at the switchover.
+        const string Why = "/var/lib/vm/disk.img: cannot flush the copied disk image";
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory()) { OnSyncLanded = () => throw new IOException(Why) };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options(), factory);
+        AssertFailedBeforeCommit(outcome, guest, factory);
+        Assert.Contains(Why, outcome.Stats.Error, StringComparison.Ordinal);
+        // In round 0's wait for its landing: no round completed.
+        Assert.Empty(outcome.Stats.Rounds);
+        AssertWorkloadContinues(guest);
+    }
+
+    [Fact]
     public void ADestinationThatNeverConfirmsARoundFailsTheMigrationAndTheSourceKeepsRunning()
     {
         using var guest = NewGuest(4, pagesPerSecond: 2_000);
