@@ -21,6 +21,16 @@ internal sealed class MachinePostcopyMemory(GuestRam ram) : IPostcopyMemory
         }
     }
 
+    /// <inheritdoc/>
+    /// <remarks>RAM only (region 0): a copied disk is never missing.</remarks>
+    public unsafe nint ReceiveInPlaceAddress(int region) => region == 0 ? (nint)ram.Host : 0;
+
+    public void PublishReceived(int region, ulong firstPage, int count)
+    {
+        if (region != 0) throw new ArgumentOutOfRangeException(nameof(region), region, "only RAM is received in place");
+        for (int i = 0; i < count; i++) ram.PublishWrittenPage(firstPage + (ulong)i);
+    }
+
     public void InstallZero(int region, ulong firstPage, ulong count)
     {
         for (ulong i = 0; i < count; i++) ram.InstallZeroPage(firstPage + i);

@@ -480,6 +480,31 @@ public sealed class PostcopyRamTests
     }
 
     [Fact]
+    public unsafe void APageWrittenInPlaceWhileMissingIsReadOnlyOnceItIsPublished()
+    {
+        using var ram = new GuestRam(RamBase, 1UL << 20);
+        var engine = new Engine(ram, [], autoInstall: false);
+        ram.BeginPostcopy(Bitmap(ram, [4, 5]), engine.Request);
+        var reader = new Background(() => Assert.Equal(0x4444UL, Word(ram, RamBase + 4 * PageSize)));
+        engine.WaitForRequests(1);
+
+        // The migration's receive writes the bytes straight into RAM (as readv does): the waiting reader sees nothing yet.
+        BinaryPrimitives.WriteUInt64LittleEndian(new Span<byte>(ram.Host + 4 * PageSize, 8), 0x4444);
+        Thread.Sleep(50);
+        Assert.False(reader.IsCompleted);
+
+        Assert.True(ram.PublishWrittenPage(4));
+        Assert.True(reader.Finished(Bound));
+        // Once present it is the guest's: a second publish (or install) of it changes nothing.
+        Assert.False(ram.PublishWrittenPage(4));
+        Assert.False(ram.InstallPage(4, Page((0, 0xbad))));
+        Assert.Equal(0x4444UL, Word(ram, RamBase + 4 * PageSize));
+        Assert.True(ram.PublishWrittenPage(5));
+        Assert.False(ram.IsPostcopy); // the last page ended post-copy
+        Assert.False(ram.PublishWrittenPage(6)); // outside post-copy
+    }
+
+    [Fact]
     public void InstallingAPresentPageChangesNothing()
     {
         using var ram = new GuestRam(RamBase, 1UL << 20);

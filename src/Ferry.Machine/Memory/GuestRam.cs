@@ -344,10 +344,12 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         Span<ulong> missing = [ulong.MaxValue];
         scratch.BeginPostcopy(missing, static _ => { });
         Span<byte> page = stackalloc byte[(int)PageSize];
-        for (ulong p = 0; p < 64; p += 2)
+        for (ulong p = 0; p < 64; p += 4)
         {
             scratch.InstallPage(p, page);
             scratch.InstallZeroPage(p + 1);
+            scratch.InstallZeroPage(p + 2, fresh: true);
+            scratch.PublishWrittenPage(p + 3);
         }
     }
 
@@ -387,6 +389,19 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
         if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
         // Natively: a managed copy reads the untouched page before it writes it (see Libc.CopyMemory).
         fixed (byte* source = data) Ferry.Linux.Libc.CopyMemory((nint)(Host + (pageIndex << PageShift)), (nint)source, (nuint)PageSize);
+        Publish(p, (int)pageIndex);
+        return true;
+    }
+
+    /// <summary>
+    /// As <see cref="InstallPage"/> for a page whose bytes the caller has written in place, straight into
+    /// <see cref="Host"/>, while it was missing (a migration receiving it from the network without a copy): no hart or
+    /// device reads or writes a missing page, so only the caller saw them. It must be the only writer of that page
+    /// until this returns (the migration engine claims each page once).
+    /// </summary>
+    public bool PublishWrittenPage(ulong pageIndex)
+    {
+        if (postcopy is not { } p || !p.Claim(CheckPage(pageIndex))) return false;
         Publish(p, (int)pageIndex);
         return true;
     }

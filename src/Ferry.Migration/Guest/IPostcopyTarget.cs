@@ -54,6 +54,23 @@ public interface IPostcopyMemory : IDisposable
     /// </summary>
     void InstallFreshZero(int region, ulong firstPage, ulong count) => InstallZero(region, firstPage, count);
 
+    /// <summary>
+    /// Where the engine may write region <paramref name="region"/>'s missing pages itself (the host address of its
+    /// first page), or 0, the default: only <see cref="Install"/> writes them. A memory that gives an address promises
+    /// that nothing of its guest reads or writes a missing page until <see cref="PublishReceived"/> says it is in
+    /// (Ferry's machine: its harts and devices test every page on their slow paths), so the engine receives a page it
+    /// claimed straight from the network into place, without a copy; a memory that maps pages on arrival
+    /// (userfaultfd) cannot.
+    /// </summary>
+    nint ReceiveInPlaceAddress(int region) => 0;
+
+    /// <summary>
+    /// Pages [<paramref name="firstPage"/>, + <paramref name="count"/>) of region <paramref name="region"/> were written
+    /// in place (<see cref="ReceiveInPlaceAddress"/>) while missing: make them present and wake threads waiting for them.
+    /// </summary>
+    void PublishReceived(int region, ulong firstPage, int count) =>
+        throw new NotSupportedException("this memory installs pages by copy only (ReceiveInPlaceAddress is 0)");
+
     /// <summary>Time guest threads have spent waiting for missing pages so far, in <see cref="System.Diagnostics.Stopwatch"/> ticks.</summary>
     long BlockedTicks { get; }
 

@@ -270,6 +270,57 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     }
 
     /// <summary>
+    /// Where region <paramref name="region"/>'s claimed pages may be received in place, or 0: the guest's memory
+    /// installs by copy only (<see cref="IPostcopyMemory.ReceiveInPlaceAddress"/>). Waits for the memory to be attached.
+    /// </summary>
+    public nint ReceiveInPlaceAddress(int region) => (_memory ?? AwaitAttach()).ReceiveInPlaceAddress(region);
+
+    /// <summary>
+    /// Claim for this thread the still-missing pages at the start of [<paramref name="first"/>, + <paramref name="max"/>)
+    /// of region <paramref name="region"/>, or pass over the pages there that are not missing (installed, or claimed
+    /// by another thread): returns how many pages from <paramref name="first"/> on, and in <paramref name="claimed"/>
+    /// which of the two. A claimed page must be published (<see cref="PublishInPlace"/>) or given back
+    /// (<see cref="Unclaim"/>); pages passed over count as duplicates.
+    /// </summary>
+    public ulong ClaimStretch(int region, ulong first, ulong max, out bool claimed)
+    {
+        var missing = _missing[region];
+        ulong end = first + max, p = first;
+        claimed = missing.TestAndClearAtomic(p);
+        p++;
+        if (claimed)
+        {
+            while (p < end && missing.TestAndClearAtomic(p)) p++;
+        }
+        else
+        {
+            while (p < end && !missing.TestAtomic(p)) p++;
+            Interlocked.Add(ref _duplicates, (long)(p - first));
+        }
+        return p - first;
+    }
+
+    /// <summary>Claimed pages whose data never arrived (the receive failed): missing again, for a resumed source to send.</summary>
+    public void Unclaim(int region, ulong start, ulong count)
+    {
+        var missing = _missing[region];
+        for (ulong p = start; p < start + count; p++) missing.TestAndSetAtomic(p);
+    }
+
+    /// <summary>
+    /// Claimed pages [<paramref name="start"/>, + <paramref name="count"/>) of region <paramref name="region"/> hold their
+    /// data in place now, at <paramref name="address"/>: hash them for verification, and hand them to the guest.
+    /// </summary>
+    public void PublishInPlace(int region, ulong start, ulong count, nint address)
+    {
+        if (TraceLog.Enabled) TraceLog.Mark($"destination: applying page {start} of region {region} in place");
+        if (_digest is not null)
+            for (ulong i = 0; i < count; i++) _digest.Set(region, start + i, address + (nint)(i << MemoryRegion.PageShift));
+        _memory!.PublishReceived(region, start, (int)count);
+        Landed(region, start, count);
+    }
+
+    /// <summary>
     /// Zeros for claimed pages [start, + n): those that never received data read as zero already (the zero pages of a
     /// guest's memory, most of it in a pure post-copy: written, they cost the VM's receivers a memory write each, and
     /// a first-touch fault each where the memory was not populated yet, 3.5 s of a 1 GiB post-copy measured).

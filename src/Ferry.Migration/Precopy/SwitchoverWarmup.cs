@@ -175,7 +175,9 @@ internal static class SwitchoverWarmup
         var missing = new DirtyBitmap(Pages);
         var writer = new PageBatchWriter(send);
         var reader = new PageBatchReader(receive, regions);
+        // Both ways of landing a page: by copy (userfaultfd's) and in place (Ferry's machine's), every other batch.
         var sink = new ScratchMemory(region);
+        var inPlaceSink = new ScratchMemory(region, inPlace: true);
         PageRun[] runs = [new(0, 1, PageEncoding.Normal), new(1, 1, PageEncoding.Zero), new(2, 2, PageEncoding.Normal)];
         // The source's urgent sender, which its return path runs for the first fault (measured: 2.5 ms of JIT there
         // before the first page went out, the zero-page test among it).
@@ -187,7 +189,7 @@ internal static class SwitchoverWarmup
             toPush.SetAll();
             var incoming = new Postcopy.PostcopyIncoming(regions, (_, _, _) => { }, new Postcopy.PageHashDigest(regions));
             incoming.Begin([missing], verify: true);
-            incoming.Attach(sink);
+            incoming.Attach(i % 2 == 0 ? sink : inPlaceSink);
             incoming.PageNeeded(0, 3);
             reader.Postcopy = incoming;
             urgent.Send(0, (ulong)(i % Pages), 1);
@@ -225,9 +227,11 @@ internal static class SwitchoverWarmup
         }
     }
 
-    /// <summary>Installs into plain memory (the warm-up's stand-in for a guest).</summary>
-    private sealed unsafe class ScratchMemory(MemoryRegion region) : IPostcopyMemory
+    /// <summary>Installs into plain memory (the warm-up's stand-in for a guest), or takes its pages in place.</summary>
+    private sealed unsafe class ScratchMemory(MemoryRegion region, bool inPlace = false) : IPostcopyMemory
     {
+        public nint ReceiveInPlaceAddress(int r) => inPlace ? region.HostAddress : 0;
+        public void PublishReceived(int r, ulong firstPage, int count) { }
         public void Install(int r, ulong firstPage, int count, nint source) =>
             Buffer.MemoryCopy((void*)source, (void*)region.PageAddress(firstPage), count * MemoryRegion.PageSize, count * MemoryRegion.PageSize);
         public void InstallZero(int r, ulong firstPage, ulong count) =>

@@ -30,6 +30,8 @@ public sealed class PageBatchReader
     private readonly nint _tableAddress;
     // Where the data of a batch's Normal runs lands, in stream order (adjacent runs coalesced), plus the trailer.
     private readonly IoSegment[] _segments = new IoSegment[MigrationProtocol.MaxRunsPerBatch + 1];
+    // Post-copy pages claimed for an in-place receive (see ReceivePostcopyInPlace); allocated with the staging buffer.
+    private InPlaceClaim[]? _claims;
     // Decoded runs of the last batch.
     private readonly PageRun[] _runs = new PageRun[MigrationProtocol.MaxRunsPerBatch];
     private int _runCount;
@@ -257,6 +259,8 @@ public sealed class PageBatchReader
     {
         if (_staging is not null) return;
         const int T = MigrationProtocol.TrailerSize;
+        // Claimed stretches of one batch received in place: at most one per Normal page.
+        _claims = new InPlaceClaim[MigrationProtocol.MaxNormalPagesPerBatch];
         // Page aligned within (UFFDIO_COPY copies whole pages from aligned memory): one page more than needed.
         _staging = GC.AllocateArray<byte>((MigrationProtocol.MaxNormalPagesPerBatch << MemoryRegion.PageShift) + T + MemoryRegion.PageSize, pinned: true);
         unsafe
@@ -284,11 +288,16 @@ public sealed class PageBatchReader
         if (h.PayloadLength != expected)
             throw new MigrationProtocolException($"PageBatch on {_channel.Name}: payload is {h.PayloadLength} bytes but {runCount} runs with {normal} Normal pages need {expected}");
         PreparePostcopy();
+        bool checksumData = (h.Flags & (byte)PageBatchFlags.DataChecksummed) != 0;
+        if (normal > 0 && postcopy.ReceiveInPlaceAddress(regionIndex) is var inPlace and not 0)
+        {
+            ReceivePostcopyInPlace(postcopy, regionIndex, runCount, tableBytes, checksumData, inPlace);
+            return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
+        }
         int dataBytes = normal << MemoryRegion.PageShift;
         var staging = _staging.AsSpan(_stagingOffset);
         Wire.ReceiveBody(_channel, staging[..(dataBytes + T)], h.Kind);
         ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
-        bool checksumData = (h.Flags & (byte)PageBatchFlags.DataChecksummed) != 0;
         if (checksumData)
         {
             int offset = 0;
@@ -319,6 +328,115 @@ public sealed class PageBatchReader
         }
         return new PageRecord(PageRecordKind.PageBatch, regionIndex, normal, zero, 0, H + h.PayloadLength);
     }
+
+    /// <summary>
+    /// A post-copy batch into a guest memory that takes pages in place (<see cref="Guest.IPostcopyMemory.ReceiveInPlaceAddress"/>,
+    /// at <paramref name="inPlace"/>): run by run in the sender's order, the still-missing pages of Normal runs are
+    /// claimed and their data received straight into them, the others' into the staging buffer at their place in the
+    /// batch (where they are dropped), all in one scatter receive with the trailer; Zero runs are applied at their turn.
+    /// Once the checksum holds, the claimed pages are published. Saves the copy from the staging buffer into the guest
+    /// that installing costs, one per pushed page (18-29 % of the receivers' CPU in the post-copy window, measured on
+    /// the demo VM).
+    /// </summary>
+    /// <remarks>
+    /// <para>The data checksum (post-copy batches carry one: the source is paused) chains each Normal run's data: a run
+    /// claimed whole is hashed where it landed in the guest (its pages are consecutive there), one claimed in part has
+    /// its claimed pages copied into the staging buffer beside the rest first (a page the guest faulted in meanwhile:
+    /// rare).</para>
+    /// <para>A receive that fails, or a checksum that does not hold, gives every claimed page back as missing before it
+    /// throws (their bytes are whatever arrived, unseen: a missing page is not read until published), so a post-copy
+    /// resumed over a new connection asks for them again. Zero runs are applied before the checksum is checked; a
+    /// stream that fails it fails post-copy.</para>
+    /// </remarks>
+    private void ReceivePostcopyInPlace(Postcopy.PostcopyIncoming postcopy, int regionIndex, int runCount, int tableBytes, bool checksumData, nint inPlace)
+    {
+        const int H = MigrationProtocol.HeaderSize;
+        const int BH = MigrationProtocol.BatchHeaderSize;
+        const int T = MigrationProtocol.TrailerSize;
+        var claims = _claims!;
+        int claimCount = 0, segments = 0;
+        try
+        {
+            int offset = 0; // of the run's data in the batch (and in the staging buffer)
+            for (int i = 0; i < runCount; i++)
+            {
+                var run = _runs[i];
+                if (run.Encoding != PageEncoding.Normal)
+                {
+                    postcopy.InstallZero(regionIndex, run.FirstPage, run.Count);
+                    continue;
+                }
+                ulong page = run.FirstPage, end = run.FirstPage + run.Count;
+                while (page < end)
+                {
+                    ulong n = postcopy.ClaimStretch(regionIndex, page, end - page, out bool claimed);
+                    int length = (int)n << MemoryRegion.PageShift;
+                    nint to = claimed
+                        ? inPlace + (nint)(page << MemoryRegion.PageShift)
+                        : _stagingAddress + offset + (nint)((page - run.FirstPage) << MemoryRegion.PageShift);
+                    if (claimed) claims[claimCount++] = new InPlaceClaim(page, n, i, offset + (int)((page - run.FirstPage) << MemoryRegion.PageShift));
+                    ref var last = ref _segments[Math.Max(0, segments - 1)];
+                    if (segments > 0 && last.Address + last.Length == to) last = new IoSegment(last.Address, last.Length + length);
+                    else _segments[segments++] = new IoSegment(to, length);
+                    page += n;
+                }
+                offset += (int)run.Count << MemoryRegion.PageShift;
+            }
+            int trailerOffset = H + BH + tableBytes;
+            _segments[segments++] = new IoSegment(_tableAddress + trailerOffset, T);
+            _channel.ReceiveScatter(_segments.AsSpan(0, segments));
+            ulong hash = XxHash3.HashToUInt64(_table.AsSpan(0, H + BH + tableBytes));
+            if (checksumData) hash = HashInPlaceRuns(runCount, claims.AsSpan(0, claimCount), inPlace, hash);
+            if (hash != BinaryPrimitives.ReadUInt64LittleEndian(_table.AsSpan(trailerOffset, T)))
+                throw new MigrationProtocolException($"PageBatch on {_channel.Name}: checksum mismatch (post-copy, region {regionIndex}, {runCount} runs{(checksumData ? ", data included" : "")})");
+        }
+        catch
+        {
+            for (int c = 0; c < claimCount; c++) postcopy.Unclaim(regionIndex, claims[c].Start, claims[c].Count);
+            throw;
+        }
+        for (int c = 0; c < claimCount; c++)
+        {
+            var claim = claims[c];
+            postcopy.PublishInPlace(regionIndex, claim.Start, claim.Count, inPlace + (nint)(claim.Start << MemoryRegion.PageShift));
+        }
+    }
+
+    /// <summary>The data checksum's chain over the Normal runs of a batch received in place (see <see cref="ReceivePostcopyInPlace"/>).</summary>
+    private unsafe ulong HashInPlaceRuns(int runCount, ReadOnlySpan<InPlaceClaim> claims, nint inPlace, ulong hash)
+    {
+        int offset = 0, c = 0;
+        for (int i = 0; i < runCount; i++)
+        {
+            var run = _runs[i];
+            if (run.Encoding != PageEncoding.Normal) continue;
+            int length = (int)run.Count << MemoryRegion.PageShift;
+            ulong claimed = 0;
+            int first = c;
+            while (c < claims.Length && claims[c].Run == i) claimed += claims[c++].Count;
+            nint data;
+            if (claimed == run.Count)
+            {
+                // SAFETY (all three): validated runs inside the region's mapping, offsets inside the staging buffer.
+                data = inPlace + (nint)(run.FirstPage << MemoryRegion.PageShift);
+            }
+            else
+            {
+                for (int k = first; k < c; k++)
+                {
+                    Buffer.MemoryCopy((void*)(inPlace + (nint)(claims[k].Start << MemoryRegion.PageShift)), (void*)(_stagingAddress + claims[k].Offset),
+                        (long)claims[k].Count << MemoryRegion.PageShift, (long)claims[k].Count << MemoryRegion.PageShift);
+                }
+                data = _stagingAddress + offset;
+            }
+            hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)data, length), (long)hash);
+            offset += length;
+        }
+        return hash;
+    }
+
+    /// <summary>Pages [Start, + Count) of run <c>Run</c>, claimed for an in-place receive; their data at Offset in the batch.</summary>
+    private readonly record struct InPlaceClaim(ulong Start, ulong Count, int Run, int Offset);
 
     /// <summary>
     /// Receive the <paramref name="segments"/> gathered for runs [<paramref name="from"/>, <paramref name="to"/>) (none:

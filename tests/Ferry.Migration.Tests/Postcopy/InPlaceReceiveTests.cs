@@ -1,0 +1,177 @@
+using System.Runtime.InteropServices;
+using Ferry.Migration.Guest;
+using Ferry.Migration.Memory;
+using Ferry.Migration.Postcopy;
+using Ferry.Migration.Protocol;
+using Ferry.Migration.Transport;
+
+namespace Ferry.Migration.Tests.Postcopy;
+
+/// <summary>
+/// Post-copy pages received straight into a guest memory that takes them in place (Ferry's machine), without the
+/// staging buffer's copy: only the pages still missing are written, each is published once its batch checked out,
+/// and a batch that fails gives its claimed pages back.
+/// </summary>
+public sealed unsafe class InPlaceReceiveTests : IDisposable
+{
+    private const int Pages = 16;
+    private readonly nint _source = (nint)NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
+    private readonly nint _guest = (nint)NativeMemory.AlignedAlloc(Pages * MemoryRegion.PageSize, MemoryRegion.PageSize);
+    private readonly MemoryRegion _sourceRegion, _guestRegion;
+
+    public InPlaceReceiveTests()
+    {
+        _sourceRegion = new MemoryRegion(0, Pages * MemoryRegion.PageSize, _source);
+        _guestRegion = new MemoryRegion(0, Pages * MemoryRegion.PageSize, _guest);
+        for (int p = 0; p < Pages; p++)
+        {
+            new Span<byte>((void*)(_source + p * (int)MemoryRegion.PageSize), (int)MemoryRegion.PageSize).Fill((byte)(0x40 + p));
+            // What the guest holds: a page it wrote after it arrived (installed already), or leftovers of nothing.
+            new Span<byte>((void*)(_guest + p * (int)MemoryRegion.PageSize), (int)MemoryRegion.PageSize).Fill(0xEE);
+        }
+    }
+
+    public void Dispose()
+    {
+        NativeMemory.AlignedFree((void*)_source);
+        NativeMemory.AlignedFree((void*)_guest);
+    }
+
+    private byte GuestByte(int page, int offset = 0) => ((byte*)_guest)[page * (int)MemoryRegion.PageSize + offset];
+
+    private (PostcopyIncoming Incoming, InPlaceMemory Memory, DirtyBitmap Missing) Begin(bool verify = false)
+    {
+        MemoryRegion[] regions = [_guestRegion];
+        var incoming = new PostcopyIncoming(regions, (_, _, _) => { }, verify ? new PageHashDigest(regions) : null);
+        var missing = new DirtyBitmap(Pages);
+        missing.SetAll();
+        missing.Clear(1); // installed already, by a fault's reply: the guest may have written it since
+        incoming.Begin([missing], verify);
+        var memory = new InPlaceMemory(_guest);
+        incoming.Attach(memory);
+        return (incoming, memory, missing);
+    }
+
+    /// <summary>The bytes of the source's batch of <see cref="Runs"/>, as the wire carries them.</summary>
+    private byte[] Wire()
+    {
+        var (a, b) = InMemoryTransport.CreatePair("capture", capacity: 1 << 20);
+        using (a)
+        using (b)
+        {
+            long bytes = new PageBatchWriter(a).WriteBatch(0, _sourceRegion, Runs, PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed);
+            var wire = new byte[bytes];
+            Assert.True(b.ReceiveExactly(wire));
+            return wire;
+        }
+    }
+
+    private static readonly PageRun[] Runs = [new(0, 4, PageEncoding.Normal), new(4, 1, PageEncoding.Zero), new(5, 2, PageEncoding.Normal)];
+
+    [Theory]
+    [InlineData(PageBatchFlags.Postcopy | PageBatchFlags.DataChecksummed)] // the source's (paused: its data is checksummed)
+    [InlineData(PageBatchFlags.Postcopy)]
+    public void OnlyStillMissingPagesAreWrittenInPlaceAndPublishedInTheSendersOrder(PageBatchFlags flags)
+    {
+        var (incoming, memory, _) = Begin(verify: true);
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            new PageBatchWriter(send).WriteBatch(0, _sourceRegion, Runs, flags);
+            var reader = new PageBatchReader(receive, [_guestRegion]) { Postcopy = incoming };
+            var record = reader.ReadNext();
+            Assert.Equal(6, record.NormalPages);
+        }
+        // Published in place: the claimed stretches of the Normal runs, around the page installed already.
+        Assert.Equal([(0UL, 1), (2UL, 2), (5UL, 2)], memory.Published);
+        Assert.Empty(memory.Copied); // nothing went through the staging buffer
+        Assert.Equal([(4UL, 1)], memory.Zeroed);
+        foreach (int p in new[] { 0, 2, 3, 5, 6 })
+        {
+            Assert.Equal((byte)(0x40 + p), GuestByte(p));
+            Assert.Equal((byte)(0x40 + p), GuestByte(p, (int)MemoryRegion.PageSize - 1));
+        }
+        Assert.Equal(0xEE, GuestByte(1)); // the guest's own write survives the duplicate
+        Assert.Equal(1, incoming.Duplicates);
+        Assert.Equal(Pages - 1 - 6, incoming.Missing);
+    }
+
+    [Fact]
+    public void AMemoryWithoutInPlaceReceiveGetsTheSamePagesByCopy()
+    {
+        var (incoming, memory, _) = Begin();
+        memory.InPlace = false;
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            new PageBatchWriter(send).WriteBatch(0, _sourceRegion, Runs, PageBatchFlags.Postcopy);
+            new PageBatchReader(receive, [_guestRegion]) { Postcopy = incoming }.ReadNext();
+        }
+        Assert.Empty(memory.Published);
+        Assert.Equal([(0UL, 1), (2UL, 2), (5UL, 2)], memory.Copied);
+    }
+
+    [Fact]
+    public void ABatchCutShortGivesItsClaimedPagesBackAsMissingAndPublishesNone()
+    {
+        var (incoming, memory, missing) = Begin();
+        // The batch's bytes, of which the destination gets all but the last page and the trailer.
+        byte[] wire = Wire();
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            send.Send(wire.AsSpan(0, wire.Length - (int)MemoryRegion.PageSize - MigrationProtocol.TrailerSize));
+            send.Dispose(); // the connection goes
+            var reader = new PageBatchReader(receive, [_guestRegion]) { Postcopy = incoming };
+            Assert.Throws<MigrationTransportException>(() => reader.ReadNext());
+        }
+        Assert.Empty(memory.Published);
+        // Every page the batch claimed is missing again, for a resumed source to send; the Zero run's page went in.
+        Assert.Equal([(4UL, 1)], memory.Zeroed);
+        foreach (int p in new[] { 0, 2, 3, 5, 6 }) Assert.True(missing.TestAtomic((ulong)p), $"page {p} is not missing");
+        Assert.Equal(Pages - 1 - 1, incoming.Missing);
+    }
+
+    [Theory]
+    [InlineData(-1)] // the trailer
+    [InlineData(-1 - MigrationProtocol.TrailerSize - 100)] // the last page's data
+    public void ABatchWhoseChecksumFailsPublishesNothing(int flip)
+    {
+        var (incoming, memory, missing) = Begin();
+        byte[] wire = Wire();
+        wire[wire.Length + flip] ^= 0x01;
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            send.Send(wire);
+            var reader = new PageBatchReader(receive, [_guestRegion]) { Postcopy = incoming };
+            var e = Assert.Throws<MigrationProtocolException>(() => reader.ReadNext());
+            Assert.Contains("checksum mismatch", e.Message, StringComparison.Ordinal);
+        }
+        Assert.Empty(memory.Published);
+        foreach (int p in new[] { 0, 2, 3, 5, 6 }) Assert.True(missing.TestAtomic((ulong)p), $"page {p} is not missing");
+    }
+
+    /// <summary>A guest memory that takes pages in place (or, with <see cref="InPlace"/> false, only by copy), recording each call.</summary>
+    private sealed class InPlaceMemory(nint host) : IPostcopyMemory
+    {
+        public bool InPlace = true;
+        public readonly List<(ulong First, int Count)> Published = [], Copied = [], Zeroed = [];
+        public nint ReceiveInPlaceAddress(int region) => InPlace ? host : 0;
+        public void PublishReceived(int region, ulong firstPage, int count) => Published.Add((firstPage, count));
+        public void Install(int region, ulong firstPage, int count, nint source)
+        {
+            Copied.Add((firstPage, count));
+            Buffer.MemoryCopy((void*)source, (void*)(host + (nint)(firstPage * MemoryRegion.PageSize)), count * MemoryRegion.PageSize, count * MemoryRegion.PageSize);
+        }
+        public void InstallZero(int region, ulong firstPage, ulong count) => Zeroed.Add((firstPage, (int)count));
+        public long BlockedTicks => 0;
+        public long WorkingSetPages => 0;
+        public void Abort(string reason) { }
+        public void Dispose() { }
+    }
+}
