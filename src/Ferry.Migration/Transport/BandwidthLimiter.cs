@@ -160,6 +160,8 @@ public sealed class RateLimitedChannel : IMigrationChannel, IByteCounter
 
     public void ReceiveWithoutTimeout() => _inner.ReceiveWithoutTimeout();
 
+    public long BytesReadable => _inner.BytesReadable;
+
     public void Abort()
     {
         try

@@ -225,6 +225,8 @@ public sealed class FaultInjectingChannel : IMigrationChannel, IByteCounter
         }
     }
 
+    public long BytesReadable => _inner.BytesReadable;
+
     public void Abort() => _inner.Abort();
 
     public void ReceiveWithoutTimeout() => _inner.ReceiveWithoutTimeout();

@@ -44,6 +44,8 @@ public sealed class CountingChannel(IMigrationChannel inner) : IMigrationChannel
         return ok;
     }
 
+    public long BytesReadable => inner.BytesReadable;
+
     public void Abort() => inner.Abort();
 
     public void ReceiveWithoutTimeout() => inner.ReceiveWithoutTimeout();

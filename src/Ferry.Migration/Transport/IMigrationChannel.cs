@@ -51,6 +51,12 @@ public interface IMigrationChannel : IDisposable
         }
     }
 
+    /// <summary>
+    /// Bytes a receive would find without waiting now (TCP: the socket's receive queue, <c>FIONREAD</c>), or -1: this
+    /// channel cannot tell (the default). The receiving thread only; never sleeps.
+    /// </summary>
+    long BytesReadable => -1;
+
     /// <summary>Fail every pending and future operation on this channel (any thread, idempotent).</summary>
     void Abort();
 

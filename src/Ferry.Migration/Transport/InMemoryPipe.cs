@@ -23,6 +23,15 @@ internal sealed class InMemoryPipe(int capacity)
 
     public int Capacity => _buffer.Length;
 
+    /// <summary>Bytes written and not read yet.</summary>
+    public int Buffered
+    {
+        get
+        {
+            lock (_lock) return _count;
+        }
+    }
+
     /// <summary>Write everything, blocking while full. Throws when the reader is gone, on abort, or on timeout.</summary>
     public void Write(ReadOnlySpan<byte> data, TimeSpan timeout, string name)
     {

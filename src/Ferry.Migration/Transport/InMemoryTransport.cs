@@ -155,6 +155,9 @@ public sealed class InMemoryChannel : IMigrationChannel, IByteCounter
     }
 
     /// <summary>Fails pending and later calls on both ends of this channel.</summary>
+    /// <inheritdoc/>
+    public long BytesReadable => _receive.Buffered;
+
     public void Abort()
     {
         _send.Abort();

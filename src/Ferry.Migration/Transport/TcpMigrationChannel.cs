@@ -157,6 +157,32 @@ public sealed class TcpMigrationChannel : IMigrationChannel, IByteCounter, IPoll
         _socket.ReceiveTimeout = 0; // SO_RCVTIMEO off: a readv on the blocking fd waits for data
     }
 
+    /// <inheritdoc/>
+    public unsafe long BytesReadable
+    {
+        get
+        {
+            bool added = false;
+            try
+            {
+                _socket.SafeHandle.DangerousAddRef(ref added);
+                int queued = 0;
+                return Libc.ioctl((int)_socket.SafeHandle.DangerousGetHandle(), FIONREAD, &queued) == 0 ? queued : -1;
+            }
+            catch (ObjectDisposedException)
+            {
+                return -1; // closed: the receive that follows reports it
+            }
+            finally
+            {
+                if (added) _socket.SafeHandle.DangerousRelease();
+            }
+        }
+    }
+
+    // <asm-generic/ioctls.h>: bytes in a socket's receive queue (SIOCINQ).
+    private const nuint FIONREAD = 0x541B;
+
     public bool HasData()
     {
         bool added = false;
