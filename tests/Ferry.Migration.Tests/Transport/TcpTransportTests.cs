@@ -67,6 +67,25 @@ public class TcpTransportTests
     }
 
     [Fact]
+    public void BytesReadableIsWhatAReceiveWouldFindWithoutWaiting()
+    {
+        using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
+        var (source, destination) = Open(listener, 1);
+        using (source)
+        using (destination)
+        {
+            var page = destination.Pages[0];
+            Assert.Equal(0, page.BytesReadable);
+            source.Pages[0].Send(new byte[10_000]);
+            var waited = System.Diagnostics.Stopwatch.StartNew();
+            while (page.BytesReadable < 10_000 && waited.Elapsed < TimeSpan.FromSeconds(5)) Thread.Sleep(1);
+            Assert.Equal(10_000, page.BytesReadable);
+            Receive(page, 4_000);
+            Assert.Equal(6_000, page.BytesReadable);
+        }
+    }
+
+    [Fact]
     public unsafe void AGatherSendOfNativeMemoryArrivesIntact()
     {
         using var listener = new TcpMigrationListener(new IPEndPoint(IPAddress.Loopback, 0), Quick);
