@@ -237,17 +237,17 @@ internal sealed class PostcopyIncoming : IPageFaultSink
     {
         var memory = _memory ?? AwaitAttach();
         if (TraceLog.Enabled) TraceLog.Mark($"destination: applying page {first} of region {region}");
-        var missing = _missing[region];
         ulong end = first + count;
         ulong p = first;
         while (p < end)
         {
-            // A stretch of pages this thread claims, then one install for all of it.
+            // A stretch of pages this thread claims, then one install for all of it; or one it passes over (installed
+            // already, or being installed by another thread), counted as duplicates.
             ulong start = p;
-            while (p < end && missing.TestAndClearAtomic(p)) p++;
-            if (p > start)
+            ulong n = ClaimStretch(region, p, end - p, out bool claimed);
+            p += n;
+            if (claimed)
             {
-                ulong n = p - start;
                 if (data != 0)
                 {
                     nint at = data + (nint)((start - first) << MemoryRegion.PageShift);
@@ -262,10 +262,6 @@ internal sealed class PostcopyIncoming : IPageFaultSink
                 }
                 Landed(region, start, n);
             }
-            // Pages this thread could not claim: installed already, or being installed by another thread.
-            ulong skipped = p;
-            while (p < end && !missing.TestAtomic(p)) p++;
-            if (p > skipped) Interlocked.Add(ref _duplicates, (long)(p - skipped));
         }
     }
 
