@@ -71,8 +71,9 @@ public sealed partial class DiskImageCopy : IDisposable
                 int errno = Marshal.GetLastPInvokeError();
                 if (errno != EOPNOTSUPP)
                 {
-                    string why = errno == ENOSPC ? $"no room for the copied disk image ({bytes >> 20} MiB)" : "cannot reserve room for the copied disk image";
-                    throw new MachineConfigException($"{imagePath}: {why}", new LinuxException("fallocate", errno));
+                    var cause = new LinuxException("fallocate", errno);
+                    string why = errno == ENOSPC ? $"no room for the copied disk image ({bytes >> 20} MiB)" : $"cannot reserve room for the copied disk image: {cause.Message}";
+                    throw new MachineConfigException($"{imagePath}: {why}", cause);
                 }
             }
             nint at = Libc.mmap(0, (nuint)bytes, Libc.PROT_READ | Libc.PROT_WRITE, Libc.MAP_SHARED, fd, 0);

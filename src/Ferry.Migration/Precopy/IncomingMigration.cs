@@ -216,7 +216,7 @@ public sealed class IncomingMigration
                 // This host cannot provide that guest (its memory, its devices, its disk, as the factory said why): a
                 // refusal, which the source reports as such and runs on, not a fault of this side's.
                 Refuse(e.Message);
-                throw;
+                throw; // not reached: Refuse throws
             }
             CheckLayout(target.Regions, hello.Regions);
             if ((decision.Capabilities & ProtocolCapabilities.Postcopy) != 0)
