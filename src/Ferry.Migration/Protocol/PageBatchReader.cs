@@ -337,8 +337,8 @@ public sealed class PageBatchReader
     /// A post-copy batch into a guest memory that takes pages in place (<see cref="Guest.IPostcopyMemory.ReceiveInPlaceAddress"/>,
     /// at <paramref name="inPlace"/>): run by run in the sender's order, the still-missing pages of Normal runs are
     /// claimed and their data received straight into them, the others' into the staging buffer at their place in the
-    /// batch (where they are dropped), all in one scatter receive with the trailer; Zero runs are applied at their turn.
-    /// Once the checksum holds, the claimed pages are published. Saves the copy from the staging buffer into the guest
+    /// batch (where they are dropped), all in one scatter receive with the trailer. Once the checksum holds, the claimed
+    /// pages are published and the Zero runs applied. Saves the copy from the staging buffer into the guest
     /// that installing costs, one per pushed page (18-29 % of the receivers' CPU in the post-copy window, measured on
     /// the demo VM).
     /// </summary>
@@ -349,8 +349,11 @@ public sealed class PageBatchReader
     /// rare).</para>
     /// <para>A receive that fails, or a checksum that does not hold, gives every claimed page back as missing before it
     /// throws (their bytes are whatever arrived, unseen: a missing page is not read until published), so a post-copy
-    /// resumed over a new connection asks for them again. Zero runs are applied before the checksum is checked; a
-    /// stream that fails it fails post-copy.</para>
+    /// resumed over a new connection asks for them again. Zero runs are applied only once the checksum holds, as by
+    /// copy: a run table damaged on the way (a Normal run read as Zero) would otherwise zero pages for good, which the
+    /// resumed post-copy would never send again, since they are no longer missing. So the runs of one batch apply
+    /// in the sender's order only where they do not overlap, which a source's post-copy batches never do (each page
+    /// is handed out once).</para>
     /// </remarks>
     private void ReceivePostcopyInPlace(Postcopy.PostcopyIncoming postcopy, int regionIndex, int runCount, int tableBytes, bool checksumData, nint inPlace)
     {
@@ -365,11 +368,7 @@ public sealed class PageBatchReader
             for (int i = 0; i < runCount; i++)
             {
                 var run = _runs[i];
-                if (run.Encoding != PageEncoding.Normal)
-                {
-                    postcopy.InstallZero(regionIndex, run.FirstPage, run.Count);
-                    continue;
-                }
+                if (run.Encoding != PageEncoding.Normal) continue; // once the checksum holds, below
                 ulong page = run.FirstPage, end = run.FirstPage + run.Count;
                 while (page < end)
                 {
@@ -403,6 +402,10 @@ public sealed class PageBatchReader
         {
             var claim = claims[c];
             postcopy.PublishInPlace(regionIndex, claim.Start, claim.Count, inPlace + (nint)(claim.Start << MemoryRegion.PageShift));
+        }
+        for (int i = 0; i < runCount; i++)
+        {
+            if (_runs[i].Encoding != PageEncoding.Normal) postcopy.InstallZero(regionIndex, _runs[i].FirstPage, _runs[i].Count);
         }
     }
 
