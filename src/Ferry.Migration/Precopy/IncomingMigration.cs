@@ -745,10 +745,13 @@ public sealed class IncomingMigration
                     continue;
                 }
                 handshake.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                // The new control writer is published for page requests only once ResumeReady is out (below): the
+                // source reads Welcome, MissingPages and ResumeReady, and a guest thread's fault meanwhile would have
+                // put a PageRequest among them, which fails the resume. A fault until then is written to the old,
+                // dead writer and asked for again after ResumeReady (RequestPendingAgain).
                 lock (_gate)
                 {
                     _connection = connection;
-                    _control = writer;
                     _linkLost.Reset();
                     _linkDown = false;
                     _linkReason = null;
@@ -784,6 +787,7 @@ public sealed class IncomingMigration
                     runs.Clear();
                 }
                 writer.Write(new ResumeReadyMessage((ulong)incoming.Missing));
+                lock (_gate) _control = writer;
                 incoming.RequestPendingAgain();
                 PostcopyRecoveries++;
                 _paused = false;

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Ferry.Migration.Guest;
 using Ferry.Migration.InProcess;
 using Ferry.Migration.Protocol;
@@ -581,6 +582,60 @@ public class PostcopyFailureTests
         Assert.Null(destination.PostcopyStatus);
         Assert.Equal(0, destination.PostcopyPagesToCome);
         DestinationChecks.AssertSelfCheckAfterStart(outcome.Target!);
+    }
+
+    [Fact]
+    public void GuestFaultsWhileAResumeIsHandShakenWaitForItAndAreAskedForAfterIt()
+    {
+        using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        bool cut = false;
+        var plan = new FaultPlan();
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Send));
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Receive));
+        // A slow push, so that most pages are still missing when the link comes back.
+        var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 4 << 20 };
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory());
+        IncomingMigration? destination = null;
+        string? resumeFailed = null;
+        var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options, factory,
+            incoming: new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30, PostcopyRecoveryTimeout = TimeSpan.FromSeconds(5) },
+            onIncoming: d => destination = d,
+            duringRun: source =>
+            {
+                SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(10));
+                Volatile.Write(ref cut, true);
+                Assert.True(SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyPaused, TimeSpan.FromSeconds(10)), "source never paused");
+                Assert.True(SpinWait.SpinUntil(() => destination?.PostcopyPaused == true, TimeSpan.FromSeconds(10)), "destination never paused");
+                var sink = ((RecordingPostcopyTarget)factory.Created.Single()).Sink!;
+                ulong pages = guest.Regions[0].Pages;
+                // Guest threads fault all along the resume: a new page every 50 µs, from the top of memory down (where
+                // the push comes last), until the migration ends.
+                bool done = false;
+                var faulting = new Thread(() =>
+                {
+                    var pace = Stopwatch.StartNew();
+                    for (ulong p = pages - 1, n = 0; p > 0 && !Volatile.Read(ref done); p--, n++)
+                    {
+                        sink.PageNeeded(0, p);
+                        while (pace.Elapsed.TotalMicroseconds < n * 50) Thread.SpinWait(20);
+                    }
+                }) { IsBackground = true, Name = "test faults" };
+                Volatile.Write(ref cut, false);
+                faulting.Start();
+                source.ResumePostcopy();
+                SpinWait.SpinUntil(() => source.Progress.Status != MigrationStatus.PostcopyPaused
+                    || source.PausedReason?.StartsWith("resume failed", StringComparison.Ordinal) == true, TimeSpan.FromSeconds(10));
+                resumeFailed = source.Progress.Status == MigrationStatus.PostcopyPaused ? source.PausedReason : null;
+                if (resumeFailed is not null) source.Cancel();
+                Volatile.Write(ref done, true);
+                faulting.Join();
+            });
+        using var _ = outcome.Target;
+        Assert.Null(resumeFailed);
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify!.Match, "digests differ after the recovery");
+        Assert.Equal(1, destination!.PostcopyRecoveries);
     }
 
     private sealed class RefusingConnector : IMigrationConnector

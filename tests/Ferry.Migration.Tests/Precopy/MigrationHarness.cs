@@ -38,9 +38,13 @@ internal sealed class RecordingPostcopyTarget(IMigrationTarget inner, bool rejec
     /// <summary>Pages missing per region when post-copy began (null before).</summary>
     public ulong[]? MissingPerRegion { get; private set; }
 
+    /// <summary>Where the destination's guest reports the pages it waits for (null before post-copy began).</summary>
+    public IPageFaultSink? Sink { get; private set; }
+
     public IPostcopyMemory BeginPostcopy(IReadOnlyList<Ferry.Migration.Memory.DirtyBitmap> missing, IPageFaultSink sink)
     {
         MissingPerRegion = [.. missing.Select(m => m.Count())];
+        Sink = sink;
         return ((IPostcopyTarget)Inner).BeginPostcopy(missing, sink);
     }
 
