@@ -45,6 +45,8 @@ internal sealed class MachinePostcopyMemory(GuestRam ram) : IPostcopyMemory
 
     public long WorkingSetPages => ram.WorkingSetPages;
 
+    public IReadOnlyList<(int Region, ulong Page)> AwaitedPages() => [.. ram.AwaitedPostcopyPages().Select(p => (0, (ulong)p))];
+
     public void Abort(string reason) => ram.AbortPostcopy(new IOException(reason));
 
     public void Dispose()

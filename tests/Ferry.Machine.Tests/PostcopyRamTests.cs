@@ -421,12 +421,16 @@ public sealed class PostcopyRamTests
         engine.WaitForRequests(1);
         Thread.Sleep(50);
         Assert.All(readers, r => Assert.False(r.IsCompleted));
+        // What an engine resuming over a new connection asks for again: the page they wait for, once.
+        WaitFor(() => ram.AwaitedPostcopyPages().Length == 1, "the waiters to register");
+        Assert.Equal([4], ram.AwaitedPostcopyPages());
 
         Assert.True(engine.InstallNow(4));
         Assert.All(readers, r => Assert.True(r.Finished(Bound)));
         Assert.All(values, v => Assert.Equal(0x4444UL, v));
         Assert.Equal([4UL], engine.Requested);
         Assert.True(ram.IsPostcopy); // page 5 is still missing
+        Assert.Empty(ram.AwaitedPostcopyPages());
     }
 
     [Fact]

@@ -365,6 +365,9 @@ public sealed unsafe class GuestRam : MemoryRegion, IDisposable
     /// </summary>
     public long WorkingSetPages => lastPostcopy?.WorkingSetPages ?? 0;
 
+    /// <summary>The pages a hart or device waits for now, during post-copy (none otherwise).</summary>
+    public int[] AwaitedPostcopyPages() => postcopy?.AwaitedPages() ?? [];
+
     /// <summary>
     /// <see cref="System.Diagnostics.Stopwatch"/> ticks threads (harts and devices, added up) have spent waiting for
     /// missing pages since <see cref="BeginPostcopy"/>, for block-time statistics.

@@ -195,6 +195,23 @@ internal sealed class PostcopyPages
         return true;
     }
 
+    /// <summary>
+    /// The pages threads wait for now (each once): after a resumed post-copy, the engine asks for them again, since a
+    /// page is requested at most once here (<see cref="Request"/>) and the request may have gone with the old link.
+    /// </summary>
+    public int[] AwaitedPages()
+    {
+        lock (gate)
+        {
+            var pages = new HashSet<int>();
+            for (int i = 0; i < waiterCount; i++)
+            {
+                if (waiters[i].Page >= 0) pages.Add(waiters[i].Page);
+            }
+            return [.. pages];
+        }
+    }
+
     private void Register(PageWaiter w, int page)
     {
         lock (gate)

@@ -78,6 +78,15 @@ public interface IPostcopyMemory : IDisposable
     long WorkingSetPages { get; }
 
     /// <summary>
+    /// The pages guest threads wait for now, for a memory that calls <see cref="IPageFaultSink.PageNeeded"/> once per
+    /// page however long the wait: after a post-copy resumed over a new connection the engine asks for them again.
+    /// Needed where the engine can lose sight of a wait: a page it had claimed for a receive in place
+    /// (<see cref="ReceiveInPlaceAddress"/>) when the thread asked for it, and whose receive then failed. None by
+    /// default (a memory that asks once per wait, as userfaultfd's reader does, never needs it).
+    /// </summary>
+    IReadOnlyList<(int Region, ulong Page)> AwaitedPages() => [];
+
+    /// <summary>
     /// The pages will never come (the source is gone): threads waiting for a page, and any that would wait later, must
     /// stop with <paramref name="reason"/> rather than hang. The guest cannot go on; its owner tears it down.
     /// </summary>

@@ -382,6 +382,22 @@ internal sealed class PostcopyIncoming : IPageFaultSink
                 n++;
             }
         }
+        // And every page a guest thread waits for, whatever the loop found: one claimed by a receive in place when the
+        // thread asked (not missing then, so not stamped), then given back when that receive failed; or one stamped
+        // just after the loop read no stamp there and dropped its mark. A few pages at most (one per thread), so one
+        // asked for twice costs a duplicate the install drops.
+        if (_memory is { } memory)
+        {
+            foreach (var (r, p) in memory.AwaitedPages())
+            {
+                if ((uint)r >= (uint)_regions.Count || p >= _regions[r].Pages || !_missing[r].TestAtomic(p)) continue;
+                ref long requestedAt = ref _requestedAt[_first[r] + p];
+                _requested[r].TestAndSetAtomic(p);
+                if (Interlocked.CompareExchange(ref requestedAt, Stopwatch.GetTimestamp(), 0) == 0) Awaiting(r, p, ref requestedAt);
+                _request(r, p, 1);
+                n++;
+            }
+        }
         return n;
     }
 

@@ -37,12 +37,15 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
         NativeMemory.AlignedFree((void*)_guest);
     }
 
+    // Page requests the destination wrote (first page, count).
+    private readonly List<(ulong First, int Count)> _requests = [];
+
     private byte GuestByte(int page, int offset = 0) => ((byte*)_guest)[page * (int)MemoryRegion.PageSize + offset];
 
     private (PostcopyIncoming Incoming, InPlaceMemory Memory, DirtyBitmap Missing) Begin(bool verify = false)
     {
         MemoryRegion[] regions = [_guestRegion];
-        var incoming = new PostcopyIncoming(regions, (_, _, _) => { }, verify ? new PageHashDigest(regions) : null);
+        var incoming = new PostcopyIncoming(regions, (_, page, count) => { lock (_requests) _requests.Add((page, (int)count)); }, verify ? new PageHashDigest(regions) : null);
         var missing = new DirtyBitmap(Pages);
         missing.SetAll();
         missing.Clear(1); // installed already, by a fault's reply: the guest may have written it since
@@ -199,6 +202,39 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
         Assert.Equal(Pages - 1, incoming.Missing);
     }
 
+    [Fact]
+    public void AFaultOnAPageClaimedByABatchThatThenFailsIsAskedForAgainAfterAResume()
+    {
+        var (incoming, memory, missing) = Begin();
+        byte[] wire = Wire();
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            send.Send(wire.AsSpan(0, wire.Length - (int)MemoryRegion.PageSize - MigrationProtocol.TrailerSize));
+            send.Dispose();
+            // While the batch's pages are claimed and their data is coming, a hart reaches page 2: the machine asks for
+            // it (once: its request is sticky) and waits.
+            var reader = new PageBatchReader(new AllReadable(receive)
+            {
+                BeforeReceive = () =>
+                {
+                    memory.Awaited.Add((0, 2));
+                    incoming.PageNeeded(0, 2);
+                },
+            }, [_guestRegion]) { Postcopy = incoming };
+            Assert.Throws<MigrationTransportException>(() => reader.ReadNext());
+        }
+        Assert.True(missing.TestAtomic(2));
+        // Nothing was asked: the page was on its way in that batch.
+        Assert.Empty(_requests);
+        // The connection is gone; the source resumes over a new one, and the page the hart waits for is asked for.
+        incoming.RequestPendingAgain();
+        Assert.Equal([(2UL, 1)], _requests);
+        Assert.Equal(1, incoming.Faults);
+        Assert.Equal(1, incoming.Awaited);
+    }
+
     /// <summary>A channel that says its whole stream is readable now.</summary>
     private sealed class AllReadable(IMigrationChannel inner) : IMigrationChannel
     {
@@ -207,7 +243,12 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
         public void Send(ReadOnlySpan<byte> data) => inner.Send(data);
         public void SendGather(ReadOnlySpan<IoSegment> segments) => inner.SendGather(segments);
         public bool ReceiveExactly(Span<byte> buffer) => inner.ReceiveExactly(buffer);
-        public void ReceiveScatter(ReadOnlySpan<IoSegment> segments) => inner.ReceiveScatter(segments);
+        public Action? BeforeReceive { get; init; }
+        public void ReceiveScatter(ReadOnlySpan<IoSegment> segments)
+        {
+            BeforeReceive?.Invoke();
+            inner.ReceiveScatter(segments);
+        }
         public void Abort() => inner.Abort();
         public void Dispose() => inner.Dispose();
     }
@@ -217,6 +258,8 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
     {
         public bool InPlace = true;
         public readonly List<(ulong First, int Count)> Published = [], Copied = [], Zeroed = [];
+        public readonly List<(int Region, ulong Page)> Awaited = [];
+        public IReadOnlyList<(int Region, ulong Page)> AwaitedPages() => Awaited;
         public nint ReceiveInPlaceAddress(int region) => InPlace ? host : 0;
         public void PublishReceived(int region, ulong firstPage, int count) => Published.Add((firstPage, count));
         public void Install(int region, ulong firstPage, int count, nint source)
