@@ -442,16 +442,32 @@ internal sealed class Prepager
                 from = Math.Max(from, _regionFirst[region]);
                 to = Math.Min(to, _regionEnd[region]);
             }
-            if (from >= to) continue;
-            foreach (var run in _toSend.Runs(from, to))
+            while (from < to)
             {
-                // Up to maxPages set pages of one region (the gaps pivots left are skipped, not a take's end).
-                if (region < 0) region = RegionOf(run.Start);
-                int before = count;
-                int taken = Collect(run.Start, Math.Min(to, _regionEnd[region]), runs, ref count, maxPages);
-                if (count > before) _sweep = runs[count - 1].End;
-                maxPages -= taken;
-                break;
+                ulong next = to;
+                foreach (var run in _toSend.Runs(from, to))
+                {
+                    // Up to maxPages set pages of one region (the gaps pivots left are skipped, not a take's end).
+                    int r = region < 0 ? RegionOf(run.Start) : region;
+                    int before = count;
+                    int taken = Collect(run.Start, Math.Min(to, _regionEnd[r]), runs, ref count, maxPages);
+                    if (count > before)
+                    {
+                        region = r;
+                        _sweep = runs[count - 1].End;
+                        maxPages -= taken;
+                    }
+                    else
+                    {
+                        // Nothing: the urgent path claimed the rest of that region's pages between the scan and the
+                        // collect (it takes no lock). Look on from the next region rather than end the take empty with
+                        // pages left there, which the push would read as the end of its work.
+                        next = _regionEnd[r];
+                    }
+                    break;
+                }
+                from = next;
+                if (next == to) break;
             }
         }
     }

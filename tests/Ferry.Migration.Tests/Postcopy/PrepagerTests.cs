@@ -60,6 +60,33 @@ public class PrepagerTests
     }
 
     [Fact]
+    public void ATakeRacingTheUrgentPathToARegionsLastPagesGoesOnToTheNextRegion()
+    {
+        // The push sweeps region 0 one page at a time while the urgent path claims the same region's pages from its end
+        // down; where they meet, a page the sweep found can be claimed before the take collects it. The take must then
+        // look further (region 1), not end the push with pages left: a push that ends early leaves the destination
+        // waiting for pages nobody sends.
+        var runs = new DirtyRun[512];
+        for (int round = 0; round < 3000; round++)
+        {
+            var prepager = Make(PrepagingStrategy.Linear, 16, 64);
+            using var go = new Barrier(2);
+            var claimer = new Thread(() =>
+            {
+                go.SignalAndWait(TestContext.Current.CancellationToken);
+                for (ulong page = 15; page < 16; page--) prepager.Claim(page);
+            });
+            claimer.Start();
+            go.SignalAndWait(TestContext.Current.CancellationToken);
+            while (prepager.Take(runs, 1, out _) > 0)
+            {
+            }
+            claimer.Join();
+            Assert.True(prepager.Remaining == 0, $"round {round}: the push ended with {prepager.Remaining} pages left");
+        }
+    }
+
+    [Fact]
     public void BubblePushesBothSidesOfAFaultNearARecentOneFirstAndWidens()
     {
         var prepager = Make(PrepagingStrategy.Bubble, 100_000);
