@@ -54,12 +54,17 @@ internal static class Wire
 {
     private static readonly System.Text.UTF8Encoding StrictUtf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: true);
 
-    /// <summary>Receive exactly <paramref name="buffer"/>; the record has started, so a clean end is an error.</summary>
+    /// <summary>
+    /// Receive exactly <paramref name="buffer"/>; the record has started, so a clean end is an error, and a transport
+    /// one, as an end one byte later is (<see cref="IMigrationChannel.ReceiveExactly"/>): the peer went (a process that
+    /// dies closes its sockets cleanly), whatever byte its stream stopped at. A post-copy waits for a resume after a
+    /// transport failure; it gave the VM up after a protocol one.
+    /// </summary>
     public static void ReceiveBody(IMigrationChannel channel, Span<byte> buffer, RecordKind kind)
     {
         if (buffer.IsEmpty) return;
         if (!channel.ReceiveExactly(buffer))
-            throw new MigrationProtocolException($"{kind} record: {channel.Name} ended inside the record");
+            throw new MigrationTransportException($"{kind} record: {channel.Name} ended inside the record");
     }
 
     /// <summary>Encode a protocol string (u16 length + UTF-8), truncated to 1024 bytes at a character boundary.</summary>

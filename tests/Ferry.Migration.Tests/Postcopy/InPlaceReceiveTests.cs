@@ -235,6 +235,30 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
         Assert.Equal(1, incoming.Awaited);
     }
 
+    [Theory]
+    [InlineData(MigrationProtocol.HeaderSize)] // the record's header, and nothing of its body
+    [InlineData(MigrationProtocol.HeaderSize + MigrationProtocol.BatchHeaderSize + (3 * MigrationProtocol.RunSize))] // up to its data
+    public void AStreamThatEndsCleanlyBetweenTheRecordsPartsIsALostLinkNotABrokenProtocol(int cut)
+    {
+        // A source that dies closes its sockets cleanly, whatever byte it had sent: the destination must see a lost link
+        // (post-copy pauses and waits for a resume), as it does for an end one byte later, not a protocol violation
+        // (post-copy gives the VM up).
+        var (incoming, memory, missing) = Begin();
+        byte[] wire = Wire();
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            send.Send(wire.AsSpan(0, cut));
+            send.Dispose();
+            var reader = new PageBatchReader(receive, [_guestRegion]) { Postcopy = incoming };
+            Assert.Throws<MigrationTransportException>(() => reader.ReadNext());
+        }
+        Assert.Empty(memory.Published);
+        Assert.Empty(memory.Copied);
+        foreach (int p in new[] { 0, 2, 3, 4, 5, 6 }) Assert.True(missing.TestAtomic((ulong)p), $"page {p} is not missing");
+    }
+
     /// <summary>A channel that says its whole stream is readable now.</summary>
     private sealed class AllReadable(IMigrationChannel inner) : IMigrationChannel
     {
