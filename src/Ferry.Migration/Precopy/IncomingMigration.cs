@@ -1089,7 +1089,10 @@ public sealed class IncomingMigration
             // A resumed post-copy's page channels carry post-copy batches only, like the urgent one but ended by Flush.
             _urgent = shard is null && !resumed;
             if (resumed) Flushed.Set();
-            _reader = new PageBatchReader(channel, regions, received) { PopulateFreshRuns = owner._options.PopulateFreshRuns, Shard = shard };
+            _reader = new PageBatchReader(channel, regions, received)
+            {
+                PopulateFreshRuns = owner._options.PopulateFreshRuns, Shard = shard, PostcopyOnly = _urgent || resumed,
+            };
             _thread = new Thread(Loop) { IsBackground = true, Name = $"ferry-recv-{channel.Name}" };
             // Quiet by nature (no record through a whole pre-copy phase, nor while the guest faults on nothing): only the
             // watchdog, which hears the source's keepalives, decides that the source is gone.
@@ -1142,6 +1145,7 @@ public sealed class IncomingMigration
                 if (Flushed.IsSet || _batches != 0) return false;
                 FlushSequence = 0;
                 FlushedAt = _owner._time.GetTimestamp();
+                _reader.PostcopyOnly = true;
                 Flushed.Set();
                 return true;
             }
@@ -1215,6 +1219,7 @@ public sealed class IncomingMigration
                                 Flushed.Set();
                             }
                             if (!_owner._postcopyNegotiated) return;
+                            _reader.PostcopyOnly = true;
                             break;
                         case PageRecordKind.EndOfStream when Flushed.IsSet && (_owner._postcopyOver || _owner._done):
                             return;

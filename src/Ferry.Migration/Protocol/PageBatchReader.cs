@@ -94,9 +94,9 @@ public sealed class PageBatchReader
 
     /// <summary>
     /// Post-copy: where batches flagged <see cref="PageBatchFlags.Postcopy"/> are installed. Null (the default, and
-    /// until the destination switched to post-copy) refuses them. Their data goes to a staging buffer, never straight
-    /// into guest memory: the guest runs, so a page is handed to it only whole and only after the batch's checksum
-    /// held.
+    /// until the destination switched to post-copy) refuses them. A page is handed to the running guest only whole and
+    /// only after the batch's checksum held: its data lands in a staging buffer, or in the guest's memory in place
+    /// where nothing reads a missing page until it is published (see ReceivePostcopyInPlace).
     /// </summary>
     internal Postcopy.PostcopyIncoming? Postcopy
     {
@@ -104,6 +104,20 @@ public sealed class PageBatchReader
         set => Volatile.Write(ref _postcopy, value);
     }
     private Postcopy.PostcopyIncoming? _postcopy;
+
+    /// <summary>
+    /// Set once this channel may carry post-copy batches only: the urgent channel from its start, a page channel once
+    /// its switchover Flush came (or the source said none would, or from the start on a resumed connection). A pre-copy
+    /// batch writes straight into guest memory, present pages included, which is right only while the guest is paused
+    /// or before it ran here: after that it would overwrite what the running guest wrote (and behind the back of a
+    /// machine's decoded code), so a source that sends one is refused. Any thread may set it.
+    /// </summary>
+    internal bool PostcopyOnly
+    {
+        get => Volatile.Read(ref _postcopyOnly);
+        set => Volatile.Write(ref _postcopyOnly, value);
+    }
+    private bool _postcopyOnly;
 
     /// <summary>
     /// Where each pre-copy page's hash is recorded as it lands (null: nowhere), so that a verified hybrid migration
@@ -180,6 +194,8 @@ public sealed class PageBatchReader
         var (normal, zero) = PageBatchCodec.ParseRuns(_table.AsSpan(H + BH, tableBytes), region.Pages, _runs.AsSpan(0, runCount));
         _runCount = runCount;
         if ((h.Flags & (byte)PageBatchFlags.Postcopy) != 0) return ReadPostcopyBatch(h, regionIndex, runCount, tableBytes, normal, zero);
+        if (PostcopyOnly)
+            throw new MigrationProtocolException($"PageBatch on {_channel.Name}: a pre-copy batch where only post-copy ones may come (the urgent channel, or a page channel after its switchover)");
         if (Shard is { } shard) CheckShard(shard, regionIndex, runCount);
         long expected = BH + tableBytes + ((long)normal << MemoryRegion.PageShift) + T;
         if (h.PayloadLength != expected)

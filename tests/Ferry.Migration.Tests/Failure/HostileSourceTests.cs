@@ -325,6 +325,27 @@ public class HostileSourceTests
         Assert.Contains("PopulatedPages", e.Message);
     }
 
+    [Theory]
+    [InlineData(true)]  // the urgent channel: post-copy batches only, from its start
+    [InlineData(false)] // a page channel after its switchover Flush: the push follows, post-copy batches only
+    public void APrecopyBatchWhereOnlyPostcopyOnesMayComeFailsTheMigration(bool urgent)
+    {
+        // A pre-copy batch is written straight into guest memory, present pages included: once the guest may run here
+        // it would overwrite what the guest wrote. Refused, whatever the source meant by it.
+        using var transport = new InMemoryTransport();
+        var destination = new Destination(transport.Listener, Options());
+        var (c, writer) = PostcopyHandshake(transport);
+        using (c)
+        {
+            var channel = urgent ? c.Urgent! : c.Pages[0];
+            if (!urgent) new PageBatchWriter(channel).WriteFlush(1);
+            // A zero run carries no data, so the region's host address is never read.
+            new PageBatchWriter(channel).WriteBatch(0, new MemoryRegion(0, 1 << 20, 0), [new PageRun(3, 2, PageEncoding.Zero)], PageBatchFlags.None);
+            var e = destination.AssertFailedAndDiscarded();
+            Assert.Contains("a pre-copy batch where only post-copy ones may come", e.Message);
+        }
+    }
+
     [Fact]
     public void PostcopyPagesWithNoSwitchoverAfterThemEndWithTheSourcesSilenceNotLater()
     {
