@@ -1594,6 +1594,11 @@ public sealed class OutgoingMigration
                         _ready = r;
                         _readyArrived.Set();
                         break;
+                    case ResumedMessage when !Volatile.Read(ref _committed):
+                        // Commit is decided before it is sent, so a destination cannot have read it yet: a guest it
+                        // says it runs was never handed over. This side keeps its own.
+                        Fail(MigrationStatus.Failed, "destination sent Resumed before Commit", notify: true, ProtocolErrorCode.Protocol);
+                        break;
                     case ResumedMessage m:
                         Volatile.Write(ref _resumedAt, _time.GetTimestamp());
                         TraceLog.Mark("source: resumed read");

@@ -489,6 +489,58 @@ public class PostcopyFailureTests
     }
 
     [Fact]
+    public void AResumedBeforeCommitFailsTheMigrationAndTheGuestRunsOnAtTheSource()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 1000);
+        using var transport = new InMemoryTransport();
+        ErrorMessage? answer = null;
+        var destination = new Thread(() =>
+        {
+            // A hostile destination: says it runs the guest before it was handed over (before Ready, even).
+            var c = transport.Listener.Accept(TestContext.Current.CancellationToken);
+            var drains = c.Pages.Concat(c.Urgent is { } u ? [u] : []).Select(ch => new Thread(() =>
+            {
+                var buffer = new byte[65536];
+                try { while (ch.ReceiveExactly(buffer.AsSpan(0, 1))) { } } catch (IOException) { }
+            }) { IsBackground = true }).ToList();
+            drains.ForEach(t => t.Start());
+            var reader = new ProtocolReader(c.Control);
+            var writer = new ProtocolWriter(c.Control);
+            var hello = reader.Expect<HelloMessage>();
+            writer.WriteWelcome(hello.Capabilities & MigrationProtocol.SupportedCapabilities);
+            for (var m = reader.Read(); m is not CompleteMessage; m = reader.Read())
+            {
+                if (m is KeepaliveMessage k) writer.WriteKeepalive(k.Timestamp);
+            }
+            writer.WriteResumed(1);
+            try
+            {
+                while (reader.Read() is { } m)
+                {
+                    if (m is ErrorMessage e)
+                    {
+                        answer = e;
+                        break;
+                    }
+                }
+            }
+            catch (IOException)
+            {
+            }
+            c.Abort();
+        }) { IsBackground = true };
+        destination.Start();
+        var stats = new OutgoingMigration(guest, transport.Connector, Options() with { Mode = MigrationMode.Postcopy, Verify = false }).Run(cancellationToken: TestContext.Current.CancellationToken);
+        Assert.True(destination.Join(TimeSpan.FromSeconds(10)));
+        Assert.Equal(MigrationStatus.Failed, stats.Status);
+        Assert.Contains("Resumed before Commit", stats.Error, StringComparison.Ordinal);
+        Assert.NotNull(answer);
+        Assert.Equal(ProtocolErrorCode.Protocol, answer.Code);
+        // Never committed: the guest runs here still.
+        Assert.True(guest.IsRunning);
+    }
+
+    [Fact]
     public void TheSourceDyingMidPostcopyLosesTheVmOnTheDestinationClearlyAndWithoutHanging()
     {
         using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
