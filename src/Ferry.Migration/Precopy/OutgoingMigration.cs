@@ -879,7 +879,11 @@ public sealed class OutgoingMigration
             stats.DeviceStateMs = _time.GetElapsedTime(stateStart, commitAt).TotalMilliseconds - stats.DestDigestMs;
             SendCommit();
             TraceLog.Mark("source: commit sent");
-            _status = MigrationStatus.PostcopyActive;
+            // Unless the link went down meanwhile: its postcopy-paused must stand (OnLinkFailure sets it after the flag).
+            lock (_gate)
+            {
+                if (!_linkDown) _status = MigrationStatus.PostcopyActive;
+            }
             Interlocked.Exchange(ref _remainingBytes, missing * MemoryRegion.PageSize);
             // The push starts once the guest runs there (Resumed): until then nothing can fault, and on a small host its
             // threads would compete with the destination's switchover for the cores, inside the downtime (measured on 2
@@ -1054,11 +1058,18 @@ public sealed class OutgoingMigration
     /// </summary>
     private void Reconnect(CountdownEvent done)
     {
-        foreach (var sender in _senders) sender.Stop(TimeSpan.FromSeconds(5));
-        lock (_gate) _retiredSenders.AddRange(_senders);
-        _reader?.Join(TimeSpan.FromSeconds(5));
+        // The old page channels first, their rate-limited wrappers included: a sender waiting for bandwidth (seconds
+        // under a low cap) is released only by its channel's abort, and one still waiting after the new connection is
+        // up would act on it (its failure counted against the new link, its pass's end against the new push).
         IMigrationChannel[] oldChannels;
-        lock (_gate) oldChannels = _pageChannels;
+        lock (_gate)
+        {
+            oldChannels = _pageChannels;
+            _retiredSenders.AddRange(_senders);
+        }
+        foreach (var p in oldChannels) p.Abort();
+        foreach (var sender in _senders) sender.Stop(TimeSpan.FromSeconds(5));
+        _reader?.Join(TimeSpan.FromSeconds(5));
         foreach (var p in oldChannels) p.Dispose();
         _connection?.Dispose();
         _senders = [];
@@ -1110,14 +1121,18 @@ public sealed class OutgoingMigration
                 _senders = senders;
                 _link = link;
                 _prepager = prepager;
+                // Heard now, before the link counts as up: the watchdog would otherwise judge the new link by the
+                // silence of the old one and drop it at its next tick.
+                Volatile.Write(ref _lastHeard, _time.GetTimestamp());
                 _linkLost.Reset();
                 _linkDown = false;
                 _linkReason = null;
+                // Here, so that a loss of the new link right after (OnLinkFailure: the flag, then postcopy-paused)
+                // cannot be overwritten by it.
+                _status = MigrationStatus.PostcopyActive;
             }
             SetUrgent(new Postcopy.UrgentSender(connection.Urgent, regions, prepager));
-            Volatile.Write(ref _lastHeard, _time.GetTimestamp());
             _recoveries++;
-            _status = MigrationStatus.PostcopyActive;
             _reader = new Thread(() => ReadReturnPath(reader)) { IsBackground = true, Name = "ferry-return-path" };
             _reader.Start();
             done.Reset(senders.Length);
@@ -1715,6 +1730,11 @@ public sealed class OutgoingMigration
 
     private void OnSenderFailure(Exception e, PageSender sender)
     {
+        // A sender of a connection post-copy has left behind: its link is known lost; the current one is not its.
+        lock (_gate)
+        {
+            if (_retiredSenders.Contains(sender)) return;
+        }
         if (e is MigrationTransportException)
         {
             // A page channel broke. If the destination failed on purpose, its Error (with the real reason: a bad
@@ -1802,7 +1822,11 @@ public sealed class OutgoingMigration
             _guest.StopDirtyLog();
         }
         // Senders must be out of guest memory before Run returns (the caller may unmap it next); they exit at once
-        // on the abort, the timeout only guards against a transport that ignores Abort.
+        // on the abort, the timeout only guards against a transport that ignores Abort. Their rate-limited channels
+        // too: a sender waiting for bandwidth is released only by its own channel's abort.
+        IMigrationChannel[] limitedNow;
+        lock (_gate) limitedNow = _pageChannels;
+        foreach (var p in limitedNow) p.Abort();
         foreach (var s in _senders) s.Stop(TimeSpan.FromSeconds(5));
         connection?.Abort();
         _reader?.Join(TimeSpan.FromSeconds(5));

@@ -183,7 +183,9 @@ internal sealed class PageSender
             }
             finally
             {
-                _done!.Signal();
+                // Not once stopped: a post-copy resumed over a new connection counts its new senders' passes on the same
+                // event, and one signal too many throws (on this thread: the process would go).
+                if (!Volatile.Read(ref _stop)) _done!.Signal();
             }
         }
     }

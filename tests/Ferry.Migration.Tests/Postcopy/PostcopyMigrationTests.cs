@@ -489,6 +489,54 @@ public class PostcopyFailureTests
     }
 
     [Fact]
+    public void APushWaitingForBandwidthWhenTheLinkWentIsRetiredWithItAndTheResumedPostcopyFinishes()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2000, pattern: DirtyPattern.Hotset);
+        using var transport = new InMemoryTransport();
+        bool cut = false;
+        var plan = new FaultPlan();
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Send));
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Receive));
+        // 64 KiB/s: after its first 1 MiB batch each push thread waits ~16 s for bandwidth.
+        var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 64 << 10 };
+        IncomingMigration? destination = null;
+        var resumedIn = TimeSpan.Zero;
+        int pausesAfterResume = 0;
+        var outcome = Migrate(guest, new FaultInjectingConnector(transport.Connector, plan), transport.Listener, options,
+            incoming: new IncomingOptions { PeerTimeout = options.PeerTimeout, MaxMemoryBytes = 1UL << 30, PostcopyRecoveryTimeout = TimeSpan.FromSeconds(30) },
+            onIncoming: d => destination = d,
+            duringRun: source =>
+            {
+                SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(10));
+                Thread.Sleep(300); // the push threads are waiting for bandwidth now
+                Volatile.Write(ref cut, true);
+                Assert.True(SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyPaused, TimeSpan.FromSeconds(10)), "source never paused");
+                Assert.True(SpinWait.SpinUntil(() => destination?.PostcopyPaused == true, TimeSpan.FromSeconds(10)), "destination never paused");
+                Volatile.Write(ref cut, false);
+                var resuming = Stopwatch.StartNew();
+                source.ResumePostcopy();
+                Assert.True(SpinWait.SpinUntil(() => source.Progress.Status == MigrationStatus.PostcopyActive, TimeSpan.FromSeconds(20)), "the resume did not happen");
+                resumedIn = resuming.Elapsed;
+                // The cap lifted: the rest goes at once, and a sender of the old link, had it still waited for
+                // bandwidth, would wake now and fail on its old channel.
+                source.MaxBandwidth = 0;
+                var watch = Stopwatch.StartNew();
+                while (watch.Elapsed < TimeSpan.FromSeconds(2) && source.Progress.Status != MigrationStatus.Completed)
+                {
+                    if (source.Progress.Status == MigrationStatus.PostcopyPaused) pausesAfterResume++;
+                    Thread.Sleep(10);
+                }
+            });
+        using var _ = outcome.Target;
+        Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
+        Assert.True(outcome.Stats.Verify!.Match, "digests differ after the recovery");
+        Assert.Equal(0, pausesAfterResume);
+        Assert.Equal(1, outcome.Stats.Postcopy!.Recoveries);
+        // Not held by the old senders' waits (5 s each before, then the resume).
+        Assert.True(resumedIn < TimeSpan.FromSeconds(4), $"resumed after {resumedIn.TotalSeconds:F1} s");
+    }
+
+    [Fact]
     public void AResumedBeforeCommitFailsTheMigrationAndTheGuestRunsOnAtTheSource()
     {
         using var guest = NewGuest(16, pagesPerSecond: 1000);
