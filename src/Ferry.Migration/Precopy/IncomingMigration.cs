@@ -495,12 +495,14 @@ public sealed class IncomingMigration
             _postcopyMemory?.Abort($"VM lost: {reason}");
             _connection.Abort();
             // The guest cannot run without the pages it lacks: discard it (its threads waiting for pages are released
-            // first by the abort above).
-            foreach (var r in receivers) r.Join();
-            foreach (var r in _retired) r.Join();
-            foreach (var r in _currentReceivers) r.Join();
-            _urgentReceiver?.Join();
-            target?.Dispose();
+            // first by the abort above). Unless a receive thread is still inside its memory (only a transport that
+            // ignores Abort leaves one): unmapped under it, it would take the process down; the mapping is leaked.
+            bool receiversOut = true;
+            foreach (var r in receivers) receiversOut &= r.Join();
+            foreach (var r in _retired) receiversOut &= r.Join();
+            foreach (var r in _currentReceivers) receiversOut &= r.Join();
+            receiversOut &= _urgentReceiver?.Join() ?? true;
+            if (receiversOut) target?.Dispose();
             throw new MigrationException($"post-copy failed after the guest started here: {reason}; the VM is lost", e);
         }
         catch (Exception e) when (!started)
@@ -796,13 +798,16 @@ public sealed class IncomingMigration
             }
             catch (Exception e) when (e is MigrationException or IOException)
             {
-                // A resume that broke half-way: the link is down again; wait for the next one.
+                // A resume that broke half-way: the link is down again; wait for the next one. The receivers it started
+                // end on the abort, and are waited for: one failing late would count against the next link.
                 connection.Abort();
                 lock (_gate)
                 {
                     _linkDown = true;
                     _linkReason = e.Message;
                 }
+                foreach (var r in _currentReceivers) r.Join();
+                _urgentReceiver?.Join();
                 continue;
             }
         }
