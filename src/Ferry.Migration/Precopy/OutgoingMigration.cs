@@ -313,10 +313,7 @@ public sealed class OutgoingMigration
         var welcome = reader.Expect<WelcomeMessage>();
         _controlRoundTripTicks = _time.GetElapsedTime(helloSent).Ticks;
         Volatile.Write(ref _lastHeard, _time.GetTimestamp());
-        if (welcome.Version != MigrationProtocol.CurrentVersion)
-            throw new MigrationProtocolException($"destination answered version {welcome.Version}; this source speaks {MigrationProtocol.CurrentVersion}");
-        if ((welcome.Capabilities & ~caps) != 0)
-            throw new MigrationProtocolException($"destination accepted capabilities that were not offered: {welcome.Capabilities}");
+        CheckWelcome(welcome, caps);
         if (_options.Verify && (welcome.Capabilities & ProtocolCapabilities.Verify) == 0)
             throw new MigrationException("destination does not support verification, which was asked for");
         if (postcopy && (welcome.Capabilities & PostcopyCaps) != PostcopyCaps)
@@ -1093,6 +1090,7 @@ public sealed class OutgoingMigration
             using var deadline = _time.CreateTimer(static c => ((IMigrationChannel)c!).Abort(), connection.Control, _options.PeerTimeout, Timeout.InfiniteTimeSpan);
             control.WriteHello(Hello(caps));
             var welcome = reader.Expect<WelcomeMessage>();
+            CheckWelcome(welcome, caps);
             if ((welcome.Capabilities & ProtocolCapabilities.PostcopyResume) == 0)
                 throw new MigrationException("the destination did not accept resuming post-copy");
             var toSend = new DirtyBitmap(_guest.TotalPages);
@@ -1152,6 +1150,15 @@ public sealed class OutgoingMigration
             lock (_gate) _linkReason = $"resume failed: {Describe(e)}";
             _linkLost.Set();
         }
+    }
+
+    /// <summary>A destination's Welcome must speak this source's version and accept only what was offered.</summary>
+    private static void CheckWelcome(WelcomeMessage welcome, ProtocolCapabilities offered)
+    {
+        if (welcome.Version != MigrationProtocol.CurrentVersion)
+            throw new MigrationProtocolException($"destination answered version {welcome.Version}; this source speaks {MigrationProtocol.CurrentVersion}");
+        if ((welcome.Capabilities & ~offered) != 0)
+            throw new MigrationProtocolException($"destination accepted capabilities that were not offered: {welcome.Capabilities}");
     }
 
     /// <summary>This migration's Hello: identity, layout, channels, token, and <paramref name="capabilities"/>.</summary>

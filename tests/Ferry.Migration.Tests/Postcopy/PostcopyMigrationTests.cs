@@ -660,6 +660,14 @@ public class PostcopyFailureTests
                 Assert.True(SpinWait.SpinUntil(() => source.PausedReason?.StartsWith("resume failed", StringComparison.Ordinal) == true, TimeSpan.FromSeconds(10)),
                     $"a failed resume must leave the migration paused with its reason, not {source.Progress.Status} / {source.PausedReason}");
                 Assert.Equal(MigrationStatus.PostcopyPaused, source.Progress.Status);
+                // So does one whose answer accepts what the source did not offer.
+                using (var impostor = new OverreachingDestination())
+                {
+                    source.ResumePostcopy(impostor.Connector);
+                    Assert.True(SpinWait.SpinUntil(() => source.PausedReason?.Contains("not offered", StringComparison.Ordinal) == true, TimeSpan.FromSeconds(10)),
+                        $"a resume answered out of turn must leave the migration paused with its reason, not {source.Progress.Status} / {source.PausedReason}");
+                }
+                Assert.Equal(MigrationStatus.PostcopyPaused, source.Progress.Status);
                 // The network is back: resume over a new connection.
                 Volatile.Write(ref cut, false);
                 source.ResumePostcopy();
@@ -736,6 +744,39 @@ public class PostcopyFailureTests
         Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
         Assert.True(outcome.Stats.Verify!.Match, "digests differ after the recovery");
         Assert.Equal(1, destination!.PostcopyRecoveries);
+    }
+
+    /// <summary>A destination that answers a resuming Hello with a Welcome accepting a capability it was not offered.</summary>
+    private sealed class OverreachingDestination : IDisposable
+    {
+        private readonly InMemoryTransport _transport = new();
+        private readonly Thread _thread;
+
+        public OverreachingDestination()
+        {
+            _thread = new Thread(() =>
+            {
+                try
+                {
+                    using var c = _transport.Listener.Accept(CancellationToken.None);
+                    var hello = new ProtocolReader(c.Control).Expect<HelloMessage>();
+                    new ProtocolWriter(c.Control).WriteWelcome(hello.Capabilities | ProtocolCapabilities.PopulatedMap);
+                    new ProtocolReader(c.Control).Read();
+                }
+                catch (Exception e) when (e is IOException or MigrationException or OperationCanceledException)
+                {
+                }
+            }) { IsBackground = true, Name = "test overreaching destination" };
+            _thread.Start();
+        }
+
+        public IMigrationConnector Connector => _transport.Connector;
+
+        public void Dispose()
+        {
+            _transport.Dispose();
+            _thread.Join(TimeSpan.FromSeconds(5));
+        }
     }
 
     private sealed class RefusingConnector : IMigrationConnector
