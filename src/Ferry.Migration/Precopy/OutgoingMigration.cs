@@ -916,7 +916,11 @@ public sealed class OutgoingMigration
                 _abort.Token.ThrowIfCancellationRequested();
                 stats.ResumeMs = Ms(commitAt);
                 stats.Downtime = Ms(pauseStart) - stats.DestDigestMs;
-                stats.PostCommitProblem = $"no Resumed from the destination within {_options.PeerTimeout.TotalSeconds:F1} s of Commit";
+                // The wait ends early when the link goes (OnControlLost): post-copy then pauses for a resume, and the
+                // reason is that, not a destination that kept silent.
+                stats.PostCommitProblem = _linkLost.IsSet
+                    ? "the link went down between Commit and the destination's Resumed: the downtime given is this side's, to the loss"
+                    : $"no Resumed from the destination within {_options.PeerTimeout.TotalSeconds:F1} s of Commit";
             }
             Switchover = new SwitchoverTimings
             {
