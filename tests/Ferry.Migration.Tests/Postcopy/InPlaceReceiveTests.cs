@@ -120,18 +120,7 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
     public void ABatchCutShortGivesItsClaimedPagesBackAsMissingAndPublishesNone()
     {
         var (incoming, memory, missing) = Begin();
-        // The batch's bytes, of which the destination gets all but the last page and the trailer.
-        byte[] wire = Wire();
-        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
-        using (send)
-        using (receive)
-        {
-            send.Send(wire.AsSpan(0, wire.Length - (int)MemoryRegion.PageSize - MigrationProtocol.TrailerSize));
-            send.Dispose(); // the connection goes
-            // A channel that said the whole batch was there (a receive can still fail: an abort, a reset).
-            var reader = new PageBatchReader(new AllReadable(receive), [_guestRegion]) { Postcopy = incoming };
-            Assert.Throws<MigrationTransportException>(() => reader.ReadNext());
-        }
+        ReadBatchCutShort(incoming);
         Assert.Empty(memory.Published);
         // Every page the batch claimed is missing again, for a resumed source to send, and its Zero run's page too.
         Assert.Empty(memory.Zeroed);
@@ -206,25 +195,13 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
     public void AFaultOnAPageClaimedByABatchThatThenFailsIsAskedForAgainAfterAResume()
     {
         var (incoming, memory, missing) = Begin();
-        byte[] wire = Wire();
-        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
-        using (send)
-        using (receive)
+        // While the batch's pages are claimed and their data is coming, a hart reaches page 2: the machine asks for it
+        // (once: its request is sticky) and waits.
+        ReadBatchCutShort(incoming, () =>
         {
-            send.Send(wire.AsSpan(0, wire.Length - (int)MemoryRegion.PageSize - MigrationProtocol.TrailerSize));
-            send.Dispose();
-            // While the batch's pages are claimed and their data is coming, a hart reaches page 2: the machine asks for
-            // it (once: its request is sticky) and waits.
-            var reader = new PageBatchReader(new AllReadable(receive)
-            {
-                BeforeReceive = () =>
-                {
-                    memory.Awaited.Add((0, 2));
-                    incoming.PageNeeded(0, 2);
-                },
-            }, [_guestRegion]) { Postcopy = incoming };
-            Assert.Throws<MigrationTransportException>(() => reader.ReadNext());
-        }
+            memory.Awaited.Add((0, 2));
+            incoming.PageNeeded(0, 2);
+        });
         Assert.True(missing.TestAtomic(2));
         // Nothing was asked: the page was on its way in that batch.
         Assert.Empty(_requests);
@@ -257,6 +234,25 @@ public sealed unsafe class InPlaceReceiveTests : IDisposable
         Assert.Empty(memory.Published);
         Assert.Empty(memory.Copied);
         foreach (int p in new[] { 0, 2, 3, 4, 5, 6 }) Assert.True(missing.TestAtomic((ulong)p), $"page {p} is not missing");
+    }
+
+    /// <summary>
+    /// Read the batch of which the destination gets all but the last page and the trailer before the connection goes,
+    /// through a channel that said the whole batch was there (a receive can still fail: an abort, a reset), running
+    /// <paramref name="beforeReceive"/> as the data's receive begins.
+    /// </summary>
+    private void ReadBatchCutShort(PostcopyIncoming incoming, Action? beforeReceive = null)
+    {
+        byte[] wire = Wire();
+        var (send, receive) = InMemoryTransport.CreatePair("pages", capacity: 1 << 20);
+        using (send)
+        using (receive)
+        {
+            send.Send(wire.AsSpan(0, wire.Length - (int)MemoryRegion.PageSize - MigrationProtocol.TrailerSize));
+            send.Dispose(); // the connection goes
+            var reader = new PageBatchReader(new AllReadable(receive) { BeforeReceive = beforeReceive }, [_guestRegion]) { Postcopy = incoming };
+            Assert.Throws<MigrationTransportException>(() => reader.ReadNext());
+        }
     }
 
     /// <summary>A channel that says its whole stream is readable now.</summary>

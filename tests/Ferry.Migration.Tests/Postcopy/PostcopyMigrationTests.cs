@@ -435,11 +435,34 @@ public class PostcopyFailureTests
     public void APageRequestOutsideGuestMemoryIsRefusedWithAnError()
     {
         using var guest = NewGuest(16, pagesPerSecond: 1000);
+        var (stats, answer) = MigrateToScriptedDestination(guest, (reader, writer) =>
+        {
+            // A hostile destination: plays the protocol up to Resumed, then asks for a page past the end of memory.
+            writer.WriteReady(0, 0, null);
+            reader.Expect<CommitMessage>();
+            writer.WriteResumed(1);
+            writer.WritePageRequest(0, 1UL << 40, 1);
+        });
+        Assert.Equal(MigrationStatus.Failed, stats.Status);
+        Assert.Contains("outside guest memory", stats.Error, StringComparison.Ordinal);
+        Assert.NotNull(answer);
+        Assert.Equal(ProtocolErrorCode.Protocol, answer.Code);
+        Assert.Contains("outside", answer.Message, StringComparison.Ordinal);
+        // Committed: the source never runs the VM again, whatever the destination does.
+        Assert.False(guest.IsRunning);
+    }
+
+    /// <summary>
+    /// A pure post-copy of <paramref name="guest"/> to a destination played by the test: it accepts the handshake, drains
+    /// every page channel, echoes keepalives until Complete, then runs <paramref name="afterComplete"/>; the source's
+    /// statistics and the Error it sent back, if any.
+    /// </summary>
+    private static (MigrationStatistics Stats, ErrorMessage? Answer) MigrateToScriptedDestination(InProcessGuest guest, Action<ProtocolReader, ProtocolWriter> afterComplete)
+    {
         using var transport = new InMemoryTransport();
         ErrorMessage? answer = null;
         var destination = new Thread(() =>
         {
-            // A hostile destination: plays the protocol up to Resumed, then asks for a page past the end of memory.
             var c = transport.Listener.Accept(TestContext.Current.CancellationToken);
             var drains = c.Pages.Append(c.Urgent!).Select(ch => new Thread(() =>
             {
@@ -456,10 +479,7 @@ public class PostcopyFailureTests
             {
                 if (m is KeepaliveMessage k) writer.WriteKeepalive(k.Timestamp);
             }
-            writer.WriteReady(0, 0, null);
-            reader.Expect<CommitMessage>();
-            writer.WriteResumed(1);
-            writer.WritePageRequest(0, 1UL << 40, 1);
+            afterComplete(reader, writer);
             try
             {
                 while (reader.Read() is { } m)
@@ -479,13 +499,7 @@ public class PostcopyFailureTests
         destination.Start();
         var stats = new OutgoingMigration(guest, transport.Connector, Options() with { Mode = MigrationMode.Postcopy, Verify = false }).Run(cancellationToken: TestContext.Current.CancellationToken);
         Assert.True(destination.Join(TimeSpan.FromSeconds(10)));
-        Assert.Equal(MigrationStatus.Failed, stats.Status);
-        Assert.Contains("outside guest memory", stats.Error, StringComparison.Ordinal);
-        Assert.NotNull(answer);
-        Assert.Equal(ProtocolErrorCode.Protocol, answer.Code);
-        Assert.Contains("outside", answer.Message, StringComparison.Ordinal);
-        // Committed: the source never runs the VM again, whatever the destination does.
-        Assert.False(guest.IsRunning);
+        return (stats, answer);
     }
 
     [Fact]
@@ -494,9 +508,7 @@ public class PostcopyFailureTests
         using var guest = NewGuest(16, pagesPerSecond: 2000, pattern: DirtyPattern.Hotset);
         using var transport = new InMemoryTransport();
         bool cut = false;
-        var plan = new FaultPlan();
-        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Send));
-        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Receive));
+        var plan = Partition(() => Volatile.Read(ref cut));
         // 64 KiB/s: after its first 1 MiB batch each push thread waits ~16 s for bandwidth.
         var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 64 << 10 };
         IncomingMigration? destination = null;
@@ -540,46 +552,8 @@ public class PostcopyFailureTests
     public void AResumedBeforeCommitFailsTheMigrationAndTheGuestRunsOnAtTheSource()
     {
         using var guest = NewGuest(16, pagesPerSecond: 1000);
-        using var transport = new InMemoryTransport();
-        ErrorMessage? answer = null;
-        var destination = new Thread(() =>
-        {
-            // A hostile destination: says it runs the guest before it was handed over (before Ready, even).
-            var c = transport.Listener.Accept(TestContext.Current.CancellationToken);
-            var drains = c.Pages.Concat(c.Urgent is { } u ? [u] : []).Select(ch => new Thread(() =>
-            {
-                var buffer = new byte[65536];
-                try { while (ch.ReceiveExactly(buffer.AsSpan(0, 1))) { } } catch (IOException) { }
-            }) { IsBackground = true }).ToList();
-            drains.ForEach(t => t.Start());
-            var reader = new ProtocolReader(c.Control);
-            var writer = new ProtocolWriter(c.Control);
-            var hello = reader.Expect<HelloMessage>();
-            writer.WriteWelcome(hello.Capabilities & MigrationProtocol.SupportedCapabilities);
-            for (var m = reader.Read(); m is not CompleteMessage; m = reader.Read())
-            {
-                if (m is KeepaliveMessage k) writer.WriteKeepalive(k.Timestamp);
-            }
-            writer.WriteResumed(1);
-            try
-            {
-                while (reader.Read() is { } m)
-                {
-                    if (m is ErrorMessage e)
-                    {
-                        answer = e;
-                        break;
-                    }
-                }
-            }
-            catch (IOException)
-            {
-            }
-            c.Abort();
-        }) { IsBackground = true };
-        destination.Start();
-        var stats = new OutgoingMigration(guest, transport.Connector, Options() with { Mode = MigrationMode.Postcopy, Verify = false }).Run(cancellationToken: TestContext.Current.CancellationToken);
-        Assert.True(destination.Join(TimeSpan.FromSeconds(10)));
+        // A hostile destination: says it runs the guest before it was handed over (before Ready, even).
+        var (stats, answer) = MigrateToScriptedDestination(guest, (_, writer) => writer.WriteResumed(1));
         Assert.Equal(MigrationStatus.Failed, stats.Status);
         Assert.Contains("Resumed before Commit", stats.Error, StringComparison.Ordinal);
         Assert.NotNull(answer);
@@ -626,10 +600,7 @@ public class PostcopyFailureTests
         using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
         using var transport = new InMemoryTransport();
         bool cut = false;
-        var plan = new FaultPlan();
-        // A partition: nothing gets through either way, and nobody closes anything.
-        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Send));
-        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Receive));
+        var plan = Partition(() => Volatile.Read(ref cut));
         var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 16 << 20 };
         IncomingMigration? destination = null;
         bool destinationPaused = false;
@@ -698,9 +669,7 @@ public class PostcopyFailureTests
         using var guest = NewGuest(64, pagesPerSecond: 5000, pattern: DirtyPattern.Hotset);
         using var transport = new InMemoryTransport();
         bool cut = false;
-        var plan = new FaultPlan();
-        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Send));
-        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(() => Volatile.Read(ref cut)), FaultDirection.Receive));
+        var plan = Partition(() => Volatile.Read(ref cut));
         // A slow push, so that most pages are still missing when the link comes back.
         var options = Options() with { Mode = MigrationMode.Postcopy, MaxBandwidth = 4 << 20 };
         var factory = new RecordingTargetFactory(new InProcessTargetFactory());
@@ -744,6 +713,15 @@ public class PostcopyFailureTests
         Assert.True(outcome.Stats.Status == MigrationStatus.Completed, $"status {outcome.Stats.Status}: {outcome.Stats.Error} / {outcome.DestinationError}");
         Assert.True(outcome.Stats.Verify!.Match, "digests differ after the recovery");
         Assert.Equal(1, destination!.PostcopyRecoveries);
+    }
+
+    /// <summary>A partition while <paramref name="cut"/> says so: nothing gets through either way, and nobody closes anything.</summary>
+    private static FaultPlan Partition(Func<bool> cut)
+    {
+        var plan = new FaultPlan();
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(cut), FaultDirection.Send));
+        plan.Add(new Fault(FaultKind.Drop, FaultTarget.Any, FaultTrigger.When(cut), FaultDirection.Receive));
+        return plan;
     }
 
     /// <summary>A destination that answers a resuming Hello with a Welcome accepting a capability it was not offered.</summary>
