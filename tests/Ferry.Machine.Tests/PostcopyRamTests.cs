@@ -694,6 +694,30 @@ public sealed class PostcopyRamTests
     }
 
     [Fact]
+    public void APostcopyAbortedWhileAPoolKickWaitsForItsRingEndsTheRequestNotTheProcess()
+    {
+        // As above, but the pages never come: post-copy is aborted (the source is gone) while the kick, on a pool
+        // thread, waits for the ring. The VM is lost, the process is not: an exception let out of a pool work item
+        // would end it (the test host with it) before the loss could be reported.
+        using var d = new VirtioDriverForTests(new VirtioRng());
+        Assert.True(d.Start(VirtioDriverForTests.AllRingFeatures));
+        ulong buffer = d.Alloc(64);
+        d.Mmio.Pause();
+        d.Post(0, new VirtioDriverForTests.Buf(buffer, 64, Write: true));
+        d.Kick(0);
+        ulong[] pages = [PageOf(VirtioDriverForTests.Desc(0)), PageOf(VirtioDriverForTests.Avail(0)), PageOf(VirtioDriverForTests.Used(0)), PageOf(buffer)];
+        using var engine = new Engine(d.Ram, [], autoInstall: false);
+        d.Ram.BeginPostcopy(Bitmap(d.Ram, pages), engine.Request);
+        d.Mmio.Resume(kickOnPool: true);
+        engine.WaitForRequests(1);
+        d.Ram.AbortPostcopy(new IOException("the source is gone (test)"));
+        // The kick has given up: the transport is free again (a kick that still waited would hold its lock).
+        Assert.True(new Background(() => d.Mmio.Pause()).Finished(TimeSpan.FromSeconds(5)), "the kick still holds the device");
+        Thread.Sleep(100); // an exception out of the pool item would end the process about now
+        Assert.True(d.Ram.IsPostcopy); // the ring's pages never came: nothing was served
+    }
+
+    [Fact]
     public unsafe void PopulateFaultsEveryPageInWithinItsBudgetAndKeepsTheContents()
     {
         // A post-copy destination faults its RAM in before the switchover, so that installs are copies only.

@@ -437,9 +437,18 @@ public sealed class VirtioMmio : IMmioDevice, IDisposable
 
     private void KickIfRunning()
     {
-        lock (gate)
+        try
         {
-            if (!paused && device is not null) KickAll();
+            lock (gate)
+            {
+                if (!paused && device is not null) KickAll();
+            }
+        }
+        catch (Memory.VmLostException)
+        {
+            // Post-copy was aborted while a request queued before the pause waited here for a page of guest RAM: the
+            // guest is gone (the machine stops and reports it), and the request with it. Let out of a pool work item,
+            // the exception would end the process before the loss is reported.
         }
     }
 
