@@ -47,6 +47,21 @@ public sealed class DiskImageCopyTests : IDisposable
     }
 
     [Fact]
+    public void ACopyRefusedForRoomLeavesTheImageThatWasThereAsItWas()
+    {
+        // An operator's image at the destination path, and a copy that cannot fit even once it is emptied: the refusal
+        // must not have emptied it first.
+        using var fs = SmallFilesystem.Tmpfs(8L << 20);
+        string path = Path.Combine(fs.Path, "copy.img");
+        byte[] before = new byte[2 << 20];
+        new Random(11).NextBytes(before);
+        File.WriteAllBytes(path, before);
+        var e = Assert.Throws<MachineConfigException>(() => DiskImageCopy.Create(path, 64UL << 20));
+        Assert.Contains("no room for the copied disk image (64 MiB)", e.Message, StringComparison.Ordinal);
+        Assert.Equal(before, File.ReadAllBytes(path));
+    }
+
+    [Fact]
     public void AWriteBackErrorABackgroundSyncMetIsReportedByTheSwitchoversFlush()
     {
         // The file system grants the room; its device cannot write it. The kernel reports such an error to one fdatasync

@@ -55,6 +55,13 @@ public sealed partial class DiskImageCopy : IDisposable
         try
         {
             int fd = (int)file.DangerousGetHandle();
+            // Certainly no room, even with the old image's own blocks given back: refused before it is emptied, so a
+            // refusal loses nothing. (Its blocks counted at its length: a sparse old image may still leave too little
+            // room, which the reservation below finds, after the emptying.)
+            long free = FreeBytes(imagePath);
+            long old = RandomAccess.GetLength(file);
+            if (free >= 0 && (ulong)free + (ulong)old < bytes)
+                throw new MachineConfigException($"{imagePath}: no room for the copied disk image ({bytes >> 20} MiB): {free >> 20} MiB free");
             // Empty first: growing keeps old blocks, which would break "reads as zeros until written".
             if (ftruncate(fd, 0) != 0 || ftruncate(fd, (long)bytes) != 0)
             {
@@ -88,6 +95,20 @@ public sealed partial class DiskImageCopy : IDisposable
         {
             file.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>Bytes an unprivileged writer may still allocate on <paramref name="path"/>'s file system, or -1 if unknown.</summary>
+    private static long FreeBytes(string path)
+    {
+        try
+        {
+            // statvfs(2) on the path (DriveInfo takes any path on Linux).
+            return new DriveInfo(Path.GetFullPath(path)).AvailableFreeSpace;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        {
+            return -1;
         }
     }
 
