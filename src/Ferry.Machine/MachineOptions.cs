@@ -21,6 +21,12 @@ public sealed class MachineOptions
     /// </summary>
     public bool DiskLockDeferred { get; init; }
 
+    /// <summary>
+    /// The disk image is being copied into by the migration this board is built for (a destination's
+    /// <see cref="Virtio.DiskImageCopy"/>): the copy's own marker of an incomplete image does not refuse it.
+    /// </summary>
+    public bool DiskBeingCopied { get; init; }
+
     /// <summary>Host tap device for a virtio-net device (created if missing, removed again if we created it), or null for no network.</summary>
     public string? TapName { get; init; }
 

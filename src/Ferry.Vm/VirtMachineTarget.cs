@@ -178,6 +178,7 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
                 // The source holds the lock of a shared image until it pauses, and a copied image's is ours
                 // until the copy is durable: either way it is taken in LoadState, once the state is in.
                 DiskLockDeferred = true,
+                DiskBeingCopied = diskCopy is not null,
                 TapName = options.TapName,
                 MacAddress = options.MacAddress,
                 Rng = options.Rng,
@@ -244,7 +245,9 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
         VirtMachine m = machine ?? throw new InvalidOperationException("no state was loaded");
         if (m.Disk is { LockHeld: false }) throw new InvalidOperationException("the disk's lock was not taken (LoadState failed?)");
         started = true;
-        // From here the device reads and writes the file itself; the page cache holds what the mapping wrote.
+        // From here the device reads and writes the file itself; the page cache holds what the mapping wrote. Committed:
+        // the copy is whole (and durable since LoadState's flush), so it stops being marked incomplete.
+        diskCopy?.Complete();
         diskCopy?.Dispose();
         diskCopy = null;
         // The harts were started parked when the board was built: let them and the devices go. In post-copy a device's

@@ -47,6 +47,46 @@ public sealed class DiskImageCopyTests : IDisposable
     }
 
     [Fact]
+    public void AnImageIsMarkedIncompleteFromTheCopysBeginningUntilItsCommit()
+    {
+        string path = Path.Combine(dir, "copy.img");
+        File.WriteAllBytes(path, new byte[4096]);
+        string marker = DiskImageCopy.IncompleteMarker(path);
+        using (var copy = DiskImageCopy.Create(path, 8UL << 20))
+        {
+            Assert.True(File.Exists(marker));
+            // Half-written, full length: a device that would boot it is refused, saying why.
+            var e = Assert.Throws<MachineConfigException>(() => new VirtioBlk(path));
+            Assert.Contains("an incomplete copy", e.Message, StringComparison.Ordinal);
+            Assert.Contains(marker, e.Message, StringComparison.Ordinal);
+            // The migration's own board is built on it meanwhile.
+            copy.ReleaseLock();
+            using (new VirtioBlk(path, lockDeferred: true, beingCopied: true))
+            {
+            }
+            copy.Complete();
+            Assert.False(File.Exists(marker));
+        }
+        using var disk = new VirtioBlk(path);
+        Assert.Equal(8UL << 20 >> 9, disk.Capacity);
+    }
+
+    [Fact]
+    public void ACopyThatEndsWithoutItsCommitLeavesTheImageMarked()
+    {
+        string path = Path.Combine(dir, "copy.img");
+        File.WriteAllBytes(path, new byte[4096]);
+        using (DiskImageCopy.Create(path, 8UL << 20))
+        {
+        }
+        Assert.True(File.Exists(DiskImageCopy.IncompleteMarker(path)));
+        Assert.Throws<MachineConfigException>(() => new VirtioBlk(path));
+        // A new copy into it is allowed (the marker is its own again), and its commit clears it.
+        using (var again = DiskImageCopy.Create(path, 8UL << 20)) again.Complete();
+        using var disk = new VirtioBlk(path);
+    }
+
+    [Fact]
     public void ACopyRefusedForRoomLeavesTheImageThatWasThereAsItWas()
     {
         // An operator's image at the destination path, and a copy that cannot fit even once it is emptied: the refusal
@@ -59,6 +99,7 @@ public sealed class DiskImageCopyTests : IDisposable
         var e = Assert.Throws<MachineConfigException>(() => DiskImageCopy.Create(path, 64UL << 20));
         Assert.Contains("no room for the copied disk image (64 MiB)", e.Message, StringComparison.Ordinal);
         Assert.Equal(before, File.ReadAllBytes(path));
+        Assert.False(File.Exists(DiskImageCopy.IncompleteMarker(path)));
     }
 
     [Fact]

@@ -198,6 +198,8 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
         Assert.True(arrived.Disk!.LockHeld);
         Assert.True(source.Disk!.LockHeld);
         AssertLockedByAnother(destinationImage);
+        // Whole since the commit: no longer marked as a copy in progress.
+        Assert.False(File.Exists(DiskImageCopy.IncompleteMarker(destinationImage)));
 
         var after = DiskCheck(arrived, destinationConsole);
         Assert.True(after.Writes > before.Writes, $"the guest wrote nothing during the migration ({before.Writes} then {after.Writes})");
@@ -331,5 +333,9 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
         Assert.True(r.Source.IsRunning);
         Assert.True(source.Disk!.LockHeld);
         WaitForWrites(source, sourceConsole, before.Writes + 20);
+        // What the copy left is no disk: marked so, and refused by a VM that would boot it.
+        Assert.True(File.Exists(DiskImageCopy.IncompleteMarker(full)));
+        var refused = Assert.Throws<MachineConfigException>(() => new VirtMachine(new MachineOptions { DiskPath = full }));
+        Assert.Contains("an incomplete copy", refused.Message, StringComparison.Ordinal);
     }
 }

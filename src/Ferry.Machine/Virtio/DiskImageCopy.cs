@@ -62,6 +62,8 @@ public sealed partial class DiskImageCopy : IDisposable
             long old = RandomAccess.GetLength(file);
             if (free >= 0 && (ulong)free + (ulong)old < bytes)
                 throw new MachineConfigException($"{imagePath}: no room for the copied disk image ({bytes >> 20} MiB): {free >> 20} MiB free");
+            // From the emptying on the image is no disk until the migration commits: say so beside it, durably, before.
+            MarkIncomplete(imagePath);
             // Empty first: growing keeps old blocks, which would break "reads as zeros until written".
             if (ftruncate(fd, 0) != 0 || ftruncate(fd, (long)bytes) != 0)
             {
@@ -95,6 +97,76 @@ public sealed partial class DiskImageCopy : IDisposable
         {
             file.Dispose();
             throw;
+        }
+    }
+
+    /// <summary>
+    /// The file beside <paramref name="imagePath"/> that says a migration is copying a disk into it, or did and did not
+    /// finish: made before the copy empties the image, removed once the migration committed (<see cref="Complete"/>).
+    /// A half-written image is full length and looks like any other; booted, its guest would read a disk that is part
+    /// one and part zeros. <see cref="VirtioBlk"/> refuses an image so marked.
+    /// </summary>
+    public static string IncompleteMarker(string imagePath) => imagePath + ".ferry-incomplete";
+
+    /// <summary>Throw <see cref="MachineConfigException"/> if <paramref name="imagePath"/> is marked as an incomplete copy.</summary>
+    public static void RefuseIncomplete(string imagePath)
+    {
+        string marker = IncompleteMarker(imagePath);
+        if (File.Exists(marker))
+        {
+            throw new MachineConfigException(
+                $"{imagePath}: an incomplete copy: a migration that was copying a disk into it did not finish ({marker}); copy it again, or remove the marker if the image is known to be whole");
+        }
+    }
+
+    private static void MarkIncomplete(string imagePath)
+    {
+        string marker = IncompleteMarker(imagePath);
+        try
+        {
+            using (var f = new FileStream(marker, FileMode.Create, FileAccess.Write))
+            {
+                f.Write(System.Text.Encoding.UTF8.GetBytes(
+                    $"A Ferry migration is copying a disk into {Path.GetFileName(imagePath)}. Until it commits, the image is not a whole disk; if this file is still here, it never did.\n"));
+                f.Flush(flushToDisk: true);
+            }
+            SyncDirectory(imagePath);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new MachineConfigException($"{imagePath}: cannot mark the image as being copied into ({marker}): {e.Message}", e);
+        }
+    }
+
+    /// <summary>
+    /// The migration committed: the copy is whole and durable (<see cref="Flush"/> came first). Remove the marker; a
+    /// failure to is left as it is (the image then stays refused until the operator removes it: the safe side).
+    /// </summary>
+    public void Complete()
+    {
+        try
+        {
+            File.Delete(IncompleteMarker(path));
+            SyncDirectory(path);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+        }
+    }
+
+    // The directory entry made or removed beside the image, durably (fsync of the directory).
+    private static void SyncDirectory(string imagePath)
+    {
+        string dir = Path.GetDirectoryName(Path.GetFullPath(imagePath)) ?? "/";
+        int fd = Libc.open(dir, 0 /* O_RDONLY */ | Libc.O_CLOEXEC);
+        if (fd < 0) return;
+        try
+        {
+            VirtioBlk.fdatasync(fd);
+        }
+        finally
+        {
+            Libc.close(fd);
         }
     }
 

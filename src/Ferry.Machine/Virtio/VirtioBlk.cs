@@ -101,9 +101,13 @@ public sealed partial class VirtioBlk : IVirtioDevice
     /// <param name="serial">What GET_ID returns (at most 20 bytes of UTF-8); null: an empty id.</param>
     /// <param name="lockDeferred">Open without the lock, for a migration's destination built while the source still
     /// holds it; <see cref="AcquireLock"/> takes it before the guest runs.</param>
-    public VirtioBlk(string imagePath, bool readOnly = false, string? serial = null, bool lockDeferred = false)
+    /// <param name="beingCopied">The image is the destination of the migration building this device
+    /// (<see cref="DiskImageCopy"/>): its marker of an incomplete copy is expected. Otherwise an image so marked is
+    /// refused.</param>
+    public VirtioBlk(string imagePath, bool readOnly = false, string? serial = null, bool lockDeferred = false, bool beingCopied = false)
     {
         ArgumentNullException.ThrowIfNull(imagePath);
+        if (!beingCopied) DiskImageCopy.RefuseIncomplete(imagePath);
         path = imagePath;
         this.readOnly = readOnly;
         if (serial is not null)
