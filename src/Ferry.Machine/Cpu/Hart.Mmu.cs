@@ -283,7 +283,15 @@ internal sealed unsafe partial class Hart
             ulong second = (va + (ulong)size - 1) & ~0xfffUL;
             int c = Translate(second, AccWrite, dataPriv, out ulong secondPa);
             if (c >= 0) { faultTval = second; return c; }
-            if (bus.RegionAt(secondPa, 1) is { } secondRegion && !PageReady(secondRegion, secondPa, dataPriv != PrvU)) return CauseRetry;
+            // Its permission too (PMP, a read-only region): otherwise the first page's bytes were written before the
+            // second's access fault. QEMU writes none of them, and reports the store's own address (pmp.c, 16-19).
+            MemoryRegion? secondRegion = bus.RegionAt(secondPa, 1);
+            if (!PmpAllows(secondPa, va + (ulong)size - second, AccWrite, dataPriv) || secondRegion is { Writable: false })
+            {
+                faultTval = va;
+                return CauseStoreAccess;
+            }
+            if (secondRegion is not null && !PageReady(secondRegion, secondPa, dataPriv != PrvU)) return CauseRetry;
             for (int k = 0; k < size; k++)
             {
                 c = StoreSlow(va + (ulong)k, 1, value >> (8 * k));

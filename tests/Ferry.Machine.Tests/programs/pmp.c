@@ -7,8 +7,10 @@
  * where R = __free_ram and D = R + 8K. Exit codes:
  *  1-9   S loads from the read-only page work; stores fault (store access fault 7, mtval = the address); fetches
  *        fault (instruction access fault 1, mtval = the address); U is checked like S
- * 10-19  the NAPOT deny page: load (5) and store (7) access faults with mtval; the page after it is reachable
+ * 10-15  the NAPOT deny page: load (5) and store (7) access faults with mtval; the page after it is reachable
  *        (entry 4), so the NAPOT size is exactly 4 KiB
+ * 16-19  a misaligned store straddling into the read-only page faults (7, mtval = the store's address) and writes
+ *        nothing, not even its bytes on the writable page before it
  * 20-29  M is not checked by unlocked entries; pmpcfg reads back what was written
  * 30-39  a locked entry (L) applies to M too, and writes to a locked entry's pmpcfg and pmpaddr are ignored
  */
@@ -23,6 +25,7 @@
 
 static i64 s_load(i64 a) { return (i64)ld64((u64)a); }
 static i64 s_store(i64 a) { sd64((u64)a, 0x77); return 0; }
+static i64 s_store_wide(i64 a) { sd64((u64)a, 0x1122334455667788UL); return 0; }
 static i64 s_fetch(i64 a)
 {
     __asm__ volatile("la t0, 1f\n sd t0, 0(%1)\n jalr ra, 0(%0)\n 1:" : : "r"(a), "r"(&rt_trap_recover) : "t0", "ra", "memory");
@@ -72,9 +75,15 @@ long main(long hart)
     CHECK_EQ(14, rt_run_in_mode(PRV_S, s_load, (i64)(d + 0x1000)), d + 0x1000);
     CHECK_EQ(15, rt_run_in_mode(PRV_S, s_load, (i64)(d - 8)), d - 8);
 
+    u64 below = ld64(r - 8);
+    CHECK_EQ(16, run(PRV_S, s_store_wide, r - 4), 7);
+    CHECK_EQ(17, rt_trap_tval, r - 4);
+    CHECK_EQ(18, ld64(r - 8), below);
+    CHECK_EQ(19, ld64(r), r);
+
     sd64(r + 0x30, 5);                                       /* M ignores unlocked entries */
     CHECK_EQ(21, ld64(d), d);
-    CHECK_EQ(22, rt_trap_count, 5);                          /* only the five faults above */
+    CHECK_EQ(22, rt_trap_count, 6);                          /* only the six faults above */
 
     /* Lock entry 2: now M is denied too, and the entry cannot be changed. */
     csr_write(pmpcfg0, cfg | ((u64)PMP_L << 16));
