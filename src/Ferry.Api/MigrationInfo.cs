@@ -30,8 +30,12 @@ public sealed record MigrationInfo
 
     [JsonPropertyName("elapsed_ms")] public double ElapsedMs { get; init; }
 
-    /// <summary>Why it failed or was cancelled; null otherwise.</summary>
+    /// <summary>Why it failed or was cancelled, or why its post-copy is paused; null otherwise.</summary>
     [JsonPropertyName("error")] public string? Error { get; init; }
+
+    /// <summary>Times its post-copy paused for a lost connection so far (a pause a resume ended between two looks at the
+    /// status shows here).</summary>
+    [JsonPropertyName("postcopy_pauses")] public int PostcopyPauses { get; init; }
 
     /// <summary>
     /// The engine's progress as the API shows it (all but <see cref="Destination"/> and <see cref="Error"/>).

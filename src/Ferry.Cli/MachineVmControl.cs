@@ -55,7 +55,7 @@ internal sealed class MachineVmControl : IVmControl
             {
                 // While a post-copy is paused, why (the lost connection) is its error.
                 MigrationInfo? migration = outgoing is null ? lastMigration
-                    : MigrationInfo.From(destination, outgoing.Progress) with { Error = outgoing.PausedReason };
+                    : MigrationInfo.From(destination, outgoing.Progress) with { Error = outgoing.PausedReason, PostcopyPauses = outgoing.PostcopyPauses };
                 return new VmInfo(state, machine.HartCount, machine.Ram.Size,
                     (long)time.GetElapsedTime(startedAt).TotalMilliseconds, machine.InstructionsRetired, migration);
             }

@@ -36,8 +36,10 @@ internal static class MigrateClient
             var progress = new ProgressView(ProgressView.ModeFor(settings.Json, console.ErrorIsTerminal), console.Error);
             var statistics = progress.RunLive(StatisticsView.CreateConsole(console.Error, console.ErrorIsTerminal),
                 () => Migrate(client, request, progress, cancellationToken,
-                    paused => console.Error.WriteLine($"ferry: post-copy paused{(paused is null ? "" : $" ({paused})")}: the VM waits on both " +
-                        $"hosts for its memory; resume with 'ferry migrate --api {settings.Api} --resume [--to HOST:PORT]'")));
+                    paused => console.Error.WriteLine(paused.Resumed
+                        ? "ferry: post-copy paused for a lost connection, and was resumed"
+                        : $"ferry: post-copy paused{(paused.Reason is null ? "" : $" ({paused.Reason})")}: the VM waits on both " +
+                          $"hosts for its memory; resume with 'ferry migrate --api {settings.Api} --resume [--to HOST:PORT]'")));
             if (settings.Json) console.Out.WriteLine(StatisticsView.ToJson(statistics));
             else StatisticsView.Write(StatisticsView.CreateConsole(console.Out, console.OutIsTerminal), statistics);
             return EngineBench.ExitCode(statistics, request.Verify);
@@ -77,15 +79,16 @@ internal static class MigrateClient
 
     /// <summary>
     /// Start the migration, report its progress until it answers; Ctrl+C asks the VM to cancel it. <paramref name="paused"/>
-    /// is told (with the reason) each time a post-copy pauses for a lost connection, which only a resume ends.
+    /// is told once of each time a post-copy paused for a lost connection, which only a resume ends: with the reason
+    /// while it lasts, or that it was resumed already when it ended between two looks.
     /// <paramref name="abandon"/>, asked at each poll with the migration as the VM shows it, may give a reason to stop
     /// waiting for an answer that cannot come (a post-copy paused whose destination is gone, a migration that stopped
     /// moving): <see cref="MigrationAbandonedException"/>.
     /// </summary>
     internal static MigrationStatistics Migrate(VmApiClient client, MigrateRequest request, ProgressView progress,
-        CancellationToken cancellationToken, Action<string?>? paused = null, Func<MigrationInfo?, string?>? abandon = null)
+        CancellationToken cancellationToken, Action<PostcopyPause>? paused = null, Func<MigrationInfo?, string?>? abandon = null)
     {
-        bool pausedTold = false;
+        int pausesTold = 0;
         // The answer is awaited without the caller's token: a Ctrl+C cancels the migration, and its statistics still come.
         var migration = client.MigrateAsync(request, CancellationToken.None);
         bool cancelSent = false;
@@ -110,8 +113,12 @@ internal static class MigrateClient
                 {
                     progress.Report(m.ToProgress());
                     bool isPaused = m.Status == MigrationStatus.PostcopyPaused;
-                    if (isPaused && !pausedTold) paused?.Invoke(m.Error);
-                    pausedTold = isPaused;
+                    // A count, not the status alone: a pause a resume ended between two looks happened too.
+                    if (m.PostcopyPauses > pausesTold)
+                    {
+                        paused?.Invoke(new PostcopyPause(isPaused ? m.Error : null, Resumed: !isPaused));
+                        pausesTold = m.PostcopyPauses;
+                    }
                 }
                 if (!migration.IsCompleted && abandon?.Invoke(info.Migration) is { } why)
                     throw new MigrationAbandonedException(why);
@@ -124,6 +131,9 @@ internal static class MigrateClient
         return migration.GetAwaiter().GetResult();
     }
 }
+
+/// <summary>A post-copy pause as <see cref="MigrateClient.Migrate"/> saw it: why (while it lasts), or that it was resumed already.</summary>
+internal readonly record struct PostcopyPause(string? Reason, bool Resumed);
 
 /// <summary><see cref="MigrateClient.Migrate"/> stopped waiting for a migration's answer; the message says why.</summary>
 internal sealed class MigrationAbandonedException(string message) : Exception(message);

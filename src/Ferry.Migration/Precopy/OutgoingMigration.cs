@@ -994,6 +994,13 @@ public sealed class OutgoingMigration
         }
     }
 
+    /// <summary>
+    /// Times post-copy paused for a lost connection so far. A pause can end (a resume) between two looks at
+    /// <see cref="Progress"/>; this says it happened.
+    /// </summary>
+    public int PostcopyPauses => Volatile.Read(ref _postcopyPauses);
+    private int _postcopyPauses;
+
     /// <summary>Why the post-copy link went down, while <see cref="MigrationStatus.PostcopyPaused"/>; else null.</summary>
     public string? PausedReason
     {
@@ -1046,6 +1053,7 @@ public sealed class OutgoingMigration
             Fail(MigrationStatus.Failed, reason, notify: false, ProtocolErrorCode.None);
             return;
         }
+        Interlocked.Increment(ref _postcopyPauses);
         _status = MigrationStatus.PostcopyPaused;
         _link.Cancel();
         connection.Abort();
