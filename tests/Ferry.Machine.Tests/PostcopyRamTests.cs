@@ -663,6 +663,20 @@ public sealed class PostcopyRamTests
         Assert.False(d.Ram.IsPostcopy);
     }
 
+    /// <summary>
+    /// Start the rng, pause it, and queue a 64-byte request (its kick held by the pause): the pages of its queue's rings
+    /// and its buffer, which a test then makes missing.
+    /// </summary>
+    private static ulong[] QueueWhilePaused(VirtioDriverForTests d)
+    {
+        Assert.True(d.Start(VirtioDriverForTests.AllRingFeatures));
+        ulong buffer = d.Alloc(64);
+        d.Mmio.Pause();
+        d.Post(0, new VirtioDriverForTests.Buf(buffer, 64, Write: true));
+        d.Kick(0); // held: the device is paused
+        return [PageOf(VirtioDriverForTests.Desc(0)), PageOf(VirtioDriverForTests.Avail(0)), PageOf(VirtioDriverForTests.Used(0)), PageOf(buffer)];
+    }
+
     [Fact]
     public void ADeviceResumedWithKicksOnThePoolDoesNotHoldTheCallerForItsMissingRing()
     {
@@ -670,12 +684,7 @@ public sealed class PostcopyRamTests
         // still at the source. The caller (the engine's switchover, which must say Resumed) returns at once, and the
         // device serves the request once the pages come.
         using var d = new VirtioDriverForTests(new VirtioRng());
-        Assert.True(d.Start(VirtioDriverForTests.AllRingFeatures));
-        ulong buffer = d.Alloc(64);
-        d.Mmio.Pause();
-        d.Post(0, new VirtioDriverForTests.Buf(buffer, 64, Write: true));
-        d.Kick(0); // held: the device is paused
-        ulong[] pages = [PageOf(VirtioDriverForTests.Desc(0)), PageOf(VirtioDriverForTests.Avail(0)), PageOf(VirtioDriverForTests.Used(0)), PageOf(buffer)];
+        ulong[] pages = QueueWhilePaused(d);
         var contents = new Dictionary<ulong, byte[]>();
         foreach (ulong p in pages)
         {
@@ -700,12 +709,7 @@ public sealed class PostcopyRamTests
         // thread, waits for the ring. The VM is lost, the process is not: an exception let out of a pool work item
         // would end it (the test host with it) before the loss could be reported.
         using var d = new VirtioDriverForTests(new VirtioRng());
-        Assert.True(d.Start(VirtioDriverForTests.AllRingFeatures));
-        ulong buffer = d.Alloc(64);
-        d.Mmio.Pause();
-        d.Post(0, new VirtioDriverForTests.Buf(buffer, 64, Write: true));
-        d.Kick(0);
-        ulong[] pages = [PageOf(VirtioDriverForTests.Desc(0)), PageOf(VirtioDriverForTests.Avail(0)), PageOf(VirtioDriverForTests.Used(0)), PageOf(buffer)];
+        ulong[] pages = QueueWhilePaused(d);
         using var engine = new Engine(d.Ram, [], autoInstall: false);
         d.Ram.BeginPostcopy(Bitmap(d.Ram, pages), engine.Request);
         d.Mmio.Resume(kickOnPool: true);
