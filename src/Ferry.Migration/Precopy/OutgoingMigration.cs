@@ -1695,9 +1695,10 @@ public sealed class OutgoingMigration
 
     private void OnControlLost(string reason)
     {
-        // After commit a closing destination is normal (it may close right after Resumed); just stop waiting.
-        _resumedArrived.Set();
+        // After commit a closing destination is normal (it may close right after Resumed); just stop waiting, once the
+        // loss is recorded (a wait for Resumed that ends here says why by it).
         OnLinkFailure($"control channel: {reason}");
+        _resumedArrived.Set();
     }
 
     private void OnKeepaliveTick()
