@@ -467,7 +467,6 @@ internal sealed class Prepager
                     break;
                 }
                 from = next;
-                if (next == to) break;
             }
         }
     }
