@@ -64,6 +64,18 @@ public static partial class Libc
 
     private const int F_GETFL = 3;
     private const int F_SETFL = 4;
+    private const int F_DUPFD_CLOEXEC = 1030;
+
+    /// <summary>
+    /// A second descriptor for <paramref name="fd"/>'s open file (<c>F_DUPFD_CLOEXEC</c>): it shares the file's offset,
+    /// flags and <c>flock</c>, which stays held until the last of them is closed. Throws <see cref="LinuxException"/>.
+    /// </summary>
+    public static int DuplicateCloseOnExec(int fd)
+    {
+        int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (copy < 0) throw new LinuxException("fcntl(F_DUPFD_CLOEXEC)", Marshal.GetLastPInvokeError());
+        return copy;
+    }
 
     /// <summary>
     /// Clear O_NONBLOCK on <paramref name="fd"/>: its reads and writes then wait in the kernel, and a thread blocked in

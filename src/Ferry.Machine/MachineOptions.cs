@@ -22,10 +22,11 @@ public sealed class MachineOptions
     public bool DiskLockDeferred { get; init; }
 
     /// <summary>
-    /// The disk image is being copied into by the migration this board is built for (a destination's
-    /// <see cref="Virtio.DiskImageCopy"/>): the copy's own marker of an incomplete image does not refuse it.
+    /// The copy into <see cref="DiskPath"/> of the migration this board is built for (a destination's), or null: the
+    /// disk device shares its open file and lock (<see cref="Virtio.DiskImageCopy.ShareFile"/>), and the copy's own
+    /// marker of an incomplete image does not refuse it. Needs <see cref="DiskLockDeferred"/>.
     /// </summary>
-    public bool DiskBeingCopied { get; init; }
+    public Virtio.DiskImageCopy? DiskCopy { get; init; }
 
     /// <summary>Host tap device for a virtio-net device (created if missing, removed again if we created it), or null for no network.</summary>
     public string? TapName { get; init; }

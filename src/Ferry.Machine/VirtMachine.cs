@@ -102,7 +102,7 @@ public sealed partial class VirtMachine : IDisposable
         {
             if (options.DiskPath != null)
             {
-                disk = OpenDisk(options.DiskPath, options.DiskReadOnly, options.DiskLockDeferred, options.DiskBeingCopied);
+                disk = OpenDisk(options.DiskPath, options.DiskReadOnly, options.DiskLockDeferred, options.DiskCopy);
                 devices.Add(disk);
             }
             if (options.TapName != null) devices.Add(VirtioNet.OpenTap(options.TapName, options.MacAddress ?? [0x52, 0x54, 0x00, 0x12, 0x34, 0x56]));
@@ -167,11 +167,11 @@ public sealed partial class VirtMachine : IDisposable
         }
     }
 
-    private static VirtioBlk OpenDisk(string path, bool readOnly, bool lockDeferred, bool beingCopied)
+    private static VirtioBlk OpenDisk(string path, bool readOnly, bool lockDeferred, DiskImageCopy? copiedBy)
     {
         try
         {
-            return new VirtioBlk(path, readOnly, lockDeferred: lockDeferred, beingCopied: beingCopied);
+            return new VirtioBlk(path, readOnly, lockDeferred: lockDeferred, copiedBy: copiedBy);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException or InvalidOperationException)
         {

@@ -175,10 +175,10 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
                 Harts = harts,
                 DiskPath = options.DiskPath,
                 DiskReadOnly = options.DiskReadOnly,
-                // The source holds the lock of a shared image until it pauses, and a copied image's is ours
-                // until the copy is durable: either way it is taken in LoadState, once the state is in.
+                // The source holds the lock of a shared image until it pauses: taken in LoadState, once the state is
+                // in. A copied image's the device shares with the copy, which has held it from the start.
                 DiskLockDeferred = true,
-                DiskBeingCopied = diskCopy is not null,
+                DiskCopy = diskCopy,
                 TapName = options.TapName,
                 MacAddress = options.MacAddress,
                 Rng = options.Rng,
@@ -198,7 +198,6 @@ public sealed class VirtMachineTarget : IMigrationTarget, IPostcopyTarget, IShap
         {
             StopWriteback();
             diskCopy.Flush();
-            diskCopy.ReleaseLock();
         }
         if (!m.AcquireDiskLock(DiskLockWait))
         {

@@ -60,8 +60,7 @@ public sealed class DiskImageCopyTests : IDisposable
             Assert.Contains("an incomplete copy", e.Message, StringComparison.Ordinal);
             Assert.Contains(marker, e.Message, StringComparison.Ordinal);
             // The migration's own board is built on it meanwhile.
-            copy.ReleaseLock();
-            using (new VirtioBlk(path, lockDeferred: true, beingCopied: true))
+            using (new VirtioBlk(path, lockDeferred: true, copiedBy: copy))
             {
             }
             copy.Complete();
@@ -69,6 +68,43 @@ public sealed class DiskImageCopyTests : IDisposable
         }
         using var disk = new VirtioBlk(path);
         Assert.Equal(8UL << 20 >> 9, disk.Capacity);
+    }
+
+    [Fact]
+    public void NoOtherVmCanTakeTheImageBetweenTheCopyAndTheDeviceThatRunsOnIt()
+    {
+        string path = Path.Combine(dir, "copy.img");
+        File.WriteAllBytes(path, new byte[4096]);
+        var copy = DiskImageCopy.Create(path, 8UL << 20);
+        using var device = new VirtioBlk(path, lockDeferred: true, copiedBy: copy);
+        try
+        {
+            AssertLockedAgainstAnotherVm();
+            copy.Flush();
+            // The handoff: the device's lock is the copy's, found held at once (a copy that let go of it for the
+            // device to take left the image free for any VM that opened it in between).
+            Assert.True(device.AcquireLock(TimeSpan.Zero));
+            AssertLockedAgainstAnotherVm();
+            copy.Complete();
+        }
+        finally
+        {
+            copy.Dispose();
+        }
+        // The copy is closed, the guest's device runs on the image and still holds it.
+        Assert.True(device.LockHeld);
+        AssertLockedAgainstAnotherVm();
+        device.Dispose();
+        using (new VirtioBlk(path))
+        {
+        }
+
+        // Another VM's open of the image, as a device makes it (the marker of an incomplete copy aside).
+        void AssertLockedAgainstAnotherVm()
+        {
+            var e = Assert.Throws<MachineConfigException>(() => VirtioBlk.Open(path, readOnly: false, lockDeferred: false).Dispose());
+            Assert.Contains("in use by another VM", e.Message, StringComparison.Ordinal);
+        }
     }
 
     [Fact]

@@ -12,18 +12,18 @@ namespace Ferry.Machine.Virtio;
 /// mapped shared and writable for the engine's receive threads to write into.
 /// </summary>
 /// <remarks>
-/// Call order: <see cref="Create"/> → pages land in <see cref="Address"/> (with <see cref="SyncLanded"/> now and
-/// then) → <see cref="Flush"/> and <see cref="ReleaseLock"/> once every page has landed (the board's
-/// <see cref="VirtioBlk"/>, opened on the same file with its lock deferred, takes the lock next) → <see cref="Unmap"/>
-/// before the guest runs → <see cref="Dispose"/>. The page cache keeps the mapping and the device's
-/// <c>pread</c>/<c>pwrite</c> coherent, so nothing is copied at the switchover.
+/// Call order: <see cref="Create"/> → the board's <see cref="VirtioBlk"/> built on <see cref="ShareFile"/> → pages land
+/// in <see cref="Address"/> (with <see cref="SyncLanded"/> now and then) → <see cref="Flush"/> once every page has
+/// landed → <see cref="Complete"/> and <see cref="Dispose"/> when the migration commits. The device shares this open
+/// file, and with it the lock: the image is never unlocked between the copy and the guest that runs on it. The page
+/// cache keeps the mapping and the device's <c>pread</c>/<c>pwrite</c> coherent, so nothing is copied at the
+/// switchover.
 /// </remarks>
 public sealed partial class DiskImageCopy : IDisposable
 {
     private readonly string path;
     private readonly SafeFileHandle file;
     private nint address;
-    private bool locked = true;
 
     private DiskImageCopy(string path, SafeFileHandle file, nint address, ulong bytes)
     {
@@ -234,12 +234,29 @@ public sealed partial class DiskImageCopy : IDisposable
         return new IOException($"{path}: cannot flush the copied disk image: {cause.Message}", cause);
     }
 
-    /// <summary>Drop this handle's lock so the board's disk device can take it.</summary>
-    public void ReleaseLock()
+    /// <summary>The image's path.</summary>
+    public string ImagePath => path;
+
+    /// <summary>
+    /// A second descriptor of this open file for the board's disk device (<see cref="VirtioBlk"/>), which owns it. It
+    /// shares the copy's <c>flock</c>: held while either is open, so no other VM can take the image between the copy
+    /// and the guest (a separate open had to be unlocked by the copy and locked again by the device, a window another
+    /// VM's open could take). Throws <see cref="IOException"/>.
+    /// </summary>
+    public SafeFileHandle ShareFile()
     {
-        if (!locked) return;
-        _ = VirtioBlk.flock((int)file.DangerousGetHandle(), LOCK_UN); // closing the file would drop it as well
-        locked = false;
+        lock (syncGate)
+        {
+            ObjectDisposedException.ThrowIf(file.IsClosed, this);
+            try
+            {
+                return new SafeFileHandle(Libc.DuplicateCloseOnExec((int)file.DangerousGetHandle()), ownsHandle: true);
+            }
+            catch (LinuxException e)
+            {
+                throw new IOException($"{path}: cannot share the copied disk image with its device: {e.Message}", e);
+            }
+        }
     }
 
     /// <summary>Unmap the image (no receive thread may be inside it).</summary>
@@ -250,7 +267,7 @@ public sealed partial class DiskImageCopy : IDisposable
         address = 0;
     }
 
-    /// <summary>Unmap and close (which drops the lock if still held).</summary>
+    /// <summary>Unmap and close (which drops the lock unless the device still shares the file).</summary>
     public void Dispose()
     {
         Unmap();
@@ -258,7 +275,6 @@ public sealed partial class DiskImageCopy : IDisposable
         lock (syncGate) file.Dispose();
     }
 
-    private const int LOCK_UN = 8;
     private const int ENOSPC = 28, EOPNOTSUPP = 95;
 
     [LibraryImport("libc", SetLastError = true)]

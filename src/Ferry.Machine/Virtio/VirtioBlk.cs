@@ -101,13 +101,15 @@ public sealed partial class VirtioBlk : IVirtioDevice
     /// <param name="serial">What GET_ID returns (at most 20 bytes of UTF-8); null: an empty id.</param>
     /// <param name="lockDeferred">Open without the lock, for a migration's destination built while the source still
     /// holds it; <see cref="AcquireLock"/> takes it before the guest runs.</param>
-    /// <param name="beingCopied">The image is the destination of the migration building this device
-    /// (<see cref="DiskImageCopy"/>): its marker of an incomplete copy is expected. Otherwise an image so marked is
-    /// refused.</param>
-    public VirtioBlk(string imagePath, bool readOnly = false, string? serial = null, bool lockDeferred = false, bool beingCopied = false)
+    /// <param name="copiedBy">The copy into this image of the migration building this device: the device shares its
+    /// open file (<see cref="DiskImageCopy.ShareFile"/>) and with it its lock, which <see cref="AcquireLock"/> then finds
+    /// held; its marker of an incomplete copy is expected. Otherwise an image so marked is refused.</param>
+    public VirtioBlk(string imagePath, bool readOnly = false, string? serial = null, bool lockDeferred = false, DiskImageCopy? copiedBy = null)
     {
         ArgumentNullException.ThrowIfNull(imagePath);
-        if (!beingCopied) DiskImageCopy.RefuseIncomplete(imagePath);
+        if (copiedBy is null) DiskImageCopy.RefuseIncomplete(imagePath);
+        else if (readOnly || !lockDeferred || Path.GetFullPath(copiedBy.ImagePath) != Path.GetFullPath(imagePath))
+            throw new ArgumentException($"a copy into {copiedBy.ImagePath} is shared by a writable device on that image, lock deferred", nameof(copiedBy));
         path = imagePath;
         this.readOnly = readOnly;
         if (serial is not null)
@@ -116,7 +118,7 @@ public sealed partial class VirtioBlk : IVirtioDevice
             if (s.Length > IdBytes) throw new ArgumentException($"serial is {s.Length} bytes, at most {IdBytes}", nameof(serial));
             s.CopyTo(id, 0);
         }
-        file = Open(imagePath, readOnly, lockDeferred);
+        file = copiedBy?.ShareFile() ?? Open(imagePath, readOnly, lockDeferred);
         lockHeld = !lockDeferred;
         imageBytes = RandomAccess.GetLength(file);
         Capacity = (ulong)imageBytes / SectorSize;
