@@ -677,6 +677,23 @@ public sealed class PostcopyRamTests
         return [PageOf(VirtioDriverForTests.Desc(0)), PageOf(VirtioDriverForTests.Avail(0)), PageOf(VirtioDriverForTests.Used(0)), PageOf(buffer)];
     }
 
+    /// <summary>
+    /// Post-copy begun with <paramref name="pages"/> missing (zeros here; the engine holds what they were, installed only
+    /// when a test says).
+    /// </summary>
+    private static Engine StillAtTheSource(VirtioDriverForTests d, ulong[] pages)
+    {
+        var contents = new Dictionary<ulong, byte[]>();
+        foreach (ulong p in pages)
+        {
+            contents[p] = d.Get(RamBase + p * PageSize, PageSize);
+            d.Ram.Write(RamBase + p * PageSize, new byte[PageSize]);
+        }
+        var engine = new Engine(d.Ram, contents, autoInstall: false);
+        d.Ram.BeginPostcopy(Bitmap(d.Ram, pages), engine.Request);
+        return engine;
+    }
+
     [Fact]
     public void ADeviceResumedWithKicksOnThePoolDoesNotHoldTheCallerForItsMissingRing()
     {
@@ -685,14 +702,7 @@ public sealed class PostcopyRamTests
         // device serves the request once the pages come.
         using var d = new VirtioDriverForTests(new VirtioRng());
         ulong[] pages = QueueWhilePaused(d);
-        var contents = new Dictionary<ulong, byte[]>();
-        foreach (ulong p in pages)
-        {
-            contents[p] = d.Get(RamBase + p * PageSize, PageSize);
-            d.Ram.Write(RamBase + p * PageSize, new byte[PageSize]);
-        }
-        using var engine = new Engine(d.Ram, contents, autoInstall: false);
-        d.Ram.BeginPostcopy(Bitmap(d.Ram, pages), engine.Request);
+        using var engine = StillAtTheSource(d, pages);
 
         Assert.True(new Background(() => d.Mmio.Resume(kickOnPool: true)).Finished(TimeSpan.FromSeconds(2)), "resume waited for the ring");
         engine.WaitForRequests(1);
@@ -703,6 +713,24 @@ public sealed class PostcopyRamTests
     }
 
     [Fact]
+    public void DisposingADeviceWaitsForAPoolKickThatIsInGuestRam()
+    {
+        // The machine unmaps its RAM right after disposing of its devices: a pool kick still reading a ring would touch
+        // unmapped memory (a crash). Disposal waits until it is out, and it does not go in again afterwards.
+        using var d = new VirtioDriverForTests(new VirtioRng());
+        ulong[] pages = QueueWhilePaused(d);
+        using var engine = StillAtTheSource(d, pages);
+        d.Mmio.Resume(kickOnPool: true);
+        engine.WaitForRequests(1);
+
+        var dispose = new Background(d.Mmio.Dispose);
+        Assert.False(dispose.Finished(TimeSpan.FromMilliseconds(200)), "disposal did not wait for the kick in guest RAM");
+        foreach (ulong p in pages) engine.InstallNow(p);
+        Assert.True(dispose.Finished(Bound), "disposal never ended");
+        Assert.Equal(1, d.UsedIdx(0)); // the kick finished its request before disposal went on
+    }
+
+    [Fact]
     public void APostcopyAbortedWhileAPoolKickWaitsForItsRingEndsTheRequestNotTheProcess()
     {
         // As above, but the pages never come: post-copy is aborted (the source is gone) while the kick, on a pool
@@ -710,8 +738,7 @@ public sealed class PostcopyRamTests
         // would end it (the test host with it) before the loss could be reported.
         using var d = new VirtioDriverForTests(new VirtioRng());
         ulong[] pages = QueueWhilePaused(d);
-        using var engine = new Engine(d.Ram, [], autoInstall: false);
-        d.Ram.BeginPostcopy(Bitmap(d.Ram, pages), engine.Request);
+        using var engine = StillAtTheSource(d, pages);
         d.Mmio.Resume(kickOnPool: true);
         engine.WaitForRequests(1);
         d.Ram.AbortPostcopy(new IOException("the source is gone (test)"));

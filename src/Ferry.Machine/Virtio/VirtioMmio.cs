@@ -592,7 +592,16 @@ public sealed class VirtioMmio : IMmioDevice, IDisposable
     }
 
     /// <summary>Stops the device's threads and releases its host resources.</summary>
-    public void Dispose() => device?.Dispose();
+    /// <summary>
+    /// Stop the device for good and dispose of it. A kick that <see cref="Resume"/> queued on the pool and that has not
+    /// run yet then does nothing; one running now is waited for (it holds the transport's lock while it reads guest
+    /// RAM, which the machine unmaps next; one that waits for a post-copy page is let go by the machine's abort first).
+    /// </summary>
+    public void Dispose()
+    {
+        lock (gate) paused = true;
+        device?.Dispose();
+    }
 
     private ref struct SpanWriter(Span<byte> buffer)
     {
