@@ -216,13 +216,9 @@ public sealed class OutgoingMigration
     /// which it abandons: the source stops keeping the VM's pages, and the VM, running at the destination without them,
     /// is lost.
     /// </summary>
-    public void Cancel()
-    {
-        bool paused;
-        lock (_gate) paused = _linkDown;
-        if (paused) Fail(MigrationStatus.Failed, "post-copy abandoned by the operator while paused", notify: false, ProtocolErrorCode.None);
-        else Cancel("cancelled by the operator");
-    }
+    /// <remarks>Whether the post-copy is paused is decided in <see cref="Fail"/>'s own lock: read before it, a resume
+    /// completing in between made the cancel abandon a healthy post-copy.</remarks>
+    public void Cancel() => Fail(MigrationStatus.Cancelled, "cancelled by the operator", notify: true, ProtocolErrorCode.None, abandonIfPaused: true);
 
     /// <summary>Bandwidth cap for page channels (bytes/s, 0 = unlimited); takes effect at once.</summary>
     public long MaxBandwidth
@@ -1772,11 +1768,17 @@ public sealed class OutgoingMigration
     /// tell the destination why (Cancel/Error) when <paramref name="notify"/>, with a 1 s grace after which it is
     /// aborted anyway in case the migration thread itself is blocked on it. No effect after commit.
     /// </summary>
-    private void Fail(MigrationStatus status, string reason, bool notify, ProtocolErrorCode code)
+    /// <param name="abandonIfPaused">An operator's cancel: a post-copy paused by a lost link (decided under the lock) is
+    /// abandoned instead (failed, nobody told).</param>
+    private void Fail(MigrationStatus status, string reason, bool notify, ProtocolErrorCode code, bool abandonIfPaused = false)
     {
         lock (_gate)
         {
             if (_finished || _failure is not null) return;
+            if (abandonIfPaused && _linkDown)
+            {
+                (status, reason, notify) = (MigrationStatus.Failed, "post-copy abandoned by the operator while paused", false);
+            }
             // After Commit a failure changes nothing, except in post-copy, where the guest's memory is still moving:
             // then it ends the migration (the VM is lost), though a cancel is refused.
             if (_committed && (!_postcopyActive || status == MigrationStatus.Cancelled)) return;
