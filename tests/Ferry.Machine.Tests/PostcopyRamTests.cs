@@ -161,6 +161,8 @@ public sealed class PostcopyRamTests
         public static uint Auipc(int rd, uint imm20) => (imm20 << 12) | ((uint)rd << 7) | 0x17;
         public static uint Add(int rd, int rs1, int rs2) => R(0, rs2, rs1, 0, rd, 0x33);
         public static uint Addi(int rd, int rs1, int imm) => I(imm, rs1, 0, rd, 0x13);
+        public static uint Slli(int rd, int rs1, int shamt) => I(shamt, rs1, 1, rd, 0x13);
+        public static uint Srli(int rd, int rs1, int shamt) => I(shamt, rs1, 5, rd, 0x13);
         public static uint Ld(int rd, int rs1, int imm) => I(imm, rs1, 3, rd, 0x03);
         public static uint Sd(int rs2, int rs1, int imm) => S(imm, rs2, rs1, 3);
         public static uint Sw(int rs2, int rs1, int imm) => S(imm, rs2, rs1, 2);
@@ -365,6 +367,100 @@ public sealed class PostcopyRamTests
         m.Ram.Read(Sv39.Span4, head);
         Assert.Equal(new byte[] { 0x04, 0x03, 0x02, 0x01, 0xaa, 0xaa, 0xaa, 0xaa }, head);
         Assert.True(m.Ram.BlockedTicks >= missing.Length * Stopwatch.Frequency / 100, $"blocked {m.Ram.BlockedTicks} ticks");
+    }
+
+    // ---- A/D updates wait for the data page: D only for a store that is performed ----
+
+    // The page tables of MprvMachine: the root, one L1 and one L0 table (identity maps, VA = PA).
+    private const ulong P5 = 5, P6 = 6, P7 = 7;
+
+    /// <summary>The L0 leaf for RAM page <paramref name="page"/> in <see cref="MprvMachine"/>.</summary>
+    private static ulong MprvLeaf(VirtMachine m, ulong page) => Word(m.Ram, RamBase + P7 * PageSize + 8 * page);
+
+    /// <summary>
+    /// A tiny machine whose M-mode program (fetched untranslated) makes its loads and stores go through Sv39 as S
+    /// (mstatus.MPRV with MPP = S), then runs <paramref name="body"/> with s1, s2, s3 = P1, P2, P3 and a0 = -1, and powers
+    /// off. P1..P3 are mapped by L0 leaves with A and D clear; the root maps the first GiB (the test device) with both
+    /// set. <paramref name="missing"/> as in <see cref="TinyMachine"/>; nothing is installed until the test says so.
+    /// </summary>
+    private static (VirtMachine Machine, Engine Engine) MprvMachine(ulong[] missing, params uint[] body)
+    {
+        uint[] prologue =
+        [
+            Rv.Auipc(Rv.S0, 0),              // s0 = P0
+            Rv.Lui(Rv.T0, 1),                // t0 = 4096
+            Rv.Add(Rv.S1, Rv.S0, Rv.T0),     // s1 = P1
+            Rv.Add(Rv.S2, Rv.S1, Rv.T0),     // s2 = P2
+            Rv.Add(Rv.S3, Rv.S2, Rv.T0),     // s3 = P3
+            Rv.Lui(Rv.T1, (uint)P5),
+            Rv.Add(Rv.A0, Rv.S0, Rv.T1),
+            Rv.Srli(Rv.A0, Rv.A0, 12),       // the root's PPN
+            Rv.Addi(Rv.A1, 0, 8),
+            Rv.Slli(Rv.A1, Rv.A1, 60),
+            Rv.Add(Rv.A0, Rv.A0, Rv.A1),
+            Rv.Csrw(0x180, Rv.A0),           // satp = Sv39, root
+            Rv.Lui(Rv.A0, 0x20),             // MPRV
+            Rv.Addi(Rv.A1, 0, 1),
+            Rv.Slli(Rv.A1, Rv.A1, 11),       // MPP = S
+            Rv.Add(Rv.A0, Rv.A0, Rv.A1),
+            Rv.Csrw(0x300, Rv.A0),
+            Rv.Addi(Rv.A0, 0, -1),
+        ];
+        uint[] powerOff =
+        [
+            Rv.Lui(Rv.T1, 0x100),            // the test device, through the root's gigapage
+            Rv.Lui(Rv.T2, 5),
+            Rv.Addi(Rv.T2, Rv.T2, 0x555),
+            Rv.Sw(Rv.T2, Rv.T1, 0),          // power off, 0
+            Rv.JumpToSelf,
+        ];
+        var root = new byte[PageSize];
+        BinaryPrimitives.WriteUInt64LittleEndian(root, Sv39.Pte(0, Sv39.V | Sv39.R | Sv39.W | Sv39.A | Sv39.D));
+        BinaryPrimitives.WriteUInt64LittleEndian(root.AsSpan(2 * 8), Sv39.Pte(RamBase + P6 * PageSize, Sv39.V));
+        var l0 = new byte[PageSize];
+        foreach (ulong page in (ulong[])[P1, P2, P3])
+        {
+            BinaryPrimitives.WriteUInt64LittleEndian(l0.AsSpan(8 * (int)page), Sv39.Pte(RamBase + page * PageSize, Sv39.V | Sv39.R | Sv39.W));
+        }
+        var contents = new Dictionary<ulong, byte[]>
+        {
+            [P0] = Assemble([.. prologue, .. body, .. powerOff]),
+            [P1] = Enumerable.Repeat((byte)0x11, PageSize).ToArray(),
+            [P2] = Enumerable.Repeat((byte)0x22, PageSize).ToArray(),
+            [P3] = Enumerable.Repeat((byte)0x33, PageSize).ToArray(),
+            [P5] = root,
+            [P6] = Page((0, Sv39.Pte(RamBase + P7 * PageSize, Sv39.V))),
+            [P7] = l0,
+        };
+        return TinyMachine(missing, autoInstall: false, contents: contents);
+    }
+
+    /// <summary>Pause the machine once its hart has asked for its <paramref name="requests"/>th page and waits for it.</summary>
+    private static void PauseWhileWaiting(VirtMachine m, Engine engine, int requests)
+    {
+        engine.WaitForRequests(requests);
+        Assert.True(new Background(m.Pause).Finished(Bound), "pause waited for the missing page");
+    }
+
+    [Fact]
+    public void AStoreWhoseWaitForItsPageIsAbandonedLeavesItsPteWithoutAOrDUntilItIsPerformed()
+    {
+        (VirtMachine m, Engine engine) = MprvMachine([P3], Rv.Sd(Rv.A0, Rv.S3, 8));
+        using (m)
+        using (engine)
+        {
+            m.Start();
+            // The walk found the leaf writable and the page missing; the pause ended the wait before the store.
+            PauseWhileWaiting(m, engine, 1);
+            Assert.Equal(0UL, MprvLeaf(m, P3) & (Sv39.A | Sv39.D));
+
+            Assert.True(engine.InstallNow(P3));
+            m.Resume();
+            Assert.True(m.WaitForExit(Bound, out int exit), "the program did not finish");
+            Assert.Equal(0, exit);
+            Assert.Equal(ulong.MaxValue, Word(m.Ram, RamBase + P3 * PageSize + 8));
+            Assert.Equal(Sv39.A | Sv39.D, MprvLeaf(m, P3) & (Sv39.A | Sv39.D));
+        }
     }
 
     // ---- Devices ----

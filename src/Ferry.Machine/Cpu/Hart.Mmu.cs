@@ -153,12 +153,20 @@ internal sealed unsafe partial class Hart
     private const ulong PteV = 1, PteR = 2, PteW = 4, PteX = 8, PteU = 16, PteA = 64, PteD = 128;
 
     /// <summary>
-    /// Translate <paramref name="va"/> for an access at privilege <paramref name="level"/>: -1 and the physical address,
-    /// or the exception cause. Walks Sv39/Sv48 tables and sets A and D as QEMU does (atomically, so two harts walking
-    /// the same table agree). <paramref name="cacheable"/> says whether the whole 4 KiB page may be cached in a TLB.
+    /// Translate <paramref name="va"/> for an access of <paramref name="size"/> bytes at privilege
+    /// <paramref name="level"/>: -1 and the physical address, or the exception cause. Walks Sv39/Sv48 tables and sets A
+    /// and D as QEMU does (atomically, so two harts walking the same table agree), unless <paramref name="setAd"/> is
+    /// false: then it only looks, and faults as a walk that set them would.
     /// </summary>
+    /// <remarks>
+    /// D must be set only for a store that is performed (the privileged spec's Svadu: "updates to the D bit ... must be
+    /// exact (i.e., non-speculative)"). So before it sets A or D the walk waits for the data page of an access that will
+    /// go ahead (<see cref="AccessedPageReady"/>): an access whose wait is abandoned (a pause, an interrupt to take)
+    /// returns <see cref="CauseRetry"/> with the PTE as it was, instead of leaving D set behind a store that has not
+    /// happened, and may never happen if the guest changes its mind meanwhile.
+    /// </remarks>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
-    private int Translate(ulong va, int access, int level, out ulong pa)
+    private int Translate(ulong va, int access, int level, ulong size, out ulong pa, bool setAd = true)
     {
         pa = va;
         ulong mode = satp >> 60;
@@ -204,18 +212,36 @@ internal sealed unsafe partial class Hart
                 if (!allowed) return PageFault(access);
                 ulong superMask = (1UL << (9 * lvl)) - 1;
                 if ((ppn & superMask) != 0) return PageFault(access);
+                ulong offsetMask = (1UL << (12 + 9 * lvl)) - 1;
+                pa = ((ppn << 12) & ~offsetMask) | (va & offsetMask);
                 ulong updated = pte | PteA | (access == AccWrite ? PteD : 0);
                 if (updated != pte)
                 {
                     if (!region.Writable || !PmpAllows(pteAddr, 8, AccWrite, PrvS)) return AccessFault(access);
+                    if (!setAd) return -1;
+                    if (!AccessedPageReady(pa, size, access, level)) return CauseRetry;
                     if ((ulong)Interlocked.CompareExchange(ref *(long*)ptePtr, (long)updated, (long)pte) != pte) break; // walk again
                     if (region is GuestRam r) r.NoteCpuWrite((int)((pteAddr - r.Base) >> 12), (int)(pteAddr & 0xfff), 8);
                 }
-                ulong offsetMask = (1UL << (12 + 9 * lvl)) - 1;
-                pa = ((ppn << 12) & ~offsetMask) | (va & offsetMask);
                 return -1;
             }
         }
+    }
+
+    /// <summary>
+    /// Before a walk sets A or D (see <see cref="Translate"/>): false if the access's data page is missing (post-copy)
+    /// and the wait for it was interrupted. Only for an access that will go ahead: one that PMP denies faults after the
+    /// walk without waiting, as before, and one outside RAM (a device) has nothing to wait for. The caller still tests
+    /// the page itself afterwards (for a walk that set nothing); a second test of a present page is a bitmap read. An
+    /// AMO's read permission is not looked at here: only a reserved PMP encoding (W without R) grants the write alone,
+    /// and under it the AMO waits for its page, then faults as before.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.NoInlining)]
+    private bool AccessedPageReady(ulong pa, ulong size, int access, int level)
+    {
+        if (ram.Postcopy == null || !PmpAllows(pa, size, access, level)) return true;
+        MemoryRegion? region = bus.RegionAt(pa, size);
+        return region == null || PageReady(region, pa, access == AccFetch || level != PrvU);
     }
 
     /// <summary>
@@ -237,7 +263,7 @@ internal sealed unsafe partial class Hart
             }
             return -1;
         }
-        int cause = Translate(va, AccRead, dataPriv, out ulong pa);
+        int cause = Translate(va, AccRead, dataPriv, (ulong)size, out ulong pa);
         if (cause >= 0) { faultTval = va; return cause; }
         if (!PmpAllows(pa, (ulong)size, AccRead, dataPriv)) { faultTval = va; return CauseLoadAccess; }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
@@ -281,7 +307,7 @@ internal sealed unsafe partial class Hart
             // Check both pages before writing anything, so a fault on the second leaves memory untouched, and a wait
             // for it (post-copy) leaves no half-done store behind when the instruction is retried.
             ulong second = (va + (ulong)size - 1) & ~0xfffUL;
-            int c = Translate(second, AccWrite, dataPriv, out ulong secondPa);
+            int c = Translate(second, AccWrite, dataPriv, va + (ulong)size - second, out ulong secondPa);
             if (c >= 0) { faultTval = second; return c; }
             // Its permission too (PMP, a read-only region): otherwise the first page's bytes were written before the
             // second's access fault. QEMU writes none of them, and reports the store's own address (pmp.c, 16-19).
@@ -299,7 +325,7 @@ internal sealed unsafe partial class Hart
             }
             return -1;
         }
-        int cause = Translate(va, AccWrite, dataPriv, out ulong pa);
+        int cause = Translate(va, AccWrite, dataPriv, (ulong)size, out ulong pa);
         if (cause >= 0) { faultTval = va; return cause; }
         if (!PmpAllows(pa, (ulong)size, AccWrite, dataPriv)) { faultTval = va; return CauseStoreAccess; }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
@@ -350,7 +376,7 @@ internal sealed unsafe partial class Hart
         if ((va & (ulong)(size - 1)) != 0) { faultTval = va; cause = CauseStoreMisaligned; return null; }
         TlbEntry* e = tlbWrite + ((va >> 12) & TlbMask);
         if (e->Tag == (va & ~0xfffUL)) return (byte*)(e->Addend + (long)va);
-        cause = Translate(va, AccWrite, dataPriv, out ulong pa);
+        cause = Translate(va, AccWrite, dataPriv, (ulong)size, out ulong pa);
         if (cause >= 0) { faultTval = va; return null; }
         if (!PmpAllows(pa, (ulong)size, AccWrite, dataPriv) || !PmpAllows(pa, (ulong)size, AccRead, dataPriv))
         {
@@ -372,7 +398,7 @@ internal sealed unsafe partial class Hart
         if ((va & (ulong)(size - 1)) != 0) { faultTval = va; cause = CauseLoadMisaligned; return null; }
         TlbEntry* e = tlbRead + ((va >> 12) & TlbMask);
         if (e->Tag == (va & ~0xfffUL)) return (byte*)(e->Addend + (long)va);
-        cause = Translate(va, AccRead, dataPriv, out ulong pa);
+        cause = Translate(va, AccRead, dataPriv, (ulong)size, out ulong pa);
         if (cause >= 0) { faultTval = va; return null; }
         if (!PmpAllows(pa, (ulong)size, AccRead, dataPriv)) { faultTval = va; cause = CauseLoadAccess; return null; }
         MemoryRegion? region = bus.RegionAt(pa, (ulong)size);
@@ -388,7 +414,7 @@ internal sealed unsafe partial class Hart
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     private CodePage? FetchSlow(ulong va)
     {
-        int cause = Translate(va, AccFetch, priv, out ulong pa);
+        int cause = Translate(va, AccFetch, priv, 2, out ulong pa);
         if (cause < 0 && !PmpAllows(pa, 2, AccFetch, priv)) cause = CauseFetchAccess;
         MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
         if (cause < 0 && region == null) cause = CauseFetchAccess;
@@ -444,7 +470,7 @@ internal sealed unsafe partial class Hart
     {
         uint lo = *(ushort*)(page.Host + 0xffe);
         ulong hiVa = pc + 2;
-        int cause = Translate(hiVa, AccFetch, priv, out ulong pa);
+        int cause = Translate(hiVa, AccFetch, priv, 2, out ulong pa);
         if (cause < 0 && !PmpAllows(pa, 2, AccFetch, priv)) cause = CauseFetchAccess;
         MemoryRegion? region = cause < 0 ? bus.RegionAt(pa, 2) : null;
         if (cause < 0 && region == null) cause = CauseFetchAccess;

@@ -74,7 +74,7 @@ internal sealed unsafe partial class Hart
         bits = 0;
         for (int k = 0; k < len; k += 2)
         {
-            int c = Translate(va + (ulong)k, AccFetch, priv, out ulong pa);
+            int c = Translate(va + (ulong)k, AccFetch, priv, 2, out ulong pa);
             if (c >= 0) return c;
             Memory.MemoryRegion? r = bus.RegionAt(pa, 2);
             if (r == null) return CauseFetchAccess;
