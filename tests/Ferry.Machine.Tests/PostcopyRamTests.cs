@@ -463,6 +463,35 @@ public sealed class PostcopyRamTests
         }
     }
 
+    [Theory]
+    [InlineData(P1)]
+    [InlineData(P2)]
+    public void AStoreStraddlingIntoAMissingPageLeavesBothPtesWithoutAOrDUntilItIsPerformed(ulong missing)
+    {
+        (VirtMachine m, Engine engine) = MprvMachine([missing], Rv.Sd(Rv.A0, Rv.S2, -4)); // P1's last 4 bytes, P2's first 4
+        using (m)
+        using (engine)
+        {
+            m.Start();
+            PauseWhileWaiting(m, engine, 1);
+            Assert.Equal(0UL, MprvLeaf(m, P1) & (Sv39.A | Sv39.D));
+            Assert.Equal(0UL, MprvLeaf(m, P2) & (Sv39.A | Sv39.D));
+            // No byte on the page that is there (a missing one would make the test wait for it).
+            if (missing == P2) Assert.Equal(0x1111_1111_1111_1111UL, Word(m.Ram, RamBase + P2 * PageSize - 8));
+            else Assert.Equal(0x2222_2222_2222_2222UL, Word(m.Ram, RamBase + P2 * PageSize));
+
+            Assert.True(engine.InstallNow(missing));
+            m.Resume();
+            Assert.True(m.WaitForExit(Bound, out int exit), "the program did not finish");
+            Assert.Equal(0, exit);
+            Assert.Equal([missing], engine.Requested);
+            Assert.Equal(0xffff_ffff_1111_1111UL, Word(m.Ram, RamBase + P2 * PageSize - 8));
+            Assert.Equal(0x2222_2222_ffff_ffffUL, Word(m.Ram, RamBase + P2 * PageSize));
+            Assert.Equal(Sv39.A | Sv39.D, MprvLeaf(m, P1) & (Sv39.A | Sv39.D));
+            Assert.Equal(Sv39.A | Sv39.D, MprvLeaf(m, P2) & (Sv39.A | Sv39.D));
+        }
+    }
+
     // ---- Devices ----
 
     [Fact]
