@@ -492,6 +492,38 @@ public sealed class PostcopyRamTests
         }
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void AStraddlingStoreThatFaultsOnEitherPageSetsAOrDOnNeither(bool firstPageFaults)
+    {
+        // P0 and P4 have no leaf (the program runs untranslated in M). P0 -> P1: the first page faults; P3 -> P4: the
+        // second. Not performed, the store must leave D clear on the page that was writable (the spec: D updates are
+        // exact). QEMU 7.2 differs when the second page faults: it sets A and D on the first page's PTE (diff_sv39).
+        uint[] store = firstPageFaults
+            ? [Rv.Sd(Rv.A0, Rv.S1, -4)]
+            : [Rv.Addi(Rv.T2, Rv.S3, 2047), Rv.Sd(Rv.A0, Rv.T2, 2045)];
+        ulong writable = firstPageFaults ? P1 : P3;
+        uint[] body =
+        [
+            Rv.Auipc(Rv.T0, 0),
+            Rv.Addi(Rv.T0, Rv.T0, 4 * (3 + store.Length)), // the power-off after the store
+            Rv.Csrw(0x305, Rv.T0),                          // mtvec: the fault powers off too
+            .. store,
+        ];
+        (VirtMachine m, Engine engine) = MprvMachine([], body);
+        using (m)
+        using (engine)
+        {
+            m.Start();
+            Assert.True(m.WaitForExit(Bound, out int exit), "the program did not finish");
+            Assert.Equal(0, exit);
+            Assert.Equal(0UL, MprvLeaf(m, writable) & (Sv39.A | Sv39.D));
+            ulong untouched = firstPageFaults ? 0x1111_1111_1111_1111UL : 0x3333_3333_3333_3333UL;
+            Assert.Equal(untouched, Word(m.Ram, RamBase + writable * PageSize + (firstPageFaults ? 0UL : PageSize - 8)));
+        }
+    }
+
     // ---- Devices ----
 
     [Fact]

@@ -307,10 +307,21 @@ internal sealed unsafe partial class Hart
             // Check both pages before writing anything, so a fault on the second leaves memory untouched, and wait for
             // both (post-copy) before any byte and any A/D update, so that an abandoned wait leaves behind neither a
             // half-done store when the instruction is retried nor a PTE whose D says a store happened. The walks here
-            // only look; the byte stores below set A and D, each on its own page's PTE as it writes there.
+            // only look; the byte stores below set A and D, each on its own page's PTE as it writes there. Page by
+            // page, as QEMU does: the first page's translation and permission, then the second's, so that of two
+            // faults the first page's is reported (diff_sv39).
             ulong second = (va + (ulong)size - 1) & ~0xfffUL;
             ulong secondBytes = va + (ulong)size - second;
-            int c = Translate(second, AccWrite, dataPriv, secondBytes, out ulong secondPa, setAd: false);
+            ulong firstBytes = (ulong)size - secondBytes;
+            int c = Translate(va, AccWrite, dataPriv, firstBytes, out ulong firstPa, setAd: false);
+            if (c >= 0) { faultTval = va; return c; }
+            MemoryRegion? firstRegion = bus.RegionAt(firstPa, 1);
+            if (!PmpAllows(firstPa, firstBytes, AccWrite, dataPriv) || firstRegion is { Writable: false })
+            {
+                faultTval = va;
+                return CauseStoreAccess;
+            }
+            c = Translate(second, AccWrite, dataPriv, secondBytes, out ulong secondPa, setAd: false);
             if (c >= 0) { faultTval = second; return c; }
             // Its permission too (PMP, a read-only region): otherwise the first page's bytes were written before the
             // second's access fault. QEMU writes none of them, and reports the store's own address (pmp.c, 16-19).
@@ -320,15 +331,7 @@ internal sealed unsafe partial class Hart
                 faultTval = va;
                 return CauseStoreAccess;
             }
-            // The first page's own fault is the first byte's below, reported here before any wait.
-            c = Translate(va, AccWrite, dataPriv, (ulong)size - secondBytes, out ulong firstPa, setAd: false);
-            if (c >= 0) { faultTval = va; return c; }
-            MemoryRegion? firstRegion = bus.RegionAt(firstPa, 1);
-            if (firstRegion is not null && PmpAllows(firstPa, (ulong)size - secondBytes, AccWrite, dataPriv)
-                && !PageReady(firstRegion, firstPa, dataPriv != PrvU))
-            {
-                return CauseRetry;
-            }
+            if (firstRegion is not null && !PageReady(firstRegion, firstPa, dataPriv != PrvU)) return CauseRetry;
             if (secondRegion is not null && !PageReady(secondRegion, secondPa, dataPriv != PrvU)) return CauseRetry;
             for (int k = 0; k < size; k++)
             {
