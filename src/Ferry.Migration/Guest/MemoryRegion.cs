@@ -6,7 +6,8 @@ namespace Ferry.Migration.Guest;
 /// </summary>
 /// <param name="GuestPhysicalAddress">Guest-physical base, page aligned.</param>
 /// <param name="Size">Length in bytes, a multiple of <see cref="PageSize"/>.</param>
-/// <param name="HostAddress">Base of the host mapping (mmap'd, native; never moved by the GC).</param>
+/// <param name="HostAddress">Base of the host mapping (mmap'd, native; never moved by the GC); 0 for a region read
+/// through its <see cref="Reader"/>.</param>
 public readonly record struct MemoryRegion(ulong GuestPhysicalAddress, ulong Size, nint HostAddress)
 {
     /// <summary>Guest page size: the unit of the dirty log and of the stream.</summary>
@@ -32,9 +33,32 @@ public readonly record struct MemoryRegion(ulong GuestPhysicalAddress, ulong Siz
     /// </summary>
     public bool PrecopyOnly { get; init; }
 
+    /// <summary>
+    /// Where the source reads a region that is not mapped here (its <see cref="HostAddress"/> is 0), or null for one
+    /// that is. Only for <see cref="PrecopyOnly"/> regions: post-copy serves the destination's faults straight from
+    /// memory. Set by the source; not part of the stream.
+    /// </summary>
+    public IRegionReader? Reader { get; init; }
+
     /// <summary>Number of pages in the region.</summary>
     public ulong Pages => Size >> PageShift;
 
-    /// <summary>Host address of page <paramref name="page"/> (0-based within this region).</summary>
+    /// <summary>Host address of page <paramref name="page"/> (0-based within this region); not for a region with a <see cref="Reader"/>.</summary>
     public nint PageAddress(ulong page) => HostAddress + (nint)(page << PageShift);
+
+    /// <summary>
+    /// Read pages [<paramref name="firstPage"/>, <paramref name="firstPage"/> + <paramref name="pages"/>) through the
+    /// <see cref="Reader"/> into <paramref name="destination"/>; a read error is a <see cref="RegionReadException"/>.
+    /// </summary>
+    internal void Read(ulong firstPage, int pages, nint destination)
+    {
+        try
+        {
+            Reader!.Read(firstPage, pages, destination);
+        }
+        catch (IOException e)
+        {
+            throw new RegionReadException(e);
+        }
+    }
 }

@@ -45,9 +45,11 @@ public sealed class PageHashDigest
 
     /// <summary>
     /// Record the pages of a batch's <paramref name="runs"/> in region <paramref name="regionIndex"/>: Zero runs as
-    /// zeros, the others from <paramref name="region"/>'s memory (where the batch's data is, on either side).
+    /// zeros, the others from <paramref name="region"/>'s memory (where the batch's data is, on either side), or from
+    /// <paramref name="staged"/>, where the source read them one after another in run order (see
+    /// <see cref="Protocol.PageBatchWriter.WriteBatch"/>).
     /// </summary>
-    public void Record(int regionIndex, MemoryRegion region, ReadOnlySpan<Protocol.PageRun> runs)
+    public void Record(int regionIndex, in MemoryRegion region, ReadOnlySpan<Protocol.PageRun> runs, nint staged = 0)
     {
         foreach (ref readonly var run in runs)
         {
@@ -56,7 +58,15 @@ public sealed class PageHashDigest
                 SetZero(regionIndex, run.FirstPage, run.Count);
                 continue;
             }
-            for (ulong p = run.FirstPage; p < run.FirstPage + run.Count; p++) Set(regionIndex, p, region.PageAddress(p));
+            for (ulong p = run.FirstPage; p < run.FirstPage + run.Count; p++)
+            {
+                if (staged == 0) Set(regionIndex, p, region.PageAddress(p));
+                else
+                {
+                    Set(regionIndex, p, staged);
+                    staged += MemoryRegion.PageSize;
+                }
+            }
         }
     }
 
@@ -90,15 +100,45 @@ public sealed class PageHashDigest
             for (int r = 0; r < _regions.Count; r++)
             {
                 var region = _regions[r];
+                if (region.Reader is not null)
+                {
+                    HashRead(r, region, skip, onlyUnrecorded);
+                    continue;
+                }
                 var populated = new DirtyBitmap(region.Pages);
                 if (pagemap is null || region.FileBacked) populated.SetAll();
                 else pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
                 for (ulong p = 0; p < region.Pages; p++)
                 {
-                    if (skip is not null && skip[r].Test(p)) continue;
-                    if (onlyUnrecorded && _hashes[_first[r] + p] != Unrecorded) continue;
+                    if (!ToHash(r, p, skip, onlyUnrecorded)) continue;
                     if (populated.Test(p)) Set(r, p, region.PageAddress(p));
                     else _hashes[_first[r] + p] = ZeroPageHash;
+                }
+            }
+        }
+    }
+
+    // Whether HashMemory hashes page p of region r.
+    private bool ToHash(int r, ulong p, IReadOnlyList<DirtyBitmap>? skip, bool onlyUnrecorded) =>
+        (skip is null || !skip[r].Test(p)) && (!onlyUnrecorded || _hashes[_first[r] + p] == Unrecorded);
+
+    /// <summary>HashMemory's pages of region <paramref name="r"/>, read through its reader a chunk at a time (chunks with none to hash are not read).</summary>
+    private unsafe void HashRead(int r, in MemoryRegion region, IReadOnlyList<DirtyBitmap>? skip, bool onlyUnrecorded)
+    {
+        byte[]? buffer = null;
+        for (ulong first = 0; first < region.Pages; first += MemoryDigest.ReadChunkPages)
+        {
+            int n = (int)Math.Min(MemoryDigest.ReadChunkPages, region.Pages - first);
+            int i = 0;
+            while (i < n && !ToHash(r, first + (ulong)i, skip, onlyUnrecorded)) i++;
+            if (i == n) continue;
+            buffer ??= new byte[MemoryDigest.ReadChunkPages << MemoryRegion.PageShift];
+            fixed (byte* data = buffer)
+            {
+                region.Read(first, n, (nint)data);
+                for (; i < n; i++)
+                {
+                    if (ToHash(r, first + (ulong)i, skip, onlyUnrecorded)) Set(r, first + (ulong)i, (nint)(data + ((nint)i << MemoryRegion.PageShift)));
                 }
             }
         }

@@ -164,6 +164,9 @@ public sealed class OutgoingMigration
         ulong first = 0;
         foreach (var region in guest.Regions)
         {
+            // Post-copy's urgent channel serves a fault straight from memory, which such a region has not here.
+            if (region.Reader is not null && !region.PrecopyOnly)
+                throw new ArgumentException($"the region at 0x{region.GuestPhysicalAddress:x} is read through a reader, so it must be PrecopyOnly", nameof(guest));
             if (region.PrecopyOnly)
             {
                 precopyOnly.Add((first, first + region.Pages));
@@ -948,7 +951,19 @@ public sealed class OutgoingMigration
             }
             var doneMessage = _postcopyDone!;
             UInt128 sourceDigest = default;
-            if (_sourceDigest is { } pending) sourceDigest = pending.GetAwaiter().GetResult();
+            string? digestProblem = null;
+            if (_sourceDigest is { } pending)
+            {
+                try
+                {
+                    sourceDigest = pending.GetAwaiter().GetResult();
+                }
+                catch (RegionReadException e)
+                {
+                    // Every page is at the destination: an unreadable source (its disk's image) fails the check, not the VM.
+                    digestProblem = $"the source's digest could not be computed: {e.Message}";
+                }
+            }
             long pushed = systemPages, urgentPages = 0;
             foreach (var sender in AllSenders()) pushed += sender.PushedPages;
             lock (_gate) foreach (var u in _urgentSenders) urgentPages += u.Pages;
@@ -980,7 +995,7 @@ public sealed class OutgoingMigration
                     Match = doneMessage.Digest == sourceDigest,
                 };
                 if (!stats.Verify.Match)
-                    stats.PostCommitProblem = $"memory digests differ after post-copy: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}";
+                    stats.PostCommitProblem = digestProblem ?? $"memory digests differ after post-copy: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}";
             }
         }
         finally
@@ -1576,11 +1591,20 @@ public sealed class OutgoingMigration
     /// </summary>
     private void CheckFrozenMemory(StatsBuilder stats, VerifyResult verified)
     {
-        UInt128 frozen = Task.Factory.StartNew(() =>
+        UInt128 frozen;
+        try
         {
-            using var lowered = LatencyPriority.Lower();
-            return Postcopy.PageHashDigest.Of(_guest.Regions);
-        }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).GetAwaiter().GetResult();
+            frozen = Task.Factory.StartNew(() =>
+            {
+                using var lowered = LatencyPriority.Lower();
+                return Postcopy.PageHashDigest.Of(_guest.Regions);
+            }, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).GetAwaiter().GetResult();
+        }
+        catch (RegionReadException e)
+        {
+            stats.PostCommitProblem = $"the source's memory could not be read again after the commit: {e.Message}";
+            return;
+        }
         string hex = MemoryDigest.ToHex(frozen);
         if (hex == verified.DestDigest) return;
         stats.Verify = verified with { SourceDigest = hex, Match = false };
@@ -1678,6 +1702,14 @@ public sealed class OutgoingMigration
             Fail(MigrationStatus.Failed, $"destination asked for pages outside guest memory: {e.Message}", notify: true, ProtocolErrorCode.Protocol);
             return;
         }
+        if (_guest.Regions[request.Region].PrecopyOnly)
+        {
+            // Never missing there (the switchover sent all of it before the guest ran), and the urgent channel sends
+            // from memory, which a region read through a reader has not here.
+            Fail(MigrationStatus.Failed, $"destination asked for pages of region {request.Region}, which it had whole before its guest ran",
+                notify: true, ProtocolErrorCode.Protocol);
+            return;
+        }
         try
         {
             _urgent!.Send(request.Region, request.FirstPage, request.Count);
@@ -1759,6 +1791,8 @@ public sealed class OutgoingMigration
             _abort.Token.WaitHandle.WaitOne(TimeSpan.FromMilliseconds(250));
         }
         if (e is MigrationTransportException) OnLinkFailure($"{sender.Name}: {Describe(e)}");
+        // This side's own memory could not be read (a copied disk's image): nothing to do with the channel.
+        else if (e is RegionReadException) Fail(MigrationStatus.Failed, e.Message, notify: true, ProtocolErrorCode.Internal);
         else Fail(MigrationStatus.Failed, $"{sender.Name}: {Describe(e)}", notify: true, ProtocolErrorCode.Internal);
     }
 

@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
 using Ferry.Linux;
 using Ferry.Migration.Guest;
 using Ferry.Migration.Memory;
@@ -20,6 +22,9 @@ namespace Ferry.Migration.Precopy;
 /// the sender only reads the bitmap (the migration thread does not touch it until every sender signalled).</para>
 /// <para><b>First pass</b>: given the guest's populated-page map, pages it never populated go out as Zero runs
 /// without being read (reading them would fault them in: ~3 s per GiB here); populated ones get the SIMD zero check.</para>
+/// <para><b>Regions read through a reader</b> (a copied disk image, <see cref="MemoryRegion.Reader"/>): their pages
+/// are read into a staging area (allocated once, with the sender) and classified and sent from there, so that a read
+/// error is an exception that fails the migration, not a fault in a mapping that kills the source.</para>
 /// <para><b>Allocation</b>: none per page or per batch; the run table is allocated once.</para>
 /// </remarks>
 internal sealed class PageSender
@@ -55,6 +60,11 @@ internal sealed class PageSender
     private Postcopy.Prepager? _prepager;
     private readonly DirtyRun[] _taken = new DirtyRun[MigrationProtocol.MaxRunsPerBatch];
 
+    // Regions read through a reader (MemoryRegion.Reader) are staged here: the batch's Normal pages, one after another
+    // in run order (MaxNormalPagesPerBatch of them, 1 MiB); 0 when no region has a reader. Pinned for the sender's life.
+    private readonly byte[]? _stagingBuffer;
+    private readonly nint _staging;
+
     // Runs accumulated for the current batch.
     private int _runCount;
     private int _normalInBatch;
@@ -74,6 +84,15 @@ internal sealed class PageSender
         {
             _regionFirstBit[r] = bit;
             bit += regions[r].Pages;
+        }
+        if (regions.Any(r => r.Reader is not null))
+        {
+            _stagingBuffer = GC.AllocateUninitializedArray<byte>(MigrationProtocol.MaxNormalPagesPerBatch << MemoryRegion.PageShift, pinned: true);
+            unsafe
+            {
+                // SAFETY: allocated on the pinned object heap, it never moves.
+                _staging = (nint)Unsafe.AsPointer(ref MemoryMarshal.GetArrayDataReference(_stagingBuffer));
+            }
         }
         _onFailure = onFailure;
         _abort = abort;
@@ -328,26 +347,74 @@ internal sealed class PageSender
             _batchRegion = r;
         }
         var region = _regions[r];
+        if (region.Reader is not null)
+        {
+            AddReadPages(region, first, count);
+            return;
+        }
         for (ulong p = first; p < first + count; p++)
         {
             var encoding = ZeroPage.IsZero(region.PageAddress(p)) ? PageEncoding.Zero : PageEncoding.Normal;
             if (encoding == PageEncoding.Normal && _normalInBatch == MigrationProtocol.MaxNormalPagesPerBatch)
                 FlushBatch();
-            // Extend the last run when this page continues it with the same encoding.
-            if (_runCount > 0)
-            {
-                ref var last = ref _runs[_runCount - 1];
-                if (last.Encoding == encoding && last.FirstPage + last.Count == p && last.Count < uint.MaxValue)
-                {
-                    last = last with { Count = last.Count + 1 };
-                    if (encoding == PageEncoding.Normal) _normalInBatch++;
-                    continue;
-                }
-                if (_runCount == _runs.Length) FlushBatch();
-            }
-            _runs[_runCount++] = new PageRun(p, 1, encoding);
-            if (encoding == PageEncoding.Normal) _normalInBatch++;
+            AppendPage(p, encoding);
         }
+    }
+
+    /// <summary>
+    /// <see cref="AddPages"/> for a region read through its reader: read as many pages as the batch has room for data
+    /// into the staging area right after the batch's Normal pages, classify them there, and close up the zero pages'
+    /// gaps, so that the batch's data lies one page after another in run order as WriteBatch takes it. A read error
+    /// ends the pass (RegionReadException), and with it the migration.
+    /// </summary>
+    private void AddReadPages(in MemoryRegion region, ulong first, ulong count)
+    {
+        for (ulong end = first + count; first < end;)
+        {
+            if (_normalInBatch == MigrationProtocol.MaxNormalPagesPerBatch) FlushBatch();
+            int n = (int)Math.Min(end - first, (ulong)(MigrationProtocol.MaxNormalPagesPerBatch - _normalInBatch));
+            nint read = _staging + ((nint)_normalInBatch << MemoryRegion.PageShift);
+            region.Read(first, n, read);
+            for (int i = 0; i < n; i++)
+            {
+                nint page = read + ((nint)i << MemoryRegion.PageShift);
+                var encoding = ZeroPage.IsZero(page) ? PageEncoding.Zero : PageEncoding.Normal;
+                // A full run table is sent now, not by AppendPage once this page has its place in the data.
+                if (_runCount == _runs.Length) FlushBatch();
+                // Its place in the batch's data: at or before where it was read, once earlier zero pages or a flush
+                // left a gap.
+                nint place = _staging + ((nint)_normalInBatch << MemoryRegion.PageShift);
+                if (encoding == PageEncoding.Normal && place != page)
+                {
+                    unsafe
+                    {
+                        // SAFETY: both pages lie inside the staging buffer, and do not overlap (place is whole pages below).
+                        Buffer.MemoryCopy((void*)page, (void*)place, MemoryRegion.PageSize, MemoryRegion.PageSize);
+                    }
+                }
+                AppendPage(first + (ulong)i, encoding);
+            }
+            first += (ulong)n;
+        }
+    }
+
+    /// <summary>Append page p to the batch: extend the last run when p continues it with the same encoding.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private void AppendPage(ulong p, PageEncoding encoding)
+    {
+        if (_runCount > 0)
+        {
+            ref var last = ref _runs[_runCount - 1];
+            if (last.Encoding == encoding && last.FirstPage + last.Count == p && last.Count < uint.MaxValue)
+            {
+                last = last with { Count = last.Count + 1 };
+                if (encoding == PageEncoding.Normal) _normalInBatch++;
+                return;
+            }
+            if (_runCount == _runs.Length) FlushBatch();
+        }
+        _runs[_runCount++] = new PageRun(p, 1, encoding);
+        if (encoding == PageEncoding.Normal) _normalInBatch++;
     }
 
     /// <summary>
@@ -367,8 +434,10 @@ internal sealed class PageSender
             if (run.Encoding == PageEncoding.Normal) normal += run.Count;
             else zero += run.Count;
         }
-        long bytes = _writer.WriteBatch(_batchRegion, _regions[_batchRegion], runs, _flags);
-        SentDigest?.Record(_batchRegion, _regions[_batchRegion], runs);
+        var region = _regions[_batchRegion];
+        nint staged = region.Reader is null ? 0 : _staging;
+        long bytes = _writer.WriteBatch(_batchRegion, region, runs, _flags, staged);
+        SentDigest?.Record(_batchRegion, region, runs, staged);
         Interlocked.Add(ref _bytesSent, bytes);
         NormalPages += normal;
         ZeroPages += zero;

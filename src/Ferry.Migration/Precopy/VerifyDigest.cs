@@ -17,7 +17,7 @@ internal static class VerifyDigest
     /// <summary>Zeros hashed in place of unpopulated pages (64 KiB: large enough that a long run costs few calls).</summary>
     private static readonly byte[] Zeros = new byte[64 << 10];
 
-    /// <summary>Digest of <paramref name="regions"/> (private anonymous memory, or files' mappings, read whole), equal to <see cref="MemoryDigest.Compute"/>.</summary>
+    /// <summary>Digest of <paramref name="regions"/> (private anonymous memory, or files' mappings and regions read through a reader, read whole), equal to <see cref="MemoryDigest.Compute"/>.</summary>
     public static UInt128 Compute(IReadOnlyList<MemoryRegion> regions)
     {
         Pagemap pagemap;
@@ -36,14 +36,15 @@ internal static class VerifyDigest
             {
                 MemoryDigest.AppendLayout(hash, region);
                 var populated = new DirtyBitmap(region.Pages);
-                // A file's mapping has nothing behind a page this process never touched, yet the file may hold data there.
-                if (region.FileBacked) populated.SetAll();
+                // A file's mapping has nothing behind a page this process never touched, yet the file may hold data there;
+                // a region read through its reader has no mapping here to ask about.
+                if (region.FileBacked || region.Reader is not null) populated.SetAll();
                 else pagemap.OrPopulated(region.HostAddress, region.Size, populated.Words, 0);
                 ulong next = 0;
                 foreach (var run in populated.Runs(0, region.Pages))
                 {
                     AppendZeros(hash, (run.Start - next) << MemoryRegion.PageShift);
-                    MemoryDigest.AppendMemory(hash, region.PageAddress(run.Start), run.Length << MemoryRegion.PageShift);
+                    MemoryDigest.AppendPages(hash, region, run.Start, run.Length);
                     next = run.End;
                 }
                 AppendZeros(hash, (region.Pages - next) << MemoryRegion.PageShift);

@@ -8,9 +8,10 @@ using Ferry.Migration.Transport;
 namespace Ferry.Migration.Protocol;
 
 /// <summary>
-/// Sends page batches on one page channel straight from guest memory: one <see cref="IMigrationChannel.SendGather"/>
-/// per batch of [record header + batch header + runs, the data of each Normal run (adjacent runs coalesced), the
-/// checksum trailer]. One writer per channel, used by one thread; all buffers are allocated once.
+/// Sends page batches on one page channel straight from guest memory (or from data the caller staged): one
+/// <see cref="IMigrationChannel.SendGather"/> per batch of [record header + batch header + runs, the data of each Normal
+/// run (adjacent runs coalesced), the checksum trailer]. One writer per channel, used by one thread; all buffers are
+/// allocated once.
 /// </summary>
 public sealed class PageBatchWriter
 {
@@ -45,8 +46,11 @@ public sealed class PageBatchWriter
     /// <paramref name="region"/>) from the region's host memory, with header <paramref name="flags"/>: FinalPass
     /// once the guest is paused, DataChecksummed only with it (see the protocol). Returns the bytes put on the wire.
     /// Runs or flags outside these limits throw <see cref="ArgumentException"/> (an engine bug, not a peer's).
+    /// A region read through its <see cref="MemoryRegion.Reader"/> has no host memory to send from: the caller read
+    /// the batch's Normal pages to <paramref name="staged"/>, one after another in run order, and the data goes from
+    /// there (0: from the region's memory).
     /// </summary>
-    public long WriteBatch(int regionIndex, in MemoryRegion region, ReadOnlySpan<PageRun> runs, PageBatchFlags flags)
+    public long WriteBatch(int regionIndex, in MemoryRegion region, ReadOnlySpan<PageRun> runs, PageBatchFlags flags, nint staged = 0)
     {
         if ((uint)regionIndex > ushort.MaxValue) throw new ArgumentOutOfRangeException(nameof(regionIndex));
         if (((byte)flags & ~MigrationProtocol.DefinedFlags(RecordKind.PageBatch)) != 0 ||
@@ -56,6 +60,8 @@ public sealed class PageBatchWriter
         bool checksumData = (flags & PageBatchFlags.DataChecksummed) != 0;
         if (runs.Length is 0 or > MigrationProtocol.MaxRunsPerBatch)
             throw new ArgumentException($"a batch holds 1..{MigrationProtocol.MaxRunsPerBatch} runs, not {runs.Length}", nameof(runs));
+        if (staged == 0 && region.Reader is not null)
+            throw new ArgumentException("a region read through its reader is sent from staged data", nameof(staged));
 
         ulong pages = region.Pages;
         int normalPages = 0;
@@ -70,8 +76,8 @@ public sealed class PageBatchWriter
                 throw new ArgumentException($"run {i}: encoding {r.Encoding} is not sendable in protocol v1", nameof(runs));
             if (r.Count > (uint)(MigrationProtocol.MaxNormalPagesPerBatch - normalPages))
                 throw new ArgumentException($"more than {MigrationProtocol.MaxNormalPagesPerBatch} Normal pages in one batch", nameof(runs));
+            nint address = staged == 0 ? region.PageAddress(r.FirstPage) : staged + ((nint)normalPages << MemoryRegion.PageShift);
             normalPages += (int)r.Count;
-            nint address = region.PageAddress(r.FirstPage);
             int length = (int)r.Count << MemoryRegion.PageShift;
             ref var last = ref _segments[segmentCount - 1];
             if (segmentCount > 1 && last.Address + last.Length == address)
@@ -90,13 +96,18 @@ public sealed class PageBatchWriter
         ulong hash = XxHash3.HashToUInt64(_buffer.AsSpan(0, table));
         if (checksumData)
         {
+            nint next = staged;
             foreach (var r in runs)
             {
                 if (r.Encoding != PageEncoding.Normal) continue;
+                int length = (int)r.Count << MemoryRegion.PageShift;
+                nint address = staged == 0 ? region.PageAddress(r.FirstPage) : next;
+                next += length;
                 unsafe
                 {
-                    // SAFETY: the run lies inside the region's host mapping (checked above), which outlives the call.
-                    hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)region.PageAddress(r.FirstPage), (int)r.Count << MemoryRegion.PageShift), (long)hash);
+                    // SAFETY: the run lies inside the region's host mapping (checked above), which outlives the call, or
+                    // inside the caller's staged data.
+                    hash = XxHash3.HashToUInt64(new ReadOnlySpan<byte>((void*)address, length), (long)hash);
                 }
             }
         }

@@ -452,12 +452,33 @@ public class PostcopyFailureTests
         Assert.False(guest.IsRunning);
     }
 
+    [Fact]
+    public void APageRequestForARegionThatWentWholeBeforeTheGuestRanIsRefusedWithAnError()
+    {
+        // The region is read through a reader, with no mapping here to serve a request from.
+        using var guest = NewGuest(16, pagesPerSecond: 1000, split: true);
+        var region = guest.Regions[1];
+        var source = new SecondRegionPrecopyOnly(guest, new CopyingRegionReader(region));
+        var (stats, answer) = MigrateToScriptedDestination(source, (reader, writer) =>
+        {
+            writer.WriteReady(0, 0, null);
+            reader.Expect<CommitMessage>();
+            writer.WriteResumed(1);
+            writer.WritePageRequest(1, 0, 1);
+        });
+        Assert.Equal(MigrationStatus.Failed, stats.Status);
+        Assert.Contains("pages of region 1, which it had whole before its guest ran", stats.Error, StringComparison.Ordinal);
+        Assert.NotNull(answer);
+        Assert.Equal(ProtocolErrorCode.Protocol, answer.Code);
+        Assert.False(guest.IsRunning);
+    }
+
     /// <summary>
     /// A pure post-copy of <paramref name="guest"/> to a destination played by the test: it accepts the handshake, drains
     /// every page channel, echoes keepalives until Complete, then runs <paramref name="afterComplete"/>; the source's
     /// statistics and the Error it sent back, if any.
     /// </summary>
-    private static (MigrationStatistics Stats, ErrorMessage? Answer) MigrateToScriptedDestination(InProcessGuest guest, Action<ProtocolReader, ProtocolWriter> afterComplete)
+    private static (MigrationStatistics Stats, ErrorMessage? Answer) MigrateToScriptedDestination(IMigrationSource guest, Action<ProtocolReader, ProtocolWriter> afterComplete)
     {
         using var transport = new InMemoryTransport();
         ErrorMessage? answer = null;
@@ -473,10 +494,17 @@ public class PostcopyFailureTests
             var reader = new ProtocolReader(c.Control);
             var writer = new ProtocolWriter(c.Control);
             var hello = reader.Expect<HelloMessage>();
-            writer.WriteWelcome(hello.Capabilities & MigrationProtocol.SupportedCapabilities);
+            // Without LandedSync: rounds (of a pre-copy-only region) end without waiting for their pages to land here.
+            writer.WriteWelcome(hello.Capabilities & MigrationProtocol.SupportedCapabilities & ~ProtocolCapabilities.LandedSync);
             // Echo keepalives as a destination does: a pure post-copy source waits for one before it pauses.
             for (var m = reader.Read(); m is not CompleteMessage; m = reader.Read())
             {
+                if (m is null or ErrorMessage)
+                {
+                    // The source ended it before Complete: its statistics say why.
+                    c.Abort();
+                    return;
+                }
                 if (m is KeepaliveMessage k) writer.WriteKeepalive(k.Timestamp);
             }
             afterComplete(reader, writer);

@@ -16,10 +16,9 @@ namespace Ferry.Migration.Tests.Postcopy;
 public class PrecopyOnlyRegionTests
 {
     /// <summary>
-    /// A two-region guest whose second region is pre-copy only, and whose every harvest reports the first
-    /// <see cref="LastMinute"/> pages of that region dirty (they are unchanged, so they still verify): no round ever
-    /// leaves nothing dirty (pre-copy cannot converge before its round limit however the writers were scheduled), and
-    /// the switchover always has pages of that region to carry.
+    /// A guest whose every harvest reports pages of its pre-copy-only region dirty (<see cref="SecondRegionPrecopyOnly"/>):
+    /// no round ever leaves nothing dirty (pre-copy cannot converge before its round limit however the writers were
+    /// scheduled).
     /// </summary>
     [Fact]
     public void PurePostcopyWhosePrecopyOnlyRegionNeverConvergesFailsAtTheRoundLimitAndTheGuestRunsOn()
@@ -85,21 +84,6 @@ public class PrecopyOnlyRegionTests
         // Rounds 1 and 2 were high: from round 3 the guest ran at the first step, as pre-copy's auto-converge sets it.
         int step = autoConverge ? options.ThrottleInitial : 0;
         Assert.Equal([step, step], rounds.Skip(3).Select(r => r.ThrottlePercent));
-    }
-
-    private sealed class SecondRegionPrecopyOnly(InProcessGuest inner) : DelegatingSource(inner)
-    {
-        public const int LastMinute = 50;
-        private readonly IReadOnlyList<MemoryRegion> _regions = [inner.Regions[0], inner.Regions[1] with { PrecopyOnly = true }];
-
-        public override IReadOnlyList<MemoryRegion> Regions => _regions;
-
-        public override void HarvestDirtyLog(Span<ulong> bitmap)
-        {
-            base.HarvestDirtyLog(bitmap);
-            ulong first = _regions[0].Pages;
-            for (ulong p = first; p < first + LastMinute; p++) bitmap[(int)(p >> 6)] |= 1UL << (int)p;
-        }
     }
 
     [Theory]

@@ -69,6 +69,54 @@ internal class DelegatingSource(InProcessGuest inner) : IMigrationSource
     public IReadOnlyList<StateSection> SaveState() => inner.SaveState();
 }
 
+/// <summary>
+/// A two-region in-process guest whose second region is pre-copy only (<see cref="MemoryRegion.PrecopyOnly"/>, as Ferry's
+/// machine marks a copied disk), and whose every harvest reports the first <see cref="LastMinute"/> pages of that region
+/// dirty (they are unchanged, so they still verify): the switchover always has pages of that region to carry. Given a
+/// <paramref name="reader"/>, the engine reads that region through it, as the machine reads a copied disk's image, and
+/// sees no mapping of it (host address 0).
+/// </summary>
+internal sealed class SecondRegionPrecopyOnly(InProcessGuest inner, IRegionReader? reader = null) : DelegatingSource(inner)
+{
+    public const int LastMinute = 50;
+    private readonly IReadOnlyList<MemoryRegion> _regions =
+    [
+        inner.Regions[0],
+        inner.Regions[1] with { PrecopyOnly = true, Reader = reader, HostAddress = reader is null ? inner.Regions[1].HostAddress : 0 },
+    ];
+
+    public override IReadOnlyList<MemoryRegion> Regions => _regions;
+
+    public override void HarvestDirtyLog(Span<ulong> bitmap)
+    {
+        base.HarvestDirtyLog(bitmap);
+        ulong first = _regions[0].Pages;
+        for (ulong p = first; p < first + LastMinute; p++) bitmap[(int)(p >> 6)] |= 1UL << (int)p;
+    }
+}
+
+/// <summary>
+/// Reads a mapped region as a source reads an unmapped one (a disk image): copies of its pages, or, where
+/// <see cref="Fails"/> says so for a read's first page, the error a bad sector gives.
+/// </summary>
+internal sealed class CopyingRegionReader(MemoryRegion memory) : IRegionReader
+{
+    private long _pagesRead;
+
+    public Func<ulong, bool>? Fails { get; init; }
+
+    public long PagesRead => Interlocked.Read(ref _pagesRead);
+
+    public unsafe void Read(ulong firstPage, int pages, nint destination)
+    {
+        if (Fails?.Invoke(firstPage) == true)
+            throw new IOException($"test.img: cannot read the disk image at offset {firstPage * MemoryRegion.PageSize}: Input/output error (errno 5)");
+        long bytes = (long)pages * MemoryRegion.PageSize;
+        Buffer.MemoryCopy((void*)memory.PageAddress(firstPage), (void*)destination, bytes, bytes);
+        Interlocked.Add(ref _pagesRead, pages);
+    }
+}
+
 internal class RecordingTarget(IMigrationTarget inner, bool rejectState) : IMigrationTarget, IShapedMigrationTarget
 {
     private int _started;
