@@ -229,11 +229,10 @@ public sealed class VirtioBlkTests : IDisposable
     }
 
     [Fact]
-    public void WritesAndWriteZeroesReachTheDisksOwnDirtyLogAtTheCallersBitOffsetAndTheMappedImage()
+    public void WritesAndWriteZeroesReachTheDisksOwnDirtyLogAtTheCallersBitOffsetAndItsBlockReads()
     {
         VirtioDriverForTests d = Start();
         var blk = (VirtioBlk)d.Device!;
-        nint view = blk.MapImage();
         blk.StartDirtyLog();
         byte[] data = Enumerable.Range(0, 512).Select(i => (byte)(i ^ 0x5a)).ToArray();
         var segment = new byte[16];
@@ -252,8 +251,10 @@ public sealed class VirtioBlkTests : IDisposable
         Assert.Equal(1UL << 2, bitmap[1]);
         unsafe
         {
-            // The read-only view shares the page cache with the device's pwrite.
-            Assert.Equal(data, new ReadOnlySpan<byte>((byte*)view + 9 * 512, 512).ToArray());
+            // What a migration reads of block 1 is what the device wrote there.
+            byte[] block = new byte[VirtioBlk.BlockSize];
+            fixed (byte* b = block) blk.ReadBlocks(1, 1, (nint)b);
+            Assert.Equal(data, block[512..1024]);
         }
 
         Array.Clear(bitmap);

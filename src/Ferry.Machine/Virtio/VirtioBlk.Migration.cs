@@ -6,7 +6,7 @@ namespace Ferry.Machine.Virtio;
 /// <summary>
 /// What a live migration needs of the disk: the image's <c>flock</c> handed from the source to the destination when
 /// both name one file (shared storage), and, when the image is copied instead, a log of the 4 KiB blocks the guest
-/// wrote and a read-only view of the image for the engine to send from.
+/// wrote and reads of the image for the engine to send (<see cref="ReadBlocks"/>).
 /// </summary>
 /// <remarks>
 /// <para><b>Lock handoff</b>: the source calls <see cref="ReleaseLock"/> once its devices are paused (the data is made
@@ -32,9 +32,6 @@ public sealed partial class VirtioBlk
     // One bit per BlockSize block of the image: written since the last harvest.
     private readonly ulong[] dirtyBlocks;
     private volatile bool logging;
-    // The read-only view MapImage made, or 0; unmapped on Dispose.
-    private nint imageView;
-    private nuint imageViewBytes;
 
     /// <summary>The image's length in bytes when it was opened (its capacity may round it down to sectors).</summary>
     public ulong ImageBytes => (ulong)imageBytes;
@@ -208,40 +205,51 @@ public sealed partial class VirtioBlk
     }
 
     /// <summary>
-    /// A read-only <c>MAP_SHARED</c> view of the whole image (made once, unmapped when the device is disposed), for a
-    /// migration that copies the disk to send from: the page cache keeps it coherent with the device's own writes.
-    /// The file must not shrink while it is mapped (a read past the end faults); only the guest writes it, and the
-    /// guest cannot change its length.
+    /// Read blocks [<paramref name="firstBlock"/>, <paramref name="firstBlock"/> + <paramref name="blocks"/>) of the
+    /// image into the <paramref name="blocks"/> x <see cref="BlockSize"/> bytes at <paramref name="destination"/>, for a
+    /// migration that copies the disk. With <c>pread</c>, not through a mapping of the file: there a bad sector, an NFS
+    /// error or a file truncated under the VM is a SIGBUS that kills the process, guest and all, where here it is an
+    /// <see cref="IOException"/> naming the image, the offset and the errno, which fails the migration and the guest runs
+    /// on. The page cache keeps the reads coherent with the device's own writes. Past the image's length when opened (a
+    /// last partial block) reads as zeros; a file that no longer reaches as far (it shrank) throws. Any thread, at the
+    /// same time as the device; nothing is allocated.
     /// </summary>
-    public nint MapImage()
+    public unsafe void ReadBlocks(ulong firstBlock, int blocks, nint destination)
     {
-        lock (lockGate)
+        ArgumentOutOfRangeException.ThrowIfNegative(blocks);
+        if (firstBlock > ImageBlocks || (ulong)blocks > ImageBlocks - firstBlock)
+            throw new ArgumentOutOfRangeException(nameof(blocks), $"blocks {firstBlock}+{blocks} outside an image of {ImageBlocks}");
+        long offset = (long)firstBlock * BlockSize;
+        long length = (long)blocks * BlockSize;
+        long wanted = Math.Clamp(imageBytes - offset, 0, length);
+        byte* to = (byte*)destination;
+        for (long done = 0; done < wanted;)
         {
-            ObjectDisposedException.ThrowIf(disposed != 0, this);
-            if (imageView != 0) return imageView;
-            if (imageBytes == 0) throw new InvalidOperationException($"{path}: the image is empty");
-            nuint bytes = (nuint)(((ulong)imageBytes + BlockSize - 1) & ~(ulong)(BlockSize - 1));
-            nint address = Libc.mmap(0, bytes, Libc.PROT_READ, Libc.MAP_SHARED, Fd, 0);
-            if (address == Libc.MAP_FAILED)
+            // SAFETY: the caller passes blocks x BlockSize writable bytes at destination; done < wanted <= that.
+            nint n = pread(Fd, to + done, (nuint)(wanted - done), offset + done);
+            if (n > 0)
             {
-                int errno = Marshal.GetLastPInvokeError();
-                throw new IOException($"{path}: cannot map the disk image", new LinuxException("mmap", errno));
+                done += n;
+                continue;
             }
-            imageView = address;
-            imageViewBytes = bytes;
-            return address;
+            int errno = n == 0 ? 0 : Marshal.GetLastPInvokeError();
+            if (errno == Libc.EINTR) continue;
+            long at = offset + done;
+            if (errno != 0)
+            {
+                throw new IOException($"{path}: cannot read the disk image at offset {at}: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno})",
+                    new LinuxException("pread", errno));
+            }
+            throw new IOException($"{path}: cannot read the disk image at offset {at}: the file ends at {RandomAccess.GetLength(file)} bytes, " +
+                $"{imageBytes} when the VM opened it (truncated under the VM)");
         }
+        new Span<byte>(to + wanted, (int)(length - wanted)).Clear();
     }
 
     // After the worker has stopped.
     private void DisposeMigration()
     {
-        lock (lockGate)
-        {
-            StopLockRetry();
-            if (imageView != 0) _ = Libc.munmap(imageView, imageViewBytes);
-            imageView = 0;
-        }
+        lock (lockGate) StopLockRetry();
     }
 
     private void CheckBitmap(Span<ulong> bitmap, ulong firstBit)
@@ -300,4 +308,7 @@ public sealed partial class VirtioBlk
 
     [LibraryImport("libc", SetLastError = true)]
     private static partial long lseek(int fd, long offset, int whence);
+
+    [LibraryImport("libc", SetLastError = true)]
+    private static unsafe partial nint pread(int fd, void* buf, nuint count, long offset);
 }
