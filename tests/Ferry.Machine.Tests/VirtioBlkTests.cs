@@ -297,6 +297,34 @@ public sealed class VirtioBlkTests : IDisposable
     }
 
     [Fact]
+    public void AnImageTruncatedUnderTheVmHasItsLostBlocksReadForACopyAndTheirReadFailsNamingItAndTheOffset()
+    {
+        using var blk = new VirtioBlk(image);
+        // As another tool would, behind the device's lock: 8 blocks down to 3.
+        HostCommand.Run("truncate", $"-s {3 * BlockSize} {image}", "coreutils' truncate");
+
+        // The 5 blocks gone are no hole: a copy must read them (and fail), not send them as zeros unread.
+        var bitmap = new ulong[1];
+        blk.GetPopulatedBlocks(bitmap, 0);
+        Assert.Equal(0xffUL, bitmap[0]);
+
+        byte[] read = new byte[4 * BlockSize];
+        IOException e;
+        unsafe
+        {
+            fixed (byte* b = read)
+            {
+                nint at = (nint)b;
+                blk.ReadBlocks(0, 3, at);
+                Assert.Equal(content[..(3 * BlockSize)], read[..(3 * BlockSize)]);
+                e = Assert.Throws<IOException>(() => blk.ReadBlocks(1, 4, at));
+            }
+        }
+        Assert.Equal($"{image}: cannot read the disk image at offset {3 * BlockSize}: the file ends at {3 * BlockSize} bytes, " +
+            $"{8 * BlockSize} when the VM opened it (truncated under the VM)", e.Message);
+    }
+
+    [Fact]
     public void TheLockMovesFromADeviceThatReleasesItToOneOpenedWithItDeferredAndBack()
     {
         using var source = new VirtioBlk(image);

@@ -180,11 +180,15 @@ public sealed partial class VirtioBlk
     /// <summary>
     /// OR into <paramref name="bitmap"/> (layout as <see cref="HarvestDirty"/>) every block that may hold non-zero bytes:
     /// the file's data extents (<c>SEEK_DATA</c>/<c>SEEK_HOLE</c>). A hole reads as zeros, so a migration sends it as
-    /// a zero page without reading it. A file system that cannot tell reports every block.
+    /// a zero page without reading it. A file system that cannot tell reports every block. Past the file's end is no
+    /// hole: a file shorter than when the VM opened it (truncated under it) has its missing blocks reported, so that a
+    /// migration reads them and fails (<see cref="ReadBlocks"/>) instead of copying zeros in place of what is gone.
     /// </summary>
     public void GetPopulatedBlocks(Span<ulong> bitmap, ulong firstBit)
     {
         CheckBitmap(bitmap, firstBit);
+        long length = RandomAccess.GetLength(file);
+        if (length < imageBytes) SetBits(bitmap, firstBit + (ulong)length / BlockSize, firstBit + ImageBlocks);
         int fd = Fd;
         long at = 0;
         while (at < imageBytes)
