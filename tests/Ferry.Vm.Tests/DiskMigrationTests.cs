@@ -40,6 +40,21 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
         return path;
     }
 
+    /// <summary>A new image of <paramref name="bytes"/> random bytes: none of its blocks a hole or zeros, so that every block travels as data.</summary>
+    private string RandomImage(string name, long bytes, int seed)
+    {
+        string path = Image(name, bytes);
+        var random = new Random(seed);
+        byte[] chunk = new byte[1 << 20];
+        using var f = new FileStream(path, FileMode.Open, FileAccess.Write);
+        for (long at = 0; at < bytes; at += chunk.Length)
+        {
+            random.NextBytes(chunk);
+            f.Write(chunk);
+        }
+        return path;
+    }
+
     /// <summary>Boot the guest on <paramref name="disk"/> and wait until its disk writer has written <paramref name="writes"/> blocks.</summary>
     private VirtMachine BootWriting(SerialLog console, string disk, long writes, out (long Blocks, long Writes) written)
     {
@@ -163,20 +178,11 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
     public void ACopiedDiskArrivesByteForByteWhileTheGuestWritesIt()
     {
         const long DiskBytes = 256L << 20;
-        string sourceImage = Image("source.img", DiskBytes);
+        // The source's image full of random data, the destination's something else: after the move the destination
+        // must hold the source's, not a mix.
+        string sourceImage = RandomImage("source.img", DiskBytes, 42);
         string destinationImage = Image("destination.img", 32L << 20);
-        // The source's image full of random data (none of it zero, so every block travels as data), the destination's
-        // something else: after the move the destination must hold the source's, not a mix.
-        var random = new Random(42);
         byte[] chunk = new byte[1 << 20];
-        using (var f = new FileStream(sourceImage, FileMode.Open, FileAccess.Write))
-        {
-            for (long at = 0; at < DiskBytes; at += chunk.Length)
-            {
-                random.NextBytes(chunk);
-                f.Write(chunk);
-            }
-        }
         Array.Fill(chunk, (byte)0xee);
         using (var f = new FileStream(destinationImage, FileMode.Open, FileAccess.Write))
         {
@@ -306,17 +312,7 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
     public void ACopyWhoseDestinationDeviceFailsAtWriteBackFailsAtTheFirstPassSayingWhyAndTheSourceRunsOn()
     {
         // Data in every block, so that the copy has 64 MiB to write.
-        string image = Image("source.img", 64L << 20);
-        byte[] chunk = new byte[1 << 20];
-        var random = new Random(3);
-        using (var f = new FileStream(image, FileMode.Open, FileAccess.Write))
-        {
-            for (int i = 0; i < 64; i++)
-            {
-                random.NextBytes(chunk);
-                f.Write(chunk);
-            }
-        }
+        string image = RandomImage("source.img", 64L << 20, 3);
         var sourceConsole = new SerialLog();
         using VirtMachine source = BootWriting(sourceConsole, image, 10, out var before);
 
@@ -337,5 +333,32 @@ public sealed partial class DiskMigrationTests(ITestOutputHelper output) : IDisp
         Assert.True(File.Exists(DiskImageCopy.IncompleteMarker(full)));
         var refused = Assert.Throws<MachineConfigException>(() => new VirtMachine(new MachineOptions { DiskPath = full }));
         Assert.Contains("an incomplete copy", refused.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public void ACopyOfAnImageTruncatedUnderTheVmFailsSayingTheSourcesDiskCannotBeReadAndTheSourceRunsOn()
+    {
+        const long DiskBytes = 64L << 20;
+        string image = RandomImage("source.img", DiskBytes, 7);
+        string destinationImage = Image("destination.img", 4096);
+        var sourceConsole = new SerialLog();
+        using VirtMachine source = BootWriting(sourceConsole, image, 10, out var before);
+
+        // Half the image gone under the running VM, as a tool run on it by mistake would leave it, before the copy's
+        // first round reads it. The guest's writer stays in the half that is left. Read through a mapping, the blocks
+        // gone were a SIGBUS that killed the whole source process, guest and all.
+        HostCommand.Run("truncate", $"-s {DiskBytes / 2} {image}", "coreutils' truncate");
+        LoopbackVmMigration.Result r = Migrate(source, new MachineOptions { DiskPath = destinationImage, SerialOut = new SerialLog() }, copyDisk: true);
+        Assert.Equal(MigrationStatus.Failed, r.Statistics.Status);
+        Assert.Matches($@"^source: {Regex.Escape(image)}: cannot read the disk image at offset \d+: the file ends at {DiskBytes / 2} bytes, " +
+            $@"{DiskBytes} when the VM opened it \(truncated under the VM\)$", r.Statistics.Error ?? "");
+        Assert.Null(r.Destination);
+
+        // The guest runs on at the source, on its disk (the lock never moved), and goes on writing it.
+        Assert.True(r.Source.IsRunning);
+        Assert.True(source.Disk!.LockHeld);
+        WaitForWrites(source, sourceConsole, before.Writes + 20);
+        // What the copy left is no disk: marked so.
+        Assert.True(File.Exists(DiskImageCopy.IncompleteMarker(destinationImage)));
     }
 }
