@@ -20,10 +20,11 @@ namespace Ferry.Vm;
 /// it free); <see cref="Resume"/> (a failed migration) takes it back, in the background if the destination has not
 /// let go yet, since the guest must run on at once.</para>
 /// <para><b>Copied disk</b>: the image is region 1 at <see cref="DiskRegionAddress"/>, a guest-physical address no
-/// RISC-V machine has (physical addresses are 56 bits), read from the file with <c>pread</c> (<see cref="DiskImageReader"/>),
-/// which the page cache keeps coherent with the device's writes: a read error, or an image truncated under the VM,
-/// fails the migration and the guest runs on (through a mapping it was a SIGBUS that killed the process). Its pages are the image's 4 KiB blocks; the engine's bitmaps hold
-/// RAM's pages first, then the disk's (bit <c>RAM pages + block</c>). Holes are sent as zero pages unread
+/// RISC-V machine has (physical addresses are 56 bits), read from the file with <c>pread</c>
+/// (<see cref="DiskImageReader"/>), which the page cache keeps coherent with the device's writes: a read error, or an
+/// image truncated under the VM, fails the migration and the guest runs on (through a mapping it was a SIGBUS that
+/// killed the process). Its pages are the image's 4 KiB blocks; the engine's bitmaps hold RAM's pages first, then the
+/// disk's (bit <c>RAM pages + block</c>). Holes are sent as zero pages unread
 /// (<c>SEEK_DATA</c>), blocks the guest writes are logged by the device and sent again like dirty RAM. The destination
 /// must allow RAM plus the image in <c>IncomingOptions.MaxMemoryBytes</c>.</para>
 /// </remarks>
