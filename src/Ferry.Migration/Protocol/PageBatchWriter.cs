@@ -25,7 +25,6 @@ public sealed class PageBatchWriter
     private readonly nint _bufferAddress;
     // Header/table segment, at most one segment per Normal run (each holds >= 1 page), trailer.
     private readonly IoSegment[] _segments = new IoSegment[2 + MigrationProtocol.MaxNormalPagesPerBatch];
-    // Reused trailer hash.
 
     public PageBatchWriter(IMigrationChannel channel)
     {
