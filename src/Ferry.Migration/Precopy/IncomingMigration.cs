@@ -123,6 +123,10 @@ public sealed class IncomingMigration
     private long _lastHeard;
     // Whether page-channel Keepalives are echoed on the control channel (capability LandedSync).
     private volatile bool _landedSync;
+    // Whether a marker's pass still being made durable is said every keepalive tick (capability LandedProgress).
+    private volatile bool _landedProgress;
+    // The page channels' receivers, for the keepalive tick to see which of them is making a pass durable.
+    private volatile Receiver[] _landing = [];
     // Faults in used chunks during pre-copy; receivers stop it when the final pass begins.
     private ChunkPrefaulter? _prefaulter;
     // Aborts the control channel if the source does not close after a receiver's Error (see FailFromReceiver).
@@ -228,6 +232,7 @@ public sealed class IncomingMigration
                 _postcopyNegotiated = true;
             }
             _landedSync = (decision.Capabilities & ProtocolCapabilities.LandedSync) != 0;
+            _landedProgress = _landedSync && (decision.Capabilities & ProtocolCapabilities.LandedProgress) != 0;
             _control.WriteWelcome(decision.Capabilities);
             _keepalivesOn = true;
             if ((decision.Capabilities & ProtocolCapabilities.Shape) != 0) ReadShape(reader, target);
@@ -256,6 +261,7 @@ public sealed class IncomingMigration
                 receivers[i].Reader.LandedDigest = pageHashes;
                 receivers[i].Start();
             }
+            _landing = receivers;
             prefaulter?.Start();
             Postcopy.PostcopyIncoming? prepared = null;
             // Post-copy's missing pages, per region, as the MissingPages records say; and the target's own copy, which
@@ -1059,6 +1065,14 @@ public sealed class IncomingMigration
         try
         {
             _control?.WriteKeepalive((ulong)_time.GetTimestamp());
+            if (_landedProgress)
+            {
+                foreach (var r in _landing)
+                {
+                    ulong marker = r.Syncing;
+                    if (marker != 0) _control?.WriteKeepalive(marker | MigrationProtocol.LandedProgressFlag);
+                }
+            }
         }
         catch (Exception e) when (e is MigrationTransportException or ObjectDisposedException)
         {
@@ -1122,6 +1136,12 @@ public sealed class IncomingMigration
 
         /// <summary>The channel's batch reader (post-copy installs through it).</summary>
         public PageBatchReader Reader => _reader;
+
+        // The marker whose pass this channel is making durable (IMigrationTarget.SyncLanded), or 0.
+        private ulong _syncing;
+
+        /// <summary>The landed-sync marker whose pass this channel is making durable now, or 0.</summary>
+        public ulong Syncing => Volatile.Read(ref _syncing);
 
         // The urgent channel: post-copy batches only, until the source closes it.
         private readonly bool _urgent;
@@ -1207,7 +1227,20 @@ public sealed class IncomingMigration
                             // Landed sync: every record before this one was applied (and, for a pass's marker, made
                             // durable where the target needs it to be); tell the source.
                             if (!_owner._landedSync) break;
-                            if ((record.Value & MigrationProtocol.LandedMarkerMask) == MigrationProtocol.LandedMarkerTag) _owner._target?.SyncLanded();
+                            if ((record.Value & MigrationProtocol.LandedMarkerMask) == MigrationProtocol.LandedMarkerTag)
+                            {
+                                // Said to be on its way while it takes (the keepalive tick): storage may be slower
+                                // than the peer timeout allows for one pass.
+                                Volatile.Write(ref _syncing, record.Value);
+                                try
+                                {
+                                    _owner._target?.SyncLanded();
+                                }
+                                finally
+                                {
+                                    Volatile.Write(ref _syncing, 0);
+                                }
+                            }
                             _owner.Echo(record.Value);
                             break;
                         case PageRecordKind.Flush when Flushed.IsSet:

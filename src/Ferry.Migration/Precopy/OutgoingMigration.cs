@@ -125,6 +125,8 @@ public sealed class OutgoingMigration
     private ulong _lastKeepaliveStamp;
     // Landed sync (MigrationProtocol.cs): negotiated; the round whose markers are awaited, and which channels echoed.
     private bool _landedSync;
+    // The destination says when a pass's flush outlasts a third of the peer timeout (capability LandedProgress).
+    private bool _landedProgress;
     private readonly Lock _syncLock = new();
     private long _syncRound = -1;
     private long _syncEchoed;
@@ -304,7 +306,7 @@ public sealed class OutgoingMigration
             : ProtocolCapabilities.Verify | (postcopy ? ProtocolCapabilities.None : ProtocolCapabilities.VerifyPageHashes);
         // The guest's shape, for a destination that builds ahead (see IShapedMigrationSource): offered when there is one.
         StateSection? shape = (_guest as IShapedMigrationSource)?.GetShape();
-        var caps = ProtocolCapabilities.LandedSync | verifyCaps | (postcopy ? PostcopyCaps : ProtocolCapabilities.None)
+        var caps = ProtocolCapabilities.LandedSync | ProtocolCapabilities.LandedProgress | verifyCaps | (postcopy ? PostcopyCaps : ProtocolCapabilities.None)
             | (_options.Mode == MigrationMode.Postcopy ? ProtocolCapabilities.PopulatedMap : ProtocolCapabilities.None)
             | (shape is null ? ProtocolCapabilities.None : ProtocolCapabilities.Shape);
         long helloSent = _time.GetTimestamp();
@@ -320,6 +322,7 @@ public sealed class OutgoingMigration
         if (postcopy && _connection.Urgent is null)
             throw new MigrationException("the transport opened no urgent channel for post-copy");
         _landedSync = (welcome.Capabilities & ProtocolCapabilities.LandedSync) != 0;
+        _landedProgress = _landedSync && (welcome.Capabilities & ProtocolCapabilities.LandedProgress) != 0;
         _populatedMap = (welcome.Capabilities & ProtocolCapabilities.PopulatedMap) != 0;
         if ((welcome.Capabilities & ProtocolCapabilities.VerifyPageHashes) != 0) _sentHashes = new Postcopy.PageHashDigest(_guest.Regions);
         // First after Welcome, before any Keepalive: the destination reads it before anything else.
@@ -1291,7 +1294,7 @@ public sealed class OutgoingMigration
             _senders[i].Start(bitmap, flags, flush, done, populated, sync ? Marker(round, i) : 0);
         WaitTicking(done, Timeout.InfiniteTimeSpan, tick);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
-        if (sync && !WaitTicking(_landed, _options.PeerTimeout, tick))
+        if (sync && !WaitLanded(tick))
         {
             Fail(MigrationStatus.Failed, $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s",
                 notify: true, ProtocolErrorCode.Timeout);
@@ -1324,6 +1327,24 @@ public sealed class OutgoingMigration
         }
     }
 
+    /// <summary>
+    /// Wait for every channel's echo of the pass's marker, for at most the peer timeout since the wait began or since
+    /// the destination last said it was still making the pass durable (capability LandedProgress); whether they came.
+    /// </summary>
+    private bool WaitLanded(Action? tick)
+    {
+        Volatile.Write(ref _landedProgressAt, _time.GetTimestamp());
+        while (true)
+        {
+            var left = _options.PeerTimeout - _time.GetElapsedTime(Volatile.Read(ref _landedProgressAt));
+            if (left <= TimeSpan.Zero) return _landed.IsSet;
+            if (WaitTicking(_landed, left, tick)) return true;
+        }
+    }
+
+    // When the wait for the pass's echoes began, or the destination last said it was still making the pass durable.
+    private long _landedProgressAt;
+
     /// <summary>The landed-sync marker of <paramref name="round"/> on channel <paramref name="channel"/>.</summary>
     private static ulong Marker(int round, int channel) => MarkerTag | ((ulong)(uint)round << 8) | (uint)channel;
 
@@ -1335,6 +1356,13 @@ public sealed class OutgoingMigration
         lock (_syncLock)
         {
             if ((long)round != _syncRound || channel >= _senders.Length) return;
+            if ((value & MigrationProtocol.LandedProgressFlag) != 0)
+            {
+                if (!_landedProgress) return; // not agreed: neither an echo nor a reason to wait longer
+                // Not landed yet, but on its way to storage: the wait goes on (WaitLanded).
+                Volatile.Write(ref _landedProgressAt, _time.GetTimestamp());
+                return;
+            }
             long bit = 1L << channel;
             if ((_syncEchoed & bit) != 0) return;
             _syncEchoed |= bit;

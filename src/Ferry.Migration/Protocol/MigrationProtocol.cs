@@ -159,7 +159,12 @@ namespace Ferry.Migration.Protocol;
 /// a file it must flush before its guest runs (a copied disk) flushes it before it echoes a marker
 /// (IMigrationTarget.SyncLanded): the pass counts as landed once durable, and the flush inside the downtime has only the
 /// last pass left (pure post-copy with a copied disk, 512 MiB guest: downtime 13.5-16.2 -> 4.4-5.1 ms). The wait is bounded by the peer
-/// timeout; a destination that did not accept the capability is not waited for. (QEMU's multifd sync at each
+/// timeout; a destination that did not accept the capability is not waited for. Such a flush may take longer than the
+/// peer timeout (storage slower than the network: the page cache holds up to the kernel's dirty limit, gigabytes on a
+/// large host, and a 125 MB/s volume writes 4 GB in 32 s), so with capability LandedProgress the destination sends,
+/// every third of the peer timeout while it flushes, the marker's value with bit 61 set, and the source's wait is
+/// bounded by the peer timeout since the last of those instead: it fails a destination that says nothing about the
+/// round, not one whose storage is slow. The rounds then measure the storage's rate, and the policy converges on it. (QEMU's multifd sync at each
 /// iteration's end has the same purpose, without the destination's acknowledgement.)</para>
 ///
 /// <para><b>Limits and why.</b> 64 regions: a PC layout has 2-3 RAM regions (below/above the PCI hole), and 64
@@ -181,6 +186,12 @@ public static class MigrationProtocol
 
     /// <summary>The bits of a Keepalive's value that tell a landed-sync marker (<see cref="LandedMarkerTag"/>) from a timestamp.</summary>
     public const ulong LandedMarkerMask = 3UL << 62;
+
+    /// <summary>
+    /// Set in a marker's value the destination sends while it is still making that marker's pass durable (capability
+    /// LandedProgress); never in a marker itself (its round is bits 8..47).
+    /// </summary>
+    public const ulong LandedProgressFlag = 1UL << 61;
 
     /// <summary>Oldest version this build accepts (current and previous; v1 is the first).</summary>
     public const ushort OldestSupportedVersion = 1;
@@ -248,7 +259,7 @@ public static class MigrationProtocol
 
     /// <summary>Capabilities a v1 receiver can honour.</summary>
     public const ProtocolCapabilities SupportedCapabilities = ProtocolCapabilities.Verify | ProtocolCapabilities.LandedSync
-        | ProtocolCapabilities.VerifyPageHashes | ProtocolCapabilities.PopulatedMap | ProtocolCapabilities.Shape
+        | ProtocolCapabilities.LandedProgress | ProtocolCapabilities.VerifyPageHashes | ProtocolCapabilities.PopulatedMap | ProtocolCapabilities.Shape
         | ProtocolCapabilities.Postcopy | ProtocolCapabilities.UrgentChannel | ProtocolCapabilities.PostcopyResume;
 
     /// <summary>
@@ -479,6 +490,13 @@ public enum ProtocolCapabilities : ulong
     /// a shape to send.
     /// </summary>
     Shape = 1UL << 4,
+    /// <summary>
+    /// Optional, with LandedSync: while the destination makes a pass durable before echoing its marker (a copied disk's
+    /// image flushed to storage slower than the network, which can take longer than the peer timeout), it says so
+    /// every third of the peer timeout with the marker's value and <see cref="MigrationProtocol.LandedProgressFlag"/>
+    /// set; the source waits for the echo as long as these come (see "Landed sync").
+    /// </summary>
+    LandedProgress = 1UL << 5,
     /// <summary>Required: post-copy (the destination runs first and faults missing pages in; see "Post-copy").</summary>
     Postcopy = 1UL << 32,
     /// <summary>Required: the transport's urgent channel carries faulted pages so they never queue behind bulk pages.</summary>

@@ -92,6 +92,29 @@ public class LandedSyncTests
     }
 
     [Fact]
+    public void APassWhoseFlushOutlastsThePeerTimeoutIsWaitedForWhileTheDestinationSaysItIsFlushing()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000);
+        using var transport = new InMemoryTransport();
+        // Storage slower than the network: the first pass's flush takes more than twice the peer timeout (1.5 s). The
+        // destination says every 0.5 s that it is still at it; the source waits on, and its round measures the flush.
+        var flush = TestPeerTimeout * 2.5;
+        int syncs = 0;
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory())
+        {
+            OnSyncLanded = () =>
+            {
+                if (Interlocked.Increment(ref syncs) == 1) Thread.Sleep(flush);
+            },
+        };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options(), factory);
+        using var _ = outcome.Target;
+        Assert.Equal(MigrationStatus.Completed, outcome.Stats.Status);
+        Assert.True(outcome.Stats.Verify?.Match, "digests differ");
+        Assert.True(outcome.Stats.Rounds[0].Milliseconds >= flush.TotalMilliseconds, $"round 0 took {outcome.Stats.Rounds[0].Milliseconds:F1} ms");
+    }
+
+    [Fact]
     public void ADestinationThatCannotMakeAPassDurableFailsTheMigrationThereSayingWhyAndTheSourceKeepsRunning()
     {
         using var guest = NewGuest(16, pagesPerSecond: 2_000);
