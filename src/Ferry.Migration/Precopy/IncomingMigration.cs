@@ -202,7 +202,9 @@ public sealed class IncomingMigration
             _control = new ProtocolWriter(_connection.Control);
             reader = new ProtocolReader(_connection.Control);
             Heard();
-            var tick = _options.PeerTimeout / 3;
+            // At most a second apart: a pass being made durable is said to be on its way every tick (LandedProgress),
+            // and the source's own peer timeout, which bounds its wait for that, may be shorter than ours.
+            var tick = TimeSpan.FromTicks(Math.Min(_options.PeerTimeout.Ticks / 3, TimeSpan.TicksPerSecond));
             keepalive = _time.CreateTimer(static s => ((IncomingMigration)s!).OnKeepaliveTick(), this, tick, tick);
 
             // AwaitHello: nothing is allocated for the guest before the handshake is fully validated.

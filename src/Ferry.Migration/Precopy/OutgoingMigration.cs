@@ -416,6 +416,7 @@ public sealed class OutgoingMigration
         var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
         var done = _passDone;
         long precopyStart = _time.GetTimestamp();
+        StartRoundsClock(precopyStart);
         double bulkBandwidth = 0; // round 0's
 
         // The log reports every page until first harvested (contract): drain that, since round 0 sends all anyway.
@@ -612,6 +613,7 @@ public sealed class OutgoingMigration
         var meter = new BandwidthMeter();
         var autoConverge = _options.AutoConverge ? AutoConverge.FromOptions(_options) : null;
         long roundsStart = _time.GetTimestamp(), previousRest = -1;
+        StartRoundsClock(roundsStart);
         bool fittedEarlier = false;
         Interlocked.Exchange(ref _remainingBeyondPass, (long)ramPages * MemoryRegion.PageSize);
         for (int round = 0; ; round++)
@@ -1294,9 +1296,11 @@ public sealed class OutgoingMigration
             _senders[i].Start(bitmap, flags, flush, done, populated, sync ? Marker(round, i) : 0);
         WaitTicking(done, Timeout.InfiniteTimeSpan, tick);
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
-        if (sync && !WaitLanded(tick))
+        if (sync && !WaitLanded(tick, out bool flushing))
         {
-            Fail(MigrationStatus.Failed, $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s",
+            Fail(MigrationStatus.Failed, flushing
+                ? $"destination was still making round {round} durable at the pre-copy time limit ({_options.Timeout.TotalSeconds:F0} s): its storage is slower than the copy"
+                : $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s",
                 notify: true, ProtocolErrorCode.Timeout);
             _abort.Token.ThrowIfCancellationRequested();
         }
@@ -1331,15 +1335,38 @@ public sealed class OutgoingMigration
     /// Wait for every channel's echo of the pass's marker, for at most the peer timeout since the wait began or since
     /// the destination last said it was still making the pass durable (capability LandedProgress); whether they came.
     /// </summary>
-    private bool WaitLanded(Action? tick)
+    /// <remarks>Said progress extends the wait only up to the rounds' time limit (<see cref="MigrationOptions.Timeout"/>):
+    /// a flush that never ends (storage gone, a hard-mounted NFS that no longer answers) or a destination that says so
+    /// forever must not hold the migration, whose limits are otherwise looked at between rounds only.</remarks>
+    private bool WaitLanded(Action? tick, out bool flushing)
     {
-        Volatile.Write(ref _landedProgressAt, _time.GetTimestamp());
+        long start = _time.GetTimestamp();
+        Volatile.Write(ref _landedProgressAt, start);
         while (true)
         {
-            var left = _options.PeerTimeout - _time.GetElapsedTime(Volatile.Read(ref _landedProgressAt));
+            flushing = Volatile.Read(ref _landedProgressAt) != start;
+            var sinceProgress = _time.GetElapsedTime(Volatile.Read(ref _landedProgressAt));
+            var cap = _options.PeerTimeout - _time.GetElapsedTime(start);
+            if (_roundsDeadline != long.MaxValue)
+            {
+                var untilLimit = _time.GetElapsedTime(_time.GetTimestamp(), _roundsDeadline);
+                if (untilLimit > cap) cap = untilLimit;
+            }
+            else cap = TimeSpan.MaxValue;
+            var left = _options.PeerTimeout - sinceProgress;
+            if (cap < left) left = cap;
             if (left <= TimeSpan.Zero) return _landed.IsSet;
             if (WaitTicking(_landed, left, tick)) return true;
         }
+    }
+
+    // When the pre-copy rounds reach their time limit (MigrationOptions.Timeout), as a timestamp; long.MaxValue if never.
+    private long _roundsDeadline = long.MaxValue;
+
+    private void StartRoundsClock(long start)
+    {
+        double ticks = _options.Timeout.TotalSeconds * _time.TimestampFrequency;
+        _roundsDeadline = ticks >= long.MaxValue - (double)start ? long.MaxValue : start + (long)ticks;
     }
 
     // When the wait for the pass's echoes began, or the destination last said it was still making the pass durable.

@@ -107,11 +107,30 @@ public class LandedSyncTests
                 if (Interlocked.Increment(ref syncs) == 1) Thread.Sleep(flush);
             },
         };
-        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options(), factory);
+        // The destination's own peer timeout is the default 10 s: it says so at least every second all the same.
+        var incoming = new IncomingOptions { MaxMemoryBytes = 1UL << 30 };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, Options(), factory, incoming);
         using var _ = outcome.Target;
         Assert.Equal(MigrationStatus.Completed, outcome.Stats.Status);
         Assert.True(outcome.Stats.Verify?.Match, "digests differ");
         Assert.True(outcome.Stats.Rounds[0].Milliseconds >= flush.TotalMilliseconds, $"round 0 took {outcome.Stats.Rounds[0].Milliseconds:F1} ms");
+    }
+
+    [Fact]
+    public void AFlushThatNeverEndsFailsTheMigrationAtThePrecopyTimeLimitAndTheSourceKeepsRunning()
+    {
+        using var guest = NewGuest(16, pagesPerSecond: 2_000);
+        using var transport = new InMemoryTransport();
+        // Storage that does not answer (a hard-mounted NFS gone away) for longer than the migration may take: the
+        // destination says all along that it is flushing.
+        var factory = new RecordingTargetFactory(new InProcessTargetFactory()) { OnSyncLanded = () => Thread.Sleep(TimeSpan.FromSeconds(8)) };
+        var options = Options() with { Timeout = TimeSpan.FromSeconds(4) };
+        var outcome = Migrate(guest, transport.Connector, transport.Listener, options, factory);
+        AssertFailedBeforeCommit(outcome, guest, factory);
+        Assert.Equal("destination was still making round 0 durable at the pre-copy time limit (4 s): its storage is slower than the copy", outcome.Stats.Error);
+        // Waited past the peer timeout (the flush was said to go on), not much past the limit.
+        Assert.InRange(outcome.Elapsed, TimeSpan.FromSeconds(4), TimeSpan.FromSeconds(4) + TestPeerTimeout + TimeSpan.FromSeconds(2));
+        AssertWorkloadContinues(guest);
     }
 
     [Fact]
