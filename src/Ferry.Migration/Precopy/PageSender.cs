@@ -367,11 +367,17 @@ internal sealed class PageSender
     /// gaps, so that the batch's data lies one page after another in run order as WriteBatch takes it. A read error
     /// ends the pass (RegionReadException), and with it the migration.
     /// </summary>
+    private const int MinReadPages = 32;
+
     private void AddReadPages(in MemoryRegion region, ulong first, ulong count)
     {
         for (ulong end = first + count; first < end;)
         {
-            if (_normalInBatch == MigrationProtocol.MaxNormalPagesPerBatch) FlushBatch();
+            // Room for this many pages' data in the batch; too little for a read worth its call (pages that read as
+            // zeros take none, so on an image of mostly zero blocks the reads would shrink to a page each), and the
+            // batch goes first.
+            int room = MigrationProtocol.MaxNormalPagesPerBatch - _normalInBatch;
+            if (room == 0 || (room < MinReadPages && end - first > (ulong)room)) FlushBatch();
             int n = (int)Math.Min(end - first, (ulong)(MigrationProtocol.MaxNormalPagesPerBatch - _normalInBatch));
             nint read = _staging + ((nint)_normalInBatch << MemoryRegion.PageShift);
             region.Read(first, n, read);

@@ -74,9 +74,9 @@ internal class DelegatingSource(InProcessGuest inner) : IMigrationSource
 /// machine marks a copied disk), and whose every harvest reports the first <see cref="LastMinute"/> pages of that region
 /// dirty (they are unchanged, so they still verify): the switchover always has pages of that region to carry. Given a
 /// <paramref name="reader"/>, the engine reads that region through it, as the machine reads a copied disk's image, and
-/// sees no mapping of it (host address 0).
+/// sees no mapping of it (host address 0). <paramref name="alsoDirty"/>: more pages of that region every harvest reports.
 /// </summary>
-internal sealed class SecondRegionPrecopyOnly(InProcessGuest inner, IRegionReader? reader = null) : DelegatingSource(inner)
+internal sealed class SecondRegionPrecopyOnly(InProcessGuest inner, IRegionReader? reader = null, Func<ulong, bool>? alsoDirty = null) : DelegatingSource(inner)
 {
     public const int LastMinute = 50;
     private readonly IReadOnlyList<MemoryRegion> _regions =
@@ -92,6 +92,10 @@ internal sealed class SecondRegionPrecopyOnly(InProcessGuest inner, IRegionReade
         base.HarvestDirtyLog(bitmap);
         ulong first = _regions[0].Pages;
         for (ulong p = first; p < first + LastMinute; p++) bitmap[(int)(p >> 6)] |= 1UL << (int)p;
+        for (ulong p = 0; alsoDirty is not null && p < _regions[1].Pages; p++)
+        {
+            if (alsoDirty(p)) bitmap[(int)((first + p) >> 6)] |= 1UL << (int)(first + p);
+        }
     }
 }
 
@@ -105,6 +109,9 @@ internal sealed class CopyingRegionReader(MemoryRegion memory) : IRegionReader
 
     public Func<ulong, bool>? Fails { get; init; }
 
+    /// <summary>Pages that read as zeros whatever the memory holds (an image's blocks of zeros, or never written).</summary>
+    public Func<ulong, bool>? ReadsAsZero { get; init; }
+
     public long PagesRead => Interlocked.Read(ref _pagesRead);
 
     public unsafe void Read(ulong firstPage, int pages, nint destination)
@@ -113,6 +120,10 @@ internal sealed class CopyingRegionReader(MemoryRegion memory) : IRegionReader
             throw new IOException($"test.img: cannot read the disk image at offset {firstPage * MemoryRegion.PageSize}: Input/output error (errno 5)");
         long bytes = (long)pages * MemoryRegion.PageSize;
         Buffer.MemoryCopy((void*)memory.PageAddress(firstPage), (void*)destination, bytes, bytes);
+        for (int i = 0; ReadsAsZero is not null && i < pages; i++)
+        {
+            if (ReadsAsZero(firstPage + (ulong)i)) new Span<byte>((void*)(destination + ((nint)i << MemoryRegion.PageShift)), MemoryRegion.PageSize).Clear();
+        }
         Interlocked.Add(ref _pagesRead, pages);
     }
 }
