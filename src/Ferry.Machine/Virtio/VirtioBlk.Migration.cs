@@ -227,6 +227,23 @@ public sealed partial class VirtioBlk
         long length = (long)blocks * BlockSize;
         long wanted = Math.Clamp(imageBytes - offset, 0, length);
         byte* to = (byte*)destination;
+        // Held open for the read: a migration's sender may still read while the machine is being disposed, and a
+        // closed descriptor's number may already name another file.
+        bool referenced = false;
+        file.DangerousAddRef(ref referenced);
+        try
+        {
+            ReadAll(to, offset, wanted);
+        }
+        finally
+        {
+            if (referenced) file.DangerousRelease();
+        }
+        new Span<byte>(to + wanted, (int)(length - wanted)).Clear();
+    }
+
+    private unsafe void ReadAll(byte* to, long offset, long wanted)
+    {
         for (long done = 0; done < wanted;)
         {
             // SAFETY: the caller passes blocks x BlockSize writable bytes at destination; done < wanted <= that.
@@ -247,7 +264,6 @@ public sealed partial class VirtioBlk
             throw new IOException($"{path}: cannot read the disk image at offset {at}: the file ends at {RandomAccess.GetLength(file)} bytes, " +
                 $"{imageBytes} when the VM opened it (truncated under the VM)");
         }
-        new Span<byte>(to + wanted, (int)(length - wanted)).Clear();
     }
 
     // After the worker has stopped.

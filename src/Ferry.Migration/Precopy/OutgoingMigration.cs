@@ -995,9 +995,9 @@ public sealed class OutgoingMigration
             {
                 stats.Verify = new VerifyResult
                 {
-                    SourceDigest = MemoryDigest.ToHex(sourceDigest),
+                    SourceDigest = digestProblem is null ? MemoryDigest.ToHex(sourceDigest) : "",
                     DestDigest = doneMessage.Digest is { } d ? MemoryDigest.ToHex(d) : "",
-                    Match = doneMessage.Digest == sourceDigest,
+                    Match = digestProblem is null && doneMessage.Digest == sourceDigest,
                 };
                 if (!stats.Verify.Match)
                     stats.PostCommitProblem = digestProblem ?? $"memory digests differ after post-copy: source {stats.Verify.SourceDigest}, destination {stats.Verify.DestDigest}";
