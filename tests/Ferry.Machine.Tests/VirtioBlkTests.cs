@@ -1,4 +1,5 @@
 using System.Buffers.Binary;
+using Ferry.Linux;
 using Ferry.Machine.Board;
 using Ferry.Machine.Memory;
 using Ferry.Machine.Virtio;
@@ -110,6 +111,53 @@ public sealed class VirtioBlkTests : IDisposable
         Assert.Equal(data, file[(5 * 512)..(7 * 512)]);
         Assert.Equal(content[..(5 * 512)], file[..(5 * 512)]);
     }
+
+    [Fact]
+    public void AWriteTheHostRefusesWithAnErrorOtherThanAnIOErrorIsAnIOErrorToTheGuest()
+    {
+        // A host error .NET reports as something other than IOException (EBADF, EACCES, EPERM: an
+        // UnauthorizedAccessException; an NFS mount's expired credentials, a FUSE file system): the guest gets IOERR and
+        // the device serves on. Uncaught, it ended the device's worker thread, and with it the process. Here the
+        // image's descriptor is swapped for one open for reading only.
+        VirtioDriverForTests d = Start();
+        int fd = OpenDescriptorOf(image);
+        int readOnly = Libc.open("/dev/zero", 0);
+        Assert.True(readOnly >= 0);
+        try
+        {
+            Assert.Equal(fd, dup2(readOnly, fd));
+        }
+        finally
+        {
+            Libc.close(readOnly);
+        }
+        Assert.Equal(VIRTIO_BLK_S_IOERR, Submit(d, VIRTIO_BLK_T_OUT, 0, new Buf(d.Alloc(512, fill: 1), 512)));
+        // And serves the next request (a read of /dev/zero now: zeros).
+        ulong buffer = d.Alloc(512, fill: 0x55);
+        Assert.Equal(VIRTIO_BLK_S_OK, Submit(d, VIRTIO_BLK_T_IN, 0, new Buf(buffer, 512, Write: true)));
+        Assert.Equal(new byte[512], d.Get(buffer, 512));
+        Assert.False(d.NeedsReset);
+    }
+
+    /// <summary>This process's descriptor open on <paramref name="path"/> (the device's).</summary>
+    private static int OpenDescriptorOf(string path)
+    {
+        foreach (string link in Directory.EnumerateFileSystemEntries("/proc/self/fd"))
+        {
+            try
+            {
+                if (new FileInfo(link).LinkTarget == path) return int.Parse(Path.GetFileName(link), System.Globalization.CultureInfo.InvariantCulture);
+            }
+            catch (IOException)
+            {
+                // Closed meanwhile.
+            }
+        }
+        throw new InvalidOperationException($"no descriptor open on {path}");
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+    private static extern int dup2(int oldfd, int newfd);
 
     [Fact]
     public void FlushSucceeds()

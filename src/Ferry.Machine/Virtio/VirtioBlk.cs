@@ -340,9 +340,11 @@ public sealed partial class VirtioBlk : IVirtioDevice
                     break;
             }
         }
-        catch (IOException)
+        catch (Exception e) when (e is not VmLostException)
         {
-            // EIO, ENOSPC, a file truncated under us: the guest sees an I/O error, the host keeps running.
+            // EIO, ENOSPC, a file truncated under us, and the errors .NET reports otherwise (EBADF, EACCES and EPERM
+            // as UnauthorizedAccessException: an NFS mount's expired credentials, a FUSE file system's answer): the
+            // guest sees an I/O error, the host keeps running. Let out, it ended the worker and the process.
             status = VIRTIO_BLK_S_IOERR;
             data = 0;
         }
