@@ -18,12 +18,31 @@ public sealed partial class VirtioNetTests : IDisposable
     private readonly Socket peer;
     private readonly VirtioDriverForTests d;
 
-    public unsafe VirtioNetTests()
+    public VirtioNetTests()
+    {
+        (SafeFileHandle card, peer) = SocketPair();
+        d = new VirtioDriverForTests(new VirtioNet(card, Mac));
+    }
+
+    /// <summary>A datagram socket pair: the card's end (its back-end), and the peer's.</summary>
+    private static unsafe (SafeFileHandle Card, Socket Peer) SocketPair()
     {
         int* sv = stackalloc int[2];
         if (socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, sv) != 0) throw new InvalidOperationException($"socketpair: errno {Marshal.GetLastPInvokeError()}");
-        peer = new Socket(new SafeSocketHandle(sv[1], ownsHandle: true)) { ReceiveTimeout = 10_000 };
-        d = new VirtioDriverForTests(new VirtioNet(new SafeFileHandle(sv[0], ownsHandle: true), Mac));
+        return (new SafeFileHandle(sv[0], ownsHandle: true), new Socket(new SafeSocketHandle(sv[1], ownsHandle: true)) { ReceiveTimeout = 10_000 });
+    }
+
+    [Fact]
+    public void AFrameThatArrivesBeforeTheCardIsOnItsTransportIsDropped()
+    {
+        // The receive thread runs from the card's construction; the board attaches the queues after. A frame in between
+        // (a broadcast on the tap's bridge) found no receive queue: the thread ended with a null reference, and the
+        // process with it.
+        (SafeFileHandle card, Socket other) = SocketPair();
+        using var _ = other;
+        using var net = new VirtioNet(card, Mac);
+        other.Send(Frame(60, 1));
+        Assert.True(SpinWait.SpinUntil(() => net.DroppedFrames == 1, TimeSpan.FromSeconds(10)), "the frame was not dropped");
     }
 
     public void Dispose()

@@ -210,12 +210,13 @@ public sealed partial class VirtioNet : IVirtioDevice
     public void Attach(IReadOnlyList<Virtqueue> queues)
     {
         ArgumentNullException.ThrowIfNull(queues);
-        rx = queues[ReceiveQueue];
         tx = queues[TransmitQueue];
         ctrl = queues[ControlQueue];
-        rxChain = rx.CreateChain();
+        rxChain = queues[ReceiveQueue].CreateChain();
         txChain = tx.CreateChain();
         ctrlChain = ctrl.CreateChain();
+        // Last: the receive thread, running since construction, delivers once it sees the queue (and its chain).
+        Volatile.Write(ref rx, queues[ReceiveQueue]);
     }
 
     public void ReadConfig(int offset, Span<byte> data)
@@ -391,7 +392,9 @@ public sealed partial class VirtioNet : IVirtioDevice
             if (Libc.poll(fds, 2, -1) < 0)
             {
                 if (Marshal.GetLastPInvokeError() == Libc.EINTR) continue;
-                throw Libc.LastError("poll");
+                // Not the guest's doing, and nothing to answer it with: the card receives no more (thrown here, it
+                // ended the process).
+                return;
             }
             if ((fds[0].revents & Libc.POLLIN) != 0)
             {
@@ -439,7 +442,13 @@ public sealed partial class VirtioNet : IVirtioDevice
     /// <summary>Hand the held frame to the guest if it has a buffer; drop it if the driver is not running.</summary>
     private void Deliver()
     {
-        Virtqueue q = rx!;
+        if (Volatile.Read(ref rx) is not { } q)
+        {
+            // Not on its transport yet (the board attaches the queues after it builds the card): no driver either.
+            rxPending = 0;
+            Interlocked.Increment(ref dropped);
+            return;
+        }
         DescriptorChain c = rxChain!;
         lock (q.Sync)
         {
