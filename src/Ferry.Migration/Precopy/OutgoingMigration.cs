@@ -1298,9 +1298,10 @@ public sealed class OutgoingMigration
         _abort.Token.ThrowIfCancellationRequested(); // a sender failed: its reason is recorded
         if (sync && !WaitLanded(tick, out bool flushing))
         {
-            Fail(MigrationStatus.Failed, flushing
+            bool atLimit = flushing && _time.GetTimestamp() >= _roundsDeadline;
+            Fail(MigrationStatus.Failed, atLimit
                 ? $"destination was still making round {round} durable at the pre-copy time limit ({_options.Timeout.TotalSeconds:F0} s): its storage is slower than the copy"
-                : $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s",
+                : $"destination did not confirm landing round {round} within {_options.PeerTimeout.TotalSeconds:F1} s{(flushing ? " of saying it was making it durable" : "")}",
                 notify: true, ProtocolErrorCode.Timeout);
             _abort.Token.ThrowIfCancellationRequested();
         }
