@@ -233,6 +233,37 @@ public sealed partial class VirtioNetTests : IDisposable
     }
 
     [Fact]
+    public void ATransmitChainShorterThanItsHeaderNeedsAReset()
+    {
+        Assert.True(d.Start(AllRingFeatures));
+        d.Post(TransmitQueue, new Buf(d.Alloc(8), 8));
+        d.Kick(TransmitQueue);
+        Assert.True(d.NeedsReset);
+        Assert.Equal(0, d.UsedIdx(TransmitQueue));
+    }
+
+    [Fact]
+    public void AControlChainWithoutItsAckByteNeedsAReset()
+    {
+        Assert.True(d.Start(AnnounceFeatures));
+        d.Post(ControlQueue, new Buf(d.Put([VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK]), 2));
+        d.Kick(ControlQueue);
+        Assert.True(d.NeedsReset);
+        Assert.Equal(0, d.UsedIdx(ControlQueue));
+    }
+
+    [Fact]
+    public void AReceiveBufferTheDeviceCannotWriteNeedsAReset()
+    {
+        Assert.True(d.Start(AllRingFeatures));
+        d.Post(ReceiveQueue, new Buf(d.Alloc(1526), 1526));
+        d.Kick(ReceiveQueue);
+        peer.Send(Frame(60, 3));
+        Assert.True(SpinWait.SpinUntil(() => d.NeedsReset, TimeSpan.FromSeconds(10)), "the device did not ask for a reset");
+        Assert.Equal(0, d.UsedIdx(ReceiveQueue));
+    }
+
+    [Fact]
     public void StateCarriesTheMac()
     {
         byte[] state = Net.SaveState();

@@ -305,6 +305,12 @@ public sealed partial class VirtioNet : IVirtioDevice
         {
             while (q.TryPop(c))
             {
+                if (c.ReadableLength < 2 || c.WritableLength < 1)
+                {
+                    // As QEMU ("virtio-net ctrl missing headers"): no command to answer, or nowhere to answer it.
+                    q.ReportFailure("virtio-net control chain without its 2-byte header or its ack byte");
+                    break;
+                }
                 ack[0] = VIRTIO_NET_ERR;
                 if (c.Read(0, header) == 2 && header[0] == VIRTIO_NET_CTRL_ANNOUNCE && header[1] == VIRTIO_NET_CTRL_ANNOUNCE_ACK)
                 {
@@ -346,7 +352,13 @@ public sealed partial class VirtioNet : IVirtioDevice
         {
             while (q.TryPop(c))
             {
-                if (c.ReadableLength <= HeaderSize || c.ReadableLength - HeaderSize > MaxFrame || frames is null)
+                if (c.ReadableLength < HeaderSize)
+                {
+                    // As QEMU ("virtio-net header incorrect"): the driver is broken, not the frame.
+                    q.ReportFailure($"virtio-net transmit chain shorter than its {HeaderSize}-byte header");
+                    break;
+                }
+                if (c.ReadableLength == HeaderSize || c.ReadableLength - HeaderSize > MaxFrame || frames is null)
                 {
                     Interlocked.Increment(ref dropped);
                 }
@@ -460,6 +472,13 @@ public sealed partial class VirtioNet : IVirtioDevice
                     rxPending = 0;
                     Interlocked.Increment(ref dropped);
                 }
+                return;
+            }
+            if (c.WritableLength == 0)
+            {
+                // As QEMU ("receive queue contains no in buffers"): a receive buffer the device cannot write. The frame
+                // stays held; a reset drops it.
+                q.ReportFailure("virtio-net receive buffer with nothing writable");
                 return;
             }
             uint written = 0;
