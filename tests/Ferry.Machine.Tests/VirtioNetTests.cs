@@ -233,34 +233,29 @@ public sealed partial class VirtioNetTests : IDisposable
     }
 
     [Fact]
-    public void ATransmitChainShorterThanItsHeaderNeedsAReset()
-    {
-        Assert.True(d.Start(AllRingFeatures));
-        d.Post(TransmitQueue, new Buf(d.Alloc(8), 8));
-        d.Kick(TransmitQueue);
-        Assert.True(d.NeedsReset);
-        Assert.Equal(0, d.UsedIdx(TransmitQueue));
-    }
+    public void ATransmitChainShorterThanItsHeaderNeedsAReset() =>
+        AssertABrokenChainNeedsAReset(AllRingFeatures, TransmitQueue, () => new Buf(d.Alloc(8), 8));
 
     [Fact]
-    public void AControlChainWithoutItsAckByteNeedsAReset()
-    {
-        Assert.True(d.Start(AnnounceFeatures));
-        d.Post(ControlQueue, new Buf(d.Put([VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK]), 2));
-        d.Kick(ControlQueue);
-        Assert.True(d.NeedsReset);
-        Assert.Equal(0, d.UsedIdx(ControlQueue));
-    }
+    public void AControlChainWithoutItsAckByteNeedsAReset() =>
+        AssertABrokenChainNeedsAReset(AnnounceFeatures, ControlQueue, () => new Buf(d.Put([VIRTIO_NET_CTRL_ANNOUNCE, VIRTIO_NET_CTRL_ANNOUNCE_ACK]), 2));
 
     [Fact]
-    public void AReceiveBufferTheDeviceCannotWriteNeedsAReset()
+    public void AReceiveBufferTheDeviceCannotWriteNeedsAReset() =>
+        AssertABrokenChainNeedsAReset(AllRingFeatures, ReceiveQueue, () => new Buf(d.Alloc(1526), 1526), () => peer.Send(Frame(60, 3)));
+
+    /// <summary>
+    /// Start the driver with <paramref name="features"/>, post the one-buffer chain <paramref name="buffer"/> on
+    /// <paramref name="queue"/>, kick it (then <paramref name="then"/>): the device asks for a reset and uses nothing.
+    /// </summary>
+    private void AssertABrokenChainNeedsAReset(ulong features, int queue, Func<Buf> buffer, Action? then = null)
     {
-        Assert.True(d.Start(AllRingFeatures));
-        d.Post(ReceiveQueue, new Buf(d.Alloc(1526), 1526));
-        d.Kick(ReceiveQueue);
-        peer.Send(Frame(60, 3));
+        Assert.True(d.Start(features));
+        d.Post(queue, buffer());
+        d.Kick(queue);
+        then?.Invoke();
         Assert.True(SpinWait.SpinUntil(() => d.NeedsReset, TimeSpan.FromSeconds(10)), "the device did not ask for a reset");
-        Assert.Equal(0, d.UsedIdx(ReceiveQueue));
+        Assert.Equal(0, d.UsedIdx(queue));
     }
 
     [Fact]

@@ -1345,16 +1345,13 @@ public sealed class OutgoingMigration
         Volatile.Write(ref _landedProgressAt, start);
         while (true)
         {
-            flushing = Volatile.Read(ref _landedProgressAt) != start;
-            var sinceProgress = _time.GetElapsedTime(Volatile.Read(ref _landedProgressAt));
-            var cap = _options.PeerTimeout - _time.GetElapsedTime(start);
-            if (_roundsDeadline != long.MaxValue)
-            {
-                var untilLimit = _time.GetElapsedTime(_time.GetTimestamp(), _roundsDeadline);
-                if (untilLimit > cap) cap = untilLimit;
-            }
-            else cap = TimeSpan.MaxValue;
-            var left = _options.PeerTimeout - sinceProgress;
+            long heard = Volatile.Read(ref _landedProgressAt);
+            flushing = heard != start;
+            // Progress counts until the rounds' time limit; before any, the peer timeout from the start.
+            var cap = _roundsDeadline == long.MaxValue ? TimeSpan.MaxValue
+                : TimeSpan.FromTicks(Math.Max((_options.PeerTimeout - _time.GetElapsedTime(start)).Ticks,
+                    _time.GetElapsedTime(_time.GetTimestamp(), _roundsDeadline).Ticks));
+            var left = _options.PeerTimeout - _time.GetElapsedTime(heard);
             if (cap < left) left = cap;
             if (left <= TimeSpan.Zero) return _landed.IsSet;
             if (WaitTicking(_landed, left, tick)) return true;
